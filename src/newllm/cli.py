@@ -1,0 +1,145 @@
+"""`newllm` command line: the only module that parses argv or prints for humans."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import sys
+
+EXPECTED_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, FileExistsError, RuntimeError)
+
+
+def _experiment_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--preset", "--config", default="full", help="preset name in configs/ or a .toml path (default: full)")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="SECTION.FIELD=VALUE",
+        help="override one setting, e.g. --set pretrain.lr=3e-4 (repeatable)",
+    )
+    parser.add_argument("--output-dir", help="where checkpoints, curves and the report go (default: checkpoints)")
+    parser.add_argument("--data-dir", help="folder holding wikitext-2/ and dailydialog/ (default: $NEWLLM_DATA_DIR, ./data, ../shared/data)")
+    parser.add_argument("--models", help="comma-separated subset of new_llm,tinygpt2,lstm")
+    parser.add_argument("--wikitext", choices=("tokens", "raw"), help="WikiText-2 variant (default: tokens)")
+    parser.add_argument("--tokenizer", choices=("bpe", "seed"), help="tokenizer kind (default: bpe)")
+    parser.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: auto)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def _training_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--resume", action="store_true", help="continue interrupted runs from their last checkpoint")
+    parser.add_argument("--overwrite", action="store_true", help="start again where a run already exists")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="newllm",
+        description="New-LLM (one fixed-size context vector, no attention) vs GPT-2 and an LSTM of the same size.",
+    )
+    parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, help_text in [
+        ("pretrain", "step 1: train every model on WikiText-2"),
+        ("finetune", "step 2: fine-tune the step-1 checkpoints on DailyDialog"),
+        ("evaluate", "step 3: perplexities, sample responses, speed -> results.json, report.md"),
+        ("pipeline", "steps 1, 2 and 3 in order"),
+    ]:
+        sub = commands.add_parser(name, help=help_text, description=help_text)
+        _experiment_options(sub)
+        if name != "evaluate":
+            _training_options(sub)
+    gen = commands.add_parser("generate", help="one prompt -> one response from a checkpoint")
+    gen.add_argument("--checkpoint", required=True, help="a model folder, e.g. checkpoints/best_new_llm_dialog")
+    gen.add_argument("prompt", help="what the first speaker says")
+    gen.add_argument("--max-new-tokens", type=int, default=40)
+    gen.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
+    gen.add_argument("--temperature", type=float, default=0.8)
+    gen.add_argument("--top-k", type=int, default=50)
+    gen.add_argument("--top-p", type=float, default=0.95)
+    gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument("--device", default="cpu")
+    return parser
+
+
+def _config_from_args(args):
+    from newllm.config import load_config
+
+    overrides = list(args.overrides)
+    for flag, key in [
+        ("output_dir", "output_dir"),
+        ("data_dir", "data.data_dir"),
+        ("models", "model.names"),
+        ("wikitext", "data.wikitext"),
+        ("tokenizer", "data.tokenizer"),
+        ("device", "device"),
+    ]:
+        value = getattr(args, flag, None)
+        if value is not None:
+            overrides.append(f"{key}={value}")
+    config = load_config(args.preset, overrides)
+    if args.tokenizer == "seed" and not any(o.startswith("data.vocab_size=") for o in args.overrides):
+        config = dataclasses.replace(config, data=dataclasses.replace(config.data, vocab_size=1000))
+    return config
+
+
+def _generate(args) -> int:
+    from newllm.evaluation.generation import respond
+    from newllm.training.checkpoint import load_checkpoint
+
+    model, tokenizer = load_checkpoint(args.checkpoint, device=args.device)
+    print(
+        respond(
+            model,
+            tokenizer,
+            [args.prompt],
+            max_new_tokens=args.max_new_tokens,
+            do_sample=args.sample,
+            temperature=args.temperature,
+            top_k=args.top_k,
+            top_p=args.top_p,
+            seed=args.seed,
+            device=args.device,
+        )
+    )
+    return 0
+
+
+def _run(args) -> int:
+    if args.command == "generate":
+        return _generate(args)
+    from newllm import pipeline
+
+    config = _config_from_args(args)
+    progress = not args.no_progress
+    if args.command == "evaluate":
+        pipeline.evaluate(config, progress=progress)
+        return 0
+    step = {"pretrain": pipeline.pretrain, "finetune": pipeline.finetune, "pipeline": pipeline.run_pipeline}
+    step[args.command](config, resume=args.resume, overwrite=args.overwrite, progress=progress)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.WARNING if args.quiet else logging.INFO, format="[newllm] %(message)s", stream=sys.stderr
+    )
+    try:
+        import transformers
+
+        transformers.logging.set_verbosity_error()
+        return _run(args)
+    except EXPECTED_ERRORS as err:
+        message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        print(f"newllm: error: {message}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("newllm: interrupted; continue with --resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,233 @@
+"""Experiment settings: frozen dataclasses whose field defaults are the `full` preset.
+
+A preset (`configs/<name>.toml`) holds only what differs from these defaults, and
+`--set section.field=value` overrides one field, typed by its annotation. Unknown keys and
+values of the wrong type are errors. Architecture lives in the Hugging Face configs saved beside
+the weights; these dataclasses only say how to build, train and evaluate. Stdlib only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
+
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
+
+
+class ConfigError(ValueError):
+    """A preset or override that does not fit the dataclasses."""
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    data_dir: str | None = None  # else $NEWLLM_DATA_DIR, ./data, ../shared/data, then the Hub
+    wikitext: str = "tokens"  # "tokens" (wikitext-2-v1, the literature's) or "raw"
+    tokenizer: str = "bpe"  # "bpe" (byte-level BPE) or "seed" (the prototype's 1,000 words)
+    vocab_size: int = 8192
+    block_size: int = 128  # WikiText window: tokens of context per training example
+    dialog_block_size: int = 256  # DailyDialog window; longer dialogues are cut into several
+    train_lines: int | None = None  # use only the first N lines of WikiText train (quick runs)
+    eval_lines: int | None = None  # ... of valid and test; None = the full split
+    train_dialogues: int | None = None
+    eval_dialogues: int | None = None
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    names: tuple[str, ...] = ("new_llm", "tinygpt2", "lstm")
+    # New-LLM; the baselines are sized to its parameter count.
+    embedding_size: int = 256
+    context_size: int = 256
+    hidden_size: int = 512
+    num_layers: int = 3
+    dropout: float = 0.1
+    gpt2_layers: int = 4  # preferred depth; the width is solved for the budget
+    gpt2_positions: int = 512  # must cover the longest window and prompt + response
+    lstm_layers: int = 2
+    tolerance: float = 0.05  # baselines within ±5 % of New-LLM's parameters
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 100
+    patience: int = 15  # epochs without a better validation loss before stopping
+    batch_size: int = 64
+    eval_batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    warmup: float = 0.02  # fraction of all steps
+    scheduler: str = "cosine"
+    grad_clip: float = 1.0
+    grad_accum: int = 1
+    seed: int = 0
+    max_steps: int = -1  # > 0 caps the optimizer steps (smoke tests)
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    prompts: tuple[str, ...] = (
+        "hello how are you",
+        "what do you do for a living ?",
+        "can you help me find a good restaurant ?",
+        "i am so tired today .",
+        "do you like music ?",
+    )
+    max_new_tokens: int = 40
+    temperature: float = 0.8
+    top_k: int = 50
+    top_p: float = 0.95
+    batch_size: int = 32
+    speed_batch_size: int = 32  # the prototype's teacher-forced ms/batch
+    speed_seq_len: int = 64
+    speed_new_tokens: int = 64  # tokens generated to time ms/token
+    speed_repeats: int = 5
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    preset: str = "full"
+    output_dir: str = "checkpoints"
+    device: str = "auto"  # "auto" = cuda when available
+    precision: str = "auto"  # "auto" = bf16 on CUDA, fp32 on CPU; or "fp32", "bf16"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    pretrain: TrainConfig = field(default_factory=TrainConfig)
+    finetune: TrainConfig = field(
+        default_factory=lambda: TrainConfig(epochs=50, patience=10, lr=5e-4, batch_size=32)
+    )
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+
+def _coerce(value, annotation, where: str):
+    """`value` as `annotation` (a resolved type hint), or ConfigError naming `where`."""
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
+            if type(None) in args:
+                return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, where)
+            except ConfigError as err:
+                errors.append(str(err))
+        raise ConfigError(errors[0] if errors else f"{where}: cannot be {value!r}")
+    if origin is tuple:
+        if isinstance(value, str):
+            value = [part.strip() for part in value.split(",") if part.strip()]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        return tuple(_coerce(item, args[0], where) for item in value)
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0"):
+            return value.lower() in ("true", "1")
+        raise ConfigError(f"{where}: expected true or false, got {value!r}")
+    if annotation is int:
+        if isinstance(value, bool):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        if isinstance(value, int):
+            return value
+        if isinstance(value, str):
+            try:
+                return int(value.replace("_", ""))
+            except ValueError:
+                pass
+        raise ConfigError(f"{where}: expected an integer, got {value!r}")
+    if annotation is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{where}: expected a number, got {value!r}")
+    if annotation is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"{where}: expected a string, got {value!r}")
+    raise ConfigError(f"{where}: unsupported type {annotation!r}")
+
+
+def _replace(obj, values: dict, where: str):
+    """A copy of dataclass `obj` with `values` (nested dicts for nested dataclasses) applied."""
+    hints = typing.get_type_hints(type(obj))
+    names = {f.name for f in dataclasses.fields(obj)}
+    changes = {}
+    for key, value in values.items():
+        path = f"{where}.{key}" if where else key
+        if key not in names:
+            raise ConfigError(f"unknown setting {path!r}; valid here: {', '.join(sorted(names))}")
+        current = getattr(obj, key)
+        if dataclasses.is_dataclass(current):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{path}: expected a table of settings, got {value!r}")
+            changes[key] = _replace(current, value, path)
+        else:
+            changes[key] = _coerce(value, hints[key], path)
+    return dataclasses.replace(obj, **changes)
+
+
+def parse_overrides(pairs: list[str]) -> dict:
+    """["pretrain.lr=3e-4", ...] → {"pretrain": {"lr": "3e-4"}} (typed later by the dataclasses)."""
+    tree: dict = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"override {pair!r} is not of the form section.field=value")
+        node = tree
+        *parents, leaf = key.strip().split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value.strip()
+    return tree
+
+
+def preset_path(preset: str) -> Path:
+    """A preset name (`quick`) or a path to a TOML file."""
+    path = Path(preset)
+    if path.suffix == ".toml":
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        return path
+    candidate = CONFIG_DIR / f"{preset}.toml"
+    if not candidate.is_file():
+        known = sorted(p.stem for p in CONFIG_DIR.glob("*.toml"))
+        raise ConfigError(f"unknown preset {preset!r}; known: {', '.join(known) or 'none'} (or pass a .toml path)")
+    return candidate
+
+
+def load_config(preset: str = "full", overrides: list[str] | tuple[str, ...] = ()) -> ExperimentConfig:
+    """The defaults, then the preset's TOML, then `section.field=value` overrides."""
+    path = preset_path(preset)
+    try:
+        values = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{path}: not valid TOML ({err})") from None
+    values.setdefault("preset", path.stem)
+    config = _replace(ExperimentConfig(), values, "")
+    return _replace(config, parse_overrides(list(overrides)), "")
+
+
+def config_from_dict(values: dict) -> ExperimentConfig:
+    """Rebuild a resolved config saved with `to_json` (unknown keys are errors)."""
+    return _replace(ExperimentConfig(), values, "")

@@ -1,0 +1,121 @@
+"""Windows over encoded text and dialogues, and the collate function that pads them into batches."""
+
+from __future__ import annotations
+
+import itertools
+
+import torch
+from torch.utils.data import Dataset
+
+# torch's cross-entropy ignores this label by default, and so do the Hugging Face models.
+IGNORE_INDEX = -100
+
+
+def _window_starts(n_tokens: int, block_size: int, drop_last: bool) -> range:
+    """Start offsets of windows of block_size + 1 tokens that overlap by one token."""
+    if block_size < 1:
+        raise ValueError(f"block_size must be >= 1, got {block_size}")
+    # Tokens 1 … n-1 are targets. Window w scores targets w·B+1 … w·B+B.
+    n_targets = max(n_tokens - 1, 0)
+    n_windows = n_targets // block_size if drop_last else -(-n_targets // block_size)
+    return range(0, n_windows * block_size, block_size)
+
+
+class StreamWindows(Dataset):
+    """Consecutive windows over one token stream (WikiText), scoring every token after the first exactly once."""
+
+    # block_size = 4, stream t0 … t9:
+    #
+    #   stream   t0 t1 t2 t3 t4 t5 t6 t7 t8 t9
+    #   item 0   t0 t1 t2 t3 t4
+    #   item 1               t4 t5 t6 t7 t8
+    #   item 2                           t8 t9       (only with drop_last=False)
+    #
+    # An item is block_size + 1 tokens and models shift labels inside, so item 0 scores t1 … t4 and
+    # item 1 scores t5 … t8. The shared token t4 is scored once, as item 0's last target, and then
+    # used once more as item 1's first input. Read in order, the items cover the whole stream, which is what stateful
+    # evaluation needs in order to carry its state from one window to the next.
+
+    def __init__(self, stream: torch.Tensor, block_size: int, drop_last: bool = True):
+        stream = torch.as_tensor(stream)
+        if stream.dim() != 1 or stream.is_floating_point() or stream.is_complex():
+            raise ValueError(f"stream must be a 1-D integer tensor, got {stream.dtype} of shape {tuple(stream.shape)}")
+        self.stream = stream.long()
+        self.block_size = block_size
+        self.drop_last = drop_last
+        self._starts = _window_starts(len(stream), block_size, drop_last)
+        if not self._starts:
+            hint = "; pass drop_last=False to keep a shorter one" if drop_last and len(stream) >= 2 else ""
+            raise ValueError(f"a stream of {len(stream)} tokens has no window of {block_size + 1}{hint}")
+
+    def __len__(self) -> int:
+        return len(self._starts)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        start = self._starts[index]
+        # A copy, so that nothing a caller does to an item can edit the stream.
+        window = self.stream[start : start + self.block_size + 1].clone()
+        return {"input_ids": window, "labels": window}
+
+
+class DialogWindows(Dataset):
+    """Whole dialogues (DailyDialog); one longer than block_size + 1 tokens is cut like StreamWindows, end kept."""
+
+    def __init__(self, encoded: list[tuple[list[int], list[int]]], block_size: int):
+        spans = []
+        offset = 0
+        for i, (ids, mask) in enumerate(encoded):
+            if len(ids) != len(mask):
+                raise ValueError(f"dialogue {i} has {len(ids)} ids but {len(mask)} mask entries")
+            if len(ids) < 2:
+                raise ValueError(f"dialogue {i} has {len(ids)} token(s); scoring one needs two")
+            spans += [
+                (offset + start, offset + min(start + block_size + 1, len(ids)))
+                for start in _window_starts(len(ids), block_size, drop_last=False)
+            ]
+            offset += len(ids)
+        if not spans:
+            raise ValueError("no dialogues to window")
+        # One flat tensor for all dialogues instead of one small tensor per dialogue, to save memory.
+        self._ids = torch.tensor(list(itertools.chain.from_iterable(ids for ids, _ in encoded)), dtype=torch.long)
+        self._mask = torch.tensor(list(itertools.chain.from_iterable(mask for _, mask in encoded)), dtype=torch.long)
+        self._spans = spans
+        self.block_size = block_size
+
+    def __len__(self) -> int:
+        return len(self._spans)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        start, stop = self._spans[index]
+        window = self._ids[start:stop].clone()
+        # response_mask[j] refers to token j; after the shift inside the model it weighs the prediction made at j - 1.
+        return {"input_ids": window, "labels": window, "response_mask": self._mask[start:stop].clone()}
+
+
+def collate(batch: list[dict], pad_id: int, keep_response_mask: bool = False) -> dict[str, torch.Tensor]:
+    """Right-pad items to the longest: input_ids with pad_id, labels with -100, attention_mask 1 on real tokens."""
+    if not batch:
+        raise ValueError("cannot collate an empty batch")
+    if keep_response_mask and any("response_mask" not in item for item in batch):
+        raise ValueError("keep_response_mask=True but an item has no response_mask (DialogWindows provides it)")
+    shape = (len(batch), max(len(item["input_ids"]) for item in batch))
+    out = {
+        "input_ids": torch.full(shape, pad_id, dtype=torch.long),
+        "labels": torch.full(shape, IGNORE_INDEX, dtype=torch.long),
+        "attention_mask": torch.zeros(shape, dtype=torch.long),
+    }
+    if keep_response_mask:
+        out["response_mask"] = torch.zeros(shape, dtype=torch.long)
+    for row, item in enumerate(batch):
+        n = len(item["input_ids"])
+        out["input_ids"][row, :n] = item["input_ids"]
+        out["labels"][row, :n] = item["labels"]
+        out["attention_mask"][row, :n] = 1
+        if keep_response_mask:
+            out["response_mask"][row, :n] = item["response_mask"]
+    return out
+
+
+def count_targets(dataset: Dataset) -> int:
+    """Label positions that are scored: the sum over items of their length minus one."""
+    return sum(len(dataset[i]["input_ids"]) - 1 for i in range(len(dataset)))

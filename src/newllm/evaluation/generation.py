@@ -1,0 +1,127 @@
+"""Dialogue responses from any of the models through `generate()`: greedy, or sampled with a fixed seed.
+
+The prompt is the conversation so far in the fine-tuning layout (`format_prompt`), ending with the
+next speaker's token; the reply ends at end_of_turn (or end_of_text). A model with learned
+positions (GPT-2's `max_position_embeddings`) keeps only the last tokens of a prompt too long for
+them; the recurrent models have no such limit and always read the whole prompt.
+"""
+
+from __future__ import annotations
+
+import unicodedata
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from newllm.data.dailydialog import format_prompt
+from newllm.data.tokenizer import special_ids
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One prompt with the greedy and the sampled reply."""
+
+    prompt: str
+    greedy: str
+    sampled: str
+
+
+def _clean_turn(turn: str) -> str:
+    """The turn with control characters (newlines, NUL, escapes) as spaces and runs of whitespace as one."""
+    if not isinstance(turn, str):
+        raise TypeError(f"a turn must be a str, got {type(turn).__name__}")
+    # A raw newline would be the seed tokenizer's <EOS>, and escapes are noise to every tokenizer.
+    text = "".join(" " if unicodedata.category(ch) == "Cc" else ch for ch in turn)
+    return " ".join(text.split())
+
+
+def _position_limit(model) -> int | None:
+    # GPT2Config maps max_position_embeddings to n_positions; the recurrent configs have no such field.
+    return getattr(model.config, "max_position_embeddings", None)
+
+
+def prompt_ids(model, tokenizer, turns: Sequence[str], max_new_tokens: int) -> list[int]:
+    """The ids `respond` feeds `model`: the formatted turns, cut on the left to fit the model's positions."""
+    if isinstance(turns, str) or not isinstance(turns, Sequence):
+        raise TypeError(f"turns must be a list of str, got {type(turns).__name__}")
+    ids = format_prompt(tokenizer, [_clean_turn(turn) for turn in turns])
+    limit = _position_limit(model)
+    if limit is not None:
+        room = limit - max_new_tokens
+        if room < 1:
+            raise ValueError(f"max_new_tokens={max_new_tokens} leaves no room for a prompt in {limit} positions")
+        # The end of the prompt (latest turn, next speaker's token) is what the reply depends on most.
+        ids = ids[-room:]
+    return ids
+
+
+def _cuda_indices(device: torch.device) -> list[int]:
+    """The CUDA device whose RNG sampling draws from, or none on CPU."""
+    if device.type != "cuda":
+        return []
+    return [device.index if device.index is not None else torch.cuda.current_device()]
+
+
+def respond(
+    model,
+    tokenizer,
+    turns: Sequence[str],
+    *,
+    max_new_tokens: int = 40,
+    do_sample: bool = False,
+    temperature: float = 0.8,
+    top_k: int = 50,
+    top_p: float = 0.95,
+    seed: int = 0,
+    device="cpu",
+) -> str:
+    """The model's next turn after `turns` (the model is moved to `device`), special tokens removed."""
+    if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
+    special = special_ids(tokenizer)
+    stop_ids = [special.end_of_turn, special.end_of_text]
+    ids = prompt_ids(model, tokenizer, turns, max_new_tokens)
+    device = torch.device(device)
+    input_ids = torch.tensor([ids], dtype=torch.long, device=device)  # (1, T)
+    kwargs = {"temperature": temperature, "top_k": top_k, "top_p": top_p} if do_sample else {}
+    was_training = model.training
+    model.to(device).eval()  # dropout would make even greedy decoding random
+    try:
+        # generate() takes no torch.Generator: seed the global RNG inside a fork, which restores it afterwards.
+        with torch.random.fork_rng(devices=_cuda_indices(device)):
+            torch.manual_seed(seed)
+            output = model.generate(
+                input_ids,
+                attention_mask=torch.ones_like(input_ids),
+                max_new_tokens=max_new_tokens,
+                do_sample=do_sample,
+                eos_token_id=stop_ids,
+                pad_token_id=special.pad,
+                **kwargs,
+            )
+    finally:
+        model.train(was_training)
+    new_ids = output[0, input_ids.shape[1] :].tolist()
+    # Cut at the first stop token ourselves: a tokenizer that doesn't mark it special would print what follows.
+    for position, token in enumerate(new_ids):
+        if token in stop_ids:
+            new_ids = new_ids[:position]
+            break
+    return tokenizer.decode(new_ids, skip_special_tokens=True).strip()
+
+
+def sample_responses(model, tokenizer, prompts: Iterable[str], **kwargs) -> list[Sample]:
+    """A greedy and a sampled reply to each prompt (one opening turn each); `kwargs` go to `respond`."""
+    if "do_sample" in kwargs:
+        raise TypeError("sample_responses makes both a greedy and a sampled reply; do not pass do_sample")
+    if isinstance(prompts, str):
+        raise TypeError("prompts must be a list of str, not one str")
+    return [
+        Sample(
+            prompt=prompt,
+            greedy=respond(model, tokenizer, [prompt], do_sample=False, **kwargs),
+            sampled=respond(model, tokenizer, [prompt], do_sample=True, **kwargs),
+        )
+        for prompt in prompts
+    ]

@@ -1,0 +1,33 @@
+"""Models with one Hugging Face contract: `model(input_ids, attention_mask, labels)` → loss, logits; `generate()`.
+
+Importing this package registers New-LLM and the LSTM with the `Auto*` classes.
+"""
+
+from newllm.models.gpt2 import gpt2_config_for_budget
+from newllm.models.lstm import LSTMForCausalLM, LSTMLMConfig
+from newllm.models.new_llm import NewLLMConfig, NewLLMForCausalLM, NewLLMModel
+from newllm.models.recurrent import RecurrentCache
+from newllm.models.registry import (
+    MODEL_NAMES,
+    MODEL_TYPES,
+    BaselineShape,
+    build_model,
+    count_parameters,
+    matched_configs,
+)
+
+__all__ = [
+    "MODEL_NAMES",
+    "MODEL_TYPES",
+    "BaselineShape",
+    "LSTMForCausalLM",
+    "LSTMLMConfig",
+    "NewLLMConfig",
+    "NewLLMForCausalLM",
+    "NewLLMModel",
+    "RecurrentCache",
+    "build_model",
+    "count_parameters",
+    "gpt2_config_for_budget",
+    "matched_configs",
+]

@@ -1,0 +1,106 @@
+"""New-LLM as a Hugging Face causal LM: `from_pretrained`, `save_pretrained` and `generate()` for free.
+
+The generation cache is the context vector (`RecurrentCache` with one (B, C) tensor): generating
+token n costs the same time and memory as token 1, and the prompt is read once.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from transformers import GenerationMixin, PreTrainedModel
+
+from newllm.models.new_llm.cell import NewLLMCell
+from newllm.models.new_llm.configuration import NewLLMConfig
+from newllm.models.recurrent import RecurrentCache, RecurrentGenerationMixin, RecurrentLMOutput, shifted_lm_loss
+
+
+class NewLLMPreTrainedModel(PreTrainedModel):
+    config_class = NewLLMConfig
+    base_model_prefix = "model"
+    main_input_name = "input_ids"
+    supports_gradient_checkpointing = False
+
+
+class NewLLMModel(NewLLMPreTrainedModel):
+    """Embedding + cell: token ids → hidden states (B, T, H) and the final context."""
+
+    def __init__(self, config: NewLLMConfig):
+        super().__init__(config)
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.embedding_size)
+        self.cell = NewLLMCell(
+            embedding_size=config.embedding_size,
+            context_size=config.context_size,
+            hidden_size=config.hidden_size,
+            num_layers=config.num_hidden_layers,
+            dropout=config.dropout,
+            context_clamp=config.context_clamp,
+            layer_norm_eps=config.layer_norm_eps,
+        )
+        self.post_init()
+
+    def get_input_embeddings(self):
+        return self.embed_tokens
+
+    def set_input_embeddings(self, value):
+        self.embed_tokens = value
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor,
+        context: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        embeddings = self.embed_tokens(input_ids)  # (B, T, E)
+        if context is None:
+            context = self.cell.initial_context(input_ids.shape[0], embeddings.device, embeddings.dtype)
+        if attention_mask is not None and bool(attention_mask.all()):
+            attention_mask = None  # nothing to freeze: skip the per-step select
+        return self.cell.scan(embeddings, context, attention_mask)
+
+
+class NewLLMForCausalLM(RecurrentGenerationMixin, NewLLMPreTrainedModel, GenerationMixin):
+    """New-LLM with its language-model head; `labels=input_ids` (shifted inside, -100 ignored)."""
+
+    def __init__(self, config: NewLLMConfig):
+        super().__init__(config)
+        self.model = NewLLMModel(config)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size)
+        self.post_init()
+
+    def get_output_embeddings(self):
+        return self.lm_head
+
+    def set_output_embeddings(self, value):
+        self.lm_head = value
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor,
+        attention_mask: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        state: RecurrentCache | None = None,
+        use_cache: bool | None = None,
+        **kwargs,
+    ) -> RecurrentLMOutput:
+        context = state.states[0] if state is not None else None
+        hidden, context = self.model(input_ids, context=context, attention_mask=attention_mask)
+        # The vocabulary projection needs no recurrence: one matmul over all positions.
+        logits = self.lm_head(hidden)  # (B, T, V)
+        loss = shifted_lm_loss(logits, labels) if labels is not None else None
+        cache = None
+        if use_cache if use_cache is not None else self.config.use_cache:
+            seen = state.seen_tokens if state is not None else 0
+            cache = RecurrentCache((context,), seen + input_ids.shape[1])
+        return RecurrentLMOutput(loss=loss, logits=logits, state=cache)
+
+    @torch.no_grad()
+    def step(
+        self, input_ids: torch.LongTensor, context: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One token per sequence through the reference cell: (B,), (B, C) → logits (B, V), next context."""
+        embedding = self.model.embed_tokens(input_ids)  # (B, E)
+        if context is None:
+            context = self.model.cell.initial_context(input_ids.shape[0], embedding.device, embedding.dtype)
+        hidden, context = self.model.cell.step(embedding, context)
+        return self.lm_head(hidden), context

@@ -1,0 +1,86 @@
+"""What New-LLM and the LSTM share: a fixed-size recurrent state used as the `generate()` cache.
+
+transformers keeps renaming its cache argument (`past_key_values`, then `cache`; `ModelOutput`
+renames those fields on construction), so the recurrent models do not lean on the library's cache
+plumbing: they call their state `state` (RWKV's name, which beam search reorders through
+`_reorder_cache` in every 5.x), return it in `RecurrentLMOutput` and pass it on themselves
+(`prepare_inputs_for_generation` / `_update_model_kwargs_for_generation`). That is the whole
+version shim; everything else in `GenerationMixin` (greedy, sampling, beams, stopping) is reused.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch.nn import functional as F
+from transformers.utils import ModelOutput
+
+
+class RecurrentCache:
+    """A fixed-size state per sequence plus the number of tokens it has absorbed; it never grows."""
+
+    def __init__(self, states: tuple[torch.Tensor, ...], seen_tokens: int = 0):
+        self.states = tuple(states)  # each (B, ...), batch first
+        self.seen_tokens = seen_tokens
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        return self.seen_tokens
+
+    def reorder(self, beam_idx: torch.LongTensor) -> RecurrentCache:
+        """Pick rows for beam search (dim 0 is the batch)."""
+        states = tuple(s.index_select(0, beam_idx.to(s.device)) for s in self.states)
+        return RecurrentCache(states, self.seen_tokens)
+
+    def nbytes(self) -> int:
+        return sum(s.numel() * s.element_size() for s in self.states)
+
+
+@dataclass
+class RecurrentLMOutput(ModelOutput):
+    """Causal-LM output whose cache is the recurrent state."""
+
+    loss: torch.Tensor | None = None
+    logits: torch.Tensor | None = None
+    state: RecurrentCache | None = None
+
+
+def shifted_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean next-token cross-entropy; labels are the inputs (shifted here), -100 is ignored."""
+    # (B, T-1, V) predicts (B, T-1)
+    return F.cross_entropy(
+        logits[:, :-1].reshape(-1, logits.size(-1)).float(),
+        labels[:, 1:].reshape(-1),
+        ignore_index=-100,
+    )
+
+
+class RecurrentGenerationMixin:
+    """Wires a `RecurrentCache` into `transformers.GenerationMixin`; mix in before it."""
+
+    @classmethod
+    def _supports_default_dynamic_cache(cls) -> bool:
+        # The state is not a key/value cache: generate() must not create a DynamicCache for us.
+        return False
+
+    def prepare_inputs_for_generation(
+        self, input_ids, state=None, attention_mask=None, use_cache=True, **kwargs
+    ):
+        if state is not None:
+            # Only unseen tokens are fed: the prompt is never re-read.
+            input_ids = input_ids[:, state.seen_tokens :]
+            attention_mask = None if attention_mask is None else attention_mask[:, -input_ids.shape[1] :]
+        return {
+            "input_ids": input_ids,
+            "state": state,
+            "attention_mask": attention_mask,
+            "use_cache": use_cache,
+        }
+
+    def _update_model_kwargs_for_generation(self, outputs, model_kwargs, *args, **kwargs):
+        model_kwargs = super()._update_model_kwargs_for_generation(outputs, model_kwargs, *args, **kwargs)
+        model_kwargs["state"] = outputs.state
+        return model_kwargs
+
+    def _reorder_cache(self, state: RecurrentCache, beam_idx: torch.LongTensor) -> RecurrentCache:
+        return state.reorder(beam_idx)

@@ -1,0 +1,412 @@
+"""The experiment: step 1 pre-train on WikiText-2, step 2 fine-tune on DailyDialog, step 3 evaluate.
+
+Every output lands in `config.output_dir` under the prototype's names:
+
+    tokenizer.json                              one tokenizer for every step and model
+    experiment.json                             the resolved config of the last step run
+    best_<model>_wikitext/, best_<model>_dialog/   Hugging Face model folders (+ tokenizer.json)
+    <model>_wikitext/, <model>_dialog/          Trainer run folders: checkpoint-*/ (resume), history.json/.csv
+    <model>_wikitext_training_curves.png, <model>_dialog_training_curves.png
+    results.json, report.md                     step 3
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import torch
+from transformers import set_seed
+
+from newllm.config import ExperimentConfig
+from newllm.data.batching import DialogWindows, StreamWindows, collate
+from newllm.data.dailydialog import DialogSplit, encode_dialogue, load_dailydialog
+from newllm.data.tokenizer import (
+    describe_tokenizer,
+    load_tokenizer,
+    save_tokenizer,
+    special_ids,
+    train_tokenizer,
+)
+from newllm.data.wikitext import TextSplit, encode_text, load_wikitext
+from newllm.evaluation.generation import sample_responses
+from newllm.evaluation.perplexity import evaluate_perplexity
+from newllm.evaluation.speed import environment, measure_speed
+from newllm.models import BaselineShape, NewLLMConfig, build_model, count_parameters, matched_configs
+from newllm.reporting.plots import plot_training_curves
+from newllm.reporting.report import write_report
+from newllm.training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint, write_json_atomic
+from newllm.training.loop import train
+
+logger = logging.getLogger("newllm")
+
+STAGES = {"wikitext": "WikiText-2", "dialog": "DailyDialog"}
+
+
+def checkpoint_dir(config: ExperimentConfig, model: str, stage: str) -> Path:
+    return Path(config.output_dir) / f"best_{model}_{stage}"
+
+
+def run_dir(config: ExperimentConfig, model: str, stage: str) -> Path:
+    return Path(config.output_dir) / f"{model}_{stage}"
+
+
+def curves_path(config: ExperimentConfig, model: str, stage: str) -> Path:
+    return Path(config.output_dir) / f"{model}_{stage}_training_curves.png"
+
+
+def resolve_device(config: ExperimentConfig) -> str:
+    if config.device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if config.device.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"device {config.device!r} asked for, but PyTorch sees no CUDA device")
+    return config.device
+
+
+def resolve_bf16(config: ExperimentConfig, device: str) -> bool:
+    if config.precision == "auto":
+        return device.startswith("cuda") and torch.cuda.is_bf16_supported()
+    if config.precision not in ("fp32", "bf16"):
+        raise ValueError(f"precision must be auto, fp32 or bf16, got {config.precision!r}")
+    return config.precision == "bf16"
+
+
+def _sliced(split, n):
+    return split if n is None else split.head(n)
+
+
+def load_wikitext_splits(config: ExperimentConfig, names=("train", "valid")) -> dict[str, TextSplit]:
+    data = config.data
+    splits = {}
+    for name in names:
+        split = load_wikitext(name, variant=data.wikitext, data_dir=data.data_dir)
+        splits[name] = _sliced(split, data.train_lines if name == "train" else data.eval_lines)
+    return splits
+
+
+def load_dialog_splits(config: ExperimentConfig, names=("train", "validation")) -> dict[str, DialogSplit]:
+    data = config.data
+    splits = {}
+    for name in names:
+        split = load_dailydialog(name, data_dir=data.data_dir)
+        if split.skipped:
+            logger.info("DailyDialog %s: skipped %d malformed lines", name, split.skipped)
+        splits[name] = _sliced(split, data.train_dialogues if name == "train" else data.eval_dialogues)
+    return splits
+
+
+def prepare_tokenizer(config: ExperimentConfig, train_split: TextSplit | None = None):
+    """The experiment's one tokenizer: loaded from the output folder, or trained on WikiText-2 train once."""
+    path = Path(config.output_dir) / "tokenizer.json"
+    if path.is_file():
+        tokenizer = load_tokenizer(path)
+        described = describe_tokenizer(tokenizer)
+        if (described["kind"], described["vocab_size"]) != (config.data.tokenizer, config.data.vocab_size):
+            raise ValueError(
+                f"{path} is a {described['kind']} tokenizer of {described['vocab_size']} entries but the config asks "
+                f"for {config.data.tokenizer} with {config.data.vocab_size}: use another --output-dir"
+            )
+        return tokenizer
+    if train_split is None:
+        raise FileNotFoundError(f"no tokenizer at {path}: run `newllm pretrain` (step 1) first")
+    logger.info("training a %s tokenizer (%d entries) on %s", config.data.tokenizer, config.data.vocab_size, train_split.source)
+    tokenizer = train_tokenizer(train_split.lines, kind=config.data.tokenizer, vocab_size=config.data.vocab_size)
+    save_tokenizer(tokenizer, config.output_dir)
+    return tokenizer
+
+
+def model_configs(config: ExperimentConfig, tokenizer) -> dict:
+    """Configs of every model in the experiment, baselines sized to New-LLM's parameter count."""
+    ids = special_ids(tokenizer)
+    m = config.model
+    new_llm = NewLLMConfig(
+        vocab_size=tokenizer.get_vocab_size(),
+        embedding_size=m.embedding_size,
+        context_size=m.context_size,
+        hidden_size=m.hidden_size,
+        num_hidden_layers=m.num_layers,
+        dropout=m.dropout,
+        bos_token_id=ids.end_of_text,
+        eos_token_id=ids.end_of_text,
+        pad_token_id=ids.pad,
+    )
+    shape = BaselineShape(
+        gpt2_layers=m.gpt2_layers,
+        gpt2_positions=m.gpt2_positions,
+        lstm_layers=m.lstm_layers,
+        dropout=m.dropout,
+        tolerance=m.tolerance,
+    )
+    longest = max(config.data.block_size, config.data.dialog_block_size) + 1
+    if m.gpt2_positions < longest:
+        raise ValueError(f"model.gpt2_positions ({m.gpt2_positions}) must cover the longest window ({longest})")
+    return matched_configs(new_llm, names=("new_llm", *[n for n in m.names if n != "new_llm"]), shape=shape)
+
+
+def _write_experiment(config: ExperimentConfig, step: str) -> None:
+    write_json_atomic(
+        Path(config.output_dir) / "experiment.json",
+        {"step": step, "command": _command_line(), "config": config.to_dict()},
+    )
+
+
+def _command_line() -> str:
+    return " ".join(shlex.quote(arg) for arg in [Path(sys.argv[0]).name, *sys.argv[1:]])
+
+
+def _finish_stage(config, name, stage, result, tokenizer, parent=None) -> None:
+    metadata = {
+        "model": name,
+        "stage": stage,
+        "preset": config.preset,
+        "best_epoch": result.best_epoch,
+        "epochs_run": result.epochs_run,
+        "train_seconds": round(result.seconds, 1),
+        "parameters": count_parameters(result.model),
+    }
+    if parent is not None:
+        metadata["initialised_from"] = str(parent)
+    path = save_checkpoint(result.model, tokenizer, checkpoint_dir(config, name, stage), metadata)
+    if result.history:
+        plot_training_curves(
+            result.history, curves_path(config, name, stage), f"{name} on {STAGES[stage]} ({config.preset})"
+        )
+    logger.info("%s/%s: best epoch %s of %s -> %s", name, stage, result.best_epoch, result.epochs_run, path)
+
+
+def pretrain(config: ExperimentConfig, resume: bool = False, overwrite: bool = False, progress: bool = True) -> None:
+    """Step 1: train every model of `config.model.names` on WikiText-2 from scratch."""
+    device = resolve_device(config)
+    bf16 = resolve_bf16(config, device)
+    Path(config.output_dir).mkdir(parents=True, exist_ok=True)
+    _write_experiment(config, "pretrain")
+    splits = load_wikitext_splits(config)
+    tokenizer = prepare_tokenizer(config, splits["train"])
+    streams = {name: encode_text(tokenizer, split) for name, split in splits.items()}
+    train_set = StreamWindows(streams["train"], config.data.block_size, drop_last=True)
+    valid_set = StreamWindows(streams["valid"], config.data.block_size, drop_last=False)
+    logger.info("WikiText-2 (%s): %d train tokens, %d valid tokens", config.data.wikitext, len(streams["train"]), len(streams["valid"]))
+    configs = model_configs(config, tokenizer)
+    for name in config.model.names:
+        logger.info("%-9s %s parameters", name, f"{count_parameters(build_model(name, configs[name])):,}")
+    pad = special_ids(tokenizer).pad
+    for name in config.model.names:
+        set_seed(config.pretrain.seed)
+        model = build_model(name, configs[name])
+        logger.info("step 1: %s on WikiText-2 (%s parameters, %s)", name, f"{count_parameters(model):,}", device)
+        result = train(
+            model,
+            train_set,
+            valid_set,
+            lambda batch: collate(batch, pad),
+            config.pretrain,
+            run_dir(config, name, "wikitext"),
+            device=device,
+            bf16=bf16,
+            resume=resume,
+            overwrite=overwrite,
+            progress=progress,
+        )
+        _finish_stage(config, name, "wikitext", result, tokenizer)
+
+
+def _dialog_sets(config: ExperimentConfig, tokenizer, names=("train", "validation")):
+    splits = load_dialog_splits(config, names)
+    return {
+        name: DialogWindows([encode_dialogue(tokenizer, d) for d in split.dialogues], config.data.dialog_block_size)
+        for name, split in splits.items()
+    }, splits
+
+
+def finetune(config: ExperimentConfig, resume: bool = False, overwrite: bool = False, progress: bool = True) -> None:
+    """Step 2: continue each step-1 checkpoint on DailyDialog with the same tokenizer."""
+    device = resolve_device(config)
+    bf16 = resolve_bf16(config, device)
+    tokenizer = prepare_tokenizer(config)
+    # Check every starting point before training anything: never train from scratch by accident.
+    parents = {name: checkpoint_dir(config, name, "wikitext") for name in config.model.names}
+    models = {}
+    for name, parent in parents.items():
+        if not parent.exists():
+            raise CheckpointError(
+                f"fine-tuning {name} starts from its step-1 checkpoint {parent}, which does not exist: "
+                "run `newllm pretrain` (or scripts/train_wikitext.py) with the same preset and output dir first"
+            )
+        models[name], _ = load_checkpoint(parent, name, expected_tokenizer=tokenizer)
+    _write_experiment(config, "finetune")
+    sets, _ = _dialog_sets(config, tokenizer)
+    pad = special_ids(tokenizer).pad
+    for name, model in models.items():
+        set_seed(config.finetune.seed)
+        logger.info("step 2: %s on DailyDialog from %s", name, parents[name])
+        result = train(
+            model,
+            sets["train"],
+            sets["validation"],
+            lambda batch: collate(batch, pad),
+            config.finetune,
+            run_dir(config, name, "dialog"),
+            device=device,
+            bf16=bf16,
+            resume=resume,
+            overwrite=overwrite,
+            progress=progress,
+        )
+        _finish_stage(config, name, "dialog", result, tokenizer, parent=parents[name])
+
+
+def _stage_summary(config: ExperimentConfig, name: str, stage: str) -> dict:
+    """Training facts of a stage for results.json, with paths relative to the output folder."""
+    meta_path = checkpoint_dir(config, name, stage) / "newllm.json"
+    summary = {
+        "history": f"{name}_{stage}/history.json",
+        "curves": curves_path(config, name, stage).name,
+        "checkpoint": checkpoint_dir(config, name, stage).name,
+    }
+    if meta_path.is_file():
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        summary.update({k: meta.get(k) for k in ("best_epoch", "epochs_run", "train_seconds")})
+    return summary
+
+
+def evaluate(config: ExperimentConfig, progress: bool = True) -> dict:
+    """Step 3: test perplexities, sample responses and speed for every model; writes results.json and report.md."""
+    device = resolve_device(config)
+    bf16 = resolve_bf16(config, device)
+    dtype = torch.bfloat16 if bf16 else None
+    tokenizer = prepare_tokenizer(config)
+    pad = special_ids(tokenizer).pad
+    wiki = load_wikitext_splits(config, ("valid", "test"))
+    wiki_sets = {
+        name: StreamWindows(encode_text(tokenizer, split), config.data.block_size, drop_last=False)
+        for name, split in wiki.items()
+    }
+    dialog_sets, dialog_splits = _dialog_sets(config, tokenizer, ("test",))
+    results = {
+        "preset": config.preset,
+        "command": _command_line(),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "device": device,
+        "environment": environment(),
+        "tokenizer": describe_tokenizer(tokenizer),
+        "data": {
+            "wikitext": {
+                "variant": config.data.wikitext,
+                "source": wiki["test"].source,
+                "test_words": wiki["test"].n_words,
+                "test_bytes": wiki["test"].n_bytes,
+                "test_tokens": None,  # filled in by the first model evaluated
+                "block_size": config.data.block_size,
+                "sliced": config.data.eval_lines is not None or config.data.train_lines is not None,
+            },
+            "dailydialog": {
+                "source": dialog_splits["test"].source,
+                "test_dialogues": len(dialog_splits["test"].dialogues),
+                "block_size": config.data.dialog_block_size,
+                "sliced": config.data.eval_dialogues is not None or config.data.train_dialogues is not None,
+            },
+        },
+        "config": config.to_dict(),
+        "models": {},
+    }
+    for name in config.model.names:
+        entry: dict = {}
+        results["models"][name] = entry
+        wiki_ckpt = checkpoint_dir(config, name, "wikitext")
+        dialog_ckpt = checkpoint_dir(config, name, "dialog")
+        if wiki_ckpt.exists():
+            model, _ = load_checkpoint(wiki_ckpt, name, expected_tokenizer=tokenizer, device=device)
+            entry["params"] = count_parameters(model)
+            entry["architecture"] = _architecture(model.config)
+            entry["wikitext"] = _stage_summary(config, name, "wikitext")
+            for split_name, dataset in wiki_sets.items():
+                logger.info("step 3: %s on WikiText-2 %s", name, split_name)
+                ppl = evaluate_perplexity(
+                    model, dataset, pad, config.eval.batch_size, device=device, dtype=dtype, progress=progress
+                )
+                split = wiki[split_name]
+                entry["wikitext"][split_name] = {
+                    "loss": ppl.loss,
+                    "token_ppl": ppl.token_ppl,
+                    "word_ppl": ppl.word_ppl(split.n_words),
+                    "bits_per_byte": ppl.bits_per_byte(split.n_bytes),
+                    "tokens": ppl.tokens,
+                    "words": split.n_words,
+                    "bytes": split.n_bytes,
+                }
+            results["data"]["wikitext"]["test_tokens"] = entry["wikitext"]["test"]["tokens"]
+        else:
+            logger.warning("no step-1 checkpoint %s: WikiText-2 results for %s are left out", wiki_ckpt, name)
+        if dialog_ckpt.exists():
+            model, _ = load_checkpoint(dialog_ckpt, name, expected_tokenizer=tokenizer, device=device)
+            entry.setdefault("params", count_parameters(model))
+            entry.setdefault("architecture", _architecture(model.config))
+            logger.info("step 3: %s on DailyDialog test", name)
+            ppl = evaluate_perplexity(
+                model, dialog_sets["test"], pad, config.eval.batch_size, device=device, dtype=dtype, progress=progress
+            )
+            entry["dailydialog"] = _stage_summary(config, name, "dialog")
+            entry["dailydialog"]["test"] = {
+                "loss": ppl.loss,
+                "token_ppl": ppl.token_ppl,
+                "response_ppl": ppl.response_ppl,
+                "tokens": ppl.tokens,
+                "response_tokens": ppl.response_tokens,
+            }
+            results["data"]["dailydialog"]["test_tokens"] = ppl.tokens
+            results["data"]["dailydialog"]["test_response_tokens"] = ppl.response_tokens
+        else:
+            logger.warning("no step-2 checkpoint %s: dialogue results for %s use the step-1 model", dialog_ckpt, name)
+            if not wiki_ckpt.exists():
+                continue
+        e = config.eval
+        samples = sample_responses(
+            model,
+            tokenizer,
+            list(e.prompts),
+            max_new_tokens=e.max_new_tokens,
+            temperature=e.temperature,
+            top_k=e.top_k,
+            top_p=e.top_p,
+            device=device,
+        )
+        entry["samples"] = [dataclasses.asdict(sample) for sample in samples]
+        logger.info("step 3: %s speed", name)
+        speed = measure_speed(
+            model,
+            model.config.vocab_size,
+            batch_size=e.speed_batch_size,
+            seq_len=e.speed_seq_len,
+            new_tokens=e.speed_new_tokens,
+            repeats=e.speed_repeats,
+            device=device,
+            dtype=torch.bfloat16 if bf16 else torch.float32,
+        )
+        entry["speed"] = dataclasses.asdict(speed)
+        del model
+    out = Path(config.output_dir)
+    write_json_atomic(out / "results.json", results)
+    report = write_report(results, out)
+    logger.info("wrote %s and %s", out / "results.json", report)
+    return results
+
+
+def _architecture(model_config) -> dict:
+    keys = ("embedding_size", "context_size", "hidden_size", "num_hidden_layers", "n_head", "n_positions")
+    return {k: getattr(model_config, k) for k in keys if hasattr(model_config, k)}
+
+
+def run_pipeline(config: ExperimentConfig, resume: bool = False, overwrite: bool = False, progress: bool = True) -> dict:
+    """Steps 1, 2 and 3 in order."""
+    start = time.perf_counter()
+    pretrain(config, resume=resume, overwrite=overwrite, progress=progress)
+    finetune(config, resume=resume, overwrite=overwrite, progress=progress)
+    results = evaluate(config, progress=progress)
+    logger.info("pipeline finished in %.0f s", time.perf_counter() - start)
+    return results
+

@@ -1,0 +1,597 @@
+"""Markdown report of a run, built from results.json and the histories beside it (no torch)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+from newllm.reporting.plots import (
+    model_label,
+    ordered_models,
+    plot_comparison,
+    plot_speed,
+    plot_training_curves,
+    three_significant,
+    write_atomic,
+)
+
+MISSING = "—"
+# Always given a row or column, so a model that did not run shows up as dashes, not as absence.
+EXPECTED_MODELS = ("new_llm", "tinygpt2", "lstm")
+# results.json stage key → (human name, directory/file stem the pipeline uses).
+STAGES = {"wikitext": ("WikiText-2", "wikitext"), "dailydialog": ("DailyDialog", "dialog")}
+# Whitespace tokens plus one end-of-line per line of wiki.test.tokens: the count the
+# word-level literature divides by, so our word PPL is comparable only if we match it.
+WIKITEXT2_TEST_WORDS = 245_569
+
+# figures maps an id to an image path relative to report.md: "wikitext_val_ppl",
+# "dialog_val_ppl", "speed" for comparisons, "<model>/<stage>" for training curves.
+Figures = Mapping[str, str]
+
+
+# ---------------------------------------------------------------- loading
+
+
+def load_results(path: str | os.PathLike) -> dict:
+    """Read results.json; ValueError naming the file if it is missing or malformed."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ValueError(f"results file not found: {path}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ValueError(f"cannot read results file {path}: {e}") from e
+    try:
+        results = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"results file {path} is not valid JSON: {e}") from e
+    if not isinstance(results, dict):
+        raise ValueError(f"results file {path} must hold a JSON object, got {type(results).__name__}")
+    if not isinstance(results.get("models", {}), dict):
+        raise ValueError(f"results file {path}: 'models' must be an object mapping model name to results")
+    return results
+
+
+def load_history(path: str | os.PathLike) -> list[dict]:
+    """Read a history.json (list of per-epoch dicts); ValueError if missing or malformed."""
+    path = Path(path)
+    try:
+        history = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ValueError(f"history file not found: {path}") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"cannot read history file {path}: {e}") from e
+    if not isinstance(history, list) or not all(isinstance(r, dict) for r in history):
+        raise ValueError(f"history file {path} must hold a JSON list of per-epoch objects")
+    return history
+
+
+# ---------------------------------------------------------------- formatting
+
+
+def _get(obj: Any, *keys: str) -> Any:
+    """Nested lookup that yields None at the first missing key or non-dict level."""
+    for key in keys:
+        if not isinstance(obj, Mapping):
+            return None
+        obj = obj.get(key)
+    return obj
+
+
+def _models(results: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The per-model results, or an empty mapping if absent or malformed."""
+    models = results.get("models")
+    return models if isinstance(models, Mapping) else {}
+
+
+def _section(obj: Any, *keys: str) -> Mapping[str, Any]:
+    """A nested dict, or an empty one if absent or not a dict."""
+    value = _get(obj, *keys)
+    return value if isinstance(value, Mapping) else {}
+
+
+def _code(text: Any) -> str:
+    """Inline code span for paths and fingerprints; "—" when missing."""
+    if text is None:
+        return MISSING
+    # Code spans cannot hold newlines, and a backtick would end the span early.
+    text = str(text).replace("\n", " ").replace("`", "'")
+    return f"`{text}`"
+
+
+def _number(value: Any) -> float | None:
+    """A JSON number as float; None for null, missing, bool or text."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value)
+
+
+def _finite(value: Any) -> float | None:
+    """A JSON number usable in comparisons (finite), else None."""
+    x = _number(value)
+    return x if x is not None and math.isfinite(x) else None
+
+
+def _fixed(value: Any, decimals: int) -> str:
+    """Fixed decimals with thousands separators; "—" when missing."""
+    x = _number(value)
+    if x is None:
+        return MISSING
+    if math.isnan(x):
+        return "NaN"
+    if math.isinf(x):
+        return "∞" if x > 0 else "−∞"
+    return f"{x:,.{decimals}f}"
+
+
+def _ppl(value: Any) -> str:
+    """Perplexity to one decimal."""
+    return _fixed(value, 1)
+
+
+def _bpb(value: Any) -> str:
+    """Bits per byte to three decimals."""
+    return _fixed(value, 3)
+
+
+def _count(value: Any) -> str:
+    """Integer count with thousands separators, e.g. 245,569."""
+    return _fixed(value, 0)
+
+
+def _params(value: Any) -> str:
+    """Parameter count as 7.51M / 812.00K."""
+    x = _finite(value)
+    if x is None:
+        return MISSING
+    for scale, suffix in ((1e9, "B"), (1e6, "M"), (1e3, "K")):
+        if abs(x) >= scale:
+            return f"{x / scale:.2f}{suffix}"
+    return f"{x:.0f}"
+
+
+def _ms(value: Any) -> str:
+    """Milliseconds to three significant figures, without scientific notation."""
+    x = _finite(value)
+    return _fixed(value, 0) if x is None else three_significant(x)
+
+
+def _duration(value: Any) -> str:
+    """Seconds as "45 s", "2.0 min" or "1 h 05 min"."""
+    x = _finite(value)
+    if x is None:
+        return MISSING
+    if x < 60:
+        return f"{x:.0f} s"
+    if x < 3600:
+        return f"{x / 60:.1f} min"
+    hours, minutes = divmod(round(x / 60), 60)
+    return f"{hours} h {minutes:02d} min"
+
+
+def _epochs(section: Any) -> str:
+    """Best and run epochs of a training stage, e.g. "18 / 33"."""
+    best, run = _get(section, "best_epoch"), _get(section, "epochs_run")
+    if best is None and run is None:
+        return MISSING
+    return f"{_count(best)} / {_count(run)}"
+
+
+def _percent_diff(value: float, reference: float) -> str:
+    """Signed relative difference, e.g. "+1.5 %"."""
+    return f"{(value / reference - 1) * 100:+.1f} %"
+
+
+def escape_cell(text: Any) -> str:
+    """Text made safe for one Markdown table cell: pipes, markup and newlines escaped."""
+    if text is None:
+        return MISSING
+    text = str(text)
+    if text == "":
+        return "*(empty)*"  # an empty generation is a result, unlike a missing one
+    # Backslash first, or the escapes added below would themselves be escaped.
+    text = text.replace("\\", "\\\\")
+    text = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    for ch in "|*_`[]#":
+        text = text.replace(ch, "\\" + ch)
+    text = text.replace("\r\n", "\n").replace("\r", "\n").replace("\n", "<br>")
+    return text
+
+
+def _table(headers: Sequence[str], rows: Sequence[Sequence[str]], numeric: int | None = None) -> list[str]:
+    """Markdown table lines; the first `numeric` columns after the name are right-aligned."""
+    numeric = len(headers) - 1 if numeric is None else numeric
+    align = [":---"] + ["---:"] * numeric + [":---"] * (len(headers) - 1 - numeric)
+    return [
+        "| " + " | ".join(headers) + " |",
+        "| " + " | ".join(align) + " |",
+        *("| " + " | ".join(row) + " |" for row in rows),
+    ]
+
+
+def _bold_best(cells: list[str], values: list[float | None]) -> list[str]:
+    """Bold the lowest value of a column when at least two models have one."""
+    present = [v for v in values if v is not None]
+    # Bolding one of one, or all of a tie, would point at nothing.
+    if len(present) < 2 or min(present) == max(present):
+        return cells
+    best = min(present)
+    return [f"**{c}**" if v == best else c for c, v in zip(cells, values)]
+
+
+def _column(
+    models: Sequence[str], results_models: Mapping, keys: Sequence[str], fmt: Callable[[Any], str]
+) -> list[str]:
+    """One formatted table column over models, the lowest bolded."""
+    raw = [_get(results_models.get(m), *keys) for m in models]
+    return _bold_best([fmt(v) for v in raw], [_finite(v) for v in raw])
+
+
+def _image(alt: str, rel_path: str) -> str:
+    """Markdown image with a URL-quoted relative path."""
+    return f"![{alt}]({quote(Path(rel_path).as_posix())})"
+
+
+# ---------------------------------------------------------------- sections
+
+
+def _model_names(results: Mapping[str, Any]) -> list[str]:
+    """Expected models first, then any others the results hold."""
+    models = _models(results)
+    return ordered_models(list(EXPECTED_MODELS) + [m for m in models if m not in EXPECTED_MODELS])
+
+
+def _sliced_sets(results: Mapping[str, Any]) -> list[str]:
+    """Names of the test sets that were cut short (quick preset)."""
+    return [STAGES.get(k, (k,))[0] for k, d in _section(results, "data").items() if _get(d, "sliced") is True]
+
+
+def _ranking_sentence(values: Mapping[str, float], what: str) -> str | None:
+    """Sentence naming the model with the lowest value, and the others in order."""
+    if not values:
+        return None
+    ranked = sorted(values.items(), key=lambda kv: kv[1])
+    best = ranked[0][1]
+    winners = [model_label(n) for n, v in ranked if v == best]
+    rest = [f"{model_label(n)} {_ppl(v)}" for n, v in ranked if v != best]
+    if len(ranked) == 1:
+        return f"only {winners[0]} has a {what}: {_ppl(best)}"
+    if len(winners) > 1:
+        lead = f"{_and(winners)} tie for the lowest {what}: {_ppl(best)}"
+    else:
+        lead = f"{winners[0]} has the lowest {what}: {_ppl(best)}"
+    return lead + (f", against {_and(rest)}" if rest else "")
+
+
+def _and(items: Sequence[str]) -> str:
+    """Items joined for prose: A; A and B; A, B and C."""
+    return items[0] if len(items) == 1 else f"{', '.join(items[:-1])} and {items[-1]}"
+
+
+def _ratio_clause(new: float | None, ref: float | None, what: str) -> str | None:
+    """Clause comparing New-LLM's value with TinyGPT2's as a ratio; None if either is missing."""
+    if new is None or ref is None or ref == 0:
+        return None
+    ratio = new / ref
+    if ratio == 1:
+        return f"New-LLM's {what} equals TinyGPT2's"
+    direction = "higher" if ratio > 1 else "lower"
+    return f"New-LLM's {what} is {ratio:.2f}× TinyGPT2's ({abs(ratio - 1) * 100:.0f} % {direction})"
+
+
+def _summary(results: Mapping[str, Any], names: Sequence[str]) -> str:
+    """One paragraph answering "which model wins, by how much", computed from the numbers."""
+    models = _models(results)
+
+    def metric(*keys: str) -> dict[str, float]:
+        return {n: v for n in names if (v := _finite(_get(models.get(n), *keys))) is not None}
+
+    sentences = []
+    word = metric("wikitext", "test", "word_ppl")
+    ranking = _ranking_sentence(word, "WikiText-2 test word perplexity")
+    if ranking is None:
+        sentences.append("No model has a WikiText-2 test word perplexity in these results.")
+    else:
+        sentences.append(f"{ranking} (lower is better).")
+    ratio = _ratio_clause(word.get("new_llm"), word.get("tinygpt2"), "word perplexity")
+    if ratio:
+        params = metric("params")
+        if "new_llm" in params and "tinygpt2" in params:
+            ratio += f", at {_params(params['new_llm'])} vs {_params(params['tinygpt2'])} parameters"
+        sentences.append(ratio + ".")
+    response = _ranking_sentence(
+        metric("dailydialog", "test", "response_ppl"), "DailyDialog response perplexity"
+    )
+    if response:
+        sentences.append(f"{response}.")
+    per_token = metric("speed", "ms_per_token")
+    if "new_llm" in per_token and "tinygpt2" in per_token:
+        sentences.append(
+            f"New-LLM takes {_ms(per_token['new_llm'])} ms/token against TinyGPT2's "
+            f"{_ms(per_token['tinygpt2'])} ms/token."
+        )
+    if sliced := _sliced_sets(results):
+        sentences.append(
+            f"The {_and(sliced)} test data were sliced, "
+            "so these numbers are not comparable with published ones."
+        )
+    # Capitalise after the fact: ranking sentences start lower-case for reuse mid-sentence.
+    return " ".join(s[0].upper() + s[1:] for s in sentences)
+
+
+def _provenance(results: Mapping[str, Any]) -> list[str]:
+    """Where the numbers come from: preset, command, time, device."""
+    parts = []
+    if results.get("preset"):
+        parts.append(f"preset {_code(results['preset'])}")
+    if results.get("command"):
+        parts.append(f"command {_code(results['command'])}")
+    if results.get("created"):
+        parts.append(f"created {escape_cell(results['created'])}")
+    if results.get("device"):
+        parts.append(f"device {escape_cell(results['device'])}")
+    return [f"Run: {', '.join(parts)}.", ""] if parts else []
+
+
+def _params_section(results: Mapping[str, Any], names: Sequence[str]) -> list[str]:
+    """Parameter counts, relative to New-LLM since the comparison is at equal size."""
+    models = _models(results)
+    ref = _finite(_get(models.get("new_llm"), "params"))
+    rows = []
+    for n in names:
+        params = _finite(_get(models.get(n), "params"))
+        arch = _get(models.get(n), "architecture")
+        arch_text = MISSING
+        if isinstance(arch, Mapping) and arch:
+            arch_text = ", ".join(f"{k} {v}" for k, v in arch.items())
+        if n == "new_llm":
+            diff = "reference" if params is not None else MISSING
+        else:
+            diff = _percent_diff(params, ref) if params is not None and ref else MISSING
+        rows.append([model_label(n), _params(params), _count(params), diff, escape_cell(arch_text)])
+    return [
+        "## Models",
+        "",
+        *_table(["Model", "Parameters", "Exact", "vs New-LLM", "Architecture"], rows, numeric=3),
+        "",
+    ]
+
+
+def _stage_section(
+    results: Mapping[str, Any],
+    names: Sequence[str],
+    stage: str,
+    columns: Sequence[tuple[str, str, Callable[[Any], str]]],
+    figure: str | None,
+) -> list[str]:
+    """Test-set table for one stage plus its validation comparison plot."""
+    models = _models(results)
+    stage_name = STAGES[stage][0]
+    table_columns = [_column(names, models, (stage, "test", key), fmt) for _, key, fmt in columns]
+    rows = []
+    for i, n in enumerate(names):
+        section = _get(models.get(n), stage)
+        rows.append(
+            [model_label(n), *(col[i] for col in table_columns), _epochs(section),
+             _duration(_get(section, "train_seconds"))]
+        )
+    headers = ["Model", *(h for h, _, _ in columns), "Best / run epochs", "Train time"]
+    lines = [f"## {stage_name} test", "", *_table(headers, rows), ""]
+    if figure:
+        lines += [_image(f"{stage_name} validation perplexity per epoch, all models", figure), ""]
+    return lines
+
+
+def _speed_section(results: Mapping[str, Any], names: Sequence[str], figure: str | None) -> list[str]:
+    """Timings with the settings they were measured under, plus the bar chart."""
+    models = _models(results)
+    per_batch = _column(names, models, ("speed", "ms_per_batch"), _ms)
+    per_token = _column(names, models, ("speed", "ms_per_token"), _ms)
+    rows = []
+    for i, n in enumerate(names):
+        speed = _get(models.get(n), "speed")
+        setting = [_count(_get(speed, k)) for k in ("batch_size", "seq_len", "generated_tokens")]
+        device = [escape_cell(_get(speed, k)) for k in ("device", "dtype")]
+        rows.append([model_label(n), per_batch[i], per_token[i], *setting, *device])
+    headers = ["Model", "ms/batch", "ms/token", "Batch", "Seq len", "Generated tokens", "Device", "dtype"]
+    lines = ["## Speed", "", *_table(headers, rows, numeric=5), ""]
+    if figure:
+        lines += [_image("Milliseconds per batch and per token, all models", figure), ""]
+    return lines
+
+
+def _curves_section(names: Sequence[str], figures: Figures) -> list[str]:
+    """Per-model training curves, one row per model, pre-training beside fine-tuning."""
+    rows = []
+    for n in names:
+        cells = []
+        for stage, (stage_name, _) in STAGES.items():
+            rel = figures.get(f"{n}/{stage}")
+            cells.append(_image(f"{model_label(n)} {stage_name} training curves", rel) if rel else MISSING)
+        if any(c != MISSING for c in cells):
+            rows.append([model_label(n), *cells])
+    if not rows:
+        return []
+    headers = ["Model", *(f"{name} (loss, perplexity)" for name, _ in STAGES.values())]
+    return ["## Training curves", "", *_table(headers, rows, numeric=0), ""]
+
+
+def _samples_section(results: Mapping[str, Any], names: Sequence[str]) -> list[str]:
+    """Greedy then sampled responses, one row per prompt, models side by side."""
+    models = _models(results)
+    by_model: dict[str, dict[str, Mapping]] = {}
+    prompts: list[str] = []
+    for n in names:
+        samples = _get(models.get(n), "samples")
+        for s in samples if isinstance(samples, list) else []:
+            if not isinstance(s, Mapping) or "prompt" not in s:
+                continue
+            prompt = str(s["prompt"])
+            by_model.setdefault(n, {})[prompt] = s
+            if prompt not in prompts:
+                prompts.append(prompt)
+    if not prompts:
+        return ["## Sample responses", "", f"{MISSING} (no samples in these results)", ""]
+    lines = ["## Sample responses", ""]
+    headers = ["Prompt", *(model_label(n) for n in names)]
+    for decoding in ("greedy", "sampled"):
+        rows = [
+            [escape_cell(p), *(escape_cell(_get(by_model.get(n), p, decoding)) for n in names)]
+            for p in prompts
+        ]
+        lines += [f"### {decoding.capitalize()}", "", *_table(headers, rows, numeric=0), ""]
+    return lines
+
+
+def _definitions(results: Mapping[str, Any]) -> list[str]:
+    """How each number is computed, with the counts this run divided by."""
+    wikitext = _section(results, "data", "wikitext")
+    dialog = _section(results, "data", "dailydialog")
+    tok = _section(results, "tokenizer")
+    words = _get(wikitext, "test_words")
+    word_note = f"this run: {_count(words)}" if words is not None else "this run's count not recorded"
+    lines = [
+        "## How these numbers are defined",
+        "",
+        "All models are scored on the same test files; every number is lower-is-better.",
+        "",
+        "- **Token PPL** = exp(total NLL / predicted tokens). Comparable across models only "
+        "because all three share one tokenizer.",
+        "- **Word PPL** = exp(total NLL / words), where words = whitespace tokens + one end-of-line "
+        f"per line ({WIKITEXT2_TEST_WORDS:,} for the full WikiText-2 test set; {word_note}). "
+        "Independent of the tokenizer, so comparable with word-level results.",
+        "- **Bits per byte** = total NLL / ln 2 / UTF-8 bytes of the test file "
+        f"({_count(_get(wikitext, 'test_bytes'))} bytes here).",
+        "- **Response PPL** (DailyDialog) = exp(NLL / tokens) over the utterances after the first "
+        "of each dialogue (text + end-of-turn token), i.e. the turns a chat model must produce "
+        f"({_count(_get(dialog, 'test_response_tokens'))} response tokens in "
+        f"{_count(_get(dialog, 'test_dialogues'))} dialogues here).",
+        f"- **Tokenizer**: {escape_cell(tok.get('kind', MISSING))}, "
+        f"vocabulary {_count(tok.get('vocab_size'))}, "
+        f"fingerprint {_code(tok.get('fingerprint'))}; "
+        f"{escape_cell(tok.get('normalisation', 'normalisation not recorded'))}.",
+        "- **Data**: WikiText-2 "
+        f"{escape_cell(wikitext.get('variant', MISSING))} from {_code(wikitext.get('source'))}, "
+        f"{_count(_get(wikitext, 'test_tokens'))} test tokens; DailyDialog from "
+        f"{_code(dialog.get('source'))}, {_count(_get(dialog, 'test_tokens'))} test tokens.",
+        "",
+    ]
+    if _sliced_sets(results):
+        lines += [
+            f"> **Sliced data.** The {_and(_sliced_sets(results))} test set was cut short (as the quick "
+            "preset does): the numbers check that the pipeline works and are "
+            "**not comparable with the literature**.",
+            "",
+        ]
+    elif (
+        _finite(words) is not None
+        and wikitext.get("variant") == "tokens"
+        and int(words) != WIKITEXT2_TEST_WORDS
+    ):
+        # The full tokens file should give exactly this count; a mismatch means word PPL is off.
+        lines += [
+            f"> **Check the word count.** {_count(words)} words differs from the "
+            f"{WIKITEXT2_TEST_WORDS:,} of the full WikiText-2 test set, so word PPL is not "
+            "comparable with published numbers.",
+            "",
+        ]
+    return lines
+
+
+# ---------------------------------------------------------------- report
+
+
+def render_report(
+    results: Mapping[str, Any], figures: Figures | None = None, notes: Sequence[str] = ()
+) -> str:
+    """Markdown report of the results; images only for the paths given in figures."""
+    figures = figures or {}
+    names = _model_names(results)
+    preset = results.get("preset")
+    title = "New-LLM vs TinyGPT2 vs LSTM" + (f" ({preset} preset)" if preset else "")
+    lines = [f"# {title}", "", f"**In short.** {_summary(results, names)}", ""]
+    if sliced := _sliced_sets(results):
+        lines += [
+            f"> **Sliced data:** the {_and(sliced)} test set was cut short; "
+            "not comparable with the literature.",
+            "",
+        ]
+    lines += _provenance(results)
+    lines += _params_section(results, names)
+    lines += _stage_section(
+        results, names, "wikitext",
+        [
+            ("Token PPL", "token_ppl", _ppl),
+            ("Word PPL", "word_ppl", _ppl),
+            ("Bits/byte", "bits_per_byte", _bpb),
+        ],
+        figures.get("wikitext_val_ppl"),
+    )
+    lines += _stage_section(
+        results, names, "dailydialog",
+        [("Token PPL", "token_ppl", _ppl), ("Response PPL", "response_ppl", _ppl)],
+        figures.get("dialog_val_ppl"),
+    )
+    lines += _speed_section(results, names, figures.get("speed"))
+    lines += _curves_section(names, figures)
+    lines += _samples_section(results, names)
+    lines += _definitions(results)
+    if notes:
+        lines += ["## Notes", "", *(f"- {escape_cell(n)}" for n in notes), ""]
+    return "\n".join(lines)
+
+
+def _inside(out_dir: Path, rel: str) -> Path | None:
+    """out_dir / rel if it stays inside out_dir (results.json paths are relative to it)."""
+    path = (out_dir / rel).resolve()
+    return path if path.is_relative_to(out_dir.resolve()) else None
+
+
+def write_report(results: Mapping[str, Any], out_dir: str | os.PathLike) -> Path:
+    """Write out_dir/report.md with comparison plots made from the histories under out_dir."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    models = _models(results)
+    figures: dict[str, str] = {}
+    notes: list[str] = []
+    histories: dict[str, dict[str, list[dict]]] = {stage: {} for stage in STAGES}
+    for name in _model_names(results):
+        for stage, (stage_name, stem) in STAGES.items():
+            section = _get(models.get(name), stage)
+            # Fall back to the pipeline's layout: histories of a stage that wrote no results still show.
+            history_rel = _get(section, "history") or f"{name}_{stem}/history.json"
+            curves_rel = _get(section, "curves") or f"{name}_{stem}_training_curves.png"
+            history_path = _inside(out_dir, history_rel)
+            history = []
+            if history_path is None:
+                notes.append(f"{model_label(name)} {stage_name}: history {history_rel!r} is outside {out_dir}.")
+            elif history_path.is_file():
+                try:
+                    history = load_history(history_path)
+                except ValueError as e:
+                    notes.append(f"{e}; its curves are left out.")
+            if history:
+                histories[stage][name] = history
+            curves_path = _inside(out_dir, curves_rel)
+            if curves_path is None:
+                notes.append(f"{model_label(name)} {stage_name}: curves {curves_rel!r} are outside {out_dir}.")
+                continue
+            if not curves_path.is_file() and history:
+                plot_training_curves(history, curves_path, f"{model_label(name)} — {stage_name}")
+            if curves_path.is_file():
+                figures[f"{name}/{stage}"] = curves_path.relative_to(out_dir.resolve()).as_posix()
+    for stage, fig_id in (("wikitext", "wikitext_val_ppl"), ("dailydialog", "dialog_val_ppl")):
+        if histories[stage]:
+            plot_comparison(histories[stage], out_dir / f"{fig_id}.png",
+                            f"{STAGES[stage][0]}: validation perplexity per epoch")
+            figures[fig_id] = f"{fig_id}.png"
+    if any(isinstance(_get(m, "speed"), Mapping) for m in models.values()):
+        plot_speed(results, out_dir / "speed.png")
+        figures["speed"] = "speed.png"
+    text = render_report(results, figures, notes)
+    return write_atomic(out_dir / "report.md", text.encode("utf-8"))

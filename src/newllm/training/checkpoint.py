@@ -1,0 +1,98 @@
+"""Checkpoints: a Hugging Face model folder (config.json + model.safetensors) + tokenizer.json + newllm.json.
+
+Written to a temporary folder beside the target and renamed into place, so a reader never sees a
+half-written "best" checkpoint. Loading reads JSON and safetensors only: nothing is unpickled.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
+
+import newllm.models  # noqa: F401  (registers the Auto classes)
+from newllm.data.tokenizer import check_same_tokenizer, load_tokenizer, save_tokenizer, tokenizer_fingerprint
+from newllm.models.registry import MODEL_TYPES
+
+METADATA_FILE = "newllm.json"
+REQUIRED_FILES = ("config.json", "model.safetensors", "tokenizer.json")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint folder that is missing, incomplete, corrupt or of another model or tokenizer."""
+
+
+def write_json_atomic(path: Path, payload) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(payload, indent=2, default=str) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
+def save_checkpoint(model: PreTrainedModel, tokenizer, directory, metadata: dict | None = None) -> Path:
+    """Write model + tokenizer + metadata into `directory`, replacing it only once all is written."""
+    directory = Path(directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = directory.with_name(f".{directory.name}.tmp-{os.getpid()}")
+    old = directory.with_name(f".{directory.name}.old-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    save_tokenizer(tokenizer, tmp)
+    meta = {
+        "model_type": model.config.model_type,
+        "tokenizer_fingerprint": tokenizer_fingerprint(tokenizer),
+        "saved": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        **(metadata or {}),
+    }
+    write_json_atomic(tmp / METADATA_FILE, meta)
+    if directory.exists():
+        os.replace(directory, old)
+    os.replace(tmp, directory)
+    shutil.rmtree(old, ignore_errors=True)
+    return directory
+
+
+def check_checkpoint(directory, model_name: str | None = None) -> dict:
+    """The checkpoint's config as a dict, after checking its files and model type; CheckpointError otherwise."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise CheckpointError(f"checkpoint {directory} does not exist")
+    missing = [name for name in REQUIRED_FILES if not (directory / name).is_file()]
+    if missing:
+        raise CheckpointError(f"checkpoint {directory} is incomplete: missing {', '.join(missing)}")
+    try:
+        config = json.loads((directory / "config.json").read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise CheckpointError(f"checkpoint {directory}: config.json is not valid JSON ({err})") from None
+    if model_name is not None:
+        expected = MODEL_TYPES[model_name]
+        if config.get("model_type") != expected:
+            raise CheckpointError(
+                f"checkpoint {directory} holds a {config.get('model_type')!r} model, expected {expected!r} ({model_name})"
+            )
+    return config
+
+
+def load_checkpoint(directory, model_name: str | None = None, expected_tokenizer=None, device="cpu"):
+    """(model, tokenizer) from a checkpoint folder, checking model type and, if given, the tokenizer."""
+    directory = Path(directory)
+    check_checkpoint(directory, model_name)
+    tokenizer = load_tokenizer(directory)
+    if expected_tokenizer is not None:
+        try:
+            check_same_tokenizer(expected_tokenizer, tokenizer, where=str(directory))
+        except ValueError as err:
+            raise CheckpointError(str(err)) from None
+    try:
+        AutoConfig.from_pretrained(directory)
+        model = AutoModelForCausalLM.from_pretrained(directory)
+    except Exception as err:  # safetensors / transformers raise many types for a corrupt file
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CheckpointError(f"checkpoint {directory} could not be loaded: {first_line}") from None
+    return model.to(device), tokenizer

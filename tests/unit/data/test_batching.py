@@ -1,0 +1,144 @@
+"""Windows over streams and dialogues, and collate's padding."""
+
+from functools import partial
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch.utils.data import DataLoader
+
+from newllm.data import DialogWindows, StreamWindows, collate, count_targets, encode_dialogue, special_ids
+
+
+def scored(item):
+    """The tokens an item scores: labels shifted by one, as the models do inside."""
+    return item["labels"][1:].tolist()
+
+
+@settings(max_examples=200, deadline=None)
+@given(n_tokens=st.integers(2, 120), block_size=st.integers(1, 20), drop_last=st.booleans())
+def test_every_token_after_the_first_is_a_target_exactly_once(n_tokens, block_size, drop_last):
+    # Distinct token values, so a target seen twice or skipped shows up in the list.
+    stream = torch.arange(100, 100 + n_tokens)
+    if drop_last and n_tokens - 1 < block_size:
+        with pytest.raises(ValueError, match="drop_last=False"):
+            StreamWindows(stream, block_size, drop_last=True)
+        return
+    windows = StreamWindows(stream, block_size, drop_last=drop_last)
+    items = [windows[i] for i in range(len(windows))]
+    targets = [token for item in items for token in scored(item)]
+    if drop_last:
+        assert all(len(item["input_ids"]) == block_size + 1 for item in items)
+        # Only a remainder shorter than one block may go unscored.
+        assert targets == stream[1 : 1 + len(targets)].tolist()
+        assert 0 <= (n_tokens - 1) - len(targets) < block_size
+    else:
+        assert targets == stream[1:].tolist()
+        assert all(2 <= len(item["input_ids"]) <= block_size + 1 for item in items)
+    for before, after in zip(items, items[1:]):
+        assert before["input_ids"][-1] == after["input_ids"][0]
+    assert items[0]["input_ids"][0] == stream[0]
+    assert count_targets(windows) == len(targets)
+
+
+def test_drop_last_drops_only_the_short_final_window():
+    stream = torch.arange(10)  # 9 targets in blocks of 4: two full windows and one of a single target
+    assert [w["input_ids"].tolist() for w in StreamWindows(stream, 4)] == [[0, 1, 2, 3, 4], [4, 5, 6, 7, 8]]
+    assert [w["input_ids"].tolist() for w in StreamWindows(stream, 4, drop_last=False)][-1] == [8, 9]
+
+
+def test_items_are_labels_equal_to_inputs_and_do_not_alias_the_stream():
+    stream = torch.arange(20)
+    windows = StreamWindows(stream, 5)
+    item = windows[1]
+    assert torch.equal(item["input_ids"], item["labels"]) and item["input_ids"].dtype == torch.long
+    item["labels"][:] = -100
+    assert torch.equal(windows[1]["input_ids"], torch.arange(5, 11))
+    with pytest.raises(IndexError):
+        windows[len(windows)]
+
+
+@pytest.mark.parametrize(
+    "stream, block_size, message",
+    [
+        (torch.arange(12).reshape(3, 4), 2, "1-D integer tensor"),
+        (torch.rand(10), 2, "1-D integer tensor"),
+        (torch.arange(10), 0, "block_size must be >= 1"),
+        (torch.arange(1), 4, "a stream of 1 tokens has no window of 5$"),
+    ],
+)
+def test_stream_windows_reject_bad_input(stream, block_size, message):
+    with pytest.raises(ValueError, match=message):
+        StreamWindows(stream, block_size, drop_last=False)
+
+
+def test_stream_windows_work_with_a_data_loader():
+    windows = StreamWindows(torch.arange(41), 8)
+    batches = list(DataLoader(windows, batch_size=3, collate_fn=partial(collate, pad_id=0)))
+    assert [b["input_ids"].shape for b in batches] == [(3, 9), (2, 9)]
+    assert torch.cat([b["input_ids"] for b in batches]).flatten().unique().tolist() == list(range(41))
+
+
+@pytest.fixture
+def encoded(tiny_tokenizer, tiny_dialogues):
+    return [encode_dialogue(tiny_tokenizer, utterances) for utterances in tiny_dialogues]
+
+
+def test_dialog_windows_hold_whole_dialogues_when_they_fit(encoded):
+    windows = DialogWindows(encoded, block_size=max(len(ids) for ids, _ in encoded))
+    assert len(windows) == len(encoded)
+    for item, (ids, mask) in zip(windows, encoded):
+        assert item["input_ids"].tolist() == ids == item["labels"].tolist()
+        assert item["response_mask"].tolist() == mask
+
+
+@pytest.mark.parametrize("block_size", [1, 3, 7, 16])
+def test_long_dialogues_are_cut_without_crossing_dialogues(encoded, block_size):
+    windows = DialogWindows(encoded, block_size)
+    items = iter(windows)
+    for ids, mask in encoded:
+        # Rebuild this dialogue from its windows: each window repeats the previous one's last token.
+        first = next(items)
+        rebuilt_ids, rebuilt_mask = first["input_ids"].tolist(), first["response_mask"].tolist()
+        while len(rebuilt_ids) < len(ids):
+            item = next(items)
+            assert len(item["input_ids"]) <= block_size + 1
+            assert item["input_ids"][0] == rebuilt_ids[-1]
+            rebuilt_ids += item["input_ids"][1:].tolist()
+            rebuilt_mask += item["response_mask"][1:].tolist()
+        assert (rebuilt_ids, rebuilt_mask) == (ids, mask)
+    assert next(items, None) is None
+    assert count_targets(windows) == sum(len(ids) - 1 for ids, _ in encoded)
+
+
+def test_dialog_windows_reject_bad_input():
+    with pytest.raises(ValueError, match="dialogue 1 has 3 ids but 2 mask entries"):
+        DialogWindows([([1, 2], [0, 0]), ([1, 2, 3], [0, 1])], block_size=4)
+    with pytest.raises(ValueError, match="dialogue 0 has 1 token"):
+        DialogWindows([([1], [0])], block_size=4)
+
+
+def test_collate_right_pads(tiny_tokenizer, encoded):
+    pad = special_ids(tiny_tokenizer).pad
+    items = list(DialogWindows(encoded, block_size=64))
+    lengths = [len(item["input_ids"]) for item in items]
+    batch = collate(items, pad_id=pad, keep_response_mask=True)
+    assert set(batch) == {"input_ids", "labels", "attention_mask", "response_mask"}
+    assert all(t.shape == (len(items), max(lengths)) and t.dtype == torch.long for t in batch.values())
+    for row, (item, n) in enumerate(zip(items, lengths)):
+        assert torch.equal(batch["input_ids"][row, :n], item["input_ids"])
+        assert torch.equal(batch["labels"][row, :n], item["labels"])
+        assert torch.equal(batch["response_mask"][row, :n], item["response_mask"])
+        assert batch["attention_mask"][row].tolist() == [1] * n + [0] * (max(lengths) - n)
+        assert (batch["input_ids"][row, n:] == pad).all()
+        assert (batch["labels"][row, n:] == -100).all()
+        assert (batch["response_mask"][row, n:] == 0).all()
+    assert "response_mask" not in collate(items, pad_id=pad)
+
+
+def test_collate_rejects_empty_batches_and_missing_masks():
+    with pytest.raises(ValueError, match="empty batch"):
+        collate([], pad_id=0)
+    with pytest.raises(ValueError, match="no response_mask"):
+        collate([StreamWindows(torch.arange(5), 4)[0]], pad_id=0, keep_response_mask=True)

@@ -1,0 +1,175 @@
+"""respond / sample_responses: greedy == manual argmax loop, stop tokens, prompt checks, seeded sampling."""
+
+import copy
+
+import pytest
+import torch
+
+from newllm.data.dailydialog import format_prompt
+from newllm.data.tokenizer import special_ids, train_tokenizer
+from newllm.evaluation.generation import Sample, prompt_ids, respond, sample_responses
+from newllm.models.new_llm import NewLLMConfig
+from newllm.models.registry import MODEL_NAMES, BaselineShape, build_model, matched_configs
+
+VOCAB = 300
+POSITIONS = 128  # GPT-2's; short, so that a long prompt overflows it cheaply
+
+LINES = [
+    "hello how are you today ?",
+    "i am fine thank you . and you ?",
+    "what do you do for a living ?",
+    "i work in a small restaurant near the station .",
+    "can you help me find a good book about music ?",
+] * 8
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    # Tiny models gain nothing from intra-op threads, and on a busy CPU those threads wait on each
+    # other: a forward of a few microseconds of work then takes hundreds of milliseconds.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return train_tokenizer(LINES, "bpe", vocab_size=VOCAB)
+
+
+@pytest.fixture(scope="module")
+def tiny_models(tokenizer):
+    torch.manual_seed(0)
+    special = special_ids(tokenizer)
+    config = NewLLMConfig(
+        vocab_size=VOCAB, embedding_size=16, context_size=16, hidden_size=32, num_hidden_layers=2,
+        eos_token_id=special.end_of_text, pad_token_id=special.pad, bos_token_id=special.end_of_text,
+    )  # fmt: skip
+    # The tolerance is loose: these tests need the three architectures, not a fair parameter match.
+    configs = matched_configs(config, shape=BaselineShape(gpt2_positions=POSITIONS, tolerance=0.5))
+    return {name: build_model(name, configs[name]) for name in MODEL_NAMES}
+
+
+def with_bias(model, token_bias: dict[int, float]):
+    """A copy of `model` whose head adds `token_bias` to the logits of some tokens."""
+    model = copy.deepcopy(model)
+    with torch.no_grad():
+        for token, bias in token_bias.items():
+            model.get_output_embeddings().bias[token] += bias
+    return model
+
+
+def spy_on_generate(model, monkeypatch) -> list:
+    """Record what model.generate() is given and returns."""
+    calls = []
+    original = model.generate
+
+    def generate(input_ids, **kwargs):
+        output = original(input_ids, **kwargs)
+        calls.append({"input_ids": input_ids, "output": output})
+        return output
+
+    monkeypatch.setattr(model, "generate", generate)
+    return calls
+
+
+def test_greedy_equals_manual_argmax_loop(tokenizer, tiny_models):
+    special = special_ids(tokenizer)
+    # No special token can win, so the reply runs its full length and the comparison covers every step.
+    model = with_bias(tiny_models["new_llm"], {token: -1e4 for token in {*vars(special).values()}})
+    turns = ["hello how are you today ?"]
+    ids = format_prompt(tokenizer, turns)
+    model.eval()
+    new = []
+    with torch.no_grad():
+        for _ in range(12):
+            logits = model(input_ids=torch.tensor([ids + new])).logits[0, -1]  # (V,)
+            new.append(int(logits.argmax()))
+    expected = tokenizer.decode(new, skip_special_tokens=True).strip()
+    assert expected
+
+    model.train()  # respond must switch dropout off itself, and then give the mode back
+    first = respond(model, tokenizer, turns, max_new_tokens=12)
+    assert model.training
+    assert first == expected
+    assert respond(model, tokenizer, turns, max_new_tokens=12) == first
+
+
+@pytest.mark.parametrize("stop", ["end_of_turn", "end_of_text"])
+def test_reply_stops_at_stop_token(tokenizer, tiny_models, monkeypatch, stop):
+    special = special_ids(tokenizer)
+    stop_id = getattr(special, stop)
+    model = with_bias(tiny_models["new_llm"], {stop_id: 1e4})
+    calls = spy_on_generate(model, monkeypatch)
+    assert respond(model, tokenizer, ["hello"], max_new_tokens=20) == ""
+    prompt_len = calls[0]["input_ids"].shape[1]
+    # One token and done: generate() was told that this token ends the reply.
+    assert calls[0]["output"][0, prompt_len:].tolist() == [stop_id]
+
+
+@pytest.mark.parametrize("turns", [[""], ["  \n\t "], [], ["\x00\x1b"]])
+def test_empty_prompt_raises(tokenizer, tiny_models, turns):
+    with pytest.raises(ValueError, match="empty prompt"):
+        respond(tiny_models["new_llm"], tokenizer, turns)
+
+
+@pytest.mark.parametrize("turns", ["hello", [42], ["hello", None], None])
+def test_non_string_turns_raise(tokenizer, tiny_models, turns):
+    with pytest.raises(TypeError):
+        respond(tiny_models["new_llm"], tokenizer, turns)
+
+
+def test_control_characters_are_removed(tokenizer, tiny_models):
+    model = tiny_models["new_llm"]
+    dirty = ["hello\x00 how\nare\x1b you\r\n ?\t"]
+    clean = ["hello how are you ?"]
+    assert prompt_ids(model, tokenizer, dirty, 10) == prompt_ids(model, tokenizer, clean, 10)
+    assert respond(model, tokenizer, dirty, max_new_tokens=5) == respond(model, tokenizer, clean, max_new_tokens=5)
+
+
+def test_long_prompt_is_trimmed_for_gpt2_only(tokenizer, tiny_models, monkeypatch):
+    turns = [" ".join(LINES[:20]), "and then ?"]
+    full = format_prompt(tokenizer, turns)
+    assert len(full) > POSITIONS  # GPT-2 would index past its position table
+
+    gpt2 = tiny_models["tinygpt2"]
+    calls = spy_on_generate(gpt2, monkeypatch)
+    assert isinstance(respond(gpt2, tokenizer, turns, max_new_tokens=8), str)
+    fed = calls[0]["input_ids"][0].tolist()
+    assert fed == full[-(POSITIONS - 8) :]  # the end of the prompt, next speaker's token last
+
+    new_llm = tiny_models["new_llm"]
+    calls = spy_on_generate(new_llm, monkeypatch)
+    respond(new_llm, tokenizer, turns, max_new_tokens=8)
+    assert calls[0]["input_ids"][0].tolist() == full  # a recurrent model reads the whole prompt
+
+    with pytest.raises(ValueError):
+        respond(gpt2, tokenizer, turns, max_new_tokens=POSITIONS)
+
+
+def test_sampling_is_seeded_and_leaves_global_rng_alone(tokenizer, tiny_models):
+    model = tiny_models["new_llm"]
+    turns = ["what do you do for a living ?"]
+    torch.manual_seed(1234)
+    before = torch.get_rng_state()
+    first = respond(model, tokenizer, turns, do_sample=True, seed=3, max_new_tokens=15)
+    again = respond(model, tokenizer, turns, do_sample=True, seed=3, max_new_tokens=15)
+    assert torch.equal(torch.get_rng_state(), before)
+    assert first == again
+    # The seed is really what drives sampling: other seeds give other replies.
+    others = {respond(model, tokenizer, turns, do_sample=True, seed=s, max_new_tokens=15) for s in range(4, 8)}
+    assert others - {first}
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_sample_responses_for_every_model(tokenizer, tiny_models, name):
+    model = tiny_models[name]
+    prompts = ["hello how are you today ?", "can you help me ?"]
+    samples = sample_responses(model, tokenizer, prompts, max_new_tokens=6)
+    assert [s.prompt for s in samples] == prompts
+    assert all(isinstance(s, Sample) and isinstance(s.greedy, str) and isinstance(s.sampled, str) for s in samples)
+    assert samples[0].greedy == respond(model, tokenizer, [prompts[0]], max_new_tokens=6)
+    assert samples[0].sampled == respond(model, tokenizer, [prompts[0]], max_new_tokens=6, do_sample=True)
+    with pytest.raises(TypeError):
+        sample_responses(model, tokenizer, prompts, do_sample=True)

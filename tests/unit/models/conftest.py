@@ -1,0 +1,38 @@
+import pytest
+import torch
+
+from newllm.models import BaselineShape, NewLLMConfig, build_model, matched_configs
+
+VOCAB = 300
+
+
+def tiny_new_llm_config(**overrides) -> NewLLMConfig:
+    values = dict(
+        vocab_size=VOCAB,
+        embedding_size=24,
+        context_size=16,
+        hidden_size=48,
+        num_hidden_layers=2,
+        dropout=0.0,
+        # no end-of-text id: generation must not stop early in equality tests
+        pad_token_id=0,
+    )
+    values.update(overrides)
+    return NewLLMConfig(**values)
+
+
+@pytest.fixture
+def tiny_configs():
+    return matched_configs(tiny_new_llm_config(), shape=BaselineShape(gpt2_positions=64, dropout=0.0))
+
+
+@pytest.fixture(params=["new_llm", "tinygpt2", "lstm"])
+def any_model(request, tiny_configs):
+    torch.manual_seed(0)
+    return request.param, build_model(request.param, tiny_configs[request.param]).eval()
+
+
+def random_ids(batch, length, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    # never id 0 (pad / end of text) so padding tests can tell prompt tokens from pads
+    return torch.randint(1, VOCAB, (batch, length), generator=generator)

@@ -1,0 +1,112 @@
+"""Every model obeys one contract, so training and evaluation never branch on the model type."""
+
+import math
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from newllm.models import BaselineShape, build_model, count_parameters, gpt2_config_for_budget, matched_configs
+from newllm.models.registry import lstm_config_for_budget, lstm_parameter_count
+from newllm.models.gpt2 import gpt2_parameter_count
+
+from .conftest import VOCAB, random_ids, tiny_new_llm_config
+
+
+def test_finite_loss_and_gradient_for_every_parameter(any_model):
+    name, model = any_model
+    model.train()
+    ids = random_ids(2, 10)
+    out = model(ids, labels=ids)
+    assert out.logits.shape == (2, 10, VOCAB)
+    assert torch.isfinite(out.loss)
+    out.loss.backward()
+    missing = [n for n, p in model.named_parameters() if p.requires_grad and (p.grad is None or not p.grad.abs().sum() > 0)]
+    assert not missing, f"{name}: no gradient reaches {missing}"
+
+
+def test_loss_ignores_minus_100_and_shifts_inside(any_model):
+    name, model = any_model
+    ids = random_ids(1, 8)
+    labels = ids.clone()
+    labels[0, 5:] = -100
+    logits = model(ids).logits
+    expected = torch.nn.functional.cross_entropy(logits[0, :4], ids[0, 1:5])
+    torch.testing.assert_close(model(ids, labels=labels).loss, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_untrained_loss_is_near_uniform(any_model):
+    _, model = any_model
+    ids = random_ids(4, 16)
+    assert abs(model(ids, labels=ids).loss.item() - math.log(VOCAB)) < 0.5
+
+
+def test_baselines_within_five_percent_of_new_llm(tiny_configs):
+    counts = {name: count_parameters(build_model(name, cfg)) for name, cfg in tiny_configs.items()}
+    for name in ("tinygpt2", "lstm"):
+        assert abs(counts[name] - counts["new_llm"]) <= 0.05 * counts["new_llm"], counts
+
+
+@pytest.mark.parametrize(
+    "sizes",
+    [dict(vocab_size=8192), dict(vocab_size=1000), dict(vocab_size=2048, embedding_size=64, context_size=64, hidden_size=128)],
+)
+def test_matching_holds_at_preset_sizes(sizes):
+    from newllm.models import NewLLMConfig
+
+    configs = matched_configs(NewLLMConfig(**sizes, eos_token_id=0), shape=BaselineShape(gpt2_positions=512))
+    counts = {name: count_parameters(build_model(name, cfg)) for name, cfg in configs.items()}
+    for name in ("tinygpt2", "lstm"):
+        assert abs(counts[name] - counts["new_llm"]) <= 0.05 * counts["new_llm"], counts
+
+
+def test_parameter_formulas_match_real_models():
+    gpt2 = gpt2_config_for_budget(200_000, VOCAB, 64, n_layer=2, tolerance=0.5)
+    assert count_parameters(build_model("tinygpt2", gpt2)) == gpt2_parameter_count(VOCAB, 64, gpt2.n_embd, gpt2.n_layer)
+    lstm = lstm_config_for_budget(200_000, VOCAB, num_layers=3, tolerance=0.5)
+    real = count_parameters(build_model("lstm", lstm))
+    assert real == lstm_parameter_count(VOCAB, lstm.embedding_size, lstm.hidden_size, 3)
+
+
+def test_impossible_budget_fails_loudly():
+    with pytest.raises(ValueError, match="no GPT-2 within"):
+        gpt2_config_for_budget(1_000, vocab_size=8192, n_positions=512)
+    with pytest.raises(ValueError, match="LSTM within"):
+        lstm_config_for_budget(1_000, vocab_size=8192)
+
+
+def test_gpt2_positions_cover_requested_context():
+    configs = matched_configs(tiny_new_llm_config(), shape=BaselineShape(gpt2_positions=96))
+    assert configs["tinygpt2"].n_positions == 96
+
+
+def test_unknown_model_name_is_an_error():
+    with pytest.raises(ValueError, match="unknown model"):
+        matched_configs(tiny_new_llm_config(), names=("new_llm", "mamba"))
+
+
+def test_save_load_round_trip_gives_identical_logits(any_model, tmp_path):
+    _, model = any_model
+    model.save_pretrained(tmp_path)
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    assert type(loaded) is type(model)
+    ids = random_ids(2, 9)
+    assert torch.equal(model(ids).logits, loaded(ids).logits)
+
+
+def test_greedy_generate_equals_full_forward_argmax(any_model):
+    _, model = any_model
+    prompt = random_ids(2, 5)
+    out = model.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=6, do_sample=False)
+    logits = model(out).logits
+    assert torch.equal(logits[:, 4:-1].argmax(-1), out[:, 5:])
+
+
+def test_left_padding_does_not_change_generation(any_model):
+    _, model = any_model
+    short = random_ids(1, 4, seed=3)
+    padded = torch.cat([torch.zeros(1, 3, dtype=torch.long), short], 1)
+    mask = torch.cat([torch.zeros(1, 3, dtype=torch.long), torch.ones(1, 4, dtype=torch.long)], 1)
+    a = model.generate(padded, attention_mask=mask, max_new_tokens=5, do_sample=False)[:, 7:]
+    b = model.generate(short, attention_mask=torch.ones_like(short), max_new_tokens=5, do_sample=False)[:, 4:]
+    assert torch.equal(a, b)

@@ -1,0 +1,69 @@
+"""Presets and overrides: typed, strict, and every preset in configs/ loads."""
+
+import pytest
+
+from newllm.config import CONFIG_DIR, ConfigError, ExperimentConfig, config_from_dict, load_config
+
+
+@pytest.mark.parametrize("preset", sorted(p.stem for p in CONFIG_DIR.glob("*.toml")))
+def test_every_preset_loads_and_round_trips(preset):
+    config = load_config(preset)
+    assert config.preset == preset
+    assert config_from_dict(config.to_dict()) == config
+
+
+def test_full_preset_is_the_prototype_schedule():
+    config = load_config("full")
+    assert (config.pretrain.epochs, config.pretrain.patience, config.finetune.epochs) == (100, 15, 50)
+    assert config.model.names == ("new_llm", "tinygpt2", "lstm")
+
+
+def test_seed_preset_is_the_prototype_protocol():
+    config = load_config("seed")
+    assert (config.data.tokenizer, config.data.vocab_size, config.data.block_size) == ("seed", 1000, 64)
+
+
+def test_overrides_are_typed():
+    config = load_config("quick", ["pretrain.lr=3e-4", "pretrain.epochs=7", "model.names=new_llm,lstm", "data.train_lines=none"])
+    assert config.pretrain.lr == 3e-4 and config.pretrain.epochs == 7
+    assert config.model.names == ("new_llm", "lstm")
+    assert config.data.train_lines is None
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("pretrain.lrr=1", "unknown setting 'pretrain.lrr'"),
+        ("pretrain.epochs=ten", "pretrain.epochs: expected an integer"),
+        ("pretrain.epochs=1.5", "pretrain.epochs: expected an integer"),
+        ("data=3", "data: expected a table"),
+        ("no_equals_sign", "not of the form"),
+    ],
+)
+def test_bad_overrides_are_one_line_errors(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config("quick", [override])
+
+
+def test_unknown_key_in_a_toml_file_is_an_error(tmp_path):
+    path = tmp_path / "mine.toml"
+    path.write_text("[pretrain]\nepochz = 3\n")
+    with pytest.raises(ConfigError, match="unknown setting 'pretrain.epochz'"):
+        load_config(str(path))
+
+
+def test_wrong_type_in_a_toml_file_is_an_error(tmp_path):
+    path = tmp_path / "mine.toml"
+    path.write_text('[model]\nhidden_size = "big"\n')
+    with pytest.raises(ConfigError, match="model.hidden_size: expected an integer"):
+        load_config(str(path))
+
+
+def test_unknown_preset_lists_the_known_ones():
+    with pytest.raises(ConfigError, match="known: .*quick"):
+        load_config("nope")
+
+
+def test_defaults_are_frozen():
+    with pytest.raises(Exception):
+        ExperimentConfig().pretrain.lr = 1.0

@@ -1,0 +1,55 @@
+"""Imports point up the layer list, never down (STYLE.md): checked on the source with `ast`."""
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[2] / "src" / "newllm"
+
+# what each layer may import from newllm (besides itself)
+ALLOWED = {
+    "config": set(),
+    "data": set(),
+    "models": set(),
+    "training": {"config", "data", "models"},
+    "evaluation": {"data", "models"},
+    "reporting": set(),
+    "pipeline": {"config", "data", "models", "training", "evaluation", "reporting"},
+    "cli": {"config", "data", "models", "training", "evaluation", "reporting", "pipeline"},
+}
+
+
+def _layer(path: Path) -> str:
+    return path.relative_to(PACKAGE).parts[0].removesuffix(".py")
+
+
+def _newllm_imports(path: Path) -> set[str]:
+    layers = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("newllm."):
+            layers.add(node.module.split(".")[1])
+        elif isinstance(node, ast.Import):
+            layers.update(a.name.split(".")[1] for a in node.names if a.name.startswith("newllm."))
+    return layers
+
+
+SOURCES = [p for p in PACKAGE.rglob("*.py") if p.name != "__init__.py" or p.parent != PACKAGE]
+
+
+@pytest.mark.parametrize("path", SOURCES, ids=lambda p: str(p.relative_to(PACKAGE)))
+def test_imports_follow_the_layers(path):
+    layer = _layer(path)
+    assert layer in ALLOWED, f"{layer} is not a known layer: add it to ALLOWED and STYLE.md"
+    wrong = _newllm_imports(path) - ALLOWED[layer] - {layer}
+    assert not wrong, f"{path.relative_to(PACKAGE)} imports {sorted(wrong)}"
+
+
+@pytest.mark.parametrize("layer", ["reporting", "config"])
+def test_torch_free_layers(layer):
+    paths = [PACKAGE / f"{layer}.py"] if (PACKAGE / f"{layer}.py").exists() else list((PACKAGE / layer).rglob("*.py"))
+    for path in paths:
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        names = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        names |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+        assert "torch" not in names, f"{path} imports torch"

@@ -1,0 +1,75 @@
+"""Checkpoints: atomic, safetensors + JSON only, and refused when they don't match."""
+
+import json
+
+import pytest
+import torch
+
+from newllm.data.tokenizer import train_tokenizer
+from newllm.models import build_model
+from newllm.training.checkpoint import CheckpointError, check_checkpoint, load_checkpoint, save_checkpoint
+
+from ..models.conftest import random_ids, tiny_new_llm_config
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    lines = [f"the cat number {i} sat on the mat and looked at dog {i * 7} .\n" for i in range(200)]
+    return train_tokenizer(lines, kind="bpe", vocab_size=300)
+
+
+@pytest.fixture
+def model():
+    torch.manual_seed(0)
+    return build_model("new_llm", tiny_new_llm_config()).eval()
+
+
+def test_save_load_gives_identical_logits_and_no_pickles(tmp_path, model, tokenizer):
+    path = save_checkpoint(model, tokenizer, tmp_path / "best_new_llm_wikitext", {"stage": "wikitext"})
+    names = sorted(p.name for p in path.iterdir())
+    assert names == ["config.json", "generation_config.json", "model.safetensors", "newllm.json", "tokenizer.json"]
+    loaded, loaded_tokenizer = load_checkpoint(path, "new_llm", expected_tokenizer=tokenizer)
+    ids = random_ids(2, 8)
+    assert torch.equal(model(ids).logits, loaded.eval()(ids).logits)
+    assert loaded_tokenizer.to_str() == tokenizer.to_str()
+    assert json.loads((path / "newllm.json").read_text())["stage"] == "wikitext"
+
+
+def test_overwriting_leaves_no_temporary_folders(tmp_path, model, tokenizer):
+    target = tmp_path / "best"
+    save_checkpoint(model, tokenizer, target)
+    save_checkpoint(model, tokenizer, target)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best"]
+
+
+def test_another_model_type_is_refused(tmp_path, model, tokenizer):
+    path = save_checkpoint(model, tokenizer, tmp_path / "ckpt")
+    with pytest.raises(CheckpointError, match="expected 'gpt2'"):
+        load_checkpoint(path, "tinygpt2")
+
+
+def test_another_tokenizer_is_refused(tmp_path, model, tokenizer):
+    path = save_checkpoint(model, tokenizer, tmp_path / "ckpt")
+    other = train_tokenizer(["completely different words here\n"] * 50, kind="bpe", vocab_size=280)
+    with pytest.raises(CheckpointError):
+        load_checkpoint(path, "new_llm", expected_tokenizer=other)
+
+
+@pytest.mark.parametrize("missing", ["config.json", "model.safetensors", "tokenizer.json"])
+def test_incomplete_checkpoint_names_the_missing_file(tmp_path, model, tokenizer, missing):
+    path = save_checkpoint(model, tokenizer, tmp_path / "ckpt")
+    (path / missing).unlink()
+    with pytest.raises(CheckpointError, match=f"missing {missing}"):
+        check_checkpoint(path)
+
+
+def test_corrupt_weights_are_a_clear_error(tmp_path, model, tokenizer):
+    path = save_checkpoint(model, tokenizer, tmp_path / "ckpt")
+    (path / "model.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(CheckpointError, match="could not be loaded"):
+        load_checkpoint(path, "new_llm")
+
+
+def test_missing_folder(tmp_path):
+    with pytest.raises(CheckpointError, match="does not exist"):
+        check_checkpoint(tmp_path / "nothing")
