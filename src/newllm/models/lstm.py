@@ -10,7 +10,13 @@ import torch
 from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, GenerationMixin, PretrainedConfig, PreTrainedModel
 
-from newllm.models.recurrent import RecurrentCache, RecurrentGenerationMixin, RecurrentLMOutput, shifted_lm_loss
+from newllm.models.recurrent import (
+    RecurrentCache,
+    RecurrentGenerationMixin,
+    RecurrentLMOutput,
+    needs_state_mask,
+    shifted_lm_loss,
+)
 
 
 class LSTMLMConfig(PretrainedConfig):
@@ -86,7 +92,7 @@ class LSTMForCausalLM(RecurrentGenerationMixin, LSTMLMPreTrainedModel, Generatio
         return self.lm_head
 
     def _run_lstm(self, embeddings, hc, attention_mask):
-        if attention_mask is None or bool(attention_mask.all()):
+        if not needs_state_mask(attention_mask):
             return self.lstm(embeddings, hc)  # cuDNN path
         # Left padding (generation only): step by step, carrying (h, c) unchanged over masked tokens.
         outputs = []

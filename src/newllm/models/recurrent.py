@@ -45,6 +45,17 @@ class RecurrentLMOutput(ModelOutput):
     state: RecurrentCache | None = None
 
 
+def needs_state_mask(attention_mask: torch.Tensor | None) -> bool:
+    """True when some row has padding before a real token (left padding).
+
+    Right padding comes after every scored position, so a causal model may run straight through it
+    (the state it returns then includes the pad steps: generation pads on the left).
+    """
+    if attention_mask is None:
+        return False
+    return bool((attention_mask[:, 1:] > attention_mask[:, :-1]).any())
+
+
 def shifted_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Mean next-token cross-entropy; labels are the inputs (shifted here), -100 is ignored."""
     # (B, T-1, V) predicts (B, T-1)

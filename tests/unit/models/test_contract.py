@@ -110,3 +110,12 @@ def test_left_padding_does_not_change_generation(any_model):
     a = model.generate(padded, attention_mask=mask, max_new_tokens=5, do_sample=False)[:, 7:]
     b = model.generate(short, attention_mask=torch.ones_like(short), max_new_tokens=5, do_sample=False)[:, 4:]
     assert torch.equal(a, b)
+
+
+def test_right_padding_does_not_change_scored_logits(any_model):
+    _, model = any_model
+    ids = random_ids(2, 9)
+    mask = torch.ones_like(ids)
+    mask[1, 6:] = 0  # right padding, as the collator makes it
+    padded = model(ids, attention_mask=mask).logits
+    torch.testing.assert_close(padded[1, :6], model(ids[1:, :6]).logits[0], rtol=1e-5, atol=1e-5)

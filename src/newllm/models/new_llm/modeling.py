@@ -12,7 +12,13 @@ from transformers import GenerationMixin, PreTrainedModel
 
 from newllm.models.new_llm.cell import NewLLMCell
 from newllm.models.new_llm.configuration import NewLLMConfig
-from newllm.models.recurrent import RecurrentCache, RecurrentGenerationMixin, RecurrentLMOutput, shifted_lm_loss
+from newllm.models.recurrent import (
+    RecurrentCache,
+    RecurrentGenerationMixin,
+    RecurrentLMOutput,
+    needs_state_mask,
+    shifted_lm_loss,
+)
 
 
 class NewLLMPreTrainedModel(PreTrainedModel):
@@ -54,8 +60,8 @@ class NewLLMModel(NewLLMPreTrainedModel):
         embeddings = self.embed_tokens(input_ids)  # (B, T, E)
         if context is None:
             context = self.cell.initial_context(input_ids.shape[0], embeddings.device, embeddings.dtype)
-        if attention_mask is not None and bool(attention_mask.all()):
-            attention_mask = None  # nothing to freeze: skip the per-step select
+        if not needs_state_mask(attention_mask):
+            attention_mask = None  # no left padding: skip the per-step select
         return self.cell.scan(embeddings, context, attention_mask)
 
 
