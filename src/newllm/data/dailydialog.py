@@ -92,6 +92,8 @@ def load_dailydialog(split: str, data_dir: str | os.PathLike | None = None) -> D
     path, tried = locate_file(f"dailydialog/dialogues_{name}.txt", data_dir)
     if path is not None:
         return _build_split(name, (_parse_line(line) for line in read_lines(path)), str(path))
+    if data_dir is not None:
+        raise DataNotFoundError(f"DailyDialog {name} not found: no {tried[0]}")
     try:
         rows = _dialogues_from_hub(name)
     except Exception as error:  # whatever stops the Hub (no datasets, no network) is one more place tried

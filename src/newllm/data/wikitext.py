@@ -57,9 +57,10 @@ class TextSplit:
 
 def _places(data_dir: str | os.PathLike | None) -> list[tuple[Path | None, str]]:
     """Candidate data directories in search order, each with how it was chosen; None if unset."""
-    places: list[tuple[Path | None, str]] = []
     if data_dir is not None:
-        places.append((Path(data_dir).expanduser(), "data_dir argument"))
+        # An explicit folder is the only place looked at: falling back elsewhere would hide a typo.
+        return [(Path(data_dir).expanduser(), "--data-dir")]
+    places: list[tuple[Path | None, str]] = []
     env = os.environ.get(DATA_DIR_ENV)
     places.append((Path(env).expanduser() if env else None, f"${DATA_DIR_ENV}"))
     cwd = Path.cwd()
@@ -129,6 +130,8 @@ def load_wikitext(split: str, variant: str = "tokens", data_dir: str | os.PathLi
     path, tried = locate_file(f"{folder}/wiki.{name}.{suffix}", data_dir)
     if path is not None:
         return TextSplit(name, read_lines(path), str(path))
+    if data_dir is not None:
+        raise DataNotFoundError(f"WikiText-2 {name} ({variant}) not found: no {tried[0]}")
     hub_split = _HUB_SPLITS[name]
     try:
         lines = _lines_from_hub(config, hub_split)

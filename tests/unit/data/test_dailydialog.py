@@ -87,13 +87,17 @@ def test_empty_or_non_utf8_file_is_a_format_error_naming_it(isolated, content, m
         load_dailydialog("test", data_dir=isolated / "d")
 
 
+def test_explicit_data_dir_is_the_only_place_looked_at(isolated):
+    with pytest.raises(DataNotFoundError, match="dialogues_test.txt \\(--data-dir\\)$"):
+        load_dailydialog("test", data_dir=isolated / "typo")
+
+
 def test_missing_everywhere_names_every_place(isolated):
     with pytest.raises(DataNotFoundError) as raised:
-        load_dailydialog("validation", data_dir=isolated / "arg")
+        load_dailydialog("validation")
     message = str(raised.value)
     assert "\n" not in message
     for expected in (
-        str(isolated / "arg" / "dailydialog" / "dialogues_validation.txt"),
         "$NEWLLM_DATA_DIR (not set)",
         str(isolated / "work" / "data" / "dailydialog" / "dialogues_validation.txt"),
         str(isolated / "shared" / "data" / "dailydialog" / "dialogues_validation.txt"),

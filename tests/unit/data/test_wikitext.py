@@ -111,15 +111,23 @@ def test_find_data_dir_is_none_when_nothing_exists(isolated):
     assert find_data_dir(isolated / "nowhere") is None
 
 
+def test_explicit_data_dir_is_the_only_place_looked_at(isolated, monkeypatch):
+    write(isolated / "shared" / "data", "wikitext-2/wiki.test.tokens", "would hide a typo\n")
+    with pytest.raises(DataNotFoundError) as raised:
+        load_wikitext("test", data_dir=isolated / "typo")
+    message = str(raised.value)
+    assert str(isolated / "typo" / "wikitext-2" / "wiki.test.tokens") in message
+    assert "Hub" not in message and "shared" not in message
+
+
 def test_missing_everywhere_names_every_place_in_one_line(isolated, monkeypatch):
     monkeypatch.setenv("NEWLLM_DATA_DIR", str(isolated / "env-dir"))
     with pytest.raises(DataNotFoundError) as raised:
-        load_wikitext("test", data_dir=isolated / "arg-dir")
+        load_wikitext("test")
     message = str(raised.value)
     assert isinstance(raised.value, FileNotFoundError)
     assert "\n" not in message
     for expected in (
-        str(isolated / "arg-dir" / "wikitext-2" / "wiki.test.tokens"),
         str(isolated / "env-dir" / "wikitext-2" / "wiki.test.tokens"),
         "$NEWLLM_DATA_DIR",
         str(isolated / "work" / "data" / "wikitext-2" / "wiki.test.tokens"),

@@ -1,0 +1,136 @@
+"""The prototype's three commands, on the quick preset and the real data, end to end (a few minutes)."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from newllm.models import MODEL_NAMES
+
+REPO = Path(__file__).resolve().parents[2]
+SCRIPTS = ("train_wikitext.py", "finetune_dialog.py", "evaluate_comparison.py")
+PROTOTYPE_NAMES = [
+    "best_new_llm_wikitext",
+    "best_tinygpt2_wikitext",
+    "best_new_llm_dialog",
+    "best_tinygpt2_dialog",
+    "new_llm_wikitext_training_curves.png",
+    "tinygpt2_wikitext_training_curves.png",
+    "new_llm_dialog_training_curves.png",
+    "tinygpt2_dialog_training_curves.png",
+]
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def quick_run(real_data_dir, tmp_path_factory):
+    """Run the three scripts in a fresh folder, as a user would after cloning; returns that folder."""
+    workdir = tmp_path_factory.mktemp("prototype")
+    env = {**os.environ, "NEWLLM_DATA_DIR": str(real_data_dir), "TOKENIZERS_PARALLELISM": "false"}
+    for script in SCRIPTS:
+        proc = subprocess.run(
+            [sys.executable, str(REPO / "scripts" / script), "--preset", "quick", "--no-progress"],
+            cwd=workdir,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=900,
+        )
+        assert proc.returncode == 0, f"{script} failed:\n{proc.stderr[-4000:]}"
+    return workdir
+
+
+def test_scripts_write_the_prototype_names(quick_run):
+    out = quick_run / "checkpoints"
+    for name in PROTOTYPE_NAMES:
+        assert (out / name).exists(), name
+    for name in ("best_new_llm_dialog", "best_tinygpt2_dialog", "best_lstm_dialog"):
+        files = {p.name for p in (out / name).iterdir()}
+        assert {"config.json", "model.safetensors", "tokenizer.json"} <= files
+        assert (out / name / "tokenizer.json").read_bytes() == (out / "tokenizer.json").read_bytes()
+
+
+def test_results_json_has_every_field_for_every_model(quick_run):
+    results = json.loads((quick_run / "checkpoints" / "results.json").read_text())
+    assert results["preset"] == "quick"
+    assert results["tokenizer"]["kind"] == "bpe"
+    params = {name: results["models"][name]["params"] for name in MODEL_NAMES}
+    for name in MODEL_NAMES:
+        model = results["models"][name]
+        assert abs(params[name] - params["new_llm"]) <= 0.05 * params["new_llm"]
+        numbers = [
+            model["wikitext"]["test"]["token_ppl"],
+            model["wikitext"]["test"]["word_ppl"],
+            model["wikitext"]["test"]["bits_per_byte"],
+            model["dailydialog"]["test"]["token_ppl"],
+            model["dailydialog"]["test"]["response_ppl"],
+            model["speed"]["ms_per_batch"],
+            model["speed"]["ms_per_token"],
+        ]
+        assert all(isinstance(x, float) and math.isfinite(x) and x > 0 for x in numbers), (name, numbers)
+        test = model["wikitext"]["test"]
+        # word PPL and bits/byte are the same NLL over other denominators
+        nll = math.log(test["token_ppl"]) * test["tokens"]
+        assert math.isclose(test["word_ppl"], math.exp(nll / test["words"]), rel_tol=1e-6)
+        assert math.isclose(test["bits_per_byte"], nll / math.log(2) / test["bytes"], rel_tol=1e-6)
+        # trained: far better than a uniform guess over the vocabulary
+        assert test["token_ppl"] < results["tokenizer"]["vocab_size"] / 4
+        assert len(model["samples"]) == len(results["config"]["eval"]["prompts"])
+        assert model["samples"][0]["prompt"] == "hello how are you"
+
+
+def test_report_embeds_curves_and_samples(quick_run):
+    out = quick_run / "checkpoints"
+    report = (out / "report.md").read_text()
+    for label in ("New-LLM", "TinyGPT2", "LSTM", "hello how are you", "Word PPL", "Bits/byte"):
+        assert label in report
+    for line in report.splitlines():
+        if "](" in line and ".png)" in line:
+            for piece in line.split("](")[1:]:
+                assert (out / piece.split(")")[0]).is_file()
+
+
+def test_history_is_written_per_epoch_as_json_and_csv(quick_run):
+    out = quick_run / "checkpoints"
+    history = json.loads((out / "new_llm_wikitext" / "history.json").read_text())
+    assert [row["epoch"] for row in history] == list(range(1, len(history) + 1))
+    assert all(row["val_loss"] is not None and row["train_loss"] is not None for row in history)
+    assert (out / "new_llm_wikitext" / "history.csv").read_text().startswith("epoch,train_loss,val_loss")
+
+
+def test_generate_command_answers_a_prompt(quick_run):
+    proc = subprocess.run(
+        [sys.executable, "-m", "newllm.cli", "generate", "--checkpoint", "checkpoints/best_new_llm_dialog", "hello how are you"],
+        cwd=quick_run,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip()
+
+
+def test_finetune_refuses_a_checkpoint_with_another_tokenizer(quick_run, tmp_path):
+    import shutil
+
+    out = tmp_path / "checkpoints"
+    shutil.copytree(quick_run / "checkpoints" / "best_new_llm_wikitext", out / "best_new_llm_wikitext")
+    shutil.copy(quick_run / "checkpoints" / "tokenizer.json", out / "tokenizer.json")
+    from newllm.data.tokenizer import save_tokenizer, train_tokenizer
+
+    foreign = train_tokenizer(["some other corpus entirely\n"] * 100, kind="bpe", vocab_size=300)
+    save_tokenizer(foreign, out / "best_new_llm_wikitext")
+    proc = subprocess.run(
+        [sys.executable, "-m", "newllm.cli", "finetune", "--preset", "quick", "--models", "new_llm", "--output-dir", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 1
+    assert "tokenizer" in proc.stderr.lower() and "Traceback" not in proc.stderr
+    assert not (out / "best_new_llm_dialog").exists()

@@ -1,0 +1,63 @@
+"""The command line: one clear line and exit status 1 for bad input, nothing written."""
+
+import pytest
+
+from newllm.cli import main
+from newllm.data.tokenizer import save_tokenizer
+
+
+def _error(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err and err[-1].startswith("newllm: error: "), err
+    assert "Traceback" not in "\n".join(err)
+    return err[-1]
+
+
+def test_unknown_preset(capsys):
+    assert main(["pretrain", "--preset", "nope"]) == 1
+    assert "unknown preset 'nope'" in _error(capsys)
+
+
+def test_unknown_setting(capsys, tmp_path):
+    assert main(["pretrain", "--preset", "quick", "--set", "pretrain.lrr=1", "--output-dir", str(tmp_path)]) == 1
+    assert "unknown setting 'pretrain.lrr'" in _error(capsys)
+
+
+def test_missing_data_dir(capsys, tmp_path):
+    out = tmp_path / "out"
+    assert main(["pretrain", "--preset", "quick", "--data-dir", str(tmp_path / "nowhere"), "--output-dir", str(out)]) == 1
+    assert "not found" in _error(capsys)
+    assert not (out / "tokenizer.json").exists()
+
+
+def test_finetune_without_tokenizer(capsys, tmp_path):
+    assert main(["finetune", "--preset", "quick", "--output-dir", str(tmp_path)]) == 1
+    assert "run `newllm pretrain`" in _error(capsys)
+
+
+def test_finetune_without_step_one_checkpoint_never_trains_from_scratch(capsys, tmp_path, tiny_tokenizer):
+    save_tokenizer(tiny_tokenizer, tmp_path)
+    args = ["finetune", "--preset", "quick", "--set", "data.vocab_size=300", "--output-dir", str(tmp_path)]
+    assert main(args) == 1
+    assert "step-1 checkpoint" in _error(capsys)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tokenizer.json"]
+
+
+def test_tokenizer_of_another_kind_in_the_output_dir(capsys, tmp_path, tiny_tokenizer):
+    save_tokenizer(tiny_tokenizer, tmp_path)
+    assert main(["evaluate", "--preset", "quick", "--output-dir", str(tmp_path)]) == 1
+    assert "use another --output-dir" in _error(capsys)
+
+
+def test_generate_with_missing_checkpoint(capsys, tmp_path):
+    assert main(["generate", "--checkpoint", str(tmp_path / "nothing"), "hello"]) == 1
+    assert "does not exist" in _error(capsys)
+
+
+def test_help_lists_every_command(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    for command in ("pretrain", "finetune", "evaluate", "pipeline", "generate"):
+        assert command in out
