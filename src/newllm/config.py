@@ -69,6 +69,7 @@ class TrainConfig:
     grad_accum: int = 1
     seed: int = 0
     max_steps: int = -1  # > 0 caps the optimizer steps (smoke tests)
+    compile: bool = False  # torch.compile the model (CUDA: fuses New-LLM's per-step kernels)
 
 
 @dataclass(frozen=True)

@@ -69,6 +69,16 @@ class LSTMLMPreTrainedModel(PreTrainedModel):
     base_model_prefix = "lstm_lm"
     main_input_name = "input_ids"
 
+    @torch.no_grad()
+    def _init_weights(self, module):
+        # pytorch/examples word_language_model: embedding and decoder uniform in ±0.1, zero decoder
+        # bias; the LSTM keeps PyTorch's uniform ±1/√H. GPT-2's N(0, 0.02) embedding starves an
+        # LSTM of input signal: it barely learns in the first epochs.
+        if isinstance(module, (nn.Embedding, nn.Linear)):
+            module.weight.uniform_(-0.1, 0.1)
+            if getattr(module, "bias", None) is not None:
+                module.bias.zero_()
+
 
 class LSTMForCausalLM(RecurrentGenerationMixin, LSTMLMPreTrainedModel, GenerationMixin):
     def __init__(self, config: LSTMLMConfig):

@@ -147,6 +147,7 @@ def train(
         seed=config.seed,
         bf16=bf16,
         use_cpu=device == "cpu",
+        torch_compile=config.compile,
         eval_strategy="epoch",
         save_strategy="epoch",
         logging_strategy="epoch",

@@ -70,15 +70,24 @@ class NewLLMCell(nn.Module):
         """
         first = self.layers[0]
         token_weight, context_weight = first.weight.split([self.embedding_size, self.context_size], dim=1)
-        token_part = F.linear(token_embeddings, token_weight, first.bias)  # (B, T, H)
+        # (T, B, H), time-major so that each step reads one contiguous slice
+        token_part = F.linear(token_embeddings, token_weight, first.bias).transpose(0, 1).contiguous()
+        context_weight_t = context_weight.t()
         hiddens = []
-        for t in range(token_embeddings.shape[1]):
-            hidden = self.dropout(F.relu(token_part[:, t] + F.linear(context, context_weight)))
+        for t in range(token_part.shape[0]):
+            hidden = self.dropout(F.relu(torch.addmm(token_part[t], context, context_weight_t)))
             for layer in self.layers[1:]:
                 hidden = self.dropout(F.relu(layer(hidden)))
-            new_context = self.update_context(hidden, context)
+            new_context = self._fused_update(hidden, context)
             if mask is not None:
                 new_context = torch.where(mask[:, t, None].bool(), new_context, context)
             context = new_context
             hiddens.append(hidden)
         return torch.stack(hiddens, dim=1), context
+
+    def _fused_update(self, hidden: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        """`update_context` in fewer kernels: one sigmoid for both gates, one addcmul for the mix."""
+        delta, gates = self.context_proj(hidden).split([self.context_size, 2 * self.context_size], dim=-1)
+        forget, inp = torch.sigmoid(gates).chunk(2, dim=-1)
+        mixed = torch.addcmul(inp * delta, forget, context)
+        return self.context_norm(mixed).clamp(-self.context_clamp, self.context_clamp)

@@ -1,0 +1,436 @@
+"""The speed benchmark: training throughput and cached decoding latency/memory of the matched models.
+
+Two questions, each over a grid:
+
+- training: how many tokens per second a full optimizer step (forward with labels, backward, AdamW)
+  gets through, per batch size × sequence length × precision × eager/compiled. New-LLM pays for its
+  recurrence here: GPT-2 processes the T positions in parallel, New-LLM loops over them.
+- generation: how long one greedy token costs, and how big the cache is, after a prompt of
+  `context_len` tokens. This is what the fixed-size context vector is for: New-LLM's cost and
+  state stay flat while GPT-2's key/value cache grows with the context (and stops at its positions).
+
+Every number is a median over `repeats` after `warmup` untimed runs; CUDA is synchronised around
+each timed call. Rows that cannot run (bf16 on CPU, GPT-2 past its positions) are kept with the
+reason in "skipped", so a table never silently loses a cell.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import itertools
+import statistics
+import time
+from dataclasses import asdict, dataclass
+
+import torch
+from tqdm.auto import tqdm
+
+from newllm.evaluation.perplexity import autocast_context
+from newllm.evaluation.speed import cache_bytes, environment
+from newllm.models.new_llm import NewLLMConfig
+from newllm.models.registry import BaselineShape, build_model, count_parameters, matched_configs
+
+PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
+COMPILE_MODES = ("eager", "compiled")
+# Prompts are fed in chunks: a single forward over 65,536 tokens would hold (B, T, V) logits, 17 GiB
+# at B=1 and V=8192, while the state the chunks hand on is exactly the one a single pass would leave.
+PREFILL_CHUNK = 512
+LEARNING_RATE = 1e-4  # irrelevant to the timing; small so that a few steps on random ids stay finite
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """Model sizes and the grid the benchmark measures (see benchmarks/README.md)."""
+
+    vocab_size: int = 8192
+    # New-LLM's size; the baselines are matched to its parameter count within ±5 %.
+    embedding_size: int = 256
+    context_size: int = 256
+    hidden_size: int = 512
+    num_layers: int = 3
+    gpt2_positions: int = 1024
+    batch_sizes: tuple[int, ...] = (64, 256)
+    seq_lens: tuple[int, ...] = (64, 128)
+    precisions: tuple[str, ...] = ("fp32", "bf16")
+    compile_modes: tuple[str, ...] = ("eager", "compiled")
+    # torch.compile on CPU takes minutes per row and is not what the comparison is about; opt in here.
+    compile_on_cpu: bool = False
+    # Intra-op threads on CPU (None: torch's default). Tiny models gain nothing from more than one, and
+    # on a shared CPU the threads wait on each other: a 2-core box under load ran the quick bench 30× slower.
+    cpu_threads: int | None = None
+    context_lengths: tuple[int, ...] = (128, 1024, 8192, 65536)
+    gen_batch_sizes: tuple[int, ...] = (1, 32)
+    gen_tokens: int = 64
+    warmup: int = 2
+    repeats: int = 5
+    models: tuple[str, ...] = ("new_llm", "tinygpt2", "lstm")
+    seed: int = 0
+
+    def __post_init__(self):
+        positive = ("vocab_size", "embedding_size", "context_size", "hidden_size", "num_layers", "gpt2_positions",
+                    "gen_tokens", "repeats")
+        for name in positive:
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"BenchConfig.{name} must be a positive integer, got {value!r}")
+        if self.cpu_threads is not None and (not isinstance(self.cpu_threads, int) or self.cpu_threads < 1):
+            raise ValueError(f"BenchConfig.cpu_threads must be None or a positive integer, got {self.cpu_threads!r}")
+        if not isinstance(self.warmup, int) or self.warmup < 0:
+            raise ValueError(f"BenchConfig.warmup must be a non-negative integer, got {self.warmup!r}")
+        for name in ("batch_sizes", "seq_lens", "context_lengths", "gen_batch_sizes"):
+            values = getattr(self, name)
+            if not all(isinstance(v, int) and v >= 1 for v in values):
+                raise ValueError(f"BenchConfig.{name} must hold positive integers, got {values!r}")
+        for name, allowed in (("precisions", tuple(PRECISIONS)), ("compile_modes", COMPILE_MODES)):
+            unknown = [v for v in getattr(self, name) if v not in allowed]
+            if unknown:
+                raise ValueError(f"BenchConfig.{name}: unknown {unknown[0]!r}; choose from {', '.join(allowed)}")
+
+
+def quick_bench_config() -> BenchConfig:
+    """Tiny sizes so that the whole bench runs on two CPU cores in well under a minute."""
+    # 256 positions: GPT-2 then cannot decode after the 512-token context, the skip the real bench shows at 65,536.
+    return BenchConfig(
+        vocab_size=1024, embedding_size=32, context_size=32, hidden_size=64, num_layers=2,
+        gpt2_positions=256, batch_sizes=(8,), seq_lens=(32,), precisions=("fp32",), compile_modes=("eager",),
+        context_lengths=(32, 128, 512), gen_batch_sizes=(1,), gen_tokens=8, warmup=1, repeats=2, cpu_threads=1,
+    )  # fmt: skip
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _median_seconds(fn, device: torch.device, warmup: int, repeats: int) -> float:
+    """Median wall-clock seconds of fn() over `repeats` calls after `warmup` untimed ones."""
+    for _ in range(warmup):
+        fn()
+    seconds = []
+    for _ in range(repeats):
+        _synchronize(device)
+        start = time.perf_counter()
+        fn()
+        _synchronize(device)  # queued kernels belong to the call that queued them
+        seconds.append(time.perf_counter() - start)
+    return statistics.median(seconds)
+
+
+def _reset_peak(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def _peak(device: torch.device) -> int | None:
+    return torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
+
+
+def _position_limit(model) -> int | None:
+    """Learned positions of the model (GPT-2's n_positions), None for the recurrent models."""
+    return getattr(model.config, "max_position_embeddings", None)
+
+
+def _precision_skip(precision: str, device: torch.device) -> str | None:
+    """Why `precision` cannot be timed on `device`, or None."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; choose from {', '.join(PRECISIONS)}")
+    if precision == "bf16" and device.type != "cuda":
+        # compute_dtype keeps CPU runs in float32: a "bf16" CPU row would time fp32 under another name.
+        return "bf16 is timed on CUDA only (CPU runs stay float32)"
+    if precision == "bf16" and not torch.cuda.is_bf16_supported():
+        return "this GPU has no bf16"
+    return None
+
+
+def _random_ids(vocab_size: int, shape: tuple[int, ...], device: torch.device, seed: int) -> torch.Tensor:
+    # Random ids, not zeros: 0 is the pad / end-of-text id, and no real batch is made of it.
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randint(0, vocab_size, shape, generator=generator).to(device)
+
+
+def measure_training(
+    model, batch_size: int, seq_len: int, precision: str, device, warmup: int = 2, repeats: int = 5, seed: int = 0
+) -> dict:
+    """Tokens per second of full AdamW steps (forward with labels, backward, step, zero_grad) on random ids."""
+    device = torch.device(device)
+    row = {"batch_size": batch_size, "seq_len": seq_len, "precision": precision}
+    row.update(tokens_per_s=None, ms_per_step=None, peak_mem_bytes=None)
+    limit = _position_limit(model)
+    skip = _precision_skip(precision, device)
+    if skip is None and limit is not None and seq_len > limit:
+        skip = f"seq_len {seq_len} is beyond the model's {limit} positions"
+    if skip is not None:
+        return {**row, "skipped": skip}
+    ids = _random_ids(model.config.vocab_size, (batch_size, seq_len), device, seed)  # (B, T)
+    was_training = model.training
+    model.to(device).train()  # dropout on, as in real training
+    optimizer = torch.optim.AdamW(model.parameters(), lr=LEARNING_RATE)
+
+    def step():
+        with autocast_context(device, PRECISIONS[precision]):
+            loss = model(input_ids=ids, labels=ids).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    try:
+        # The warmup steps create AdamW's moments; resetting after them counts those in the peak.
+        for _ in range(warmup):
+            step()
+        _reset_peak(device)
+        seconds = _median_seconds(step, device, 0, repeats)
+        peak = _peak(device)
+    finally:
+        optimizer.zero_grad(set_to_none=True)
+        model.train(was_training)
+    row.update(tokens_per_s=batch_size * seq_len / seconds, ms_per_step=1000 * seconds, peak_mem_bytes=peak)
+    return row
+
+
+def _cache_argument(model) -> str:
+    """The keyword a model takes its cache by: `state` (ours), `cache` (transformers ≥ 5.2x) or `past_key_values`."""
+    parameters = inspect.signature(model.forward).parameters
+    return next(name for name in ("state", "cache", "past_key_values") if name in parameters)
+
+
+def _output_cache(output):
+    """The cache a forward returned, under whichever name this transformers version gives it."""
+    return next(output[name] for name in ("state", "cache", "past_key_values") if output.get(name) is not None)
+
+
+@torch.no_grad()
+def measure_generation(
+    model,
+    context_len: int,
+    batch_size: int,
+    gen_tokens: int,
+    device,
+    dtype: torch.dtype = torch.float32,
+    warmup: int = 2,
+    repeats: int = 5,
+    seed: int = 0,
+) -> dict:
+    """Median ms per greedy token decoded one at a time from the cache of a `context_len`-token prompt."""
+    device = torch.device(device)
+    row = {"context_len": context_len, "batch_size": batch_size, "gen_tokens": gen_tokens}
+    row.update(ms_per_token=None, state_bytes=None, peak_mem_bytes=None)
+    limit = _position_limit(model)
+    if limit is not None and context_len + gen_tokens > limit:
+        name = "GPT-2" if model.config.model_type == "gpt2" else model.config.model_type
+        return {**row, "skipped": f"beyond {name}'s {limit} positions"}
+    prompt = _random_ids(model.config.vocab_size, (batch_size, context_len), device, seed)  # (B, P)
+    cache_name = _cache_argument(model)
+    was_training = model.training
+    model.to(device).eval()
+    try:
+        with autocast_context(device, dtype):
+            cache = None
+            for start in range(0, context_len, PREFILL_CHUNK):
+                kwargs = {} if cache is None else {cache_name: cache}
+                output = model(input_ids=prompt[:, start : start + PREFILL_CHUNK], use_cache=True, **kwargs)
+                cache = _output_cache(output)
+            first = output.logits[:, -1].argmax(-1, keepdim=True)  # (B, 1)
+            del output  # the chunk's (B, T, V) logits must not count in the decoding peak
+            state_bytes = cache_bytes(cache)
+            # GPT-2's cache grows in place as it decodes; each repeat crops it back to the prompt.
+            # The recurrent states are replaced, never written to, so every repeat starts from `cache`.
+            growing = hasattr(cache, "crop")
+
+            def decode():
+                step_cache, token = cache, first
+                for _ in range(gen_tokens):
+                    output = model(input_ids=token, use_cache=True, **{cache_name: step_cache})
+                    step_cache = _output_cache(output)
+                    token = output.logits[:, -1].argmax(-1, keepdim=True)  # (B, 1) greedy
+                if growing:
+                    # A negative count removes that many tokens in every 5.x (a positive one means
+                    # "keep" before 5.2x and is refused after).
+                    cache.crop(context_len - cache.get_seq_length())
+
+            _reset_peak(device)
+            seconds = _median_seconds(decode, device, warmup, repeats)
+            peak = _peak(device)
+    finally:
+        model.train(was_training)
+    row.update(ms_per_token=1000 * seconds / gen_tokens, state_bytes=state_bytes, peak_mem_bytes=peak)
+    return row
+
+
+def summarize_training(rows: list[dict]) -> tuple[list[dict], list[dict]]:
+    """(ratios, best): New-LLM / TinyGPT2 tokens_per_s per setting, and each model's best per (batch, seq)."""
+    measured = {}
+    for r in rows:
+        if r.get("tokens_per_s") is not None:
+            measured[(r["batch_size"], r["seq_len"], r["precision"], r["mode"], r["model"])] = r["tokens_per_s"]
+
+    def ratio(new, ref):
+        return new / ref if new is not None and ref is not None else None
+
+    settings = list(dict.fromkeys((r["batch_size"], r["seq_len"], r["precision"], r["mode"]) for r in rows))
+    ratios = []
+    for batch, seq, precision, mode in settings:
+        new = measured.get((batch, seq, precision, mode, "new_llm"))
+        ref = measured.get((batch, seq, precision, mode, "tinygpt2"))
+        ratios.append({
+            "batch_size": batch, "seq_len": seq, "precision": precision, "mode": mode,
+            "new_llm_tokens_per_s": new, "tinygpt2_tokens_per_s": ref, "new_llm_over_tinygpt2": ratio(new, ref),
+        })  # fmt: skip
+    best = []
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    for batch, seq in dict.fromkeys((b, s) for b, s, _, _ in settings):
+        tokens_per_s, setting = {}, {}
+        for model in models:
+            candidates = [
+                (value, f"{p} {m}")
+                for (b, s, p, m, name), value in measured.items()
+                if (b, s, name) == (batch, seq, model)
+            ]
+            top = max(candidates, default=(None, None), key=lambda c: c[0])
+            tokens_per_s[model], setting[model] = top
+        best.append({
+            "batch_size": batch, "seq_len": seq, "tokens_per_s": tokens_per_s, "setting": setting,
+            "new_llm_over_tinygpt2": ratio(tokens_per_s.get("new_llm"), tokens_per_s.get("tinygpt2")),
+        })  # fmt: skip
+    return ratios, best
+
+
+def _bench_models(config: BenchConfig) -> dict:
+    """Fresh models of `config.models`, the baselines matched to New-LLM's parameter count."""
+    new_llm = NewLLMConfig(
+        vocab_size=config.vocab_size,
+        embedding_size=config.embedding_size,
+        context_size=config.context_size,
+        hidden_size=config.hidden_size,
+        num_hidden_layers=config.num_layers,
+        # 0 is the tokenizer's pad / end-of-text id; copied to the baselines, where GPT-2's default 50256 exceeds V.
+        bos_token_id=0,
+        eos_token_id=0,
+        pad_token_id=0,
+    )
+    configs = matched_configs(new_llm, config.models, BaselineShape(gpt2_positions=config.gpt2_positions))
+    models = {}
+    for name in config.models:
+        torch.manual_seed(config.seed)
+        models[name] = build_model(name, configs[name])
+    return models
+
+
+def _release(device: torch.device) -> None:
+    """Give cached blocks back so that one row's leftovers do not count in the next one's peak."""
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def _first_line(error: Exception) -> str:
+    """`Type: first line of the message`, short enough for a table cell."""
+    lines = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {lines[0] if lines else ''}"[:300]
+
+
+def _training_rows(name: str, model, config: BenchConfig, device: torch.device, bar) -> list[dict]:
+    """One row per (mode, precision, batch, seq) for one model."""
+    rows = []
+    grid = itertools.product(config.compile_modes, config.precisions, config.batch_sizes, config.seq_lens)
+    for mode, precision, batch, seq in grid:
+        bar.set_description(f"train {name} B={batch} T={seq} {precision} {mode}")
+        head = {"model": name, "batch_size": batch, "seq_len": seq, "precision": precision, "mode": mode}
+        empty = {"tokens_per_s": None, "ms_per_step": None, "peak_mem_bytes": None}
+        if mode == "compiled" and device.type == "cpu" and not config.compile_on_cpu:
+            rows.append({**head, **empty, "skipped": "compiled is timed on CUDA only (compile_on_cpu=False)"})
+            bar.update()
+            continue
+        if mode == "compiled":
+            # A fresh compile per row: no recompile limit to hit, no guards left by another shape or dtype.
+            torch.compiler.reset()
+        runner = torch.compile(model) if mode == "compiled" else model
+        try:
+            measured = measure_training(
+                runner, batch, seq, precision, device, config.warmup, config.repeats, config.seed
+            )
+            rows.append({**head, **measured})
+        except torch.cuda.OutOfMemoryError as error:
+            rows.append({**head, **empty, "error": _first_line(error)})
+        except Exception as error:
+            if mode != "compiled":
+                raise
+            # A compiler failure is a result about the compiler, not a reason to lose the whole bench.
+            rows.append({**head, **empty, "error": _first_line(error)})
+        _release(device)
+        bar.update()
+    if "compiled" in config.compile_modes:
+        torch.compiler.reset()
+    return rows
+
+
+def _generation_rows(name: str, model, config: BenchConfig, device: torch.device, bar) -> list[dict]:
+    """One row per (precision, batch, context length) for one model."""
+    rows = []
+    grid = itertools.product(config.precisions, config.gen_batch_sizes, config.context_lengths)
+    for precision, batch, context in grid:
+        bar.set_description(f"generate {name} B={batch} context={context} {precision}")
+        head = {"model": name, "precision": precision}
+        empty = {"context_len": context, "batch_size": batch, "gen_tokens": config.gen_tokens}
+        empty.update(ms_per_token=None, state_bytes=None, peak_mem_bytes=None)
+        skip = _precision_skip(precision, device)
+        if skip is not None:
+            rows.append({**head, **empty, "skipped": skip})
+        else:
+            try:
+                measured = measure_generation(
+                    model, context, batch, config.gen_tokens, device, PRECISIONS[precision],
+                    config.warmup, config.repeats, config.seed,
+                )  # fmt: skip
+                rows.append({**head, **measured})
+            except torch.cuda.OutOfMemoryError as error:
+                rows.append({**head, **empty, "error": _first_line(error)})
+        _release(device)
+        bar.update()
+    return rows
+
+
+@contextlib.contextmanager
+def _cpu_threads(threads: int | None):
+    """Run with `threads` intra-op threads (None: leave torch's setting), restoring it afterwards."""
+    before = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def run_bench(config: BenchConfig, device: str = "cpu", progress: bool = True) -> dict:
+    """Every training and generation row of `config` on `device`, with New-LLM / TinyGPT2 ratios (JSON-ready)."""
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device} was asked for, but CUDA is not available")
+    models = _bench_models(config)
+    params = {name: count_parameters(model) for name, model in models.items()}
+    rows_per_model = len(config.precisions) * (
+        len(config.compile_modes) * len(config.batch_sizes) * len(config.seq_lens)
+        + len(config.gen_batch_sizes) * len(config.context_lengths)
+    )
+    training, generation = [], []
+    with _cpu_threads(config.cpu_threads if device.type == "cpu" else None):
+        env = environment()  # inside: it records the thread count the numbers were taken with
+        with tqdm(total=rows_per_model * len(models), desc="bench", disable=not progress, leave=False) as bar:
+            for name in list(models):
+                # One model on the device at a time: another's weights must not count in this one's peak.
+                model = models.pop(name)
+                training += _training_rows(name, model, config, device, bar)
+                generation += _generation_rows(name, model, config, device, bar)
+                del model
+                _release(device)
+    ratios, best = summarize_training(training)
+    return {
+        "environment": env,
+        "device": str(device),
+        "config": asdict(config),
+        "params": params,
+        "training": training,
+        "generation": generation,
+        "ratios": ratios,
+        "best": best,
+    }

@@ -1,0 +1,94 @@
+"""The Trainer wrapper: learns, keeps the best epoch, writes the history, refuses to clobber a run."""
+
+import json
+import math
+
+import pytest
+import torch
+from torch.utils.data import Dataset
+
+from newllm.config import TrainConfig
+from newllm.models import build_model
+from newllm.training.loop import RunExistsError, TrainingDivergedError, history_from_log, train
+
+from ..models.conftest import VOCAB, tiny_new_llm_config
+
+
+class CountingSequences(Dataset):
+    """Windows of the sequence a, a+1, a+2, ... (mod V): learnable in a few steps."""
+
+    def __init__(self, n, length=12, seed=0):
+        start = torch.randint(0, 20, (n, 1), generator=torch.Generator().manual_seed(seed))  # ids 0..31: seen often
+        self.ids = (start + torch.arange(length)) % VOCAB
+
+    def __len__(self):
+        return len(self.ids)
+
+    def __getitem__(self, i):
+        return {"input_ids": self.ids[i], "labels": self.ids[i]}
+
+
+def collate(batch):
+    ids = torch.stack([item["input_ids"] for item in batch])
+    return {"input_ids": ids, "labels": ids}
+
+
+def _train(run_dir, **overrides):
+    torch.manual_seed(0)
+    config = TrainConfig(**{"epochs": 3, "patience": 2, "batch_size": 16, "eval_batch_size": 32, "lr": 1e-2, **overrides})
+    model = build_model("new_llm", tiny_new_llm_config())
+    return train(model, CountingSequences(128), CountingSequences(32, seed=1), collate, config, run_dir, progress=False)
+
+
+def test_learns_and_writes_history(tmp_path):
+    result = _train(tmp_path / "run")
+    assert [row["epoch"] for row in result.history] == [1, 2, 3]
+    assert result.history[-1]["val_loss"] < math.log(VOCAB) - 1.0  # far better than uniform
+    assert result.best_epoch == min(result.history, key=lambda r: r["val_loss"])["epoch"]
+    saved = json.loads((tmp_path / "run" / "history.json").read_text())
+    assert saved == result.history
+    header = (tmp_path / "run" / "history.csv").read_text().splitlines()[0]
+    assert header == "epoch,train_loss,val_loss,train_ppl,val_ppl,lr,seconds"
+    assert all(row["seconds"] > 0 for row in result.history)
+
+
+def test_existing_run_is_not_overwritten_without_asking(tmp_path):
+    _train(tmp_path / "run", epochs=1)
+    with pytest.raises(RunExistsError, match="--resume .* --overwrite"):
+        _train(tmp_path / "run", epochs=1)
+
+
+def test_overwrite_starts_again(tmp_path):
+    _train(tmp_path / "run", epochs=1)
+    torch.manual_seed(0)
+    model = build_model("new_llm", tiny_new_llm_config())
+    config = TrainConfig(epochs=1, batch_size=16)
+    result = train(model, CountingSequences(64), CountingSequences(16), collate, config, tmp_path / "run", overwrite=True, progress=False)
+    assert result.epochs_run == 1
+
+
+def test_resume_without_a_checkpoint_is_an_error(tmp_path):
+    model = build_model("new_llm", tiny_new_llm_config())
+    with pytest.raises(FileNotFoundError, match="nothing to resume"):
+        train(model, CountingSequences(8), CountingSequences(8), collate, TrainConfig(epochs=1), tmp_path / "run", resume=True)
+
+
+def test_non_finite_loss_stops_with_a_clear_error(tmp_path):
+    model = build_model("new_llm", tiny_new_llm_config())
+    with torch.no_grad():
+        model.lm_head.bias.fill_(float("nan"))
+    with pytest.raises(TrainingDivergedError, match="training loss became nan"):
+        train(model, CountingSequences(32), CountingSequences(8), collate, TrainConfig(epochs=1, batch_size=16), tmp_path / "run", progress=False)
+
+
+def test_history_pairs_train_and_eval_logs_by_epoch():
+    log = [
+        {"loss": 2.0, "learning_rate": 0.1, "epoch": 1.0},
+        {"eval_loss": 1.5, "epoch": 1.0},
+        {"loss": 1.0, "learning_rate": 0.05, "epoch": 2.0},
+        {"eval_loss": 1.2, "epoch": 2.0},
+        {"train_runtime": 3.0, "epoch": 2.0},
+    ]
+    history = history_from_log(log, {1: 1.5, 2: 1.4})
+    assert [(r["epoch"], r["train_loss"], r["val_loss"], r["seconds"]) for r in history] == [(1, 2.0, 1.5, 1.5), (2, 1.0, 1.2, 1.4)]
+    assert history[0]["val_ppl"] == pytest.approx(math.exp(1.5))
