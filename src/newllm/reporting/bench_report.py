@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from matplotlib.figure import Figure
-from matplotlib.ticker import FuncFormatter, LogLocator, NullLocator
+from matplotlib.ticker import FuncFormatter, LogFormatter, LogLocator, NullLocator
 
 from newllm.reporting.plots import _model_color, _save, model_label, ordered_models, three_significant, write_atomic
 
@@ -124,7 +124,9 @@ def _training_lines(results: Mapping[str, Any], names: Sequence[str]) -> list[st
     headers = ["batch", "seq", "precision", "mode", *(model_label(n) for n in names)]
     headers += ["New-LLM/TinyGPT2"] if show_ratio else []
     table = []
-    for setting in dict.fromkeys(tuple(r.get(k) for k in keys) for r in rows):
+    settings = list(dict.fromkeys(tuple(r.get(k) for k in keys) for r in rows))
+    # Grouped by shape (a stable sort keeps the bench's precision and mode order within one).
+    for setting in sorted(settings, key=lambda s: (s[0], s[1])):
         cells = [str(v) for v in setting]
         cells += [_cell(by_setting.get((*setting, n)), "tokens_per_s", _rate) for n in names]
         cells += [_ratio(ratios.get(setting))] if show_ratio else []
@@ -227,7 +229,8 @@ def plot_bench_throughput(results: Mapping[str, Any], path: str | os.PathLike) -
     columns = min(2, len(panels))
     lines = math.ceil(len(panels) / columns)
     fig = Figure(figsize=(max(6.0, 1.1 * len(shapes) * len(names)) * columns, 4.2 * lines), layout="constrained")
-    axes = fig.subplots(lines, columns, squeeze=False).ravel()
+    # One y scale for all panels: a bar in the bf16 panel compares with its fp32 neighbour by eye.
+    axes = fig.subplots(lines, columns, squeeze=False, sharey=True).ravel()
     width = 0.8 / len(names)
     for ax, (precision, mode) in zip(axes, panels):
         for i, name in enumerate(names):
@@ -242,6 +245,7 @@ def plot_bench_throughput(results: Mapping[str, Any], path: str | os.PathLike) -
             labels.append(f"B={b} T={s}" + ("" if ratio is None else f"\nNew-LLM/TinyGPT2 {ratio:.2f}×"))
         ax.set_xticks(range(len(shapes)), labels, fontsize=8)
         ax.set_yscale("log")  # the models differ by orders of magnitude; bars must all stay readable
+        ax.yaxis.set_major_formatter(LogFormatter(labelOnlyBase=False))
         ax.margins(y=0.25)  # headroom for the value labels
         ax.set_ylabel("tokens_per_s (log)")
         ax.set_title(f"{precision}, {mode}")

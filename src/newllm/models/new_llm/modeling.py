@@ -12,6 +12,7 @@ from transformers import GenerationMixin, PreTrainedModel
 
 from newllm.models.new_llm.cell import NewLLMCell
 from newllm.models.new_llm.configuration import NewLLMConfig
+from newllm.models.new_llm.scan import fused_scan
 from newllm.models.recurrent import (
     RecurrentCache,
     RecurrentGenerationMixin,
@@ -62,6 +63,9 @@ class NewLLMModel(NewLLMPreTrainedModel):
             context = self.cell.initial_context(input_ids.shape[0], embeddings.device, embeddings.dtype)
         if not needs_state_mask(attention_mask):
             attention_mask = None  # no left padding: skip the per-step select
+        if attention_mask is None and torch.is_grad_enabled():
+            # Training: the same function with a hand-written backward (scan.py), several times faster.
+            return fused_scan(self.cell, embeddings, context)
         return self.cell.scan(embeddings, context, attention_mask)
 
 
