@@ -51,6 +51,19 @@ def build_parser() -> argparse.ArgumentParser:
         _experiment_options(sub)
         if name != "evaluate":
             _training_options(sub)
+    bench = commands.add_parser("bench", help="training throughput and generation latency of all models, side by side")
+    bench.add_argument("--quick", action="store_true", help="tiny sizes: seconds on a CPU (what CI runs)")
+    bench.add_argument("--device", default="auto", help="cpu, cuda ... (default: auto)")
+    bench.add_argument("--output-dir", default="benchmarks/results", help="where bench.json and the plots go")
+    bench.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="override a BenchConfig field, e.g. --set batch_sizes=64,256 --set compile_modes=eager",
+    )
+    bench.add_argument("--no-progress", action="store_true", help="no progress bars")
     gen = commands.add_parser("generate", help="one prompt -> one response from a checkpoint")
     gen.add_argument("--checkpoint", required=True, help="a model folder, e.g. checkpoints/best_new_llm_dialog")
     gen.add_argument("prompt", help="what the first speaker says")
@@ -107,9 +120,29 @@ def _generate(args) -> int:
     return 0
 
 
+def _bench(args) -> int:
+    import torch
+
+    from newllm.config import parse_overrides, replace_fields
+    from newllm.evaluation.bench import BenchConfig, quick_bench_config, run_bench
+    from newllm.reporting.bench_report import format_bench_table, write_bench_outputs
+
+    config = quick_bench_config() if args.quick else BenchConfig()
+    config = replace_fields(config, parse_overrides(args.overrides))
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    results = run_bench(config, device, progress=not args.no_progress)
+    results["command"] = " ".join(["newllm", *sys.argv[2:]]) if len(sys.argv) > 1 else "newllm bench"
+    paths = write_bench_outputs(results, args.output_dir)
+    print(format_bench_table(results))
+    print("wrote " + ", ".join(str(p) for p in paths))
+    return 0
+
+
 def _run(args) -> int:
     if args.command == "generate":
         return _generate(args)
+    if args.command == "bench":
+        return _bench(args)
     from newllm import pipeline
 
     config = _config_from_args(args)

@@ -169,7 +169,7 @@ def _coerce(value, annotation, where: str):
     raise ConfigError(f"{where}: unsupported type {annotation!r}")
 
 
-def _replace(obj, values: dict, where: str):
+def replace_fields(obj, values: dict, where: str = ""):
     """A copy of dataclass `obj` with `values` (nested dicts for nested dataclasses) applied."""
     hints = typing.get_type_hints(type(obj))
     names = {f.name for f in dataclasses.fields(obj)}
@@ -182,7 +182,7 @@ def _replace(obj, values: dict, where: str):
         if dataclasses.is_dataclass(current):
             if not isinstance(value, dict):
                 raise ConfigError(f"{path}: expected a table of settings, got {value!r}")
-            changes[key] = _replace(current, value, path)
+            changes[key] = replace_fields(current, value, path)
         else:
             changes[key] = _coerce(value, hints[key], path)
     return dataclasses.replace(obj, **changes)
@@ -225,10 +225,10 @@ def load_config(preset: str = "full", overrides: list[str] | tuple[str, ...] = (
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
         raise ConfigError(f"{path}: not valid TOML ({err})") from None
     values.setdefault("preset", path.stem)
-    config = _replace(ExperimentConfig(), values, "")
-    return _replace(config, parse_overrides(list(overrides)), "")
+    config = replace_fields(ExperimentConfig(), values, "")
+    return replace_fields(config, parse_overrides(list(overrides)), "")
 
 
 def config_from_dict(values: dict) -> ExperimentConfig:
     """Rebuild a resolved config saved with `to_json` (unknown keys are errors)."""
-    return _replace(ExperimentConfig(), values, "")
+    return replace_fields(ExperimentConfig(), values, "")
