@@ -103,8 +103,7 @@ def _generate(args) -> int:
     from newllm.training.checkpoint import load_checkpoint
 
     model, tokenizer = load_checkpoint(args.checkpoint, device=args.device)
-    print(
-        respond(
+    reply = respond(
             model,
             tokenizer,
             [args.prompt],
@@ -116,7 +115,9 @@ def _generate(args) -> int:
             seed=args.seed,
             device=args.device,
         )
-    )
+    print(reply)
+    if not reply:
+        print("newllm: the model ended its turn without a word (try --sample)", file=sys.stderr)
     return 0
 
 

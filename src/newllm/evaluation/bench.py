@@ -231,7 +231,8 @@ def measure_generation(
                 output = model(input_ids=prompt[:, start : start + PREFILL_CHUNK], use_cache=True, **kwargs)
                 cache = _output_cache(output)
             first = output.logits[:, -1].argmax(-1, keepdim=True)  # (B, 1)
-            del output  # the chunk's (B, T, V) logits must not count in the decoding peak
+            # The last chunk's (B, T, V) logits and the (B, P) prompt are not decoding memory: out of the peak.
+            del output, prompt
             state_bytes = cache_bytes(cache)
             # GPT-2's cache grows in place as it decodes; each repeat crops it back to the prompt.
             # The recurrent states are replaced, never written to, so every repeat starts from `cache`.
@@ -336,7 +337,7 @@ def _training_rows(name: str, model, config: BenchConfig, device: torch.device, 
         bar.set_description(f"train {name} B={batch} T={seq} {precision} {mode}")
         head = {"model": name, "batch_size": batch, "seq_len": seq, "precision": precision, "mode": mode}
         empty = {"tokens_per_s": None, "ms_per_step": None, "peak_mem_bytes": None}
-        if mode == "compiled" and device.type == "cpu" and not config.compile_on_cpu:
+        if mode == "compiled" and device.type != "cuda" and not config.compile_on_cpu:
             rows.append({**head, **empty, "skipped": "compiled is timed on CUDA only (compile_on_cpu=False)"})
             bar.update()
             continue

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from matplotlib.figure import Figure
-from matplotlib.ticker import FuncFormatter, LogFormatter, LogLocator, NullLocator
+from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
 
 from newllm.reporting.plots import _model_color, _save, model_label, ordered_models, three_significant, write_atomic
 
@@ -245,7 +245,7 @@ def plot_bench_throughput(results: Mapping[str, Any], path: str | os.PathLike) -
             labels.append(f"B={b} T={s}" + ("" if ratio is None else f"\nNew-LLM/TinyGPT2 {ratio:.2f}×"))
         ax.set_xticks(range(len(shapes)), labels, fontsize=8)
         ax.set_yscale("log")  # the models differ by orders of magnitude; bars must all stay readable
-        ax.yaxis.set_major_formatter(LogFormatter(labelOnlyBase=False))
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:,.0f}"))  # 100,000, not 1e+05
         ax.margins(y=0.25)  # headroom for the value labels
         ax.set_ylabel("tokens_per_s (log)")
         ax.set_title(f"{precision}, {mode}")
@@ -271,6 +271,18 @@ def _generation_series(rows, names, batch: int, key: str):
                 yield i, name, precision, points
 
 
+def _byte_ticks(values: Sequence[float]) -> list[float]:
+    """Round binary sizes across values: powers of two (at most 8), with quarters between them if the span is narrow."""
+    low, high = min(values), max(values)
+    first, last = math.floor(math.log2(low)), math.ceil(math.log2(high))
+    if last - first >= 3:
+        stride = math.ceil((last - first + 1) / 8)
+        return [2.0**k for k in range(first, last + 1, stride)]
+    # Within a factor of 8 (a peak of 90–160 MiB, say) powers of two alone would leave one tick or none.
+    ticks = [2.0**k * m for k in range(first, last + 1) for m in (1, 1.25, 1.5, 1.75)]
+    return [t for t in ticks if low / 1.25 <= t <= high * 1.25]
+
+
 def _position_limit_line(ax, results: Mapping[str, Any]) -> None:
     """Dotted line at the longest context GPT-2 can still decode after, if GPT-2 was in the bench."""
     config = results.get("config") or {}
@@ -292,8 +304,9 @@ def plot_bench_generation(
     contexts = sorted({r["context_len"] for r in drawable})
     if not metrics or not batches:
         return None
-    fig = Figure(figsize=(6.0 * len(batches), 4.2 * len(metrics)), layout="constrained")
+    fig = Figure(figsize=(5.0 * len(batches) + 2.2, 4.2 * len(metrics)), layout="constrained")
     axes = fig.subplots(len(metrics), len(batches), squeeze=False)
+    legend: dict[str, Any] = {}
     for row_axes, (key, ylabel) in zip(axes, metrics):
         for ax, batch in zip(row_axes, batches):
             drawn = []
@@ -311,7 +324,8 @@ def plot_bench_generation(
                 # Bytes span from a context vector (hundreds) to a key/value cache (gigabytes); powers of two
                 # put the ticks on round binary sizes (1 KiB, 8 KiB, 64 KiB).
                 ax.set_yscale("log", base=2)
-                ax.yaxis.set_major_locator(LogLocator(base=2, numticks=8))
+                if drawn:
+                    ax.yaxis.set_major_locator(FixedLocator(_byte_ticks(drawn)))
                 ax.yaxis.set_minor_locator(NullLocator())
                 ax.yaxis.set_major_formatter(FuncFormatter(lambda x, _: format_bytes(x)))
             else:
@@ -320,8 +334,9 @@ def plot_bench_generation(
             ax.set_ylabel(ylabel)
             ax.set_title(f"batch {batch}")
             ax.grid(True, which="major", alpha=0.3)
-            if drawn:
-                ax.legend(frameon=False, fontsize=8)
+            legend.update(zip(*reversed(ax.get_legend_handles_labels())))
+    # One legend for the figure, beside the panels: every panel has the same series, and inside one it hid points.
+    fig.legend(list(legend.values()), list(legend), loc="outside right upper", frameon=False, fontsize=8)
     fig.suptitle(title)
     return _save(fig, path)
 

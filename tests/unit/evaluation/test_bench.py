@@ -184,7 +184,8 @@ def test_best_is_each_models_fastest_setting(results):
 
 def test_summarize_training_picks_the_best_and_skips_missing():
     def row(model, precision, mode, rate):
-        return {"model": model, "batch_size": 4, "seq_len": 8, "precision": precision, "mode": mode, "tokens_per_s": rate}
+        setting = {"batch_size": 4, "seq_len": 8, "precision": precision, "mode": mode}
+        return {"model": model, **setting, "tokens_per_s": rate}
 
     rows = [
         row("new_llm", "fp32", "eager", 100.0), row("tinygpt2", "fp32", "eager", 400.0),

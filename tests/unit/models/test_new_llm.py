@@ -214,3 +214,15 @@ def test_training_forward_uses_the_fused_path_and_equals_eval_forward():
     assert fused.loss.grad_fn is not None
     torch.testing.assert_close(fused.logits, reference.logits, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(fused.loss, reference.loss, rtol=1e-5, atol=1e-5)
+
+
+def test_fused_path_trains_under_bf16_autocast():
+    torch.manual_seed(0)
+    model = NewLLMForCausalLM(tiny_new_llm_config()).train()
+    ids = random_ids(2, 10)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(ids, labels=ids)
+    out.loss.backward()
+    assert torch.isfinite(out.loss)
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+    assert model.model.cell.context_proj.weight.grad.dtype == torch.float32

@@ -124,20 +124,26 @@ def fused_scan(cell, token_embeddings: torch.Tensor, context: torch.Tensor) -> t
     """`cell.scan` without a mask, through `NewLLMScan`: (B, T, E), (B, C) → hidden (B, T, H), last context."""
     first = cell.layers[0]
     token_weight, context_weight = first.weight.split([cell.embedding_size, cell.context_size], dim=1)
-    token_part = F.linear(token_embeddings, token_weight, first.bias).transpose(0, 1).contiguous()  # (T, B, H)
     rest = [p for layer in cell.layers[1:] for p in (layer.weight, layer.bias)]
     dropout_p = cell.dropout.p if cell.training else 0.0
-    hidden, context = NewLLMScan.apply(
-        token_part,
-        context,
-        context_weight,
-        dropout_p,
-        cell.context_norm.eps,
-        cell.context_clamp,
-        cell.context_norm.weight,
-        cell.context_norm.bias,
-        cell.context_proj.weight,
-        cell.context_proj.bias,
-        *rest,
-    )
+    # The recurrence runs in the parameters' dtype (fp32) even under bf16 autocast: it is bound by launches, not by
+    # arithmetic, and the hand-written backward needs one dtype. The casts are ordinary autograd
+    # ops, so the gradients come back in the caller's dtype.
+    with torch.autocast(token_embeddings.device.type, enabled=False):
+        dtype = first.weight.dtype  # the parameters' dtype (fp32 under autocast)
+        token_part = F.linear(token_embeddings.to(dtype), token_weight, first.bias)
+        token_part = token_part.transpose(0, 1).contiguous()  # (T, B, H)
+        hidden, context = NewLLMScan.apply(
+            token_part,
+            context.to(dtype),
+            context_weight,
+            dropout_p,
+            cell.context_norm.eps,
+            cell.context_clamp,
+            cell.context_norm.weight,
+            cell.context_norm.bias,
+            cell.context_proj.weight,
+            cell.context_proj.bias,
+            *rest,
+        )
     return hidden.transpose(0, 1), context
