@@ -74,6 +74,15 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--top-p", type=float, default=0.95)
     gen.add_argument("--seed", type=int, default=0)
     gen.add_argument("--device", default="cpu")
+    chat = commands.add_parser("chat", help="talk with a checkpoint turn by turn (/reset, /quit)")
+    chat.add_argument("--checkpoint", required=True, help="a model folder, e.g. checkpoints/best_new_llm_dialog")
+    chat.add_argument("--max-new-tokens", type=int, default=40, help="longest reply in tokens (default: 40)")
+    chat.add_argument("--temperature", type=float, default=0.8)
+    chat.add_argument("--top-k", type=int, default=50, help="0 = no limit")
+    chat.add_argument("--top-p", type=float, default=0.95)
+    chat.add_argument("--greedy", action="store_true", help="greedy decoding instead of sampling")
+    chat.add_argument("--seed", type=int, default=0)
+    chat.add_argument("--device", default="cpu")
     return parser
 
 
@@ -121,6 +130,52 @@ def _generate(args) -> int:
     return 0
 
 
+def _chat(args) -> int:
+    from newllm.evaluation.chat import COMMANDS, ChatSession, SamplingOptions, clean_line
+    from newllm.training.checkpoint import load_checkpoint
+
+    options = SamplingOptions(
+        max_new_tokens=args.max_new_tokens,
+        do_sample=not args.greedy,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        seed=args.seed,
+    )
+    model, tokenizer = load_checkpoint(args.checkpoint, device=args.device)
+    session = ChatSession(model, tokenizer, options, device=args.device)
+    try:
+        import readline  # noqa: F401  (line editing and history on the arrow keys for input())
+    except ImportError:
+        pass  # not on every platform; plain input() still works
+    if hasattr(sys.stdin, "reconfigure"):
+        sys.stdin.reconfigure(errors="replace")  # invalid UTF-8 becomes U+FFFD instead of a crash
+    commands = ", ".join(f"{name} {text}" for name, text in COMMANDS.items())
+    print(f"chatting with {model.config.model_type} from {args.checkpoint}; {commands}")
+    try:
+        while True:
+            try:
+                line = clean_line(input("you> "))
+            except EOFError:
+                print()
+                return 0
+            command = line.split()[0] if line.startswith("/") else None
+            if not line:
+                continue
+            if command == "/quit":
+                return 0
+            if command == "/reset":
+                session.reset()
+                print("(new conversation)")
+            elif command is not None:
+                print(f"unknown command {command}; {commands}")
+            else:
+                print(f"bot> {session.reply(line)}", flush=True)
+    except KeyboardInterrupt:
+        print()  # Ctrl-C leaves the chat like Ctrl-D: nothing to resume
+        return 0
+
+
 def _bench(args) -> int:
     import torch
 
@@ -144,6 +199,8 @@ def _run(args) -> int:
         return _generate(args)
     if args.command == "bench":
         return _bench(args)
+    if args.command == "chat":
+        return _chat(args)
     from newllm import pipeline
 
     config = _config_from_args(args)

@@ -41,7 +41,7 @@ from newllm.models import BaselineShape, NewLLMConfig, build_model, count_parame
 from newllm.reporting.plots import plot_training_curves
 from newllm.reporting.report import write_report
 from newllm.training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint, write_json_atomic
-from newllm.training.loop import train
+from newllm.training.loop import RunExistsError, train
 
 logger = logging.getLogger("newllm")
 
@@ -148,6 +148,18 @@ def model_configs(config: ExperimentConfig, tokenizer) -> dict:
     return matched_configs(new_llm, names=("new_llm", *[n for n in m.names if n != "new_llm"]), shape=shape)
 
 
+def _refuse_existing_runs(config: ExperimentConfig, stage: str, resume: bool, overwrite: bool) -> None:
+    """RunExistsError before any training when a model's run folder already holds a run."""
+    if resume or overwrite:
+        return
+    for name in config.model.names:
+        folder = run_dir(config, name, stage)
+        if any(folder.glob("checkpoint-*")):
+            raise RunExistsError(
+                f"{folder} already holds a run: pass --resume to continue it or --overwrite to start again"
+            )
+
+
 def _write_experiment(config: ExperimentConfig, step: str) -> None:
     write_json_atomic(
         Path(config.output_dir) / "experiment.json",
@@ -183,10 +195,12 @@ def pretrain(config: ExperimentConfig, resume: bool = False, overwrite: bool = F
     """Step 1: train every model of `config.model.names` on WikiText-2 from scratch."""
     device = resolve_device(config)
     bf16 = resolve_bf16(config, device)
-    Path(config.output_dir).mkdir(parents=True, exist_ok=True)
-    _write_experiment(config, "pretrain")
+    # Every input is checked before anything is written: the data, then every model's run folder.
     splits = load_wikitext_splits(config)
+    _refuse_existing_runs(config, "wikitext", resume, overwrite)
+    Path(config.output_dir).mkdir(parents=True, exist_ok=True)
     tokenizer = prepare_tokenizer(config, splits["train"])
+    _write_experiment(config, "pretrain")
     streams = {name: encode_text(tokenizer, split) for name, split in splits.items()}
     train_set = StreamWindows(streams["train"], config.data.block_size, drop_last=True)
     valid_set = StreamWindows(streams["valid"], config.data.block_size, drop_last=False)
@@ -238,8 +252,9 @@ def finetune(config: ExperimentConfig, resume: bool = False, overwrite: bool = F
                 "run `newllm pretrain` (or scripts/train_wikitext.py) with the same preset and output dir first"
             )
         models[name], _ = load_checkpoint(parent, name, expected_tokenizer=tokenizer)
-    _write_experiment(config, "finetune")
     sets, _ = _dialog_sets(config, tokenizer)
+    _refuse_existing_runs(config, "dialog", resume, overwrite)
+    _write_experiment(config, "finetune")
     pad = special_ids(tokenizer).pad
     for name, model in models.items():
         set_seed(config.finetune.seed)

@@ -39,7 +39,7 @@ def quick_run(real_data_dir, tmp_path_factory):
             env=env,
             capture_output=True,
             text=True,
-            timeout=900,
+            timeout=1800,  # minutes on an idle 2-core machine; generous for a loaded one
         )
         assert proc.returncode == 0, f"{script} failed:\n{proc.stderr[-4000:]}"
     return workdir

@@ -1,7 +1,8 @@
 """DailyDialog: dialogues as tuples of utterances, and their ids with a mask over the responses.
 
 Files are ``<data dir>/dailydialog/dialogues_{train,validation,test}.txt`` (data dir as in wikitext.py),
-one dialogue per line with every utterance ending in ``__eou__``. The Hub fallback is
+one dialogue per line with every utterance ending in ``__eou__`` (a line with text after its last
+``__eou__``, as in a file cut short, is skipped and counted). The Hub fallback is
 ``li2017dailydialog/daily_dialog``. Its original loading script won't run under datasets >= 3, so we
 read the Hub's automatic parquet conversion (revision ``refs/convert/parquet``) instead.
 
@@ -25,7 +26,7 @@ from tokenizers import Tokenizer
 
 from newllm.data.errors import DataFormatError, DataNotFoundError
 from newllm.data.tokenizer import SpecialIds, special_ids
-from newllm.data.wikitext import canonical_split, hub_failure, locate_file, read_lines
+from newllm.data.wikitext import canonical_split, hub_failure, locate_file, missing_from, read_lines
 
 HUB_ID = "li2017dailydialog/daily_dialog"
 HUB_REVISION = "refs/convert/parquet"
@@ -70,7 +71,11 @@ def _parse_line(line: str) -> tuple[str, ...] | None:
     """The utterances of one line of dialogues_*.txt, or None when it is malformed."""
     if _END_OF_UTTERANCE not in line:
         return None
-    return _clean(line.split(_END_OF_UTTERANCE))
+    *utterances, tail = line.split(_END_OF_UTTERANCE)
+    # Text after the last marker is an utterance cut off before its __eou__ (a truncated file): drop the dialogue.
+    if tail.strip():
+        return None
+    return _clean(utterances)
 
 
 def _build_split(name: str, dialogues: Iterable[tuple[str, ...] | None], source: str) -> DialogSplit:
@@ -93,7 +98,7 @@ def load_dailydialog(split: str, data_dir: str | os.PathLike | None = None) -> D
     if path is not None:
         return _build_split(name, (_parse_line(line) for line in read_lines(path)), str(path))
     if data_dir is not None:
-        raise DataNotFoundError(f"DailyDialog {name} not found: no {tried[0]}")
+        raise DataNotFoundError(f"DailyDialog {name} not found: {missing_from(data_dir, tried[0])}")
     try:
         rows = _dialogues_from_hub(name)
     except Exception as error:  # whatever stops the Hub (no datasets, no network) is one more place tried

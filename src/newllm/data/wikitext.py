@@ -92,6 +92,14 @@ def locate_file(relative: str, data_dir: str | os.PathLike | None = None) -> tup
     return None, tried
 
 
+def missing_from(data_dir: str | os.PathLike, tried: str) -> str:
+    """Why an explicit data directory lacks a file: the directory itself is missing, or only the file is."""
+    directory = Path(data_dir).expanduser()
+    if not directory.is_dir():
+        return f"the data directory {directory} does not exist; tried {tried}"
+    return f"no {tried}"
+
+
 def read_lines(path: Path) -> tuple[str, ...]:
     """The lines of a UTF-8 text file, each keeping its "\\n"; DataFormatError if it is empty or not UTF-8."""
     data = path.read_bytes()
@@ -131,7 +139,7 @@ def load_wikitext(split: str, variant: str = "tokens", data_dir: str | os.PathLi
     if path is not None:
         return TextSplit(name, read_lines(path), str(path))
     if data_dir is not None:
-        raise DataNotFoundError(f"WikiText-2 {name} ({variant}) not found: no {tried[0]}")
+        raise DataNotFoundError(f"WikiText-2 {name} ({variant}) not found: {missing_from(data_dir, tried[0])}")
     hub_split = _HUB_SPLITS[name]
     try:
         lines = _lines_from_hub(config, hub_split)

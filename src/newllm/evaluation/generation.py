@@ -31,6 +31,13 @@ def _clean_turn(turn: str) -> str:
     """The turn with control characters (newlines, NUL, escapes) as spaces and runs of whitespace as one."""
     if not isinstance(turn, str):
         raise TypeError(f"a turn must be a str, got {type(turn).__name__}")
+    try:
+        turn.encode("utf-8")
+    except UnicodeEncodeError as err:
+        # Python hands undecodable argv bytes over as lone surrogates (surrogateescape); the tokenizer can't take them.
+        bad = turn[err.start]
+        byte = f"byte 0x{ord(bad) - 0xDC00:02x}" if 0xDC80 <= ord(bad) <= 0xDCFF else f"lone surrogate U+{ord(bad):04X}"
+        raise ValueError(f"the prompt is not valid UTF-8 text ({byte} at character {err.start})") from None
     # A raw newline would be the seed tokenizer's <EOS>, and escapes are noise to every tokenizer.
     text = "".join(" " if unicodedata.category(ch) == "Cc" else ch for ch in turn)
     return " ".join(text.split())
@@ -43,7 +50,7 @@ def _position_limit(model) -> int | None:
 
 def prompt_ids(model, tokenizer, turns: Sequence[str], max_new_tokens: int) -> list[int]:
     """The ids `respond` feeds `model`: the formatted turns, cut on the left to fit the model's positions."""
-    if isinstance(turns, str) or not isinstance(turns, Sequence):
+    if isinstance(turns, (str, bytes, bytearray)) or not isinstance(turns, Sequence):
         raise TypeError(f"turns must be a list of str, got {type(turns).__name__}")
     ids = format_prompt(tokenizer, [_clean_turn(turn) for turn in turns])
     limit = _position_limit(model)

@@ -61,6 +61,8 @@ def save_checkpoint(model: PreTrainedModel, tokenizer, directory, metadata: dict
 def check_checkpoint(directory, model_name: str | None = None) -> dict:
     """The checkpoint's config as a dict, after checking its files and model type; CheckpointError otherwise."""
     directory = Path(directory)
+    if directory.exists() and not directory.is_dir():
+        raise CheckpointError(f"checkpoint {directory} is a file; pass the folder that holds config.json")
     if not directory.is_dir():
         raise CheckpointError(f"checkpoint {directory} does not exist")
     missing = [name for name in REQUIRED_FILES if not (directory / name).is_file()]
@@ -70,7 +72,16 @@ def check_checkpoint(directory, model_name: str | None = None) -> dict:
         config = json.loads((directory / "config.json").read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise CheckpointError(f"checkpoint {directory}: config.json is not valid JSON ({err})") from None
+    if not isinstance(config, dict):
+        raise CheckpointError(f"checkpoint {directory}: config.json is not a JSON object")
+    known = sorted(set(MODEL_TYPES.values()))
+    if config.get("model_type") not in known:
+        raise CheckpointError(
+            f"checkpoint {directory} holds a {config.get('model_type')!r} model; newllm loads {', '.join(known)}"
+        )
     if model_name is not None:
+        if model_name not in MODEL_TYPES:
+            raise ValueError(f"unknown model {model_name!r}; expected one of {', '.join(MODEL_TYPES)}")
         expected = MODEL_TYPES[model_name]
         if config.get("model_type") != expected:
             raise CheckpointError(
@@ -83,12 +94,15 @@ def load_checkpoint(directory, model_name: str | None = None, expected_tokenizer
     """(model, tokenizer) from a checkpoint folder, checking model type and, if given, the tokenizer."""
     directory = Path(directory)
     check_checkpoint(directory, model_name)
-    tokenizer = load_tokenizer(directory)
+    try:
+        tokenizer = load_tokenizer(directory)
+    except ValueError as err:
+        raise CheckpointError(f"checkpoint {directory}: {err}") from None
     if expected_tokenizer is not None:
         try:
-            check_same_tokenizer(expected_tokenizer, tokenizer, where=str(directory))
+            check_same_tokenizer(expected_tokenizer, tokenizer, where=f"checkpoint {directory}")
         except ValueError as err:
-            raise CheckpointError(str(err)) from None
+            raise CheckpointError(f"{err}: it was saved with another tokenizer than the run's tokenizer.json") from None
     try:
         AutoConfig.from_pretrained(directory)
         model = AutoModelForCausalLM.from_pretrained(directory)

@@ -1,0 +1,427 @@
+"""Bad input through the CLI: one `newllm: error:` line on stderr, exit 1, no traceback, nothing destroyed.
+
+Argparse usage errors (a missing required option, a non-integer `--max-new-tokens`) exit 2 instead,
+with argparse's usage text and a `newllm <command>: error:` line; one test pins that. The messages
+themselves are listed in docs/reliability.md ("Bad input: what you see").
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from newllm.cli import main
+from newllm.data.dailydialog import load_dailydialog
+from newllm.data.tokenizer import save_tokenizer, train_tokenizer
+from newllm.data.wikitext import load_wikitext
+from newllm.models import BaselineShape, build_model, matched_configs
+from newllm.training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+
+from ..conftest import TINY_DIALOGUES, TINY_TEXT
+from .models.conftest import tiny_new_llm_config
+
+# The step commands: quick preset shrunk to the tiny tokenizer; every row below fails before training.
+STEP_OPTIONS = [
+    "--preset", "quick",
+    "--set", "data.vocab_size=300",
+    "--set", "data.train_lines=50",
+    "--set", "data.eval_lines=20",
+    "--set", "data.train_dialogues=10",
+    "--set", "data.eval_dialogues=5",
+    "--models", "new_llm",
+    "--no-progress",
+]  # fmt: skip
+
+# pipeline.pretrain/finetune check every input before writing anything: nothing may change.
+EARLY_WRITES: set[str] = set()
+
+DIALOGUE_TEXT = "".join(" __eou__ ".join(turns) + " __eou__\n" for turns in TINY_DIALOGUES)
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def snapshot(directory: Path) -> dict[str, tuple[int, int]]:
+    """Every path under `directory` with its (mtime_ns, size); {} when it does not exist."""
+    if not directory.exists():
+        return {}
+    return {str(p.relative_to(directory)): (p.stat().st_mtime_ns, p.stat().st_size) for p in directory.rglob("*")}
+
+
+def assert_untouched(before: dict, after: dict, allowed: set[str] = frozenset()) -> None:
+    changed = {k for k in before.keys() | after.keys() if before.get(k) != after.get(k)} - set(allowed)
+    assert not changed, f"bad input changed {sorted(changed)}"
+
+
+def error_line(stderr: str) -> str:
+    """The one `newllm: error:` line of `stderr`, after checking that there is exactly one and no traceback."""
+    assert "Traceback" not in stderr, stderr
+    lines = [line for line in stderr.splitlines() if line.startswith("newllm: error:")]
+    assert len(lines) == 1, stderr
+    return lines[0]
+
+
+def fails(capsys, argv: list[str]) -> str:
+    """Run `newllm -q <argv>` in-process; assert exit 1 with one error line and return that line."""
+    capsys.readouterr()
+    code = main(["-q", *argv])
+    captured = capsys.readouterr()
+    assert code == 1, captured.err
+    return error_line(captured.err)
+
+
+def step(command: str, data, out: Path) -> list[str]:
+    """argv of a pipeline step on the tiny settings."""
+    return [command, *STEP_OPTIONS, "--data-dir", str(data), "--output-dir", str(out)]
+
+
+def write_data_dir(root: Path, **files: bytes) -> Path:
+    """A data dir of the real layout filled with the tiny corpus; `files` (relative path → bytes) replace files."""
+    root.mkdir(parents=True, exist_ok=True)
+    defaults = {f"wikitext-2/wiki.{s}.tokens": TINY_TEXT.encode() for s in ("train", "valid", "test")}
+    defaults |= {f"dailydialog/dialogues_{s}.txt": DIALOGUE_TEXT.encode() for s in ("train", "validation", "test")}
+    for relative, data in (defaults | {k.replace("__", "/"): v for k, v in files.items()}).items():
+        (root / relative).parent.mkdir(parents=True, exist_ok=True)
+        (root / relative).write_bytes(data)
+    return root
+
+
+def prepared_output(root: Path, tokenizer, step1: Path | None = None) -> Path:
+    """An output dir after step 1: tokenizer.json, experiment.json and, if given, best_new_llm_wikitext/."""
+    root.mkdir(parents=True)
+    save_tokenizer(tokenizer, root)
+    (root / "experiment.json").write_text('{"step": "pretrain"}\n')
+    if step1 is not None:
+        shutil.copytree(step1, root / "best_new_llm_wikitext")
+    return root
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory, tiny_tokenizer) -> dict[str, Path]:
+    """Tiny New-LLM and GPT-2 checkpoints with the tiny tokenizer; copy before damaging one."""
+    root = tmp_path_factory.mktemp("checkpoints")
+    configs = matched_configs(tiny_new_llm_config(), shape=BaselineShape(gpt2_positions=64, dropout=0.0))
+    torch.manual_seed(0)
+    return {
+        name: save_checkpoint(build_model(name, configs[name]).eval(), tiny_tokenizer, root / name)
+        for name in ("new_llm", "tinygpt2")
+    }
+
+
+# ---------------------------------------------------------------- data files
+
+
+def test_missing_data_directory(capsys, tmp_path, tiny_tokenizer):
+    out = prepared_output(tmp_path / "out", tiny_tokenizer)
+    before = snapshot(out)
+    line = fails(capsys, step("pretrain", "/nonexistent", out))
+    message = "WikiText-2 train (tokens) not found: the data directory /nonexistent does not exist"
+    assert line.startswith(f"newllm: error: {message}")
+    assert_untouched(before, snapshot(out), EARLY_WRITES)
+
+
+@pytest.mark.parametrize(
+    "files, message",
+    [
+        ({"wikitext-2__wiki.train.tokens": b""}, "wiki.train.tokens is empty"),
+        ({"wikitext-2__wiki.valid.tokens": b""}, "wiki.valid.tokens is empty"),
+        ({"wikitext-2__wiki.valid.tokens": b"caf\xe9 au lait\n"}, "not UTF-8 (invalid byte at offset 3)"),
+        # A file cut inside a multi-byte character is the one truncation of plain text that can be detected.
+        ({"wikitext-2__wiki.valid.tokens": "The café".encode()[:-1]}, "not UTF-8 (invalid byte at offset 7)"),
+    ],
+    ids=["train-empty", "valid-empty", "valid-latin1", "valid-cut-mid-character"],
+)
+def test_bad_wikitext_file(capsys, tmp_path, tiny_tokenizer, files, message):
+    data = write_data_dir(tmp_path / "data", **files)
+    out = prepared_output(tmp_path / "out", tiny_tokenizer)
+    before, data_before = snapshot(out), snapshot(data)
+    line = fails(capsys, step("pretrain", data, out))
+    assert line.startswith(f"newllm: error: {data / 'wikitext-2'}") and line.endswith(message)
+    assert_untouched(before, snapshot(out), EARLY_WRITES)
+    assert_untouched(data_before, snapshot(data))
+
+
+def test_wikitext_cut_mid_line_is_not_detectable_and_loads(tmp_path):
+    # A text file cut between characters is just a shorter file: its last line simply lacks "\n".
+    data = write_data_dir(tmp_path / "data", **{"wikitext-2__wiki.valid.tokens": TINY_TEXT.encode()[:100]})
+    split = load_wikitext("valid", data_dir=data)
+    assert "".join(split.lines) == TINY_TEXT[:100] and not split.lines[-1].endswith("\n")
+
+
+def test_dailydialog_line_cut_before_its_eou_is_skipped_and_counted(tmp_path):
+    cut = "Hello , how are you ? __eou__ Fine , th"
+    data = write_data_dir(tmp_path / "data", **{"dailydialog__dialogues_train.txt": (DIALOGUE_TEXT + cut).encode()})
+    split = load_dailydialog("train", data_dir=data)
+    assert split.skipped == 1
+    assert len(split.dialogues) == len(TINY_DIALOGUES)
+    assert all("th" not in dialogue[-1].split() for dialogue in split.dialogues)
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (b"", "dialogues_train.txt is empty"),
+        (b"\xff\xfe Hi __eou__ Hello __eou__\n", "dialogues_train.txt is not UTF-8 (invalid byte at offset 0)"),
+        (b"Hello there\nHow are you ?\n", "dialogues_train.txt holds no well-formed dialogue (2 malformed)"),
+        (b"Hi . __eou__ Hel", "dialogues_train.txt holds no well-formed dialogue (1 malformed)"),
+    ],
+    ids=["empty", "not-utf8", "no-eou", "only-a-truncated-line"],
+)
+def test_bad_dailydialog_file(capsys, tmp_path, tiny_tokenizer, checkpoints, content, message):
+    data = write_data_dir(tmp_path / "data", **{"dailydialog__dialogues_train.txt": content})
+    out = prepared_output(tmp_path / "out", tiny_tokenizer, checkpoints["new_llm"])
+    before = snapshot(out)
+    line = fails(capsys, step("finetune", data, out))
+    assert line.startswith("newllm: error: ") and line.endswith(message)
+    assert_untouched(before, snapshot(out), EARLY_WRITES)
+
+
+# ---------------------------------------------------------------- checkpoints
+
+
+def _damage(name: str, folder: Path, source: Path) -> None:
+    if name.startswith("missing-"):
+        (folder / name.removeprefix("missing-")).unlink()
+    elif name == "garbage-weights":
+        (folder / "model.safetensors").write_bytes(b"not a safetensors file" * 10)
+    elif name == "truncated-weights":
+        (folder / "model.safetensors").write_bytes((source / "model.safetensors").read_bytes()[:1000])
+    elif name == "garbage-config":
+        (folder / "config.json").write_text("{not json")
+    elif name == "config-not-an-object":
+        (folder / "config.json").write_text("[1, 2]")
+    elif name == "unknown-model-type":
+        (folder / "config.json").write_text('{"model_type": "bert"}')
+    elif name == "garbage-tokenizer":
+        (folder / "tokenizer.json").write_text("nope")
+
+
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        ("missing-config.json", "is incomplete: missing config.json"),
+        ("missing-model.safetensors", "is incomplete: missing model.safetensors"),
+        ("missing-tokenizer.json", "is incomplete: missing tokenizer.json"),
+        ("garbage-weights", "could not be loaded: Error while deserializing header"),
+        ("truncated-weights", "could not be loaded: Error while deserializing header"),
+        ("garbage-config", ": config.json is not valid JSON"),
+        ("config-not-an-object", ": config.json is not a JSON object"),
+        ("unknown-model-type", "holds a 'bert' model; newllm loads gpt2, new_llm, newllm_lstm"),
+        ("garbage-tokenizer", ": corrupt tokenizer file"),
+    ],
+)
+def test_damaged_checkpoint(capsys, tmp_path, checkpoints, damage, message):
+    folder = tmp_path / "ckpt"
+    shutil.copytree(checkpoints["new_llm"], folder)
+    _damage(damage, folder, checkpoints["new_llm"])
+    before = snapshot(folder)
+    line = fails(capsys, ["generate", "--checkpoint", str(folder), "hello"])
+    assert line.startswith(f"newllm: error: checkpoint {folder}") and message in line
+    assert_untouched(before, snapshot(folder))
+
+
+@pytest.mark.parametrize("what", ["missing", "a-file"])
+def test_checkpoint_path_that_is_no_folder(capsys, tmp_path, checkpoints, what):
+    path = tmp_path / "nope" if what == "missing" else checkpoints["new_llm"] / "config.json"
+    line = fails(capsys, ["generate", "--checkpoint", str(path), "hello"])
+    assert line == (
+        f"newllm: error: checkpoint {path} does not exist"
+        if what == "missing"
+        else f"newllm: error: checkpoint {path} is a file; pass the folder that holds config.json"
+    )
+
+
+def test_checkpoint_of_another_model_type(checkpoints):
+    with pytest.raises(CheckpointError, match=r"holds a 'gpt2' model, expected 'new_llm' \(new_llm\)$"):
+        load_checkpoint(checkpoints["tinygpt2"], "new_llm")
+
+
+def test_finetune_from_a_step1_checkpoint_of_another_model_type(capsys, tmp_path, tiny_tokenizer, checkpoints):
+    out = prepared_output(tmp_path / "out", tiny_tokenizer)
+    shutil.copytree(checkpoints["tinygpt2"], out / "best_new_llm_wikitext")
+    before = snapshot(out)
+    line = fails(capsys, step("finetune", write_data_dir(tmp_path / "d"), out))
+    step1 = out / "best_new_llm_wikitext"
+    assert line == f"newllm: error: checkpoint {step1} holds a 'gpt2' model, expected 'new_llm' (new_llm)"
+    assert_untouched(before, snapshot(out))
+
+
+def test_finetune_from_a_step1_checkpoint_of_another_tokenizer(capsys, tmp_path, checkpoints):
+    other = train_tokenizer(TINY_TEXT.upper().splitlines(keepends=True), kind="bpe", vocab_size=300)
+    out = prepared_output(tmp_path / "out", other, checkpoints["new_llm"])
+    before = snapshot(out)
+    line = fails(capsys, step("finetune", write_data_dir(tmp_path / "d"), out))
+    step1 = out / "best_new_llm_wikitext"
+    assert line.startswith(f"newllm: error: checkpoint {step1}: tokenizer differs from the expected one")
+    assert line.endswith("it was saved with another tokenizer than the run's tokenizer.json")
+    assert_untouched(before, snapshot(out))
+
+
+@pytest.mark.parametrize("what", ["no-step1-checkpoint", "empty-output-dir"])
+def test_finetune_without_step1(capsys, tmp_path, tiny_tokenizer, what):
+    out = prepared_output(tmp_path / "out", tiny_tokenizer) if what == "no-step1-checkpoint" else tmp_path / "out"
+    before = snapshot(out)
+    line = fails(capsys, step("finetune", write_data_dir(tmp_path / "d"), out))
+    if what == "no-step1-checkpoint":
+        step1 = out / "best_new_llm_wikitext"
+        assert line.startswith(f"newllm: error: fine-tuning new_llm starts from its step-1 checkpoint {step1}, which")
+    else:
+        assert line == f"newllm: error: no tokenizer at {out / 'tokenizer.json'}: run `newllm pretrain` (step 1) first"
+        assert not out.exists()
+    assert_untouched(before, snapshot(out))
+
+
+# ---------------------------------------------------------------- an output dir that holds a run
+
+
+@pytest.mark.parametrize("command, run", [("pretrain", "new_llm_wikitext"), ("finetune", "new_llm_dialog")])
+def test_output_dir_that_already_holds_a_run(capsys, tmp_path, tiny_tokenizer, checkpoints, command, run):
+    out = prepared_output(tmp_path / "out", tiny_tokenizer, checkpoints["new_llm"])
+    (out / run / "checkpoint-7").mkdir(parents=True)
+    (out / run / "checkpoint-7" / "trainer_state.json").write_text("{}\n")
+    (out / run / "history.json").write_text("[]\n")
+    before = snapshot(out)
+    line = fails(capsys, step(command, write_data_dir(tmp_path / "d"), out))
+    assert line == (
+        f"newllm: error: {out / run} already holds a run: pass --resume to continue it or --overwrite to start again"
+    )
+    assert_untouched(before, snapshot(out), EARLY_WRITES)
+
+
+def test_experiment_json_is_not_rewritten_by_a_failing_step(capsys, tmp_path, tiny_tokenizer):
+    out = prepared_output(tmp_path / "out", tiny_tokenizer)
+    before = snapshot(out)
+    fails(capsys, step("pretrain", "/nonexistent", out))
+    assert_untouched(before, snapshot(out))
+
+
+# ---------------------------------------------------------------- prompts
+
+
+@pytest.mark.parametrize("prompt", ["", "   ", "\n\t\x00"], ids=["empty", "blank", "only-control-characters"])
+def test_empty_prompt(capsys, checkpoints, prompt):
+    before = snapshot(checkpoints["tinygpt2"])
+    line = fails(capsys, ["generate", "--checkpoint", str(checkpoints["tinygpt2"]), prompt])
+    assert line == "newllm: error: empty prompt"
+    assert_untouched(before, snapshot(checkpoints["tinygpt2"]))
+
+
+@pytest.mark.parametrize(
+    "prompt",
+    ["hello " * 16_667, "hi\x00 there\x1b[31m\r\n\x7f ok", "\u2028\u0085 line separators \ufeff"],
+    ids=["100000-characters", "control-characters", "unicode-separators"],
+)
+def test_odd_prompts_get_a_reply(capsys, checkpoints, prompt):
+    capsys.readouterr()
+    code = main(["-q", "generate", "--checkpoint", str(checkpoints["tinygpt2"]), prompt, "--max-new-tokens", "3"])
+    captured = capsys.readouterr()
+    assert code == 0 and "newllm: error" not in captured.err and "Traceback" not in captured.err
+
+
+def test_invalid_utf8_prompt_in_process(capsys, checkpoints):
+    # What Python makes of the argv bytes b"hi \xff\xfe" (surrogateescape).
+    line = fails(capsys, ["generate", "--checkpoint", str(checkpoints["new_llm"]), "hi \udcff\udcfe"])
+    assert line == "newllm: error: the prompt is not valid UTF-8 text (byte 0xff at character 3)"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def shell_run(checkpoints):
+    """`newllm generate` on the raw bytes b"\\xff\\xfe", started with the module: importing torch takes seconds."""
+    checkpoint = str(checkpoints["new_llm"]).encode()
+    argv = [sys.executable, "-m", "newllm.cli", "-q", "generate", "--checkpoint", checkpoint, b"\xff\xfe"]
+    process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    yield process
+    process.kill()
+    process.communicate()
+
+
+def test_invalid_utf8_prompt_from_the_shell(shell_run):
+    stdout, stderr = shell_run.communicate(timeout=120)
+    stderr = stderr.decode("utf-8", "replace")
+    assert shell_run.returncode == 1, stderr
+    assert error_line(stderr) == "newllm: error: the prompt is not valid UTF-8 text (byte 0xff at character 0)"
+    assert stdout == b""
+
+
+def test_max_new_tokens_beyond_gpt2_positions(capsys, checkpoints):
+    line = fails(capsys, ["generate", "--checkpoint", str(checkpoints["tinygpt2"]), "hi", "--max-new-tokens", "64"])
+    assert line == "newllm: error: max_new_tokens=64 leaves no room for a prompt in 64 positions"
+
+
+# ---------------------------------------------------------------- config files
+
+
+@pytest.mark.parametrize(
+    "toml, message",
+    [
+        (b"[pretrain]\nlearning_rate = 1e-3\n", "unknown setting 'pretrain.learning_rate'; valid here: "),
+        (b"[optimizer]\nlr = 1\n", "unknown setting 'optimizer'; valid here: "),
+        (b'[pretrain]\nepochs = "many"\n', "pretrain.epochs: expected an integer, got 'many'"),
+        (b"[data]\nvocab_size = 3.5\n", "data.vocab_size: expected an integer, got 3.5"),
+        (b"[model]\nnames = 5\n", "model.names: expected a list, got 5"),
+        (b"pretrain = 3\n", "pretrain: expected a table of settings, got 3"),
+        (b"[pretrain\nlr = ", "bad.toml: not valid TOML (Expected ']' at the end of a table declaration"),
+        (b"\xff\xfe", "bad.toml: not valid TOML ('utf-8' codec can't decode byte 0xff in position 0"),
+    ],
+    ids=[
+        "unknown-key", "unknown-section", "string-for-int", "float-for-int",
+        "int-for-list", "value-for-table", "not-toml", "not-utf8",
+    ],  # fmt: skip
+)
+def test_bad_config_file(capsys, tmp_path, tiny_tokenizer, toml, message):
+    preset = tmp_path / "bad.toml"
+    preset.write_bytes(toml)
+    out = prepared_output(tmp_path / "out", tiny_tokenizer)
+    before = snapshot(out)
+    line = fails(capsys, ["pretrain", "--preset", str(preset), "--output-dir", str(out)])
+    assert line.startswith("newllm: error: ") and message in line
+    assert_untouched(before, snapshot(out))
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--preset", "nope.toml"], "config file nope.toml does not exist"),
+        (["--preset", "nope"], "unknown preset 'nope'; known: "),
+        (["--set", "pretrain.lr=fast"], "pretrain.lr: expected a number, got 'fast'"),
+        (["--set", "pretrain.foo=1"], "unknown setting 'pretrain.foo'; valid here: "),
+        (["--set", "lr"], "override 'lr' is not of the form section.field=value"),
+    ],
+    ids=["missing-toml", "unknown-preset", "bad-override-type", "unknown-override", "override-without-value"],
+)
+def test_bad_preset_or_override(capsys, tmp_path, argv, message):
+    out = tmp_path / "out"
+    line = fails(capsys, ["pretrain", *argv, "--output-dir", str(out)])
+    assert line.startswith("newllm: error: ") and message in line
+    assert not out.exists()
+
+
+# ---------------------------------------------------------------- argparse usage errors (exit 2)
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["generate", "hi"], "newllm generate: error: the following arguments are required: --checkpoint"),
+        (
+            ["generate", "--checkpoint", "x", "hi", "--max-new-tokens", "many"],
+            "newllm generate: error: argument --max-new-tokens: invalid int value: 'many'",
+        ),
+        (["pretrain", "--tokenizer", "chars"], "newllm pretrain: error: argument --tokenizer: invalid choice: 'chars'"),
+    ],
+    ids=["missing-checkpoint", "non-integer", "bad-choice"],
+)
+def test_usage_errors_exit_2(capsys, argv, message):
+    with pytest.raises(SystemExit) as raised:
+        main(argv)
+    captured = capsys.readouterr()
+    assert raised.value.code == 2
+    assert "Traceback" not in captured.err
+    errors = [line for line in captured.err.splitlines() if ": error:" in line]
+    # Python 3.12 quotes the choices, 3.13 doesn't: compare up to them.
+    assert len(errors) == 1 and errors[0].startswith(message)
