@@ -3,24 +3,33 @@
 The Trainer brings AdamW, warm-up + decay, clipping, bf16, gradient accumulation, multi-GPU and
 resume; this module only chooses its settings, stops on a non-finite loss, and turns its log into a
 per-epoch history (history.json / history.csv in the run folder, rewritten after every epoch).
+
+Resume is exact (docs/reliability.md): a checkpoint holds weights, optimizer, scheduler, RNG states,
+data position, early-stopping counter and log history, and a checkpoint folder half-written when the
+process died is deleted before the Trainer picks the latest one.
 """
 
 from __future__ import annotations
 
 import csv
+import json
 import math
 import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 from torch.utils.data import Dataset
 from transformers import EarlyStoppingCallback, PreTrainedModel, Trainer, TrainerCallback, TrainingArguments
+from transformers.trainer_callback import ExportableState
 
 from newllm.config import TrainConfig
 from newllm.training.checkpoint import write_json_atomic
 
 HISTORY_FIELDS = ("epoch", "train_loss", "val_loss", "train_ppl", "val_ppl", "lr", "seconds")
+# What the Trainer writes into checkpoint-N, trainer_state.json last (Trainer._save_checkpoint)
+CHECKPOINT_FILES = ("model.safetensors", "optimizer.pt", "scheduler.pt", "rng_state.pth", "trainer_state.json")
 
 
 class TrainingDivergedError(RuntimeError):
@@ -38,30 +47,42 @@ class TrainResult:
     best_epoch: int | None
     epochs_run: int
     seconds: float
+    skipped_steps: int = 0  # optimizer steps dropped for a non-finite gradient (on_nonfinite="skip")
 
 
 def _ppl(loss):
     return None if loss is None else math.exp(min(loss, 50.0))  # exp(50) already says "diverged"
 
 
-def history_from_log(log_history: list[dict], seconds_per_epoch: dict[int, float] | None = None) -> list[dict]:
+def history_from_log(log_history: list[dict], seconds_per_epoch: dict | None = None) -> list[dict]:
     """One row per evaluated epoch from `trainer.state.log_history`."""
     rows: dict[int, dict] = {}
+    losses: dict[int, list[tuple[float, int]]] = {}  # epoch → (mean loss, optimizer steps it covers)
+    last_step = 0
     for entry in log_history:
         if "epoch" not in entry:
             continue
-        epoch = int(round(entry["epoch"]))
+        # a log at epoch 1.375 (a save_steps log) belongs to the 2nd epoch; epoch ends log whole numbers
+        epoch = max(1, math.ceil(entry["epoch"] - 1e-6))
         row = rows.setdefault(epoch, dict.fromkeys(HISTORY_FIELDS) | {"epoch": epoch})
         if "loss" in entry:
-            row["train_loss"] = entry["loss"]
-            row["train_ppl"] = _ppl(entry["loss"])
+            step = entry.get("step", last_step + 1)
+            losses.setdefault(epoch, []).append((entry["loss"], max(step - last_step, 1)))
+            last_step = step
             row["lr"] = entry.get("learning_rate")
         if "eval_loss" in entry:
             row["val_loss"] = entry["eval_loss"]
             row["val_ppl"] = _ppl(entry["eval_loss"])
+    for epoch, parts in losses.items():
+        if len(parts) == 1:
+            loss = parts[0][0]
+        else:  # each log is the mean since the previous one: weight by the steps it covers
+            loss = sum(value * steps for value, steps in parts) / sum(steps for _, steps in parts)
+        rows[epoch]["train_loss"] = loss
+        rows[epoch]["train_ppl"] = _ppl(loss)
     for epoch, seconds in (seconds_per_epoch or {}).items():
-        if epoch in rows:
-            rows[epoch]["seconds"] = seconds
+        if int(epoch) in rows:  # keys are strings once restored from trainer_state.json
+            rows[int(epoch)]["seconds"] = seconds
     return [rows[e] for e in sorted(rows) if rows[e]["val_loss"] is not None]
 
 
@@ -75,13 +96,31 @@ def write_history(history: list[dict], run_dir: Path) -> None:
     tmp.replace(run_dir / "history.csv")
 
 
-class HistoryCallback(TrainerCallback):
+class SaveEveryCallback(TrainerCallback):
+    """Checkpoints every `save_steps` optimizer steps on top of the per-epoch ones (train.save_steps)."""
+
+    def __init__(self, save_steps: int):
+        self.save_steps = save_steps
+
+    def on_step_end(self, args, state, control, **kwargs):
+        # logging at the same steps keeps the loss averages identical after a resume (the Trainer
+        # averages the loss since its last log, and a resumed run has not seen the earlier steps)
+        if state.global_step % self.save_steps == 0:
+            control.should_save = True
+            control.should_log = True
+
+
+class HistoryCallback(TrainerCallback, ExportableState):
     """Times epochs, writes the history after each evaluation, and stops on a non-finite loss."""
 
-    def __init__(self, run_dir: Path):
-        self.run_dir = run_dir
+    def __init__(self):
         self.seconds: dict[int, float] = {}
         self._epoch_start = None
+
+    def state(self) -> dict:
+        # saved in trainer_state.json so a resumed run's history keeps the earlier epochs' timings;
+        # no constructor args: the Trainer rebuilds the callback from them on resume
+        return {"args": {}, "attributes": {"seconds": {str(epoch): s for epoch, s in self.seconds.items()}}}
 
     def on_epoch_begin(self, args, state, control, **kwargs):
         self._epoch_start = time.perf_counter()
@@ -99,11 +138,57 @@ class HistoryCallback(TrainerCallback):
             )
 
     def on_evaluate(self, args, state, control, **kwargs):
-        write_history(history_from_log(state.log_history, self.seconds), self.run_dir)
+        write_history(history_from_log(state.log_history, self.seconds), Path(args.output_dir))
+
+
+class SkipNonFiniteCallback(TrainerCallback, ExportableState):
+    """Drops an optimizer step whose gradients are NaN or infinite (on_nonfinite="skip").
+
+    A NaN loss makes every gradient NaN (clipping multiplies them all by the NaN norm), so checking the
+    gradients catches it however many micro-batches were accumulated. Setting them to None makes AdamW
+    leave each parameter and its moments untouched, weight decay included; the LR schedule still advances.
+    The Trainer's logging_nan_inf_filter keeps the logged loss finite (a NaN step counts as the mean so far).
+    """
+
+    def __init__(self):
+        self.skipped = 0
+
+    def state(self) -> dict:
+        return {"args": {}, "attributes": {"skipped": self.skipped}}
+
+    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+        grads = [p.grad for p in model.parameters() if p.grad is not None]
+        if grads and not torch.stack([g.isfinite().all() for g in grads]).all():
+            for parameter in model.parameters():
+                parameter.grad = None
+            self.skipped += 1
 
 
 def _has_checkpoints(run_dir: Path) -> bool:
     return any(run_dir.glob("checkpoint-*"))
+
+
+def _is_complete_checkpoint(folder: Path) -> bool:
+    """Whether the Trainer finished writing `folder`: all its files, and a trainer_state.json that parses."""
+    if not all((folder / name).is_file() for name in CHECKPOINT_FILES):
+        return False
+    try:
+        json.loads((folder / "trainer_state.json").read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return False
+    return True
+
+
+def remove_incomplete_checkpoints(run_dir: Path) -> list[Path]:
+    """Delete checkpoint-N folders left half-written (or half-deleted) by a killed run; returns them.
+
+    The Trainer writes checkpoint-N in place, trainer_state.json last and without a rename, and picks
+    the highest N on resume: an incomplete folder would be resumed from (or fail to load) otherwise.
+    """
+    removed = [folder for folder in sorted(run_dir.glob("checkpoint-*")) if not _is_complete_checkpoint(folder)]
+    for folder in removed:
+        shutil.rmtree(folder)
+    return removed
 
 
 def train(
@@ -122,6 +207,9 @@ def train(
 ) -> TrainResult:
     """Train with early stopping on validation loss; returns the best model and the per-epoch history."""
     run_dir = Path(run_dir)
+    if config.on_nonfinite not in ("stop", "skip"):
+        raise ValueError(f"train.on_nonfinite must be 'stop' or 'skip', not {config.on_nonfinite!r}")
+    skip_nonfinite = config.on_nonfinite == "skip"
     if _has_checkpoints(run_dir) and not resume:
         if not overwrite:
             raise RunExistsError(
@@ -129,8 +217,10 @@ def train(
             )
         for old in run_dir.glob("checkpoint-*"):
             shutil.rmtree(old)
-    if resume and not _has_checkpoints(run_dir):
-        raise FileNotFoundError(f"nothing to resume in {run_dir}: it holds no checkpoint-* folder")
+    if resume:
+        remove_incomplete_checkpoints(run_dir)
+        if not _has_checkpoints(run_dir):
+            raise FileNotFoundError(f"nothing to resume in {run_dir}: it holds no complete checkpoint-* folder")
     run_dir.mkdir(parents=True, exist_ok=True)
     args = TrainingArguments(
         output_dir=str(run_dir),
@@ -151,29 +241,38 @@ def train(
         eval_strategy="epoch",
         save_strategy="epoch",
         logging_strategy="epoch",
-        logging_nan_inf_filter=False,  # a NaN must reach HistoryCallback, not be averaged away
+        # "stop": a NaN must reach HistoryCallback, not be averaged away; "skip": average it away
+        logging_nan_inf_filter=skip_nonfinite,
         load_best_model_at_end=True,
         metric_for_best_model="eval_loss",
         greater_is_better=False,
         save_total_limit=2,  # the best and the latest: enough to resume and to restore the best
+        restore_callback_states_from_checkpoint=True,  # early-stopping counter and epoch timings
         prediction_loss_only=True,  # evaluation needs the loss only, not (B, T, V) logits
         remove_unused_columns=False,
         dataloader_num_workers=0,
         report_to="none",
         disable_tqdm=not progress,
     )
-    history_callback = HistoryCallback(run_dir)
+    callbacks = [HistoryCallback(), EarlyStoppingCallback(early_stopping_patience=config.patience)]
+    if config.save_steps > 0:
+        callbacks.append(SaveEveryCallback(config.save_steps))
+    if skip_nonfinite:
+        callbacks.append(SkipNonFiniteCallback())
     trainer = Trainer(
         model=model,
         args=args,
         train_dataset=train_dataset,
         eval_dataset=eval_dataset,
         data_collator=collator,
-        callbacks=[history_callback, EarlyStoppingCallback(early_stopping_patience=config.patience)],
+        callbacks=callbacks,
     )
     start = time.perf_counter()
     trainer.train(resume_from_checkpoint=True if resume else None)
     seconds = time.perf_counter() - start
+    # on resume the Trainer replaces these callbacks by ones rebuilt from the checkpoint's state
+    history_callback = next(cb for cb in trainer.callback_handler.callbacks if isinstance(cb, HistoryCallback))
+    skipped = sum(cb.skipped for cb in trainer.callback_handler.callbacks if isinstance(cb, SkipNonFiniteCallback))
     history = history_from_log(trainer.state.log_history, history_callback.seconds)
     write_history(history, run_dir)
     best = min(history, key=lambda row: row["val_loss"]) if history else None
@@ -183,4 +282,5 @@ def train(
         best_epoch=best["epoch"] if best else None,
         epochs_run=len(history),
         seconds=seconds,
+        skipped_steps=skipped,
     )
