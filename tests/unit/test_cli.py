@@ -61,3 +61,19 @@ def test_help_lists_every_command(capsys):
     out = capsys.readouterr().out
     for command in ("pretrain", "finetune", "evaluate", "pipeline", "generate"):
         assert command in out
+
+
+def test_bench_quick_writes_json_plots_and_prints_the_table(capsys, tmp_path):
+    import json
+
+    assert main(["bench", "--quick", "--device", "cpu", "--output-dir", str(tmp_path), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "New-LLM/TinyGPT2" in out and "ms_per_token" in out
+    results = json.loads((tmp_path / "bench.json").read_text())
+    assert {row["model"] for row in results["training"]} == {"new_llm", "tinygpt2", "lstm"}
+    assert (tmp_path / "bench_throughput.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_bench_rejects_an_unknown_setting(capsys, tmp_path):
+    assert main(["bench", "--quick", "--set", "batch_size=3", "--output-dir", str(tmp_path)]) == 1
+    assert "unknown setting 'batch_size'" in _error(capsys)
