@@ -41,6 +41,7 @@ from newllm.models import BaselineShape, NewLLMConfig, build_model, count_parame
 from newllm.reporting.plots import plot_training_curves
 from newllm.reporting.report import write_report
 from newllm.training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint, write_json_atomic
+from newllm.training.distributed import barrier, is_main_process
 from newllm.training.loop import RunExistsError, train
 
 logger = logging.getLogger("newllm")
@@ -115,8 +116,11 @@ def prepare_tokenizer(config: ExperimentConfig, train_split: TextSplit | None = 
     if train_split is None:
         raise FileNotFoundError(f"no tokenizer at {path}: run `newllm pretrain` (step 1) first")
     logger.info("training a %s tokenizer (%d entries) on %s", config.data.tokenizer, config.data.vocab_size, train_split.source)
+    # under torchrun every rank trains it (deterministic: the same merges everywhere, tested) and rank 0 saves it;
+    # no barrier needed, and none is possible yet: the Trainer starts the process group later
     tokenizer = train_tokenizer(train_split.lines, kind=config.data.tokenizer, vocab_size=config.data.vocab_size)
-    save_tokenizer(tokenizer, config.output_dir)
+    if is_main_process():
+        save_tokenizer(tokenizer, config.output_dir)
     return tokenizer
 
 
@@ -161,6 +165,8 @@ def _refuse_existing_runs(config: ExperimentConfig, stage: str, resume: bool, ov
 
 
 def _write_experiment(config: ExperimentConfig, step: str) -> None:
+    if not is_main_process():
+        return
     write_json_atomic(
         Path(config.output_dir) / "experiment.json",
         {"step": step, "command": _command_line(), "config": config.to_dict()},
@@ -183,11 +189,14 @@ def _finish_stage(config, name, stage, result, tokenizer, parent=None) -> None:
     }
     if parent is not None:
         metadata["initialised_from"] = str(parent)
-    path = save_checkpoint(result.model, tokenizer, checkpoint_dir(config, name, stage), metadata)
-    if result.history:
-        plot_training_curves(
-            result.history, curves_path(config, name, stage), f"{name} on {STAGES[stage]} ({config.preset})"
-        )
+    path = checkpoint_dir(config, name, stage)
+    if is_main_process():  # every rank holds the same best model (DDP); one writes it
+        save_checkpoint(result.model, tokenizer, path, metadata)
+        if result.history:
+            plot_training_curves(
+                result.history, curves_path(config, name, stage), f"{name} on {STAGES[stage]} ({config.preset})"
+            )
+    barrier()  # step 2 on every rank loads this checkpoint
     logger.info("%s/%s: best epoch %s of %s -> %s", name, stage, result.best_epoch, result.epochs_run, path)
 
 
@@ -291,6 +300,9 @@ def _stage_summary(config: ExperimentConfig, name: str, stage: str) -> dict:
 
 def evaluate(config: ExperimentConfig, progress: bool = True) -> dict:
     """Step 3: test perplexities, sample responses and speed for every model; writes results.json and report.md."""
+    if not is_main_process():  # under torchrun: one process evaluates, the others stop here (docs/distributed.md)
+        logger.info("step 3 runs on rank 0 only")
+        return {}
     device = resolve_device(config)
     bf16 = resolve_bf16(config, device)
     dtype = torch.bfloat16 if bf16 else None

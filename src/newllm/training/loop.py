@@ -26,6 +26,7 @@ from transformers.trainer_callback import ExportableState
 
 from newllm.config import TrainConfig
 from newllm.training.checkpoint import write_json_atomic
+from newllm.training.distributed import is_main_process
 
 HISTORY_FIELDS = ("epoch", "train_loss", "val_loss", "train_ppl", "val_ppl", "lr", "seconds")
 # What the Trainer writes into checkpoint-N, trainer_state.json last (Trainer._save_checkpoint)
@@ -138,7 +139,8 @@ class HistoryCallback(TrainerCallback, ExportableState):
             )
 
     def on_evaluate(self, args, state, control, **kwargs):
-        write_history(history_from_log(state.log_history, self.seconds), Path(args.output_dir))
+        if state.is_world_process_zero:  # under torchrun every rank runs this; one writes (docs/distributed.md)
+            write_history(history_from_log(state.log_history, self.seconds), Path(args.output_dir))
 
 
 class SkipNonFiniteCallback(TrainerCallback, ExportableState):
@@ -215,10 +217,12 @@ def train(
             raise RunExistsError(
                 f"{run_dir} already holds a run: pass --resume to continue it or --overwrite to start again"
             )
-        for old in run_dir.glob("checkpoint-*"):
-            shutil.rmtree(old)
+        if is_main_process():  # the other ranks wait for it in the process-group setup below
+            for old in run_dir.glob("checkpoint-*"):
+                shutil.rmtree(old)
     if resume:
-        remove_incomplete_checkpoints(run_dir)
+        if is_main_process():
+            remove_incomplete_checkpoints(run_dir)
         if not _has_checkpoints(run_dir):
             raise FileNotFoundError(f"nothing to resume in {run_dir}: it holds no complete checkpoint-* folder")
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -267,6 +271,9 @@ def train(
         data_collator=collator,
         callbacks=callbacks,
     )
+    # Our models take **kwargs and return a mean loss; without this the Trainer assumes they divide
+    # by num_items_in_batch and multiplies the loss by the world size (and skips the grad_accum division).
+    trainer.model_accepts_loss_kwargs = False
     start = time.perf_counter()
     trainer.train(resume_from_checkpoint=True if resume else None)
     seconds = time.perf_counter() - start
@@ -274,7 +281,8 @@ def train(
     history_callback = next(cb for cb in trainer.callback_handler.callbacks if isinstance(cb, HistoryCallback))
     skipped = sum(cb.skipped for cb in trainer.callback_handler.callbacks if isinstance(cb, SkipNonFiniteCallback))
     history = history_from_log(trainer.state.log_history, history_callback.seconds)
-    write_history(history, run_dir)
+    if trainer.is_world_process_zero():
+        write_history(history, run_dir)
     best = min(history, key=lambda row: row["val_loss"]) if history else None
     return TrainResult(
         model=trainer.model,
