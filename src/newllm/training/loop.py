@@ -256,6 +256,7 @@ def train(
         remove_unused_columns=False,
         dataloader_num_workers=0,
         report_to="none",
+        ddp_find_unused_parameters=False,  # every parameter gets a gradient (tests/unit/models/test_contract.py)
         disable_tqdm=not progress,
     )
     callbacks = [HistoryCallback(), EarlyStoppingCallback(early_stopping_patience=config.patience)]
