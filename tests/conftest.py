@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 from newllm.data.tokenizer import train_tokenizer
 from newllm.data.wikitext import find_data_dir
@@ -93,3 +94,13 @@ def real_data_dir() -> Path:
     if os.environ.get("CI", "").lower() == "true":
         pytest.fail(f"CI=true, so the real data must be present: {message}")
     pytest.skip(message)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for a test module: tiny models gain nothing from more, and on a busy CPU
+    those threads wait on each other (a forward of microseconds of work then takes hundreds of ms)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

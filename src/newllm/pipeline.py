@@ -37,7 +37,7 @@ from newllm.data.wikitext import TextSplit, encode_text, load_wikitext
 from newllm.evaluation.generation import sample_responses
 from newllm.evaluation.perplexity import evaluate_perplexity
 from newllm.evaluation.speed import environment, measure_speed
-from newllm.models import BaselineShape, NewLLMConfig, build_model, count_parameters, matched_configs
+from newllm.models import BaselineShape, NewLLMConfig, build_model, count_parameters, matched_configs, parameter_count
 from newllm.reporting.plots import plot_training_curves
 from newllm.reporting.report import write_report
 from newllm.training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint, write_json_atomic
@@ -216,7 +216,7 @@ def pretrain(config: ExperimentConfig, resume: bool = False, overwrite: bool = F
     logger.info("WikiText-2 (%s): %d train tokens, %d valid tokens", config.data.wikitext, len(streams["train"]), len(streams["valid"]))
     configs = model_configs(config, tokenizer)
     for name in config.model.names:
-        logger.info("%-9s %s parameters", name, f"{count_parameters(build_model(name, configs[name])):,}")
+        logger.info("%-9s %s parameters", name, f"{parameter_count(name, configs[name]):,}")
     pad = special_ids(tokenizer).pad
     for name in config.model.names:
         set_seed(config.pretrain.seed)

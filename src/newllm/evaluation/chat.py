@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 
 from newllm.data.tokenizer import special_ids
-from newllm.evaluation.generation import _clean_turn
+from newllm.evaluation.generation import clean_turn
 from newllm.evaluation.speed import cache_bytes
 
 COMMANDS = {"/reset": "start a new conversation", "/quit": "leave (so does Ctrl-D)"}
@@ -52,7 +52,7 @@ class SamplingOptions:
 
 def clean_line(line: str) -> str:
     """A line typed at the prompt with control characters (escapes, NUL, stray newlines) dropped and spaces collapsed."""
-    return _clean_turn(line)
+    return clean_turn(line)
 
 
 def _cache_argument(model) -> str:

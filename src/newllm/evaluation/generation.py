@@ -27,7 +27,7 @@ class Sample:
     sampled: str
 
 
-def _clean_turn(turn: str) -> str:
+def clean_turn(turn: str) -> str:
     """The turn with control characters (newlines, NUL, escapes) as spaces and runs of whitespace as one."""
     if not isinstance(turn, str):
         raise TypeError(f"a turn must be a str, got {type(turn).__name__}")
@@ -52,7 +52,7 @@ def prompt_ids(model, tokenizer, turns: Sequence[str], max_new_tokens: int) -> l
     """The ids `respond` feeds `model`: the formatted turns, cut on the left to fit the model's positions."""
     if isinstance(turns, (str, bytes, bytearray)) or not isinstance(turns, Sequence):
         raise TypeError(f"turns must be a list of str, got {type(turns).__name__}")
-    ids = format_prompt(tokenizer, [_clean_turn(turn) for turn in turns])
+    ids = format_prompt(tokenizer, [clean_turn(turn) for turn in turns])
     limit = _position_limit(model)
     if limit is not None:
         room = limit - max_new_tokens

@@ -14,6 +14,7 @@ from newllm.models.registry import (
     build_model,
     count_parameters,
     matched_configs,
+    parameter_count,
 )
 
 __all__ = [
@@ -30,4 +31,5 @@ __all__ = [
     "count_parameters",
     "gpt2_config_for_budget",
     "matched_configs",
+    "parameter_count",
 ]

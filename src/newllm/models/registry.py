@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import torch
 from torch import nn
 from transformers import PretrainedConfig, PreTrainedModel
 
@@ -20,6 +21,12 @@ MODEL_TYPES = {"new_llm": "new_llm", "tinygpt2": "gpt2", "lstm": "newllm_lstm"}
 def count_parameters(model: nn.Module) -> int:
     """Trainable parameters, a tied matrix counted once."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def parameter_count(name: str, config: PretrainedConfig) -> int:
+    """Parameters of model `name` built from `config`, counted on the meta device (no memory, no RNG draw)."""
+    with torch.device("meta"):
+        return count_parameters(build_model(name, config))
 
 
 def lstm_parameter_count(vocab_size: int, embedding_size: int, hidden_size: int, num_layers: int) -> int:
@@ -94,7 +101,7 @@ def matched_configs(
     unknown = set(names) - set(MODEL_NAMES)
     if unknown:
         raise ValueError(f"unknown model {sorted(unknown)[0]!r}; choose from {', '.join(MODEL_NAMES)}")
-    target = count_parameters(NewLLMForCausalLM(new_llm_config))
+    target = parameter_count("new_llm", new_llm_config)
     special = {
         key: getattr(new_llm_config, key)
         for key in ("bos_token_id", "eos_token_id", "pad_token_id")

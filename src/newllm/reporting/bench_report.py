@@ -12,7 +12,7 @@ from typing import Any
 from matplotlib.figure import Figure
 from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
 
-from newllm.reporting.plots import _model_color, _save, model_label, ordered_models, three_significant, write_atomic
+from newllm.reporting.plots import model_color, model_label, ordered_models, save_figure, three_significant, write_atomic
 
 MISSING = "—"
 SKIPPED = "skip"
@@ -236,7 +236,7 @@ def plot_bench_throughput(results: Mapping[str, Any], path: str | os.PathLike) -
         for i, name in enumerate(names):
             values = [measured.get((precision, mode, b, s, name)) for b, s in shapes]
             x = [j + (i - (len(names) - 1) / 2) * width for j in range(len(shapes))]
-            bars = ax.bar(x, [v or 0 for v in values], width, color=_model_color(name, i), label=model_label(name))
+            bars = ax.bar(x, [v or 0 for v in values], width, color=model_color(name, i), label=model_label(name))
             ax.bar_label(bars, labels=[MISSING if v is None else three_significant(v) for v in values],
                          padding=2, fontsize=7, rotation=90)  # fmt: skip
         labels = []
@@ -254,7 +254,7 @@ def plot_bench_throughput(results: Mapping[str, Any], path: str | os.PathLike) -
         ax.set_visible(False)
     axes[0].legend(frameon=False, fontsize=8)
     fig.suptitle(f"Training throughput, full AdamW step (higher is faster) — {results.get('device', '?')}")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _generation_series(rows, names, batch: int, key: str):
@@ -314,7 +314,7 @@ def plot_bench_generation(
                 contexts, values = zip(*points)
                 drawn += values
                 ax.plot(contexts, values, PRECISION_STYLES.get(precision, ":"), marker="o", markersize=4,
-                        color=_model_color(name, i), label=f"{model_label(name)} {precision}")  # fmt: skip
+                        color=model_color(name, i), label=f"{model_label(name)} {precision}")  # fmt: skip
             _position_limit_line(ax, results)
             ax.set_xscale("log", base=2)
             # Ticks at the measured lengths, written out: "8,192" reads better than 2^13.
@@ -338,7 +338,7 @@ def plot_bench_generation(
     # One legend for the figure, beside the panels: every panel has the same series, and inside one it hid points.
     fig.legend(list(legend.values()), list(legend), loc="outside right upper", frameon=False, fontsize=8)
     fig.suptitle(title)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def write_bench_outputs(results: Mapping[str, Any], out_dir: str | os.PathLike) -> list[Path]:

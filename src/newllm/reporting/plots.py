@@ -40,7 +40,7 @@ def ordered_models(names: Iterable[str]) -> list[str]:
     return [n for n in MODEL_LABELS if n in names] + [n for n in names if n not in MODEL_LABELS]
 
 
-def _model_color(name: str, index: int) -> str:
+def model_color(name: str, index: int) -> str:
     """Fixed colour for known models, a palette colour by position for others."""
     return MODEL_COLORS.get(name, _EXTRA_COLORS[index % len(_EXTRA_COLORS)])
 
@@ -75,7 +75,7 @@ def write_atomic(path: str | os.PathLike, data: bytes) -> Path:
     return path
 
 
-def _save(fig: Figure, path: str | os.PathLike) -> Path:
+def save_figure(fig: Figure, path: str | os.PathLike) -> Path:
     """Render a figure to PNG bytes and write them atomically."""
     buf = io.BytesIO()
     FigureCanvasAgg(fig)
@@ -153,7 +153,7 @@ def plot_training_curves(history: Sequence[Mapping[str, Any]], path: str | os.Pa
             _use_log_y(ax, train + val)
         _style(ax, "epoch", ylabel)
     fig.suptitle(title)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_comparison(
@@ -174,14 +174,14 @@ def plot_comparison(
         drawn += values
         finite = [v for v in values if math.isfinite(v)]
         best = f" (best {min(finite):,.{3 if 'loss' in metric else 1}f})" if finite else " (no values)"
-        ax.plot(_epochs(history), values, "o-", markersize=3, color=_model_color(name, i),
+        ax.plot(_epochs(history), values, "o-", markersize=3, color=model_color(name, i),
                 label=model_label(name) + best)
     # Losses are already logarithmic; only perplexities need a log axis.
     if metric.endswith("ppl"):
         _use_log_y(ax, drawn)
     _style(ax, "epoch", METRIC_LABELS.get(metric, metric))
     ax.set_title(title)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _speed_setup(speed: Mapping[str, Any]) -> str:
@@ -208,7 +208,7 @@ def plot_speed(results: Mapping[str, Any], path: str | os.PathLike) -> Path:
     if not speeds:
         raise ValueError("cannot plot speed: no model in the results has a 'speed' section")
     names = ordered_models(speeds)
-    colors = [_model_color(n, i) for i, n in enumerate(names)]
+    colors = [model_color(n, i) for i, n in enumerate(names)]
     fig = Figure(figsize=(10, 4.2), layout="constrained")
     panels = (
         ("ms_per_batch", "time per batch (ms)"),
@@ -230,4 +230,4 @@ def plot_speed(results: Mapping[str, Any], path: str | os.PathLike) -> Path:
         # Different setups make the bars incomparable; say so rather than hide it.
         setup = "models timed with different settings; see the report table"
     fig.suptitle("Speed (lower is faster)" + (f"\n{setup}" if setup else ""))
-    return _save(fig, path)
+    return save_figure(fig, path)

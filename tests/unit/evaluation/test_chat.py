@@ -6,33 +6,22 @@ import torch
 from newllm.cli import main
 from newllm.data.tokenizer import special_ids
 from newllm.evaluation.chat import ChatSession, SamplingOptions, clean_line
-from newllm.models.new_llm import NewLLMConfig
-from newllm.models.registry import BaselineShape, build_model, matched_configs
+from newllm.models.registry import build_model
+
+from tests.tiny_models import build_tiny_models
 
 POSITIONS = 64  # GPT-2's; short, so that a few turns overflow it
 TURNS = ["Hello , how are you ?", "Did you see the flare near the rocks ?", "Where is Mara today ?"]
 GREEDY = SamplingOptions(max_new_tokens=6, do_sample=False)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Tiny models gain nothing from intra-op threads; on a busy CPU those threads only wait on each other.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
 def tiny_models(tiny_tokenizer):
-    torch.manual_seed(0)
-    config = NewLLMConfig(
-        vocab_size=tiny_tokenizer.get_vocab_size(), embedding_size=16, context_size=16, hidden_size=32,
-        num_hidden_layers=2, dropout=0.0,
-    )  # fmt: skip
-    # The tolerance is loose: these tests need the three architectures, not a fair parameter match.
-    configs = matched_configs(config, shape=BaselineShape(gpt2_positions=POSITIONS, dropout=0.0, tolerance=0.5))
-    return {name: build_model(name, configs[name]).eval() for name in ("new_llm", "tinygpt2", "lstm")}
+    models = build_tiny_models(tiny_tokenizer.get_vocab_size(), POSITIONS, dropout=0.0)
+    return {name: model.eval() for name, model in models.items()}
 
 
 def with_stop_bias(model, token: int, bias: float):

@@ -8,8 +8,9 @@ import torch
 from newllm.data.dailydialog import format_prompt
 from newllm.data.tokenizer import special_ids, train_tokenizer
 from newllm.evaluation.generation import Sample, prompt_ids, respond, sample_responses
-from newllm.models.new_llm import NewLLMConfig
-from newllm.models.registry import MODEL_NAMES, BaselineShape, build_model, matched_configs
+from newllm.models.registry import MODEL_NAMES
+
+from tests.tiny_models import build_tiny_models
 
 VOCAB = 300
 POSITIONS = 128  # GPT-2's; short, so that a long prompt overflows it cheaply
@@ -23,14 +24,7 @@ LINES = [
 ] * 8
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Tiny models gain nothing from intra-op threads, and on a busy CPU those threads wait on each
-    # other: a forward of a few microseconds of work then takes hundreds of milliseconds.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -40,15 +34,8 @@ def tokenizer():
 
 @pytest.fixture(scope="module")
 def tiny_models(tokenizer):
-    torch.manual_seed(0)
     special = special_ids(tokenizer)
-    config = NewLLMConfig(
-        vocab_size=VOCAB, embedding_size=16, context_size=16, hidden_size=32, num_hidden_layers=2,
-        eos_token_id=special.end_of_text, pad_token_id=special.pad, bos_token_id=special.end_of_text,
-    )  # fmt: skip
-    # The tolerance is loose: these tests need the three architectures, not a fair parameter match.
-    configs = matched_configs(config, shape=BaselineShape(gpt2_positions=POSITIONS, tolerance=0.5))
-    return {name: build_model(name, configs[name]) for name in MODEL_NAMES}
+    return build_tiny_models(VOCAB, POSITIONS, end_of_text=special.end_of_text, pad=special.pad)
 
 
 def with_bias(model, token_bias: dict[int, float]):

@@ -10,21 +10,15 @@ from torch.nn import functional as F
 
 from newllm.data.batching import DialogWindows, StreamWindows, count_targets
 from newllm.evaluation.perplexity import PerplexityResult, evaluate_perplexity
-from newllm.models.new_llm import NewLLMConfig
-from newllm.models.registry import MODEL_NAMES, BaselineShape, build_model, matched_configs
+from newllm.models.registry import MODEL_NAMES
+
+from tests.tiny_models import build_tiny_models
 
 VOCAB = 300
 PAD = 0
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Tiny models gain nothing from intra-op threads, and on a busy CPU those threads wait on each
-    # other: a forward of a few microseconds of work then takes hundreds of milliseconds.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class UniformLM(nn.Module):
@@ -51,14 +45,7 @@ class BigramLM(nn.Module):
 
 @pytest.fixture(scope="module")
 def tiny_models():
-    torch.manual_seed(0)
-    config = NewLLMConfig(
-        vocab_size=VOCAB, embedding_size=16, context_size=16, hidden_size=32, num_hidden_layers=2,
-        eos_token_id=0, pad_token_id=0, bos_token_id=0,
-    )  # fmt: skip
-    # The tolerance is loose: these tests need the three architectures, not a fair parameter match.
-    configs = matched_configs(config, shape=BaselineShape(gpt2_positions=128, tolerance=0.5))
-    return {name: build_model(name, configs[name]) for name in MODEL_NAMES}
+    return build_tiny_models(VOCAB, 128, end_of_text=0, pad=0)
 
 
 def random_stream(n_tokens: int, seed: int = 0) -> torch.Tensor:

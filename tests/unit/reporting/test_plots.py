@@ -46,15 +46,15 @@ def no_temp_files(directory):
 
 @pytest.fixture
 def captured_figures(monkeypatch):
-    """Record each Figure passed to _save, while still writing the PNG."""
+    """Record each Figure passed to save_figure, while still writing the PNG."""
     figures = []
-    real_save = plots._save
+    real_save = plots.save_figure
 
     def save(fig, path):
         figures.append(fig)
         return real_save(fig, path)
 
-    monkeypatch.setattr(plots, "_save", save)
+    monkeypatch.setattr(plots, "save_figure", save)
     return figures
 
 
