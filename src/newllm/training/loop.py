@@ -26,11 +26,13 @@ from transformers.trainer_callback import ExportableState
 
 from newllm.config import TrainConfig
 from newllm.training.checkpoint import write_json_atomic
-from newllm.training.distributed import is_main_process
+from newllm.training.distributed import barrier, is_main_process
 
 HISTORY_FIELDS = ("epoch", "train_loss", "val_loss", "train_ppl", "val_ppl", "lr", "seconds")
-# What the Trainer writes into checkpoint-N, trainer_state.json last (Trainer._save_checkpoint)
-CHECKPOINT_FILES = ("model.safetensors", "optimizer.pt", "scheduler.pt", "rng_state.pth", "trainer_state.json")
+# What the Trainer writes into checkpoint-N, trainer_state.json last (Trainer._save_checkpoint), and
+# the RNG state: rng_state.pth from one process, rng_state_<rank>.pth from each rank under torchrun/accelerate
+CHECKPOINT_FILES = ("model.safetensors", "optimizer.pt", "scheduler.pt", "trainer_state.json")
+RNG_STATE_FILES = ("rng_state.pth", "rng_state_*.pth")
 
 
 class TrainingDivergedError(RuntimeError):
@@ -174,6 +176,8 @@ def _is_complete_checkpoint(folder: Path) -> bool:
     """Whether the Trainer finished writing `folder`: all its files, and a trainer_state.json that parses."""
     if not all((folder / name).is_file() for name in CHECKPOINT_FILES):
         return False
+    if not any(path.is_file() for pattern in RNG_STATE_FILES for path in folder.glob(pattern)):
+        return False
     try:
         json.loads((folder / "trainer_state.json").read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError):
@@ -217,7 +221,7 @@ def train(
             raise RunExistsError(
                 f"{run_dir} already holds a run: pass --resume to continue it or --overwrite to start again"
             )
-        if is_main_process():  # the other ranks wait for it in the process-group setup below
+        if is_main_process():  # the other ranks wait for it at the barrier below
             for old in run_dir.glob("checkpoint-*"):
                 shutil.rmtree(old)
     if resume:
@@ -259,6 +263,9 @@ def train(
         ddp_find_unused_parameters=False,  # every parameter gets a gradient (tests/unit/models/test_contract.py)
         disable_tqdm=not progress,
     )
+    # TrainingArguments set up the process group: no rank looks for checkpoints before rank 0's cleanup above
+    # is done (gloo connects all ranks when the group is created, NCCL only at the first collective)
+    barrier()
     callbacks = [HistoryCallback(), EarlyStoppingCallback(early_stopping_patience=config.patience)]
     if config.save_steps > 0:
         callbacks.append(SaveEveryCallback(config.save_steps))

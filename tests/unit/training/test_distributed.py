@@ -8,12 +8,18 @@ batch 2b sees at step k. DDP averages the two ranks' gradients; every window has
 tokens (no padding, dropout 0), so that average equals the gradient of the mean loss over the 2b windows.
 What remains is float summation order: losses and weights agree to 1e-5 (measured: losses within 5e-7),
 not bit for bit.
+
+The same worker also runs under `accelerate launch --multi_gpu` (accelerate's only single-host launcher
+that starts several processes without MPI; on a host without GPUs the Trainer then picks gloo), and a
+resume test kills both ranks mid-epoch and resumes from the latest `save_steps` checkpoint.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -21,13 +27,14 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.distributed as dist
 from safetensors.torch import load_file, save_file
 
 from newllm.config import TrainConfig
 from newllm.data.tokenizer import tokenizer_fingerprint, train_tokenizer
 from newllm.models import build_model
-from newllm.training import distributed
-from newllm.training.loop import train
+from newllm.training import distributed, loop
+from newllm.training.loop import remove_incomplete_checkpoints, train
 
 from ..models.conftest import tiny_new_llm_config
 from .test_loop import CountingSequences, collate
@@ -43,25 +50,60 @@ def _config(batch_size: int) -> TrainConfig:
     return TrainConfig(epochs=2, patience=5, batch_size=batch_size, eval_batch_size=8, lr=1e-2, warmup=0.0)
 
 
-def _run(run_dir: Path, batch_size: int):
+def _run(run_dir: Path, batch_size: int, *, dropout: float = 0.0, save_steps: int = 0, resume: bool = False):
     torch.manual_seed(0)
-    model = build_model("new_llm", tiny_new_llm_config())
+    model = build_model("new_llm", tiny_new_llm_config(dropout=dropout))
     data, valid = CountingSequences(64), CountingSequences(16, seed=1)
-    return train(model, data, valid, collate, _config(batch_size), run_dir, progress=False)
+    config = dataclasses.replace(_config(batch_size), save_steps=save_steps)
+    return train(model, data, valid, collate, config, run_dir, resume=resume, progress=False)
 
 
-def _worker(run_dir: str, out_dir: str) -> None:
-    """One rank under torch.distributed.run: train, then report losses, weights and tokenizer fingerprint."""
-    result = _run(Path(run_dir), PER_DEVICE_BATCH)
+# Resume runs: dropout, so that every rank's restored RNG state (rng_state_<rank>.pth) matters; a checkpoint
+# every 3 steps; both ranks SIGKILL themselves after step 11, so checkpoint-9 (mid epoch 2, after the
+# epoch-1 evaluation) is the latest complete one and the resumed run must skip one batch per rank.
+RESUME_DROPOUT, RESUME_SAVE_STEPS, KILL_STEP, TOTAL_STEPS = 0.1, 3, 11, 16
+MODES = ("plain", "full", "killed", "resumed")
+
+
+def _record_steps(kill_at: int | None) -> list[int]:
+    """Patch the loop (in this worker process only) to list the optimizer steps it runs; SIGKILL after `kill_at`."""
+    steps: list[int] = []
+    original = loop.HistoryCallback.on_step_end
+
+    def on_step_end(self, args, state, control, **kwargs):
+        steps.append(state.global_step)
+        if state.global_step == kill_at:
+            os.kill(os.getpid(), signal.SIGKILL)  # a crash: no save, no flush, no cleanup
+        return original(self, args, state, control, **kwargs)
+
+    loop.HistoryCallback.on_step_end = on_step_end
+    return steps
+
+
+def _worker(run_dir: str, out_dir: str, mode: str = "plain") -> None:
+    """One rank under a launcher: train, then report rank, world size, losses, weights (and tokenizer fingerprint).
+
+    plain: the batch-4 run compared with one process; full / killed / resumed: the resume runs.
+    """
+    assert mode in MODES, mode
+    steps = _record_steps(KILL_STEP if mode == "killed" else None)
+    if mode == "plain":
+        result = _run(Path(run_dir), PER_DEVICE_BATCH)
+    else:
+        result = _run(Path(run_dir), PER_DEVICE_BATCH, dropout=RESUME_DROPOUT, save_steps=RESUME_SAVE_STEPS,
+                      resume=mode == "resumed")  # fmt: skip
     rank = distributed.rank()
     out = Path(out_dir)
     report = {
         "rank": rank,
         "world_size": distributed.world_size(),
+        "backend": dist.get_backend() if dist.is_initialized() else None,
+        "steps": steps,  # optimizer steps this process ran
         "history": result.history,
-        # the tokenizer is trained on every rank (pipeline.prepare_tokenizer): it must come out the same
-        "tokenizer": tokenizer_fingerprint(train_tokenizer(TOKENIZER_LINES, kind="bpe", vocab_size=300)),
     }
+    if mode == "plain":
+        # the tokenizer is trained on every rank (pipeline.prepare_tokenizer): it must come out the same
+        report["tokenizer"] = tokenizer_fingerprint(train_tokenizer(TOKENIZER_LINES, kind="bpe", vocab_size=300))
     (out / f"rank{rank}.json").write_text(json.dumps(report), encoding="utf-8")
     state = {k: v.detach().contiguous().clone() for k, v in result.model.state_dict().items()}
     save_file(state, str(out / f"rank{rank}.safetensors"))
@@ -83,40 +125,64 @@ def test_distributed_helpers_in_one_process(monkeypatch):
     assert (distributed.rank(), distributed.world_size(), distributed.is_main_process()) == (1, 2, False)
 
 
+def _env(**extra: str) -> dict:
+    return {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "GLOO_SOCKET_IFNAME": "lo",  # localhost only
+        "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+        **extra,
+    }
+
+
+def _torchrun() -> list[str]:
+    return [
+        sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc_per_node=2",
+        "--master_addr=127.0.0.1", f"--master_port={_free_port()}",
+    ]  # fmt: skip
+
+
+def _launch(launcher: list[str], run: Path, out: Path, mode: str = "plain", env: dict | None = None):
+    """Run `_worker` on 2 ranks under `launcher`; the finished process (its return code is not checked here)."""
+    out.mkdir(parents=True, exist_ok=True)
+    command = [*launcher, "-m", "tests.unit.training.test_distributed", str(run), str(out), mode]
+    try:
+        return subprocess.run(command, cwd=REPO, env=env or _env(), capture_output=True, text=True, timeout=120)
+    except subprocess.TimeoutExpired as err:
+        pytest.fail(f"2-process run ({mode}) did not finish in {err.timeout} s")
+
+
+def _reports(out: Path):
+    reports = [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)]
+    weights = [load_file(str(out / f"rank{r}.safetensors")) for r in (0, 1)]
+    return reports, weights
+
+
+def _max_diff(a: dict, b: dict) -> float:
+    assert a.keys() == b.keys()
+    return max((a[k] - b[k]).abs().max().item() for k in a)
+
+
+def _untimed(history: list[dict]) -> list[dict]:
+    return [{k: v for k, v in row.items() if k != "seconds"} for row in history]
+
+
 @pytest.fixture(scope="module")
 def two_process_run(tmp_path_factory):
     """Run `_worker` on 2 ranks (torch.distributed.run, gloo, 127.0.0.1); its run folder and per-rank reports."""
     root = tmp_path_factory.mktemp("ddp")
     run, out = root / "run", root / "out"
-    out.mkdir()
-    env = {
-        **os.environ,
-        "OMP_NUM_THREADS": "1",
-        "GLOO_SOCKET_IFNAME": "lo",  # localhost only
-        "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
-    }
-    command = [
-        sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc_per_node=2",
-        "--master_addr=127.0.0.1", f"--master_port={_free_port()}",
-        "-m", "tests.unit.training.test_distributed", str(run), str(out),
-    ]  # fmt: skip
-    try:
-        done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
-    except subprocess.TimeoutExpired as err:
-        pytest.fail(f"2-process run did not finish in {err.timeout} s")
+    done = _launch(_torchrun(), run, out)
     assert done.returncode == 0, done.stderr[-4000:]
-    reports = [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)]
-    weights = [load_file(str(out / f"rank{r}.safetensors")) for r in (0, 1)]
-    return run, reports, weights
+    return (run, *_reports(out))
 
 
 def test_two_processes_write_one_set_of_outputs(two_process_run):
     run, reports, weights = two_process_run
-    assert [(r["rank"], r["world_size"]) for r in reports] == [(0, 2), (1, 2)]
+    assert [(r["rank"], r["world_size"], r["backend"]) for r in reports] == [(0, 2, "gloo"), (1, 2, "gloo")]
     assert reports[0]["tokenizer"] == reports[1]["tokenizer"]
-    untimed = [[{k: v for k, v in row.items() if k != "seconds"} for row in r["history"]] for r in reports]
-    assert untimed[0] == untimed[1]  # losses are all-reduced: every rank logs the same
-    worst = max((weights[0][k] - weights[1][k]).abs().max().item() for k in weights[0])
+    assert _untimed(reports[0]["history"]) == _untimed(reports[1]["history"])  # losses are all-reduced
+    worst = _max_diff(weights[0], weights[1])
     assert worst == 0.0, f"ranks disagree by {worst}: DDP keeps replicas identical"
     # one history, the Trainer's two kept checkpoints, no per-rank copies or temporary files
     saved = json.loads((run / "history.json").read_text())
@@ -132,11 +198,82 @@ def test_two_processes_match_one_process_with_twice_the_batch(two_process_run, t
         assert got["epoch"] == want["epoch"]
         assert got["train_loss"] == pytest.approx(want["train_loss"], abs=TOLERANCE)
         assert got["val_loss"] == pytest.approx(want["val_loss"], abs=TOLERANCE)
-    expected = single.model.state_dict()
-    assert weights[0].keys() == expected.keys()
-    worst = max((weights[0][k] - expected[k]).abs().max().item() for k in expected)
+    worst = _max_diff(weights[0], single.model.state_dict())
     assert worst < TOLERANCE, f"weights differ by {worst}"
 
 
+# accelerate launch. `--cpu --num_processes 2` starts ONE process (accelerate 1.15 sends --cpu to its simple
+# launcher, which runs several CPU processes only through mpirun: a MULTI_CPU config needs an MPI hostfile).
+# `--multi_gpu` is the launcher that wraps torch.distributed.run; without GPUs the Trainer sets up gloo.
+# `python -m accelerate.commands.launch` is the `accelerate launch` command without relying on PATH.
+ACCELERATE_FLAGS = [
+    "--multi_gpu", "--num_processes=2", "--num_machines=1", "--mixed_precision=no", "--dynamo_backend=no",
+]  # fmt: skip
+
+
+def test_accelerate_launch_runs_two_cpu_processes(two_process_run, tmp_path):
+    run, out = tmp_path / "run", tmp_path / "out"
+    launcher = [sys.executable, "-m", "accelerate.commands.launch", *ACCELERATE_FLAGS,
+                "--main_process_ip=127.0.0.1", f"--main_process_port={_free_port()}"]  # fmt: skip
+    # HF_HOME: no accelerate default_config.yaml of this machine's user overrides the flags
+    done = _launch(launcher, run, out, env=_env(HF_HOME=str(tmp_path / "hf")))
+    assert done.returncode == 0, done.stderr[-4000:]
+    reports, weights = _reports(out)
+    assert [(r["rank"], r["world_size"], r["backend"]) for r in reports] == [(0, 2, "gloo"), (1, 2, "gloo")]
+    # 64 windows / (2 ranks x batch 4) = 8 steps per epoch on each rank (one process: 16 per epoch)
+    assert [r["steps"] for r in reports] == [list(range(1, 17))] * 2
+    assert sorted(p.name for p in run.iterdir()) == ["checkpoint-16", "checkpoint-8", "history.csv", "history.json"]
+    assert [row["epoch"] for row in json.loads((run / "history.json").read_text())] == [1, 2]
+    assert _max_diff(weights[0], weights[1]) == 0.0
+    # the same training as under torchrun
+    _, torchrun_reports, torchrun_weights = two_process_run
+    assert _untimed(reports[0]["history"]) == _untimed(torchrun_reports[0]["history"])
+    worst = _max_diff(weights[0], torchrun_weights[0])
+    assert worst < TOLERANCE, f"accelerate and torchrun runs differ by {worst}"
+
+
+def test_ddp_checkpoints_count_as_complete(tmp_path):
+    """Under DDP the Trainer writes rng_state_<rank>.pth, not rng_state.pth: resume must keep those folders."""
+    ddp = tmp_path / "checkpoint-9"
+    ddp.mkdir()
+    for name in ("model.safetensors", "optimizer.pt", "scheduler.pt", "rng_state_0.pth", "rng_state_1.pth"):
+        (ddp / name).write_bytes(b"x")
+    (ddp / "trainer_state.json").write_text('{"global_step": 9}\n')
+    no_rng = tmp_path / "checkpoint-12"
+    no_rng.mkdir()
+    for name in ("model.safetensors", "optimizer.pt", "scheduler.pt", "trainer_state.json"):
+        (no_rng / name).write_bytes(b"{}")
+    assert remove_incomplete_checkpoints(tmp_path) == [no_rng]
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint-9"]
+
+
+def test_killed_and_resumed_two_process_run_equals_uninterrupted_one(tmp_path):
+    full_run, full_out = tmp_path / "full", tmp_path / "full_out"
+    done = _launch(_torchrun(), full_run, full_out, mode="full")
+    assert done.returncode == 0, done.stderr[-4000:]
+    run, out = tmp_path / "run", tmp_path / "run_out"
+    done = _launch(_torchrun(), run, out, mode="killed")
+    assert done.returncode != 0, "the ranks were to kill themselves"
+    # what the crash left: the epoch-1 checkpoint (the best so far) and the step-9 one, with both ranks' RNG states
+    assert sorted(p.name for p in run.glob("checkpoint-*")) == ["checkpoint-8", "checkpoint-9"]
+    assert {p.name for p in (run / "checkpoint-9").glob("rng_state*")} == {"rng_state_0.pth", "rng_state_1.pth"}
+    done = _launch(_torchrun(), run, out, mode="resumed")
+    assert done.returncode == 0, done.stderr[-4000:]
+
+    reports, weights = _reports(out)
+    full_reports, full_weights = _reports(full_out)
+    assert [(r["rank"], r["world_size"]) for r in reports] == [(0, 2), (1, 2)]
+    assert [r["steps"] for r in full_reports] == [list(range(1, TOTAL_STEPS + 1))] * 2
+    assert [r["steps"] for r in reports] == [list(range(10, TOTAL_STEPS + 1))] * 2, "did not resume from step 9"
+    # bitwise: CPU, one thread, gloo's sum of two tensors, restored data position, optimizer, scheduler, RNG
+    for got, want in [(reports[0], full_reports[0]), (reports[1], full_reports[1])]:
+        assert _untimed(got["history"]) == _untimed(want["history"])
+    assert _max_diff(weights[0], full_weights[0]) == 0.0, "best weights differ"
+    assert _max_diff(weights[1], full_weights[1]) == 0.0, "best weights differ on rank 1"
+    last, full_last = (load_file(str(r / f"checkpoint-{TOTAL_STEPS}" / "model.safetensors")) for r in (run, full_run))
+    assert _max_diff(last, full_last) == 0.0, "last weights differ"
+    assert json.loads((run / "history.json").read_text()) == reports[0]["history"]
+
+
 if __name__ == "__main__":
-    _worker(*sys.argv[1:3])
+    _worker(*sys.argv[1:4])
