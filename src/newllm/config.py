@@ -69,7 +69,8 @@ class TrainConfig:
     grad_accum: int = 1
     seed: int = 0
     max_steps: int = -1  # > 0 caps the optimizer steps (smoke tests)
-    compile: bool = False  # torch.compile the model (CUDA: fuses New-LLM's per-step kernels)
+    # CUDA speed: New-LLM's fast path (compiled steps + CUDA-graphed scan), torch.compile for the baselines
+    compile: bool = False
     save_steps: int = 0  # > 0 also checkpoints (and logs) every N optimizer steps; eval stays per epoch
     on_nonfinite: str = "stop"  # NaN/inf loss: "stop" the run, or "skip" that optimizer step
 

@@ -3,11 +3,16 @@
 Two questions, each over a grid:
 
 - training: how many tokens per second a full optimizer step (forward with labels, backward, AdamW)
-  gets through, per batch size × sequence length × precision × eager/compiled. New-LLM pays for its
+  gets through, per batch size × sequence length × precision × mode. New-LLM pays for its
   recurrence here: GPT-2 processes the T positions in parallel, New-LLM loops over them.
+  Modes: "eager"; "compiled" (New-LLM: its step functions through torch.compile; the baselines:
+  torch.compile of the model); "graphed" (New-LLM: compiled steps and the whole scan replayed from
+  CUDA graphs; the baselines: torch.compile(mode="reduce-overhead"), which adds CUDA graphs).
 - generation: how long one greedy token costs, and how big the cache is, after a prompt of
   `context_len` tokens. This is what the fixed-size context vector is for: New-LLM's cost and
   state stay flat while GPT-2's key/value cache grows with the context (and stops at its positions).
+  Modes: "forward" (the model's forward, one token per call, for every model) and "graphed"
+  (New-LLM's `GreedyDecoder`: one CUDA graph replay per token; CUDA only).
 
 Every number is a median over `repeats` after `warmup` untimed runs; CUDA is synchronised around
 each timed call. Rows that cannot run (bf16 on CPU, GPT-2 past its positions) are kept with the
@@ -17,6 +22,7 @@ reason in "skipped", so a table never silently loses a cell.
 from __future__ import annotations
 
 import contextlib
+import gc
 import inspect
 import itertools
 import statistics
@@ -29,10 +35,14 @@ from tqdm.auto import tqdm
 from newllm.evaluation.perplexity import autocast_context
 from newllm.evaluation.speed import cache_bytes, environment
 from newllm.models.new_llm import NewLLMConfig
+from newllm.models.new_llm.decoding import GreedyDecoder
 from newllm.models.registry import BaselineShape, build_model, count_parameters, matched_configs
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
-COMPILE_MODES = ("eager", "compiled")
+COMPILE_MODES = ("eager", "compiled", "graphed")
+GEN_MODES = ("forward", "graphed")
+# New-LLM's own fast path for each training mode (NewLLMForCausalLM.set_fast_path)
+NEW_LLM_FAST_PATHS = {"eager": "eager", "compiled": "compiled", "graphed": "compiled+graphed"}
 # Prompts are fed in chunks: a single forward over 65,536 tokens would hold (B, T, V) logits, 17 GiB
 # at B=1 and V=8192, while the state the chunks hand on is exactly the one a single pass would leave.
 PREFILL_CHUNK = 512
@@ -53,7 +63,7 @@ class BenchConfig:
     batch_sizes: tuple[int, ...] = (64, 256)
     seq_lens: tuple[int, ...] = (64, 128)
     precisions: tuple[str, ...] = ("fp32", "bf16")
-    compile_modes: tuple[str, ...] = ("eager", "compiled")
+    compile_modes: tuple[str, ...] = ("eager", "compiled", "graphed")
     # torch.compile on CPU takes minutes per row and is not what the comparison is about; opt in here.
     compile_on_cpu: bool = False
     # Intra-op threads on CPU (None: torch's default). Tiny models gain nothing from more than one, and
@@ -61,6 +71,7 @@ class BenchConfig:
     cpu_threads: int | None = None
     context_lengths: tuple[int, ...] = (128, 1024, 8192, 65536)
     gen_batch_sizes: tuple[int, ...] = (1, 32)
+    gen_modes: tuple[str, ...] = ("forward", "graphed")
     gen_tokens: int = 64
     warmup: int = 2
     repeats: int = 5
@@ -82,7 +93,8 @@ class BenchConfig:
             values = getattr(self, name)
             if not all(isinstance(v, int) and v >= 1 for v in values):
                 raise ValueError(f"BenchConfig.{name} must hold positive integers, got {values!r}")
-        for name, allowed in (("precisions", tuple(PRECISIONS)), ("compile_modes", COMPILE_MODES)):
+        for name, allowed in (("precisions", tuple(PRECISIONS)), ("compile_modes", COMPILE_MODES),
+                              ("gen_modes", GEN_MODES)):
             unknown = [v for v in getattr(self, name) if v not in allowed]
             if unknown:
                 raise ValueError(f"BenchConfig.{name}: unknown {unknown[0]!r}; choose from {', '.join(allowed)}")
@@ -94,7 +106,8 @@ def quick_bench_config() -> BenchConfig:
     return BenchConfig(
         vocab_size=1024, embedding_size=32, context_size=32, hidden_size=64, num_layers=2,
         gpt2_positions=256, batch_sizes=(8,), seq_lens=(32,), precisions=("fp32",), compile_modes=("eager",),
-        context_lengths=(32, 128, 512), gen_batch_sizes=(1,), gen_tokens=8, warmup=1, repeats=2, cpu_threads=1,
+        context_lengths=(32, 128, 512), gen_batch_sizes=(1,), gen_modes=("forward",), gen_tokens=8, warmup=1, repeats=2,
+        cpu_threads=1,
     )  # fmt: skip
 
 
@@ -258,6 +271,37 @@ def measure_generation(
     return row
 
 
+@torch.no_grad()
+def measure_graphed_generation(
+    model,
+    context_len: int,
+    batch_size: int,
+    gen_tokens: int,
+    device,
+    dtype: torch.dtype = torch.float32,
+    warmup: int = 2,
+    repeats: int = 5,
+    seed: int = 0,
+) -> dict:
+    """`measure_generation` through New-LLM's `GreedyDecoder`: one CUDA graph replay per token."""
+    device = torch.device(device)
+    row = {"context_len": context_len, "batch_size": batch_size, "gen_tokens": gen_tokens}
+    prompt = _random_ids(model.config.vocab_size, (batch_size, context_len), device, seed)  # (B, P)
+    was_training = model.training
+    model.to(device).eval()
+    try:
+        decoder = GreedyDecoder(model, batch_size, gen_tokens, dtype=dtype)
+        context, first = decoder.prefill(prompt, chunk=PREFILL_CHUNK)
+        del prompt
+        _reset_peak(device)
+        seconds = _median_seconds(lambda: decoder.decode(context, first, gen_tokens), device, warmup, repeats)
+        peak = _peak(device)
+    finally:
+        model.train(was_training)
+    state_bytes = context.numel() * context.element_size()
+    return {**row, "ms_per_token": 1000 * seconds / gen_tokens, "state_bytes": state_bytes, "peak_mem_bytes": peak}
+
+
 def summarize_training(rows: list[dict]) -> tuple[list[dict], list[dict]]:
     """(ratios, best): New-LLM / TinyGPT2 tokens_per_s per setting, and each model's best per (batch, seq)."""
     measured = {}
@@ -320,6 +364,7 @@ def _bench_models(config: BenchConfig) -> dict:
 def _release(device: torch.device) -> None:
     """Give cached blocks back so that one row's leftovers do not count in the next one's peak."""
     if device.type == "cuda":
+        gc.collect()  # captured graphs sit in reference cycles (autograd nodes ↔ their context objects)
         torch.cuda.empty_cache()
 
 
@@ -337,14 +382,19 @@ def _training_rows(name: str, model, config: BenchConfig, device: torch.device, 
         bar.set_description(f"train {name} B={batch} T={seq} {precision} {mode}")
         head = {"model": name, "batch_size": batch, "seq_len": seq, "precision": precision, "mode": mode}
         empty = {"tokens_per_s": None, "ms_per_step": None, "peak_mem_bytes": None}
-        if mode == "compiled" and device.type != "cuda" and not config.compile_on_cpu:
-            rows.append({**head, **empty, "skipped": "compiled is timed on CUDA only (compile_on_cpu=False)"})
+        skip = None
+        if mode == "graphed" and device.type != "cuda":
+            skip = "graphed is timed on CUDA only (CUDA graphs)"
+        elif mode == "compiled" and device.type != "cuda" and not config.compile_on_cpu:
+            skip = "compiled is timed on CUDA only (compile_on_cpu=False)"
+        if skip is not None:
+            rows.append({**head, **empty, "skipped": skip})
             bar.update()
             continue
-        if mode == "compiled":
+        if mode != "eager":
             # A fresh compile per row: no recompile limit to hit, no guards left by another shape or dtype.
             torch.compiler.reset()
-        runner = torch.compile(model) if mode == "compiled" else model
+        runner = _runner(model, mode, device)
         try:
             measured = measure_training(
                 runner, batch, seq, precision, device, config.warmup, config.repeats, config.seed
@@ -353,32 +403,49 @@ def _training_rows(name: str, model, config: BenchConfig, device: torch.device, 
         except torch.cuda.OutOfMemoryError as error:
             rows.append({**head, **empty, "error": _first_line(error)})
         except Exception as error:
-            if mode != "compiled":
+            if mode == "eager":
                 raise
             # A compiler failure is a result about the compiler, not a reason to lose the whole bench.
             rows.append({**head, **empty, "error": _first_line(error)})
         _release(device)
         bar.update()
-    if "compiled" in config.compile_modes:
+    if hasattr(model, "set_fast_path"):
+        model.set_fast_path("eager")  # and drop the captured graphs
+    if set(config.compile_modes) - {"eager"}:
         torch.compiler.reset()
     return rows
 
 
+def _runner(model, mode: str, device: torch.device):
+    """What a training row times: New-LLM with its own fast path on CUDA; otherwise the model or torch.compile of it."""
+    if hasattr(model, "set_fast_path") and device.type == "cuda":
+        return model.set_fast_path(NEW_LLM_FAST_PATHS[mode])
+    if mode == "eager":
+        return model
+    return torch.compile(model, mode="reduce-overhead" if mode == "graphed" else None)
+
+
 def _generation_rows(name: str, model, config: BenchConfig, device: torch.device, bar) -> list[dict]:
-    """One row per (precision, batch, context length) for one model."""
+    """One row per (precision, mode, batch, context length) for one model."""
     rows = []
-    grid = itertools.product(config.precisions, config.gen_batch_sizes, config.context_lengths)
-    for precision, batch, context in grid:
-        bar.set_description(f"generate {name} B={batch} context={context} {precision}")
-        head = {"model": name, "precision": precision}
+    grid = itertools.product(config.precisions, config.gen_modes, config.gen_batch_sizes, config.context_lengths)
+    for precision, mode, batch, context in grid:
+        bar.set_description(f"generate {name} B={batch} context={context} {precision} {mode}")
+        head = {"model": name, "precision": precision, "mode": mode}
         empty = {"context_len": context, "batch_size": batch, "gen_tokens": config.gen_tokens}
         empty.update(ms_per_token=None, state_bytes=None, peak_mem_bytes=None)
         skip = _precision_skip(precision, device)
+        if skip is None and mode == "graphed":
+            if not hasattr(model, "set_fast_path"):
+                skip = "graphed decoding is New-LLM's GreedyDecoder"
+            elif device.type != "cuda":
+                skip = "graphed decoding is timed on CUDA only (CUDA graphs)"
         if skip is not None:
             rows.append({**head, **empty, "skipped": skip})
         else:
+            measure = measure_graphed_generation if mode == "graphed" else measure_generation
             try:
-                measured = measure_generation(
+                measured = measure(
                     model, context, batch, config.gen_tokens, device, PRECISIONS[precision],
                     config.warmup, config.repeats, config.seed,
                 )  # fmt: skip
@@ -411,7 +478,7 @@ def run_bench(config: BenchConfig, device: str = "cpu", progress: bool = True) -
     params = {name: count_parameters(model) for name, model in models.items()}
     rows_per_model = len(config.precisions) * (
         len(config.compile_modes) * len(config.batch_sizes) * len(config.seq_lens)
-        + len(config.gen_batch_sizes) * len(config.context_lengths)
+        + len(config.gen_modes) * len(config.gen_batch_sizes) * len(config.context_lengths)
     )
     training, generation = [], []
     with _cpu_threads(config.cpu_threads if device.type == "cpu" else None):

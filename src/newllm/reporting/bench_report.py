@@ -17,6 +17,8 @@ from newllm.reporting.plots import model_color, model_label, ordered_models, sav
 MISSING = "—"
 SKIPPED = "skip"
 FAILED = "error"
+# A decoding mode keeps its marker: the graphed decoder's line beside the same model's forward line.
+GEN_MARKERS = {"forward": "o", "graphed": "s"}
 # A precision keeps its line style in every figure, as a model keeps its colour.
 PRECISION_STYLES = {"fp32": "-", "bf16": "--"}
 
@@ -156,7 +158,7 @@ def _generation_lines(results: Mapping[str, Any], names: Sequence[str]) -> list[
     rows = _rows(results, "generation")
     if not rows:
         return []
-    keys = ("precision", "batch_size", "context_len")
+    keys = ("precision", "mode", "batch_size", "context_len")  # mode: "forward" or "graphed" (None in old files)
     by_setting = _index(rows, keys)
     gen_tokens = next((r.get("gen_tokens") for r in rows if r.get("gen_tokens")), None)
     metrics = [
@@ -166,16 +168,17 @@ def _generation_lines(results: Mapping[str, Any], names: Sequence[str]) -> list[
     if any(_finite(r.get("peak_mem_bytes")) is not None for r in rows):
         metrics.append(("peak_mem_bytes", format_bytes, "peak_mem_bytes (device memory while decoding)"))
     lines = []
-    for precision in dict.fromkeys(r.get("precision") for r in rows):
-        settings = [s for s in dict.fromkeys(tuple(r.get(k) for k in keys) for r in rows) if s[0] == precision]
+    for precision, mode in dict.fromkeys((r.get("precision"), r.get("mode")) for r in rows):
+        settings = [s for s in dict.fromkeys(tuple(r.get(k) for k in keys) for r in rows) if s[:2] == (precision, mode)]
         if all(by_setting[(*s, n)].get("skipped") for s in settings for n in names if (*s, n) in by_setting):
-            continue  # a precision this device skipped entirely: said once in the notes, not as a table of "skip"
+            continue  # a precision or mode this device skipped entirely: said once in the notes, not as a table of "skip"
         for key, fmt, title in metrics:
             table = [
-                [str(setting[1]), str(setting[2]), *(_cell(by_setting.get((*setting, n)), key, fmt) for n in names)]
+                [str(setting[2]), str(setting[3]), *(_cell(by_setting.get((*setting, n)), key, fmt) for n in names)]
                 for setting in settings
             ]
-            lines += _heading(f"Generation, {precision}: {title}")
+            label = precision if mode is None else f"{precision}, {mode}"
+            lines += _heading(f"Generation, {label}: {title}")
             lines += _text_table(["batch", "context", *(model_label(n) for n in names)], table, left=2)
     return lines
 
@@ -258,17 +261,17 @@ def plot_bench_throughput(results: Mapping[str, Any], path: str | os.PathLike) -
 
 
 def _generation_series(rows, names, batch: int, key: str):
-    """(name, precision, [(context, value)]) for every model and precision with a value at this batch size."""
+    """(name, precision, mode, [(context, value)]) for every series with a value at this batch size."""
     for i, name in enumerate(names):
-        for precision in dict.fromkeys(r.get("precision") for r in rows):
+        for precision, mode in dict.fromkeys((r.get("precision"), r.get("mode")) for r in rows):
             points = sorted(
                 (r["context_len"], r[key])
                 for r in rows
-                if (r.get("model"), r.get("precision"), r.get("batch_size")) == (name, precision, batch)
+                if (r.get("model"), r.get("precision"), r.get("mode"), r.get("batch_size")) == (name, precision, mode, batch)
                 and _finite(r.get(key)) is not None
             )
             if points:
-                yield i, name, precision, points
+                yield i, name, precision, mode, points
 
 
 def _byte_ticks(values: Sequence[float]) -> list[float]:
@@ -310,11 +313,12 @@ def plot_bench_generation(
     for row_axes, (key, ylabel) in zip(axes, metrics):
         for ax, batch in zip(row_axes, batches):
             drawn = []
-            for i, name, precision, points in _generation_series(rows, names, batch, key):
+            for i, name, precision, mode, points in _generation_series(rows, names, batch, key):
                 contexts, values = zip(*points)
                 drawn += values
-                ax.plot(contexts, values, PRECISION_STYLES.get(precision, ":"), marker="o", markersize=4,
-                        color=model_color(name, i), label=f"{model_label(name)} {precision}")  # fmt: skip
+                label = f"{model_label(name)} {precision}" + (f" {mode}" if mode and mode != "forward" else "")
+                ax.plot(contexts, values, PRECISION_STYLES.get(precision, ":"), marker=GEN_MARKERS.get(mode, "o"),
+                        markersize=4, color=model_color(name, i), label=label)  # fmt: skip
             _position_limit_line(ax, results)
             ax.set_xscale("log", base=2)
             # Ticks at the measured lengths, written out: "8,192" reads better than 2^13.

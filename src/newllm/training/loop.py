@@ -230,6 +230,11 @@ def train(
         if not _has_checkpoints(run_dir):
             raise FileNotFoundError(f"nothing to resume in {run_dir}: it holds no complete checkpoint-* folder")
     run_dir.mkdir(parents=True, exist_ok=True)
+    # compile: New-LLM runs its own fast path (compiled steps, CUDA-graphed scan; a no-op on CPU), the
+    # baselines go through torch.compile. The recurrence is a Python loop torch.compile would unroll.
+    own_fast_path = hasattr(model, "set_fast_path")
+    if own_fast_path:
+        model.set_fast_path("compiled+graphed" if config.compile else "eager")
     args = TrainingArguments(
         output_dir=str(run_dir),
         num_train_epochs=config.epochs,
@@ -245,7 +250,7 @@ def train(
         seed=config.seed,
         bf16=bf16,
         use_cpu=device == "cpu",
-        torch_compile=config.compile,
+        torch_compile=config.compile and not own_fast_path,
         eval_strategy="epoch",
         save_strategy="epoch",
         logging_strategy="epoch",

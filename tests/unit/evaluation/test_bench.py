@@ -20,10 +20,11 @@ from newllm.models.new_llm import NewLLMConfig
 from newllm.models.registry import BaselineShape, build_model, matched_configs
 
 FLOAT32_BYTES = 4
-# The quick sizes, plus every setting a CPU must skip: bf16 and compiled rows cost nothing there.
+# The quick sizes, plus every setting a CPU must skip: bf16, compiled and graphed rows cost nothing there.
 CONFIG = dataclasses.replace(
-    quick_bench_config(), precisions=("fp32", "bf16"), compile_modes=("eager", "compiled"), gen_batch_sizes=(1, 2)
-)
+    quick_bench_config(), precisions=("fp32", "bf16"), compile_modes=("eager", "compiled", "graphed"),
+    gen_batch_sizes=(1, 2),
+)  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -85,13 +86,30 @@ def test_fp32_eager_training_is_measured(results):
 
 
 def test_bf16_and_compiled_rows_on_cpu_are_skipped_with_a_reason(results):
-    rows = [r for r in results["training"] if r["precision"] == "bf16" or r["mode"] == "compiled"]
+    rows = [r for r in results["training"] if r["precision"] == "bf16" or r["mode"] != "eager"]
     assert rows
     for row in rows:
         assert row["tokens_per_s"] is None
-        assert ("bf16" in row["skipped"]) if row["mode"] == "eager" else ("compiled" in row["skipped"])
+        assert ("bf16" in row["skipped"]) if row["mode"] == "eager" else (row["mode"] in row["skipped"])
     generation_bf16 = [r for r in results["generation"] if r["precision"] == "bf16"]
     assert generation_bf16 and all("CUDA" in r["skipped"] for r in generation_bf16)
+
+
+def test_graphed_decoding_rows_say_why_they_were_skipped():
+    config = dataclasses.replace(quick_bench_config(), compile_modes=("graphed",), gen_modes=("graphed",))
+    results = run_bench(config, "cpu", progress=False)
+    assert results["training"] and all("CUDA" in r["skipped"] for r in results["training"])
+    reasons = {r["model"]: r["skipped"] for r in results["generation"]}
+    assert reasons == {
+        "new_llm": "graphed decoding is timed on CUDA only (CUDA graphs)",
+        "tinygpt2": "graphed decoding is New-LLM's GreedyDecoder",
+        "lstm": "graphed decoding is New-LLM's GreedyDecoder",
+    }
+
+
+def test_unknown_generation_mode_is_refused():
+    with pytest.raises(ValueError, match="gen_modes: unknown 'graph'"):
+        BenchConfig(gen_modes=("graph",))
 
 
 def test_generation_has_a_row_per_model_and_context(results):
@@ -154,7 +172,9 @@ def test_ratios_are_recomputed_from_the_rows(results):
         (r["model"], r["batch_size"], r["seq_len"], r["precision"], r["mode"]): r["tokens_per_s"]
         for r in results["training"]
     }
-    assert len(results["ratios"]) == len(CONFIG.batch_sizes) * len(CONFIG.seq_lens) * 4
+    assert len(results["ratios"]) == (
+        len(CONFIG.batch_sizes) * len(CONFIG.seq_lens) * len(CONFIG.precisions) * len(CONFIG.compile_modes)
+    )
     for entry in results["ratios"]:
         setting = (entry["batch_size"], entry["seq_len"], entry["precision"], entry["mode"])
         new, ref = rate[("new_llm", *setting)], rate[("tinygpt2", *setting)]

@@ -92,3 +92,18 @@ def test_history_pairs_train_and_eval_logs_by_epoch():
     history = history_from_log(log, {1: 1.5, 2: 1.4})
     assert [(r["epoch"], r["train_loss"], r["val_loss"], r["seconds"]) for r in history] == [(1, 2.0, 1.5, 1.5), (2, 1.0, 1.2, 1.4)]
     assert history[0]["val_ppl"] == pytest.approx(math.exp(1.5))
+
+
+def test_compile_gives_new_llm_its_own_fast_path_not_torch_compile(tmp_path, monkeypatch):
+    seen = {}
+    original = train.__globals__["TrainingArguments"]
+
+    def recording_arguments(**kwargs):
+        seen["torch_compile"] = kwargs["torch_compile"]
+        return original(**kwargs)
+
+    monkeypatch.setitem(train.__globals__, "TrainingArguments", recording_arguments)
+    result = _train(tmp_path / "run", epochs=1, compile=True)
+    cell = result.model.model.cell
+    assert (cell.compile_steps, cell.cuda_graphs) == (True, True)  # inert on CPU, used on CUDA
+    assert seen["torch_compile"] is False  # torch.compile would unroll the recurrence

@@ -39,6 +39,9 @@ class NewLLMCell(nn.Module):
         # W_Δ, W_f, W_i as one matmul: rows [0:C) give Δ, [C:2C) give f, [2C:3C) give i.
         self.context_proj = nn.Linear(hidden_size, 3 * context_size)
         self.context_norm = nn.LayerNorm(context_size, eps=layer_norm_eps)
+        # How the training scan runs on CUDA (scan.py); not part of the function, so not in the config.
+        self.compile_steps = False
+        self.cuda_graphs = False
 
     def initial_context(self, batch_size: int, device=None, dtype=None) -> torch.Tensor:
         return torch.zeros(batch_size, self.context_size, device=device, dtype=dtype)

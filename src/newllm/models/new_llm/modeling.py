@@ -22,6 +22,9 @@ from newllm.models.recurrent import (
 )
 
 
+FAST_PATHS = ("eager", "compiled", "graphed", "compiled+graphed")
+
+
 class NewLLMPreTrainedModel(PreTrainedModel):
     config_class = NewLLMConfig
     base_model_prefix = "model"
@@ -103,6 +106,21 @@ class NewLLMForCausalLM(RecurrentGenerationMixin, NewLLMPreTrainedModel, Generat
             seen = state.seen_tokens if state is not None else 0
             cache = RecurrentCache((context,), seen + input_ids.shape[1])
         return RecurrentLMOutput(loss=loss, logits=logits, state=cache)
+
+    def set_fast_path(self, mode: str) -> NewLLMForCausalLM:
+        """How training runs the recurrence on CUDA: "eager", "compiled", "graphed" or "compiled+graphed".
+
+        "compiled" fuses each step's kernels with torch.compile; "graphed" captures the whole scan,
+        forward and backward, as CUDA graphs per input shape (scan.py). The function is the same in
+        every mode; on CPU every mode runs eagerly.
+        """
+        if mode not in FAST_PATHS:
+            raise ValueError(f"unknown fast path {mode!r}; choose from {', '.join(FAST_PATHS)}")
+        cell = self.model.cell
+        cell.compile_steps = "compiled" in mode
+        cell.cuda_graphs = "graphed" in mode
+        cell.__dict__.pop("_scan_graphs", None)  # captures of the previous mode hold GPU memory
+        return self
 
     @torch.no_grad()
     def step(

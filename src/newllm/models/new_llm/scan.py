@@ -5,119 +5,250 @@ bookkeeping, not arithmetic, is the cost (CPU and GPU alike). Here the forward l
 autograd, saves what the backward needs, and the backward walks the sequence in reverse with
 the chain rule written out. Weight gradients are summed over all positions with one matmul per
 weight after the loop. The function is `NewLLMCell.step` applied along T (tests compare outputs
-and gradients with the reference); only the dropout masks are drawn differently.
+and gradients with the reference); only the dropout masks are drawn differently (all at once).
 
 Per token, with m_l the dropout masks (already divided by 1 - p):
     a_1 = P_t + c W_cᵀ,  a_l = h_{l-1} W_lᵀ + b_l,  h_l = relu(a_l) ⊙ m_l,  h = h_L
     [Δ, g_f, g_i] = h W_gᵀ + b_g,  f = σ(g_f),  i = σ(g_i)
     x = f ⊙ c + i ⊙ Δ,  x̂ = (x - μ) / σ_x,  c' = clamp(γ ⊙ x̂ + β, ±K)
+
+On CUDA the loop is bound by kernel launches (~40 small kernels per token), so two switches on the
+cell trade set-up time for speed (`NewLLMForCausalLM.set_fast_path`):
+    compile_steps: `forward_step` and `backward_step` go through `torch.compile`, which fuses each
+        step's element-wise work into a few kernels;
+    cuda_graphs: the whole scan, forward and backward, is captured once per input shape
+        (`CapturedScan`) and then replayed, with no Python or launch cost per token.
 """
 
 from __future__ import annotations
 
+import functools
+from collections import OrderedDict
+from typing import NamedTuple
+
 import torch
 from torch.nn import functional as F
+
+MAX_GRAPHS = 4  # captured shapes kept per cell: training sees one or two (a short last batch)
+
+
+def forward_step(token_part, context, masks, context_weight, weights, biases, proj_weight, proj_bias,
+                 norm_weight, norm_bias, eps: float, clamp: float):
+    """One token: (B, H) token part of layer 1, (B, C) context → hidden, next context, and what backward needs."""
+    pre = torch.addmm(token_part, context, context_weight.t())
+    pre_acts = [pre]
+    hidden = F.relu(pre)
+    if masks is not None:
+        hidden = hidden * masks[0]
+    for layer, (weight, bias) in enumerate(zip(weights, biases), start=1):
+        pre = torch.addmm(bias, hidden, weight.t())
+        pre_acts.append(pre)
+        hidden = F.relu(pre)
+        if masks is not None:
+            hidden = hidden * masks[layer]
+    proj = torch.addmm(proj_bias, hidden, proj_weight.t())  # (B, 3C): Δ, f, i
+    size_c = context.shape[1]
+    delta, gates = proj.split([size_c, 2 * size_c], dim=1)
+    forget, inp = torch.sigmoid(gates).chunk(2, dim=1)
+    mixed = torch.addcmul(inp * delta, forget, context)
+    var, mean = torch.var_mean(mixed, dim=1, unbiased=False, keepdim=True)
+    rstd = torch.rsqrt(var + eps)
+    x_hat = (mixed - mean) * rstd
+    new_context = torch.addcmul(norm_bias, x_hat, norm_weight).clamp(-clamp, clamp)
+    return hidden, new_context, pre_acts, x_hat, rstd, proj
+
+
+def backward_step(d_context, grad_hidden, prev, out, x_hat, rstd, proj, pre_acts, masks, norm_weight, proj_weight,
+                  context_weight, weights, clamp: float):
+    """The chain rule through one `forward_step`, given dL/d(next context) and dL/d(hidden) from the head.
+
+    Returns dL/d(previous context), dL/d(LayerNorm output), dL/d(proj) and dL/d(pre-activation) per layer;
+    the weight gradients are summed from these over all positions after the loop.
+    """
+    size_c = prev.shape[1]
+    d_out = d_context * (out.abs() < clamp)  # clamp: gradient only inside ±K
+    # LayerNorm: dx = rstd · (dx̂ - mean(dx̂) - x̂ · mean(dx̂ ⊙ x̂))
+    d_xhat = d_out * norm_weight
+    d_mixed = rstd * (d_xhat - d_xhat.mean(1, keepdim=True) - x_hat * (d_xhat * x_hat).mean(1, keepdim=True))
+    delta, gates = proj.split([size_c, 2 * size_c], dim=1)
+    gate = torch.sigmoid(gates)
+    forget, inp = gate.chunk(2, dim=1)
+    d_gate = torch.cat([d_mixed * prev, d_mixed * delta], dim=1) * gate * (1 - gate)
+    d_proj = torch.cat([d_mixed * inp, d_gate], dim=1)
+    d_prev = d_mixed * forget
+    d_hidden = torch.addmm(grad_hidden, d_proj, proj_weight)
+    d_pre_acts = [None] * len(pre_acts)
+    for layer in reversed(range(len(pre_acts))):
+        if masks is not None:
+            d_hidden = d_hidden * masks[layer]
+        d_act = d_hidden * (pre_acts[layer] > 0)
+        d_pre_acts[layer] = d_act
+        if layer > 0:
+            d_hidden = d_act @ weights[layer - 1]
+    d_prev = torch.addmm(d_prev, d_pre_acts[0], context_weight)
+    return d_prev, d_out, d_proj, d_pre_acts
+
+
+class StepFunctions(NamedTuple):
+    forward: callable
+    backward: callable
+
+
+EAGER_STEPS = StepFunctions(forward_step, backward_step)
+
+
+@functools.cache
+def compiled_steps() -> StepFunctions:
+    """`forward_step` and `backward_step` through torch.compile (compiled on first call, once per shape)."""
+    return StepFunctions(torch.compile(forward_step, dynamic=False), torch.compile(backward_step, dynamic=False))
 
 
 class NewLLMScan(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, token_part, context, context_weight, dropout_p, eps, clamp, norm_weight, norm_bias,
+    def forward(ctx, steps, eps, clamp, token_part, context, masks, context_weight, norm_weight, norm_bias,
                 proj_weight, proj_bias, *layer_params):
-        # token_part (T, B, H): the token half of layer 1 with its bias; context (B, C)
+        # token_part (T, B, H): the token half of layer 1 with its bias; context (B, C); masks (T, L, B, H) or None
         weights, biases = layer_params[0::2], layer_params[1::2]  # layers 2..L
-        steps, size_c = token_part.shape[0], context.shape[1]
-        keep = 1.0 - dropout_p
-        contexts, pre_acts, masks, normed, rstds, projs, hiddens = [], [], [], [], [], [], []
-        for t in range(steps):
+        contexts, pre_acts, normed, rstds, projs, hiddens = [context], [], [], [], [], []
+        for t in range(token_part.shape[0]):
+            hidden, context, step_pre, x_hat, rstd, proj = steps.forward(
+                token_part[t], context, None if masks is None else masks[t], context_weight, weights, biases,
+                proj_weight, proj_bias, norm_weight, norm_bias, eps, clamp,
+            )  # fmt: skip
             contexts.append(context)
-            pre = torch.addmm(token_part[t], context, context_weight.t())
-            layer_pre, layer_masks = [pre], []
-            hidden = F.relu(pre)
-            for weight, bias in zip((None, *weights), (None, *biases)):
-                if weight is not None:
-                    pre = torch.addmm(bias, hidden, weight.t())
-                    layer_pre.append(pre)
-                    hidden = F.relu(pre)
-                if dropout_p > 0:
-                    mask = torch.empty_like(hidden).bernoulli_(keep).div_(keep)
-                    hidden = hidden * mask
-                    layer_masks.append(mask)
-            proj = torch.addmm(proj_bias, hidden, proj_weight.t())  # (B, 3C): Δ, f, i
-            delta, gates = proj.split([size_c, 2 * size_c], dim=1)
-            forget, inp = torch.sigmoid(gates).chunk(2, dim=1)
-            mixed = torch.addcmul(inp * delta, forget, context)
-            var, mean = torch.var_mean(mixed, dim=1, unbiased=False, keepdim=True)
-            rstd = torch.rsqrt(var + eps)
-            x_hat = (mixed - mean) * rstd
-            context = torch.addcmul(norm_bias, x_hat, norm_weight).clamp_(-clamp, clamp)
-            pre_acts.append(layer_pre)
-            masks.append(layer_masks)
+            pre_acts.append(step_pre)
             normed.append(x_hat)
             rstds.append(rstd)
             projs.append(proj)
             hiddens.append(hidden)
         hidden_seq = torch.stack(hiddens)  # (T, B, H)
-        contexts.append(context)
-        ctx.save_for_backward(context_weight, norm_weight, norm_bias, proj_weight, *weights)
-        ctx.saved = (contexts, pre_acts, masks, normed, rstds, projs, hidden_seq)
-        ctx.config = (dropout_p, clamp, len(weights))
+        pre_acts = [torch.stack(layer) for layer in zip(*pre_acts)]  # per layer, (T, B, H)
+        ctx.save_for_backward(context_weight, norm_weight, proj_weight, *weights)
+        ctx.saved = (torch.stack(contexts), pre_acts, masks, torch.stack(normed), torch.stack(rstds),
+                     torch.stack(projs), hidden_seq)  # fmt: skip
+        ctx.steps, ctx.clamp = steps, clamp
         return hidden_seq, context
 
     @staticmethod
     def backward(ctx, grad_hidden, grad_context):
-        context_weight, norm_weight, norm_bias, proj_weight, *weights = ctx.saved_tensors
+        context_weight, norm_weight, proj_weight, *weights = ctx.saved_tensors
         contexts, pre_acts, masks, normed, rstds, projs, hidden_seq = ctx.saved
-        dropout_p, clamp, n_rest = ctx.config
-        steps, size_c = hidden_seq.shape[0], contexts[0].shape[1]
+        steps = hidden_seq.shape[0]
         grad_hidden = torch.zeros_like(hidden_seq) if grad_hidden is None else grad_hidden
-        d_context = torch.zeros_like(contexts[-1]) if grad_context is None else grad_context.clone()
-        d_pre = [torch.empty_like(hidden_seq) for _ in range(n_rest + 1)]  # per layer, (T, B, H)
-        d_proj = torch.empty(steps, *projs[0].shape, dtype=hidden_seq.dtype, device=hidden_seq.device)
-        d_norm_weight = torch.zeros_like(norm_weight)
-        d_norm_bias = torch.zeros_like(norm_bias)
+        d_context = torch.zeros_like(contexts[-1]) if grad_context is None else grad_context
+        d_outs, d_projs, d_pre_acts = [], [], []
         for t in reversed(range(steps)):
-            prev, x_hat, rstd, proj = contexts[t], normed[t], rstds[t], projs[t]
-            # clamp: gradient only where the output was inside ±K
-            out = contexts[t + 1]
-            d_out = d_context * (out.abs() < clamp)
-            d_norm_weight += (d_out * x_hat).sum(0)
-            d_norm_bias += d_out.sum(0)
-            # LayerNorm: dx = rstd · (dx̂ - mean(dx̂) - x̂ · mean(dx̂ ⊙ x̂))
-            d_xhat = d_out * norm_weight
-            d_mixed = rstd * (d_xhat - d_xhat.mean(1, keepdim=True) - x_hat * (d_xhat * x_hat).mean(1, keepdim=True))
-            delta, gates = proj.split([size_c, 2 * size_c], dim=1)
-            gate = torch.sigmoid(gates)
-            forget, inp = gate.chunk(2, dim=1)
-            d_gate = torch.cat([d_mixed * prev, d_mixed * delta], dim=1) * gate * (1 - gate)
-            d_proj[t] = torch.cat([d_mixed * inp, d_gate], dim=1)
-            d_context = d_mixed * forget
-            d_hidden = torch.addmm(grad_hidden[t], d_proj[t], proj_weight)
-            for layer in reversed(range(n_rest + 1)):
-                if dropout_p > 0:
-                    d_hidden = d_hidden * masks[t][layer]
-                d_act = d_hidden * (pre_acts[t][layer] > 0)
-                d_pre[layer][t] = d_act
-                if layer > 0:
-                    d_hidden = d_act @ weights[layer - 1]
-            d_context = torch.addmm(d_context, d_pre[0][t], context_weight)
+            d_context, d_out, d_proj, d_pre = ctx.steps.backward(
+                d_context, grad_hidden[t], contexts[t], contexts[t + 1], normed[t], rstds[t], projs[t],
+                [layer[t] for layer in pre_acts], None if masks is None else masks[t], norm_weight, proj_weight,
+                context_weight, weights, ctx.clamp,
+            )  # fmt: skip
+            d_outs.append(d_out)
+            d_projs.append(d_proj)
+            d_pre_acts.append(d_pre)
+        # Gradients were collected last step first; put them back in time order, (T, B, ·).
+        d_out = torch.stack(d_outs[::-1])
+        d_proj = torch.stack(d_projs[::-1])
+        d_pre = [torch.stack(layer[::-1]) for layer in zip(*d_pre_acts)]
         # Weight gradients: one matmul over all T·B rows each.
         flat = lambda x: x.reshape(-1, x.shape[-1])  # noqa: E731
-        layer_inputs = [_layer_outputs(pre_acts, masks, layer, dropout_p) for layer in range(n_rest)]
-        d_context_weight = flat(d_pre[0]).t() @ flat(torch.stack(contexts[:-1]))
+        d_context_weight = flat(d_pre[0]).t() @ flat(contexts[:-1])
         d_proj_weight = flat(d_proj).t() @ flat(hidden_seq)
         d_layers = []
-        for layer in range(1, n_rest + 1):
-            d_layers += [flat(d_pre[layer]).t() @ flat(layer_inputs[layer - 1]), d_pre[layer].sum((0, 1))]
-        return (d_pre[0], d_context, d_context_weight, None, None, None, d_norm_weight, d_norm_bias,
-                d_proj_weight, d_proj.sum((0, 1)), *d_layers)
+        for layer in range(1, len(pre_acts)):
+            layer_input = F.relu(pre_acts[layer - 1])  # h_{layer-1}, recomputed for all steps at once
+            if masks is not None:
+                layer_input = layer_input * masks[:, layer - 1]
+            d_layers += [flat(d_pre[layer]).t() @ flat(layer_input), d_pre[layer].sum((0, 1))]
+        return (None, None, None, d_pre[0], d_context, None, d_context_weight, (d_out * normed).sum((0, 1)),
+                d_out.sum((0, 1)), d_proj_weight, d_proj.sum((0, 1)), *d_layers)  # fmt: skip
 
 
-def _layer_outputs(pre_acts, masks, layer: int, dropout_p: float) -> torch.Tensor:
-    """h_layer for every step, (T, B, H): recomputed from the saved pre-activations and masks."""
-    outputs = [F.relu(pre[layer]) for pre in pre_acts]
+def _scan(token_part, context, context_weight, norm_weight, norm_bias, proj_weight, proj_bias, *layer_params,
+          steps: StepFunctions, dropout_p: float, eps: float, clamp: float):
+    """Draw the dropout masks for all positions at once, then run `NewLLMScan` (the unit a CUDA graph captures)."""
+    masks = None
     if dropout_p > 0:
-        outputs = [out * mask[layer] for out, mask in zip(outputs, masks)]
-    return torch.stack(outputs)
+        steps_t, batch, hidden = token_part.shape
+        layers = 1 + len(layer_params) // 2
+        keep = 1.0 - dropout_p
+        masks = token_part.new_empty(steps_t, layers, batch, hidden).bernoulli_(keep).div_(keep)
+    return NewLLMScan.apply(steps, eps, clamp, token_part, context, masks, context_weight, norm_weight, norm_bias,
+                            proj_weight, proj_bias, *layer_params)  # fmt: skip
+
+
+class CapturedScan:
+    """`scan` for one set of input shapes, captured as a forward and a backward CUDA graph.
+
+    What `torch.cuda.make_graphed_callables` does, for one callable, with three differences that a
+    training loop needs: warm-up and capture run on one private stream in thread-local capture mode
+    (another thread's CUDA call, e.g. torch.compile's, cannot spoil the capture); the parameters are
+    captured through detached aliases (no autograd node of the surrounding step is touched); and the
+    outputs and gradients are handed out as copies, so a replay never overwrites a tensor the caller
+    still holds (gradient accumulation, a saved activation).
+    """
+
+    def __init__(self, scan, tensors: tuple[torch.Tensor, ...], copied: int):
+        # The first `copied` tensors are data (copied in before each replay); the rest are read in place.
+        self.copied = copied
+        self.inputs = tuple(
+            (t.detach().clone() if i < copied else t.detach()).requires_grad_(t.requires_grad)
+            for i, t in enumerate(tensors)
+        )
+        self.stream = torch.cuda.Stream()
+        self.stream.wait_stream(torch.cuda.current_stream())
+        wanted = [t for t in self.inputs if t.requires_grad]
+        with torch.cuda.stream(self.stream):
+            for _ in range(2):  # kernel selection, compilation, workspaces: all before the capture
+                outputs = scan(*self.inputs)
+                torch.autograd.grad(outputs, wanted, [torch.ones_like(o) for o in outputs], allow_unused=True)
+        pool = torch.cuda.graph_pool_handle()
+        self.forward_graph, self.backward_graph = torch.cuda.CUDAGraph(), torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.forward_graph, pool=pool, stream=self.stream, capture_error_mode="thread_local"):
+            self.outputs = scan(*self.inputs)
+        self.grad_outputs = tuple(torch.zeros_like(o) for o in self.outputs)
+        with torch.cuda.graph(self.backward_graph, pool=pool, stream=self.stream, capture_error_mode="thread_local"):
+            grads = iter(torch.autograd.grad(self.outputs, wanted, self.grad_outputs, allow_unused=True))
+        self.grads = tuple(next(grads) if t.requires_grad else None for t in self.inputs)
+        torch.cuda.current_stream().wait_stream(self.stream)
+
+    def __call__(self, *tensors: torch.Tensor):
+        return _ReplayScan.apply(self, *tensors)
+
+
+class _ReplayScan(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, captured, *tensors):
+        for static, tensor in zip(captured.inputs[: captured.copied], tensors):
+            static.copy_(tensor)
+        captured.forward_graph.replay()
+        ctx.captured = captured
+        return tuple(o.detach().clone() for o in captured.outputs)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, *grad_outputs):
+        captured = ctx.captured
+        for static, grad in zip(captured.grad_outputs, grad_outputs):
+            if grad is None:
+                static.zero_()
+            else:
+                static.copy_(grad)
+        captured.backward_graph.replay()
+        return (None, *(None if g is None else g.detach().clone() for g in captured.grads))
+
+
+def _graphed(cell, scan, tensors: tuple[torch.Tensor, ...], options: tuple) -> CapturedScan:
+    """The `CapturedScan` of these shapes and parameters, captured on first use and cached on the cell."""
+    key = (options, *((t.shape, t.dtype, t.device, t.requires_grad, t.data_ptr()) for t in tensors[2:]),
+           *((t.shape, t.dtype, t.requires_grad) for t in tensors[:2]))  # fmt: skip
+    graphs = cell.__dict__.setdefault("_scan_graphs", OrderedDict())  # not a submodule, not in the state dict
+    if key not in graphs:
+        if len(graphs) >= MAX_GRAPHS:
+            graphs.popitem(last=False)
+        graphs[key] = CapturedScan(scan, tensors, copied=2)
+    graphs.move_to_end(key)
+    return graphs[key]
 
 
 def fused_scan(cell, token_embeddings: torch.Tensor, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -126,6 +257,10 @@ def fused_scan(cell, token_embeddings: torch.Tensor, context: torch.Tensor) -> t
     token_weight, context_weight = first.weight.split([cell.embedding_size, cell.context_size], dim=1)
     rest = [p for layer in cell.layers[1:] for p in (layer.weight, layer.bias)]
     dropout_p = cell.dropout.p if cell.training else 0.0
+    on_cuda = token_embeddings.is_cuda
+    steps = compiled_steps() if cell.compile_steps and on_cuda else EAGER_STEPS
+    options = (dropout_p, cell.context_norm.eps, cell.context_clamp)
+    scan = functools.partial(_scan, steps=steps, dropout_p=dropout_p, eps=options[1], clamp=options[2])
     # The recurrence runs in the parameters' dtype (fp32) even under bf16 autocast: it is bound by launches, not by
     # arithmetic, and the hand-written backward needs one dtype. The casts are ordinary autograd
     # ops, so the gradients come back in the caller's dtype.
@@ -133,17 +268,9 @@ def fused_scan(cell, token_embeddings: torch.Tensor, context: torch.Tensor) -> t
         dtype = first.weight.dtype  # the parameters' dtype (fp32 under autocast)
         token_part = F.linear(token_embeddings.to(dtype), token_weight, first.bias)
         token_part = token_part.transpose(0, 1).contiguous()  # (T, B, H)
-        hidden, context = NewLLMScan.apply(
-            token_part,
-            context.to(dtype),
-            context_weight,
-            dropout_p,
-            cell.context_norm.eps,
-            cell.context_clamp,
-            cell.context_norm.weight,
-            cell.context_norm.bias,
-            cell.context_proj.weight,
-            cell.context_proj.bias,
-            *rest,
-        )
+        tensors = (token_part, context.to(dtype), context_weight, cell.context_norm.weight, cell.context_norm.bias,
+                   cell.context_proj.weight, cell.context_proj.bias, *rest)  # fmt: skip
+        if cell.cuda_graphs and on_cuda:
+            scan = _graphed(cell, scan, tensors, (options, steps is not EAGER_STEPS))
+        hidden, context = scan(*tensors)
     return hidden.transpose(0, 1), context

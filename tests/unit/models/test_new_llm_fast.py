@@ -1,0 +1,120 @@
+"""The fast paths (compiled steps, CUDA graphs, GreedyDecoder) compute the reference function.
+
+The CPU tests run everywhere; the CUDA ones run on a GPU machine (`pytest tests/unit/models -k cuda`)
+and are what the H200 run in docs/performance.md executed.
+"""
+
+import pytest
+import torch
+
+from newllm.models.new_llm import NewLLMForCausalLM
+from newllm.models.new_llm.decoding import GreedyDecoder
+from newllm.models.new_llm.modeling import FAST_PATHS
+from tests.unit.models.conftest import random_ids, tiny_new_llm_config
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+def test_set_fast_path_rejects_unknown_modes():
+    model = NewLLMForCausalLM(tiny_new_llm_config())
+    with pytest.raises(ValueError, match="unknown fast path 'graph'"):
+        model.set_fast_path("graph")
+
+
+@pytest.mark.parametrize("mode", FAST_PATHS)
+def test_every_fast_path_on_cpu_gives_the_eager_loss_and_gradients(mode):
+    torch.manual_seed(0)
+    eager = NewLLMForCausalLM(tiny_new_llm_config())
+    fast = NewLLMForCausalLM(tiny_new_llm_config()).set_fast_path(mode)
+    fast.load_state_dict(eager.state_dict())
+    ids = random_ids(3, 12)
+    losses = []
+    for model in (eager, fast):
+        loss = model(ids, labels=ids).loss
+        loss.backward()
+        losses.append(loss)
+    torch.testing.assert_close(losses[0], losses[1])
+    for (name, a), b in zip(eager.named_parameters(), fast.parameters()):
+        torch.testing.assert_close(a.grad, b.grad, msg=lambda m: f"{name}: {m}")
+
+
+def _greedy_generate(model, ids, new_tokens):
+    return model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=new_tokens,
+                          min_new_tokens=new_tokens, pad_token_id=0)  # fmt: skip
+
+
+def test_greedy_decoder_equals_generate():
+    torch.manual_seed(0)
+    model = NewLLMForCausalLM(tiny_new_llm_config()).eval()
+    ids = random_ids(3, 7)
+    decoder = GreedyDecoder(model, batch_size=3, max_new_tokens=10)
+    torch.testing.assert_close(decoder.generate(ids, 10), _greedy_generate(model, ids, 10), rtol=0, atol=0)
+    # reusable: a second, shorter run from another prompt
+    other = random_ids(3, 4, seed=1)
+    torch.testing.assert_close(decoder.generate(other, 3), _greedy_generate(model, other, 3), rtol=0, atol=0)
+
+
+def test_greedy_decoder_prefill_in_chunks_equals_one_pass():
+    torch.manual_seed(0)
+    model = NewLLMForCausalLM(tiny_new_llm_config()).eval()
+    ids = random_ids(2, 23)
+    decoder = GreedyDecoder(model, batch_size=2, max_new_tokens=4)
+    context_chunked, first_chunked = decoder.prefill(ids, chunk=5)
+    context, first = decoder.prefill(ids)
+    torch.testing.assert_close(context_chunked, context)
+    torch.testing.assert_close(first_chunked, first)
+
+
+def test_greedy_decoder_rejects_bad_input():
+    model = NewLLMForCausalLM(tiny_new_llm_config())
+    with pytest.raises(ValueError, match="eval mode"):
+        GreedyDecoder(model.train(), batch_size=1, max_new_tokens=4)
+    decoder = GreedyDecoder(model.eval(), batch_size=2, max_new_tokens=4)
+    with pytest.raises(ValueError, match="prompt must be"):
+        decoder.prefill(torch.zeros(2, 0, dtype=torch.long))
+    context, first = decoder.prefill(random_ids(2, 3))
+    with pytest.raises(ValueError, match="new_tokens must be in 1..4"):
+        decoder.decode(context, first, 5)
+    with pytest.raises(ValueError, match="built for batch 2"):
+        decoder.decode(context[:1], first[:1], 2)
+
+
+def _loss_and_grads(model, ids):
+    loss = model(ids, labels=ids).loss
+    grads = torch.autograd.grad(loss, list(model.parameters()))
+    return loss, grads
+
+
+@cuda
+@pytest.mark.parametrize("mode", ["compiled", "graphed", "compiled+graphed"])
+def test_cuda_fast_paths_match_eager_forward_and_gradients(mode):
+    torch.manual_seed(0)
+    model = NewLLMForCausalLM(tiny_new_llm_config()).cuda()  # dropout 0: the same function
+    ids = random_ids(4, 16).cuda()
+    loss_ref, grads_ref = _loss_and_grads(model, ids)
+    model.set_fast_path(mode)
+    for _ in range(2):  # the first call captures, the second replays
+        loss, grads = _loss_and_grads(model, ids)
+        torch.testing.assert_close(loss, loss_ref, rtol=1e-5, atol=1e-5)
+        for ref, fast in zip(grads_ref, grads):
+            torch.testing.assert_close(fast, ref, rtol=1e-4, atol=1e-5)
+
+
+@cuda
+def test_cuda_graphed_scan_draws_new_dropout_masks_each_replay():
+    torch.manual_seed(0)
+    model = NewLLMForCausalLM(tiny_new_llm_config(dropout=0.3)).cuda().train().set_fast_path("graphed")
+    ids = random_ids(4, 16).cuda()
+    losses = [model(ids, labels=ids).loss.item() for _ in range(3)]
+    assert len(set(losses)) == 3, losses
+
+
+@cuda
+def test_cuda_graphed_decoder_equals_eager_decoder():
+    torch.manual_seed(0)
+    model = NewLLMForCausalLM(tiny_new_llm_config()).cuda().eval()
+    ids = random_ids(2, 9).cuda()
+    decoder = GreedyDecoder(model, batch_size=2, max_new_tokens=12)
+    assert decoder.graph is not None
+    expected = _greedy_generate(model, ids, 12)
+    torch.testing.assert_close(decoder.generate(ids, 12), expected, rtol=0, atol=0)
