@@ -49,6 +49,16 @@ class ModelConfig:
     hidden_size: int = 512
     num_layers: int = 3
     dropout: float = 0.1
+    # New-LLM research options (NewLLMConfig documents each; the defaults are the prototype's cell)
+    cell: str = "seed"  # "seed" or "parallel" (token-only gates, trained with a parallel scan)
+    embedding_dropout: float = 0.0
+    context_dropout: float = 0.0
+    residual: bool = False
+    ffn_norm: bool = False
+    tie_embeddings: bool = False  # needs embedding_size == hidden_size
+    forget_bias: float = 0.0
+    input_bias: float = 0.0
+    context_scales: int = 1  # multi-scale context: blocks with their own LayerNorm and time scale
     gpt2_layers: int = 4  # preferred depth; the width is solved for the budget
     gpt2_positions: int = 512  # must cover the longest window and prompt + response
     lstm_layers: int = 2

@@ -8,17 +8,89 @@
 
 No attention and no positional embedding: position is only what the context has absorbed.
 `step` is the reference, written exactly as above; `scan` computes the same function over a
-whole sequence faster (see its docstring) and is what training uses.
+whole sequence faster (see its docstring), and scan.py faster still for training. The research
+options of `NewLLMConfig` (residuals, pre-norms, context dropout, multi-scale context) change the
+FFN and the normalisation; all default to the prototype's cell.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 
-class NewLLMCell(nn.Module):
+class FeedForwardStack(nn.Module):
+    """L layers of Linear → ReLU → Dropout on [token; context], with the optional residuals and pre-norms.
+
+    The seed cell and the parallel cell share it; they differ in where the context comes from.
+    """
+
+    def __init__(
+        self,
+        embedding_size: int,
+        context_size: int,
+        hidden_size: int,
+        num_layers: int,
+        dropout: float = 0.0,
+        context_dropout: float = 0.0,
+        residual: bool = False,
+        ffn_norm: bool = False,
+        layer_norm_eps: float = 1e-5,
+    ):
+        super().__init__()
+        self.embedding_size = embedding_size
+        self.context_size = context_size
+        widths = [embedding_size + context_size] + [hidden_size] * num_layers
+        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(widths[:-1], widths[1:]))
+        self.dropout = nn.Dropout(dropout)
+        self.context_dropout = nn.Dropout(context_dropout)
+        self.residual = residual
+        # LayerNorm before each of layers 2..L (absent by default, so the seed's state dict is unchanged)
+        self.norms = (
+            nn.ModuleList(nn.LayerNorm(hidden_size, eps=layer_norm_eps) for _ in range(num_layers - 1))
+            if ffn_norm
+            else None
+        )
+
+    def rest(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Layers 2..L on the output of layer 1."""
+        for i, layer in enumerate(self.layers[1:]):
+            x = hidden if self.norms is None else self.norms[i](hidden)
+            out = self.dropout(F.relu(layer(x)))
+            hidden = hidden + out if self.residual else out
+        return hidden
+
+    def feed_forward(self, token_embedding: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        """h = FFN([e; c]) for any leading shape: (..., E), (..., C) → (..., H)."""
+        hidden = torch.cat([token_embedding, self.context_dropout(context)], dim=-1)
+        return self.rest(self.dropout(F.relu(self.layers[0](hidden))))
+
+    def normalize_context(self, mixed: torch.Tensor, norm: nn.LayerNorm, scales: int) -> torch.Tensor:
+        """LayerNorm over the whole context, or over each of `scales` blocks with the shared affine."""
+        if scales == 1:
+            return norm(mixed)
+        blocks = mixed.unflatten(-1, (scales, self.context_size // scales))
+        normed = F.layer_norm(blocks, blocks.shape[-1:], eps=norm.eps).flatten(-2)
+        return normed * norm.weight + norm.bias
+
+
+def init_gate_biases(bias: torch.Tensor, context_size: int, forget_bias: float, input_bias: float, scales: int):
+    """Biases of the [Δ, f, i] projection: f at `forget_bias` (or per scale block at log 4^k), i at `input_bias`."""
+    with torch.no_grad():
+        forget = bias[context_size : 2 * context_size]
+        if scales == 1:
+            forget.fill_(forget_bias)
+        else:
+            # σ(log 4^k) = 4^k / (1 + 4^k): block k keeps its value for about 1 + 4^k tokens
+            for k, block in enumerate(forget.chunk(scales)):
+                block.fill_(math.log(4.0**k))
+        bias[2 * context_size :].fill_(input_bias)
+
+
+class NewLLMCell(FeedForwardStack):
     def __init__(
         self,
         embedding_size: int,
@@ -28,20 +100,28 @@ class NewLLMCell(nn.Module):
         dropout: float = 0.0,
         context_clamp: float = 10.0,
         layer_norm_eps: float = 1e-5,
+        context_dropout: float = 0.0,
+        residual: bool = False,
+        ffn_norm: bool = False,
+        context_scales: int = 1,
     ):
-        super().__init__()
-        self.embedding_size = embedding_size
-        self.context_size = context_size
+        super().__init__(embedding_size, context_size, hidden_size, num_layers, dropout, context_dropout, residual,
+                         ffn_norm, layer_norm_eps)  # fmt: skip
         self.context_clamp = context_clamp
-        widths = [embedding_size + context_size] + [hidden_size] * num_layers
-        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(widths[:-1], widths[1:]))
-        self.dropout = nn.Dropout(dropout)
+        self.context_scales = context_scales
         # W_Δ, W_f, W_i as one matmul: rows [0:C) give Δ, [C:2C) give f, [2C:3C) give i.
         self.context_proj = nn.Linear(hidden_size, 3 * context_size)
+        self.context_proj.is_context_projection = True  # its gate biases have their own init (modeling.py)
         self.context_norm = nn.LayerNorm(context_size, eps=layer_norm_eps)
         # How the training scan runs on CUDA (scan.py); not part of the function, so not in the config.
         self.compile_steps = False
         self.cuda_graphs = False
+
+    @property
+    def fused_scan_ok(self) -> bool:
+        """Whether scan.py's hand-written backward covers this cell (the seed options only)."""
+        return (not self.residual and self.norms is None and self.context_dropout.p == 0
+                and self.context_scales == 1)  # fmt: skip
 
     def initial_context(self, batch_size: int, device=None, dtype=None) -> torch.Tensor:
         return torch.zeros(batch_size, self.context_size, device=device, dtype=dtype)
@@ -50,13 +130,12 @@ class NewLLMCell(nn.Module):
         """c ← clamp(LN(σ(f)·c + σ(i)·Δ), ±clamp)."""
         delta, forget, inp = self.context_proj(hidden).chunk(3, dim=-1)
         mixed = torch.sigmoid(forget) * context + torch.sigmoid(inp) * delta
-        return self.context_norm(mixed).clamp(-self.context_clamp, self.context_clamp)
+        normed = self.normalize_context(mixed, self.context_norm, self.context_scales)
+        return normed.clamp(-self.context_clamp, self.context_clamp)
 
     def step(self, token_embedding: torch.Tensor, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Reference step: (B, E), (B, C) → hidden (B, H), next context (B, C)."""
-        hidden = torch.cat([token_embedding, context], dim=-1)
-        for layer in self.layers:
-            hidden = self.dropout(F.relu(layer(hidden)))
+        hidden = self.feed_forward(token_embedding, context)
         return hidden, self.update_context(hidden, context)
 
     def scan(
@@ -78,9 +157,8 @@ class NewLLMCell(nn.Module):
         context_weight_t = context_weight.t()
         hiddens = []
         for t in range(token_part.shape[0]):
-            hidden = self.dropout(F.relu(torch.addmm(token_part[t], context, context_weight_t)))
-            for layer in self.layers[1:]:
-                hidden = self.dropout(F.relu(layer(hidden)))
+            read = self.context_dropout(context)
+            hidden = self.rest(self.dropout(F.relu(torch.addmm(token_part[t], read, context_weight_t))))
             new_context = self._fused_update(hidden, context)
             if mask is not None:
                 new_context = torch.where(mask[:, t, None].bool(), new_context, context)
@@ -93,4 +171,5 @@ class NewLLMCell(nn.Module):
         delta, gates = self.context_proj(hidden).split([self.context_size, 2 * self.context_size], dim=-1)
         forget, inp = torch.sigmoid(gates).chunk(2, dim=-1)
         mixed = torch.addcmul(inp * delta, forget, context)
-        return self.context_norm(mixed).clamp(-self.context_clamp, self.context_clamp)
+        normed = self.normalize_context(mixed, self.context_norm, self.context_scales)
+        return normed.clamp(-self.context_clamp, self.context_clamp)

@@ -5,6 +5,9 @@ from __future__ import annotations
 from transformers import PretrainedConfig
 
 
+CELLS = ("seed", "parallel")
+
+
 class NewLLMConfig(PretrainedConfig):
     r"""
     Args:
@@ -18,6 +21,21 @@ class NewLLMConfig(PretrainedConfig):
         layer_norm_eps: epsilon of the context LayerNorm.
         initializer_range: std of the normal init of linear and embedding weights.
         use_cache: return the context as `past_key_values` (what `generate()` feeds back).
+
+    Research options (issue 4; every default is the prototype's cell, the "seed" row):
+        cell: "seed" (the context update reads the FFN output h_t, so it is sequential) or "parallel"
+            (gates and update read only the current token: a linear recurrence in the context,
+            trained with a chunked parallel scan, minGRU-style; parallel.py).
+        embedding_dropout: dropout on the token embeddings.
+        context_dropout: dropout on the context where the FFN reads it.
+        residual: layers 2..L add their output to their input (h ← h + layer(h)).
+        ffn_norm: LayerNorm before each of layers 2..L (pre-norm).
+        tie_embeddings: the output head reuses the token embedding matrix (needs embedding_size ==
+            hidden_size); the head keeps its own bias.
+        forget_bias, input_bias: initial biases of the forget and input gates (0: σ = 0.5).
+        context_scales: the context is split into this many blocks, each with its own LayerNorm and a
+            forget-gate bias that starts it at a different time scale (about 4^k tokens for block k);
+            `forget_bias` is then ignored.
     """
 
     model_type = "new_llm"
@@ -35,6 +53,15 @@ class NewLLMConfig(PretrainedConfig):
         layer_norm_eps: float = 1e-5,
         initializer_range: float = 0.02,
         use_cache: bool = True,
+        cell: str = "seed",
+        embedding_dropout: float = 0.0,
+        context_dropout: float = 0.0,
+        residual: bool = False,
+        ffn_norm: bool = False,
+        tie_embeddings: bool = False,
+        forget_bias: float = 0.0,
+        input_bias: float = 0.0,
+        context_scales: int = 1,
         **kwargs,
     ):
         for name, value in [
@@ -50,6 +77,20 @@ class NewLLMConfig(PretrainedConfig):
             raise ValueError(f"NewLLMConfig.dropout must be in [0, 1), got {dropout!r}")
         if context_clamp <= 0:
             raise ValueError(f"NewLLMConfig.context_clamp must be positive, got {context_clamp!r}")
+        if cell not in CELLS:
+            raise ValueError(f"NewLLMConfig.cell must be one of {', '.join(CELLS)}, got {cell!r}")
+        for name, value in [("embedding_dropout", embedding_dropout), ("context_dropout", context_dropout)]:
+            if not 0.0 <= value < 1.0:
+                raise ValueError(f"NewLLMConfig.{name} must be in [0, 1), got {value!r}")
+        if tie_embeddings and embedding_size != hidden_size:
+            raise ValueError(
+                f"NewLLMConfig.tie_embeddings needs embedding_size == hidden_size, got {embedding_size} and {hidden_size}"
+            )
+        if not isinstance(context_scales, int) or context_scales < 1 or context_size % context_scales:
+            raise ValueError(
+                f"NewLLMConfig.context_scales must be a positive divisor of context_size ({context_size}), "
+                f"got {context_scales!r}"
+            )
         self.vocab_size = vocab_size
         self.embedding_size = embedding_size
         self.context_size = context_size
@@ -60,6 +101,15 @@ class NewLLMConfig(PretrainedConfig):
         self.layer_norm_eps = layer_norm_eps
         self.initializer_range = initializer_range
         self.use_cache = use_cache
-        # The embedding (E) and the output head (H) have different widths in general: nothing to tie.
+        self.cell = cell
+        self.embedding_dropout = embedding_dropout
+        self.context_dropout = context_dropout
+        self.residual = residual
+        self.ffn_norm = ffn_norm
+        self.tie_embeddings = tie_embeddings
+        self.forget_bias = forget_bias
+        self.input_bias = input_bias
+        self.context_scales = context_scales
+        # Hugging Face's tying machinery stays off: `tie_embeddings` shares the matrix in the model itself.
         kwargs.setdefault("tie_word_embeddings", False)
         super().__init__(**kwargs)

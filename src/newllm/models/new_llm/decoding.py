@@ -72,7 +72,7 @@ class GreedyDecoder:
         with self._autocast():
             for start in range(0, input_ids.shape[1], chunk):
                 hidden, context = self.model.model(input_ids[:, start : start + chunk], context=context)
-            first = self.model.lm_head(hidden[:, -1]).argmax(-1)
+            first = self.model.output_logits(hidden[:, -1]).argmax(-1)
         return context, first
 
     @torch.no_grad()

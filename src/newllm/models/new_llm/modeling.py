@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 from transformers import GenerationMixin, PreTrainedModel
 
-from newllm.models.new_llm.cell import NewLLMCell
+from newllm.models.new_llm.cell import NewLLMCell, init_gate_biases
+from newllm.models.new_llm.parallel import ParallelNewLLMCell
 from newllm.models.new_llm.configuration import NewLLMConfig
 from newllm.models.new_llm.scan import fused_scan
 from newllm.models.recurrent import (
@@ -31,6 +33,17 @@ class NewLLMPreTrainedModel(PreTrainedModel):
     main_input_name = "input_ids"
     supports_gradient_checkpointing = False
 
+    @torch.no_grad()
+    def _init_weights(self, module):
+        super()._init_weights(module)
+        if getattr(module, "is_context_projection", False):
+            # Hugging Face skips modules without parameters of their own (the cell), so the gate
+            # biases are set where the projection itself is initialised.
+            init_gate_biases(module.bias, module.out_features // 3, self.config.forget_bias, self.config.input_bias,
+                             self.config.context_scales)  # fmt: skip
+        elif isinstance(module, NewLLMForCausalLM) and module.lm_head is None:
+            module.lm_head_bias.zero_()
+
 
 class NewLLMModel(NewLLMPreTrainedModel):
     """Embedding + cell: token ids → hidden states (B, T, H) and the final context."""
@@ -38,15 +51,23 @@ class NewLLMModel(NewLLMPreTrainedModel):
     def __init__(self, config: NewLLMConfig):
         super().__init__(config)
         self.embed_tokens = nn.Embedding(config.vocab_size, config.embedding_size)
-        self.cell = NewLLMCell(
+        self.embedding_dropout = nn.Dropout(config.embedding_dropout)
+        shared = dict(
             embedding_size=config.embedding_size,
             context_size=config.context_size,
             hidden_size=config.hidden_size,
             num_layers=config.num_hidden_layers,
             dropout=config.dropout,
-            context_clamp=config.context_clamp,
             layer_norm_eps=config.layer_norm_eps,
+            context_dropout=config.context_dropout,
+            residual=config.residual,
+            ffn_norm=config.ffn_norm,
+            context_scales=config.context_scales,
         )
+        if config.cell == "parallel":
+            self.cell = ParallelNewLLMCell(**shared)
+        else:
+            self.cell = NewLLMCell(context_clamp=config.context_clamp, **shared)
         self.post_init()
 
     def get_input_embeddings(self):
@@ -61,12 +82,12 @@ class NewLLMModel(NewLLMPreTrainedModel):
         context: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        embeddings = self.embed_tokens(input_ids)  # (B, T, E)
+        embeddings = self.embedding_dropout(self.embed_tokens(input_ids))  # (B, T, E)
         if context is None:
             context = self.cell.initial_context(input_ids.shape[0], embeddings.device, embeddings.dtype)
         if not needs_state_mask(attention_mask):
             attention_mask = None  # no left padding: skip the per-step select
-        if attention_mask is None and torch.is_grad_enabled():
+        if attention_mask is None and torch.is_grad_enabled() and self.cell.fused_scan_ok:
             # Training: the same function with a hand-written backward (scan.py), several times faster.
             return fused_scan(self.cell, embeddings, context)
         return self.cell.scan(embeddings, context, attention_mask)
@@ -78,7 +99,12 @@ class NewLLMForCausalLM(RecurrentGenerationMixin, NewLLMPreTrainedModel, Generat
     def __init__(self, config: NewLLMConfig):
         super().__init__(config)
         self.model = NewLLMModel(config)
-        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size)
+        if config.tie_embeddings:
+            # The head is the embedding matrix (E == H) plus a bias of its own; no second weight is stored.
+            self.lm_head = None
+            self.lm_head_bias = nn.Parameter(torch.zeros(config.vocab_size))
+        else:
+            self.lm_head = nn.Linear(config.hidden_size, config.vocab_size)
         self.post_init()
 
     def get_output_embeddings(self):
@@ -86,6 +112,12 @@ class NewLLMForCausalLM(RecurrentGenerationMixin, NewLLMPreTrainedModel, Generat
 
     def set_output_embeddings(self, value):
         self.lm_head = value
+
+    def output_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """(..., H) → (..., V) through the head, or through the token embedding when tied."""
+        if self.lm_head is None:
+            return F.linear(hidden, self.model.embed_tokens.weight, self.lm_head_bias)
+        return self.lm_head(hidden)
 
     def forward(
         self,
@@ -99,7 +131,7 @@ class NewLLMForCausalLM(RecurrentGenerationMixin, NewLLMPreTrainedModel, Generat
         context = state.states[0] if state is not None else None
         hidden, context = self.model(input_ids, context=context, attention_mask=attention_mask)
         # The vocabulary projection needs no recurrence: one matmul over all positions.
-        logits = self.lm_head(hidden)  # (B, T, V)
+        logits = self.output_logits(hidden)  # (B, T, V)
         loss = shifted_lm_loss(logits, labels) if labels is not None else None
         cache = None
         if use_cache if use_cache is not None else self.config.use_cache:
@@ -131,4 +163,4 @@ class NewLLMForCausalLM(RecurrentGenerationMixin, NewLLMPreTrainedModel, Generat
         if context is None:
             context = self.model.cell.initial_context(input_ids.shape[0], embedding.device, embedding.dtype)
         hidden, context = self.model.cell.step(embedding, context)
-        return self.lm_head(hidden), context
+        return self.output_logits(hidden), context

@@ -1,0 +1,108 @@
+"""The parallel-trainable New-LLM cell: the context update reads only the current token.
+
+    Δ, f, i = W_Δ e_t, σ(W_f e_t), σ(W_i e_t)            (token only, no h_t, no c_{t-1})
+    c_t = f ⊙ c_{t-1} + i ⊙ Δ                             c_0 = 0
+    h_t = (Linear → ReLU → Dropout)^L ([e_t; LN(c_t)])
+    logits_t = W_out h_t
+
+The same principles as the seed cell (no attention, no positions, one fixed-size state), but the
+recurrence is linear in the context with coefficients that every position knows in advance, so a
+whole window is one parallel scan (minGRU, Feng et al. 2024, is the same idea) and the FFN then
+runs over all positions at once. The price: the update cannot depend on what the context already
+holds. LayerNorm is applied where the FFN reads the context, not inside the recurrence, which must
+stay linear.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from newllm.models.new_llm.cell import FeedForwardStack
+
+
+def chunked_linear_scan(
+    log_forget: torch.Tensor, update: torch.Tensor, context: torch.Tensor, chunk: int = 16
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """c_t = exp(log_forget_t) ⊙ c_{t-1} + update_t for every t: (B, T, C) twice, (B, C) → (B, T, C), last (B, C).
+
+    Within a chunk of K positions the answer is one batched product with the K × K decay matrix
+    exp(L_t - L_s) for s ≤ t (L the running sum of log f): its exponents are ≤ 0, so nothing
+    overflows however long the memory. Chunks are chained by their last context, T / K sequential
+    steps in all; every position inside a chunk is computed in parallel.
+    """
+    if chunk < 1:
+        raise ValueError(f"chunk must be positive, got {chunk}")
+    steps = log_forget.shape[1]
+    causal = torch.ones(chunk, chunk, dtype=torch.bool, device=log_forget.device).tril()
+    outputs = []
+    for start in range(0, steps, chunk):
+        log_f = log_forget[:, start : start + chunk]  # (B, K, C)
+        k = log_f.shape[1]
+        running = log_f.cumsum(dim=1)  # L_t: log of f_1 ⋯ f_t within the chunk
+        exponent = running[:, :, None] - running[:, None, :]  # (B, K, K, C): [t, s] = L_t - L_s
+        decay = exponent.masked_fill(~causal[:k, :k, None], float("-inf")).exp()  # 0 where s > t
+        out = torch.einsum("btsc,bsc->btc", decay, update[:, start : start + chunk])
+        out = out + running.exp() * context[:, None]
+        outputs.append(out)
+        context = out[:, -1]
+    return torch.cat(outputs, dim=1), context
+
+
+class ParallelNewLLMCell(FeedForwardStack):
+    def __init__(
+        self,
+        embedding_size: int,
+        context_size: int,
+        hidden_size: int,
+        num_layers: int,
+        dropout: float = 0.0,
+        layer_norm_eps: float = 1e-5,
+        context_dropout: float = 0.0,
+        residual: bool = False,
+        ffn_norm: bool = False,
+        context_scales: int = 1,
+        chunk: int = 16,
+    ):
+        super().__init__(embedding_size, context_size, hidden_size, num_layers, dropout, context_dropout, residual,
+                         ffn_norm, layer_norm_eps)  # fmt: skip
+        self.context_scales = context_scales
+        self.chunk = chunk
+        # W_Δ, W_f, W_i on the token embedding: rows [0:C) give Δ, [C:2C) give f, [2C:3C) give i.
+        self.context_proj = nn.Linear(embedding_size, 3 * context_size)
+        self.context_proj.is_context_projection = True  # its gate biases have their own init (modeling.py)
+        self.context_norm = nn.LayerNorm(context_size, eps=layer_norm_eps)
+        self.compile_steps = False  # no sequential loop to speed up: kept for `set_fast_path`
+        self.cuda_graphs = False
+        self.fused_scan_ok = False
+
+    def initial_context(self, batch_size: int, device=None, dtype=None) -> torch.Tensor:
+        return torch.zeros(batch_size, self.context_size, device=device, dtype=dtype)
+
+    def _gates(self, token_embedding: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(log f, i ⊙ Δ) in float32: the scan multiplies many factors, bf16 would lose them."""
+        delta, forget, inp = self.context_proj(token_embedding).float().chunk(3, dim=-1)
+        return F.logsigmoid(forget), torch.sigmoid(inp) * delta
+
+    def _read(self, token_embedding: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        normed = self.normalize_context(context, self.context_norm, self.context_scales)
+        return self.feed_forward(token_embedding, normed.to(token_embedding.dtype))
+
+    def step(self, token_embedding: torch.Tensor, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Reference step: (B, E), (B, C) → hidden (B, H), next context (B, C)."""
+        log_f, update = self._gates(token_embedding)
+        context = log_f.exp() * context + update
+        return self._read(token_embedding, context), context
+
+    def scan(
+        self, token_embeddings: torch.Tensor, context: torch.Tensor, mask: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """`step` along T in parallel: (B, T, E), (B, C) → hidden (B, T, H), last context; mask 0 carries c unchanged."""
+        log_f, update = self._gates(token_embeddings)  # (B, T, C) each
+        if mask is not None:  # a padded position: f = 1, no update
+            keep = mask[..., None].to(log_f.dtype)
+            log_f, update = log_f * keep, update * keep
+        with torch.autocast(token_embeddings.device.type, enabled=False):
+            contexts, last = chunked_linear_scan(log_f, update, context.float(), self.chunk)
+        return self._read(token_embeddings, contexts), last
