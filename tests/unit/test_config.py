@@ -12,6 +12,19 @@ def test_every_preset_loads_and_round_trips(preset):
     assert config_from_dict(config.to_dict()) == config
 
 
+@pytest.mark.parametrize("path", sorted(CONFIG_DIR.glob("ablation/*.toml")), ids=lambda p: p.stem)
+def test_every_ablation_config_loads_and_builds_its_new_llm(path):
+    from newllm.models.new_llm import NewLLMConfig
+
+    config = load_config(str(path))
+    assert config.preset == f"ablation-{path.stem}"
+    assert (config.pretrain.epochs, config.pretrain.compile) == (4, True)
+    m = config.model  # the options reach a valid NewLLMConfig
+    NewLLMConfig(vocab_size=64, embedding_size=m.embedding_size, context_size=m.context_size, hidden_size=m.hidden_size,
+                 cell=m.cell, residual=m.residual, ffn_norm=m.ffn_norm, context_scales=m.context_scales,
+                 forget_bias=m.forget_bias, embedding_dropout=m.embedding_dropout)  # fmt: skip
+
+
 def test_full_preset_is_the_prototype_schedule():
     config = load_config("full")
     assert (config.pretrain.epochs, config.pretrain.patience, config.finetune.epochs) == (100, 15, 50)
