@@ -15,13 +15,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import time
 
 import torch
 
 from newllm.evaluation.bench import BenchConfig, _bench_models, measure_generation, measure_training
-from newllm.models.new_llm.decoding import GreedyDecoder
 
 
 def _emit(rows, row, out):
@@ -30,20 +28,6 @@ def _emit(rows, row, out):
     if out:
         with open(out, "w", encoding="utf-8") as handle:
             json.dump(rows, handle, indent=1)
-
-
-def _decode_ms(model, batch, context_len, tokens, dtype, device, repeats=5):
-    ids = torch.randint(1, model.config.vocab_size, (batch, context_len), device=device)
-    decoder = GreedyDecoder(model, batch, tokens, dtype=dtype)
-    context, first = decoder.prefill(ids)
-    seconds = []
-    for _ in range(repeats + 1):
-        torch.cuda.synchronize()
-        start = time.perf_counter()
-        decoder.decode(context, first, tokens)
-        torch.cuda.synchronize()
-        seconds.append(time.perf_counter() - start)
-    return 1000 * statistics.median(seconds[1:]) / tokens
 
 
 def main():
@@ -91,8 +75,9 @@ def main():
                 for context_len in (1024, 65536):
                     head = {"model": "new_llm", "decode": "GreedyDecoder", "batch_size": batch,
                             "precision": precision, "context_len": context_len}
-                    ms = _decode_ms(new_llm, batch, context_len, 64, dtype, args.device)
-                    _emit(rows, {**head, "ms_per_token": ms}, args.out)
+                    row = measure_generation(new_llm, context_len, batch, 64, args.device, dtype, 1, args.repeats,
+                                             graphed=True)  # fmt: skip
+                    _emit(rows, {**head, **row}, args.out)
                 row = measure_generation(new_llm, 1024, batch, 64, args.device, dtype, 2, args.repeats)
                 _emit(rows, {"model": "new_llm", "decode": "forward per token", "precision": precision, **row},
                       args.out)

@@ -223,8 +223,13 @@ def measure_generation(
     warmup: int = 2,
     repeats: int = 5,
     seed: int = 0,
+    graphed: bool = False,
 ) -> dict:
-    """Median ms per greedy token decoded one at a time from the cache of a `context_len`-token prompt."""
+    """Median ms per greedy token decoded one at a time from the cache of a `context_len`-token prompt.
+
+    graphed: through New-LLM's `GreedyDecoder` (one CUDA graph replay per token) instead of the
+    model's forward per token.
+    """
     device = torch.device(device)
     row = {"context_len": context_len, "batch_size": batch_size, "gen_tokens": gen_tokens}
     row.update(ms_per_token=None, state_bytes=None, peak_mem_bytes=None)
@@ -236,6 +241,11 @@ def measure_generation(
     cache_name = _cache_argument(model)
     was_training = model.training
     model.to(device).eval()
+    if graphed:
+        try:
+            return {**row, **_graphed_decoding(model, prompt, gen_tokens, device, dtype, warmup, repeats)}
+        finally:
+            model.train(was_training)
     try:
         with autocast_context(device, dtype):
             cache = None
@@ -271,35 +281,18 @@ def measure_generation(
     return row
 
 
-@torch.no_grad()
-def measure_graphed_generation(
-    model,
-    context_len: int,
-    batch_size: int,
-    gen_tokens: int,
-    device,
-    dtype: torch.dtype = torch.float32,
-    warmup: int = 2,
-    repeats: int = 5,
-    seed: int = 0,
-) -> dict:
-    """`measure_generation` through New-LLM's `GreedyDecoder`: one CUDA graph replay per token."""
-    device = torch.device(device)
-    row = {"context_len": context_len, "batch_size": batch_size, "gen_tokens": gen_tokens}
-    prompt = _random_ids(model.config.vocab_size, (batch_size, context_len), device, seed)  # (B, P)
-    was_training = model.training
-    model.to(device).eval()
-    try:
-        decoder = GreedyDecoder(model, batch_size, gen_tokens, dtype=dtype)
-        context, first = decoder.prefill(prompt, chunk=PREFILL_CHUNK)
-        del prompt
-        _reset_peak(device)
-        seconds = _median_seconds(lambda: decoder.decode(context, first, gen_tokens), device, warmup, repeats)
-        peak = _peak(device)
-    finally:
-        model.train(was_training)
-    state_bytes = context.numel() * context.element_size()
-    return {**row, "ms_per_token": 1000 * seconds / gen_tokens, "state_bytes": state_bytes, "peak_mem_bytes": peak}
+def _graphed_decoding(model, prompt: torch.Tensor, gen_tokens: int, device, dtype, warmup: int, repeats: int) -> dict:
+    """ms_per_token, state and peak of New-LLM's `GreedyDecoder`: one CUDA graph replay per token."""
+    decoder = GreedyDecoder(model, prompt.shape[0], gen_tokens, dtype=dtype)
+    context, first = decoder.prefill(prompt, chunk=PREFILL_CHUNK)
+    del prompt
+    _reset_peak(device)
+    seconds = _median_seconds(lambda: decoder.decode(context, first, gen_tokens), device, warmup, repeats)
+    return {
+        "ms_per_token": 1000 * seconds / gen_tokens,
+        "state_bytes": context.numel() * context.element_size(),
+        "peak_mem_bytes": _peak(device),
+    }
 
 
 def summarize_training(rows: list[dict]) -> tuple[list[dict], list[dict]]:
@@ -443,11 +436,10 @@ def _generation_rows(name: str, model, config: BenchConfig, device: torch.device
         if skip is not None:
             rows.append({**head, **empty, "skipped": skip})
         else:
-            measure = measure_graphed_generation if mode == "graphed" else measure_generation
             try:
-                measured = measure(
+                measured = measure_generation(
                     model, context, batch, config.gen_tokens, device, PRECISIONS[precision],
-                    config.warmup, config.repeats, config.seed,
+                    config.warmup, config.repeats, config.seed, graphed=mode == "graphed",
                 )  # fmt: skip
                 rows.append({**head, **measured})
             except torch.cuda.OutOfMemoryError as error:

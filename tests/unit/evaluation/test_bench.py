@@ -107,6 +107,13 @@ def test_graphed_decoding_rows_say_why_they_were_skipped():
     }
 
 
+def test_graphed_decoding_runs_eagerly_on_cpu_and_reports_the_context_vector(tiny_models):
+    row = measure_generation(tiny_models["new_llm"], 12, 2, 4, "cpu", warmup=0, repeats=1, graphed=True)
+    assert math.isfinite(row["ms_per_token"]) and row["ms_per_token"] > 0
+    assert row["state_bytes"] == 2 * 16 * FLOAT32_BYTES  # batch 2, context 16, fp32: nothing grows
+    assert tiny_models["new_llm"].training  # the model's mode is given back
+
+
 def test_unknown_generation_mode_is_refused():
     with pytest.raises(ValueError, match="gen_modes: unknown 'graph'"):
         BenchConfig(gen_modes=("graph",))

@@ -55,6 +55,10 @@ class FeedForwardStack(nn.Module):
             else None
         )
 
+    def initial_context(self, batch_size: int, device=None, dtype=None) -> torch.Tensor:
+        """c_0 = 0."""
+        return torch.zeros(batch_size, self.context_size, device=device, dtype=dtype)
+
     def rest(self, hidden: torch.Tensor) -> torch.Tensor:
         """Layers 2..L on the output of layer 1."""
         for i, layer in enumerate(self.layers[1:]):
@@ -122,9 +126,6 @@ class NewLLMCell(FeedForwardStack):
         """Whether scan.py's hand-written backward covers this cell (the seed options only)."""
         return (not self.residual and self.norms is None and self.context_dropout.p == 0
                 and self.context_scales == 1)  # fmt: skip
-
-    def initial_context(self, batch_size: int, device=None, dtype=None) -> torch.Tensor:
-        return torch.zeros(batch_size, self.context_size, device=device, dtype=dtype)
 
     def update_context(self, hidden: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         """c ← clamp(LN(σ(f)·c + σ(i)·Δ), ±clamp)."""

@@ -77,9 +77,6 @@ class ParallelNewLLMCell(FeedForwardStack):
         self.cuda_graphs = False
         self.fused_scan_ok = False
 
-    def initial_context(self, batch_size: int, device=None, dtype=None) -> torch.Tensor:
-        return torch.zeros(batch_size, self.context_size, device=device, dtype=dtype)
-
     def _gates(self, token_embedding: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(log f, i ⊙ Δ) in float32: the scan multiplies many factors, bf16 would lose them."""
         delta, forget, inp = self.context_proj(token_embedding).float().chunk(3, dim=-1)
