@@ -37,6 +37,7 @@ from newllm.data.wikitext import TextSplit, encode_text, load_wikitext
 from newllm.evaluation.generation import sample_responses
 from newllm.evaluation.perplexity import evaluate_perplexity
 from newllm.evaluation.speed import environment, measure_speed
+from newllm.evaluation.stream import evaluate_stream, plan_stream
 from newllm.models import BaselineShape, NewLLMConfig, build_model, count_parameters, matched_configs, parameter_count
 from newllm.reporting.plots import plot_training_curves
 from newllm.reporting.report import write_report
@@ -318,9 +319,9 @@ def evaluate(config: ExperimentConfig, progress: bool = True) -> dict:
     tokenizer = prepare_tokenizer(config)
     pad = special_ids(tokenizer).pad
     wiki = load_wikitext_splits(config, ("valid", "test"))
+    wiki_streams = {name: encode_text(tokenizer, split) for name, split in wiki.items()}
     wiki_sets = {
-        name: StreamWindows(encode_text(tokenizer, split), config.data.block_size, drop_last=False)
-        for name, split in wiki.items()
+        name: StreamWindows(stream, config.data.block_size, drop_last=False) for name, stream in wiki_streams.items()
     }
     dialog_sets, dialog_splits = _dialog_sets(config, tokenizer, ("test",))
     results = {
@@ -350,6 +351,19 @@ def evaluate(config: ExperimentConfig, progress: bool = True) -> dict:
         "config": config.to_dict(),
         "models": {},
     }
+    e = config.eval
+
+    def wikitext_numbers(ppl, split: TextSplit) -> dict:
+        return {
+            "loss": ppl.loss,
+            "token_ppl": ppl.token_ppl,
+            "word_ppl": ppl.word_ppl(split.n_words),
+            "bits_per_byte": ppl.bits_per_byte(split.n_bytes),
+            "tokens": ppl.tokens,
+            "words": split.n_words,
+            "bytes": split.n_bytes,
+        }
+
     for name in config.model.names:
         entry: dict = {}
         results["models"][name] = entry
@@ -365,16 +379,22 @@ def evaluate(config: ExperimentConfig, progress: bool = True) -> dict:
                 ppl = evaluate_perplexity(
                     model, dataset, pad, config.eval.batch_size, device=device, dtype=dtype, progress=progress
                 )
-                split = wiki[split_name]
-                entry["wikitext"][split_name] = {
-                    "loss": ppl.loss,
-                    "token_ppl": ppl.token_ppl,
-                    "word_ppl": ppl.word_ppl(split.n_words),
-                    "bits_per_byte": ppl.bits_per_byte(split.n_bytes),
-                    "tokens": ppl.tokens,
-                    "words": split.n_words,
-                    "bytes": split.n_bytes,
-                }
+                entry["wikitext"][split_name] = wikitext_numbers(ppl, wiki[split_name])
+            # The same test tokens again, with context across windows: carried state or sliding window.
+            plan = plan_stream(model, e.stream_window, e.stream_stride, e.stream_lanes)
+            logger.info("step 3: %s on WikiText-2 test, %s", name, plan.method.replace("_", " "))
+            ppl = evaluate_stream(
+                model,
+                wiki_streams["test"],
+                window=e.stream_window,
+                stride=e.stream_stride,
+                lanes=e.stream_lanes,
+                batch_size=e.batch_size,
+                device=device,
+                dtype=dtype,
+                progress=progress,
+            )
+            entry["wikitext"]["test_stream"] = {**dataclasses.asdict(plan), **wikitext_numbers(ppl, wiki["test"])}
             results["data"]["wikitext"]["test_tokens"] = entry["wikitext"]["test"]["tokens"]
         else:
             logger.warning("no step-1 checkpoint %s: WikiText-2 results for %s are left out", wiki_ckpt, name)
@@ -400,7 +420,6 @@ def evaluate(config: ExperimentConfig, progress: bool = True) -> dict:
             logger.warning("no step-2 checkpoint %s: dialogue results for %s use the step-1 model", dialog_ckpt, name)
             if not wiki_ckpt.exists():
                 continue
-        e = config.eval
         samples = sample_responses(
             model,
             tokenizer,

@@ -80,6 +80,14 @@ def test_results_json_has_every_field_for_every_model(quick_run):
         assert math.isclose(test["bits_per_byte"], nll / math.log(2) / test["bytes"], rel_tol=1e-6)
         # trained: far better than a uniform guess over the vocabulary
         assert test["token_ppl"] < results["tokenizer"]["vocab_size"] / 3
+        # scored again with context across windows: the same tokens, words and bytes, one NLL behind all three units
+        stream = model["wikitext"]["test_stream"]
+        assert stream["method"] == ("sliding_window" if name == "tinygpt2" else "carried_state")
+        assert (stream["tokens"], stream["words"], stream["bytes"]) == (test["tokens"], test["words"], test["bytes"])
+        stream_nll = math.log(stream["token_ppl"]) * stream["tokens"]
+        assert math.isclose(stream["word_ppl"], math.exp(stream_nll / stream["words"]), rel_tol=1e-6)
+        assert math.isclose(stream["bits_per_byte"], stream_nll / math.log(2) / stream["bytes"], rel_tol=1e-6)
+        assert stream["token_ppl"] < results["tokenizer"]["vocab_size"] / 3
         assert len(model["samples"]) == len(results["config"]["eval"]["prompts"])
         assert model["samples"][0]["prompt"] == "hello how are you"
 
@@ -87,7 +95,7 @@ def test_results_json_has_every_field_for_every_model(quick_run):
 def test_report_embeds_curves_and_samples(quick_run):
     out = quick_run / "checkpoints"
     report = (out / "report.md").read_text()
-    for label in ("New-LLM", "TinyGPT2", "LSTM", "hello how are you", "Word PPL", "Bits/byte"):
+    for label in ("New-LLM", "TinyGPT2", "LSTM", "hello how are you", "Word PPL", "Bits/byte", "Word PPL, stateful"):
         assert label in report
     for line in report.splitlines():
         if "](" in line and ".png)" in line:

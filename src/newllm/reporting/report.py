@@ -304,6 +304,11 @@ def _summary(results: Mapping[str, Any], names: Sequence[str]) -> str:
         if "new_llm" in params and "tinygpt2" in params:
             ratio += f", at {_params(params['new_llm'])} vs {_params(params['tinygpt2'])} parameters"
         sentences.append(ratio + ".")
+    stateful = metric("wikitext", "test_stream", "word_ppl")
+    both = [n for n in names if n in word and n in stateful]
+    changes = [f"{_ppl(word[n])} → {_ppl(stateful[n])} for {model_label(n)}" for n in both]
+    if changes:
+        sentences.append(f"with context across windows, test word perplexity goes {_and(changes)}.")
     response = _ranking_sentence(
         metric("dailydialog", "test", "response_ppl"), "DailyDialog response perplexity"
     )
@@ -387,6 +392,54 @@ def _stage_section(
     return lines
 
 
+def _stream_method(stream: Any) -> str:
+    """How a test_stream entry was scored, e.g. "carried state, 8 lanes, 512 tokens per forward"."""
+    method, window = _get(stream, "method"), _get(stream, "window")
+    if method == "carried_state":
+        lanes = _get(stream, "lanes")
+        lanes_text = "1 lane" if lanes == 1 else f"{_count(lanes)} lanes"
+        return f"carried state, {lanes_text}, {_count(window)} tokens per forward"
+    if method == "sliding_window":
+        return f"sliding window of {_count(window)}, stride {_count(_get(stream, 'stride'))}"
+    return escape_cell(method)
+
+
+def _stream_section(results: Mapping[str, Any], names: Sequence[str]) -> list[str]:
+    """WikiText-2 test scored again with context across windows, beside the reset-every-window numbers."""
+    models = _models(results)
+    if not any(isinstance(_get(models.get(n), "wikitext", "test_stream"), Mapping) for n in names):
+        return []  # results written before stateful evaluation existed
+    stateful_word = _column(names, models, ("wikitext", "test_stream", "word_ppl"), _ppl)
+    stateful_token = _column(names, models, ("wikitext", "test_stream", "token_ppl"), _ppl)
+    stateful_bpb = _column(names, models, ("wikitext", "test_stream", "bits_per_byte"), _bpb)
+    rows = []
+    for i, n in enumerate(names):
+        reset = _finite(_get(models.get(n), "wikitext", "test", "word_ppl"))
+        stream = _get(models.get(n), "wikitext", "test_stream")
+        stateful = _finite(_get(stream, "word_ppl"))
+        change = _percent_diff(stateful, reset) if stateful is not None and reset else MISSING
+        method = _stream_method(stream) if isinstance(stream, Mapping) else MISSING
+        rows.append(
+            [model_label(n), _ppl(reset), stateful_word[i], change, stateful_token[i], stateful_bpb[i], method]
+        )
+    block = _get(results, "data", "wikitext", "block_size")
+    window = f"{_count(block)}-token window" if _finite(block) is not None else "window"
+    headers = [
+        "Model", "Word PPL, reset", "Word PPL, stateful", "Change", "Token PPL, stateful", "Bits/byte, stateful",
+        "Method",
+    ]
+    return [
+        "## WikiText-2 test with context across windows",
+        "",
+        f"*Reset*: every {window} starts from nothing (the table above). *Stateful*: the same tokens again, "
+        "the recurrent models carrying their state from window to window along the test stream, TinyGPT2 "
+        "sliding a window of its full length over it; the Method column gives the settings.",
+        "",
+        *_table(headers, rows, numeric=5),
+        "",
+    ]
+
+
 def _speed_section(results: Mapping[str, Any], names: Sequence[str], figure: str | None) -> list[str]:
     """Timings with the settings they were measured under, plus the bar chart."""
     models = _models(results)
@@ -467,6 +520,11 @@ def _definitions(results: Mapping[str, Any]) -> list[str]:
         "Independent of the tokenizer, so comparable with word-level results.",
         "- **Bits per byte** = total NLL / ln 2 / UTF-8 bytes of the test file "
         f"({_count(_get(wikitext, 'test_bytes'))} bytes here).",
+        "- **Stateful** (WikiText-2 test) = the NLL summed over the same tokens, each predicted with "
+        "context across window boundaries: New-LLM and the LSTM carry their state from one window to the "
+        "next along the whole test stream (cut into lanes run side by side, each starting from a reset "
+        "state), TinyGPT2 slides a window of its n_positions tokens with a stride, so that each token has "
+        "at least window − stride tokens before it. Divided by the same token, word and byte counts.",
         "- **Response PPL** (DailyDialog) = exp(NLL / tokens) over the utterances after the first "
         "of each dialogue (text + end-of-turn token), i.e. the turns a chat model must produce "
         f"({_count(_get(dialog, 'test_response_tokens'))} response tokens in "
@@ -532,6 +590,7 @@ def render_report(
         ],
         figures.get("wikitext_val_ppl"),
     )
+    lines += _stream_section(results, names)
     lines += _stage_section(
         results, names, "dailydialog",
         [("Token PPL", "token_ppl", _ppl), ("Response PPL", "response_ppl", _ppl)],

@@ -127,6 +127,50 @@ def test_tables_show_each_models_numbers_formatted():
     assert row(speed, "LSTM")[1:3] == ["**9.00**", "**0.500**"]
 
 
+def with_stream_results(results):
+    """Add the stateful test entries evaluate() writes: carried state for the recurrent models, sliding window for GPT-2."""
+    stateful = {"new_llm": (190.0, 125.0, 1.45), "tinygpt2": (170.0, 115.0, 1.4), "lstm": (240.0, 155.0, 1.68)}
+    for name, (word_ppl, token_ppl, bpb) in stateful.items():
+        if name == "tinygpt2":
+            plan = {"method": "sliding_window", "window": 512, "stride": 256, "lanes": None}
+        else:
+            plan = {"method": "carried_state", "window": 512, "stride": None, "lanes": 8 if name == "new_llm" else 1}
+        results["models"][name]["wikitext"]["test_stream"] = {
+            **plan, "loss": math.log(token_ppl), "token_ppl": token_ppl, "word_ppl": word_ppl,
+            "bits_per_byte": bpb, "tokens": 290000, "words": 245569, "bytes": 1256449,
+        }
+    results["data"]["wikitext"]["block_size"] = 128
+    return results
+
+
+def test_stateful_table_sets_carried_and_sliding_beside_reset():
+    md = render_report(with_stream_results(make_results()))
+    heading = "## WikiText-2 test with context across windows"
+    assert "every 128-token window starts from nothing" in md
+    stream = table_after(md, heading)
+    assert row(stream, "New-LLM")[1:] == [
+        "205.0", "190.0", "-7.3 %", "125.0", "1.450", "carried state, 8 lanes, 512 tokens per forward",
+    ]
+    assert row(stream, "TinyGPT2")[1:] == [
+        "180.0", "**170.0**", "-5.6 %", "**115.0**", "**1.400**", "sliding window of 512, stride 256",
+    ]
+    assert row(stream, "LSTM")[6] == "carried state, 1 lane, 512 tokens per forward"
+    assert "test word perplexity goes 205.0 → 190.0 for New-LLM, 180.0 → 170.0 for TinyGPT2" in summary(md)
+    assert "**Stateful**" in md[md.index("## How these numbers are defined"):]
+    # Between the reset table and the dialogue table.
+    assert md.index("## WikiText-2 test\n") < md.index(heading) < md.index("## DailyDialog test")
+
+
+def test_stateful_table_is_left_out_of_older_results_and_dashed_per_missing_model():
+    md = render_report(make_results())
+    assert "context across windows" not in md
+    results = with_stream_results(make_results())
+    del results["models"]["lstm"]["wikitext"]["test_stream"]
+    stream = table_after(render_report(results), "## WikiText-2 test with context across windows")
+    assert row(stream, "LSTM")[1:] == ["250.0"] + ["—"] * 5
+    assert "for LSTM" not in summary(render_report(results))
+
+
 def test_definitions_and_tokenizer_are_stated():
     md = render_report(make_results())
     definitions = md[md.index("## How these numbers are defined"):]
