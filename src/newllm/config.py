@@ -82,6 +82,9 @@ class TrainConfig:
     # CUDA speed: New-LLM's fast path (compiled steps + CUDA-graphed scan), torch.compile for the baselines
     compile: bool = False
     save_steps: int = 0  # > 0 also checkpoints (and logs) every N optimizer steps; eval stays per epoch
+    # Truncated BPTT (pre-training, recurrent models): batch rows are lanes of the stream read in order,
+    # and each row's state is carried from one batch to the next instead of reset every window
+    stateful: bool = False
     on_nonfinite: str = "stop"  # NaN/inf loss: "stop" the run, or "skip" that optimizer step
 
 

@@ -13,6 +13,7 @@ Every output lands in `config.output_dir` under the prototype's names:
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
 import logging
 import shlex
@@ -24,7 +25,7 @@ import torch
 from transformers import set_seed
 
 from newllm.config import ExperimentConfig
-from newllm.data.batching import DialogWindows, StreamWindows, collate
+from newllm.data.batching import DialogWindows, StreamLanes, StreamWindows, collate
 from newllm.data.dailydialog import DialogSplit, encode_dialogue, load_dailydialog
 from newllm.data.tokenizer import (
     describe_tokenizer,
@@ -222,6 +223,9 @@ def pretrain(config: ExperimentConfig, resume: bool = False, overwrite: bool = F
     _write_experiment(config, "pretrain")
     streams = {name: encode_text(tokenizer, split) for name, split in splits.items()}
     train_set = StreamWindows(streams["train"], config.data.block_size, drop_last=True)
+    lanes_set = None
+    if config.pretrain.stateful:  # truncated BPTT: one lane of the stream per batch row, read in order
+        lanes_set = StreamLanes(streams["train"], config.data.block_size, config.pretrain.batch_size)
     valid_set = StreamWindows(streams["valid"], config.data.block_size, drop_last=False)
     logger.info("WikiText-2 (%s): %d train tokens, %d valid tokens", config.data.wikitext, len(streams["train"]), len(streams["valid"]))
     configs = model_configs(config, tokenizer)
@@ -232,12 +236,19 @@ def pretrain(config: ExperimentConfig, resume: bool = False, overwrite: bool = F
         set_seed(config.pretrain.seed)
         model = build_model(name, configs[name])
         logger.info("step 1: %s on WikiText-2 (%s parameters, %s)", name, f"{count_parameters(model):,}", device)
+        train_config, windows = config.pretrain, train_set
+        if lanes_set is not None:
+            if "state" in inspect.signature(model.forward).parameters:
+                windows = lanes_set
+            else:  # a transformer has no state to carry: it keeps shuffled windows
+                logger.info("%s: stateful training is for the recurrent models; shuffled windows instead", name)
+                train_config = dataclasses.replace(train_config, stateful=False)
         result = train(
             model,
-            train_set,
+            windows,
             valid_set,
             lambda batch: collate(batch, pad),
-            config.pretrain,
+            train_config,
             run_dir(config, name, "wikitext"),
             device=device,
             bf16=bf16,
@@ -258,6 +269,8 @@ def _dialog_sets(config: ExperimentConfig, tokenizer, names=("train", "validatio
 
 def finetune(config: ExperimentConfig, resume: bool = False, overwrite: bool = False, progress: bool = True) -> None:
     """Step 2: continue each step-1 checkpoint on DailyDialog with the same tokenizer."""
+    if config.finetune.stateful:
+        raise ValueError("finetune.stateful: dialogues are independent, so there is no stream to carry a state along")
     device = resolve_device(config)
     bf16 = resolve_bf16(config, device)
     tokenizer = prepare_tokenizer(config)

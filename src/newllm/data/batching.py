@@ -58,6 +58,48 @@ class StreamWindows(Dataset):
         return {"input_ids": window, "labels": window}
 
 
+class StreamLanes(Dataset):
+    """Windows of `lanes` parallel parts of one stream, in the order stateful training (TBPTT) reads them.
+
+    The stream is cut into `lanes` contiguous parts of equal length (pytorch/examples
+    word_language_model's `batchify`), and each part into back-to-back windows of block_size + 1
+    tokens that do not overlap. Item i is window i // lanes of lane i % lanes, so read in order with
+    batch size == lanes, batch k holds window k of every lane and row r of batch k + 1 continues row
+    r of batch k. A model that carries its state from batch to batch has then read every token of
+    its lane exactly once. Each window scores its own block_size targets; the first token of the next
+    window is read but not scored (one target in block_size + 1 goes unscored).
+    """
+
+    def __init__(self, stream: torch.Tensor, block_size: int, lanes: int):
+        stream = torch.as_tensor(stream)
+        if stream.dim() != 1 or stream.is_floating_point() or stream.is_complex():
+            raise ValueError(f"stream must be a 1-D integer tensor, got {stream.dtype} of shape {tuple(stream.shape)}")
+        if not isinstance(lanes, int) or lanes < 1:
+            raise ValueError(f"lanes must be a positive integer, got {lanes!r}")
+        if block_size < 1:
+            raise ValueError(f"block_size must be >= 1, got {block_size}")
+        self.lanes = lanes
+        self.block_size = block_size
+        lane_length = len(stream) // lanes
+        self.windows_per_lane = lane_length // (block_size + 1)
+        if self.windows_per_lane == 0:
+            raise ValueError(f"a stream of {len(stream)} tokens in {lanes} lanes has no window of {block_size + 1}")
+        used = self.windows_per_lane * (block_size + 1)
+        # (lanes, windows, block_size + 1): lane r is stream[r · lane_length :][:used]
+        self._windows = stream.long()[: lanes * lane_length].view(lanes, lane_length)[:, :used].reshape(
+            lanes, self.windows_per_lane, block_size + 1
+        )
+
+    def __len__(self) -> int:
+        return self.lanes * self.windows_per_lane
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        if not 0 <= index < len(self):
+            raise IndexError(index)
+        window = self._windows[index % self.lanes, index // self.lanes].clone()
+        return {"input_ids": window, "labels": window}
+
+
 class DialogWindows(Dataset):
     """Whole dialogues (DailyDialog); one longer than block_size + 1 tokens is cut like StreamWindows, end kept."""
 

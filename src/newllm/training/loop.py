@@ -12,6 +12,7 @@ process died is deleted before the Trainer picks the latest one.
 from __future__ import annotations
 
 import csv
+import inspect
 import json
 import math
 import shutil
@@ -20,13 +21,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, SequentialSampler
 from transformers import EarlyStoppingCallback, PreTrainedModel, Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_callback import ExportableState
 
 from newllm.config import TrainConfig
 from newllm.training.checkpoint import write_json_atomic
-from newllm.training.distributed import barrier, is_main_process
+from newllm.models.recurrent import RecurrentCache
+from newllm.training.distributed import barrier, is_main_process, world_size
 
 HISTORY_FIELDS = ("epoch", "train_loss", "val_loss", "train_ppl", "val_ppl", "lr", "seconds")
 # What the Trainer writes into checkpoint-N, trainer_state.json last (Trainer._save_checkpoint), and
@@ -197,6 +199,49 @@ def remove_incomplete_checkpoints(run_dir: Path) -> list[Path]:
     return removed
 
 
+class StatefulTrainer(Trainer):
+    """Truncated BPTT: each row's recurrent state is carried (detached) from one training batch to the next.
+
+    Needs a `StreamLanes` dataset read in order with batch size == lanes (row r of every batch is
+    the same lane) and a model whose forward takes and returns `state` (New-LLM, the LSTM).
+    Evaluation is untouched: every validation window starts from a reset state.
+    """
+
+    carried: RecurrentCache | None = None
+
+    def _get_train_sampler(self, *args, **kwargs):
+        return SequentialSampler(self.train_dataset)  # the lanes' order is the point: no shuffling
+
+    def compute_loss(self, model, inputs, return_outputs=False, **kwargs):
+        if not model.training:
+            return super().compute_loss(model, inputs, return_outputs=return_outputs, **kwargs)
+        outputs = model(**inputs, state=self.carried, use_cache=True)
+        self.carried = RecurrentCache(tuple(s.detach() for s in outputs.state.states))
+        return (outputs.loss, outputs) if return_outputs else outputs.loss
+
+
+class ResetStateCallback(TrainerCallback):
+    """Every epoch starts each lane from the model's initial state (and a resumed run does too)."""
+
+    def __init__(self, trainer: StatefulTrainer):
+        self.trainer = trainer
+
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        self.trainer.carried = None
+
+
+def _check_stateful(model, train_dataset, config: TrainConfig) -> None:
+    if "state" not in inspect.signature(model.forward).parameters:
+        raise ValueError(f"stateful training needs a recurrent model (new_llm, lstm), not {type(model).__name__}")
+    lanes = getattr(train_dataset, "lanes", None)
+    if lanes != config.batch_size:
+        raise ValueError(
+            f"stateful training needs a StreamLanes dataset with lanes == batch_size ({config.batch_size}), got {lanes}"
+        )
+    if world_size() > 1:
+        raise ValueError("stateful training is single-process: each rank would need its own lanes")
+
+
 def train(
     model: PreTrainedModel,
     train_dataset: Dataset,
@@ -216,6 +261,8 @@ def train(
     if config.on_nonfinite not in ("stop", "skip"):
         raise ValueError(f"train.on_nonfinite must be 'stop' or 'skip', not {config.on_nonfinite!r}")
     skip_nonfinite = config.on_nonfinite == "skip"
+    if config.stateful:
+        _check_stateful(model, train_dataset, config)
     if _has_checkpoints(run_dir) and not resume:
         if not overwrite:
             raise RunExistsError(
@@ -276,7 +323,7 @@ def train(
         callbacks.append(SaveEveryCallback(config.save_steps))
     if skip_nonfinite:
         callbacks.append(SkipNonFiniteCallback())
-    trainer = Trainer(
+    trainer = (StatefulTrainer if config.stateful else Trainer)(
         model=model,
         args=args,
         train_dataset=train_dataset,
@@ -287,6 +334,8 @@ def train(
     # Our models take **kwargs and return a mean loss; without this the Trainer assumes they divide
     # by num_items_in_batch and multiplies the loss by the world size (and skips the grad_accum division).
     trainer.model_accepts_loss_kwargs = False
+    if config.stateful:
+        trainer.add_callback(ResetStateCallback(trainer))
     start = time.perf_counter()
     trainer.train(resume_from_checkpoint=True if resume else None)
     seconds = time.perf_counter() - start

@@ -142,3 +142,28 @@ def test_collate_rejects_empty_batches_and_missing_masks():
         collate([], pad_id=0)
     with pytest.raises(ValueError, match="no response_mask"):
         collate([StreamWindows(torch.arange(5), 4)[0]], pad_id=0, keep_response_mask=True)
+
+
+def test_stream_lanes_batches_continue_each_row_and_read_every_token_once():
+    from newllm.data.batching import StreamLanes
+
+    stream = torch.arange(103)  # 4 lanes of 25 tokens (3 dropped), 4 windows of 6 per lane (1 left over)
+    lanes = StreamLanes(stream, block_size=5, lanes=4)
+    assert (len(lanes), lanes.windows_per_lane) == (16, 4)
+    batches = [torch.stack([lanes[k * 4 + r]["input_ids"] for r in range(4)]) for k in range(4)]
+    for r in range(4):
+        row = torch.cat([batch[r] for batch in batches])  # row r of consecutive batches: lane r, in order
+        torch.testing.assert_close(row, torch.arange(r * 25, r * 25 + 24))
+    assert lanes[5]["labels"].equal(lanes[5]["input_ids"])
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(block_size=5, lanes=0), "lanes must be a positive integer"),
+    (dict(block_size=30, lanes=4), "has no window of 31"),
+    (dict(block_size=0, lanes=2), "block_size must be >= 1"),
+])  # fmt: skip
+def test_stream_lanes_rejects_bad_shapes(kwargs, message):
+    from newllm.data.batching import StreamLanes
+
+    with pytest.raises(ValueError, match=message):
+        StreamLanes(torch.arange(100), **kwargs)

@@ -1,5 +1,6 @@
 """The Trainer wrapper: learns, keeps the best epoch, writes the history, refuses to clobber a run."""
 
+import functools
 import json
 import math
 
@@ -107,3 +108,53 @@ def test_compile_gives_new_llm_its_own_fast_path_not_torch_compile(tmp_path, mon
     cell = result.model.model.cell
     assert (cell.compile_steps, cell.cuda_graphs) == (True, True)  # inert on CPU, used on CUDA
     assert seen["torch_compile"] is False  # torch.compile would unroll the recurrence
+
+
+def _stateful_run(tmp_path, model, epochs=2, batch_size=4):
+    from newllm.data.batching import StreamLanes
+
+    calls = []
+    forward = model.forward
+
+    @functools.wraps(forward)  # keeps the signature: train() checks that forward takes `state`
+    def recording_forward(*args, **kwargs):
+        out = forward(*args, **kwargs)
+        if model.training:
+            calls.append((kwargs.get("state"), out.state))
+        return out
+
+    model.forward = recording_forward
+    stream = torch.arange(4 * 3 * 13) % VOCAB  # 4 lanes × 3 windows of 13 tokens
+    lanes = StreamLanes(stream, block_size=12, lanes=batch_size)
+    config = TrainConfig(epochs=epochs, patience=5, batch_size=batch_size, eval_batch_size=8, lr=1e-3, stateful=True)
+    train(model, lanes, CountingSequences(8, seed=1), collate, config, tmp_path / "run", progress=False)
+    return calls
+
+
+def test_stateful_training_carries_each_rows_state_and_resets_every_epoch(tmp_path):
+    torch.manual_seed(0)
+    calls = _stateful_run(tmp_path, build_model("new_llm", tiny_new_llm_config()))
+    assert len(calls) == 6  # 3 batches per epoch, 2 epochs
+    for step, (given, returned) in enumerate(calls):
+        if step % 3 == 0:
+            assert given is None, f"step {step} starts an epoch: fresh state"
+        else:
+            previous = calls[step - 1][1].states[0]
+            assert given.states[0].requires_grad is False  # truncated: no gradient into the last batch
+            torch.testing.assert_close(given.states[0], previous.detach())
+
+
+def test_stateful_training_refuses_a_transformer_and_a_wrong_lane_count(tmp_path):
+    from newllm.data.batching import StreamLanes
+    from newllm.models.registry import matched_configs
+
+    gpt2 = build_model("tinygpt2", matched_configs(tiny_new_llm_config(), names=("new_llm", "tinygpt2"))["tinygpt2"])
+    lanes = StreamLanes(torch.arange(200) % VOCAB, block_size=12, lanes=4)
+    stateful = TrainConfig(epochs=1, batch_size=4, stateful=True)
+    with pytest.raises(ValueError, match="needs a recurrent model"):
+        train(gpt2, lanes, lanes, collate, stateful, tmp_path / "a", progress=False)
+    model = build_model("new_llm", tiny_new_llm_config())
+    with pytest.raises(ValueError, match=r"lanes == batch_size \(8\), got 4"):
+        train(model, lanes, lanes, collate, TrainConfig(epochs=1, batch_size=8, stateful=True), tmp_path / "b",
+              progress=False)  # fmt: skip
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()  # refused before writing anything
