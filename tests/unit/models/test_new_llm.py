@@ -160,15 +160,19 @@ def _reference_scan(cell, inputs, context):
     return torch.stack(hiddens, dim=1), context
 
 
-@pytest.mark.parametrize("num_layers", [1, 3])
-def test_fused_scan_matches_reference_forward_and_gradients(num_layers):
+@pytest.mark.parametrize("num_layers, residual, ffn_norm", [(1, False, False), (3, False, False), (3, True, False),
+                                                        (3, False, True), (3, True, True)])  # fmt: skip
+def test_fused_scan_matches_reference_forward_and_gradients(num_layers, residual, ffn_norm):
     from newllm.models.new_llm.scan import fused_scan
 
     torch.manual_seed(0)
-    cell = NewLLMCell(embedding_size=10, context_size=6, hidden_size=20, num_layers=num_layers, context_clamp=1.5).double()
-    with torch.no_grad():  # non-trivial LayerNorm affine and some clamped entries
-        cell.context_norm.weight.uniform_(0.5, 2.0)
-        cell.context_norm.bias.uniform_(-0.5, 0.5)
+    cell = NewLLMCell(embedding_size=10, context_size=6, hidden_size=20, num_layers=num_layers, context_clamp=1.5,
+                      residual=residual, ffn_norm=ffn_norm).double()  # fmt: skip
+    assert cell.fused_scan_ok
+    with torch.no_grad():  # non-trivial LayerNorm affines and some clamped entries
+        for norm in [cell.context_norm, *(cell.norms or [])]:
+            norm.weight.uniform_(0.5, 2.0)
+            norm.bias.uniform_(-0.5, 0.5)
     inputs = torch.randn(4, 9, 10, dtype=torch.double, requires_grad=True)
     context0 = torch.randn(4, 6, dtype=torch.double, requires_grad=True)
     head = torch.randn(20, dtype=torch.double)
@@ -189,11 +193,13 @@ def test_fused_scan_matches_reference_forward_and_gradients(num_layers):
         torch.testing.assert_close(fast, ref, msg=lambda m: f"gradient of {name}: {m}")
 
 
-def test_fused_scan_gradients_with_dropout_pass_gradcheck():
+@pytest.mark.parametrize("residual, ffn_norm", [(False, False), (True, True)])
+def test_fused_scan_gradients_with_dropout_pass_gradcheck(residual, ffn_norm):
     from newllm.models.new_llm.scan import fused_scan
 
     torch.manual_seed(0)
-    cell = NewLLMCell(embedding_size=5, context_size=4, hidden_size=7, num_layers=2, dropout=0.3).double().train()
+    cell = NewLLMCell(embedding_size=5, context_size=4, hidden_size=7, num_layers=3, dropout=0.3, residual=residual,
+                      ffn_norm=ffn_norm).double().train()  # fmt: skip
     inputs = torch.randn(2, 5, 5, dtype=torch.double, requires_grad=True)
     context0 = torch.randn(2, 4, dtype=torch.double, requires_grad=True)
 

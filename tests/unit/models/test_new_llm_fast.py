@@ -87,9 +87,10 @@ def _loss_and_grads(model, ids):
 
 @cuda
 @pytest.mark.parametrize("mode", ["compiled", "graphed", "compiled+graphed"])
-def test_cuda_fast_paths_match_eager_forward_and_gradients(mode):
+@pytest.mark.parametrize("options", [{}, {"residual": True, "ffn_norm": True}], ids=["seed", "residual+norm"])
+def test_cuda_fast_paths_match_eager_forward_and_gradients(mode, options):
     torch.manual_seed(0)
-    model = NewLLMForCausalLM(tiny_new_llm_config()).cuda()  # dropout 0: the same function
+    model = NewLLMForCausalLM(tiny_new_llm_config(**options)).cuda()  # dropout 0: the same function
     ids = random_ids(4, 16).cuda()
     loss_ref, grads_ref = _loss_and_grads(model, ids)
     model.set_fast_path(mode)

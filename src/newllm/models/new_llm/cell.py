@@ -123,9 +123,8 @@ class NewLLMCell(FeedForwardStack):
 
     @property
     def fused_scan_ok(self) -> bool:
-        """Whether scan.py's hand-written backward covers this cell (the seed options only)."""
-        return (not self.residual and self.norms is None and self.context_dropout.p == 0
-                and self.context_scales == 1)  # fmt: skip
+        """Whether scan.py's hand-written backward covers this cell (all but context dropout and scales)."""
+        return self.context_dropout.p == 0 and self.context_scales == 1
 
     def update_context(self, hidden: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         """c ← clamp(LN(σ(f)·c + σ(i)·Δ), ±clamp)."""

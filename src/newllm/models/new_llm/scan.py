@@ -32,61 +32,94 @@ from torch.nn import functional as F
 MAX_GRAPHS = 4  # captured shapes kept per cell: training sees one or two (a short last batch)
 
 
-def forward_step(token_part, context, masks, context_weight, weights, biases, proj_weight, proj_bias,
-                 norm_weight, norm_bias, eps: float, clamp: float):
+class ScanOptions(NamedTuple):
+    """The non-tensor settings of one scan (part of a CUDA graph's key)."""
+
+    eps: float  # the LayerNorms' epsilon
+    clamp: float  # the context is clamped to ±clamp
+    residual: bool  # layers 2..L add their output to their input
+    ffn_norm: bool  # LayerNorm (with its own γ, β) before each of layers 2..L
+
+
+def _layer_norm(x, eps: float):
+    """(x̂, 1/σ) over the last dim, the two things LayerNorm's backward needs."""
+    var, mean = torch.var_mean(x, dim=1, unbiased=False, keepdim=True)
+    rstd = torch.rsqrt(var + eps)
+    return (x - mean) * rstd, rstd
+
+
+def _layer_norm_backward(d_xhat, x_hat, rstd):
+    """dL/dx from dL/dx̂: rstd · (dx̂ - mean(dx̂) - x̂ · mean(dx̂ ⊙ x̂))."""
+    return rstd * (d_xhat - d_xhat.mean(1, keepdim=True) - x_hat * (d_xhat * x_hat).mean(1, keepdim=True))
+
+
+def forward_step(token_part, context, masks, context_weight, weights, biases, ffn_norms, proj_weight, proj_bias,
+                 norm_weight, norm_bias, options: ScanOptions):
     """One token: (B, H) token part of layer 1, (B, C) context → hidden, next context, and what backward needs."""
     pre = torch.addmm(token_part, context, context_weight.t())
-    pre_acts = [pre]
+    pre_acts, inputs, input_hats, input_rstds = [pre], [], [], []
     hidden = F.relu(pre)
     if masks is not None:
         hidden = hidden * masks[0]
     for layer, (weight, bias) in enumerate(zip(weights, biases), start=1):
-        pre = torch.addmm(bias, hidden, weight.t())
+        x = hidden
+        if options.ffn_norm:
+            x_hat, rstd = _layer_norm(hidden, options.eps)
+            gamma, beta = ffn_norms[2 * layer - 2], ffn_norms[2 * layer - 1]
+            x = torch.addcmul(beta, x_hat, gamma)
+            input_hats.append(x_hat)
+            input_rstds.append(rstd)
+        inputs.append(x)
+        pre = torch.addmm(bias, x, weight.t())
         pre_acts.append(pre)
-        hidden = F.relu(pre)
+        out = F.relu(pre)
         if masks is not None:
-            hidden = hidden * masks[layer]
+            out = out * masks[layer]
+        hidden = hidden + out if options.residual else out
     proj = torch.addmm(proj_bias, hidden, proj_weight.t())  # (B, 3C): Δ, f, i
     size_c = context.shape[1]
     delta, gates = proj.split([size_c, 2 * size_c], dim=1)
     forget, inp = torch.sigmoid(gates).chunk(2, dim=1)
     mixed = torch.addcmul(inp * delta, forget, context)
-    var, mean = torch.var_mean(mixed, dim=1, unbiased=False, keepdim=True)
-    rstd = torch.rsqrt(var + eps)
-    x_hat = (mixed - mean) * rstd
-    new_context = torch.addcmul(norm_bias, x_hat, norm_weight).clamp(-clamp, clamp)
-    return hidden, new_context, pre_acts, x_hat, rstd, proj
+    x_hat, rstd = _layer_norm(mixed, options.eps)
+    new_context = torch.addcmul(norm_bias, x_hat, norm_weight).clamp(-options.clamp, options.clamp)
+    return hidden, new_context, pre_acts, inputs, input_hats, input_rstds, x_hat, rstd, proj
 
 
-def backward_step(d_context, grad_hidden, prev, out, x_hat, rstd, proj, pre_acts, masks, norm_weight, proj_weight,
-                  context_weight, weights, clamp: float):
+def backward_step(d_context, grad_hidden, prev, out, x_hat, rstd, proj, pre_acts, input_hats, input_rstds, masks,
+                  norm_weight, proj_weight, context_weight, weights, ffn_norms, options: ScanOptions):
     """The chain rule through one `forward_step`, given dL/d(next context) and dL/d(hidden) from the head.
 
-    Returns dL/d(previous context), dL/d(LayerNorm output), dL/d(proj) and dL/d(pre-activation) per layer;
-    the weight gradients are summed from these over all positions after the loop.
+    Returns dL/d(previous context), dL/d(context LayerNorm output), dL/d(proj), dL/d(pre-activation)
+    per layer and dL/d(LayerNorm output) per normalised layer; the weight gradients are summed from
+    these over all positions after the loop.
     """
     size_c = prev.shape[1]
-    d_out = d_context * (out.abs() < clamp)  # clamp: gradient only inside ±K
-    # LayerNorm: dx = rstd · (dx̂ - mean(dx̂) - x̂ · mean(dx̂ ⊙ x̂))
-    d_xhat = d_out * norm_weight
-    d_mixed = rstd * (d_xhat - d_xhat.mean(1, keepdim=True) - x_hat * (d_xhat * x_hat).mean(1, keepdim=True))
+    d_out = d_context * (out.abs() < options.clamp)  # clamp: gradient only inside ±K
+    d_mixed = _layer_norm_backward(d_out * norm_weight, x_hat, rstd)
     delta, gates = proj.split([size_c, 2 * size_c], dim=1)
     gate = torch.sigmoid(gates)
     forget, inp = gate.chunk(2, dim=1)
     d_gate = torch.cat([d_mixed * prev, d_mixed * delta], dim=1) * gate * (1 - gate)
     d_proj = torch.cat([d_mixed * inp, d_gate], dim=1)
     d_prev = d_mixed * forget
-    d_hidden = torch.addmm(grad_hidden, d_proj, proj_weight)
+    d_hidden = torch.addmm(grad_hidden, d_proj, proj_weight)  # dL/dh_L
     d_pre_acts = [None] * len(pre_acts)
+    d_norm_outs = [None] * len(input_hats)
     for layer in reversed(range(len(pre_acts))):
-        if masks is not None:
-            d_hidden = d_hidden * masks[layer]
-        d_act = d_hidden * (pre_acts[layer] > 0)
+        d_act = d_hidden if masks is None else d_hidden * masks[layer]
+        d_act = d_act * (pre_acts[layer] > 0)
         d_pre_acts[layer] = d_act
-        if layer > 0:
-            d_hidden = d_act @ weights[layer - 1]
+        if layer == 0:
+            break
+        d_input = d_act @ weights[layer - 1]  # dL/d(this layer's input x)
+        if options.ffn_norm:
+            d_norm_outs[layer - 1] = d_input
+            gamma = ffn_norms[2 * layer - 2]
+            d_input = _layer_norm_backward(d_input * gamma, input_hats[layer - 1], input_rstds[layer - 1])
+        d_hidden = d_input + d_hidden if options.residual else d_input  # dL/dh_{layer}
     d_prev = torch.addmm(d_prev, d_pre_acts[0], context_weight)
-    return d_prev, d_out, d_proj, d_pre_acts
+    return d_prev, d_out, d_proj, d_pre_acts, d_norm_outs
 
 
 class StepFunctions(NamedTuple):
@@ -103,78 +136,87 @@ def compiled_steps() -> StepFunctions:
     return StepFunctions(torch.compile(forward_step, dynamic=False), torch.compile(backward_step, dynamic=False))
 
 
+def _stack(per_step: list[list[torch.Tensor]]) -> list[torch.Tensor]:
+    """[step][layer] tensors → one (T, B, ·) tensor per layer."""
+    return [torch.stack(layer) for layer in zip(*per_step)]
+
+
 class NewLLMScan(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, steps, eps, clamp, token_part, context, masks, context_weight, norm_weight, norm_bias,
-                proj_weight, proj_bias, *layer_params):
-        # token_part (T, B, H): the token half of layer 1 with its bias; context (B, C); masks (T, L, B, H) or None
-        weights, biases = layer_params[0::2], layer_params[1::2]  # layers 2..L
-        contexts, pre_acts, normed, rstds, projs, hiddens = [context], [], [], [], [], []
+    def forward(ctx, steps, options, n_layers, token_part, context, masks, context_weight, norm_weight, norm_bias,
+                proj_weight, proj_bias, *params):
+        # token_part (T, B, H): the token half of layer 1 with its bias; context (B, C); masks (T, L, B, H) or None;
+        # params: W, b of layers 2..L, then γ, β of their pre-norms (ffn_norm)
+        layer_params, ffn_norms = params[: 2 * (n_layers - 1)], params[2 * (n_layers - 1) :]
+        weights, biases = layer_params[0::2], layer_params[1::2]
+        contexts, record = [context], []
+        hiddens, normed, rstds, projs = [], [], [], []
         for t in range(token_part.shape[0]):
-            hidden, context, step_pre, x_hat, rstd, proj = steps.forward(
+            hidden, context, *layers, x_hat, rstd, proj = steps.forward(
                 token_part[t], context, None if masks is None else masks[t], context_weight, weights, biases,
-                proj_weight, proj_bias, norm_weight, norm_bias, eps, clamp,
+                ffn_norms, proj_weight, proj_bias, norm_weight, norm_bias, options,
             )  # fmt: skip
             contexts.append(context)
-            pre_acts.append(step_pre)
+            record.append(layers)  # pre-activations, layer inputs, their x̂ and 1/σ
+            hiddens.append(hidden)
             normed.append(x_hat)
             rstds.append(rstd)
             projs.append(proj)
-            hiddens.append(hidden)
         hidden_seq = torch.stack(hiddens)  # (T, B, H)
-        pre_acts = [torch.stack(layer) for layer in zip(*pre_acts)]  # per layer, (T, B, H)
-        ctx.save_for_backward(context_weight, norm_weight, proj_weight, *weights)
-        ctx.saved = (torch.stack(contexts), pre_acts, masks, torch.stack(normed), torch.stack(rstds),
-                     torch.stack(projs), hidden_seq)  # fmt: skip
-        ctx.steps, ctx.clamp = steps, clamp
+        pre_acts, inputs, input_hats, input_rstds = (_stack(part) for part in zip(*record))
+        ctx.save_for_backward(context_weight, norm_weight, proj_weight, *weights, *ffn_norms)
+        ctx.saved = (torch.stack(contexts), pre_acts, inputs, input_hats, input_rstds, masks, torch.stack(normed),
+                     torch.stack(rstds), torch.stack(projs), hidden_seq)  # fmt: skip
+        ctx.steps, ctx.options, ctx.n_layers = steps, options, n_layers
         return hidden_seq, context
 
     @staticmethod
     def backward(ctx, grad_hidden, grad_context):
-        context_weight, norm_weight, proj_weight, *weights = ctx.saved_tensors
-        contexts, pre_acts, masks, normed, rstds, projs, hidden_seq = ctx.saved
-        steps = hidden_seq.shape[0]
+        context_weight, norm_weight, proj_weight, *rest = ctx.saved_tensors
+        weights, ffn_norms = rest[: ctx.n_layers - 1], rest[ctx.n_layers - 1 :]
+        contexts, pre_acts, inputs, input_hats, input_rstds, masks, normed, rstds, projs, hidden_seq = ctx.saved
         grad_hidden = torch.zeros_like(hidden_seq) if grad_hidden is None else grad_hidden
         d_context = torch.zeros_like(contexts[-1]) if grad_context is None else grad_context
-        d_outs, d_projs, d_pre_acts = [], [], []
-        for t in reversed(range(steps)):
-            d_context, d_out, d_proj, d_pre = ctx.steps.backward(
+        d_outs, d_projs, d_pre_acts, d_norm_outs = [], [], [], []
+        for t in reversed(range(hidden_seq.shape[0])):
+            d_context, d_out, d_proj, d_pre, d_norm = ctx.steps.backward(
                 d_context, grad_hidden[t], contexts[t], contexts[t + 1], normed[t], rstds[t], projs[t],
-                [layer[t] for layer in pre_acts], None if masks is None else masks[t], norm_weight, proj_weight,
-                context_weight, weights, ctx.clamp,
+                [layer[t] for layer in pre_acts], [layer[t] for layer in input_hats],
+                [layer[t] for layer in input_rstds], None if masks is None else masks[t], norm_weight, proj_weight,
+                context_weight, weights, ffn_norms, ctx.options,
             )  # fmt: skip
             d_outs.append(d_out)
             d_projs.append(d_proj)
             d_pre_acts.append(d_pre)
+            d_norm_outs.append(d_norm)
         # Gradients were collected last step first; put them back in time order, (T, B, ·).
         d_out = torch.stack(d_outs[::-1])
         d_proj = torch.stack(d_projs[::-1])
-        d_pre = [torch.stack(layer[::-1]) for layer in zip(*d_pre_acts)]
+        d_pre = _stack(d_pre_acts[::-1])
+        d_norm = _stack(d_norm_outs[::-1]) if ctx.options.ffn_norm else []
         # Weight gradients: one matmul over all T·B rows each.
         flat = lambda x: x.reshape(-1, x.shape[-1])  # noqa: E731
-        d_context_weight = flat(d_pre[0]).t() @ flat(contexts[:-1])
-        d_proj_weight = flat(d_proj).t() @ flat(hidden_seq)
         d_layers = []
-        for layer in range(1, len(pre_acts)):
-            layer_input = F.relu(pre_acts[layer - 1])  # h_{layer-1}, recomputed for all steps at once
-            if masks is not None:
-                layer_input = layer_input * masks[:, layer - 1]
-            d_layers += [flat(d_pre[layer]).t() @ flat(layer_input), d_pre[layer].sum((0, 1))]
-        return (None, None, None, d_pre[0], d_context, None, d_context_weight, (d_out * normed).sum((0, 1)),
-                d_out.sum((0, 1)), d_proj_weight, d_proj.sum((0, 1)), *d_layers)  # fmt: skip
+        for layer in range(1, ctx.n_layers):
+            d_layers += [flat(d_pre[layer]).t() @ flat(inputs[layer - 1]), d_pre[layer].sum((0, 1))]
+        d_ffn_norms = []
+        for d_norm_out, x_hat in zip(d_norm, input_hats):
+            d_ffn_norms += [(d_norm_out * x_hat).sum((0, 1)), d_norm_out.sum((0, 1))]
+        return (None, None, None, d_pre[0], d_context, None, flat(d_pre[0]).t() @ flat(contexts[:-1]),
+                (d_out * normed).sum((0, 1)), d_out.sum((0, 1)), flat(d_proj).t() @ flat(hidden_seq),
+                d_proj.sum((0, 1)), *d_layers, *d_ffn_norms)  # fmt: skip
 
 
-def _scan(token_part, context, context_weight, norm_weight, norm_bias, proj_weight, proj_bias, *layer_params,
-          steps: StepFunctions, dropout_p: float, eps: float, clamp: float):
+def _scan(token_part, context, context_weight, norm_weight, norm_bias, proj_weight, proj_bias, *params,
+          steps: StepFunctions, options: ScanOptions, n_layers: int, dropout_p: float):
     """Draw the dropout masks for all positions at once, then run `NewLLMScan` (the unit a CUDA graph captures)."""
     masks = None
     if dropout_p > 0:
         steps_t, batch, hidden = token_part.shape
-        layers = 1 + len(layer_params) // 2
         keep = 1.0 - dropout_p
-        masks = token_part.new_empty(steps_t, layers, batch, hidden).bernoulli_(keep).div_(keep)
-    return NewLLMScan.apply(steps, eps, clamp, token_part, context, masks, context_weight, norm_weight, norm_bias,
-                            proj_weight, proj_bias, *layer_params)  # fmt: skip
+        masks = token_part.new_empty(steps_t, n_layers, batch, hidden).bernoulli_(keep).div_(keep)
+    return NewLLMScan.apply(steps, options, n_layers, token_part, context, masks, context_weight, norm_weight,
+                            norm_bias, proj_weight, proj_bias, *params)  # fmt: skip
 
 
 class CapturedScan:
@@ -255,12 +297,14 @@ def fused_scan(cell, token_embeddings: torch.Tensor, context: torch.Tensor) -> t
     """`cell.scan` without a mask, through `NewLLMScan`: (B, T, E), (B, C) → hidden (B, T, H), last context."""
     first = cell.layers[0]
     token_weight, context_weight = first.weight.split([cell.embedding_size, cell.context_size], dim=1)
-    rest = [p for layer in cell.layers[1:] for p in (layer.weight, layer.bias)]
+    params = [p for layer in cell.layers[1:] for p in (layer.weight, layer.bias)]
+    if cell.norms is not None:
+        params += [p for norm in cell.norms for p in (norm.weight, norm.bias)]
     dropout_p = cell.dropout.p if cell.training else 0.0
     on_cuda = token_embeddings.is_cuda
     steps = compiled_steps() if cell.compile_steps and on_cuda else EAGER_STEPS
-    options = (dropout_p, cell.context_norm.eps, cell.context_clamp)
-    scan = functools.partial(_scan, steps=steps, dropout_p=dropout_p, eps=options[1], clamp=options[2])
+    options = ScanOptions(cell.context_norm.eps, cell.context_clamp, cell.residual, cell.norms is not None)
+    scan = functools.partial(_scan, steps=steps, options=options, n_layers=len(cell.layers), dropout_p=dropout_p)
     # The recurrence runs in the parameters' dtype (fp32) even under bf16 autocast: it is bound by launches, not by
     # arithmetic, and the hand-written backward needs one dtype. The casts are ordinary autograd
     # ops, so the gradients come back in the caller's dtype.
@@ -269,8 +313,8 @@ def fused_scan(cell, token_embeddings: torch.Tensor, context: torch.Tensor) -> t
         token_part = F.linear(token_embeddings.to(dtype), token_weight, first.bias)
         token_part = token_part.transpose(0, 1).contiguous()  # (T, B, H)
         tensors = (token_part, context.to(dtype), context_weight, cell.context_norm.weight, cell.context_norm.bias,
-                   cell.context_proj.weight, cell.context_proj.bias, *rest)  # fmt: skip
+                   cell.context_proj.weight, cell.context_proj.bias, *params)  # fmt: skip
         if cell.cuda_graphs and on_cuda:
-            scan = _graphed(cell, scan, tensors, (options, steps is not EAGER_STEPS))
+            scan = _graphed(cell, scan, tensors, (options, dropout_p, steps is not EAGER_STEPS))
         hidden, context = scan(*tensors)
     return hidden.transpose(0, 1), context
