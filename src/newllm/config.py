@@ -79,7 +79,8 @@ class TrainConfig:
     grad_accum: int = 1
     seed: int = 0
     max_steps: int = -1  # > 0 caps the optimizer steps (smoke tests)
-    # CUDA speed: New-LLM's fast path (compiled steps + CUDA-graphed scan), torch.compile for the baselines
+    # CUDA speed: New-LLM's fast path (compiled steps + CUDA-graphed scan), torch.compile for the baselines;
+    # ignored on CPU
     compile: bool = False
     save_steps: int = 0  # > 0 also checkpoints (and logs) every N optimizer steps; eval stays per epoch
     # Truncated BPTT (pre-training, recurrent models): batch rows are lanes of the stream read in order,

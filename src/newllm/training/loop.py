@@ -297,7 +297,8 @@ def train(
         seed=config.seed,
         bf16=bf16,
         use_cpu=device == "cpu",
-        torch_compile=config.compile and not own_fast_path,
+        # CUDA only: on CPU inductor needs a C++ toolchain and gains these small models little
+        torch_compile=config.compile and not own_fast_path and device != "cpu",
         eval_strategy="epoch",
         save_strategy="epoch",
         logging_strategy="epoch",

@@ -110,6 +110,20 @@ def test_compile_gives_new_llm_its_own_fast_path_not_torch_compile(tmp_path, mon
     assert seen["torch_compile"] is False  # torch.compile would unroll the recurrence
 
 
+def test_compile_is_ignored_on_cpu_for_the_baselines(tmp_path, monkeypatch):
+    from newllm.models.registry import matched_configs
+
+    seen = {}
+    original = train.__globals__["TrainingArguments"]
+    monkeypatch.setitem(train.__globals__, "TrainingArguments",
+                        lambda **kwargs: seen.update(kwargs) or original(**kwargs))  # fmt: skip
+    torch.manual_seed(0)
+    lstm = build_model("lstm", matched_configs(tiny_new_llm_config(), names=("new_llm", "lstm"))["lstm"])
+    config = TrainConfig(epochs=1, batch_size=16, eval_batch_size=32, compile=True)
+    train(lstm, CountingSequences(32), CountingSequences(8, seed=1), collate, config, tmp_path / "run", progress=False)
+    assert seen["torch_compile"] is False
+
+
 def _stateful_run(tmp_path, model, epochs=2, batch_size=4):
     from newllm.data.batching import StreamLanes
 
