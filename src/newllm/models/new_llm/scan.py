@@ -11,6 +11,8 @@ Per token, with m_l the dropout masks (already divided by 1 - p):
     a_1 = P_t + c W_cᵀ,  a_l = h_{l-1} W_lᵀ + b_l,  h_l = relu(a_l) ⊙ m_l,  h = h_L
     [Δ, g_f, g_i] = h W_gᵀ + b_g,  f = σ(g_f),  i = σ(g_i)
     x = f ⊙ c + i ⊙ Δ,  x̂ = (x - μ) / σ_x,  c' = clamp(γ ⊙ x̂ + β, ±K)
+With the research options, for layers l ≥ 2: `ffn_norm` reads LN_l(h_{l-1}) instead of h_{l-1},
+and `residual` makes h_l = h_{l-1} + relu(a_l) ⊙ m_l.
 
 On CUDA the loop is bound by kernel launches (~40 small kernels per token), so two switches on the
 cell trade set-up time for speed (`NewLLMForCausalLM.set_fast_path`):
