@@ -102,7 +102,10 @@ class EvalConfig:
     temperature: float = 0.8
     top_k: int = 50
     top_p: float = 0.95
-    batch_size: int = 32
+    # DailyDialog test: each model's greedy reply to every dialogue minus its last turn, scored by distinct-1/2.
+    # None = every test dialogue (after data.eval_dialogues); N = only the first N (generation is the slow part).
+    response_dialogues: int | None = None
+    batch_size: int = 32  # also the number of replies generated together
     speed_batch_size: int = 32  # the prototype's teacher-forced ms/batch
     speed_seq_len: int = 64
     speed_new_tokens: int = 64  # tokens generated to time ms/token

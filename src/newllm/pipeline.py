@@ -35,7 +35,8 @@ from newllm.data.tokenizer import (
     train_tokenizer,
 )
 from newllm.data.wikitext import TextSplit, encode_text, load_wikitext
-from newllm.evaluation.generation import sample_responses
+from newllm.evaluation.diversity import measure_diversity
+from newllm.evaluation.generation import respond_batch, sample_responses
 from newllm.evaluation.perplexity import evaluate_perplexity
 from newllm.evaluation.speed import environment, measure_speed
 from newllm.evaluation.stream import evaluate_stream, plan_stream
@@ -49,6 +50,8 @@ from newllm.training.loop import RunExistsError, train
 logger = logging.getLogger("newllm")
 
 STAGES = {"wikitext": "WikiText-2", "dialog": "DailyDialog"}
+# Test dialogues whose context, reference and replies results.json and the report show (the first ones: deterministic).
+DIALOG_SAMPLES = 10
 
 
 def checkpoint_dir(config: ExperimentConfig, model: str, stage: str) -> Path:
@@ -322,7 +325,7 @@ def _stage_summary(config: ExperimentConfig, name: str, stage: str) -> dict:
 
 
 def evaluate(config: ExperimentConfig, progress: bool = True) -> dict:
-    """Step 3: test perplexities, sample responses and speed for every model; writes results.json and report.md."""
+    """Step 3: test perplexities, replies and speed for every model; writes results.json and report.md."""
     if not is_main_process():  # under torchrun: one process evaluates, the others stop here (docs/distributed.md)
         logger.info("step 3 runs on rank 0 only")
         return {}
@@ -337,6 +340,16 @@ def evaluate(config: ExperimentConfig, progress: bool = True) -> dict:
         name: StreamWindows(stream, config.data.block_size, drop_last=False) for name, stream in wiki_streams.items()
     }
     dialog_sets, dialog_splits = _dialog_sets(config, tokenizer, ("test",))
+    e = config.eval
+    if e.response_dialogues is not None and e.response_dialogues < 0:
+        raise ValueError(f"eval.response_dialogues must be >= 0 or none, got {e.response_dialogues}")
+    # Each model replies to every test dialogue minus its last turn, which is the human reference reply.
+    replied = [
+        (index, dialogue)
+        for index, dialogue in enumerate(_sliced(dialog_splits["test"], e.response_dialogues).dialogues)
+        if len(dialogue) >= 2  # a one-turn dialogue leaves no context to reply to
+    ]
+    contexts = [dialogue[:-1] for _, dialogue in replied]
     results = {
         "preset": config.preset,
         "command": _command_line(),
@@ -363,8 +376,18 @@ def evaluate(config: ExperimentConfig, progress: bool = True) -> dict:
         },
         "config": config.to_dict(),
         "models": {},
+        "reference_responses": dataclasses.asdict(measure_diversity([dialogue[-1] for _, dialogue in replied])),
+        "dialog_samples": [
+            {
+                "dialogue": index,  # position in the (sliced) test split
+                "context_turns": len(dialogue) - 1,
+                "context": list(dialogue[-3:-1]),  # the last two turns are enough to follow the reply
+                "reference": dialogue[-1],
+                "replies": {},
+            }
+            for index, dialogue in replied[:DIALOG_SAMPLES]
+        ],
     }
-    e = config.eval
 
     def wikitext_numbers(ppl, split: TextSplit) -> dict:
         return {
@@ -433,6 +456,16 @@ def evaluate(config: ExperimentConfig, progress: bool = True) -> dict:
             logger.warning("no step-2 checkpoint %s: dialogue results for %s use the step-1 model", dialog_ckpt, name)
             if not wiki_ckpt.exists():
                 continue
+        logger.info("step 3: %s replies to %d DailyDialog test contexts", name, len(contexts))
+        replies = respond_batch(
+            model, tokenizer, contexts, max_new_tokens=e.max_new_tokens, batch_size=e.batch_size, device=device
+        )
+        entry.setdefault("dailydialog", {})["responses"] = {
+            **dataclasses.asdict(measure_diversity(replies)),
+            "checkpoint": (dialog_ckpt if dialog_ckpt.exists() else wiki_ckpt).name,  # step 1's when step 2 is missing
+        }
+        for sample, reply in zip(results["dialog_samples"], replies):
+            sample["replies"][name] = reply
         samples = sample_responses(
             model,
             tokenizer,

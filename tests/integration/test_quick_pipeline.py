@@ -1,5 +1,6 @@
 """The prototype's three commands, on the quick preset and the real data, end to end (a few minutes)."""
 
+import dataclasses
 import json
 import math
 import os
@@ -9,7 +10,11 @@ from pathlib import Path
 
 import pytest
 
+from newllm.data.dailydialog import load_dailydialog
+from newllm.evaluation.diversity import measure_diversity
+from newllm.evaluation.generation import respond
 from newllm.models import MODEL_NAMES
+from newllm.training.checkpoint import load_checkpoint
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPTS = ("train_wikitext.py", "finetune_dialog.py", "evaluate_comparison.py")
@@ -92,10 +97,47 @@ def test_results_json_has_every_field_for_every_model(quick_run):
         assert model["samples"][0]["prompt"] == "hello how are you"
 
 
+def test_replies_to_the_test_contexts_are_scored(quick_run, real_data_dir):
+    out = quick_run / "checkpoints"
+    results = json.loads((out / "results.json").read_text())
+    config = results["config"]
+    test = load_dailydialog("test", data_dir=real_data_dir).head(config["data"]["eval_dialogues"])
+    cap = config["eval"]["response_dialogues"]
+    used = [d for d in test.dialogues[: len(test.dialogues) if cap is None else cap] if len(d) >= 2]
+    # The human baseline depends on the data alone: recomputed here.
+    assert results["reference_responses"] == dataclasses.asdict(measure_diversity([d[-1] for d in used]))
+    assert results["reference_responses"]["n"] == len(used) > 0
+    max_new_tokens = config["eval"]["max_new_tokens"]
+    for name in MODEL_NAMES:
+        responses = results["models"][name]["dailydialog"]["responses"]
+        assert responses["n"] == len(used)
+        assert responses["checkpoint"] == f"best_{name}_dialog"
+        for key, n in (("distinct_1", 1), ("distinct_2", 2)):
+            if responses[key] is None:  # no n-gram at all: a quick model may answer every context in one word
+                assert responses["mean_words"] <= n - 1, (name, responses)
+            else:
+                assert 0 < responses[key] <= 1, (name, responses)
+        assert 0 <= responses["empty"] <= responses["n"]
+        # byte-level BPE splits at spaces, so a reply has no more words than tokens
+        assert 0 <= responses["mean_words"] <= max_new_tokens
+    samples = results["dialog_samples"]
+    assert len(samples) == min(10, len(used))
+    for sample, dialogue in zip(samples, used):
+        assert sample["reference"] == dialogue[-1]
+        assert sample["context"] == list(dialogue[-3:-1]) and sample["context_turns"] == len(dialogue) - 1
+        assert set(sample["replies"]) == set(MODEL_NAMES)
+    # The batched, left-padded replies are the ones `respond` gives a single conversation.
+    for name in MODEL_NAMES:
+        model, tokenizer = load_checkpoint(out / f"best_{name}_dialog", name)
+        for sample, dialogue in list(zip(samples, used))[:2]:
+            assert sample["replies"][name] == respond(model, tokenizer, dialogue[:-1], max_new_tokens=max_new_tokens)
+
+
 def test_report_embeds_curves_and_samples(quick_run):
     out = quick_run / "checkpoints"
     report = (out / "report.md").read_text()
-    for label in ("New-LLM", "TinyGPT2", "LSTM", "hello how are you", "Word PPL", "Bits/byte", "Word PPL, stateful"):
+    for label in ("New-LLM", "TinyGPT2", "LSTM", "hello how are you", "Word PPL", "Bits/byte", "Word PPL, stateful",
+                  "## DailyDialog replies", "Human reference", "#### Test dialogue 1 "):
         assert label in report
     for line in report.splitlines():
         if "](" in line and ".png)" in line:

@@ -1,7 +1,8 @@
 """Dialogue responses from any of the models through `generate()`: greedy, or sampled with a fixed seed.
 
 The prompt is the conversation so far in the fine-tuning layout (`format_prompt`), ending with the
-next speaker's token; the reply ends at end_of_turn (or end_of_text). A model with learned
+next speaker's token; the reply ends at end_of_turn (or end_of_text). `respond_batch` gives the
+same greedy replies to many conversations, left-padded into batches. A model with learned
 positions (GPT-2's `max_position_embeddings`) keeps only the last tokens of a prompt too long for
 them; the recurrent models have no such limit and always read the whole prompt.
 """
@@ -70,6 +71,42 @@ def _cuda_indices(device: torch.device) -> list[int]:
     return [device.index if device.index is not None else torch.cuda.current_device()]
 
 
+def _replies(
+    model, tokenizer, prompts: Sequence[list[int]], device: torch.device, max_new_tokens: int, **kwargs
+) -> list[str]:
+    """One reply per prompt (ids) from one `generate()` call, the prompts left-padded to a common length."""
+    special = special_ids(tokenizer)
+    stop_ids = [special.end_of_turn, special.end_of_text]
+    width = max(len(ids) for ids in prompts)
+    # Left padding keeps every prompt's last token (the next speaker's) in the last column, where the
+    # reply starts; the mask freezes the recurrent state over the pads and hides them from GPT-2.
+    input_ids = torch.tensor([[special.pad] * (width - len(ids)) + ids for ids in prompts], device=device)  # (B, T)
+    attention_mask = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in prompts], device=device)
+    output = model.generate(
+        input_ids,
+        attention_mask=attention_mask,
+        max_new_tokens=max_new_tokens,
+        eos_token_id=stop_ids,
+        pad_token_id=special.pad,
+        **kwargs,
+    )
+    replies = []
+    for row in output[:, width:].tolist():
+        # Cut at the first stop token ourselves: a tokenizer that doesn't mark it special would print what
+        # follows, and a row that finished before the others is filled with pads up to the longest.
+        for position, token in enumerate(row):
+            if token in stop_ids:
+                row = row[:position]
+                break
+        replies.append(tokenizer.decode(row, skip_special_tokens=True).strip())
+    return replies
+
+
+def _check_max_new_tokens(max_new_tokens) -> None:
+    if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) or max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
+
+
 def respond(
     model,
     tokenizer,
@@ -84,13 +121,9 @@ def respond(
     device="cpu",
 ) -> str:
     """The model's next turn after `turns` (the model is moved to `device`), special tokens removed."""
-    if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
-    special = special_ids(tokenizer)
-    stop_ids = [special.end_of_turn, special.end_of_text]
+    _check_max_new_tokens(max_new_tokens)
     ids = prompt_ids(model, tokenizer, turns, max_new_tokens)
     device = torch.device(device)
-    input_ids = torch.tensor([ids], dtype=torch.long, device=device)  # (1, T)
     kwargs = {"temperature": temperature, "top_k": top_k, "top_p": top_p} if do_sample else {}
     was_training = model.training
     model.to(device).eval()  # dropout would make even greedy decoding random
@@ -98,24 +131,43 @@ def respond(
         # generate() takes no torch.Generator: seed the global RNG inside a fork, which restores it afterwards.
         with torch.random.fork_rng(devices=_cuda_indices(device)):
             torch.manual_seed(seed)
-            output = model.generate(
-                input_ids,
-                attention_mask=torch.ones_like(input_ids),
-                max_new_tokens=max_new_tokens,
-                do_sample=do_sample,
-                eos_token_id=stop_ids,
-                pad_token_id=special.pad,
-                **kwargs,
-            )
+            (reply,) = _replies(model, tokenizer, [ids], device, max_new_tokens, do_sample=do_sample, **kwargs)
     finally:
         model.train(was_training)
-    new_ids = output[0, input_ids.shape[1] :].tolist()
-    # Cut at the first stop token ourselves: a tokenizer that doesn't mark it special would print what follows.
-    for position, token in enumerate(new_ids):
-        if token in stop_ids:
-            new_ids = new_ids[:position]
-            break
-    return tokenizer.decode(new_ids, skip_special_tokens=True).strip()
+    return reply
+
+
+def respond_batch(
+    model,
+    tokenizer,
+    conversations: Sequence[Sequence[str]],
+    *,
+    max_new_tokens: int = 40,
+    batch_size: int = 32,
+    device="cpu",
+) -> list[str]:
+    """The greedy reply `respond` gives to each conversation, generated `batch_size` at a time."""
+    _check_max_new_tokens(max_new_tokens)
+    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    if isinstance(conversations, (str, bytes, bytearray)) or not isinstance(conversations, Sequence):
+        raise TypeError(f"conversations must be a list of lists of str, got {type(conversations).__name__}")
+    prompts = [prompt_ids(model, tokenizer, turns, max_new_tokens) for turns in conversations]
+    # Prompts of similar length share a batch: little time goes into pads (a recurrent model steps through them).
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    device = torch.device(device)
+    replies: list[str | None] = [None] * len(prompts)
+    was_training = model.training
+    model.to(device).eval()
+    try:
+        for start in range(0, len(order), batch_size):
+            chunk = order[start : start + batch_size]
+            texts = _replies(model, tokenizer, [prompts[i] for i in chunk], device, max_new_tokens, do_sample=False)
+            for i, text in zip(chunk, texts):
+                replies[i] = text
+    finally:
+        model.train(was_training)
+    return replies
 
 
 def sample_responses(model, tokenizer, prompts: Iterable[str], **kwargs) -> list[Sample]:

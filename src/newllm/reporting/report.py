@@ -314,6 +314,12 @@ def _summary(results: Mapping[str, Any], names: Sequence[str]) -> str:
     )
     if response:
         sentences.append(f"{response}.")
+    distinct = metric("dailydialog", "responses", "distinct_2")
+    if distinct:
+        parts = [f"{_distinct(v)} for {model_label(n)}" for n, v in distinct.items()]
+        human = _finite(_get(results, "reference_responses", "distinct_2"))
+        against = f", against {_distinct(human)} for the human replies" if human is not None else ""
+        sentences.append(f"distinct-2 of the greedy DailyDialog replies is {_and(parts)}{against}.")
     per_token = metric("speed", "ms_per_token")
     if "new_llm" in per_token and "tinygpt2" in per_token:
         sentences.append(
@@ -440,6 +446,83 @@ def _stream_section(results: Mapping[str, Any], names: Sequence[str]) -> list[st
     ]
 
 
+def _distinct(value: Any) -> str:
+    """distinct-n (a fraction) to three decimals."""
+    return _fixed(value, 3)
+
+
+def _speaker(turn: int) -> str:
+    """A for the dialogue's first, third, ... turn, B for the others (the fine-tuning format's speakers)."""
+    return "A" if turn % 2 == 0 else "B"
+
+
+def _dialog_sample(number: int, sample: Mapping[str, Any], names: Sequence[str]) -> list[str]:
+    """One test dialogue: its last context turns, the human reply and each model's, one row each."""
+    context = _get(sample, "context")
+    context = [str(turn) for turn in context] if isinstance(context, list) else []
+    turns = _finite(_get(sample, "context_turns"))
+    first = int(turns) - len(context) if turns is not None and turns >= len(context) else None
+    index = _finite(_get(sample, "dialogue"))
+    title = f"#### Test dialogue {int(index) + 1 if index is not None else f'sample {number}'}"
+    if turns is not None:
+        title += f" ({_count(turns)} turn{'s' if turns != 1 else ''} of context"
+        title += f", the last {len(context)} shown)" if 0 < len(context) < turns else ")"
+    rows = [
+        [_speaker(first + j) if first is not None else MISSING, escape_cell(turn)] for j, turn in enumerate(context)
+    ]
+    rows.append(["*Reference*", escape_cell(_get(sample, "reference"))])
+    replies = _section(sample, "replies")
+    rows += [[model_label(n), escape_cell(replies.get(n))] for n in names]
+    return [title, "", *_table(["Speaker", "Turn"], rows, numeric=0), ""]
+
+
+def _responses_section(results: Mapping[str, Any], names: Sequence[str]) -> list[str]:
+    """distinct-1/2 and length of the greedy replies to the DailyDialog test contexts, then sample dialogues."""
+    models = _models(results)
+    reference = _section(results, "reference_responses")
+    samples = results.get("dialog_samples")
+    samples = [s for s in samples if isinstance(s, Mapping)] if isinstance(samples, list) else []
+    if not reference and not any(isinstance(_get(models.get(n), "dailydialog", "responses"), Mapping) for n in names):
+        return []  # results written before replies were scored
+    rows = []
+    for label, numbers in [*((model_label(n), _get(models.get(n), "dailydialog", "responses")) for n in names),
+                           ("*Human reference*", reference)]:
+        rows.append([
+            label, _distinct(_get(numbers, "distinct_1")), _distinct(_get(numbers, "distinct_2")),
+            _fixed(_get(numbers, "mean_words"), 1), _count(_get(numbers, "n")), _count(_get(numbers, "empty")),
+        ])
+    max_tokens = _get(results, "config", "eval", "max_new_tokens")
+    cap = f", at most {_count(max_tokens)} tokens" if _finite(max_tokens) is not None else ""
+    lines = [
+        "## DailyDialog replies",
+        "",
+        f"Every model replied once (greedy{cap}) to each of {_count(_get(reference, 'n'))} DailyDialog test "
+        "dialogues without its last turn; that last turn is the human reference. Distinct-n is the share of "
+        "the replies' n-grams that are different: higher means more varied wording, not better replies.",
+        "",
+        *_table(["Model", "Distinct-1", "Distinct-2", "Mean words", "Replies", "Empty"], rows),
+        "",
+    ]
+    # The pipeline falls back to the step-1 checkpoint (best_<model>_wikitext) when fine-tuning is missing.
+    unfinetuned = [
+        model_label(n) for n in names
+        if str(_get(models.get(n), "dailydialog", "responses", "checkpoint") or "").endswith("_wikitext")
+    ]
+    if unfinetuned:
+        lines += [f"{_and(unfinetuned)}: no DailyDialog checkpoint, so the WikiText-2 model replied.", ""]
+    if samples:
+        lines += [
+            "### Sample dialogues",
+            "",
+            "The first test dialogues: the end of the context, then the human reply and each model's in its "
+            "place. A and B are the two speakers; every reply is the next speaker's turn.",
+            "",
+        ]
+        for number, sample in enumerate(samples, 1):
+            lines += _dialog_sample(number, sample, names)
+    return lines
+
+
 def _speed_section(results: Mapping[str, Any], names: Sequence[str], figure: str | None) -> list[str]:
     """Timings with the settings they were measured under, plus the bar chart."""
     models = _models(results)
@@ -511,7 +594,7 @@ def _definitions(results: Mapping[str, Any]) -> list[str]:
     lines = [
         "## How these numbers are defined",
         "",
-        "All models are scored on the same test files; every number is lower-is-better.",
+        "All models are scored on the same test files; every number but distinct-n is lower-is-better.",
         "",
         "- **Token PPL** = exp(total NLL / predicted tokens). Comparable across models only "
         "because all three share one tokenizer.",
@@ -529,6 +612,10 @@ def _definitions(results: Mapping[str, Any]) -> list[str]:
         "of each dialogue (text + end-of-turn token), i.e. the turns a chat model must produce "
         f"({_count(_get(dialog, 'test_response_tokens'))} response tokens in "
         f"{_count(_get(dialog, 'test_dialogues'))} dialogues here).",
+        "- **Distinct-1/2** (DailyDialog replies; Li et al. 2016) = distinct n-grams / all n-grams, over all "
+        "replies together, n-grams taken within a reply; words are the whitespace tokens of the lower-cased "
+        "reply, punctuation included. Higher is more varied (the exception to lower-is-better); "
+        "**mean words** counts an empty reply as 0.",
         f"- **Tokenizer**: {escape_cell(tok.get('kind', MISSING))}, "
         f"vocabulary {_count(tok.get('vocab_size'))}, "
         f"fingerprint {_code(tok.get('fingerprint'))}; "
@@ -596,6 +683,7 @@ def render_report(
         [("Token PPL", "token_ppl", _ppl), ("Response PPL", "response_ppl", _ppl)],
         figures.get("dialog_val_ppl"),
     )
+    lines += _responses_section(results, names)
     lines += _speed_section(results, names, figures.get("speed"))
     lines += _curves_section(names, figures)
     lines += _samples_section(results, names)

@@ -1,13 +1,16 @@
-"""respond / sample_responses: greedy == manual argmax loop, stop tokens, prompt checks, seeded sampling."""
+"""respond / respond_batch / sample_responses: greedy == manual argmax loop, batched == one at a time, stop tokens,
+prompt checks, seeded sampling."""
 
 import copy
+import functools
+from types import SimpleNamespace
 
 import pytest
 import torch
 
 from newllm.data.dailydialog import format_prompt
 from newllm.data.tokenizer import special_ids, train_tokenizer
-from newllm.evaluation.generation import Sample, prompt_ids, respond, sample_responses
+from newllm.evaluation.generation import Sample, prompt_ids, respond, respond_batch, sample_responses
 from newllm.models.registry import MODEL_NAMES
 
 from tests.tiny_models import build_tiny_models
@@ -54,7 +57,7 @@ def spy_on_generate(model, monkeypatch) -> list:
 
     def generate(input_ids, **kwargs):
         output = original(input_ids, **kwargs)
-        calls.append({"input_ids": input_ids, "output": output})
+        calls.append({"input_ids": input_ids, "attention_mask": kwargs.get("attention_mask"), "output": output})
         return output
 
     monkeypatch.setattr(model, "generate", generate)
@@ -160,3 +163,127 @@ def test_sample_responses_for_every_model(tokenizer, tiny_models, name):
     assert samples[0].sampled == respond(model, tokenizer, [prompts[0]], max_new_tokens=6, do_sample=True)
     with pytest.raises(TypeError):
         sample_responses(model, tokenizer, prompts, do_sample=True)
+
+
+# ---------------------------------------------------------------- respond_batch
+
+CONVERSATIONS = [
+    ["what do you do for a living ?", "i work in a small restaurant near the station .", "can you help me ?"],
+    ["hello"],
+    ["hello how are you today ?", "i am fine thank you . and you ?"],
+]
+
+
+def without_special_tokens(model, tokenizer):
+    """A copy of `model` that never writes a special token, so that every reply runs its full length."""
+    model = copy.deepcopy(model)
+    forward = model.forward
+    special = sorted(set(vars(special_ids(tokenizer)).values()))
+
+    @functools.wraps(forward)  # generate() reads forward's signature (GPT-2's position_ids)
+    def forward_without_special(*args, **kwargs):
+        output = forward(*args, **kwargs)
+        output.logits[..., special] = -1e4
+        return output
+
+    model.forward = forward_without_special
+    return model
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_batched_replies_equal_one_at_a_time(tokenizer, tiny_models, monkeypatch, name):
+    model = without_special_tokens(tiny_models[name], tokenizer)
+    expected = [respond(model, tokenizer, turns, max_new_tokens=8) for turns in CONVERSATIONS]
+    assert all(expected)  # full-length replies: every step of the padded rows is compared
+    calls = spy_on_generate(model, monkeypatch)
+    model.train()
+    assert respond_batch(model, tokenizer, CONVERSATIONS, max_new_tokens=8, batch_size=3) == expected
+    assert model.training  # dropout was off for the replies and the mode is given back
+    (call,) = calls
+    lengths = sorted(len(prompt_ids(model, tokenizer, turns, 8)) for turns in CONVERSATIONS)
+    mask = call["attention_mask"]
+    # One batch, the shorter prompts padded on the left: the mask is 0 on the pads, then 1 to the end.
+    assert mask.shape == (3, lengths[-1])
+    assert mask.sum(1).tolist() == lengths
+    assert torch.equal(mask, mask.sort(dim=1).values)
+
+
+class EchoModel:
+    """Replies with the first turn of its own prompt, then a stray word: shows which reply went where."""
+
+    config = SimpleNamespace()  # no max_position_embeddings: prompts are never cut
+
+    def __init__(self, tokenizer):
+        self.training = False
+        self.batches = []  # the prompt lengths of each generate() call
+        self.junk = tokenizer.encode(" hello", add_special_tokens=False).ids
+
+    def to(self, device):
+        return self
+
+    def eval(self):
+        self.training = False
+        return self
+
+    def train(self, mode=True):
+        self.training = mode
+        return self
+
+    def generate(self, input_ids, attention_mask, max_new_tokens, eos_token_id, pad_token_id, **kwargs):
+        assert kwargs == {"do_sample": False}
+        self.batches.append(attention_mask.sum(1).tolist())
+        rows = []
+        for ids, mask in zip(input_ids.tolist(), attention_mask.tolist()):
+            prompt = [token for token, keep in zip(ids, mask) if keep]  # pad == end_of_text: only the mask tells
+            # speaker, first turn, end_of_turn, speaker, ...: the reply is cut at that end_of_turn
+            new = (prompt[1:] + self.junk * max_new_tokens)[:max_new_tokens]
+            rows.append(ids + new)
+        return torch.tensor(rows)
+
+
+def test_batches_group_similar_lengths_and_replies_keep_their_order(tokenizer):
+    echo = EchoModel(tokenizer)
+    conversations = [
+        ["can you help me find a good book about music ?"],
+        ["hello", "hello how are you today ?"],
+        ["i am fine thank you . and you ?", "what do you do for a living ?", "hello"],
+        ["hello how are you today ?"],
+        ["i work in a small restaurant near the station ."],
+    ]
+    replies = respond_batch(echo, tokenizer, conversations, max_new_tokens=40, batch_size=2)
+    assert replies == [turns[0] for turns in conversations]
+    lengths = [len(prompt_ids(echo, tokenizer, turns, 40)) for turns in conversations]
+    assert [len(batch) for batch in echo.batches] == [2, 2, 1]
+    assert [n for batch in echo.batches for n in batch] == sorted(lengths)
+
+
+def test_stray_tokens_after_the_end_of_turn_are_cut(tokenizer):
+    echo = EchoModel(tokenizer)
+    # Only 3 new tokens: speaker + 2 tokens of the first turn, no end_of_turn yet, so nothing is cut.
+    (short,) = respond_batch(echo, tokenizer, [["hello how are you today ?"]], max_new_tokens=3)
+    assert short and "hello how are you today ?".startswith(short)
+    # Room for the end_of_turn: the stray "hello" tokens after it are not part of the reply.
+    assert respond_batch(echo, tokenizer, [["what ?"]], max_new_tokens=30) == ["what ?"]
+
+
+def test_no_conversations_generate_nothing(tokenizer):
+    echo = EchoModel(tokenizer)
+    assert respond_batch(echo, tokenizer, [], max_new_tokens=5) == []
+    assert echo.batches == []
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error"),
+    [
+        ({"batch_size": 0}, ValueError),
+        ({"batch_size": 2.5}, ValueError),
+        ({"max_new_tokens": 0}, ValueError),
+        ({"conversations": "hello"}, TypeError),
+        ({"conversations": ["hello"]}, TypeError),  # a list of str is one conversation, not several
+        ({"conversations": [["hello"], [""]]}, ValueError),
+    ],
+)
+def test_respond_batch_rejects_bad_arguments(tokenizer, kwargs, error):
+    arguments = {"conversations": [["hello"]], **kwargs}
+    with pytest.raises(error):
+        respond_batch(EchoModel(tokenizer), tokenizer, **arguments)

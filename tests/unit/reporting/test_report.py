@@ -279,6 +279,76 @@ def test_sample_text_is_escaped_in_tables():
     assert row(table_after(md, "### Sampled"), "a \\| b")[1:3] == ["&lt;eot&gt; \\*x\\* \\\\", "—"]
 
 
+# ---------------------------------------------------------------- DailyDialog replies
+
+
+def with_responses(results):
+    """Add what evaluate() writes for the replies to the test contexts: per model, the human baseline, samples."""
+    numbers = {"new_llm": (0.05, 0.125, 7.25, 3), "tinygpt2": (0.0625, 0.2, 9.0, 0), "lstm": (0.01, 0.02, 4.0, 40)}
+    for name, (d1, d2, words, empty) in numbers.items():
+        results["models"][name]["dailydialog"]["responses"] = {
+            "distinct_1": d1, "distinct_2": d2, "mean_words": words, "n": 1000, "empty": empty,
+            "checkpoint": f"best_{name}_dialog",
+        }
+    results["reference_responses"] = {"distinct_1": 0.15, "distinct_2": 0.5, "mean_words": 11.5, "n": 1000, "empty": 0}
+    results["config"] = {"eval": {"max_new_tokens": 40}}
+    results["dialog_samples"] = [
+        {"dialogue": 0, "context_turns": 5, "context": ["Where is | the station ?", "Over there ."],
+         "reference": "Thanks .", "replies": {"new_llm": "ok .", "tinygpt2": "", "lstm": "i see *you*"}},
+        {"dialogue": 1, "context_turns": 1, "context": ["Hi ."], "reference": "Hello .", "replies": {"new_llm": "hi"}},
+    ]
+    return results
+
+
+def test_replies_table_has_a_row_per_model_and_the_human_reference():
+    md = render_report(with_responses(make_results()))
+    replies = table_after(md, "## DailyDialog replies")
+    assert [r[0] for r in replies] == ["New-LLM", "TinyGPT2", "LSTM", "*Human reference*"]
+    assert row(replies, "New-LLM")[1:] == ["0.050", "0.125", "7.2", "1,000", "3"]
+    assert row(replies, "TinyGPT2")[1:] == ["0.062", "0.200", "9.0", "1,000", "0"]  # not bolded: higher is not better
+    assert row(replies, "*Human reference*")[1:] == ["0.150", "0.500", "11.5", "1,000", "0"]
+    assert "each of 1,000 DailyDialog test dialogues" in md and "at most 40 tokens" in md
+    # after the dialogue perplexities, before the speed
+    assert md.index("## DailyDialog test") < md.index("## DailyDialog replies") < md.index("## Speed")
+    assert (
+        "Distinct-2 of the greedy DailyDialog replies is 0.125 for New-LLM, 0.200 for TinyGPT2 and 0.020 for LSTM, "
+        "against 0.500 for the human replies." in summary(md)
+    )
+    assert "**Distinct-1/2**" in md[md.index("## How these numbers are defined"):]
+
+
+def test_sample_dialogues_show_context_reference_and_each_model():
+    md = render_report(with_responses(make_results()))
+    first = table_after(md, "#### Test dialogue 1 (5 turns of context, the last 2 shown)")
+    # turns 4 and 5 of 5: speakers B then A; the reply is B's
+    assert first == [
+        ["B", "Where is \\| the station ?"],
+        ["A", "Over there ."],
+        ["*Reference*", "Thanks ."],
+        ["New-LLM", "ok ."],
+        ["TinyGPT2", "*(empty)*"],
+        ["LSTM", "i see \\*you\\*"],
+    ]
+    second = table_after(md, "#### Test dialogue 2 (1 turn of context)")
+    assert second == [["A", "Hi ."], ["*Reference*", "Hello ."], ["New-LLM", "hi"], ["TinyGPT2", "—"], ["LSTM", "—"]]
+    assert md.index("### Sample dialogues") < md.index("#### Test dialogue 1") < md.index("#### Test dialogue 2")
+
+
+def test_replies_section_is_left_out_of_older_results_and_dashed_per_missing_model():
+    md = render_report(make_results())
+    assert "## DailyDialog replies" not in md and "distinct-2" not in summary(md).lower()
+    results = with_responses(make_results())
+    del results["models"]["lstm"]["dailydialog"]["responses"]
+    del results["dialog_samples"]
+    md = render_report(results)
+    assert row(table_after(md, "## DailyDialog replies"), "LSTM")[1:] == ["—"] * 5
+    assert "### Sample dialogues" not in md
+    assert "for LSTM" not in summary(md)
+    assert "the WikiText-2 model replied" not in md
+    results["models"]["tinygpt2"]["dailydialog"]["responses"]["checkpoint"] = "best_tinygpt2_wikitext"
+    assert "TinyGPT2: no DailyDialog checkpoint, so the WikiText-2 model replied." in render_report(results)
+
+
 # ---------------------------------------------------------------- write_report
 
 
