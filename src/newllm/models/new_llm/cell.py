@@ -22,10 +22,10 @@ from torch import nn
 from torch.nn import functional as F
 
 
-class FeedForwardStack(nn.Module):
-    """L layers of Linear → ReLU → Dropout on [token; context], with the optional residuals and pre-norms.
-
-    The seed cell and the parallel cell share it; they differ in where the context comes from.
+class BaseCell(nn.Module):
+    """What the seed and parallel cells share: the FFN stack on [token; context], the [Δ, f, i]
+    projection and the context LayerNorm. They differ in what the projection reads (the FFN output
+    h_t, or the token alone) and so in whether the recurrence is sequential.
     """
 
     def __init__(
@@ -34,15 +34,18 @@ class FeedForwardStack(nn.Module):
         context_size: int,
         hidden_size: int,
         num_layers: int,
+        gate_input_size: int,
         dropout: float = 0.0,
         context_dropout: float = 0.0,
         residual: bool = False,
         ffn_norm: bool = False,
+        context_scales: int = 1,
         layer_norm_eps: float = 1e-5,
     ):
         super().__init__()
         self.embedding_size = embedding_size
         self.context_size = context_size
+        self.context_scales = context_scales
         widths = [embedding_size + context_size] + [hidden_size] * num_layers
         self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(widths[:-1], widths[1:]))
         self.dropout = nn.Dropout(dropout)
@@ -54,6 +57,13 @@ class FeedForwardStack(nn.Module):
             if ffn_norm
             else None
         )
+        # W_Δ, W_f, W_i as one matmul: rows [0:C) give Δ, [C:2C) give f, [2C:3C) give i.
+        self.context_proj = nn.Linear(gate_input_size, 3 * context_size)
+        self.context_proj.is_context_projection = True  # its gate biases have their own init (modeling.py)
+        self.context_norm = nn.LayerNorm(context_size, eps=layer_norm_eps)
+        # How the training scan runs on CUDA (scan.py); not part of the function, so not in the config.
+        self.compile_steps = False
+        self.cuda_graphs = False
 
     def initial_context(self, batch_size: int, device=None, dtype=None) -> torch.Tensor:
         """c_0 = 0."""
@@ -72,8 +82,9 @@ class FeedForwardStack(nn.Module):
         hidden = torch.cat([token_embedding, self.context_dropout(context)], dim=-1)
         return self.rest(self.dropout(F.relu(self.layers[0](hidden))))
 
-    def normalize_context(self, mixed: torch.Tensor, norm: nn.LayerNorm, scales: int) -> torch.Tensor:
-        """LayerNorm over the whole context, or over each of `scales` blocks with the shared affine."""
+    def normalize_context(self, mixed: torch.Tensor) -> torch.Tensor:
+        """The context LayerNorm over the whole context, or over each of `context_scales` blocks (shared affine)."""
+        norm, scales = self.context_norm, self.context_scales
         if scales == 1:
             return norm(mixed)
         blocks = mixed.unflatten(-1, (scales, self.context_size // scales))
@@ -94,7 +105,7 @@ def init_gate_biases(bias: torch.Tensor, context_size: int, forget_bias: float, 
         bias[2 * context_size :].fill_(input_bias)
 
 
-class NewLLMCell(FeedForwardStack):
+class NewLLMCell(BaseCell):
     def __init__(
         self,
         embedding_size: int,
@@ -109,17 +120,9 @@ class NewLLMCell(FeedForwardStack):
         ffn_norm: bool = False,
         context_scales: int = 1,
     ):
-        super().__init__(embedding_size, context_size, hidden_size, num_layers, dropout, context_dropout, residual,
-                         ffn_norm, layer_norm_eps)  # fmt: skip
+        super().__init__(embedding_size, context_size, hidden_size, num_layers, hidden_size, dropout, context_dropout,
+                         residual, ffn_norm, context_scales, layer_norm_eps)  # fmt: skip
         self.context_clamp = context_clamp
-        self.context_scales = context_scales
-        # W_Δ, W_f, W_i as one matmul: rows [0:C) give Δ, [C:2C) give f, [2C:3C) give i.
-        self.context_proj = nn.Linear(hidden_size, 3 * context_size)
-        self.context_proj.is_context_projection = True  # its gate biases have their own init (modeling.py)
-        self.context_norm = nn.LayerNorm(context_size, eps=layer_norm_eps)
-        # How the training scan runs on CUDA (scan.py); not part of the function, so not in the config.
-        self.compile_steps = False
-        self.cuda_graphs = False
 
     @property
     def fused_scan_ok(self) -> bool:
@@ -130,7 +133,7 @@ class NewLLMCell(FeedForwardStack):
         """c ← clamp(LN(σ(f)·c + σ(i)·Δ), ±clamp)."""
         delta, forget, inp = self.context_proj(hidden).chunk(3, dim=-1)
         mixed = torch.sigmoid(forget) * context + torch.sigmoid(inp) * delta
-        normed = self.normalize_context(mixed, self.context_norm, self.context_scales)
+        normed = self.normalize_context(mixed)
         return normed.clamp(-self.context_clamp, self.context_clamp)
 
     def step(self, token_embedding: torch.Tensor, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -171,5 +174,5 @@ class NewLLMCell(FeedForwardStack):
         delta, gates = self.context_proj(hidden).split([self.context_size, 2 * self.context_size], dim=-1)
         forget, inp = torch.sigmoid(gates).chunk(2, dim=-1)
         mixed = torch.addcmul(inp * delta, forget, context)
-        normed = self.normalize_context(mixed, self.context_norm, self.context_scales)
+        normed = self.normalize_context(mixed)
         return normed.clamp(-self.context_clamp, self.context_clamp)

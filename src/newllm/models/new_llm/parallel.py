@@ -19,7 +19,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from newllm.models.new_llm.cell import FeedForwardStack
+from newllm.models.new_llm.cell import BaseCell
 
 
 def chunked_linear_scan(
@@ -50,7 +50,9 @@ def chunked_linear_scan(
     return torch.cat(outputs, dim=1), context
 
 
-class ParallelNewLLMCell(FeedForwardStack):
+class ParallelNewLLMCell(BaseCell):
+    fused_scan_ok = False  # no sequential loop for scan.py to speed up
+
     def __init__(
         self,
         embedding_size: int,
@@ -65,17 +67,10 @@ class ParallelNewLLMCell(FeedForwardStack):
         context_scales: int = 1,
         chunk: int = 16,
     ):
-        super().__init__(embedding_size, context_size, hidden_size, num_layers, dropout, context_dropout, residual,
-                         ffn_norm, layer_norm_eps)  # fmt: skip
-        self.context_scales = context_scales
+        # The [Δ, f, i] projection reads the token embedding (E), not the FFN output.
+        super().__init__(embedding_size, context_size, hidden_size, num_layers, embedding_size, dropout,
+                         context_dropout, residual, ffn_norm, context_scales, layer_norm_eps)  # fmt: skip
         self.chunk = chunk
-        # W_Δ, W_f, W_i on the token embedding: rows [0:C) give Δ, [C:2C) give f, [2C:3C) give i.
-        self.context_proj = nn.Linear(embedding_size, 3 * context_size)
-        self.context_proj.is_context_projection = True  # its gate biases have their own init (modeling.py)
-        self.context_norm = nn.LayerNorm(context_size, eps=layer_norm_eps)
-        self.compile_steps = False  # no sequential loop to speed up: kept for `set_fast_path`
-        self.cuda_graphs = False
-        self.fused_scan_ok = False
 
     def _gates(self, token_embedding: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(log f, i ⊙ Δ) in float32: the scan multiplies many factors, bf16 would lose them."""
@@ -83,7 +78,7 @@ class ParallelNewLLMCell(FeedForwardStack):
         return F.logsigmoid(forget), torch.sigmoid(inp) * delta
 
     def _read(self, token_embedding: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
-        normed = self.normalize_context(context, self.context_norm, self.context_scales)
+        normed = self.normalize_context(context)
         return self.feed_forward(token_embedding, normed.to(token_embedding.dtype))
 
     def step(self, token_embedding: torch.Tensor, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
