@@ -19,7 +19,7 @@ import time
 
 import torch
 
-from newllm.evaluation.bench import BenchConfig, _bench_models, measure_generation, measure_training
+from newllm.evaluation.bench import BenchConfig, bench_models, measure_generation, measure_training
 
 
 def _emit(rows, row, out):
@@ -38,7 +38,7 @@ def main():
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
     shapes = [tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")]
-    models = _bench_models(BenchConfig())
+    models = bench_models(BenchConfig())
     rows = []
     new_llm = models["new_llm"]
 

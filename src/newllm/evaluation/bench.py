@@ -333,7 +333,7 @@ def summarize_training(rows: list[dict]) -> tuple[list[dict], list[dict]]:
     return ratios, best
 
 
-def _bench_models(config: BenchConfig) -> dict:
+def bench_models(config: BenchConfig) -> dict:
     """Fresh models of `config.models`, the baselines matched to New-LLM's parameter count."""
     new_llm = NewLLMConfig(
         vocab_size=config.vocab_size,
@@ -466,7 +466,7 @@ def run_bench(config: BenchConfig, device: str = "cpu", progress: bool = True) -
     device = torch.device(device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {device} was asked for, but CUDA is not available")
-    models = _bench_models(config)
+    models = bench_models(config)
     params = {name: count_parameters(model) for name, model in models.items()}
     rows_per_model = len(config.precisions) * (
         len(config.compile_modes) * len(config.batch_sizes) * len(config.seq_lens)

@@ -18,9 +18,10 @@ from ..models.conftest import VOCAB, tiny_new_llm_config
 class CountingSequences(Dataset):
     """Windows of the sequence a, a+1, a+2, ... (mod V): learnable in a few steps."""
 
-    def __init__(self, n, length=12, seed=0):
-        start = torch.randint(0, 20, (n, 1), generator=torch.Generator().manual_seed(seed))  # ids 0..31: seen often
-        self.ids = (start + torch.arange(length)) % VOCAB
+    def __init__(self, n, length=12, seed=0, step=1, starts=20, vocab=VOCAB):
+        # starts=20: every window starts at one of 20 ids, so each id is seen often
+        start = torch.randint(0, starts, (n, 1), generator=torch.Generator().manual_seed(seed))
+        self.ids = (start + step * torch.arange(length)) % vocab
 
     def __len__(self):
         return len(self.ids)

@@ -21,7 +21,6 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
-from torch.utils.data import Dataset
 from transformers import Trainer
 from transformers.trainer_callback import TrainerState
 
@@ -32,28 +31,14 @@ from newllm.training.loop import remove_incomplete_checkpoints
 
 from ..models.conftest import tiny_new_llm_config
 from .test_loop import CountingSequences
-from .test_loop import collate as collate_counting
+from .test_loop import collate
 
 V = 64
 
 
-class Counting(Dataset):
-    """Windows counting up by `step` (mod V) from random starts."""
-
-    def __init__(self, n, seed, step=1):
-        start = torch.randint(0, V, (n, 1), generator=torch.Generator().manual_seed(seed))
-        self.ids = (start + step * torch.arange(10)) % V
-
-    def __len__(self):
-        return len(self.ids)
-
-    def __getitem__(self, i):
-        return {"input_ids": self.ids[i], "labels": self.ids[i]}
-
-
-def collate(batch):
-    ids = torch.stack([item["input_ids"] for item in batch])
-    return {"input_ids": ids, "labels": ids}
+def counting(n, seed, step=1):
+    """Windows of 10 ids counting up by `step` (mod V) from random starts."""
+    return CountingSequences(n, length=10, seed=seed, step=step, starts=V, vocab=V)
 
 
 def _die():
@@ -108,7 +93,7 @@ def _child(run_dir, out_dir, kill, resume):
     )
     # validation counts in steps of 3: fitting the training task (steps of 1) soon hurts it, so early
     # stopping fires (epoch 5 of 8) and its counter must survive the kills
-    result = loop.train(build_model("new_llm", config), Counting(48, 0), Counting(16, 1, step=3), collate, train,
+    result = loop.train(build_model("new_llm", config), counting(48, 0), counting(16, 1, step=3), collate, train,
                         run_dir, resume=resume, progress=False)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -234,7 +219,7 @@ def _skip_run(run_dir, calls, epochs=1):
     before = {k: v.clone() for k, v in model.state_dict().items()}
     config = TrainConfig(epochs=epochs, patience=5, batch_size=16, lr=1e-2, on_nonfinite="skip")
     data = CountingSequences(64), CountingSequences(16, seed=1)
-    result = loop.train(model, *data, collate_counting, config, run_dir, progress=False)
+    result = loop.train(model, *data, collate, config, run_dir, progress=False)
     return before, result
 
 
@@ -260,5 +245,5 @@ def test_stop_is_the_default(tmp_path):
     config = TrainConfig(epochs=1, batch_size=16)
     with pytest.raises(loop.TrainingDivergedError):
         data = CountingSequences(64), CountingSequences(16, seed=1)
-        loop.train(model, *data, collate_counting, config, tmp_path / "run", progress=False)
+        loop.train(model, *data, collate, config, tmp_path / "run", progress=False)
     assert not any((tmp_path / "run").glob("checkpoint-*"))  # stopped before writing any checkpoint
