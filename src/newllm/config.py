@@ -112,7 +112,7 @@ class EvalConfig:
     speed_repeats: int = 5
     # WikiText-2 test scored again with context across windows (evaluation/stream.py), beside the
     # reset-every-window numbers: the recurrent models carry their state, TinyGPT2 slides its window.
-    stream_window: int | None = None  # tokens per forward; None = TinyGPT2's n_positions, 512 for the recurrent models
+    stream_window: int | None = None  # tokens per forward; None = data.block_size for TinyGPT2 (its trained positions), 512 for the recurrent models
     # TinyGPT2: tokens newly scored per window, each with >= window - stride tokens before it; None = window // 2
     stream_stride: int | None = None
     # Recurrent models: the stream cut into this many parts run side by side, each from a reset state. 8 costs

@@ -417,13 +417,13 @@ def evaluate(config: ExperimentConfig, progress: bool = True) -> dict:
                 )
                 entry["wikitext"][split_name] = wikitext_numbers(ppl, wiki[split_name])
             # The same test tokens again, with context across windows: carried state or sliding window.
-            plan = plan_stream(model, e.stream_window, e.stream_stride, e.stream_lanes)
+            plan = plan_stream(model, e.stream_window, e.stream_stride, e.stream_lanes, config.data.block_size)
             logger.info("step 3: %s on WikiText-2 test, %s", name, plan.method.replace("_", " "))
             ppl = evaluate_stream(
                 model,
                 wiki_streams["test"],
-                window=e.stream_window,
-                stride=e.stream_stride,
+                window=plan.window,
+                stride=plan.stride,
                 lanes=e.stream_lanes,
                 batch_size=e.batch_size,
                 device=device,

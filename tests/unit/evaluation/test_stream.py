@@ -202,6 +202,16 @@ def test_plans_name_the_method_and_resolve_the_defaults(tiny_models):
     assert plan_stream(tiny_models["tinygpt2"], window=10, stride=9).stride == 9
 
 
+def test_the_default_window_of_a_positional_model_stops_at_its_training_window(tiny_models):
+    # positions past the training window never got a gradient: a window reaching them is worse than none
+    assert plan_stream(tiny_models["tinygpt2"], trained_window=16).__dict__ == {
+        "method": SLIDING_WINDOW, "window": 16, "stride": 8, "lanes": None,
+    }
+    assert plan_stream(tiny_models["tinygpt2"], trained_window=10 * POSITIONS).window == POSITIONS
+    assert plan_stream(tiny_models["tinygpt2"], window=POSITIONS, trained_window=16).window == POSITIONS
+    assert plan_stream(tiny_models["new_llm"], trained_window=16).window == RECURRENT_WINDOW
+
+
 @pytest.mark.parametrize(
     "name, stream, kwargs, message",
     [
