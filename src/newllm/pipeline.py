@@ -5,7 +5,8 @@ Every output lands in `config.output_dir` under the prototype's names:
     tokenizer.json                              one tokenizer for every step and model
     experiment.json                             the resolved config of the last step run
     best_<model>_wikitext/, best_<model>_dialog/   Hugging Face model folders (+ tokenizer.json)
-    <model>_wikitext/, <model>_dialog/          Trainer run folders: checkpoint-*/ (resume), history.json/.csv
+    <model>_wikitext/, <model>_dialog/          Trainer run folders: checkpoint-*/ (resume), history.json/.csv,
+                                                complete.json once the stage's best checkpoint is saved
     <model>_wikitext_training_curves.png, <model>_dialog_training_curves.png
     results.json, report.md                     step 3
 """
@@ -45,13 +46,16 @@ from newllm.reporting.plots import plot_training_curves
 from newllm.reporting.report import write_report
 from newllm.training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint, write_json_atomic
 from newllm.training.distributed import barrier, is_main_process
-from newllm.training.loop import RunExistsError, train
+from newllm.training.loop import RunExistsError, has_complete_checkpoint, train
 
 logger = logging.getLogger("newllm")
 
 STAGES = {"wikitext": "WikiText-2", "dialog": "DailyDialog"}
 # Test dialogues whose context, reference and replies results.json and the report show (the first ones: deterministic).
 DIALOG_SAMPLES = 10
+
+
+STAGE_COMPLETE = "complete.json"  # in a run folder: the stage ended and its best checkpoint is saved
 
 
 def checkpoint_dir(config: ExperimentConfig, model: str, stage: str) -> Path:
@@ -178,6 +182,30 @@ def _refuse_existing_runs(config: ExperimentConfig, stage: str, resume: bool, ov
             )
 
 
+def _stage_start(config: ExperimentConfig, name: str, stage: str, resume: bool) -> bool | None:
+    """How `--resume` treats one model's stage: None = finished earlier, skip it; True = continue it from
+    its latest complete checkpoint; False = start it (it never got that far). Without `--resume`: False."""
+    folder = run_dir(config, name, stage)
+    if not resume:
+        return False
+    if (folder / STAGE_COMPLETE).is_file():
+        return None
+    return has_complete_checkpoint(folder)
+
+
+def _train_stage(experiment: ExperimentConfig, name, stage, resume, overwrite, **train_kwargs):
+    """`train()` for one model's stage under the pipeline's --resume / --overwrite; None when skipped."""
+    start = _stage_start(experiment, name, stage, resume)
+    folder = run_dir(experiment, name, stage)
+    if start is None:
+        logger.info("%s/%s: finished earlier (%s); skipped", name, stage, folder / STAGE_COMPLETE)
+        return None
+    if is_main_process():
+        (folder / STAGE_COMPLETE).unlink(missing_ok=True)
+    # resuming a stage that never saved a complete checkpoint starts it again: only half-written folders to clear
+    return train(run_dir=folder, resume=start, overwrite=overwrite or (resume and not start), **train_kwargs)
+
+
 def _write_experiment(config: ExperimentConfig, step: str) -> None:
     if not is_main_process():
         return
@@ -206,6 +234,7 @@ def _finish_stage(config, name, stage, result, tokenizer, parent=None) -> None:
     path = checkpoint_dir(config, name, stage)
     if is_main_process():  # every rank holds the same best model (DDP); one writes it
         save_checkpoint(result.model, tokenizer, path, metadata)
+        write_json_atomic(run_dir(config, name, stage) / STAGE_COMPLETE, metadata | {"checkpoint": path.name})
         if result.history:
             plot_training_curves(
                 result.history, curves_path(config, name, stage), f"{name} on {STAGES[stage]} ({config.preset})"
@@ -246,20 +275,19 @@ def pretrain(config: ExperimentConfig, resume: bool = False, overwrite: bool = F
             else:  # a transformer has no state to carry: it keeps shuffled windows
                 logger.info("%s: stateful training is for the recurrent models; shuffled windows instead", name)
                 train_config = dataclasses.replace(train_config, stateful=False)
-        result = train(
-            model,
-            windows,
-            valid_set,
-            lambda batch: collate(batch, pad),
-            train_config,
-            run_dir(config, name, "wikitext"),
+        result = _train_stage(
+            config, name, "wikitext", resume, overwrite,
+            model=model,
+            train_dataset=windows,
+            eval_dataset=valid_set,
+            collator=lambda batch: collate(batch, pad),
+            config=train_config,
             device=device,
             bf16=bf16,
-            resume=resume,
-            overwrite=overwrite,
             progress=progress,
-        )
-        _finish_stage(config, name, "wikitext", result, tokenizer)
+        )  # fmt: skip
+        if result is not None:
+            _finish_stage(config, name, "wikitext", result, tokenizer)
 
 
 def _dialog_sets(config: ExperimentConfig, tokenizer, names=("train", "validation")):
@@ -294,20 +322,19 @@ def finetune(config: ExperimentConfig, resume: bool = False, overwrite: bool = F
     for name, model in models.items():
         set_seed(config.finetune.seed)
         logger.info("step 2: %s on DailyDialog from %s", name, parents[name])
-        result = train(
-            model,
-            sets["train"],
-            sets["validation"],
-            lambda batch: collate(batch, pad),
-            config.finetune,
-            run_dir(config, name, "dialog"),
+        result = _train_stage(
+            config, name, "dialog", resume, overwrite,
+            model=model,
+            train_dataset=sets["train"],
+            eval_dataset=sets["validation"],
+            collator=lambda batch: collate(batch, pad),
+            config=config.finetune,
             device=device,
             bf16=bf16,
-            resume=resume,
-            overwrite=overwrite,
             progress=progress,
-        )
-        _finish_stage(config, name, "dialog", result, tokenizer, parent=parents[name])
+        )  # fmt: skip
+        if result is not None:
+            _finish_stage(config, name, "dialog", result, tokenizer, parent=parents[name])
 
 
 def _stage_summary(config: ExperimentConfig, name: str, stage: str) -> dict:

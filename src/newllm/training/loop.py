@@ -187,6 +187,11 @@ def _is_complete_checkpoint(folder: Path) -> bool:
     return True
 
 
+def has_complete_checkpoint(run_dir) -> bool:
+    """Whether `run_dir` holds a checkpoint-N folder a resume can start from."""
+    return any(_is_complete_checkpoint(folder) for folder in Path(run_dir).glob("checkpoint-*"))
+
+
 def remove_incomplete_checkpoints(run_dir: Path) -> list[Path]:
     """Delete checkpoint-N folders left half-written (or half-deleted) by a killed run; returns them.
 

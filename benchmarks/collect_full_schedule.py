@@ -1,0 +1,237 @@
+"""Gather the runs of `benchmarks/full_schedule.sh` into one JSON summary and one figure.
+
+    python benchmarks/collect_full_schedule.py runs/full_schedule \
+        --out docs/results/full_schedule_h200.json --plot docs/results/full_schedule_val_ppl.png
+
+Reads each run folder `<row>_<model>_s<seed>/` (its log, history.json files, results.json and the
+parameter count its log states); an `eval_*/` folder of symbolic links to runs' checkpoints counts
+for the runs it points to. Writes per run: parameters, epochs run, best epoch,
+best validation perplexity, the per-epoch history and the log's timestamps; per evaluated run: its
+test numbers. Per row (preset × model): mean and sample standard deviation over the seeds that got
+that far, and how many did. Runs cut short keep what they have, marked by their log's last line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import re
+import statistics
+from pathlib import Path
+
+from matplotlib.figure import Figure
+from matplotlib.ticker import ScalarFormatter
+
+from newllm.reporting.plots import model_color, model_label, save_figure
+
+ROWS = {"full": "full", "par": "full_parallel", "seed": "seed"}  # run-name prefix -> preset
+RUN_NAME = re.compile(r"^(?P<row>full|par|seed)_(?P<model>new_llm|tinygpt2|lstm)_s(?P<seed>\d+)$")
+PARAMS = re.compile(r"step 1: \w+ on WikiText-2 \(([\d,]+) parameters")
+HISTORY_KEYS = ("epoch", "train_ppl", "val_ppl", "seconds")
+
+
+def _log_events(text: str) -> dict:
+    """`start`, `*_done` and `exit` lines of full_schedule.sh's logs: Unix seconds (and the exit code)."""
+    events = {}
+    for line in text.splitlines():
+        parts = line.split()
+        if parts and parts[0] in ("start", "pretrain_done", "finetune_done", "evaluate_done", "all_done") and len(parts) == 2:
+            events[parts[0]] = int(parts[1])
+        elif parts and parts[0] == "exit" and len(parts) == 3:
+            events["exit_code"], events["exit"] = int(parts[1]), int(parts[2])
+    return events
+
+
+def _stage(history_path: Path, complete: bool) -> dict | None:
+    if not history_path.is_file():
+        return None
+    history = json.loads(history_path.read_text(encoding="utf-8"))
+    if not history:
+        return None
+    best = min(history, key=lambda row: row["val_loss"])
+    return {
+        "complete": complete,  # False: the process was stopped before early stopping or the last epoch
+        "epochs_run": len(history),
+        "best_epoch": best["epoch"],
+        "best_val_ppl": best["val_ppl"],
+        "history": [{k: row.get(k) for k in HISTORY_KEYS} for row in history],
+    }
+
+
+def collect_runs(root: Path) -> dict:
+    runs = {}
+    for folder in sorted(p for p in root.iterdir() if p.is_dir()):
+        match = RUN_NAME.match(folder.name)
+        if not match:
+            continue
+        model = match["model"]
+        log = root / f"{folder.name}.log"
+        text = log.read_text(encoding="utf-8", errors="replace") if log.is_file() else ""
+        params = PARAMS.search(text)
+        events = _log_events(text)
+        runs[folder.name] = {
+            "row": match["row"],
+            "preset": ROWS[match["row"]],
+            "model": model,
+            "seed": int(match["seed"]),
+            "params": int(params[1].replace(",", "")) if params else None,
+            "log": events,
+            "wikitext": _stage(folder / f"{model}_wikitext" / "history.json", "pretrain_done" in events),
+            "dialog": _stage(folder / f"{model}_dialog" / "history.json", "finetune_done" in events),
+        }
+    return runs
+
+
+def _evaluated_run(folder: Path, model: str) -> str | None:
+    """The run a results.json belongs to: its own folder, or where an eval folder's links point."""
+    if RUN_NAME.match(folder.name):
+        return folder.name
+    link = folder / f"best_{model}_wikitext"
+    if link.is_symlink():
+        return Path(os.readlink(link)).parent.name
+    return None
+
+
+def collect_evaluations(root: Path, runs: dict) -> dict:
+    evaluations = {}
+    for path in sorted(root.glob("*/results.json")):
+        results = json.loads(path.read_text(encoding="utf-8"))
+        for model, entry in results["models"].items():
+            run = _evaluated_run(path.parent, model)
+            if run is None or "wikitext" not in entry or "test" not in entry["wikitext"]:
+                continue
+            dialog = entry.get("dailydialog", {})
+            evaluations[run] = {
+                "eval_folder": path.parent.name,
+                "params": entry.get("params"),
+                "wikitext_test": entry["wikitext"]["test"],
+                "wikitext_test_stream": entry["wikitext"].get("test_stream"),
+                "dailydialog_test": dialog.get("test"),
+                "dailydialog_responses": dialog.get("responses"),
+                "samples": entry.get("samples"),
+                "dialog_samples": [
+                    {**{k: s[k] for k in ("dialogue", "context", "reference")}, "reply": s["replies"].get(model)}
+                    for s in results.get("dialog_samples", [])
+                ],
+            }
+            runs[run]["evaluated"] = True
+        evaluations.setdefault("_reference_responses", results.get("reference_responses"))
+        evaluations.setdefault("_tokenizer", results.get("tokenizer"))
+        evaluations.setdefault("_environment", results.get("environment"))
+    return evaluations
+
+
+def _mean_std(values: list[float]) -> dict:
+    values = [v for v in values if v is not None and math.isfinite(v)]
+    return {
+        "n": len(values),
+        "mean": statistics.fmean(values) if values else None,
+        "std": statistics.stdev(values) if len(values) > 1 else None,
+        "values": values,
+    }
+
+
+def summarize(runs: dict, evaluations: dict) -> dict:
+    rows: dict[str, dict] = {}
+    for name, run in runs.items():
+        rows.setdefault(f"{run['preset']}/{run['model']}", []).append(name)
+    summary = {}
+    for row, names in sorted(rows.items()):
+        def field(get):
+            return _mean_std([get(n) for n in names])
+
+        ev = lambda n, *keys: _dig(evaluations.get(n), *keys)  # noqa: E731
+        summary[row] = {
+            "runs": names,
+            "params": sorted({runs[n]["params"] for n in names if runs[n]["params"]}),
+            # only stages that ran to their end: a run stopped early is in `runs`, not in these means
+            "wikitext_best_val_ppl": field(lambda n: _complete(runs[n], "wikitext", "best_val_ppl")),
+            "wikitext_epochs_run": field(lambda n: _complete(runs[n], "wikitext", "epochs_run")),
+            "dialog_best_val_ppl": field(lambda n: _complete(runs[n], "dialog", "best_val_ppl")),
+            "test_token_ppl": field(lambda n: ev(n, "wikitext_test", "token_ppl")),
+            "test_word_ppl": field(lambda n: ev(n, "wikitext_test", "word_ppl")),
+            "test_bits_per_byte": field(lambda n: ev(n, "wikitext_test", "bits_per_byte")),
+            "test_stream_token_ppl": field(lambda n: ev(n, "wikitext_test_stream", "token_ppl")),
+            "test_stream_word_ppl": field(lambda n: ev(n, "wikitext_test_stream", "word_ppl")),
+            "dialog_test_token_ppl": field(lambda n: ev(n, "dailydialog_test", "token_ppl")),
+            "dialog_test_response_ppl": field(lambda n: ev(n, "dailydialog_test", "response_ppl")),
+            "dialog_distinct_1": field(lambda n: ev(n, "dailydialog_responses", "distinct_1")),
+            "dialog_distinct_2": field(lambda n: ev(n, "dailydialog_responses", "distinct_2")),
+        }
+    return summary
+
+
+def _complete(run: dict, stage: str, key: str):
+    return run[stage][key] if run[stage] and run[stage]["complete"] else None
+
+
+def _dig(obj, *keys):
+    for key in keys:
+        if not isinstance(obj, dict):
+            return None
+        obj = obj.get(key)
+    return obj
+
+
+def plot_validation(runs: dict, path: Path, preset_names=("full", "full_parallel")) -> Path:
+    """WikiText-2 validation perplexity per epoch: one colour per row, one line per seed that finished step 1."""
+    fig = Figure(figsize=(8, 4.8), layout="constrained")
+    ax = fig.subplots()
+    labelled = set()
+    colors = {"full_parallel/new_llm": "#CC79A7"}
+    for name, run in sorted(runs.items()):
+        row = f"{run['preset']}/{run['model']}"
+        if run["preset"] not in preset_names or not (run["wikitext"] and run["wikitext"]["complete"]):
+            continue
+        history = run["wikitext"]["history"]
+        label = model_label(run["model"]) + (" parallel + residual + norm" if run["preset"] == "full_parallel" else "")
+        if run["model"] == "new_llm" and run["preset"] == "full":
+            label += " seed cell"
+        ax.plot(
+            [r["epoch"] for r in history], [r["val_ppl"] for r in history], "-", linewidth=1.2,
+            color=colors.get(row, model_color(run["model"], 0)),
+            label=None if row in labelled else label,
+        )
+        labelled.add(row)
+    ax.set_yscale("log")
+    ax.yaxis.set_major_formatter(ScalarFormatter())
+    ax.yaxis.set_minor_formatter(ScalarFormatter())
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("WikiText-2 validation perplexity (per token)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    ax.set_title("Full schedule on one H200: one line per seed")
+    return save_figure(fig, path)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("root", type=Path, help="the folder full_schedule.sh wrote into")
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--plot", type=Path)
+    args = parser.parse_args()
+    runs = collect_runs(args.root)
+    if not runs:
+        raise SystemExit(f"collect_full_schedule: no <row>_<model>_s<seed> run folders in {args.root}")
+    evaluations = collect_evaluations(args.root, runs)
+    launch = _log_events((args.root / "launch.log").read_text()) if (args.root / "launch.log").is_file() else {}
+    out = {"launch": launch, "summary": summarize(runs, evaluations), "runs": runs, "evaluations": evaluations}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(out, indent=1) + "\n", encoding="utf-8")
+    print(f"wrote {args.out}")
+    if args.plot:
+        print(f"wrote {plot_validation(runs, args.plot)}")
+    for row, numbers in out["summary"].items():
+        cells = []
+        for key in ("wikitext_best_val_ppl", "test_word_ppl", "dialog_test_token_ppl"):
+            stat = numbers[key]
+            if stat["n"]:
+                std = f" ± {stat['std']:.2f}" if stat["std"] is not None else ""
+                cells.append(f"{key} {stat['mean']:.2f}{std} (n={stat['n']})")
+        print(f"{row:24s} " + "; ".join(cells))
+
+
+if __name__ == "__main__":
+    main()

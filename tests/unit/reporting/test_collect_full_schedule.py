@@ -1,0 +1,65 @@
+"""benchmarks/collect_full_schedule.py on a hand-made run tree: what counts as finished, the means."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[3] / "benchmarks" / "collect_full_schedule.py"
+
+
+@pytest.fixture(scope="module")
+def collect():
+    spec = importlib.util.spec_from_file_location("collect_full_schedule", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def history(*val_ppls):
+    return [
+        {"epoch": i + 1, "val_loss": math.log(v), "val_ppl": v, "train_ppl": 2 * v, "seconds": 1.0}
+        for i, v in enumerate(val_ppls)
+    ]
+
+
+def write_run(root: Path, name: str, model: str, log: str, wikitext=None, dialog=None, test_word_ppl=None):
+    (root / f"{name}.log").write_text(log)
+    for stage, rows in (("wikitext", wikitext), ("dialog", dialog)):
+        if rows is not None:
+            folder = root / name / f"{model}_{stage}"
+            folder.mkdir(parents=True)
+            (folder / "history.json").write_text(json.dumps(rows))
+    if test_word_ppl is not None:
+        results = {"models": {model: {"params": 7, "wikitext": {"test": {"word_ppl": test_word_ppl}}}}}
+        (root / name / "results.json").write_text(json.dumps(results))
+
+
+def test_only_finished_stages_enter_the_means(tmp_path, collect):
+    step1 = "start 100\n[newllm] step 1: new_llm on WikiText-2 (7,482,112 parameters, cuda)\npretrain_done 200\n"
+    write_run(tmp_path, "full_new_llm_s0", "new_llm", step1 + "finetune_done 300\nevaluate_done 350\nexit 0 350\n",
+              history(90, 50, 60), history(20, 18), test_word_ppl=170.0)
+    write_run(tmp_path, "full_new_llm_s1", "new_llm", step1 + "finetune_done 310\nevaluate_done 360\nexit 0 360\n",
+              history(80, 54), history(19), test_word_ppl=174.0)
+    write_run(tmp_path, "full_new_llm_s2", "new_llm", "start 100\nexit 143 150\n", history(99))  # stopped
+    write_run(tmp_path, "eval_notes", "new_llm", "not a run\n")  # ignored: not <row>_<model>_s<seed>
+
+    runs = collect.collect_runs(tmp_path)
+    assert sorted(runs) == ["full_new_llm_s0", "full_new_llm_s1", "full_new_llm_s2"]
+    assert runs["full_new_llm_s0"]["params"] == 7_482_112
+    assert runs["full_new_llm_s0"]["log"] == {
+        "start": 100, "pretrain_done": 200, "finetune_done": 300, "evaluate_done": 350, "exit_code": 0, "exit": 350,
+    }
+    assert runs["full_new_llm_s0"]["wikitext"]["best_epoch"] == 2
+    assert runs["full_new_llm_s2"]["wikitext"]["complete"] is False
+
+    summary = collect.summarize(runs, collect.collect_evaluations(tmp_path, runs))["full/new_llm"]
+    assert summary["wikitext_best_val_ppl"]["values"] == [50, 54]  # not the stopped seed's 99
+    assert summary["wikitext_best_val_ppl"]["mean"] == pytest.approx(52)
+    assert summary["wikitext_best_val_ppl"]["std"] == pytest.approx(math.sqrt(8))
+    assert summary["test_word_ppl"]["values"] == [170.0, 174.0]
+    assert summary["dialog_best_val_ppl"]["values"] == [18, 19]

@@ -1,0 +1,87 @@
+"""`--resume` at the level of the pipeline's steps, each model's stage on its own: a finished stage is
+skipped (not trained one more epoch), a stage never started starts, and a stage cut off after a
+checkpoint continues from it. Bitwise equality of a resumed run is tests/unit/training/test_resume.py's."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from newllm.cli import main
+from newllm.pipeline import STAGE_COMPLETE
+
+from ..test_bad_input import STEP_OPTIONS, snapshot, write_data_dir
+
+OPTIONS = [*STEP_OPTIONS, "--set", "pretrain.epochs=2", "--set", "finetune.epochs=1"]
+
+
+def run(command: str, data, out, *flags: str) -> None:
+    code = main(["-q", command, *OPTIONS, "--data-dir", str(data), "--output-dir", str(out), *flags])
+    assert code == 0
+
+
+@pytest.fixture
+def pretrained(tmp_path, one_thread):
+    data, out = write_data_dir(tmp_path / "data"), tmp_path / "out"
+    run("pretrain", data, out)
+    return data, out
+
+
+def checkpoints(run_dir):
+    return sorted(run_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+
+
+def test_a_finished_stage_is_skipped_and_a_stage_never_started_starts(pretrained):
+    data, out = pretrained
+    marker = json.loads((out / "new_llm_wikitext" / STAGE_COMPLETE).read_text())
+    assert (marker["checkpoint"], marker["epochs_run"]) == ("best_new_llm_wikitext", 2)
+    before = snapshot(out / "new_llm_wikitext") | snapshot(out / "best_new_llm_wikitext")
+    run("pretrain", data, out, "--resume")
+    assert snapshot(out / "new_llm_wikitext") | snapshot(out / "best_new_llm_wikitext") == before
+    run("finetune", data, out, "--resume")  # no dialog run yet: it starts instead of "nothing to resume"
+    assert (out / "new_llm_dialog" / STAGE_COMPLETE).is_file()
+    assert (out / "best_new_llm_dialog" / "model.safetensors").is_file()
+
+
+def test_a_stage_cut_off_after_a_checkpoint_continues_from_it(pretrained):
+    data, out = pretrained
+    run_dir = out / "new_llm_wikitext"
+    first, last = checkpoints(run_dir)
+    (run_dir / STAGE_COMPLETE).unlink()
+    shutil.rmtree(last)  # as if killed during epoch 2
+    kept = snapshot(first)
+    run("pretrain", data, out, "--resume")
+    assert snapshot(first) == kept  # resumed from it, not deleted by a fresh start
+    assert [row["epoch"] for row in json.loads((run_dir / "history.json").read_text())] == [1, 2]
+    assert (run_dir / STAGE_COMPLETE).is_file()
+
+
+def test_a_stage_cut_off_before_its_first_checkpoint_starts_again(pretrained):
+    data, out = pretrained
+    run_dir = out / "new_llm_wikitext"
+    for folder in checkpoints(run_dir):
+        shutil.rmtree(folder)
+    (run_dir / STAGE_COMPLETE).unlink()
+    (run_dir / "checkpoint-3").mkdir()  # half-written: no trainer_state.json
+    run("pretrain", data, out, "--resume")
+    assert [p.name for p in checkpoints(run_dir)] != ["checkpoint-3"]
+    assert all((p / "trainer_state.json").is_file() for p in checkpoints(run_dir))
+    assert (run_dir / STAGE_COMPLETE).is_file()
+
+
+def test_overwrite_clears_the_finished_mark_until_the_stage_ends_again(pretrained, monkeypatch):
+    data, out = pretrained
+    import newllm.pipeline as pipeline
+
+    seen = []
+
+    def fake_train(run_dir, **kwargs):
+        seen.append((run_dir / STAGE_COMPLETE).exists())
+        raise KeyboardInterrupt  # killed mid-stage
+
+    monkeypatch.setattr(pipeline, "train", fake_train)
+    assert main(["-q", "pretrain", *OPTIONS, "--data-dir", str(data), "--output-dir", str(out), "--overwrite"]) != 0
+    assert seen == [False]  # a run killed after --overwrite is not taken for finished by a later --resume
+    assert not (out / "new_llm_wikitext" / STAGE_COMPLETE).exists()
