@@ -26,8 +26,8 @@ from matplotlib.ticker import ScalarFormatter
 
 from newllm.reporting.plots import model_color, model_label, save_figure
 
-ROWS = {"full": "full", "par": "full_parallel", "seed": "seed"}  # run-name prefix -> preset
-RUN_NAME = re.compile(r"^(?P<row>full|par|seed)_(?P<model>new_llm|tinygpt2|lstm)_s(?P<seed>\d+)$")
+ROWS = {"full": "full", "par": "full_parallel", "res": "full_residual_norm", "seed": "seed"}  # run-name prefix -> preset
+RUN_NAME = re.compile(r"^(?P<row>full|par|res|seed)_(?P<model>new_llm|tinygpt2|lstm)_s(?P<seed>\d+)$")
 PARAMS = re.compile(r"step 1: \w+ on WikiText-2 \(([\d,]+) parameters")
 HISTORY_KEYS = ("epoch", "train_ppl", "val_ppl", "seconds")
 

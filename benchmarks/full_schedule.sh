@@ -7,7 +7,7 @@
 #   python benchmarks/collect_full_schedule.py RUNS_DIR --out summary.json --plot val_ppl.png
 #
 # PLAN entries are <row>:<model>; rows: full (configs/full.toml), par (configs/full_parallel.toml),
-# seed (configs/seed.toml, the prototype's protocol). Each run <row>_<model>_s<seed> logs `start`,
+# res (configs/full_residual_norm.toml), seed (configs/seed.toml, the prototype's protocol). Each run <row>_<model>_s<seed> logs `start`,
 # `pretrain_done`, `finetune_done`, `evaluate_done` and `exit <code>` with Unix times. The tokenizer
 # is trained once per preset and copied into every run, so all runs of a tokenizer share it exactly.
 set -euo pipefail
@@ -20,7 +20,7 @@ export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} TOKENIZERS_PARALLELISM=false PYTHON
 newllm=${NEWLLM:-python3 -m newllm.cli}
 read -r -a extra <<< "${EXTRA:-}"  # more CLI options for every command, e.g. EXTRA="--set pretrain.max_steps=2"
 
-preset() { case $1 in full) echo full ;; par) echo full_parallel ;; seed) echo seed ;; *) echo "unknown row $1" >&2; exit 2 ;; esac; }
+preset() { case $1 in full) echo full ;; par) echo full_parallel ;; res) echo full_residual_norm ;; seed) echo seed ;; *) echo "unknown row $1" >&2; exit 2 ;; esac; }
 
 run() {  # row model seed
   local row=$1 model=$2 seed=$3 preset dir log
@@ -42,7 +42,8 @@ run() {  # row model seed
 
 mkdir -p "$root"
 echo "start $(date +%s)" > "$root/launch.log"
-for name in full full_parallel seed; do  # one tokenizer per preset (full and full_parallel: the same BPE)
+needed=$(for entry in $plan $seed_plan; do preset "${entry%%:*}"; done | sort -u)
+for name in $needed; do  # one tokenizer per preset (the BPE ones come out the same)
   python3 - "$name" "$root/tokenizer_$name.json" <<'PY' >> "$root/launch.log" 2>&1
 import dataclasses, shutil, sys, tempfile
 from newllm.config import load_config
