@@ -206,11 +206,76 @@ def plot_validation(runs: dict, path: Path, preset_names=("full", "full_parallel
     return save_figure(fig, path)
 
 
+ROW_LABELS = {
+    "full/tinygpt2": "TinyGPT2",
+    "full/lstm": "LSTM",
+    "full/new_llm": "New-LLM seed cell (`full`)",
+    "full_residual_norm/new_llm": "New-LLM seed cell + residual + norm (`full_residual_norm`)",
+    "full_parallel/new_llm": "New-LLM parallel + residual + norm (`full_parallel`)",
+}
+
+
+def _stat(stat: dict, decimals: int) -> str:
+    if not stat["n"]:
+        return "—"
+    std = f" ± {stat['std']:.{decimals}f}" if stat["std"] is not None else ""
+    return f"{stat['mean']:.{decimals}f}{std}"
+
+
+def _epochs(runs: dict, names: list[str], stage: str) -> str:
+    """'28–30 (13–15)': epochs run and best epoch over the runs whose stage ended."""
+    done = [runs[n][stage] for n in names if runs[n][stage] and runs[n][stage]["complete"]]
+    if not done:
+        return "—"
+
+    def span(values):
+        return f"{min(values)}" if min(values) == max(values) else f"{min(values)}–{max(values)}"
+
+    return f"{span([d['epochs_run'] for d in done])} ({span([d['best_epoch'] for d in done])})"
+
+
+def markdown_tables(out: dict) -> str:
+    """The BPE rows' WikiText-2 and DailyDialog tables of docs/results.md, from the summary."""
+    runs, summary = out["runs"], out["summary"]
+    rows = [row for row in ROW_LABELS if row in summary]
+    lines = [
+        "| model | parameters | epochs run (best) | val token PPL | test token PPL | test word PPL | test bits/byte | n |",
+        "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for row in rows:
+        s = summary[row]
+        params = ", ".join(f"{p:,}" for p in s["params"]) or "—"
+        lines.append(
+            f"| {ROW_LABELS[row]} | {params} | {_epochs(runs, s['runs'], 'wikitext')} | "
+            f"{_stat(s['wikitext_best_val_ppl'], 2)} | {_stat(s['test_token_ppl'], 2)} | {_stat(s['test_word_ppl'], 1)} | "
+            f"{_stat(s['test_bits_per_byte'], 3)} | {s['wikitext_best_val_ppl']['n']} |"
+        )
+    lines += [
+        "",
+        "| model | epochs run (best) | val token PPL | test token PPL | test response PPL | distinct-1 | distinct-2 | n |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    reference = out["evaluations"].get("_reference_responses")
+    if reference:
+        lines.append(f"| human replies | | | | | {reference['distinct_1']:.3f} | {reference['distinct_2']:.3f} | |")
+    for row in rows:
+        s = summary[row]
+        if not s["dialog_best_val_ppl"]["n"]:
+            continue
+        lines.append(
+            f"| {ROW_LABELS[row]} | {_epochs(runs, s['runs'], 'dialog')} | {_stat(s['dialog_best_val_ppl'], 2)} | "
+            f"{_stat(s['dialog_test_token_ppl'], 2)} | {_stat(s['dialog_test_response_ppl'], 2)} | "
+            f"{_stat(s['dialog_distinct_1'], 3)} | {_stat(s['dialog_distinct_2'], 3)} | {s['dialog_best_val_ppl']['n']} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("root", type=Path, help="the folder full_schedule.sh wrote into")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--plot", type=Path)
+    parser.add_argument("--markdown", type=Path, help="also write the WikiText-2 and DailyDialog tables as Markdown")
     args = parser.parse_args()
     runs = collect_runs(args.root)
     if not runs:
@@ -223,6 +288,9 @@ def main() -> None:
     print(f"wrote {args.out}")
     if args.plot:
         print(f"wrote {plot_validation(runs, args.plot)}")
+    if args.markdown:
+        args.markdown.write_text(markdown_tables(out), encoding="utf-8")
+        print(f"wrote {args.markdown}")
     for row, numbers in out["summary"].items():
         cells = []
         for key in ("wikitext_best_val_ppl", "test_word_ppl", "dialog_test_token_ppl"):

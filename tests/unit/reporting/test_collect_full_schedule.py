@@ -57,9 +57,15 @@ def test_only_finished_stages_enter_the_means(tmp_path, collect):
     assert runs["full_new_llm_s0"]["wikitext"]["best_epoch"] == 2
     assert runs["full_new_llm_s2"]["wikitext"]["complete"] is False
 
-    summary = collect.summarize(runs, collect.collect_evaluations(tmp_path, runs))["full/new_llm"]
+    evaluations = collect.collect_evaluations(tmp_path, runs)
+    summary = collect.summarize(runs, evaluations)["full/new_llm"]
     assert summary["wikitext_best_val_ppl"]["values"] == [50, 54]  # not the stopped seed's 99
     assert summary["wikitext_best_val_ppl"]["mean"] == pytest.approx(52)
     assert summary["wikitext_best_val_ppl"]["std"] == pytest.approx(math.sqrt(8))
     assert summary["test_word_ppl"]["values"] == [170.0, 174.0]
     assert summary["dialog_best_val_ppl"]["values"] == [18, 19]
+
+    table = collect.markdown_tables({"runs": runs, "summary": {"full/new_llm": summary}, "evaluations": evaluations})
+    row = next(line for line in table.splitlines() if line.startswith("| New-LLM seed cell"))
+    # epochs run 3 and 2, both best at epoch 2; the stopped seed counts nowhere
+    assert row == "| New-LLM seed cell (`full`) | 7,482,112 | 2–3 (2) | 52.00 ± 2.83 | — | 172.0 ± 2.8 | — | 2 |"
