@@ -53,8 +53,6 @@ logger = logging.getLogger("newllm")
 STAGES = {"wikitext": "WikiText-2", "dialog": "DailyDialog"}
 # Test dialogues whose context, reference and replies results.json and the report show (the first ones: deterministic).
 DIALOG_SAMPLES = 10
-
-
 STAGE_COMPLETE = "complete.json"  # in a run folder: the stage ended and its best checkpoint is saved
 
 
@@ -276,7 +274,11 @@ def pretrain(config: ExperimentConfig, resume: bool = False, overwrite: bool = F
                 logger.info("%s: stateful training is for the recurrent models; shuffled windows instead", name)
                 train_config = dataclasses.replace(train_config, stateful=False)
         result = _train_stage(
-            config, name, "wikitext", resume, overwrite,
+            config,
+            name,
+            "wikitext",
+            resume,
+            overwrite,
             model=model,
             train_dataset=windows,
             eval_dataset=valid_set,
@@ -285,7 +287,7 @@ def pretrain(config: ExperimentConfig, resume: bool = False, overwrite: bool = F
             device=device,
             bf16=bf16,
             progress=progress,
-        )  # fmt: skip
+        )
         if result is not None:
             _finish_stage(config, name, "wikitext", result, tokenizer)
 
@@ -323,7 +325,11 @@ def finetune(config: ExperimentConfig, resume: bool = False, overwrite: bool = F
         set_seed(config.finetune.seed)
         logger.info("step 2: %s on DailyDialog from %s", name, parents[name])
         result = _train_stage(
-            config, name, "dialog", resume, overwrite,
+            config,
+            name,
+            "dialog",
+            resume,
+            overwrite,
             model=model,
             train_dataset=sets["train"],
             eval_dataset=sets["validation"],
@@ -332,7 +338,7 @@ def finetune(config: ExperimentConfig, resume: bool = False, overwrite: bool = F
             device=device,
             bf16=bf16,
             progress=progress,
-        )  # fmt: skip
+        )
         if result is not None:
             _finish_stage(config, name, "dialog", result, tokenizer, parent=parents[name])
 
