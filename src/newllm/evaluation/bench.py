@@ -59,6 +59,11 @@ class BenchConfig:
     context_size: int = 256
     hidden_size: int = 512
     num_layers: int = 3
+    # New-LLM's variant (NewLLMConfig): the prototype's cell by default; "parallel" with residual and
+    # ffn_norm is configs/full_parallel.toml's. The baselines are matched to whichever is measured.
+    cell: str = "seed"
+    residual: bool = False
+    ffn_norm: bool = False
     gpt2_positions: int = 1024
     batch_sizes: tuple[int, ...] = (64, 256)
     seq_lens: tuple[int, ...] = (64, 128)
@@ -341,6 +346,9 @@ def bench_models(config: BenchConfig) -> dict:
         context_size=config.context_size,
         hidden_size=config.hidden_size,
         num_hidden_layers=config.num_layers,
+        cell=config.cell,
+        residual=config.residual,
+        ffn_norm=config.ffn_norm,
         # 0 is the tokenizer's pad / end-of-text id; copied to the baselines, where GPT-2's default 50256 exceeds V.
         bos_token_id=0,
         eos_token_id=0,

@@ -200,6 +200,13 @@ def _notes(results: Mapping[str, Any]) -> list[str]:
     return (["", "Notes:"] + lines + errors) if lines or errors else []
 
 
+def new_llm_variant(config: Mapping[str, Any]) -> str | None:
+    """'parallel cell, residual, ffn_norm' for a bench of a New-LLM other than the prototype's cell."""
+    parts = [f"{config['cell']} cell"] if config.get("cell", "seed") != "seed" else []
+    parts += [option for option in ("residual", "ffn_norm") if config.get(option)]
+    return ", ".join(parts) or None
+
+
 def format_bench_table(results: Mapping[str, Any]) -> str:
     """The bench results as plain-text tables: training throughput with ratios, then generation by context length."""
     names = _models(results)
@@ -207,6 +214,9 @@ def format_bench_table(results: Mapping[str, Any]) -> str:
     lines = [f"newllm bench: {_environment_line(results)}"]
     if params:
         lines.append("parameters: " + ", ".join(f"{model_label(n)} {params[n]:,}" for n in names if n in params))
+    variant = new_llm_variant(results.get("config") or {})
+    if variant and "new_llm" in names:
+        lines.append(f"New-LLM variant: {variant}")
     lines += _training_lines(results, names)
     lines += _generation_lines(results, names)
     lines += _notes(results)

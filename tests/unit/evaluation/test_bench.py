@@ -18,6 +18,7 @@ from newllm.evaluation.bench import (
 )
 from newllm.models.new_llm import NewLLMConfig
 from newllm.models.registry import BaselineShape, build_model, matched_configs
+from newllm.reporting.bench_report import new_llm_variant
 
 FLOAT32_BYTES = 4
 # The quick sizes, plus every setting a CPU must skip: bf16, compiled and graphed rows cost nothing there.
@@ -268,3 +269,13 @@ def test_invalid_config_raises():
         BenchConfig(repeats=0)
     with pytest.raises(ValueError, match="context_lengths"):
         BenchConfig(context_lengths=(0,))
+
+
+def test_the_new_llm_variant_is_built_and_named():
+    config = dataclasses.replace(quick_bench_config(), cell="parallel", residual=True, ffn_norm=True)
+    model = bench.bench_models(dataclasses.replace(config, models=("new_llm",)))["new_llm"]
+    assert (model.config.cell, model.config.residual, model.config.ffn_norm) == ("parallel", True, True)
+    assert new_llm_variant(dataclasses.asdict(config)) == "parallel cell, residual, ffn_norm"
+    assert new_llm_variant(dataclasses.asdict(quick_bench_config())) is None
+    with pytest.raises(ValueError, match="cell"):
+        bench.bench_models(dataclasses.replace(config, cell="attention"))
