@@ -1,14 +1,14 @@
-"""Gather the runs of `benchmarks/full_schedule.sh` into one JSON summary and one figure.
+"""Gather the runs of `benchmarks/full_schedule.sh` into one JSON summary, one figure and two tables.
 
-    python benchmarks/collect_full_schedule.py runs/full_schedule \
-        --out docs/results/full_schedule_h200.json --plot docs/results/full_schedule_val_ppl.png
+    python benchmarks/collect_full_schedule.py runs/full_schedule --out docs/results/full_schedule_h200.json \
+        --plot docs/results/full_schedule_val_ppl.png --markdown tables.md
 
-Reads each run folder `<row>_<model>_s<seed>/` (its log, history.json files, results.json and the
-parameter count its log states); an `eval_*/` folder of symbolic links to runs' checkpoints counts
-for the runs it points to. Writes per run: parameters, epochs run, best epoch,
-best validation perplexity, the per-epoch history and the log's timestamps; per evaluated run: its
-test numbers. Per row (preset × model): mean and sample standard deviation over the seeds that got
-that far, and how many did. Runs cut short keep what they have, marked by their log's last line.
+Reads each run folder `<row>_<model>_s<seed>/`: its log (timestamps, parameter count), its
+history.json files and its results.json; an `eval_*/` folder of symbolic links to a run's
+checkpoints counts for that run. Writes per run: parameters, epochs run, best epoch, best validation
+perplexity, the per-epoch history, the timestamps and the test numbers. Per row (preset × model):
+mean and sample standard deviation over the seeds whose stage ran to its end. A stage stopped
+before that stays in the JSON with "complete": false and counts in no mean.
 """
 
 from __future__ import annotations
@@ -26,10 +26,12 @@ from matplotlib.ticker import ScalarFormatter
 
 from newllm.reporting.plots import model_color, model_label, save_figure
 
-ROWS = {"full": "full", "par": "full_parallel", "res": "full_residual_norm", "seed": "seed"}  # run-name prefix -> preset
+# run-name prefix -> preset, as in full_schedule.sh
+ROWS = {"full": "full", "par": "full_parallel", "res": "full_residual_norm", "seed": "seed"}
 RUN_NAME = re.compile(r"^(?P<row>full|par|res|seed)_(?P<model>new_llm|tinygpt2|lstm)_s(?P<seed>\d+)$")
 PARAMS = re.compile(r"step 1: \w+ on WikiText-2 \(([\d,]+) parameters")
 HISTORY_KEYS = ("epoch", "train_ppl", "val_ppl", "seconds")
+EVENTS = ("start", "pretrain_done", "finetune_done", "evaluate_done", "all_done")
 
 
 def _log_events(text: str) -> dict:
@@ -37,9 +39,9 @@ def _log_events(text: str) -> dict:
     events = {}
     for line in text.splitlines():
         parts = line.split()
-        if parts and parts[0] in ("start", "pretrain_done", "finetune_done", "evaluate_done", "all_done") and len(parts) == 2:
+        if len(parts) == 2 and parts[0] in EVENTS:
             events[parts[0]] = int(parts[1])
-        elif parts and parts[0] == "exit" and len(parts) == 3:
+        elif len(parts) == 3 and parts[0] == "exit":
             events["exit_code"], events["exit"] = int(parts[1]), int(parts[2])
     return events
 
