@@ -214,7 +214,9 @@ def _write_experiment(config: ExperimentConfig, step: str) -> None:
 
 
 def _command_line() -> str:
-    return " ".join(shlex.quote(arg) for arg in [Path(sys.argv[0]).name, *sys.argv[1:]])
+    # `python -m newllm.cli` leaves argv[0] = ".../newllm/cli.py": the same command as `newllm`
+    program = Path(sys.argv[0]).name
+    return " ".join(shlex.quote(arg) for arg in ["newllm" if program == "cli.py" else program, *sys.argv[1:]])
 
 
 def _finish_stage(config, name, stage, result, tokenizer, parent=None) -> None:

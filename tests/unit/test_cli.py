@@ -4,6 +4,7 @@ import pytest
 
 from newllm.cli import main
 from newllm.data.tokenizer import save_tokenizer
+from newllm.pipeline import _command_line
 
 
 def _error(capsys) -> str:
@@ -77,3 +78,16 @@ def test_bench_quick_writes_json_plots_and_prints_the_table(capsys, tmp_path):
 def test_bench_rejects_an_unknown_setting(capsys, tmp_path):
     assert main(["bench", "--quick", "--set", "batch_size=3", "--output-dir", str(tmp_path)]) == 1
     assert "unknown setting 'batch_size'" in _error(capsys)
+
+
+@pytest.mark.parametrize(
+    "argv, expected",
+    [
+        (["/x/src/newllm/cli.py", "evaluate", "--preset", "full"], "newllm evaluate --preset full"),
+        (["/x/bin/newllm", "pretrain", "--set", "a=b c"], "newllm pretrain --set 'a=b c'"),
+        (["scripts/train_wikitext.py"], "train_wikitext.py"),
+    ],
+)
+def test_results_name_the_command_as_typed(monkeypatch, argv, expected):
+    monkeypatch.setattr("sys.argv", argv)
+    assert _command_line() == expected

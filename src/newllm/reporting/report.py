@@ -241,9 +241,14 @@ def _image(alt: str, rel_path: str) -> str:
 
 
 def _model_names(results: Mapping[str, Any]) -> list[str]:
-    """Expected models first, then any others the results hold."""
-    models = _models(results)
-    return ordered_models(list(EXPECTED_MODELS) + [m for m in models if m not in EXPECTED_MODELS])
+    """The models the run asked for (all three when the results do not say), then any others they hold.
+
+    A model asked for but missing keeps its rows, dashed: its absence is news. One not asked for
+    (`--models tinygpt2`) gets no rows at all.
+    """
+    asked = _get(results, "config", "model", "names")
+    expected = list(asked) if isinstance(asked, (list, tuple)) and asked else list(EXPECTED_MODELS)
+    return ordered_models(expected + [m for m in _models(results) if m not in expected])
 
 
 def _sliced_sets(results: Mapping[str, Any]) -> list[str]:
@@ -439,7 +444,7 @@ def _stream_section(results: Mapping[str, Any], names: Sequence[str]) -> list[st
         "",
         f"*Reset*: every {window} starts from nothing (the table above). *Stateful*: the same tokens again, "
         "the recurrent models carrying their state from window to window along the test stream, TinyGPT2 "
-        "sliding a window of its full length over it; the Method column gives the settings.",
+        "sliding a window as long as its training windows over it; the Method column gives the settings.",
         "",
         *_table(headers, rows, numeric=5),
         "",
@@ -658,7 +663,7 @@ def render_report(
     figures = figures or {}
     names = _model_names(results)
     preset = results.get("preset")
-    title = "New-LLM vs TinyGPT2 vs LSTM" + (f" ({preset} preset)" if preset else "")
+    title = " vs ".join(model_label(n) for n in names) + (f" ({preset} preset)" if preset else "")
     lines = [f"# {title}", "", f"**In short.** {_summary(results, names)}", ""]
     if sliced := _sliced_sets(results):
         lines += [

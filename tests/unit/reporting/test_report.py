@@ -245,6 +245,19 @@ def test_missing_sections_render_as_dashes():
     assert "LSTM" not in summary(md)
 
 
+def test_only_the_models_the_run_asked_for_get_rows():
+    results = make_results()
+    results["config"] = {"model": {"names": ["new_llm", "tinygpt2"]}}
+    del results["models"]["lstm"]
+    del results["models"]["new_llm"]  # asked for but missing: still a dashed row
+    md = render_report(results)
+    assert md.startswith("# New-LLM vs TinyGPT2 (full preset)")
+    wikitext = table_after(md, "## WikiText-2 test")
+    assert [r[0] for r in wikitext] == ["New-LLM", "TinyGPT2"]
+    assert row(wikitext, "New-LLM")[1:] == ["—"] * 5
+    assert "| LSTM |" not in md
+
+
 @pytest.mark.parametrize("results", [{}, {"models": {}}, {"models": {"new_llm": {"params": 7_512_345}}}])
 def test_nearly_empty_results_still_render(results):
     md = render_report(results)
