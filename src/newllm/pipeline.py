@@ -41,7 +41,15 @@ from newllm.evaluation.generation import respond_batch, sample_responses
 from newllm.evaluation.perplexity import evaluate_perplexity
 from newllm.evaluation.speed import environment, measure_speed
 from newllm.evaluation.stream import evaluate_stream, plan_stream
-from newllm.models import BaselineShape, NewLLMConfig, build_model, count_parameters, matched_configs, parameter_count
+from newllm.models import (
+    BaselineShape,
+    NewLLMConfig,
+    build_model,
+    count_parameters,
+    matched_configs,
+    parameter_count,
+    usable_positions,
+)
 from newllm.reporting.plots import plot_training_curves
 from newllm.reporting.report import write_report
 from newllm.training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint, write_json_atomic
@@ -232,6 +240,11 @@ def _finish_stage(config, name, stage, result, tokenizer, parent=None) -> None:
     if parent is not None:
         metadata["initialised_from"] = str(parent)
     path = checkpoint_dir(config, name, stage)
+    if usable_positions(result.model) is not None:
+        # position embeddings past the training windows never get a gradient: generation, chat and the
+        # sliding-window evaluation stop at the longest window any stage trained on (usable_positions)
+        window = config.data.block_size if stage == "wikitext" else config.data.dialog_block_size
+        result.model.config.trained_positions = max(window, getattr(result.model.config, "trained_positions", 0) or 0)
     if is_main_process():  # every rank holds the same best model (DDP); one writes it
         save_checkpoint(result.model, tokenizer, path, metadata)
         write_json_atomic(run_dir(config, name, stage) / STAGE_COMPLETE, metadata | {"checkpoint": path.name})

@@ -90,6 +90,10 @@ def test_results_json_has_every_field_for_every_model(quick_run):
         assert stream["method"] == ("sliding_window" if name == "tinygpt2" else "carried_state")
         if name == "tinygpt2":  # no window past the positions it was trained on
             assert stream["window"] == results["config"]["data"]["block_size"]
+            data = results["config"]["data"]
+            for stage, window in (("wikitext", data["block_size"]), ("dialog", data["dialog_block_size"])):
+                config = json.loads((quick_run / "checkpoints" / f"best_tinygpt2_{stage}" / "config.json").read_text())
+                assert config["trained_positions"] == window  # what generation and chat stop at
         assert (stream["tokens"], stream["words"], stream["bytes"]) == (test["tokens"], test["words"], test["bytes"])
         stream_nll = math.log(stream["token_ppl"]) * stream["tokens"]
         assert math.isclose(stream["word_ppl"], math.exp(stream_nll / stream["words"]), rel_tol=1e-6)

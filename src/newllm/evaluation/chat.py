@@ -10,8 +10,9 @@ model as speaker 2. Each `reply` feeds only what is new on top of the cache left
 New-LLM and the LSTM carry their fixed-size `state` (the context vector, or (h, c)): memory per
 conversation is constant however long it runs, and the state is exactly what a forward over the
 whole history would leave. GPT-2 carries its key/value cache, which grows by one entry per token
-up to `n_positions`; a turn that would go past it rebuilds the cache from the last tokens that fit
-(leaving room for a full reply), so the model then forgets the start of the conversation.
+up to the positions it was trained on (`usable_positions`: at most `n_positions`); a turn that would
+go past them rebuilds the cache from the last tokens that fit (leaving room for a full reply), so the
+model then forgets the start of the conversation.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import torch
 from newllm.data.tokenizer import special_ids
 from newllm.evaluation.generation import clean_turn
 from newllm.evaluation.speed import cache_bytes
+from newllm.models.registry import usable_positions
 
 COMMANDS = {"/reset": "start a new conversation", "/quit": "leave (so does Ctrl-D)"}
 
@@ -77,8 +79,8 @@ class ChatSession:
         self.special = special_ids(tokenizer)
         self.model.to(self.device).eval()  # dropout would make even greedy replies random
         self._cache_name = _cache_argument(model)
-        # GPT2Config maps max_position_embeddings to n_positions; the recurrent configs have no such field.
-        self.n_positions: int | None = getattr(model.config, "max_position_embeddings", None)
+        # GPT-2's positions it was trained on (usable_positions); None for the recurrent models
+        self.n_positions: int | None = usable_positions(model)
         if self.n_positions is not None:
             # After a rebuild a whole reply (and its end_of_turn) must fit without another one.
             headroom = min(self.options.max_new_tokens + 1, self.n_positions // 2)

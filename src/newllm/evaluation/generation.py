@@ -17,6 +17,7 @@ import torch
 
 from newllm.data.dailydialog import format_prompt
 from newllm.data.tokenizer import special_ids
+from newllm.models.registry import usable_positions
 
 
 @dataclass(frozen=True)
@@ -44,17 +45,12 @@ def clean_turn(turn: str) -> str:
     return " ".join(text.split())
 
 
-def _position_limit(model) -> int | None:
-    # GPT2Config maps max_position_embeddings to n_positions; the recurrent configs have no such field.
-    return getattr(model.config, "max_position_embeddings", None)
-
-
 def prompt_ids(model, tokenizer, turns: Sequence[str], max_new_tokens: int) -> list[int]:
-    """The ids `respond` feeds `model`: the formatted turns, cut on the left to fit the model's positions."""
+    """The ids `respond` feeds `model`: the formatted turns, cut on the left to fit the positions it was trained on."""
     if isinstance(turns, (str, bytes, bytearray)) or not isinstance(turns, Sequence):
         raise TypeError(f"turns must be a list of str, got {type(turns).__name__}")
     ids = format_prompt(tokenizer, [clean_turn(turn) for turn in turns])
-    limit = _position_limit(model)
+    limit = usable_positions(model)
     if limit is not None:
         room = limit - max_new_tokens
         if room < 1:

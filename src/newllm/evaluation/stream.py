@@ -6,9 +6,9 @@ model can actually use:
 
 - recurrent models (forward takes `state=` and returns `.state`: New-LLM, the LSTM) carry their
   state from one window to the next, over the whole stream (`word_language_model`'s evaluation);
-- the others (GPT-2) slide a window of `n_positions` tokens along the stream with a stride, the
-  Hugging Face "perplexity of fixed-length models" recipe, so each token sees up to
-  `n_positions - 1` tokens before it.
+- the others (GPT-2) slide a window along the stream with a stride, the Hugging Face "perplexity of
+  fixed-length models" recipe; by default the window is as long as the model's training windows
+  (`usable_positions`), so each token sees up to that many tokens minus one before it.
 
 Both score every token of the stream except the first, exactly once: `len(stream) - 1` tokens, the
 same as `StreamWindows` over that stream (and `encode_text` starts a stream with end-of-text, so that
@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 
 from newllm.data.batching import IGNORE_INDEX
 from newllm.evaluation.perplexity import PerplexityResult, autocast_context
+from newllm.models.registry import usable_positions
 
 CARRIED_STATE = "carried_state"
 SLIDING_WINDOW = "sliding_window"
@@ -83,7 +84,8 @@ def plan_stream(
             raise ValueError(
                 f"{type(model).__name__} takes no `state` and its config has no n_positions: pass `window`"
             )
-        window = positions if trained_window is None else min(trained_window, positions)
+        usable = usable_positions(model)  # the checkpoint's trained_positions where it records them
+        window = usable if trained_window is None else min(trained_window, usable)
     if positions is not None and window > positions:
         raise ValueError(f"window {window} is longer than the model's {positions} positions")
     stride = window // 2 if stride is None else stride

@@ -15,6 +15,7 @@ from newllm.models.registry import (
     count_parameters,
     matched_configs,
     parameter_count,
+    usable_positions,
 )
 
 __all__ = [
@@ -32,4 +33,5 @@ __all__ = [
     "gpt2_config_for_budget",
     "matched_configs",
     "parameter_count",
+    "usable_positions",
 ]

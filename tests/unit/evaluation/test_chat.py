@@ -135,6 +135,16 @@ def test_gpt2_window_is_rebuilt_past_n_positions(tiny_models, tiny_tokenizer):
     assert session.last_reply_ids == expected
 
 
+def test_gpt2_window_stays_inside_the_positions_it_was_trained_on(tiny_models, tiny_tokenizer, monkeypatch):
+    model = tiny_models["tinygpt2"]
+    monkeypatch.setattr(model.config, "trained_positions", POSITIONS // 2, raising=False)
+    session = ChatSession(model, tiny_tokenizer, GREEDY)
+    for turn in TURNS * 4:
+        session.reply(turn)
+        assert len(session._window) <= POSITIONS // 2
+    assert session.tokens_seen > POSITIONS
+
+
 def test_reply_stops_at_end_of_turn_and_closes_the_turn(tiny_models, tiny_tokenizer):
     special = special_ids(tiny_tokenizer)
     model = with_stop_bias(build_model("new_llm", tiny_models["new_llm"].config).eval(), special.end_of_turn, 100.0)

@@ -138,6 +138,13 @@ def test_long_prompt_is_trimmed_for_gpt2_only(tokenizer, tiny_models, monkeypatc
         respond(gpt2, tokenizer, turns, max_new_tokens=POSITIONS)
 
 
+def test_gpt2_prompt_stops_at_the_positions_it_was_trained_on(tokenizer, tiny_models, monkeypatch):
+    turns = [" ".join(LINES[:20]), "and then ?"]
+    gpt2 = tiny_models["tinygpt2"]
+    monkeypatch.setattr(gpt2.config, "trained_positions", POSITIONS // 2, raising=False)
+    assert prompt_ids(gpt2, tokenizer, turns, 8) == format_prompt(tokenizer, turns)[-(POSITIONS // 2 - 8) :]
+
+
 def test_sampling_is_seeded_and_leaves_global_rng_alone(tokenizer, tiny_models):
     model = tiny_models["new_llm"]
     turns = ["what do you do for a living ?"]

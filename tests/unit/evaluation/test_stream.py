@@ -212,6 +212,13 @@ def test_the_default_window_of_a_positional_model_stops_at_its_training_window(t
     assert plan_stream(tiny_models["new_llm"], trained_window=16).window == RECURRENT_WINDOW
 
 
+
+def test_a_checkpoint_that_records_its_trained_positions_slides_that_window(tiny_models, monkeypatch):
+    monkeypatch.setattr(tiny_models["tinygpt2"].config, "trained_positions", 12, raising=False)
+    assert plan_stream(tiny_models["tinygpt2"]).window == 12
+    assert plan_stream(tiny_models["tinygpt2"], trained_window=8).window == 8
+
+
 @pytest.mark.parametrize(
     "name, stream, kwargs, message",
     [

@@ -6,7 +6,14 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from newllm.models import BaselineShape, build_model, count_parameters, gpt2_config_for_budget, matched_configs
+from newllm.models import (
+    BaselineShape,
+    build_model,
+    count_parameters,
+    gpt2_config_for_budget,
+    matched_configs,
+    usable_positions,
+)
 from newllm.models.registry import lstm_config_for_budget, lstm_parameter_count
 from newllm.models.gpt2 import gpt2_parameter_count
 
@@ -78,6 +85,18 @@ def test_impossible_budget_fails_loudly():
 def test_gpt2_positions_cover_requested_context():
     configs = matched_configs(tiny_new_llm_config(), shape=BaselineShape(gpt2_positions=96))
     assert configs["tinygpt2"].n_positions == 96
+
+
+def test_usable_positions_are_the_trained_ones_and_survive_a_save(tiny_configs, tmp_path):
+    gpt2 = build_model("tinygpt2", tiny_configs["tinygpt2"])
+    assert usable_positions(gpt2) == gpt2.config.n_positions  # nothing recorded: every position
+    gpt2.config.trained_positions = 16
+    gpt2.save_pretrained(tmp_path)
+    assert usable_positions(AutoModelForCausalLM.from_pretrained(tmp_path)) == 16
+    gpt2.config.trained_positions = 10 * gpt2.config.n_positions  # never more than the table holds
+    assert usable_positions(gpt2) == gpt2.config.n_positions
+    for name in ("new_llm", "lstm"):  # no positions at all
+        assert usable_positions(build_model(name, tiny_configs[name])) is None
 
 
 def test_unknown_model_name_is_an_error():
