@@ -2,14 +2,16 @@
 # The full schedule for every row of docs/results.md, each model and seed its own process, all side by
 # side on one GPU: step 1 (WikiText-2), step 2 (DailyDialog) and step 3 (evaluation) in the run's folder.
 #
-#   benchmarks/full_schedule.sh RUNS_DIR            # runs in the background; progress: RUNS_DIR/*.log
+#   benchmarks/full_schedule.sh RUNS_DIR            # returns when every run has ended; progress: RUNS_DIR/*.log
 #   SEEDS="0" PLAN="full:new_llm full:tinygpt2" benchmarks/full_schedule.sh RUNS_DIR
 #   python benchmarks/collect_full_schedule.py RUNS_DIR --out summary.json --plot val_ppl.png
 #
-# PLAN entries are <row>:<model>; rows: full (configs/full.toml), par (configs/full_parallel.toml),
-# res (configs/full_residual_norm.toml), seed (configs/seed.toml, the prototype's protocol). Each run <row>_<model>_s<seed> logs `start`,
-# `pretrain_done`, `finetune_done`, `evaluate_done` and `exit <code>` with Unix times. The tokenizer
-# is trained once per preset and copied into every run, so all runs of a tokenizer share it exactly.
+# PLAN entries are <row>:<model>. Rows: full (configs/full.toml), par (configs/full_parallel.toml),
+# res (configs/full_residual_norm.toml), seed (configs/seed.toml, the prototype's protocol).
+# Each run <row>_<model>_s<seed> logs `start`, `pretrain_done`, `finetune_done`, `evaluate_done` and
+# `exit <code>` with Unix times. The tokenizer is trained once per preset and copied into every run,
+# so all runs of a tokenizer share it exactly. PYTHON picks the interpreter that has newllm installed
+# (default python3); EXTRA adds options to every newllm command.
 set -euo pipefail
 
 root=${1:?usage: full_schedule.sh RUNS_DIR}
@@ -17,7 +19,8 @@ seeds=${SEEDS:-0 1 2}
 plan=${PLAN:-full:new_llm par:new_llm full:tinygpt2 full:lstm}
 seed_plan=${SEED_PLAN:-seed:new_llm seed:tinygpt2 seed:lstm}  # the seed protocol, seed 0 only
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1
-newllm=${NEWLLM:-python3 -m newllm.cli}
+python=${PYTHON:-python3}  # the interpreter that has newllm installed
+newllm="$python -m newllm.cli"
 read -r -a extra <<< "${EXTRA:-}"  # more CLI options for every command, e.g. EXTRA="--set pretrain.max_steps=2"
 
 preset() { case $1 in full) echo full ;; par) echo full_parallel ;; res) echo full_residual_norm ;; seed) echo seed ;; *) echo "unknown row $1" >&2; exit 2 ;; esac; }
@@ -29,12 +32,14 @@ run() {  # row model seed
   log=$root/${row}_${model}_s${seed}.log
   mkdir -p "$dir"
   cp "$root/tokenizer_$preset.json" "$dir/tokenizer.json"
-  local common=(--preset "$preset" --models "$model" --output-dir "$dir" --no-progress "${extra[@]}")
+  # both seeds on every command, so that experiment.json and results.json record the run's seed
+  local common=(--preset "$preset" --models "$model" --output-dir "$dir" --no-progress
+                --set pretrain.seed="$seed" --set finetune.seed="$seed" "${extra[@]}")
   {
     echo "start $(date +%s)"
     local code=0
-    $newllm pretrain "${common[@]}" --set pretrain.seed="$seed" && echo "pretrain_done $(date +%s)" \
-      && $newllm finetune "${common[@]}" --set finetune.seed="$seed" && echo "finetune_done $(date +%s)" \
+    $newllm pretrain "${common[@]}" && echo "pretrain_done $(date +%s)" \
+      && $newllm finetune "${common[@]}" && echo "finetune_done $(date +%s)" \
       && $newllm evaluate "${common[@]}" && echo "evaluate_done $(date +%s)" || code=$?
     echo "exit $code $(date +%s)"
   } > "$log" 2>&1
@@ -44,7 +49,7 @@ mkdir -p "$root"
 echo "start $(date +%s)" > "$root/launch.log"
 needed=$(for entry in $plan $seed_plan; do preset "${entry%%:*}"; done | sort -u)
 for name in $needed; do  # one tokenizer per preset (the BPE ones come out the same)
-  python3 - "$name" "$root/tokenizer_$name.json" <<'PY' >> "$root/launch.log" 2>&1
+  $python - "$name" "$root/tokenizer_$name.json" <<'PY' >> "$root/launch.log" 2>&1
 import dataclasses, shutil, sys, tempfile
 from newllm.config import load_config
 from newllm.pipeline import load_wikitext_splits, prepare_tokenizer

@@ -1,0 +1,49 @@
+"""benchmarks/full_schedule.sh and collect_full_schedule.py end to end on a slice of the real data."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+# Full-size LSTM (the cheapest full-size model on a CPU), two optimizer steps per stage, sliced data.
+EXTRA = (
+    "--set data.train_lines=200 --set data.eval_lines=30 --set data.train_dialogues=20 --set data.eval_dialogues=10 "
+    "--set eval.response_dialogues=3 --set pretrain.max_steps=2 --set finetune.max_steps=2 --set eval.speed_repeats=1 "
+    "--set eval.speed_new_tokens=4 --set eval.max_new_tokens=4 --device cpu"
+)
+
+
+def test_one_run_goes_through_all_three_steps_and_into_the_summary(real_data_dir, tmp_path):
+    root = tmp_path / "runs"
+    env = {
+        **os.environ,
+        "NEWLLM_DATA_DIR": str(real_data_dir),
+        "PYTHON": sys.executable,
+        "SEEDS": "3",
+        "PLAN": "full:lstm",
+        "SEED_PLAN": "",
+        "EXTRA": EXTRA,
+    }
+    subprocess.run(["bash", str(REPO / "benchmarks" / "full_schedule.sh"), str(root)], env=env, check=True, timeout=900)
+    log = (root / "full_lstm_s3.log").read_text()
+    events = [line.split()[0] for line in log.splitlines() if line.split()[:1] in (["start"], ["pretrain_done"],
+              ["finetune_done"], ["evaluate_done"], ["exit"])]  # fmt: skip
+    assert events == ["start", "pretrain_done", "finetune_done", "evaluate_done", "exit"], log
+    assert "exit 0 " in log
+    assert json.loads((root / "full_lstm_s3" / "experiment.json").read_text())["config"]["pretrain"]["seed"] == 3
+
+    summary, table = tmp_path / "summary.json", tmp_path / "tables.md"
+    subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "collect_full_schedule.py"), str(root), "--out", str(summary),
+         "--markdown", str(table)],
+        check=True, timeout=300,
+    )  # fmt: skip
+    row = json.loads(summary.read_text())["summary"]["full/lstm"]
+    assert row["runs"] == ["full_lstm_s3"]
+    assert row["test_word_ppl"]["n"] == 1 and row["test_word_ppl"]["mean"] > 1
+    assert row["dialog_test_token_ppl"]["n"] == 1
+    assert "| LSTM |" in table.read_text()
