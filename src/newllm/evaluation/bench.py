@@ -36,7 +36,7 @@ from newllm.evaluation.perplexity import autocast_context
 from newllm.evaluation.speed import cache_bytes, environment
 from newllm.models.new_llm import NewLLMConfig
 from newllm.models.new_llm.decoding import GreedyDecoder
-from newllm.models.registry import BaselineShape, build_model, count_parameters, matched_configs
+from newllm.models.registry import BaselineShape, build_model, count_parameters, matched_configs, max_positions
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
 COMPILE_MODES = ("eager", "compiled", "graphed")
@@ -144,11 +144,6 @@ def _peak(device: torch.device) -> int | None:
     return torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
 
 
-def _position_limit(model) -> int | None:
-    """Learned positions of the model (GPT-2's n_positions), None for the recurrent models."""
-    return getattr(model.config, "max_position_embeddings", None)
-
-
 def _precision_skip(precision: str, device: torch.device) -> str | None:
     """Why `precision` cannot be timed on `device`, or None."""
     if precision not in PRECISIONS:
@@ -174,7 +169,7 @@ def measure_training(
     device = torch.device(device)
     row = {"batch_size": batch_size, "seq_len": seq_len, "precision": precision}
     row.update(tokens_per_s=None, ms_per_step=None, peak_mem_bytes=None)
-    limit = _position_limit(model)
+    limit = max_positions(model)
     skip = _precision_skip(precision, device)
     if skip is None and limit is not None and seq_len > limit:
         skip = f"seq_len {seq_len} is beyond the model's {limit} positions"
@@ -238,7 +233,7 @@ def measure_generation(
     device = torch.device(device)
     row = {"context_len": context_len, "batch_size": batch_size, "gen_tokens": gen_tokens}
     row.update(ms_per_token=None, state_bytes=None, peak_mem_bytes=None)
-    limit = _position_limit(model)
+    limit = max_positions(model)
     if limit is not None and context_len + gen_tokens > limit:
         name = "GPT-2" if model.config.model_type == "gpt2" else model.config.model_type
         return {**row, "skipped": f"beyond {name}'s {limit} positions"}

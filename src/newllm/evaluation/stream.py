@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 
 from newllm.data.batching import IGNORE_INDEX
 from newllm.evaluation.perplexity import PerplexityResult, autocast_context
-from newllm.models.registry import usable_positions
+from newllm.models.registry import max_positions, usable_positions
 
 CARRIED_STATE = "carried_state"
 SLIDING_WINDOW = "sliding_window"
@@ -49,16 +49,6 @@ class StreamPlan:
 def is_recurrent(model) -> bool:
     """True when the model's forward takes a `state` (and so returns the state to carry on with)."""
     return "state" in inspect.signature(model.forward).parameters
-
-
-def max_positions(model) -> int | None:
-    """The longest input a position-embedding model takes (GPT-2's `n_positions`), or None."""
-    config = getattr(model, "config", None)
-    for key in ("n_positions", "max_position_embeddings"):
-        value = getattr(config, key, None)
-        if isinstance(value, int):
-            return value
-    return None
 
 
 def plan_stream(

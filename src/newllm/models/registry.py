@@ -18,6 +18,17 @@ MODEL_NAMES = ("new_llm", "tinygpt2", "lstm")
 MODEL_TYPES = {"new_llm": "new_llm", "tinygpt2": "gpt2", "lstm": "newllm_lstm"}
 
 
+def max_positions(model) -> int | None:
+    """The size of a position-embedding model's position table (GPT-2's `n_positions`), or None."""
+    config = getattr(model, "config", None)
+    # GPT2Config maps max_position_embeddings to n_positions; the recurrent configs have neither.
+    for key in ("n_positions", "max_position_embeddings"):
+        value = getattr(config, key, None)
+        if isinstance(value, int):
+            return value
+    return None
+
+
 def usable_positions(model) -> int | None:
     """How many positions a position-embedding model (GPT-2) can read well, None for the recurrent models.
 
@@ -25,12 +36,10 @@ def usable_positions(model) -> int | None:
     the model was trained on (the pipeline writes it at the end of each stage): the position embeddings
     past it never got a gradient, and reading them made TinyGPT2's perplexity 2.5 times worse.
     """
-    config = getattr(model, "config", None)
-    # GPT2Config maps max_position_embeddings to n_positions; the recurrent configs have neither.
-    limit = next((v for k in ("n_positions", "max_position_embeddings") if isinstance(v := getattr(config, k, None), int)), None)
+    limit = max_positions(model)
     if limit is None:
         return None
-    trained = getattr(config, "trained_positions", None)
+    trained = getattr(model.config, "trained_positions", None)
     return min(limit, trained) if isinstance(trained, int) and trained > 0 else limit
 
 

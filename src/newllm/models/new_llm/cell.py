@@ -120,8 +120,11 @@ class NewLLMCell(BaseCell):
         ffn_norm: bool = False,
         context_scales: int = 1,
     ):
-        super().__init__(embedding_size, context_size, hidden_size, num_layers, hidden_size, dropout, context_dropout,
-                         residual, ffn_norm, context_scales, layer_norm_eps)  # fmt: skip
+        super().__init__(
+            embedding_size, context_size, hidden_size, num_layers, gate_input_size=hidden_size, dropout=dropout,
+            context_dropout=context_dropout, residual=residual, ffn_norm=ffn_norm, context_scales=context_scales,
+            layer_norm_eps=layer_norm_eps,
+        )  # fmt: skip
         self.context_clamp = context_clamp
 
     @property

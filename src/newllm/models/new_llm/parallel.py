@@ -68,8 +68,11 @@ class ParallelNewLLMCell(BaseCell):
         chunk: int = 16,
     ):
         # The [Δ, f, i] projection reads the token embedding (E), not the FFN output.
-        super().__init__(embedding_size, context_size, hidden_size, num_layers, embedding_size, dropout,
-                         context_dropout, residual, ffn_norm, context_scales, layer_norm_eps)  # fmt: skip
+        super().__init__(
+            embedding_size, context_size, hidden_size, num_layers, gate_input_size=embedding_size, dropout=dropout,
+            context_dropout=context_dropout, residual=residual, ffn_norm=ffn_norm, context_scales=context_scales,
+            layer_norm_eps=layer_norm_eps,
+        )  # fmt: skip
         self.chunk = chunk
 
     def _gates(self, token_embedding: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
