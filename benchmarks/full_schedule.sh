@@ -17,7 +17,7 @@ set -euo pipefail
 root=${1:?usage: full_schedule.sh RUNS_DIR}
 seeds=${SEEDS:-0 1 2}
 plan=${PLAN:-full:new_llm par:new_llm full:tinygpt2 full:lstm}
-seed_plan=${SEED_PLAN:-seed:new_llm seed:tinygpt2 seed:lstm}  # the seed protocol, seed 0 only
+seed_plan=${SEED_PLAN-seed:new_llm seed:tinygpt2 seed:lstm}  # the seed protocol, seed 0 only; SEED_PLAN="" for none
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1
 python=${PYTHON:-python3}  # the interpreter that has newllm installed
 newllm="$python -m newllm.cli"

@@ -34,6 +34,7 @@ def test_one_run_goes_through_all_three_steps_and_into_the_summary(real_data_dir
               ["finetune_done"], ["evaluate_done"], ["exit"])]  # fmt: skip
     assert events == ["start", "pretrain_done", "finetune_done", "evaluate_done", "exit"], log
     assert "exit 0 " in log
+    assert sorted(p.name for p in root.glob("*.log")) == ["full_lstm_s3.log", "launch.log"]  # SEED_PLAN="" runs none
     assert json.loads((root / "full_lstm_s3" / "experiment.json").read_text())["config"]["pretrain"]["seed"] == 3
 
     summary, table = tmp_path / "summary.json", tmp_path / "tables.md"

@@ -13,6 +13,8 @@ import contextlib
 
 import torch
 
+from newllm.models.new_llm.scan import capture_stream
+
 
 class GreedyDecoder:
     """Greedy continuation of `batch_size` sequences by up to `max_new_tokens` tokens."""
@@ -52,7 +54,7 @@ class GreedyDecoder:
         self.position += 1
 
     def _capture(self) -> None:
-        stream = torch.cuda.Stream()
+        stream = capture_stream(self.token.device.index)
         stream.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(stream):  # warm-up off the main stream, as torch.cuda.graphs recommends
             for _ in range(3):
