@@ -1,6 +1,6 @@
 """Gather the runs of `benchmarks/full_schedule.sh` into one JSON summary, one figure and two tables.
 
-    python benchmarks/collect_full_schedule.py runs/full_schedule --out docs/results/full_schedule_h200.json \
+    python benchmarks/collect_full_schedule.py runs/session3 runs/session4 --out docs/results/full_schedule_h200.json \
         --plot docs/results/full_schedule_val_ppl.png --markdown tables.md
 
 Reads each run folder `<row>_<model>_s<seed>/`: its log (timestamps, parameter count), its
@@ -9,6 +9,11 @@ checkpoints counts for that run. Writes per run: parameters, epochs run, best ep
 perplexity, the per-epoch history, the timestamps and the test numbers. Per row (preset × model):
 mean and sample standard deviation over the seeds whose stage ran to its end. A stage stopped
 before that stays in the JSON with "complete": false and counts in no mean.
+
+Several folders (one per GPU session) are read in order; a run repeated in a later folder replaces
+the earlier one, its evaluation included. An evaluation from before TinyGPT2's trained positions
+were recorded (its sliding window wider than its training window) keeps its reset-window numbers
+but loses its stream number and its replies: both read positions the model was never trained on.
 """
 
 from __future__ import annotations
@@ -96,6 +101,20 @@ def _evaluated_run(folder: Path, model: str) -> str | None:
     return None
 
 
+def _untrained_positions(results: dict, entry: dict) -> str | None:
+    """Why this evaluation's stream number and replies are void, or None.
+
+    A sliding window wider than the training window marks an evaluation made before checkpoints
+    recorded `trained_positions` (session 3): then the window and the reply prompts both ran past the
+    positions TinyGPT2 was trained on.
+    """
+    stream = entry["wikitext"].get("test_stream") or {}
+    trained = _dig(results, "config", "data", "block_size")
+    if stream.get("method") == "sliding_window" and trained and stream.get("window", 0) > trained:
+        return f"sliding window {stream['window']} > training window {trained}: untrained positions read"
+    return None
+
+
 def collect_evaluations(root: Path, runs: dict) -> dict:
     evaluations = {}
     for path in sorted(root.glob("*/results.json")):
@@ -105,24 +124,47 @@ def collect_evaluations(root: Path, runs: dict) -> dict:
             if run is None or "wikitext" not in entry or "test" not in entry["wikitext"]:
                 continue
             dialog = entry.get("dailydialog", {})
+            void = _untrained_positions(results, entry)
             evaluations[run] = {
                 "eval_folder": path.parent.name,
                 "params": entry.get("params"),
                 "wikitext_test": entry["wikitext"]["test"],
-                "wikitext_test_stream": entry["wikitext"].get("test_stream"),
+                "wikitext_test_stream": None if void else entry["wikitext"].get("test_stream"),
                 "dailydialog_test": dialog.get("test"),
-                "dailydialog_responses": dialog.get("responses"),
+                "dailydialog_responses": None if void else dialog.get("responses"),
                 "samples": entry.get("samples"),
-                "dialog_samples": [
+                "dialog_samples": [] if void else [
                     {**{k: s[k] for k in ("dialogue", "context", "reference")}, "reply": s["replies"].get(model)}
                     for s in results.get("dialog_samples", [])
                 ],
+                **({"void": void} if void else {}),
             }
-            runs[run]["evaluated"] = True
+            if run in runs:
+                runs[run]["evaluated"] = True
         evaluations.setdefault("_reference_responses", results.get("reference_responses"))
         evaluations.setdefault("_tokenizer", results.get("tokenizer"))
         evaluations.setdefault("_environment", results.get("environment"))
     return evaluations
+
+
+def collect(roots: list[Path]) -> tuple[dict, dict, list[dict]]:
+    """(runs, evaluations, launches) of several run folders, read in order: later runs replace earlier ones."""
+    runs, evaluations, launches = {}, {}, []
+    for root in roots:
+        root_runs = collect_runs(root)
+        root_evaluations = collect_evaluations(root, root_runs)
+        for name, run in root_runs.items():
+            run["root"] = root.name
+            evaluations.pop(name, None)  # an evaluation of the replaced run must not outlive it
+        runs.update(root_runs)
+        for key, value in root_evaluations.items():
+            if key.startswith("_"):  # reference replies, tokenizer, environment: the first folder's
+                evaluations.setdefault(key, value)
+            elif key in root_runs:
+                evaluations[key] = value
+        launch = root / "launch.log"
+        launches.append({"root": root.name, **(_log_events(launch.read_text()) if launch.is_file() else {})})
+    return runs, evaluations, launches
 
 
 def _mean_std(values: list[float]) -> dict:
@@ -217,11 +259,13 @@ ROW_LABELS = {
 }
 
 
-def _stat(stat: dict, decimals: int) -> str:
+def _stat(stat: dict, decimals: int, n: int | None = None) -> str:
+    """'mean ± std', and '(n=k)' where fewer seeds than the row's n count in this cell."""
     if not stat["n"]:
         return "—"
     std = f" ± {stat['std']:.{decimals}f}" if stat["std"] is not None else ""
-    return f"{stat['mean']:.{decimals}f}{std}"
+    fewer = f" (n={stat['n']})" if n is not None and stat["n"] != n else ""
+    return f"{stat['mean']:.{decimals}f}{std}{fewer}"
 
 
 def _epochs(runs: dict, names: list[str], stage: str) -> str:
@@ -246,11 +290,12 @@ def markdown_tables(out: dict) -> str:
     ]
     for row in rows:
         s = summary[row]
+        n = s["wikitext_best_val_ppl"]["n"]
         params = ", ".join(f"{p:,}" for p in s["params"]) or "—"
         lines.append(
             f"| {ROW_LABELS[row]} | {params} | {_epochs(runs, s['runs'], 'wikitext')} | "
-            f"{_stat(s['wikitext_best_val_ppl'], 2)} | {_stat(s['test_token_ppl'], 2)} | {_stat(s['test_word_ppl'], 1)} | "
-            f"{_stat(s['test_bits_per_byte'], 3)} | {s['wikitext_best_val_ppl']['n']} |"
+            f"{_stat(s['wikitext_best_val_ppl'], 2)} | {_stat(s['test_token_ppl'], 2, n)} | "
+            f"{_stat(s['test_word_ppl'], 1, n)} | {_stat(s['test_bits_per_byte'], 3, n)} | {n} |"
         )
     lines += [
         "",
@@ -262,29 +307,71 @@ def markdown_tables(out: dict) -> str:
         lines.append(f"| human replies | | | | | {reference['distinct_1']:.3f} | {reference['distinct_2']:.3f} | |")
     for row in rows:
         s = summary[row]
-        if not s["dialog_best_val_ppl"]["n"]:
+        n = s["dialog_best_val_ppl"]["n"]
+        if not n:
             continue
         lines.append(
             f"| {ROW_LABELS[row]} | {_epochs(runs, s['runs'], 'dialog')} | {_stat(s['dialog_best_val_ppl'], 2)} | "
-            f"{_stat(s['dialog_test_token_ppl'], 2)} | {_stat(s['dialog_test_response_ppl'], 2)} | "
-            f"{_stat(s['dialog_distinct_1'], 3)} | {_stat(s['dialog_distinct_2'], 3)} | {s['dialog_best_val_ppl']['n']} |"
+            f"{_stat(s['dialog_test_token_ppl'], 2, n)} | {_stat(s['dialog_test_response_ppl'], 2, n)} | "
+            f"{_stat(s['dialog_distinct_1'], 3, n)} | {_stat(s['dialog_distinct_2'], 3, n)} | {n} |"
         )
+    lines += [
+        "",
+        "| model | test token PPL, reset every window | whole stream | test word PPL, reset | whole stream | n |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for row in rows:
+        s = summary[row]
+        n = s["test_stream_word_ppl"]["n"]
+        if not n:
+            continue
+        lines.append(
+            f"| {ROW_LABELS[row]} | {_stat(s['test_token_ppl'], 2, n)} | {_stat(s['test_stream_token_ppl'], 2)} | "
+            f"{_stat(s['test_word_ppl'], 1, n)} | {_stat(s['test_stream_word_ppl'], 1)} | {n} |"
+        )
+    lines += ["", *_sample_table(out, [row for row in rows if summary[row]["dialog_best_val_ppl"]["n"]])]
     return "\n".join(lines) + "\n"
+
+
+def _sample_table(out: dict, rows: list[str], seed: int = 0) -> list[str]:
+    """The test dialogues' replies side by side: each row's run of `seed`, the human reply first."""
+    samples = {}
+    for row in rows:
+        name = next((n for n in out["summary"][row]["runs"] if out["runs"][n]["seed"] == seed), None)
+        replies = _dig(out["evaluations"], name, "dialog_samples") if name else None
+        if replies:
+            samples[row] = replies
+    if not samples:
+        return []
+    cell = lambda text: (text or "").replace("|", "\\|").replace("\n", " ")  # noqa: E731
+    first = next(iter(samples.values()))
+    lines = [
+        "| # | context (last two turns) | human | " + " | ".join(ROW_LABELS[row] for row in samples) + " |",
+        "| --- | --- | --- | " + " | ".join("---" for _ in samples) + " |",
+    ]
+    for i, sample in enumerate(first):
+        replies = [cell(samples[row][i]["reply"]) if i < len(samples[row]) else "" for row in samples]
+        lines.append(
+            f"| {i + 1} | {cell(' / '.join(sample['context'][-2:]))} | {cell(sample['reference'])} | " + " | ".join(replies) + " |"
+        )
+    return lines
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("root", type=Path, help="the folder full_schedule.sh wrote into")
+    parser.add_argument("roots", type=Path, nargs="+", metavar="root",
+                        help="the folders full_schedule.sh wrote into, oldest first")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--plot", type=Path)
     parser.add_argument("--markdown", type=Path, help="also write the WikiText-2 and DailyDialog tables as Markdown")
     args = parser.parse_args()
-    runs = collect_runs(args.root)
+    missing = [str(root) for root in args.roots if not root.is_dir()]
+    if missing:
+        raise SystemExit(f"collect_full_schedule: no such folder: {', '.join(missing)}")
+    runs, evaluations, launches = collect(args.roots)
     if not runs:
-        raise SystemExit(f"collect_full_schedule: no <row>_<model>_s<seed> run folders in {args.root}")
-    evaluations = collect_evaluations(args.root, runs)
-    launch = _log_events((args.root / "launch.log").read_text()) if (args.root / "launch.log").is_file() else {}
-    out = {"launch": launch, "summary": summarize(runs, evaluations), "runs": runs, "evaluations": evaluations}
+        raise SystemExit(f"collect_full_schedule: no <row>_<model>_s<seed> run folders in {', '.join(map(str, args.roots))}")
+    out = {"launches": launches, "summary": summarize(runs, evaluations), "runs": runs, "evaluations": evaluations}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(out, indent=1) + "\n", encoding="utf-8")
     print(f"wrote {args.out}")

@@ -69,3 +69,45 @@ def test_only_finished_stages_enter_the_means(tmp_path, collect):
     row = next(line for line in table.splitlines() if line.startswith("| New-LLM seed cell"))
     # epochs run 3 and 2, both best at epoch 2; the stopped seed counts nowhere
     assert row == "| New-LLM seed cell (`full`) | 7,482,112 | 2–3 (2) | 52.00 ± 2.83 | — | 172.0 ± 2.8 | — | 2 |"
+
+
+def write_results(folder: Path, model: str, word_ppl: float, stream_window: int, block_size: int = 128):
+    entry = {
+        "params": 7,
+        "wikitext": {"test": {"word_ppl": word_ppl},
+                     "test_stream": {"method": "sliding_window", "window": stream_window, "word_ppl": word_ppl - 10}},
+        "dailydialog": {"test": {"token_ppl": 14.0}, "responses": {"distinct_1": 0.1, "distinct_2": 0.3}},
+    }  # fmt: skip
+    results = {"config": {"data": {"block_size": block_size}}, "models": {model: entry},
+               "dialog_samples": [{"dialogue": 0, "context": ["hi"], "reference": "hello", "replies": {model: "hey"}}]}
+    (folder / "results.json").write_text(json.dumps(results))
+
+
+def test_a_later_folder_replaces_a_run_and_its_evaluation(tmp_path, collect):
+    old, new = tmp_path / "session3", tmp_path / "session4"
+    done = "start 1\npretrain_done 2\nfinetune_done 3\nevaluate_done 4\nexit 0 4\n"
+    for root, val in ((old, 43.0), (new, 42.0)):
+        root.mkdir()
+        write_run(root, "full_tinygpt2_s0", "tinygpt2", done, history(val), history(13))
+    write_run(old, "full_tinygpt2_s1", "tinygpt2", done, history(42.5), history(13.5))
+    write_results(old / "full_tinygpt2_s0", "tinygpt2", 130.0, stream_window=512)
+    write_results(old / "full_tinygpt2_s1", "tinygpt2", 122.0, stream_window=512)
+    write_results(new / "full_tinygpt2_s0", "tinygpt2", 121.0, stream_window=128)
+
+    runs, evaluations, launches = collect.collect([old, new])
+    assert [launch["root"] for launch in launches] == ["session3", "session4"]
+    assert runs["full_tinygpt2_s0"]["root"] == "session4" and runs["full_tinygpt2_s1"]["root"] == "session3"
+    summary = collect.summarize(runs, evaluations)["full/tinygpt2"]
+    assert summary["wikitext_best_val_ppl"]["values"] == [42.0, 42.5]
+    assert summary["test_word_ppl"]["values"] == [121.0, 122.0]  # the replaced run's 130 is gone
+    # the old evaluation's window (512) ran past the 128 positions trained: its stream and replies are void
+    assert summary["test_stream_word_ppl"]["values"] == [111.0]
+    assert summary["dialog_distinct_2"]["values"] == [0.3]
+    assert evaluations["full_tinygpt2_s1"]["void"].startswith("sliding window 512 > training window 128")
+    assert evaluations["full_tinygpt2_s1"]["dialog_samples"] == []
+    assert evaluations["full_tinygpt2_s0"]["dialog_samples"][0]["reply"] == "hey"
+
+    out = {"runs": runs, "summary": collect.summarize(runs, evaluations), "evaluations": evaluations}
+    table = collect.markdown_tables(out)
+    assert "| TinyGPT2 | — | — | 121.5 ± 0.7 (n=2) | 111.0 | 1 |" in table  # the stream table: seed 0 only
+    assert "| 1 | hi | hello | hey |" in table  # seed 0's replies, from the later folder
