@@ -1,4 +1,4 @@
-"""Gather the runs of `benchmarks/full_schedule.sh` into one JSON summary, one figure and two tables.
+"""Gather the runs of `benchmarks/full_schedule.sh` into one JSON summary, one figure and Markdown tables.
 
     python benchmarks/collect_full_schedule.py runs/session3 runs/session4 --out docs/results/full_schedule_h200.json \
         --plot docs/results/full_schedule_val_ppl.png --markdown tables.md
@@ -363,7 +363,7 @@ def main() -> None:
                         help="the folders full_schedule.sh wrote into, oldest first")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--plot", type=Path)
-    parser.add_argument("--markdown", type=Path, help="also write the WikiText-2 and DailyDialog tables as Markdown")
+    parser.add_argument("--markdown", type=Path, help="also write the Markdown tables: WikiText-2, DailyDialog, whole stream, sample replies")
     args = parser.parse_args()
     missing = [str(root) for root in args.roots if not root.is_dir()]
     if missing:
