@@ -256,8 +256,11 @@ def _sliced_sets(results: Mapping[str, Any]) -> list[str]:
     return [STAGES.get(k, (k,))[0] for k, d in _section(results, "data").items() if _get(d, "sliced") is True]
 
 
-def _ranking_sentence(values: Mapping[str, float], what: str) -> str | None:
-    """Sentence naming the model with the lowest value, and the others in order."""
+def _ranking_sentence(values: Mapping[str, float], what: str, compared: int = 2) -> str | None:
+    """Sentence naming the model with the lowest value, and the others in order.
+
+    compared: how many models the run asked for; with one there is nothing to rank.
+    """
     if not values:
         return None
     ranked = sorted(values.items(), key=lambda kv: kv[1])
@@ -265,6 +268,8 @@ def _ranking_sentence(values: Mapping[str, float], what: str) -> str | None:
     winners = [model_label(n) for n, v in ranked if v == best]
     rest = [f"{model_label(n)} {_ppl(v)}" for n, v in ranked if v != best]
     if len(ranked) == 1:
+        if compared == 1:
+            return f"{winners[0]}'s {what} is {_ppl(best)}"
         return f"only {winners[0]} has a {what}: {_ppl(best)}"
     if len(winners) > 1:
         lead = f"{_and(winners)} tie for the lowest {what}: {_ppl(best)}"
@@ -298,7 +303,7 @@ def _summary(results: Mapping[str, Any], names: Sequence[str]) -> str:
 
     sentences = []
     word = metric("wikitext", "test", "word_ppl")
-    ranking = _ranking_sentence(word, "WikiText-2 test word perplexity")
+    ranking = _ranking_sentence(word, "WikiText-2 test word perplexity", len(names))
     if ranking is None:
         sentences.append("No model has a WikiText-2 test word perplexity in these results.")
     else:
@@ -315,7 +320,7 @@ def _summary(results: Mapping[str, Any], names: Sequence[str]) -> str:
     if changes:
         sentences.append(f"with context across windows, test word perplexity goes {_and(changes)}.")
     response = _ranking_sentence(
-        metric("dailydialog", "test", "response_ppl"), "DailyDialog response perplexity"
+        metric("dailydialog", "test", "response_ppl"), "DailyDialog response perplexity", len(names)
     )
     if response:
         sentences.append(f"{response}.")

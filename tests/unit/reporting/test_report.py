@@ -258,6 +258,19 @@ def test_only_the_models_the_run_asked_for_get_rows():
     assert "| LSTM |" not in md
 
 
+def test_a_one_model_run_states_its_numbers_without_ranking():
+    results = make_results()
+    results["config"] = {"model": {"names": ["new_llm"]}}
+    del results["models"]["lstm"], results["models"]["tinygpt2"]
+    text = summary(render_report(results))
+    assert text.startswith("**In short.** New-LLM's WikiText-2 test word perplexity is 205.0 (lower is better).")
+    assert "New-LLM's DailyDialog response perplexity is 22.3." in text
+    assert "only" not in text.lower()
+    # asked for two, one missing: the sentence says only one has the number
+    results["config"] = {"model": {"names": ["new_llm", "tinygpt2"]}}
+    assert "Only New-LLM has a WikiText-2 test word perplexity: 205.0" in summary(render_report(results))
+
+
 @pytest.mark.parametrize("results", [{}, {"models": {}}, {"models": {"new_llm": {"params": 7_512_345}}}])
 def test_nearly_empty_results_still_render(results):
     md = render_report(results)
