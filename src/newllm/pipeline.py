@@ -272,7 +272,9 @@ def pretrain(config: ExperimentConfig, resume: bool = False, overwrite: bool = F
     if config.pretrain.stateful:  # truncated BPTT: one lane of the stream per batch row, read in order
         lanes_set = StreamLanes(streams["train"], config.data.block_size, config.pretrain.batch_size)
     valid_set = StreamWindows(streams["valid"], config.data.block_size, drop_last=False)
-    logger.info("WikiText-2 (%s): %d train tokens, %d valid tokens", config.data.wikitext, len(streams["train"]), len(streams["valid"]))
+    # a stream's first token (end-of-text) is read, never predicted: these are the scored tokens
+    logger.info("WikiText-2 (%s): %d train tokens, %d valid tokens", config.data.wikitext,
+                len(streams["train"]) - 1, len(streams["valid"]) - 1)  # fmt: skip
     configs = model_configs(config, tokenizer)
     for name in config.model.names:
         logger.info("%-9s %s parameters", name, f"{parameter_count(name, configs[name]):,}")

@@ -616,8 +616,8 @@ def _definitions(results: Mapping[str, Any]) -> list[str]:
         "- **Stateful** (WikiText-2 test) = the NLL summed over the same tokens, each predicted with "
         "context across window boundaries: New-LLM and the LSTM carry their state from one window to the "
         "next along the whole test stream (cut into lanes run side by side, each starting from a reset "
-        "state), TinyGPT2 slides a window of its n_positions tokens with a stride, so that each token has "
-        "at least window − stride tokens before it. Divided by the same token, word and byte counts.",
+        "state), TinyGPT2 slides a window as long as its training windows (the positions it was trained "
+        "on) with a stride, so that each token has at least window − stride tokens before it. Divided by the same token, word and byte counts.",
         "- **Response PPL** (DailyDialog) = exp(NLL / tokens) over the utterances after the first "
         "of each dialogue (text + end-of-turn token), i.e. the turns a chat model must produce "
         f"({_count(_get(dialog, 'test_response_tokens'))} response tokens in "

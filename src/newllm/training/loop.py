@@ -204,7 +204,25 @@ def remove_incomplete_checkpoints(run_dir: Path) -> list[Path]:
     return removed
 
 
-class StatefulTrainer(Trainer):
+class FiniteEvalTrainer(Trainer):
+    """The Trainer, stopping on a validation batch whose loss is NaN or infinite.
+
+    Otherwise a NaN validation loss counts as "no improvement" (on_nonfinite="stop"), or is dropped
+    from the mean by logging_nan_inf_filter (on_nonfinite="skip"), and a model that fails on part of
+    the validation set could still be kept as the best.
+    """
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        loss, logits, labels = super().prediction_step(model, inputs, prediction_loss_only, ignore_keys=ignore_keys)
+        if loss is not None and not torch.isfinite(loss).all():
+            raise TrainingDivergedError(
+                f"validation loss became {loss.float().mean().item()} at epoch {self.state.epoch:.2f} "
+                f"(step {self.state.global_step}); lower the learning rate; the best checkpoint so far is untouched"
+            )
+        return loss, logits, labels
+
+
+class StatefulTrainer(FiniteEvalTrainer):
     """Truncated BPTT: each row's recurrent state is carried (detached) from one training batch to the next.
 
     Needs a `StreamLanes` dataset read in order with batch size == lanes (row r of every batch is
@@ -245,6 +263,9 @@ def _check_stateful(model, train_dataset, config: TrainConfig) -> None:
         )
     if world_size() > 1:
         raise ValueError("stateful training is single-process: each rank would need its own lanes")
+    if config.save_steps > 0:
+        # a checkpoint does not hold the lanes' carried state, so a resume mid-epoch could not be exact
+        raise ValueError("stateful training checkpoints at epoch ends only: set save_steps = 0")
 
 
 def train(
@@ -329,7 +350,7 @@ def train(
         callbacks.append(SaveEveryCallback(config.save_steps))
     if skip_nonfinite:
         callbacks.append(SkipNonFiniteCallback())
-    trainer = (StatefulTrainer if config.stateful else Trainer)(
+    trainer = (StatefulTrainer if config.stateful else FiniteEvalTrainer)(
         model=model,
         args=args,
         train_dataset=train_dataset,

@@ -247,3 +247,23 @@ def test_stop_is_the_default(tmp_path):
         data = CountingSequences(64), CountingSequences(16, seed=1)
         loop.train(model, *data, collate, config, tmp_path / "run", progress=False)
     assert not any((tmp_path / "run").glob("checkpoint-*"))  # stopped before writing any checkpoint
+
+
+@pytest.mark.parametrize("on_nonfinite", ["stop", "skip"])
+def test_a_nan_validation_batch_stops_the_run_in_both_modes(tmp_path, on_nonfinite):
+    # "skip" averages NaN losses away (logging_nan_inf_filter), also in evaluation; "stop" would count
+    # a NaN validation loss as no improvement: either way a model failing on validation could be kept.
+    torch.manual_seed(0)
+    model = build_model("new_llm", tiny_new_llm_config())
+
+    def nan_in_eval(module, inputs, output):
+        if not module.training:
+            output.loss = output.loss * float("nan")
+        return output
+
+    model.register_forward_hook(nan_in_eval)
+    config = TrainConfig(epochs=2, batch_size=16, on_nonfinite=on_nonfinite)
+    data = CountingSequences(64), CountingSequences(16, seed=1)
+    with pytest.raises(loop.TrainingDivergedError, match="validation loss became nan at epoch 1.00"):
+        loop.train(model, *data, collate, config, tmp_path / "run", progress=False)
+    assert not any((tmp_path / "run").glob("checkpoint-*"))  # the epoch's checkpoint was never written
