@@ -21,7 +21,7 @@ def _experiment_options(parser: argparse.ArgumentParser) -> None:
         help="override one setting, e.g. --set pretrain.lr=3e-4 (repeatable)",
     )
     parser.add_argument("--output-dir", help="where checkpoints, curves and the report go (default: checkpoints)")
-    parser.add_argument("--data-dir", help="folder holding wikitext-2/ and dailydialog/ (default: $NEWLLM_DATA_DIR, ./data, ../shared/data)")
+    parser.add_argument("--data-dir", help="folder holding wikitext-2/ and dailydialog/ (default: $NEWLLM_DATA_DIR; if unset ./data, ../shared/data, the Hub)")
     parser.add_argument("--models", help="comma-separated subset of new_llm,tinygpt2,lstm")
     parser.add_argument("--wikitext", choices=("tokens", "raw"), help="WikiText-2 variant (default: tokens)")
     parser.add_argument("--tokenizer", choices=("bpe", "seed"), help="tokenizer kind (default: bpe)")

@@ -28,7 +28,7 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class DataConfig:
-    data_dir: str | None = None  # else $NEWLLM_DATA_DIR, ./data, ../shared/data, then the Hub
+    data_dir: str | None = None  # else $NEWLLM_DATA_DIR; if unset ./data, ../shared/data, then the Hub
     wikitext: str = "tokens"  # "tokens" (wikitext-2-v1, the literature's) or "raw"
     tokenizer: str = "bpe"  # "bpe" (byte-level BPE) or "seed" (the prototype's 1,000 words)
     vocab_size: int = 8192

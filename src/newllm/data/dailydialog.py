@@ -26,7 +26,7 @@ from tokenizers import Tokenizer
 
 from newllm.data.errors import DataFormatError, DataNotFoundError
 from newllm.data.tokenizer import SpecialIds, special_ids
-from newllm.data.wikitext import canonical_split, hub_failure, locate_file, missing_from, read_lines
+from newllm.data.wikitext import canonical_split, explicit_data_dir, hub_failure, locate_file, missing_from, read_lines
 
 HUB_ID = "li2017dailydialog/daily_dialog"
 HUB_REVISION = "refs/convert/parquet"
@@ -97,8 +97,8 @@ def load_dailydialog(split: str, data_dir: str | os.PathLike | None = None) -> D
     path, tried = locate_file(f"dailydialog/dialogues_{name}.txt", data_dir)
     if path is not None:
         return _build_split(name, (_parse_line(line) for line in read_lines(path)), str(path))
-    if data_dir is not None:
-        raise DataNotFoundError(f"DailyDialog {name} not found: {missing_from(data_dir, tried[0])}")
+    if (named := explicit_data_dir(data_dir)) is not None:
+        raise DataNotFoundError(f"DailyDialog {name} not found: {missing_from(named, tried[0])}")
     try:
         rows = _dialogues_from_hub(name)
     except Exception as error:  # whatever stops the Hub (no datasets, no network) is one more place tried

@@ -1,7 +1,8 @@
 """WikiText-2 splits: lines read from local files (else the Hugging Face Hub), encoded as one id stream.
 
-The data directory is looked for in the order `data_dir` argument, $NEWLLM_DATA_DIR, ./data and
-../shared/data (relative to the working directory). It holds ``wikitext-2/wiki.{train,valid,test}.tokens``
+The data directory is `data_dir` (--data-dir) or else $NEWLLM_DATA_DIR where one is given, and
+nothing else then (a typo must not fall back to other data); otherwise ./data, ../shared/data
+(relative to the working directory) and the Hub are tried in that order. It holds ``wikitext-2/wiki.{train,valid,test}.tokens``
 and ``wikitext-2-raw/wiki.{train,valid,test}.raw``.
 """
 
@@ -55,14 +56,19 @@ class TextSplit:
         return TextSplit(self.name, self.lines[:n_lines], f"{self.source} (first {n_lines} lines)")
 
 
+def explicit_data_dir(data_dir: str | os.PathLike | None = None) -> Path | None:
+    """The data directory the user named: `data_dir` (--data-dir), else $NEWLLM_DATA_DIR; None if neither."""
+    named = data_dir if data_dir is not None else os.environ.get(DATA_DIR_ENV) or None
+    return Path(named).expanduser() if named is not None else None
+
+
 def _places(data_dir: str | os.PathLike | None) -> list[tuple[Path | None, str]]:
     """Candidate data directories in search order, each with how it was chosen; None if unset."""
-    if data_dir is not None:
-        # An explicit folder is the only place looked at: falling back elsewhere would hide a typo.
-        return [(Path(data_dir).expanduser(), "--data-dir")]
-    places: list[tuple[Path | None, str]] = []
-    env = os.environ.get(DATA_DIR_ENV)
-    places.append((Path(env).expanduser() if env else None, f"${DATA_DIR_ENV}"))
+    explicit = explicit_data_dir(data_dir)
+    if explicit is not None:
+        # A folder the user named is the only place looked at: falling back elsewhere would hide a typo.
+        return [(explicit, "--data-dir" if data_dir is not None else f"${DATA_DIR_ENV}")]
+    places: list[tuple[Path | None, str]] = [(None, f"${DATA_DIR_ENV}")]
     cwd = Path.cwd()
     places.append((cwd / "data", "./data"))
     places.append((cwd.parent / "shared" / "data", "../shared/data"))
@@ -70,7 +76,7 @@ def _places(data_dir: str | os.PathLike | None) -> list[tuple[Path | None, str]]
 
 
 def find_data_dir(data_dir: str | os.PathLike | None = None) -> Path | None:
-    """The first existing directory among `data_dir`, $NEWLLM_DATA_DIR, ./data, ../shared/data; else None."""
+    """The named directory (`data_dir`, else $NEWLLM_DATA_DIR) if it exists; else the first of ./data, ../shared/data."""
     for path, _ in _places(data_dir):
         if path is not None and path.is_dir():
             return path
@@ -138,8 +144,8 @@ def load_wikitext(split: str, variant: str = "tokens", data_dir: str | os.PathLi
     path, tried = locate_file(f"{folder}/wiki.{name}.{suffix}", data_dir)
     if path is not None:
         return TextSplit(name, read_lines(path), str(path))
-    if data_dir is not None:
-        raise DataNotFoundError(f"WikiText-2 {name} ({variant}) not found: {missing_from(data_dir, tried[0])}")
+    if (named := explicit_data_dir(data_dir)) is not None:
+        raise DataNotFoundError(f"WikiText-2 {name} ({variant}) not found: {missing_from(named, tried[0])}")
     hub_split = _HUB_SPLITS[name]
     try:
         lines = _lines_from_hub(config, hub_split)

@@ -51,6 +51,10 @@ def save_checkpoint(model: PreTrainedModel, tokenizer, directory, metadata: dict
         **(metadata or {}),
     }
     write_json_atomic(tmp / METADATA_FILE, meta)
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in tmp.iterdir():  # safetensors writes its file 0600: collaborators must be able to load it
+        os.chmod(path, 0o666 & ~umask)
     if directory.exists():
         os.replace(directory, old)
     os.replace(tmp, directory)
@@ -105,8 +109,17 @@ def load_checkpoint(directory, model_name: str | None = None, expected_tokenizer
             raise CheckpointError(f"{err}: it was saved with another tokenizer than the run's tokenizer.json") from None
     try:
         AutoConfig.from_pretrained(directory)
-        model = AutoModelForCausalLM.from_pretrained(directory)
+        model, info = AutoModelForCausalLM.from_pretrained(directory, output_loading_info=True)
     except Exception as err:  # safetensors / transformers raise many types for a corrupt file
         first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise CheckpointError(f"checkpoint {directory} could not be loaded: {first_line}") from None
+    # transformers fills missing weights with fresh random ones and only logs it: a checkpoint whose
+    # weights belong to another model would otherwise load and generate noise
+    problems = [f"{len(info[key])} {what}" for key, what in (("missing_keys", "missing"),
+                ("unexpected_keys", "unexpected"), ("mismatched_keys", "of the wrong shape")) if info.get(key)]  # fmt: skip
+    if problems:
+        raise CheckpointError(
+            f"checkpoint {directory}: model.safetensors does not match config.json ({', '.join(problems)} weights, "
+            f"e.g. {sorted(map(str, info.get('missing_keys') or info.get('unexpected_keys') or info['mismatched_keys']))[0]})"
+        )
     return model.to(device), tokenizer

@@ -17,6 +17,7 @@ from newllm.data import (
     special_ids,
     train_tokenizer,
 )
+from newllm.data.dailydialog import load_dailydialog
 from newllm.data.wikitext import HUB_ID
 
 # Shaped like the real file: a blank " \n" line, a heading, a line with a double space, non-ASCII text.
@@ -120,16 +121,25 @@ def test_explicit_data_dir_is_the_only_place_looked_at(isolated, monkeypatch):
     assert "Hub" not in message and "shared" not in message
 
 
+def test_a_data_dir_named_in_the_environment_is_the_only_place_looked_at(isolated, monkeypatch):
+    write(isolated / "shared" / "data", "wikitext-2/wiki.test.tokens", "would hide a typo\n")
+    monkeypatch.setenv("NEWLLM_DATA_DIR", str(isolated / "env-typo"))
+    with pytest.raises(DataNotFoundError, match=r"the data directory .*env-typo does not exist") as raised:
+        load_wikitext("test")
+    assert "Hub" not in str(raised.value) and "shared" not in str(raised.value)
+    with pytest.raises(DataNotFoundError, match="env-typo does not exist"):
+        load_dailydialog("test")
+
+
 def test_missing_everywhere_names_every_place_in_one_line(isolated, monkeypatch):
-    monkeypatch.setenv("NEWLLM_DATA_DIR", str(isolated / "env-dir"))
+    monkeypatch.delenv("NEWLLM_DATA_DIR", raising=False)
     with pytest.raises(DataNotFoundError) as raised:
         load_wikitext("test")
     message = str(raised.value)
     assert isinstance(raised.value, FileNotFoundError)
     assert "\n" not in message
     for expected in (
-        str(isolated / "env-dir" / "wikitext-2" / "wiki.test.tokens"),
-        "$NEWLLM_DATA_DIR",
+        "$NEWLLM_DATA_DIR (not set)",
         str(isolated / "work" / "data" / "wikitext-2" / "wiki.test.tokens"),
         str(isolated / "shared" / "data" / "wikitext-2" / "wiki.test.tokens"),
         f"{HUB_ID} wikitext-2-v1 split test (datasets not installed)",

@@ -1,12 +1,14 @@
 """Checkpoints: atomic, safetensors + JSON only, and refused when they don't match."""
 
 import json
+import os
+import stat
 
 import pytest
 import torch
 
 from newllm.data.tokenizer import train_tokenizer
-from newllm.models import build_model
+from newllm.models import build_model, matched_configs
 from newllm.training.checkpoint import CheckpointError, check_checkpoint, load_checkpoint, save_checkpoint
 
 from ..models.conftest import random_ids, tiny_new_llm_config
@@ -68,6 +70,24 @@ def test_corrupt_weights_are_a_clear_error(tmp_path, model, tokenizer):
     (path / "model.safetensors").write_bytes(b"not a safetensors file")
     with pytest.raises(CheckpointError, match="could not be loaded"):
         load_checkpoint(path, "new_llm")
+
+
+def test_weights_of_another_model_are_refused_not_replaced_by_random_ones(tmp_path, model, tokenizer):
+    path = save_checkpoint(model, tokenizer, tmp_path / "ckpt")
+    gpt2_config = matched_configs(tiny_new_llm_config(), names=("new_llm", "tinygpt2"))["tinygpt2"]
+    gpt2 = save_checkpoint(build_model("tinygpt2", gpt2_config), tokenizer, tmp_path / "gpt2")
+    (path / "model.safetensors").write_bytes((gpt2 / "model.safetensors").read_bytes())  # no name in common
+    with pytest.raises(CheckpointError, match=r"model.safetensors does not match config.json \(\d+ missing, \d+ unexpected"):
+        load_checkpoint(path, "new_llm")
+
+
+def test_weights_are_readable_by_others_as_the_umask_allows(tmp_path, model, tokenizer):
+    umask = os.umask(0o022)
+    try:
+        path = save_checkpoint(model, tokenizer, tmp_path / "ckpt")
+    finally:
+        os.umask(umask)
+    assert {p.name: stat.S_IMODE(p.stat().st_mode) for p in path.iterdir()}["model.safetensors"] == 0o644
 
 
 def test_missing_folder(tmp_path):
