@@ -109,8 +109,10 @@ def _config_from_args(args):
 
 def _generate(args) -> int:
     from newllm.evaluation.generation import respond
+    from newllm.pipeline import device_from_name
     from newllm.training.checkpoint import load_checkpoint
 
+    args.device = device_from_name(args.device)
     model, tokenizer = load_checkpoint(args.checkpoint, device=args.device)
     reply = respond(
             model,
@@ -142,6 +144,9 @@ def _chat(args) -> int:
         top_p=args.top_p,
         seed=args.seed,
     )
+    from newllm.pipeline import device_from_name
+
+    args.device = device_from_name(args.device)
     model, tokenizer = load_checkpoint(args.checkpoint, device=args.device)
     session = ChatSession(model, tokenizer, options, device=args.device)
     try:
@@ -177,15 +182,15 @@ def _chat(args) -> int:
 
 
 def _bench(args) -> int:
-    import torch
-
     from newllm.config import parse_overrides, replace_fields
     from newllm.evaluation.bench import BenchConfig, quick_bench_config, run_bench
     from newllm.reporting.bench_report import format_bench_table, write_bench_outputs
 
     config = quick_bench_config() if args.quick else BenchConfig()
     config = replace_fields(config, parse_overrides(args.overrides))
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    from newllm.pipeline import device_from_name
+
+    device = device_from_name(args.device)
     results = run_bench(config, device, progress=not args.no_progress)
     results["command"] = " ".join(["newllm", *sys.argv[2:]]) if len(sys.argv) > 1 else "newllm bench"
     paths = write_bench_outputs(results, args.output_dir)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -87,6 +88,16 @@ class TrainConfig:
     # and each row's state is carried from one batch to the next instead of reset every window
     stateful: bool = False
     on_nonfinite: str = "stop"  # NaN/inf loss: "stop" the run, or "skip" that optimizer step
+
+    def __post_init__(self):
+        # Checked when the config is built, so a bad value fails before any data is read or file written.
+        for name in ("epochs", "patience", "batch_size", "eval_batch_size", "grad_accum"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name}: must be at least 1, got {getattr(self, name)}")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise ConfigError(f"lr: must be a positive number, got {self.lr}")
+        if self.on_nonfinite not in ("stop", "skip"):
+            raise ConfigError(f"on_nonfinite: must be 'stop' or 'skip', got {self.on_nonfinite!r}")
 
 
 @dataclass(frozen=True)
@@ -213,7 +224,10 @@ def replace_fields(obj, values: dict, where: str = ""):
             changes[key] = replace_fields(current, value, path)
         else:
             changes[key] = _coerce(value, hints[key], path)
-    return dataclasses.replace(obj, **changes)
+    try:
+        return dataclasses.replace(obj, **changes)
+    except ConfigError as err:  # a dataclass's own check: name the section
+        raise ConfigError(f"{where}.{err}" if where else str(err)) from None
 
 
 def parse_overrides(pairs: list[str]) -> dict:

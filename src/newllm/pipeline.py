@@ -76,12 +76,26 @@ def curves_path(config: ExperimentConfig, model: str, stage: str) -> Path:
     return Path(config.output_dir) / f"{model}_{stage}_training_curves.png"
 
 
-def resolve_device(config: ExperimentConfig) -> str:
-    if config.device == "auto":
+def device_from_name(name: str) -> str:
+    """"auto" → cuda if there is one, else cpu; any other name checked here, before any work starts."""
+    if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
-    if config.device.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"device {config.device!r} asked for, but PyTorch sees no CUDA device")
-    return config.device
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"unknown device {name!r}: use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {name!r} asked for, but PyTorch sees no CUDA device")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"device {name!r} asked for, but PyTorch sees {torch.cuda.device_count()} CUDA device(s)")
+    elif device.type != "cpu":
+        raise ValueError(f"device {name!r} is not supported: use auto, cpu, cuda or cuda:N")
+    return name
+
+
+def resolve_device(config: ExperimentConfig) -> str:
+    return device_from_name(config.device)
 
 
 def resolve_bf16(config: ExperimentConfig, device: str) -> bool:

@@ -55,6 +55,27 @@ def test_generate_with_missing_checkpoint(capsys, tmp_path):
     assert "does not exist" in _error(capsys)
 
 
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["pretrain", "--preset", "quick", "--device", "gpu"], "unknown device 'gpu'"),
+        (["generate", "--checkpoint", "x", "--device", "gpu", "hi"], "unknown device 'gpu'"),
+        (["chat", "--checkpoint", "x", "--device", "meta"], "device 'meta' is not supported"),
+        (["bench", "--quick", "--device", "tpu"], "unknown device 'tpu'"),
+    ],
+)
+def test_a_device_torch_cannot_use_is_refused_before_any_work(capsys, tmp_path, argv, message):
+    assert main([*argv, "--output-dir", str(tmp_path / "out")] if argv[0] in ("pretrain", "bench") else argv) == 1
+    assert message in _error(capsys)
+    assert not (tmp_path / "out").exists()
+
+
+def test_cuda_without_a_gpu_is_one_line_not_a_traceback(capsys, monkeypatch):
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    assert main(["generate", "--checkpoint", "x", "--device", "cuda", "hi"]) == 1
+    assert "PyTorch sees no CUDA device" in _error(capsys)
+
+
 def test_help_lists_every_command(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["--help"])

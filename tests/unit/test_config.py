@@ -80,3 +80,19 @@ def test_unknown_preset_lists_the_known_ones():
 def test_defaults_are_frozen():
     with pytest.raises(Exception):
         ExperimentConfig().pretrain.lr = 1.0
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("pretrain.epochs=0", "pretrain.epochs: must be at least 1, got 0"),
+        ("finetune.batch_size=0", "finetune.batch_size: must be at least 1, got 0"),
+        ("pretrain.lr=nan", "pretrain.lr: must be a positive number, got nan"),
+        ("pretrain.lr=-1", "pretrain.lr: must be a positive number, got -1.0"),
+        ("finetune.on_nonfinite=bogus", "finetune.on_nonfinite: must be 'stop' or 'skip', got 'bogus'"),
+    ],
+)
+def test_training_settings_that_cannot_train_are_refused_by_name(override, message):
+    with pytest.raises(ConfigError) as raised:
+        load_config("quick", [override])
+    assert str(raised.value) == message

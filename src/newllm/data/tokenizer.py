@@ -45,7 +45,7 @@ _SEED_SPECIALS = (SEED_PAD, SEED_UNK, SEED_BOS, SEED_EOS, *_DIALOGUE_TOKENS)
 _FILE_NAME = "tokenizer.json"
 
 _NORMALISATION = {
-    "bpe": "None: byte-level BPE over the raw UTF-8 bytes, so decoding returns the exact text.",
+    "bpe": "No normalisation: byte-level BPE over the raw UTF-8 bytes, so decoding returns the exact text.",
     "seed": "Lower-cased and split on whitespace; each line end is <EOS> and out-of-vocabulary words are <UNK>.",
 }
 

@@ -278,6 +278,11 @@ def _ranking_sentence(values: Mapping[str, float], what: str, compared: int = 2)
     return lead + (f", against {_and(rest)}" if rest else "")
 
 
+def _cut_short(sets: Sequence[str]) -> str:
+    """'WikiText-2 test set was cut short', or '… and DailyDialog test sets were cut short'."""
+    return f"{_and(sets)} test {'sets were' if len(sets) > 1 else 'set was'} cut short"
+
+
 def _and(items: Sequence[str]) -> str:
     """Items joined for prose: A; A and B; A, B and C."""
     return items[0] if len(items) == 1 else f"{', '.join(items[:-1])} and {items[-1]}"
@@ -629,7 +634,8 @@ def _definitions(results: Mapping[str, Any]) -> list[str]:
         f"- **Tokenizer**: {escape_cell(tok.get('kind', MISSING))}, "
         f"vocabulary {_count(tok.get('vocab_size'))}, "
         f"fingerprint {_code(tok.get('fingerprint'))}; "
-        f"{escape_cell(tok.get('normalisation', 'normalisation not recorded'))}.",
+        # results.json written before session 4 say "None: …"; every version ends its sentence with "."
+        f"{escape_cell(str(tok.get('normalisation', 'normalisation not recorded')).removeprefix('None: ').rstrip('.'))}.",
         "- **Data**: WikiText-2 "
         f"{escape_cell(wikitext.get('variant', MISSING))} from {_code(wikitext.get('source'))}, "
         f"{_count(_get(wikitext, 'test_tokens'))} test tokens; DailyDialog from "
@@ -638,7 +644,7 @@ def _definitions(results: Mapping[str, Any]) -> list[str]:
     ]
     if _sliced_sets(results):
         lines += [
-            f"> **Sliced data.** The {_and(_sliced_sets(results))} test set was cut short (as the quick "
+            f"> **Sliced data.** The {_cut_short(_sliced_sets(results))} (as the quick "
             "preset does): the numbers check that the pipeline works and are "
             "**not comparable with the literature**.",
             "",
@@ -672,7 +678,7 @@ def render_report(
     lines = [f"# {title}", "", f"**In short.** {_summary(results, names)}", ""]
     if sliced := _sliced_sets(results):
         lines += [
-            f"> **Sliced data:** the {_and(sliced)} test set was cut short; "
+            f"> **Sliced data:** the {_cut_short(sliced)}; "
             "not comparable with the literature.",
             "",
         ]

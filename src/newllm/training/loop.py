@@ -284,8 +284,6 @@ def train(
 ) -> TrainResult:
     """Train with early stopping on validation loss; returns the best model and the per-epoch history."""
     run_dir = Path(run_dir)
-    if config.on_nonfinite not in ("stop", "skip"):
-        raise ValueError(f"train.on_nonfinite must be 'stop' or 'skip', not {config.on_nonfinite!r}")
     skip_nonfinite = config.on_nonfinite == "skip"
     if config.stateful:
         _check_stateful(model, train_dataset, config)

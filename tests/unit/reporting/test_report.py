@@ -494,3 +494,12 @@ def test_reporting_imports_no_torch_and_no_other_newllm_module():
                 assert root in allowed_roots or root in sys.stdlib_module_names, (source, module)
                 if root == "newllm":
                     assert module.startswith("newllm.reporting"), (source, module)
+
+
+def test_sliced_sets_read_as_plural_and_the_tokenizer_line_ends_once():
+    results = make_results(sliced=True)
+    results["tokenizer"]["normalisation"] = "None: byte-level BPE over the raw UTF-8 bytes."  # before session 4
+    md = render_report(results)
+    assert "WikiText-2 and DailyDialog test sets were cut short" in md and "test set was" not in md
+    tokenizer_line = next(line for line in md.splitlines() if line.startswith("- **Tokenizer**"))
+    assert tokenizer_line.endswith("; byte-level BPE over the raw UTF-8 bytes.")
