@@ -139,7 +139,8 @@ def prepare_tokenizer(config: ExperimentConfig, train_split: TextSplit | None = 
         if (described["kind"], described["vocab_size"]) != (config.data.tokenizer, config.data.vocab_size):
             raise ValueError(
                 f"{path} is a {described['kind']} tokenizer of {described['vocab_size']} entries but the config asks "
-                f"for {config.data.tokenizer} with {config.data.vocab_size}: use another --output-dir"
+                f"for {config.data.tokenizer} with {config.data.vocab_size}: {_recorded_preset_hint(config)}"
+                "use another --output-dir (the folder's tokenizer is kept: every checkpoint in it was trained on it)"
             )
         return tokenizer
     if train_split is None:
@@ -224,6 +225,15 @@ def _train_stage(experiment: ExperimentConfig, name, stage, resume, overwrite, *
         (folder / STAGE_COMPLETE).unlink(missing_ok=True)
     # resuming a stage that never saved a complete checkpoint starts it again: only half-written folders to clear
     return train(run_dir=folder, resume=start, overwrite=overwrite or (resume and not start), **train_kwargs)
+
+
+def _recorded_preset_hint(config: ExperimentConfig) -> str:
+    """'this folder was run with --preset quick; ' where experiment.json names another preset than `config`'s."""
+    try:
+        recorded = json.loads((Path(config.output_dir) / "experiment.json").read_text(encoding="utf-8"))["config"]["preset"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return ""
+    return f"this folder was run with --preset {recorded}; or " if recorded and recorded != config.preset else ""
 
 
 def _write_experiment(config: ExperimentConfig, step: str) -> None:

@@ -50,6 +50,13 @@ def test_tokenizer_of_another_kind_in_the_output_dir(capsys, tmp_path, tiny_toke
     assert "use another --output-dir" in _error(capsys)
 
 
+def test_a_forgotten_preset_is_named_from_experiment_json(capsys, tmp_path, tiny_tokenizer):
+    save_tokenizer(tiny_tokenizer, tmp_path)
+    (tmp_path / "experiment.json").write_text('{"step": "pretrain", "config": {"preset": "quick"}}')
+    assert main(["evaluate", "--output-dir", str(tmp_path)]) == 1  # the default preset is full
+    assert "this folder was run with --preset quick" in _error(capsys)
+
+
 def test_generate_with_missing_checkpoint(capsys, tmp_path):
     assert main(["generate", "--checkpoint", str(tmp_path / "nothing"), "hello"]) == 1
     assert "does not exist" in _error(capsys)
