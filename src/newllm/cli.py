@@ -67,22 +67,23 @@ def build_parser() -> argparse.ArgumentParser:
     gen = commands.add_parser("generate", help="one prompt -> one response from a checkpoint")
     gen.add_argument("--checkpoint", required=True, help="a model folder, e.g. checkpoints/best_new_llm_dialog")
     gen.add_argument("prompt", help="what the first speaker says")
-    gen.add_argument("--max-new-tokens", type=int, default=40)
-    gen.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
-    gen.add_argument("--temperature", type=float, default=0.8)
-    gen.add_argument("--top-k", type=int, default=50)
-    gen.add_argument("--top-p", type=float, default=0.95)
-    gen.add_argument("--seed", type=int, default=0)
-    gen.add_argument("--device", default="cpu")
+    gen.add_argument("--max-new-tokens", type=int, default=40, help="longest reply in tokens (default: 40)")
+    gen.add_argument("--sample", action="store_true", help="sample instead of greedy decoding (the default here)")
+    _sampling_options(gen, "with --sample")
     chat = commands.add_parser("chat", help="talk with a checkpoint turn by turn (/reset, /quit)")
     chat.add_argument("--checkpoint", required=True, help="a model folder, e.g. checkpoints/best_new_llm_dialog")
     chat.add_argument("--max-new-tokens", type=int, default=40, help="longest reply in tokens (default: 40)")
-    chat.add_argument("--temperature", type=float, default=0.8)
-    chat.add_argument("--top-k", type=int, default=50, help="0 = no limit")
-    chat.add_argument("--top-p", type=float, default=0.95)
-    chat.add_argument("--greedy", action="store_true", help="greedy decoding instead of sampling")
-    chat.add_argument("--seed", type=int, default=0)
-    chat.add_argument("--device", default="cpu")
+    chat.add_argument("--greedy", action="store_true", help="greedy decoding instead of sampling (the default here)")
+    _sampling_options(chat, "unless --greedy")
+    return parser
+
+
+def _sampling_options(parser: argparse.ArgumentParser, when: str) -> None:
+    parser.add_argument("--temperature", type=float, default=0.8, help=f"softmax temperature, {when} (default: 0.8)")
+    parser.add_argument("--top-k", type=int, default=50, help=f"sample from the k likeliest tokens, 0 = all, {when} (default: 50)")
+    parser.add_argument("--top-p", type=float, default=0.95, help=f"nucleus sampling mass, {when} (default: 0.95)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed of the sampling (default: 0)")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 ... or auto (default: cpu)")
     return parser
 
 

@@ -98,6 +98,12 @@ def resolve_device(config: ExperimentConfig) -> str:
     return device_from_name(config.device)
 
 
+def _warn_if_training_full_on_cpu(config: ExperimentConfig, device: str) -> None:
+    if device == "cpu" and (config.preset or "").startswith("full"):
+        logger.warning("training the %s preset on a CPU takes days (it is sized for a GPU); --preset quick "
+                       "runs the whole experiment in minutes", config.preset)  # fmt: skip
+
+
 def resolve_bf16(config: ExperimentConfig, device: str) -> bool:
     if config.precision == "auto":
         return device.startswith("cuda") and torch.cuda.is_bf16_supported()
@@ -283,6 +289,7 @@ def _finish_stage(config, name, stage, result, tokenizer, parent=None) -> None:
 def pretrain(config: ExperimentConfig, resume: bool = False, overwrite: bool = False, progress: bool = True) -> None:
     """Step 1: train every model of `config.model.names` on WikiText-2 from scratch."""
     device = resolve_device(config)
+    _warn_if_training_full_on_cpu(config, device)
     bf16 = resolve_bf16(config, device)
     # Every input is checked before anything is written: the data, then every model's run folder.
     splits = load_wikitext_splits(config)
@@ -346,6 +353,7 @@ def finetune(config: ExperimentConfig, resume: bool = False, overwrite: bool = F
     if config.finetune.stateful:
         raise ValueError("finetune.stateful: dialogues are independent, so there is no stream to carry a state along")
     device = resolve_device(config)
+    _warn_if_training_full_on_cpu(config, device)
     bf16 = resolve_bf16(config, device)
     tokenizer = prepare_tokenizer(config)
     # Check every starting point before training anything: never train from scratch by accident.

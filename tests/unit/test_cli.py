@@ -57,6 +57,15 @@ def test_a_forgotten_preset_is_named_from_experiment_json(capsys, tmp_path, tiny
     assert "this folder was run with --preset quick" in _error(capsys)
 
 
+def test_training_the_full_preset_on_a_cpu_warns_first(caplog, tmp_path):
+    args = ["pretrain", "--device", "cpu", "--data-dir", str(tmp_path / "nowhere"), "--output-dir", str(tmp_path)]
+    assert main(args) == 1  # no data here: the warning must come before anything is read
+    assert "training the full preset on a CPU takes days" in caplog.text
+    caplog.clear()
+    assert main([*args, "--preset", "quick"]) == 1
+    assert "takes days" not in caplog.text
+
+
 def test_generate_with_missing_checkpoint(capsys, tmp_path):
     assert main(["generate", "--checkpoint", str(tmp_path / "nothing"), "hello"]) == 1
     assert "does not exist" in _error(capsys)
