@@ -76,7 +76,8 @@ def _places(data_dir: str | os.PathLike | None) -> list[tuple[Path | None, str]]
 
 
 def find_data_dir(data_dir: str | os.PathLike | None = None) -> Path | None:
-    """The named directory (`data_dir`, else $NEWLLM_DATA_DIR) if it exists; else the first of ./data, ../shared/data."""
+    """The named directory (`data_dir`, else $NEWLLM_DATA_DIR) if it exists, None if it does not; when none is
+    named, the first existing of ./data and ../shared/data, else None."""
     for path, _ in _places(data_dir):
         if path is not None and path.is_dir():
             return path
