@@ -109,24 +109,16 @@ def _config_from_args(args):
 
 
 def _generate(args) -> int:
+    from newllm.evaluation.chat import SamplingOptions
     from newllm.evaluation.generation import respond
     from newllm.pipeline import device_from_name
     from newllm.training.checkpoint import load_checkpoint
 
+    # checked like chat's options (--top-p 2 or --temperature 0 is an error), before the model is loaded
+    options = SamplingOptions(args.max_new_tokens, args.sample, args.temperature, args.top_k, args.top_p, args.seed)
     args.device = device_from_name(args.device)
     model, tokenizer = load_checkpoint(args.checkpoint, device=args.device)
-    reply = respond(
-            model,
-            tokenizer,
-            [args.prompt],
-            max_new_tokens=args.max_new_tokens,
-            do_sample=args.sample,
-            temperature=args.temperature,
-            top_k=args.top_k,
-            top_p=args.top_p,
-            seed=args.seed,
-            device=args.device,
-        )
+    reply = respond(model, tokenizer, [args.prompt], **dataclasses.asdict(options), device=args.device)
     print(reply)
     if not reply:
         print("newllm: the model ended its turn without a word (try --sample)", file=sys.stderr)

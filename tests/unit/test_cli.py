@@ -66,6 +66,13 @@ def test_training_the_full_preset_on_a_cpu_warns_first(caplog, tmp_path):
     assert "takes days" not in caplog.text
 
 
+@pytest.mark.parametrize("option, message", [(["--top-p", "2"], "top_p must be in (0, 1]"),
+                                             (["--temperature", "0"], "temperature must be > 0")])
+def test_generate_checks_its_sampling_options_before_loading(capsys, tmp_path, option, message):
+    assert main(["generate", "--checkpoint", str(tmp_path / "nothing"), *option, "hi"]) == 1
+    assert message in _error(capsys)  # not "does not exist": checked before the checkpoint
+
+
 def test_generate_with_missing_checkpoint(capsys, tmp_path):
     assert main(["generate", "--checkpoint", str(tmp_path / "nothing"), "hello"]) == 1
     assert "does not exist" in _error(capsys)

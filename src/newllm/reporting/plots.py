@@ -14,7 +14,7 @@ from typing import Any
 # no figure registry to leak, and callers that use pyplot themselves are unaffected.
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-from matplotlib.ticker import LogFormatter, MaxNLocator
+from matplotlib.ticker import LogFormatter, MaxNLocator, NullFormatter, ScalarFormatter
 
 MODEL_LABELS = {"new_llm": "New-LLM", "tinygpt2": "TinyGPT2", "lstm": "LSTM"}
 # Okabe–Ito colours (colour-blind safe); a model keeps its colour in every figure.
@@ -109,13 +109,19 @@ def best_epoch(history: Sequence[Mapping[str, Any]]) -> int | None:
 
 def _use_log_y(ax, values: Sequence[float]) -> None:
     """Log y with plain-number tick labels, if any value can be drawn on a log axis."""
-    if not any(v > 0 for v in values if math.isfinite(v)):
+    positive = [v for v in values if math.isfinite(v) and v > 0]
+    if not positive:
         return
     ax.set_yscale("log")
-    # Perplexities often span less than a decade; plain labels on minor ticks
-    # ("200", "300") read better than 2×10².
-    ax.yaxis.set_major_formatter(LogFormatter(labelOnlyBase=False))
-    ax.yaxis.set_minor_formatter(LogFormatter(labelOnlyBase=False, minor_thresholds=(2, 0.5)))
+    if max(positive) / min(positive) < 30:
+        # Perplexities often span less than a decade and a half: a log axis then has one or two labelled
+        # ticks at most, so put ~8 plain-number ticks ("150", "200", "250") where the lines are.
+        ax.yaxis.set_major_locator(MaxNLocator(nbins=8))
+        ax.yaxis.set_major_formatter(ScalarFormatter(useOffset=False))
+        ax.yaxis.set_minor_formatter(NullFormatter())
+    else:
+        ax.yaxis.set_major_formatter(LogFormatter(labelOnlyBase=False))
+        ax.yaxis.set_minor_formatter(LogFormatter(labelOnlyBase=False, minor_thresholds=(2, 0.5)))
 
 
 def _style(ax, xlabel: str, ylabel: str) -> None:

@@ -595,7 +595,17 @@ def _samples_section(results: Mapping[str, Any], names: Sequence[str]) -> list[s
             [escape_cell(p), *(escape_cell(_get(by_model.get(n), p, decoding)) for n in names)]
             for p in prompts
         ]
-        lines += [f"### {decoding.capitalize()}", "", *_table(headers, rows, numeric=0), ""]
+        lines += [f"### {decoding.capitalize()}", ""]
+        if decoding == "sampled":
+            sampling = _section(results, "config", "eval")
+            settings = ", ".join(f"{key.replace('_', '-')} {sampling[key]}" for key in ("temperature", "top_k", "top_p")
+                                 if key in sampling)  # fmt: skip
+            lines += [
+                f"Sampled{f' ({settings})' if settings else ''}, every prompt from the same seed (0), so a run "
+                "repeats exactly; near-identical replies to different prompts mean the model barely reads the prompt.",
+                "",
+            ]
+        lines += [*_table(headers, rows, numeric=0), ""]
     return lines
 
 

@@ -159,6 +159,20 @@ def test_comparison_one_line_per_model(tmp_path, captured_figures):
     assert ax.get_yscale() == "log"
 
 
+def test_a_log_axis_within_a_decade_has_several_labelled_ticks_among_the_lines(tmp_path, captured_figures):
+    # validation perplexities of 117 to 480: a plain log axis labels only 200, 300 and 400
+    histories = {"new_llm": make_history([math.log(345), math.log(212)]),
+                 "tinygpt2": make_history([math.log(165), math.log(117)]),
+                 "lstm": make_history([math.log(480), math.log(381)])}  # fmt: skip
+    plot_comparison(histories, tmp_path / "c.png", "t")
+    ax = captured_figures[0].axes[0]
+    captured_figures[0].canvas.draw()
+    low, high = ax.get_ylim()
+    labelled = [t for t in ax.yaxis.get_major_ticks() if low <= t.get_loc() <= high and t.label1.get_text()]
+    assert len(labelled) >= 5
+    assert any(t.get_loc() < 165 for t in labelled)  # TinyGPT2's lines get a tick of their own
+
+
 def test_comparison_of_losses_is_linear(tmp_path, captured_figures):
     plot_comparison({"new_llm": make_history([5.0, 4.5])}, tmp_path / "cmp.png", "t", metric="val_loss")
     assert captured_figures[0].axes[0].get_yscale() == "linear"

@@ -503,3 +503,12 @@ def test_sliced_sets_read_as_plural_and_the_tokenizer_line_ends_once():
     assert "WikiText-2 and DailyDialog test sets were cut short" in md and "test set was" not in md
     tokenizer_line = next(line for line in md.splitlines() if line.startswith("- **Tokenizer**"))
     assert tokenizer_line.endswith("; byte-level BPE over the raw UTF-8 bytes.")
+
+
+def test_the_sampled_table_says_how_it_was_sampled():
+    results = make_results()
+    results["config"] = {"eval": {"temperature": 0.8, "top_k": 50, "top_p": 0.95}}
+    md = render_report(results)
+    section = md[md.index("### Sampled"):]
+    assert "Sampled (temperature 0.8, top-k 50, top-p 0.95), every prompt from the same seed (0)" in section
+    assert section.index("every prompt from the same seed") < section.index("| Prompt |")
