@@ -280,56 +280,58 @@ def _epochs(runs: dict, names: list[str], stage: str) -> str:
     return f"{span([d['epochs_run'] for d in done])} ({span([d['best_epoch'] for d in done])})"
 
 
+def _summary_table(header: str, align: str, out: dict, rows: list[str], n_key: str, cells, keep_empty=False) -> list[str]:
+    """One Markdown table of the summary: a line per row, `cells(summary_row, n)` between the label and n.
+
+    n is how many seeds count in `n_key`'s stat; rows where that is 0 are left out unless `keep_empty`.
+    """
+    lines = [header, align]
+    for row in rows:
+        s = out["summary"][row]
+        n = s[n_key]["n"]
+        if n or keep_empty:
+            lines.append(f"| {ROW_LABELS[row]} | {' | '.join(cells(s, n))} | {n} |")
+    return lines
+
+
 def markdown_tables(out: dict) -> str:
-    """The BPE rows' WikiText-2 and DailyDialog tables of docs/results.md, from the summary."""
-    runs, summary = out["runs"], out["summary"]
-    rows = [row for row in ROW_LABELS if row in summary]
-    lines = [
+    """The BPE rows' tables of docs/results.md (WikiText-2, DailyDialog, whole stream, samples), from the summary."""
+    runs = out["runs"]
+    rows = [row for row in ROW_LABELS if row in out["summary"]]
+    wikitext = _summary_table(
         "| model | parameters | epochs run (best) | val token PPL | test token PPL | test word PPL | test bits/byte | n |",
         "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: |",
-    ]
-    for row in rows:
-        s = summary[row]
-        n = s["wikitext_best_val_ppl"]["n"]
-        params = ", ".join(f"{p:,}" for p in s["params"]) or "—"
-        lines.append(
-            f"| {ROW_LABELS[row]} | {params} | {_epochs(runs, s['runs'], 'wikitext')} | "
-            f"{_stat(s['wikitext_best_val_ppl'], 2)} | {_stat(s['test_token_ppl'], 2, n)} | "
-            f"{_stat(s['test_word_ppl'], 1, n)} | {_stat(s['test_bits_per_byte'], 3, n)} | {n} |"
-        )
-    lines += [
-        "",
+        out, rows, "wikitext_best_val_ppl", keep_empty=True,
+        cells=lambda s, n: [
+            ", ".join(f"{p:,}" for p in s["params"]) or "—", _epochs(runs, s["runs"], "wikitext"),
+            _stat(s["wikitext_best_val_ppl"], 2), _stat(s["test_token_ppl"], 2, n), _stat(s["test_word_ppl"], 1, n),
+            _stat(s["test_bits_per_byte"], 3, n),
+        ],
+    )  # fmt: skip
+    dialog = _summary_table(
         "| model | epochs run (best) | val token PPL | test token PPL | test response PPL | distinct-1 | distinct-2 | n |",
         "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
-    ]
+        out, rows, "dialog_best_val_ppl",
+        cells=lambda s, n: [
+            _epochs(runs, s["runs"], "dialog"), _stat(s["dialog_best_val_ppl"], 2), _stat(s["dialog_test_token_ppl"], 2, n),
+            _stat(s["dialog_test_response_ppl"], 2, n), _stat(s["dialog_distinct_1"], 3, n),
+            _stat(s["dialog_distinct_2"], 3, n),
+        ],
+    )  # fmt: skip
     reference = out["evaluations"].get("_reference_responses")
-    if reference:
-        lines.append(f"| human replies | | | | | {reference['distinct_1']:.3f} | {reference['distinct_2']:.3f} | |")
-    for row in rows:
-        s = summary[row]
-        n = s["dialog_best_val_ppl"]["n"]
-        if not n:
-            continue
-        lines.append(
-            f"| {ROW_LABELS[row]} | {_epochs(runs, s['runs'], 'dialog')} | {_stat(s['dialog_best_val_ppl'], 2)} | "
-            f"{_stat(s['dialog_test_token_ppl'], 2, n)} | {_stat(s['dialog_test_response_ppl'], 2, n)} | "
-            f"{_stat(s['dialog_distinct_1'], 3, n)} | {_stat(s['dialog_distinct_2'], 3, n)} | {n} |"
-        )
-    lines += [
-        "",
+    if reference:  # the human row goes first, under the header
+        dialog.insert(2, f"| human replies | | | | | {reference['distinct_1']:.3f} | {reference['distinct_2']:.3f} | |")
+    stream = _summary_table(
         "| model | test token PPL, reset every window | whole stream | test word PPL, reset | whole stream | n |",
         "| --- | ---: | ---: | ---: | ---: | ---: |",
-    ]
-    for row in rows:
-        s = summary[row]
-        n = s["test_stream_word_ppl"]["n"]
-        if not n:
-            continue
-        lines.append(
-            f"| {ROW_LABELS[row]} | {_stat(s['test_token_ppl'], 2, n)} | {_stat(s['test_stream_token_ppl'], 2)} | "
-            f"{_stat(s['test_word_ppl'], 1, n)} | {_stat(s['test_stream_word_ppl'], 1)} | {n} |"
-        )
-    lines += ["", *_sample_table(out, [row for row in rows if summary[row]["dialog_best_val_ppl"]["n"]])]
+        out, rows, "test_stream_word_ppl",
+        cells=lambda s, n: [
+            _stat(s["test_token_ppl"], 2, n), _stat(s["test_stream_token_ppl"], 2), _stat(s["test_word_ppl"], 1, n),
+            _stat(s["test_stream_word_ppl"], 1),
+        ],
+    )  # fmt: skip
+    with_dialog = [row for row in rows if out["summary"][row]["dialog_best_val_ppl"]["n"]]
+    lines = [*wikitext, "", *dialog, "", *stream, "", *_sample_table(out, with_dialog)]
     return "\n".join(lines) + "\n"
 
 

@@ -127,6 +127,7 @@ def _generate(args) -> int:
 
 def _chat(args) -> int:
     from newllm.evaluation.chat import COMMANDS, ChatSession, SamplingOptions, clean_line
+    from newllm.pipeline import device_from_name
     from newllm.training.checkpoint import load_checkpoint
 
     options = SamplingOptions(
@@ -137,8 +138,6 @@ def _chat(args) -> int:
         top_p=args.top_p,
         seed=args.seed,
     )
-    from newllm.pipeline import device_from_name
-
     args.device = device_from_name(args.device)
     model, tokenizer = load_checkpoint(args.checkpoint, device=args.device)
     session = ChatSession(model, tokenizer, options, device=args.device)
@@ -177,12 +176,11 @@ def _chat(args) -> int:
 def _bench(args) -> int:
     from newllm.config import parse_overrides, replace_fields
     from newllm.evaluation.bench import BenchConfig, quick_bench_config, run_bench
+    from newllm.pipeline import device_from_name
     from newllm.reporting.bench_report import format_bench_table, write_bench_outputs
 
     config = quick_bench_config() if args.quick else BenchConfig()
     config = replace_fields(config, parse_overrides(args.overrides))
-    from newllm.pipeline import device_from_name
-
     device = device_from_name(args.device)
     results = run_bench(config, device, progress=not args.no_progress)
     results["command"] = " ".join(["newllm", *sys.argv[2:]]) if len(sys.argv) > 1 else "newllm bench"
