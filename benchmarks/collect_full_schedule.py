@@ -125,15 +125,17 @@ def collect_evaluations(root: Path, runs: dict) -> dict:
                 continue
             dialog = entry.get("dailydialog", {})
             void = _untrained_positions(results, entry)
+            # A run stopped before step 2 was evaluated with its step-1 model: those are not DailyDialog replies.
+            step1_replies = "test" not in dialog
             evaluations[run] = {
                 "eval_folder": path.parent.name,
                 "params": entry.get("params"),
                 "wikitext_test": entry["wikitext"]["test"],
                 "wikitext_test_stream": None if void else entry["wikitext"].get("test_stream"),
                 "dailydialog_test": dialog.get("test"),
-                "dailydialog_responses": None if void else dialog.get("responses"),
+                "dailydialog_responses": None if void or step1_replies else dialog.get("responses"),
                 "samples": entry.get("samples"),
-                "dialog_samples": [] if void else [
+                "dialog_samples": [] if void or step1_replies else [
                     {**{k: s[k] for k in ("dialogue", "context", "reference")}, "reply": s["replies"].get(model)}
                     for s in results.get("dialog_samples", [])
                 ],
@@ -219,24 +221,30 @@ def _dig(obj, *keys):
     return obj
 
 
-def plot_validation(runs: dict, path: Path, preset_names=("full", "full_parallel")) -> Path:
-    """WikiText-2 validation perplexity per epoch: one colour per row, one line per seed that finished step 1."""
+ROW_LABELS = {
+    "full/tinygpt2": "TinyGPT2",
+    "full/lstm": "LSTM",
+    "full/new_llm": "New-LLM seed cell (`full`)",
+    "full_residual_norm/new_llm": "New-LLM seed cell + residual + norm (`full_residual_norm`)",
+    "full_parallel/new_llm": "New-LLM parallel + residual + norm (`full_parallel`)",
+}
+ROW_COLORS = {"full_parallel/new_llm": "#CC79A7", "full_residual_norm/new_llm": "#E69F00"}  # the New-LLM variants
+
+
+def plot_validation(runs: dict, path: Path) -> Path:
+    """WikiText-2 validation perplexity per epoch: one colour per BPE row, one line per seed that finished step 1."""
     fig = Figure(figsize=(8, 4.8), layout="constrained")
     ax = fig.subplots()
     labelled = set()
-    colors = {"full_parallel/new_llm": "#CC79A7"}
-    for name, run in sorted(runs.items()):
+    for _, run in sorted(runs.items()):
         row = f"{run['preset']}/{run['model']}"
-        if run["preset"] not in preset_names or not (run["wikitext"] and run["wikitext"]["complete"]):
-            continue
+        if row not in ROW_LABELS or not (run["wikitext"] and run["wikitext"]["complete"]):
+            continue  # the seed protocol's are per token of another vocabulary
         history = run["wikitext"]["history"]
-        label = model_label(run["model"]) + (" parallel + residual + norm" if run["preset"] == "full_parallel" else "")
-        if run["model"] == "new_llm" and run["preset"] == "full":
-            label += " seed cell"
         ax.plot(
             [r["epoch"] for r in history], [r["val_ppl"] for r in history], "-", linewidth=1.2,
-            color=colors.get(row, model_color(run["model"], 0)),
-            label=None if row in labelled else label,
+            color=ROW_COLORS.get(row, model_color(run["model"], 0)),
+            label=None if row in labelled else ROW_LABELS[row].replace("`", ""),
         )
         labelled.add(row)
     ax.set_yscale("log")
@@ -248,15 +256,6 @@ def plot_validation(runs: dict, path: Path, preset_names=("full", "full_parallel
     ax.legend()
     ax.set_title("Full schedule on one H200: one line per seed")
     return save_figure(fig, path)
-
-
-ROW_LABELS = {
-    "full/tinygpt2": "TinyGPT2",
-    "full/lstm": "LSTM",
-    "full/new_llm": "New-LLM seed cell (`full`)",
-    "full_residual_norm/new_llm": "New-LLM seed cell + residual + norm (`full_residual_norm`)",
-    "full_parallel/new_llm": "New-LLM parallel + residual + norm (`full_parallel`)",
-}
 
 
 def _stat(stat: dict, decimals: int, n: int | None = None) -> str:

@@ -111,3 +111,34 @@ def test_a_later_folder_replaces_a_run_and_its_evaluation(tmp_path, collect):
     table = collect.markdown_tables(out)
     assert "| TinyGPT2 | — | — | 121.5 ± 0.7 (n=2) | 111.0 | 1 |" in table  # the stream table: seed 0 only
     assert "| 1 | hi | hello | hey |" in table  # seed 0's replies, from the later folder
+
+
+def test_replies_of_a_run_stopped_before_step_2_are_not_dialogue_results(tmp_path, collect):
+    step1 = "start 1\npretrain_done 2\nexit 143 3\n"  # step 2 stopped, then evaluated with the step-1 model
+    write_run(tmp_path, "full_lstm_s1", "lstm", step1, history(50.0), history(30.0, 25.0))
+    write_results(tmp_path / "full_lstm_s1", "lstm", 153.0, stream_window=128)
+    results_path = tmp_path / "full_lstm_s1" / "results.json"
+    results = json.loads(results_path.read_text())
+    del results["models"]["lstm"]["dailydialog"]["test"]  # what evaluate writes without best_lstm_dialog/
+    results_path.write_text(json.dumps(results))
+
+    runs, evaluations, _ = collect.collect([tmp_path])
+    summary = collect.summarize(runs, evaluations)["full/lstm"]
+    assert summary["test_word_ppl"]["values"] == [153.0]  # step 1's numbers count
+    assert summary["dialog_distinct_2"]["values"] == []  # the step-1 model's replies do not
+    assert summary["dialog_best_val_ppl"]["values"] == []  # nor the unfinished step 2
+    assert evaluations["full_lstm_s1"]["dialog_samples"] == []
+
+
+def test_plot_has_one_line_per_finished_bpe_run(tmp_path, collect, monkeypatch):
+    done = "start 1\npretrain_done 2\nexit 0 3\n"
+    for name, model in (("full_new_llm_s0", "new_llm"), ("res_new_llm_s0", "new_llm"), ("seed_lstm_s0", "lstm")):
+        write_run(tmp_path, name, model, done, history(60.0, 55.0))
+    write_run(tmp_path, "full_lstm_s0", "lstm", "start 1\nexit 143 2\n", history(99.0))  # step 1 stopped
+    drawn = []
+    monkeypatch.setattr(collect, "save_figure", lambda fig, path: drawn.extend(fig.axes[0].get_lines()) or path)
+
+    collect.plot_validation(collect.collect_runs(tmp_path), tmp_path / "val.png")
+    assert sorted(line.get_label() for line in drawn) == [
+        "New-LLM seed cell (full)", "New-LLM seed cell + residual + norm (full_residual_norm)",
+    ]  # not the seed protocol (another vocabulary), not the stopped run
