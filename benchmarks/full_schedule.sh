@@ -11,12 +11,14 @@
 # Each run <row>_<model>_s<seed> logs `start`, `pretrain_done`, `finetune_done`, `evaluate_done` and
 # `exit <code>` with Unix times. The tokenizer is trained once per preset and copied into every run,
 # so all runs of a tokenizer share it exactly. PYTHON picks the interpreter that has newllm installed
-# (default python3); EXTRA adds options to every newllm command.
+# (default python3); EXTRA adds options to every newllm command. MPS=1 starts a CUDA MPS daemon for the
+# runs (and stops it after), so that the processes share the GPU's SMs instead of taking turns: in
+# session 5, six runs under MPS each went about as fast as three without it (docs/results.md).
 set -euo pipefail
 
 root=${1:?usage: full_schedule.sh RUNS_DIR}
 seeds=${SEEDS:-0 1 2}
-plan=${PLAN:-full:new_llm par:new_llm full:tinygpt2 full:lstm}
+plan=${PLAN-full:new_llm par:new_llm full:tinygpt2 full:lstm}  # PLAN="" for none (then SEED_PLAN alone)
 seed_plan=${SEED_PLAN-seed:new_llm seed:tinygpt2 seed:lstm}  # the seed protocol, seed 0 only; SEED_PLAN="" for none
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1
 python=${PYTHON:-python3}  # the interpreter that has newllm installed
@@ -45,8 +47,24 @@ run() {  # row model seed
   } > "$log" 2>&1
 }
 
+start_mps() {  # MPS=1: one MPS daemon for this schedule's processes; without it they time-slice the GPU
+  command -v nvidia-cuda-mps-control > /dev/null || { echo "MPS: nvidia-cuda-mps-control not found, running without"; return; }
+  export CUDA_MPS_PIPE_DIRECTORY=${CUDA_MPS_PIPE_DIRECTORY:-/tmp/newllm-mps-$$} CUDA_MPS_LOG_DIRECTORY=${CUDA_MPS_LOG_DIRECTORY:-/tmp/newllm-mps-$$-log}
+  mkdir -p "$CUDA_MPS_PIPE_DIRECTORY" "$CUDA_MPS_LOG_DIRECTORY"
+  if nvidia-cuda-mps-control -d; then
+    trap 'echo quit | nvidia-cuda-mps-control' EXIT
+    if timeout 90 $python -c "import torch; torch.ones(1, device='cuda').sum().item()"; then
+      echo "MPS: on ($CUDA_MPS_PIPE_DIRECTORY)"; return
+    fi
+    echo quit | nvidia-cuda-mps-control; trap - EXIT
+  fi
+  unset CUDA_MPS_PIPE_DIRECTORY CUDA_MPS_LOG_DIRECTORY
+  echo "MPS: the daemon or a CUDA client failed, running without"
+}
+
 mkdir -p "$root"
 echo "start $(date +%s)" > "$root/launch.log"
+if [ "${MPS:-0}" = 1 ]; then start_mps >> "$root/launch.log" 2>&1; fi
 needed=$(for entry in $plan $seed_plan; do preset "${entry%%:*}"; done | sort -u)
 for name in $needed; do  # one tokenizer per preset (the BPE ones come out the same)
   $python - "$name" "$root/tokenizer_$name.json" <<'PY' >> "$root/launch.log" 2>&1

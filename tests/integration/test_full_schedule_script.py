@@ -48,3 +48,28 @@ def test_one_run_goes_through_all_three_steps_and_into_the_summary(real_data_dir
     assert row["test_word_ppl"]["n"] == 1 and row["test_word_ppl"]["mean"] > 1
     assert row["dialog_test_token_ppl"]["n"] == 1
     assert "| LSTM |" in table.read_text()
+
+
+def test_mps_is_started_checked_and_stopped_or_left_out(tmp_path):
+    """MPS=1 starts the daemon, and stops it again when no CUDA client can use it (here: no GPU)."""
+    bin_dir, calls = tmp_path / "bin", tmp_path / "calls"
+    bin_dir.mkdir()
+    fake = bin_dir / "nvidia-cuda-mps-control"  # records its arguments and its stdin ("quit")
+    fake.write_text(f'#!/bin/sh\necho "args $*" >> {calls}\n[ -t 0 ] || cat >> {calls}\n')
+    fake.chmod(0o755)
+    python = tmp_path / "bin" / "python-without-cuda"  # the CUDA probe fails, as on a machine without a GPU
+    python.write_text("#!/bin/sh\nexit 1\n")
+    python.chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "PYTHON": str(python), "MPS": "1", "PLAN": "",
+           "SEED_PLAN": ""}  # fmt: skip
+    root = tmp_path / "runs"
+    subprocess.run(["bash", str(REPO / "benchmarks" / "full_schedule.sh"), str(root)], env=env, check=True, timeout=60,
+                   stdin=subprocess.DEVNULL)  # fmt: skip
+    assert calls.read_text().split("\n")[:3] == ["args -d", "args ", "quit"]  # started, then told to quit
+    assert "MPS: the daemon or a CUDA client failed, running without" in (root / "launch.log").read_text()
+    assert [p.name for p in root.iterdir()] == ["launch.log"]  # PLAN="" and SEED_PLAN="": no run, no tokenizer
+
+    env["PATH"] = "/usr/bin:/bin"  # no daemon to be found
+    subprocess.run(["bash", str(REPO / "benchmarks" / "full_schedule.sh"), str(tmp_path / "runs2")], env=env,
+                   check=True, timeout=60)  # fmt: skip
+    assert "MPS: nvidia-cuda-mps-control not found" in (tmp_path / "runs2" / "launch.log").read_text()
