@@ -29,6 +29,11 @@ def _experiment_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
+def _quiet_option(parser: argparse.ArgumentParser, default) -> None:
+    # on the program and on every command, so that `newllm pretrain -q` works like `newllm -q pretrain`
+    parser.add_argument("-q", "--quiet", action="store_true", default=default, help="only warnings and errors")
+
+
 def _training_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resume", action="store_true", help="continue interrupted runs from their last checkpoint")
     parser.add_argument("--overwrite", action="store_true", help="start again where a run already exists")
@@ -39,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="newllm",
         description="New-LLM (one fixed-size context vector, no attention) vs GPT-2 and an LSTM of the same size.",
     )
-    parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    _quiet_option(parser, default=False)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, help_text in [
         ("pretrain", "step 1: train every model on WikiText-2"),
@@ -75,16 +80,30 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("--max-new-tokens", type=int, default=40, help="longest reply in tokens (default: 40)")
     chat.add_argument("--greedy", action="store_true", help="greedy decoding instead of sampling (the default here)")
     _sampling_options(chat, "unless --greedy")
+    for sub in commands.choices.values():
+        _quiet_option(sub, default=argparse.SUPPRESS)  # absent: the program-level value stands
     return parser
 
 
 def _sampling_options(parser: argparse.ArgumentParser, when: str) -> None:
-    parser.add_argument("--temperature", type=float, default=0.8, help=f"softmax temperature, {when} (default: 0.8)")
-    parser.add_argument("--top-k", type=int, default=50, help=f"sample from the k likeliest tokens, 0 = all, {when} (default: 50)")
-    parser.add_argument("--top-p", type=float, default=0.95, help=f"nucleus sampling mass, {when} (default: 0.95)")
+    # default None: a value given where it has no effect (greedy decoding) is an error, not silently ignored
+    parser.add_argument("--temperature", type=float, help=f"softmax temperature, {when} (default: 0.8)")
+    parser.add_argument("--top-k", type=int, help=f"sample from the k likeliest tokens, 0 = all, {when} (default: 50)")
+    parser.add_argument("--top-p", type=float, help=f"nucleus sampling mass, {when} (default: 0.95)")
     parser.add_argument("--seed", type=int, default=0, help="random seed of the sampling (default: 0)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 ... or auto (default: cpu)")
     return parser
+
+
+def _sampling(args, do_sample: bool, greedy_when: str):
+    """SamplingOptions from generate/chat's flags; a sampling flag given for greedy decoding is an error."""
+    from newllm.evaluation.chat import SamplingOptions
+
+    given = {name: getattr(args, name) for name in ("temperature", "top_k", "top_p") if getattr(args, name) is not None}
+    if given and not do_sample:
+        flags = " and ".join(f"--{name.replace('_', '-')}" for name in given)
+        raise ValueError(f"{flags} {'has' if len(given) == 1 else 'have'} no effect {greedy_when}")
+    return SamplingOptions(args.max_new_tokens, do_sample, seed=args.seed, **given)
 
 
 def _config_from_args(args):
@@ -109,13 +128,12 @@ def _config_from_args(args):
 
 
 def _generate(args) -> int:
-    from newllm.evaluation.chat import SamplingOptions
     from newllm.evaluation.generation import respond
     from newllm.pipeline import device_from_name
     from newllm.training.checkpoint import load_checkpoint
 
     # checked like chat's options (--top-p 2 or --temperature 0 is an error), before the model is loaded
-    options = SamplingOptions(args.max_new_tokens, args.sample, args.temperature, args.top_k, args.top_p, args.seed)
+    options = _sampling(args, do_sample=args.sample, greedy_when="without --sample (greedy decoding)")
     args.device = device_from_name(args.device)
     model, tokenizer = load_checkpoint(args.checkpoint, device=args.device)
     reply = respond(model, tokenizer, [args.prompt], **dataclasses.asdict(options), device=args.device)
@@ -126,18 +144,11 @@ def _generate(args) -> int:
 
 
 def _chat(args) -> int:
-    from newllm.evaluation.chat import COMMANDS, ChatSession, SamplingOptions, clean_line
+    from newllm.evaluation.chat import COMMANDS, ChatSession, clean_line
     from newllm.pipeline import device_from_name
     from newllm.training.checkpoint import load_checkpoint
 
-    options = SamplingOptions(
-        max_new_tokens=args.max_new_tokens,
-        do_sample=not args.greedy,
-        temperature=args.temperature,
-        top_k=args.top_k,
-        top_p=args.top_p,
-        seed=args.seed,
-    )
+    options = _sampling(args, do_sample=not args.greedy, greedy_when="with --greedy")
     args.device = device_from_name(args.device)
     model, tokenizer = load_checkpoint(args.checkpoint, device=args.device)
     session = ChatSession(model, tokenizer, options, device=args.device)

@@ -52,7 +52,7 @@ from newllm.models import (
 )
 from newllm.reporting.plots import plot_training_curves
 from newllm.reporting.report import write_report
-from newllm.training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint, write_json_atomic
+from newllm.training.checkpoint import CheckpointError, check_checkpoint, load_checkpoint, save_checkpoint, write_json_atomic
 from newllm.training.distributed import barrier, is_main_process
 from newllm.training.loop import RunExistsError, has_complete_checkpoint, train
 
@@ -415,6 +415,10 @@ def evaluate(config: ExperimentConfig, progress: bool = True) -> dict:
     bf16 = resolve_bf16(config, device)
     dtype = torch.bfloat16 if bf16 else None
     tokenizer = prepare_tokenizer(config)
+    for name in config.model.names:  # every model's checkpoints, before minutes of work on the first
+        for stage in STAGES:
+            if checkpoint_dir(config, name, stage).exists():
+                check_checkpoint(checkpoint_dir(config, name, stage), name, expected_tokenizer=tokenizer)
     pad = special_ids(tokenizer).pad
     wiki = load_wikitext_splits(config, ("valid", "test"))
     wiki_streams = {name: encode_text(tokenizer, split) for name, split in wiki.items()}

@@ -262,6 +262,26 @@ def test_finetune_from_a_step1_checkpoint_of_another_tokenizer(capsys, tmp_path,
     assert_untouched(before, snapshot(out))
 
 
+def test_evaluate_checks_every_checkpoint_before_it_scores_any(capsys, tmp_path, tiny_tokenizer, checkpoints, monkeypatch):
+    out = prepared_output(tmp_path / "out", tiny_tokenizer, checkpoints["new_llm"])  # a good first model
+    other = train_tokenizer(TINY_TEXT.upper().splitlines(keepends=True), kind="bpe", vocab_size=300)
+    shutil.copytree(checkpoints["tinygpt2"], out / "best_tinygpt2_dialog")
+    save_tokenizer(other, out / "best_tinygpt2_dialog")  # the second model's step 2 used another tokenizer
+    scored = []
+
+    def score(model, *args, **kwargs):
+        scored.append(type(model).__name__)
+        raise AssertionError("evaluate scored a model before checking every checkpoint")
+
+    monkeypatch.setattr("newllm.pipeline.evaluate_perplexity", score)
+    before = snapshot(out)
+    argv = step("evaluate", write_data_dir(tmp_path / "d"), out)
+    line = fails(capsys, [*argv[: argv.index("--models") + 1], "new_llm,tinygpt2", *argv[argv.index("--models") + 2 :]])
+    assert line.startswith(f"newllm: error: checkpoint {out / 'best_tinygpt2_dialog'}: tokenizer differs")
+    assert scored == []  # refused before new_llm was scored
+    assert_untouched(before, snapshot(out))
+
+
 @pytest.mark.parametrize("what", ["no-step1-checkpoint", "empty-output-dir"])
 def test_finetune_without_step1(capsys, tmp_path, tiny_tokenizer, what):
     out = prepared_output(tmp_path / "out", tiny_tokenizer) if what == "no-step1-checkpoint" else tmp_path / "out"

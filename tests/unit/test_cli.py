@@ -2,7 +2,7 @@
 
 import pytest
 
-from newllm.cli import main
+from newllm.cli import build_parser, main
 from newllm.data.tokenizer import save_tokenizer
 from newllm.pipeline import _command_line
 
@@ -69,8 +69,29 @@ def test_training_the_full_preset_on_a_cpu_warns_first(caplog, tmp_path):
 @pytest.mark.parametrize("option, message", [(["--top-p", "2"], "top_p must be in (0, 1]"),
                                              (["--temperature", "0"], "temperature must be > 0")])
 def test_generate_checks_its_sampling_options_before_loading(capsys, tmp_path, option, message):
-    assert main(["generate", "--checkpoint", str(tmp_path / "nothing"), *option, "hi"]) == 1
+    assert main(["generate", "--checkpoint", str(tmp_path / "nothing"), "--sample", *option, "hi"]) == 1
     assert message in _error(capsys)  # not "does not exist": checked before the checkpoint
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["generate", "--temperature", "0.5", "hi"], "--temperature has no effect without --sample (greedy decoding)"),
+        (["chat", "--greedy", "--top-k", "5", "--top-p", "0.5"], "--top-k and --top-p have no effect with --greedy"),
+    ],
+)
+def test_sampling_options_for_greedy_decoding_are_refused(capsys, tmp_path, argv, message):
+    assert main([argv[0], "--checkpoint", str(tmp_path / "nothing"), *argv[1:]]) == 1
+    assert _error(capsys) == f"newllm: error: {message}"
+
+
+@pytest.mark.parametrize(
+    "argv, quiet",
+    [(["-q", "evaluate"], True), (["evaluate", "-q"], True), (["chat", "--checkpoint", "x", "--quiet"], True),
+     (["evaluate"], False)],
+)  # fmt: skip
+def test_quiet_before_or_after_the_command(argv, quiet):
+    assert build_parser().parse_args(argv).quiet is quiet
 
 
 def test_generate_with_missing_checkpoint(capsys, tmp_path):

@@ -62,8 +62,11 @@ def save_checkpoint(model: PreTrainedModel, tokenizer, directory, metadata: dict
     return directory
 
 
-def check_checkpoint(directory, model_name: str | None = None) -> dict:
-    """The checkpoint's config as a dict, after checking its files and model type; CheckpointError otherwise."""
+def check_checkpoint(directory, model_name: str | None = None, expected_tokenizer=None) -> dict:
+    """The checkpoint's config as a dict, after checking its files, model type and, if given, its tokenizer.
+
+    Everything but the weights, so it is cheap: CheckpointError for what does not fit.
+    """
     directory = Path(directory)
     if directory.exists() and not directory.is_dir():
         raise CheckpointError(f"checkpoint {directory} is a file; pass the folder that holds config.json")
@@ -91,22 +94,30 @@ def check_checkpoint(directory, model_name: str | None = None) -> dict:
             raise CheckpointError(
                 f"checkpoint {directory} holds a {config.get('model_type')!r} model, expected {expected!r} ({model_name})"
             )
+    if expected_tokenizer is not None:
+        _checked_tokenizer(directory, expected_tokenizer)
     return config
+
+
+def _checked_tokenizer(directory: Path, expected=None):
+    """The checkpoint's tokenizer.json, the same as `expected` if given; CheckpointError otherwise."""
+    try:
+        tokenizer = load_tokenizer(directory)
+    except ValueError as err:
+        raise CheckpointError(f"checkpoint {directory}: {err}") from None
+    if expected is not None:
+        try:
+            check_same_tokenizer(expected, tokenizer, where=f"checkpoint {directory}")
+        except ValueError as err:
+            raise CheckpointError(f"{err}: it was saved with another tokenizer than the run's tokenizer.json") from None
+    return tokenizer
 
 
 def load_checkpoint(directory, model_name: str | None = None, expected_tokenizer=None, device="cpu"):
     """(model, tokenizer) from a checkpoint folder, checking model type and, if given, the tokenizer."""
     directory = Path(directory)
     check_checkpoint(directory, model_name)
-    try:
-        tokenizer = load_tokenizer(directory)
-    except ValueError as err:
-        raise CheckpointError(f"checkpoint {directory}: {err}") from None
-    if expected_tokenizer is not None:
-        try:
-            check_same_tokenizer(expected_tokenizer, tokenizer, where=f"checkpoint {directory}")
-        except ValueError as err:
-            raise CheckpointError(f"{err}: it was saved with another tokenizer than the run's tokenizer.json") from None
+    tokenizer = _checked_tokenizer(directory, expected_tokenizer)
     try:
         AutoConfig.from_pretrained(directory)
         model, info = AutoModelForCausalLM.from_pretrained(directory, output_loading_info=True)

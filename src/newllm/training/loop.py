@@ -14,6 +14,7 @@ from __future__ import annotations
 import csv
 import inspect
 import json
+import logging
 import math
 import shutil
 import time
@@ -23,12 +24,14 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset, SequentialSampler
 from transformers import EarlyStoppingCallback, PreTrainedModel, Trainer, TrainerCallback, TrainingArguments
-from transformers.trainer_callback import ExportableState
+from transformers.trainer_callback import ExportableState, PrinterCallback, ProgressCallback
 
 from newllm.config import TrainConfig
 from newllm.training.checkpoint import write_json_atomic
 from newllm.models.recurrent import RecurrentCache
 from newllm.training.distributed import barrier, is_main_process, world_size
+
+logger = logging.getLogger(__name__)
 
 HISTORY_FIELDS = ("epoch", "train_loss", "val_loss", "train_ppl", "val_ppl", "lr", "seconds")
 # What the Trainer writes into checkpoint-N, trainer_state.json last (Trainer._save_checkpoint), and
@@ -204,6 +207,13 @@ def remove_incomplete_checkpoints(run_dir: Path) -> list[Path]:
     return removed
 
 
+class QuietProgressCallback(ProgressCallback):
+    """The Trainer's progress bars without the log dicts it writes under them."""
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        pass
+
+
 class FiniteEvalTrainer(Trainer):
     """The Trainer, stopping on a validation batch whose loss is NaN or infinite.
 
@@ -361,6 +371,10 @@ def train(
     trainer.model_accepts_loss_kwargs = False
     if config.stateful:
         trainer.add_callback(ResetStateCallback(trainer))
+    if not logger.isEnabledFor(logging.INFO):  # `newllm -q`: not the Trainer's per-epoch dicts either
+        trainer.remove_callback(PrinterCallback)
+        if trainer.pop_callback(ProgressCallback) is not None:
+            trainer.add_callback(QuietProgressCallback)
     start = time.perf_counter()
     trainer.train(resume_from_checkpoint=True if resume else None)
     seconds = time.perf_counter() - start

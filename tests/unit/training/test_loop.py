@@ -2,6 +2,7 @@
 
 import functools
 import json
+import logging
 import math
 
 import pytest
@@ -177,3 +178,22 @@ def test_stateful_training_refuses_a_transformer_and_a_wrong_lane_count(tmp_path
         train(model, lanes, lanes, collate, TrainConfig(epochs=1, batch_size=4, stateful=True, save_steps=2),
               tmp_path / "c", progress=False)  # fmt: skip
     assert not any((tmp_path / name).exists() for name in "abc")  # refused before writing anything
+
+
+@pytest.mark.parametrize("progress", [False, True])
+def test_quiet_logging_silences_the_trainers_log_dicts(tmp_path, capsys, progress):
+    """`newllm -q` sets the log level to WARNING: then neither the printer nor the progress bars write the dicts."""
+    root = logging.getLogger()
+    level = root.level
+    torch.manual_seed(0)
+    config = TrainConfig(epochs=1, batch_size=16, eval_batch_size=32)
+    for name, quiet in (("loud", False), ("quiet", True)):
+        root.setLevel(logging.WARNING if quiet else logging.INFO)
+        try:
+            train(build_model("new_llm", tiny_new_llm_config()), CountingSequences(32), CountingSequences(8, seed=1),
+                  collate, config, tmp_path / name, progress=progress)  # fmt: skip
+        finally:
+            root.setLevel(level)
+        out = capsys.readouterr()
+        printed = "'eval_loss'" in out.out + out.err
+        assert printed is not quiet, out
