@@ -18,7 +18,8 @@ def test_every_ablation_config_loads_and_builds_its_new_llm(path):
 
     config = load_config(str(path))
     assert config.preset == f"ablation-{path.stem}"
-    assert (config.pretrain.epochs, config.pretrain.compile) == (4, True)
+    # the H200 ablations take the fast path; small_cpu*.toml ran eagerly on a CPU, as recorded in results.md
+    assert (config.pretrain.epochs, config.pretrain.compile) == (4, not path.stem.startswith("small_cpu"))
     m = config.model  # the options reach a valid NewLLMConfig
     NewLLMConfig(vocab_size=64, embedding_size=m.embedding_size, context_size=m.context_size, hidden_size=m.hidden_size,
                  cell=m.cell, residual=m.residual, ffn_norm=m.ffn_norm, context_scales=m.context_scales,
