@@ -13,7 +13,7 @@
 # so all runs of a tokenizer share it exactly. PYTHON picks the interpreter that has newllm installed
 # (default python3); EXTRA adds options to every newllm command. MPS=1 starts a CUDA MPS daemon for the
 # runs (and stops it after), so that the processes share the GPU's SMs instead of taking turns: in
-# session 5, six runs under MPS each went about as fast as three without it (docs/results.md).
+# session 5, six runs under MPS each went nearly as fast per epoch as three without it (docs/performance.md).
 set -euo pipefail
 
 root=${1:?usage: full_schedule.sh RUNS_DIR}
