@@ -36,11 +36,11 @@ ROWS = {"full": "full", "par": "full_parallel", "res": "full_residual_norm", "se
 RUN_NAME = re.compile(r"^(?P<row>full|par|res|seed)_(?P<model>new_llm|tinygpt2|lstm)_s(?P<seed>\d+)$")
 PARAMS = re.compile(r"step 1: \w+ on WikiText-2 \(([\d,]+) parameters")
 HISTORY_KEYS = ("epoch", "train_ppl", "val_ppl", "seconds")
-EVENTS = ("start", "pretrain_done", "finetune_done", "evaluate_done", "all_done")
+EVENTS = ("start", "pretrain_done", "finetune_done", "deadline", "evaluate_done", "all_done")
 
 
 def _log_events(text: str) -> dict:
-    """`start`, `*_done` and `exit` lines of full_schedule.sh's logs: Unix seconds (and the exit code)."""
+    """`start`, `*_done`, `deadline` and `exit` lines of full_schedule.sh's logs: Unix seconds (and the exit code)."""
     events = {}
     for line in text.splitlines():
         parts = line.split()

@@ -4,6 +4,7 @@
 #
 #   benchmarks/full_schedule.sh RUNS_DIR            # returns when every run has ended; progress: RUNS_DIR/*.log
 #   SEEDS="0" PLAN="full:new_llm full:tinygpt2" benchmarks/full_schedule.sh RUNS_DIR
+#   MPS=1 DEADLINE=$(( $(date +%s) + 25 * 60 )) benchmarks/full_schedule.sh RUNS_DIR   # a GPU lease of ~27 min
 #   python benchmarks/collect_full_schedule.py RUNS_DIR --out summary.json --plot val_ppl.png
 #
 # PLAN entries are <row>:<model>. Rows: full (configs/full.toml), par (configs/full_parallel.toml),
@@ -24,6 +25,9 @@ export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} TOKENIZERS_PARALLELISM=false PYTHON
 python=${PYTHON:-python3}  # the interpreter that has newllm installed
 newllm="$python -m newllm.cli"
 read -r -a extra <<< "${EXTRA:-}"  # more CLI options for every command, e.g. EXTRA="--set pretrain.max_steps=2"
+# DEADLINE (Unix time): steps 1 and 2 still running then are stopped; a run stopped in step 2 is
+# still evaluated on its step-1 model (about a minute on a GPU), and logs `deadline` and `exit 124`
+deadline=${DEADLINE:-}
 
 preset() { case $1 in full) echo full ;; par) echo full_parallel ;; res) echo full_residual_norm ;; seed) echo seed ;; *) echo "unknown row $1" >&2; exit 2 ;; esac; }
 
@@ -40,11 +44,24 @@ run() {  # row model seed
   {
     echo "start $(date +%s)"
     local code=0
-    $newllm pretrain "${common[@]}" && echo "pretrain_done $(date +%s)" \
-      && $newllm finetune "${common[@]}" && echo "finetune_done $(date +%s)" \
-      && $newllm evaluate "${common[@]}" && echo "evaluate_done $(date +%s)" || code=$?
+    step pretrain && echo "pretrain_done $(date +%s)" || code=$?
+    if [ $code = 0 ]; then step finetune && echo "finetune_done $(date +%s)" || code=$?; fi
+    # past the deadline in step 2: evaluate step 1's model, so that its WikiText-2 numbers are not lost
+    if [ $code = 0 ] || { [ $code = 124 ] && [ -d "$dir/best_${model}_wikitext" ]; }; then
+      if [ $code = 124 ]; then echo "deadline $(date +%s)"; fi
+      $newllm evaluate "${common[@]}" && echo "evaluate_done $(date +%s)" || code=$?
+    fi
     echo "exit $code $(date +%s)"
   } > "$log" 2>&1
+}
+
+step() {  # pretrain or finetune, with run()'s options; stopped at $DEADLINE with exit status 124
+  local left=""
+  if [ -n "$deadline" ]; then
+    left=$((deadline - $(date +%s)))
+    [ "$left" -gt 0 ] || return 124
+  fi
+  ${left:+timeout "$left"} $newllm "$1" "${common[@]}"
 }
 
 start_mps() {  # MPS=1: one MPS daemon for this schedule's processes; without it they time-slice the GPU

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
@@ -73,3 +74,35 @@ def test_mps_is_started_checked_and_stopped_or_left_out(tmp_path):
     subprocess.run(["bash", str(REPO / "benchmarks" / "full_schedule.sh"), str(tmp_path / "runs2")], env=env,
                    check=True, timeout=60)  # fmt: skip
     assert "MPS: nvidia-cuda-mps-control not found" in (tmp_path / "runs2" / "launch.log").read_text()
+
+
+FAKE_PYTHON = """#!/bin/bash
+# stands in for python: `-` is the tokenizer step; `-m newllm.cli STEP ... --output-dir DIR` records STEP
+if [ "$1" = - ]; then cat > /dev/null; echo {} > "$3"; exit 0; fi
+step=$3; out=$(echo "$@" | sed 's/.*--output-dir \\([^ ]*\\).*/\\1/')
+echo "$step" >> "$out.calls"
+case $step in
+  pretrain) mkdir -p "$out/best_lstm_wikitext" ;;
+  finetune) exec sleep 60 ;;  # still running at the deadline
+esac
+"""
+
+
+def test_a_deadline_stops_step_2_and_step_1_is_still_evaluated(tmp_path):
+    python = tmp_path / "python"
+    python.write_text(FAKE_PYTHON)
+    python.chmod(0o755)
+    env = {**os.environ, "PYTHON": str(python), "SEEDS": "0", "PLAN": "full:lstm", "SEED_PLAN": ""}
+    root = tmp_path / "runs"
+    env["DEADLINE"] = str(int(time.time()) + 4)
+    subprocess.run(["bash", str(REPO / "benchmarks" / "full_schedule.sh"), str(root)], env=env, check=True, timeout=60)
+    assert (root / "full_lstm_s0.calls").read_text().split() == ["pretrain", "finetune", "evaluate"]
+    events = [line.split()[0] for line in (root / "full_lstm_s0.log").read_text().splitlines()]
+    assert events == ["start", "pretrain_done", "deadline", "evaluate_done", "exit"]
+    assert "exit 124 " in (root / "full_lstm_s0.log").read_text()
+
+    late = tmp_path / "late"
+    env["DEADLINE"] = str(int(time.time()) - 1)  # already past: nothing starts
+    subprocess.run(["bash", str(REPO / "benchmarks" / "full_schedule.sh"), str(late)], env=env, check=True, timeout=60)
+    assert not (late / "full_lstm_s0.calls").exists()
+    assert [line.split()[:2] for line in (late / "full_lstm_s0.log").read_text().splitlines()][-1] == ["exit", "124"]

@@ -142,3 +142,14 @@ def test_plot_has_one_line_per_finished_bpe_run(tmp_path, collect, monkeypatch):
     assert sorted(line.get_label() for line in drawn) == [
         "New-LLM seed cell (full)", "New-LLM seed cell + residual + norm (full_residual_norm)",
     ]  # not the seed protocol (another vocabulary), not the stopped run
+
+
+def test_a_run_stopped_at_the_deadline_keeps_its_step_1(tmp_path, collect):
+    log = "start 1\npretrain_done 2\ndeadline 3\nevaluate_done 4\nexit 124 4\n"  # full_schedule.sh with DEADLINE
+    write_run(tmp_path, "res_new_llm_s0", "new_llm", log, history(60.0, 51.0), history(20.0, 17.0), test_word_ppl=155.0)
+    runs, evaluations, _ = collect.collect([tmp_path])
+    run = runs["res_new_llm_s0"]
+    assert run["log"] == {"start": 1, "pretrain_done": 2, "deadline": 3, "evaluate_done": 4, "exit_code": 124, "exit": 4}
+    assert (run["wikitext"]["complete"], run["dialog"]["complete"]) == (True, False)
+    summary = collect.summarize(runs, evaluations)["full_residual_norm/new_llm"]
+    assert summary["test_word_ppl"]["values"] == [155.0] and summary["dialog_best_val_ppl"]["values"] == []
