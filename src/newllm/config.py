@@ -87,6 +87,8 @@ class TrainConfig:
     # Truncated BPTT (pre-training, recurrent models): batch rows are lanes of the stream read in order,
     # and each row's state is carried from one batch to the next instead of reset every window
     stateful: bool = False
+    # with stateful: every epoch cuts the lanes at a new random offset of the stream (drawn from seed, epoch)
+    stateful_rotate: bool = False
     on_nonfinite: str = "stop"  # NaN/inf loss: "stop" the run, or "skip" that optimizer step
 
     def __post_init__(self):
@@ -96,6 +98,8 @@ class TrainConfig:
                 raise ConfigError(f"{name}: must be at least 1, got {getattr(self, name)}")
         if not (math.isfinite(self.lr) and self.lr > 0):
             raise ConfigError(f"lr: must be a positive number, got {self.lr}")
+        if self.stateful_rotate and not self.stateful:
+            raise ConfigError("stateful_rotate: rotates the lanes of stateful training; set stateful = true too")
         if self.on_nonfinite not in ("stop", "skip"):
             raise ConfigError(f"on_nonfinite: must be 'stop' or 'skip', got {self.on_nonfinite!r}")
 

@@ -301,7 +301,8 @@ def pretrain(config: ExperimentConfig, resume: bool = False, overwrite: bool = F
     train_set = StreamWindows(streams["train"], config.data.block_size, drop_last=True)
     lanes_set = None
     if config.pretrain.stateful:  # truncated BPTT: one lane of the stream per batch row, read in order
-        lanes_set = StreamLanes(streams["train"], config.data.block_size, config.pretrain.batch_size)
+        rotation = config.pretrain.seed if config.pretrain.stateful_rotate else None
+        lanes_set = StreamLanes(streams["train"], config.data.block_size, config.pretrain.batch_size, rotation)
     valid_set = StreamWindows(streams["valid"], config.data.block_size, drop_last=False)
     # a stream's first token (end-of-text) is read, never predicted: these are the scored tokens
     logger.info("WikiText-2 (%s): %d train tokens, %d valid tokens", config.data.wikitext,

@@ -91,6 +91,8 @@ def test_defaults_are_frozen():
         ("pretrain.lr=nan", "pretrain.lr: must be a positive number, got nan"),
         ("pretrain.lr=-1", "pretrain.lr: must be a positive number, got -1.0"),
         ("finetune.on_nonfinite=bogus", "finetune.on_nonfinite: must be 'stop' or 'skip', got 'bogus'"),
+        ("pretrain.stateful_rotate=true",
+         "pretrain.stateful_rotate: rotates the lanes of stateful training; set stateful = true too"),
     ],
 )
 def test_training_settings_that_cannot_train_are_refused_by_name(override, message):

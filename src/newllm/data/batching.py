@@ -68,9 +68,13 @@ class StreamLanes(Dataset):
     r of batch k. A model that carries its state from batch to batch has then read every token of
     its lane exactly once. Each window scores its own block_size targets; the first token of the next
     window is read but not scored (one target in block_size + 1 goes unscored).
+
+    With `rotation_seed`, `start_epoch(epoch)` first rotates the stream by a random offset drawn from
+    (seed, epoch): each epoch then cuts the lanes and windows at other places, so the batches are not
+    the same every epoch (the stream's end joins its start once, inside one lane).
     """
 
-    def __init__(self, stream: torch.Tensor, block_size: int, lanes: int):
+    def __init__(self, stream: torch.Tensor, block_size: int, lanes: int, rotation_seed: int | None = None):
         stream = torch.as_tensor(stream)
         if stream.dim() != 1 or stream.is_floating_point() or stream.is_complex():
             raise ValueError(f"stream must be a 1-D integer tensor, got {stream.dtype} of shape {tuple(stream.shape)}")
@@ -80,15 +84,29 @@ class StreamLanes(Dataset):
             raise ValueError(f"block_size must be >= 1, got {block_size}")
         self.lanes = lanes
         self.block_size = block_size
-        lane_length = len(stream) // lanes
-        self.windows_per_lane = lane_length // (block_size + 1)
+        self.rotation_seed = rotation_seed
+        self._stream = stream.long()
+        self._lane_length = len(stream) // lanes
+        self.windows_per_lane = self._lane_length // (block_size + 1)
         if self.windows_per_lane == 0:
             raise ValueError(f"a stream of {len(stream)} tokens in {lanes} lanes has no window of {block_size + 1}")
-        used = self.windows_per_lane * (block_size + 1)
+        self.offset = 0
+        self._cut(self._stream)
+
+    def _cut(self, stream: torch.Tensor) -> None:
+        used = self.windows_per_lane * (self.block_size + 1)
         # (lanes, windows, block_size + 1): lane r is stream[r · lane_length :][:used]
-        self._windows = stream.long()[: lanes * lane_length].view(lanes, lane_length)[:, :used].reshape(
-            lanes, self.windows_per_lane, block_size + 1
+        self._windows = stream[: self.lanes * self._lane_length].view(self.lanes, self._lane_length)[:, :used].reshape(
+            self.lanes, self.windows_per_lane, self.block_size + 1
         )
+
+    def start_epoch(self, epoch: int) -> None:
+        """Before epoch `epoch` (0-based): with a rotation seed, cut the lanes at a new random offset."""
+        if self.rotation_seed is None:
+            return
+        generator = torch.Generator().manual_seed(self.rotation_seed * 1_000_003 + epoch)
+        self.offset = int(torch.randint(len(self._stream), (1,), generator=generator))
+        self._cut(torch.roll(self._stream, -self.offset))
 
     def __len__(self) -> int:
         return self.lanes * self.windows_per_lane

@@ -254,13 +254,19 @@ class StatefulTrainer(FiniteEvalTrainer):
 
 
 class ResetStateCallback(TrainerCallback):
-    """Every epoch starts each lane from the model's initial state (and a resumed run does too)."""
+    """Every epoch starts each lane from the model's initial state (and a resumed run does too).
+
+    It also tells the lanes which epoch begins, so that rotating lanes cut the stream anew.
+    """
 
     def __init__(self, trainer: StatefulTrainer):
         self.trainer = trainer
 
     def on_epoch_begin(self, args, state, control, **kwargs):
         self.trainer.carried = None
+        start_epoch = getattr(self.trainer.train_dataset, "start_epoch", None)
+        if start_epoch is not None:
+            start_epoch(int(round(state.epoch)))  # epochs done so far: also right after a resume
 
 
 def _check_stateful(model, train_dataset, config: TrainConfig) -> None:

@@ -157,6 +157,25 @@ def test_stream_lanes_batches_continue_each_row_and_read_every_token_once():
     assert lanes[5]["labels"].equal(lanes[5]["input_ids"])
 
 
+def test_rotating_stream_lanes_cut_the_stream_anew_each_epoch():
+    from newllm.data.batching import StreamLanes
+
+    stream = torch.arange(103)
+    fixed, rotating = StreamLanes(stream, 5, 4), StreamLanes(stream, 5, 4, rotation_seed=7)
+    fixed.start_epoch(1)
+    assert fixed.offset == 0 and fixed[0]["input_ids"].equal(torch.arange(6))  # no seed: the same every epoch
+    offsets = []
+    for epoch in (0, 1, 2, 1):
+        rotating.start_epoch(epoch)
+        offsets.append(rotating.offset)
+        rolled = torch.roll(stream, -rotating.offset)
+        for r in range(4):  # lane r, window k is the rotated stream's [r * 25 + 6k, ... + 6)
+            for k in range(4):
+                assert rotating[k * 4 + r]["input_ids"].equal(rolled[r * 25 + 6 * k : r * 25 + 6 * k + 6])
+    assert offsets[1] == offsets[3]  # drawn from (seed, epoch): a resumed epoch cuts the same lanes
+    assert len(set(offsets[:3])) == 3 and len(rotating) == 16
+
+
 @pytest.mark.parametrize("kwargs, message", [
     (dict(block_size=5, lanes=0), "lanes must be a positive integer"),
     (dict(block_size=30, lanes=4), "has no window of 31"),

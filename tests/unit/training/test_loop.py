@@ -160,6 +160,17 @@ def test_stateful_training_carries_each_rows_state_and_resets_every_epoch(tmp_pa
             torch.testing.assert_close(given.states[0], previous.detach())
 
 
+def test_stateful_training_tells_rotating_lanes_each_epoch(tmp_path, monkeypatch):
+    from newllm.data.batching import StreamLanes
+
+    started = []
+    start_epoch = StreamLanes.start_epoch
+    monkeypatch.setattr(StreamLanes, "start_epoch", lambda self, epoch: started.append(epoch) or start_epoch(self, epoch))
+    torch.manual_seed(0)
+    _stateful_run(tmp_path, build_model("new_llm", tiny_new_llm_config()), epochs=3)
+    assert started == [0, 1, 2]
+
+
 def test_stateful_training_refuses_a_transformer_and_a_wrong_lane_count(tmp_path):
     from newllm.data.batching import StreamLanes
     from newllm.models.registry import matched_configs
