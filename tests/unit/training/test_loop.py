@@ -126,7 +126,7 @@ def test_compile_is_ignored_on_cpu_for_the_baselines(tmp_path, monkeypatch):
     assert seen["torch_compile"] is False
 
 
-def _stateful_run(tmp_path, model, epochs=2, batch_size=4):
+def _stateful_run(tmp_path, model, epochs=2, batch_size=4, rotation_seed=None, inputs=None):
     from newllm.data.batching import StreamLanes
 
     calls = []
@@ -137,11 +137,13 @@ def _stateful_run(tmp_path, model, epochs=2, batch_size=4):
         out = forward(*args, **kwargs)
         if model.training:
             calls.append((kwargs.get("state"), out.state))
+            if inputs is not None:
+                inputs.append(kwargs["input_ids"].cpu())
         return out
 
     model.forward = recording_forward
     stream = torch.arange(4 * 3 * 13) % VOCAB  # 4 lanes × 3 windows of 13 tokens
-    lanes = StreamLanes(stream, block_size=12, lanes=batch_size)
+    lanes = StreamLanes(stream, block_size=12, lanes=batch_size, rotation_seed=rotation_seed)
     config = TrainConfig(epochs=epochs, patience=5, batch_size=batch_size, eval_batch_size=8, lr=1e-3, stateful=True)
     train(model, lanes, CountingSequences(8, seed=1), collate, config, tmp_path / "run", progress=False)
     return calls
@@ -160,15 +162,21 @@ def test_stateful_training_carries_each_rows_state_and_resets_every_epoch(tmp_pa
             torch.testing.assert_close(given.states[0], previous.detach())
 
 
-def test_stateful_training_tells_rotating_lanes_each_epoch(tmp_path, monkeypatch):
+def test_stateful_training_reads_each_epoch_from_its_rotated_lanes(tmp_path):
     from newllm.data.batching import StreamLanes
 
-    started = []
-    start_epoch = StreamLanes.start_epoch
-    monkeypatch.setattr(StreamLanes, "start_epoch", lambda self, epoch: started.append(epoch) or start_epoch(self, epoch))
     torch.manual_seed(0)
-    _stateful_run(tmp_path, build_model("new_llm", tiny_new_llm_config()), epochs=3)
-    assert started == [0, 1, 2]
+    inputs = []
+    _stateful_run(tmp_path, build_model("new_llm", tiny_new_llm_config()), epochs=3, rotation_seed=3, inputs=inputs)
+    expected = StreamLanes(torch.arange(4 * 3 * 13) % VOCAB, block_size=12, lanes=4, rotation_seed=3)
+    offsets = []
+    for epoch in range(3):  # 3 batches an epoch: batch k holds window k of the 4 lanes cut for this epoch
+        expected.start_epoch(epoch)
+        offsets.append(expected.offset)
+        for k in range(3):
+            batch = torch.stack([expected[k * 4 + r]["input_ids"] for r in range(4)])
+            assert inputs[3 * epoch + k].equal(batch), (epoch, k)
+    assert len(set(offsets)) == 3  # the epochs did read different cuts
 
 
 def test_stateful_training_refuses_a_transformer_and_a_wrong_lane_count(tmp_path):
