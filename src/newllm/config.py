@@ -89,6 +89,9 @@ class TrainConfig:
     stateful: bool = False
     # with stateful: every epoch cuts the lanes at a new random offset of the stream (drawn from seed, epoch)
     stateful_rotate: bool = False
+    # with stateful: false reads the lanes in the same order but starts every window from a reset state
+    # (a diagnostic: what the batch order alone costs, without the carried context)
+    stateful_carry: bool = True
     on_nonfinite: str = "stop"  # NaN/inf loss: "stop" the run, or "skip" that optimizer step
 
     def __post_init__(self):
@@ -100,6 +103,8 @@ class TrainConfig:
             raise ConfigError(f"lr: must be a positive number, got {self.lr}")
         if self.stateful_rotate and not self.stateful:
             raise ConfigError("stateful_rotate: rotates the lanes of stateful training; set stateful = true too")
+        if not self.stateful_carry and not self.stateful:
+            raise ConfigError("stateful_carry: applies to stateful training; set stateful = true too")
         if self.on_nonfinite not in ("stop", "skip"):
             raise ConfigError(f"on_nonfinite: must be 'stop' or 'skip', got {self.on_nonfinite!r}")
 

@@ -93,6 +93,7 @@ def test_defaults_are_frozen():
         ("finetune.on_nonfinite=bogus", "finetune.on_nonfinite: must be 'stop' or 'skip', got 'bogus'"),
         ("pretrain.stateful_rotate=true",
          "pretrain.stateful_rotate: rotates the lanes of stateful training; set stateful = true too"),
+        ("pretrain.stateful_carry=false", "pretrain.stateful_carry: applies to stateful training; set stateful = true too"),
     ],
 )
 def test_training_settings_that_cannot_train_are_refused_by_name(override, message):

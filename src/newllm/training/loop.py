@@ -241,6 +241,7 @@ class StatefulTrainer(FiniteEvalTrainer):
     """
 
     carried: RecurrentCache | None = None
+    carry: bool = True  # False: the lanes' order without the carried state (TrainConfig.stateful_carry)
 
     def _get_train_sampler(self, *args, **kwargs):
         return SequentialSampler(self.train_dataset)  # the lanes' order is the point: no shuffling
@@ -248,7 +249,7 @@ class StatefulTrainer(FiniteEvalTrainer):
     def compute_loss(self, model, inputs, return_outputs=False, **kwargs):
         if not model.training:
             return super().compute_loss(model, inputs, return_outputs=return_outputs, **kwargs)
-        outputs = model(**inputs, state=self.carried, use_cache=True)
+        outputs = model(**inputs, state=self.carried if self.carry else None, use_cache=True)
         self.carried = RecurrentCache(tuple(s.detach() for s in outputs.state.states))
         return (outputs.loss, outputs) if return_outputs else outputs.loss
 
@@ -376,6 +377,7 @@ def train(
     # by num_items_in_batch and multiplies the loss by the world size (and skips the grad_accum division).
     trainer.model_accepts_loss_kwargs = False
     if config.stateful:
+        trainer.carry = config.stateful_carry
         trainer.add_callback(ResetStateCallback(trainer))
     if not logger.isEnabledFor(logging.INFO):  # `newllm -q`: not the Trainer's per-epoch dicts either
         trainer.remove_callback(PrinterCallback)

@@ -126,7 +126,7 @@ def test_compile_is_ignored_on_cpu_for_the_baselines(tmp_path, monkeypatch):
     assert seen["torch_compile"] is False
 
 
-def _stateful_run(tmp_path, model, epochs=2, batch_size=4, rotation_seed=None, inputs=None):
+def _stateful_run(tmp_path, model, epochs=2, batch_size=4, rotation_seed=None, inputs=None, carry=True):
     from newllm.data.batching import StreamLanes
 
     calls = []
@@ -144,7 +144,8 @@ def _stateful_run(tmp_path, model, epochs=2, batch_size=4, rotation_seed=None, i
     model.forward = recording_forward
     stream = torch.arange(4 * 3 * 13) % VOCAB  # 4 lanes × 3 windows of 13 tokens
     lanes = StreamLanes(stream, block_size=12, lanes=batch_size, rotation_seed=rotation_seed)
-    config = TrainConfig(epochs=epochs, patience=5, batch_size=batch_size, eval_batch_size=8, lr=1e-3, stateful=True)
+    config = TrainConfig(epochs=epochs, patience=5, batch_size=batch_size, eval_batch_size=8, lr=1e-3, stateful=True,
+                         stateful_carry=carry)  # fmt: skip
     train(model, lanes, CountingSequences(8, seed=1), collate, config, tmp_path / "run", progress=False)
     return calls
 
@@ -160,6 +161,15 @@ def test_stateful_training_carries_each_rows_state_and_resets_every_epoch(tmp_pa
             previous = calls[step - 1][1].states[0]
             assert given.states[0].requires_grad is False  # truncated: no gradient into the last batch
             torch.testing.assert_close(given.states[0], previous.detach())
+
+
+def test_stateful_training_without_carry_reads_the_lanes_in_order_from_reset_states(tmp_path):
+    torch.manual_seed(0)
+    inputs = []
+    calls = _stateful_run(tmp_path, build_model("new_llm", tiny_new_llm_config()), inputs=inputs, carry=False)
+    assert len(calls) == 6 and all(given is None for given, _ in calls)  # every window from a reset state
+    stream = torch.arange(4 * 3 * 13) % VOCAB
+    assert inputs[1][2].equal(stream[2 * 39 + 13 : 2 * 39 + 26])  # batch 1, row 2: lane 2's second window
 
 
 def test_stateful_training_reads_each_epoch_from_its_rotated_lanes(tmp_path):
