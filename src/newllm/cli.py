@@ -92,7 +92,6 @@ def _sampling_options(parser: argparse.ArgumentParser, when: str) -> None:
     parser.add_argument("--top-p", type=float, help=f"nucleus sampling mass, {when} (default: 0.95)")
     parser.add_argument("--seed", type=int, default=0, help="random seed of the sampling (default: 0)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 ... or auto (default: cpu)")
-    return parser
 
 
 def _sampling(args, do_sample: bool, greedy_when: str):

@@ -417,9 +417,9 @@ def evaluate(config: ExperimentConfig, progress: bool = True) -> dict:
     dtype = torch.bfloat16 if bf16 else None
     tokenizer = prepare_tokenizer(config)
     for name in config.model.names:  # every model's checkpoints, before minutes of work on the first
-        for stage in STAGES:
-            if checkpoint_dir(config, name, stage).exists():
-                check_checkpoint(checkpoint_dir(config, name, stage), name, expected_tokenizer=tokenizer)
+        for folder in (checkpoint_dir(config, name, stage) for stage in STAGES):
+            if folder.exists():
+                check_checkpoint(folder, name, expected_tokenizer=tokenizer)
     pad = special_ids(tokenizer).pad
     wiki = load_wikitext_splits(config, ("valid", "test"))
     wiki_streams = {name: encode_text(tokenizer, split) for name, split in wiki.items()}

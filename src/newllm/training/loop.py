@@ -249,8 +249,9 @@ class StatefulTrainer(FiniteEvalTrainer):
     def compute_loss(self, model, inputs, return_outputs=False, **kwargs):
         if not model.training:
             return super().compute_loss(model, inputs, return_outputs=return_outputs, **kwargs)
-        outputs = model(**inputs, state=self.carried if self.carry else None, use_cache=True)
-        self.carried = RecurrentCache(tuple(s.detach() for s in outputs.state.states))
+        outputs = model(**inputs, state=self.carried, use_cache=True)
+        if self.carry:  # without carry `carried` stays None: every window starts from a reset state
+            self.carried = RecurrentCache(tuple(s.detach() for s in outputs.state.states))
         return (outputs.loss, outputs) if return_outputs else outputs.loss
 
 
