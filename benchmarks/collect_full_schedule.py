@@ -32,8 +32,9 @@ from matplotlib.ticker import ScalarFormatter
 from newllm.reporting.plots import model_color, model_label, save_figure
 
 # run-name prefix -> preset, as in full_schedule.sh
-ROWS = {"full": "full", "par": "full_parallel", "res": "full_residual_norm", "seed": "seed"}
-RUN_NAME = re.compile(r"^(?P<row>full|par|res|seed)_(?P<model>new_llm|tinygpt2|lstm)_s(?P<seed>\d+)$")
+ROWS = {"full": "full", "par": "full_parallel", "res": "full_residual_norm", "seed": "seed",
+        "pard": "full_parallel_dropout", "resd": "full_residual_norm_dropout"}  # as benchmarks/full_schedule.sh
+RUN_NAME = re.compile(rf"^(?P<row>{'|'.join(ROWS)})_(?P<model>new_llm|tinygpt2|lstm)_s(?P<seed>\d+)$")
 PARAMS = re.compile(r"step 1: \w+ on WikiText-2 \(([\d,]+) parameters")
 HISTORY_KEYS = ("epoch", "train_ppl", "val_ppl", "seconds")
 EVENTS = ("start", "pretrain_done", "finetune_done", "deadline", "evaluate_done", "all_done")
@@ -227,8 +228,13 @@ ROW_LABELS = {
     "full/new_llm": "New-LLM seed cell (`full`)",
     "full_residual_norm/new_llm": "New-LLM seed cell + residual + norm (`full_residual_norm`)",
     "full_parallel/new_llm": "New-LLM parallel + residual + norm (`full_parallel`)",
+    "full_residual_norm_dropout/new_llm": "New-LLM seed cell + residual + norm, more dropout (`full_residual_norm_dropout`)",
+    "full_parallel_dropout/new_llm": "New-LLM parallel + residual + norm, more dropout (`full_parallel_dropout`)",
 }
-ROW_COLORS = {"full_parallel/new_llm": "#CC79A7", "full_residual_norm/new_llm": "#E69F00"}  # the New-LLM variants
+ROW_COLORS = {  # the New-LLM variants; a variant with more dropout is drawn dashed in its base's colour
+    "full_parallel/new_llm": "#CC79A7", "full_residual_norm/new_llm": "#E69F00",
+    "full_parallel_dropout/new_llm": "#CC79A7", "full_residual_norm_dropout/new_llm": "#E69F00",
+}
 
 
 def plot_validation(runs: dict, path: Path) -> Path:
@@ -242,7 +248,8 @@ def plot_validation(runs: dict, path: Path) -> Path:
             continue  # the seed protocol's are per token of another vocabulary
         history = run["wikitext"]["history"]
         ax.plot(
-            [r["epoch"] for r in history], [r["val_ppl"] for r in history], "-", linewidth=1.2,
+            [r["epoch"] for r in history], [r["val_ppl"] for r in history], "--" if "dropout" in row else "-",
+            linewidth=1.2,
             color=ROW_COLORS.get(row, model_color(run["model"], 0)),
             label=None if row in labelled else ROW_LABELS[row].replace("`", ""),
         )

@@ -8,7 +8,9 @@
 #   python benchmarks/collect_full_schedule.py RUNS_DIR --out summary.json --plot val_ppl.png
 #
 # PLAN entries are <row>:<model>. Rows: full (configs/full.toml), par (configs/full_parallel.toml),
-# res (configs/full_residual_norm.toml), seed (configs/seed.toml, the prototype's protocol).
+# res (configs/full_residual_norm.toml), pard and resd (the same two with more dropout:
+# configs/full_parallel_dropout.toml, configs/full_residual_norm_dropout.toml), seed (configs/seed.toml,
+# the prototype's protocol). FINETUNE=0 skips step 2: step 1, then the evaluation of its model.
 # Each run <row>_<model>_s<seed> logs `start`, `pretrain_done`, `finetune_done`, `evaluate_done` and
 # `exit <code>` with Unix times. The tokenizer is trained once per preset and copied into every run,
 # so all runs of a tokenizer share it exactly. PYTHON picks the interpreter that has newllm installed
@@ -29,7 +31,14 @@ read -r -a extra <<< "${EXTRA:-}"  # more CLI options for every command, e.g. EX
 # still evaluated on its step-1 model (about a minute on a GPU), and logs `deadline` and `exit 124`
 deadline=${DEADLINE:-}
 
-preset() { case $1 in full) echo full ;; par) echo full_parallel ;; res) echo full_residual_norm ;; seed) echo seed ;; *) echo "unknown row $1" >&2; exit 2 ;; esac; }
+preset() {
+  case $1 in
+    full) echo full ;; par) echo full_parallel ;; res) echo full_residual_norm ;; seed) echo seed ;;
+    pard) echo full_parallel_dropout ;; resd) echo full_residual_norm_dropout ;;
+    *) echo "unknown row $1" >&2; exit 2 ;;
+  esac
+}
+finetune=${FINETUNE:-1}  # 0: no step 2 (a row explored on WikiText-2 alone); its step-1 model is evaluated
 
 run() {  # row model seed
   local row=$1 model=$2 seed=$3 preset dir log
@@ -45,7 +54,7 @@ run() {  # row model seed
     echo "start $(date +%s)"
     local code=0
     step pretrain && echo "pretrain_done $(date +%s)" || code=$?
-    if [ $code = 0 ]; then step finetune && echo "finetune_done $(date +%s)" || code=$?; fi
+    if [ $code = 0 ] && [ "$finetune" != 0 ]; then step finetune && echo "finetune_done $(date +%s)" || code=$?; fi
     # past the deadline in step 2: evaluate step 1's model, so that its WikiText-2 numbers are not lost
     if [ $code = 0 ] || { [ $code = 124 ] && [ -d "$dir/best_${model}_wikitext" ]; }; then
       if [ $code = 124 ]; then echo "deadline $(date +%s)"; fi

@@ -106,3 +106,18 @@ def test_a_deadline_stops_step_2_and_step_1_is_still_evaluated(tmp_path):
     subprocess.run(["bash", str(REPO / "benchmarks" / "full_schedule.sh"), str(late)], env=env, check=True, timeout=60)
     assert not (late / "full_lstm_s0.calls").exists()
     assert [line.split()[:2] for line in (late / "full_lstm_s0.log").read_text().splitlines()][-1] == ["exit", "124"]
+
+
+def test_finetune_0_runs_step_1_and_evaluates_its_model(tmp_path):
+    python = tmp_path / "python"
+    python.write_text(FAKE_PYTHON.replace("exec sleep 60", "exit 0"))
+    python.chmod(0o755)
+    env = {**os.environ, "PYTHON": str(python), "SEEDS": "1", "PLAN": "pard:new_llm resd:new_llm", "SEED_PLAN": "",
+           "FINETUNE": "0"}  # fmt: skip
+    root = tmp_path / "runs"
+    subprocess.run(["bash", str(REPO / "benchmarks" / "full_schedule.sh"), str(root)], env=env, check=True, timeout=60)
+    for row, preset in (("pard", "full_parallel_dropout"), ("resd", "full_residual_norm_dropout")):
+        assert (root / f"{row}_new_llm_s1.calls").read_text().split() == ["pretrain", "evaluate"]
+        assert (root / f"tokenizer_{preset}.json").exists()  # the row's own preset
+        events = [line.split()[0] for line in (root / f"{row}_new_llm_s1.log").read_text().splitlines()]
+        assert events == ["start", "pretrain_done", "evaluate_done", "exit"]

@@ -132,16 +132,19 @@ def test_replies_of_a_run_stopped_before_step_2_are_not_dialogue_results(tmp_pat
 
 def test_plot_has_one_line_per_finished_bpe_run(tmp_path, collect, monkeypatch):
     done = "start 1\npretrain_done 2\nexit 0 3\n"
-    for name, model in (("full_new_llm_s0", "new_llm"), ("res_new_llm_s0", "new_llm"), ("seed_lstm_s0", "lstm")):
+    for name, model in (("full_new_llm_s0", "new_llm"), ("res_new_llm_s0", "new_llm"), ("pard_new_llm_s0", "new_llm"),
+                        ("seed_lstm_s0", "lstm")):  # fmt: skip
         write_run(tmp_path, name, model, done, history(60.0, 55.0))
     write_run(tmp_path, "full_lstm_s0", "lstm", "start 1\nexit 143 2\n", history(99.0))  # step 1 stopped
     drawn = []
     monkeypatch.setattr(collect, "save_figure", lambda fig, path: drawn.extend(fig.axes[0].get_lines()) or path)
 
     collect.plot_validation(collect.collect_runs(tmp_path), tmp_path / "val.png")
-    assert sorted(line.get_label() for line in drawn) == [
-        "New-LLM seed cell (full)", "New-LLM seed cell + residual + norm (full_residual_norm)",
-    ]  # not the seed protocol (another vocabulary), not the stopped run
+    assert sorted((line.get_label(), line.get_linestyle()) for line in drawn) == [
+        ("New-LLM parallel + residual + norm, more dropout (full_parallel_dropout)", "--"),
+        ("New-LLM seed cell (full)", "-"),
+        ("New-LLM seed cell + residual + norm (full_residual_norm)", "-"),
+    ]  # not the seed protocol (another vocabulary), not the stopped run; more dropout dashed
 
 
 def test_a_run_stopped_at_the_deadline_keeps_its_step_1(tmp_path, collect):
@@ -153,3 +156,14 @@ def test_a_run_stopped_at_the_deadline_keeps_its_step_1(tmp_path, collect):
     assert (run["wikitext"]["complete"], run["dialog"]["complete"]) == (True, False)
     summary = collect.summarize(runs, evaluations)["full_residual_norm/new_llm"]
     assert summary["test_word_ppl"]["values"] == [155.0] and summary["dialog_best_val_ppl"]["values"] == []
+
+
+def test_the_dropout_rows_are_rows_of_their_own(tmp_path, collect):
+    done = "start 1\npretrain_done 2\nevaluate_done 3\nexit 0 3\n"  # FINETUNE=0: no step 2
+    write_run(tmp_path, "resd_new_llm_s0", "new_llm", done, history(60.0, 50.0), test_word_ppl=150.0)
+    write_run(tmp_path, "res_new_llm_s0", "new_llm", done, history(60.0, 51.0), test_word_ppl=155.0)
+    runs, evaluations, _ = collect.collect([tmp_path])
+    summary = collect.summarize(runs, evaluations)
+    assert summary["full_residual_norm_dropout/new_llm"]["test_word_ppl"]["values"] == [150.0]
+    assert summary["full_residual_norm/new_llm"]["test_word_ppl"]["values"] == [155.0]
+    assert runs["resd_new_llm_s0"]["dialog"] is None or not runs["resd_new_llm_s0"]["dialog"]["complete"]
