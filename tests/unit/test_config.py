@@ -1,5 +1,7 @@
 """Presets and overrides: typed, strict, and every preset in configs/ loads."""
 
+import dataclasses
+
 import pytest
 
 from newllm.config import CONFIG_DIR, ConfigError, ExperimentConfig, config_from_dict, load_config
@@ -30,6 +32,16 @@ def test_full_preset_is_the_prototype_schedule():
     config = load_config("full")
     assert (config.pretrain.epochs, config.pretrain.patience, config.finetune.epochs) == (100, 15, 50)
     assert config.model.names == ("new_llm", "tinygpt2", "lstm")
+
+
+@pytest.mark.parametrize("variant", ["full_parallel", "full_residual_norm", "full_parallel_dropout", "full_residual_norm_dropout"])
+def test_full_schedule_rows_differ_from_full_in_the_model_alone(variant):
+    """docs/results.md compares these rows at one schedule: only [model] and the preset name may differ."""
+    base, row = load_config("full"), load_config(variant)
+    for section in ("data", "pretrain", "finetune", "eval"):
+        assert getattr(row, section) == getattr(base, section), section
+    assert row.model.names == base.model.names
+    assert dataclasses.replace(row, preset="full", model=base.model) == base
 
 
 def test_seed_preset_is_the_prototype_protocol():
