@@ -193,13 +193,14 @@ def test_fused_scan_matches_reference_forward_and_gradients(num_layers, residual
         torch.testing.assert_close(fast, ref, msg=lambda m: f"gradient of {name}: {m}")
 
 
-@pytest.mark.parametrize("residual, ffn_norm", [(False, False), (True, True)])
-def test_fused_scan_gradients_with_dropout_pass_gradcheck(residual, ffn_norm):
+@pytest.mark.parametrize("residual, ffn_norm, context_dropout", [(False, False, 0.0), (True, True, 0.0),
+                                                              (False, False, 0.4), (True, True, 0.4)])  # fmt: skip
+def test_fused_scan_gradients_with_dropout_pass_gradcheck(residual, ffn_norm, context_dropout):
     from newllm.models.new_llm.scan import fused_scan
 
     torch.manual_seed(0)
     cell = NewLLMCell(embedding_size=5, context_size=4, hidden_size=7, num_layers=3, dropout=0.3, residual=residual,
-                      ffn_norm=ffn_norm).double().train()  # fmt: skip
+                      ffn_norm=ffn_norm, context_dropout=context_dropout).double().train()  # fmt: skip
     inputs = torch.randn(2, 5, 5, dtype=torch.double, requires_grad=True)
     context0 = torch.randn(2, 4, dtype=torch.double, requires_grad=True)
 
@@ -232,3 +233,44 @@ def test_fused_path_trains_under_bf16_autocast():
     assert torch.isfinite(out.loss)
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
     assert model.model.cell.context_proj.weight.grad.dtype == torch.float32
+
+
+def test_fused_scan_with_context_dropout_equals_the_reference_with_the_same_masks(monkeypatch):
+    """Context dropout hides part of c from layer 1 only: forward and every gradient, mask for mask."""
+    from newllm.models.new_llm import scan as scan_module
+
+    torch.manual_seed(0)
+    batch, steps, size_c = 4, 9, 6
+    cell = NewLLMCell(embedding_size=10, context_size=size_c, hidden_size=20, num_layers=3, context_dropout=0.5,
+                      residual=True, ffn_norm=True).double().train()  # fmt: skip
+    masks = (torch.rand(steps, batch, size_c, dtype=torch.double) > 0.5).double() / 0.5
+    assert 0 < (masks == 0).sum() < masks.numel()
+    monkeypatch.setattr(scan_module, "dropout_masks", lambda like, shape, p: masks if p > 0 else None)
+    inputs = torch.randn(batch, steps, 10, dtype=torch.double, requires_grad=True)
+    context0 = torch.randn(batch, size_c, dtype=torch.double, requires_grad=True)
+    params = [inputs, context0, *cell.parameters()]
+
+    def loss_of(hidden, context):
+        return hidden.sin().sum() + (context * torch.arange(float(size_c), dtype=torch.double)).sum()
+
+    hidden_fast, context_fast = scan_module.fused_scan(cell, inputs, context0)
+    grads_fast = torch.autograd.grad(loss_of(hidden_fast, context_fast), params)
+
+    class SameMasks(torch.nn.Module):  # the reference cell's context dropout, replaying `masks` step by step
+        def __init__(self):
+            super().__init__()
+            self.t = 0
+
+        def forward(self, context):
+            self.t += 1
+            return context * masks[self.t - 1]
+
+    cell.context_dropout = SameMasks()
+    hidden_ref, context_ref = _reference_scan(cell, inputs, context0)
+    grads_ref = torch.autograd.grad(loss_of(hidden_ref, context_ref), params)
+    assert cell.context_dropout.t == steps
+    torch.testing.assert_close(hidden_fast, hidden_ref)
+    torch.testing.assert_close(context_fast, context_ref)
+    names = ["inputs", "context0", *[n for n, _ in cell.named_parameters()]]
+    for name, fast, ref in zip(names, grads_fast, grads_ref):
+        torch.testing.assert_close(fast, ref, msg=lambda m: f"gradient of {name}: {m}")

@@ -104,9 +104,11 @@ def test_cuda_fast_paths_match_eager_forward_and_gradients(mode, options):
 
 
 @cuda
-def test_cuda_graphed_scan_draws_new_dropout_masks_each_replay():
+@pytest.mark.parametrize("options", [{"dropout": 0.3}, {"dropout": 0.0, "context_dropout": 0.3}], ids=["hidden", "context"])
+def test_cuda_graphed_scan_draws_new_dropout_masks_each_replay(options):
     torch.manual_seed(0)
-    model = NewLLMForCausalLM(tiny_new_llm_config(dropout=0.3)).cuda().train().set_fast_path("graphed")
+    model = NewLLMForCausalLM(tiny_new_llm_config(**options)).cuda().train().set_fast_path("graphed")
+    assert model.model.cell.fused_scan_ok
     ids = random_ids(4, 16).cuda()
     losses = [model(ids, labels=ids).loss.item() for _ in range(3)]
     assert len(set(losses)) == 3, losses

@@ -68,7 +68,7 @@ def test_default_config_is_the_seed_cell_with_its_state_dict():
 
 
 @pytest.mark.parametrize("name, fused", [("forget/input bias", True), ("embedding dropout", True), ("tied", True),
-                                         ("residual + norm", True), ("context dropout", False),
+                                         ("residual + norm", True), ("context dropout", True),
                                          ("multi-scale", False)])  # fmt: skip
 def test_fused_scan_covers_exactly_the_options_it_implements(name, fused):
     assert build(**OPTIONS[name]).model.cell.fused_scan_ok is fused

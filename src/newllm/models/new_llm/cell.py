@@ -129,8 +129,8 @@ class NewLLMCell(BaseCell):
 
     @property
     def fused_scan_ok(self) -> bool:
-        """Whether scan.py's hand-written backward covers this cell (all but context dropout and scales)."""
-        return self.context_dropout.p == 0 and self.context_scales == 1
+        """Whether scan.py's hand-written backward covers this cell (all but multi-scale contexts)."""
+        return self.context_scales == 1
 
     def update_context(self, hidden: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         """c ← clamp(LN(σ(f)·c + σ(i)·Δ), ±clamp)."""

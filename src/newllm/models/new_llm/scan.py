@@ -7,10 +7,11 @@ the chain rule written out. Weight gradients are summed over all positions with 
 weight after the loop. The function is `NewLLMCell.step` applied along T (tests compare outputs
 and gradients with the reference); only the dropout masks are drawn differently (all at once).
 
-Per token, with m_l the dropout masks (already divided by 1 - p):
-    a_1 = P_t + c W_cᵀ,  a_l = h_{l-1} W_lᵀ + b_l,  h_l = relu(a_l) ⊙ m_l,  h = h_L
+Per token, with m_l and m_c the dropout masks (already divided by 1 - p):
+    a_1 = P_t + (c ⊙ m_c) W_cᵀ,  a_l = h_{l-1} W_lᵀ + b_l,  h_l = relu(a_l) ⊙ m_l,  h = h_L
     [Δ, g_f, g_i] = h W_gᵀ + b_g,  f = σ(g_f),  i = σ(g_i)
     x = f ⊙ c + i ⊙ Δ,  x̂ = (x - μ) / σ_x,  c' = clamp(γ ⊙ x̂ + β, ±K)
+(m_c, context dropout, hides part of the context from the FFN only; the gated update reads all of c.)
 With the research options, for layers l ≥ 2: `ffn_norm` reads LN_l(h_{l-1}) instead of h_{l-1},
 and `residual` makes h_l = h_{l-1} + relu(a_l) ⊙ m_l.
 
@@ -55,10 +56,11 @@ def _layer_norm_backward(d_xhat, x_hat, rstd):
     return rstd * (d_xhat - d_xhat.mean(1, keepdim=True) - x_hat * (d_xhat * x_hat).mean(1, keepdim=True))
 
 
-def forward_step(token_part, context, masks, context_weight, weights, biases, ffn_norms, proj_weight, proj_bias,
-                 norm_weight, norm_bias, options: ScanOptions):
+def forward_step(token_part, context, masks, context_mask, context_weight, weights, biases, ffn_norms, proj_weight,
+                 proj_bias, norm_weight, norm_bias, options: ScanOptions):
     """One token: (B, H) token part of layer 1, (B, C) context → hidden, next context, and what backward needs."""
-    pre = torch.addmm(token_part, context, context_weight.t())
+    read = context if context_mask is None else context * context_mask
+    pre = torch.addmm(token_part, read, context_weight.t())
     pre_acts, inputs, input_hats, input_rstds = [pre], [], [], []
     hidden = F.relu(pre)
     if masks is not None:
@@ -89,7 +91,7 @@ def forward_step(token_part, context, masks, context_weight, weights, biases, ff
 
 
 def backward_step(d_context, grad_hidden, prev, out, x_hat, rstd, proj, pre_acts, input_hats, input_rstds, masks,
-                  norm_weight, proj_weight, context_weight, weights, ffn_norms, options: ScanOptions):
+                  context_mask, norm_weight, proj_weight, context_weight, weights, ffn_norms, options: ScanOptions):
     """The chain rule through one `forward_step`, given dL/d(next context) and dL/d(hidden) from the head.
 
     Returns dL/d(previous context), dL/d(context LayerNorm output), dL/d(proj), dL/d(pre-activation)
@@ -120,7 +122,8 @@ def backward_step(d_context, grad_hidden, prev, out, x_hat, rstd, proj, pre_acts
             gamma = ffn_norms[2 * layer - 2]
             d_input = _layer_norm_backward(d_input * gamma, input_hats[layer - 1], input_rstds[layer - 1])
         d_hidden = d_input + d_hidden if options.residual else d_input  # dL/dh_{layer}
-    d_prev = torch.addmm(d_prev, d_pre_acts[0], context_weight)
+    d_read = d_pre_acts[0] @ context_weight  # dL/d(the context as layer 1 read it)
+    d_prev = d_prev + (d_read if context_mask is None else d_read * context_mask)
     return d_prev, d_out, d_proj, d_pre_acts, d_norm_outs
 
 
@@ -145,18 +148,19 @@ def _stack(per_step: list[list[torch.Tensor]]) -> list[torch.Tensor]:
 
 class NewLLMScan(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, steps, options, n_layers, token_part, context, masks, context_weight, norm_weight, norm_bias,
-                proj_weight, proj_bias, *params):
+    def forward(ctx, steps, options, n_layers, token_part, context, masks, context_masks, context_weight, norm_weight,
+                norm_bias, proj_weight, proj_bias, *params):
         # token_part (T, B, H): the token half of layer 1 with its bias; context (B, C); masks (T, L, B, H) or None;
-        # params: W, b of layers 2..L, then γ, β of their pre-norms (ffn_norm)
+        # context_masks (T, B, C) or None; params: W, b of layers 2..L, then γ, β of their pre-norms (ffn_norm)
         layer_params, ffn_norms = params[: 2 * (n_layers - 1)], params[2 * (n_layers - 1) :]
         weights, biases = layer_params[0::2], layer_params[1::2]
         contexts, record = [context], []
         hiddens, normed, rstds, projs = [], [], [], []
         for t in range(token_part.shape[0]):
             hidden, context, *layers, x_hat, rstd, proj = steps.forward(
-                token_part[t], context, None if masks is None else masks[t], context_weight, weights, biases,
-                ffn_norms, proj_weight, proj_bias, norm_weight, norm_bias, options,
+                token_part[t], context, None if masks is None else masks[t],
+                None if context_masks is None else context_masks[t], context_weight, weights, biases, ffn_norms,
+                proj_weight, proj_bias, norm_weight, norm_bias, options,
             )  # fmt: skip
             contexts.append(context)
             record.append(layers)  # pre-activations, layer inputs, their x̂ and 1/σ
@@ -167,8 +171,8 @@ class NewLLMScan(torch.autograd.Function):
         hidden_seq = torch.stack(hiddens)  # (T, B, H)
         pre_acts, inputs, input_hats, input_rstds = (_stack(part) for part in zip(*record))
         ctx.save_for_backward(context_weight, norm_weight, proj_weight, *weights, *ffn_norms)
-        ctx.saved = (torch.stack(contexts), pre_acts, inputs, input_hats, input_rstds, masks, torch.stack(normed),
-                     torch.stack(rstds), torch.stack(projs), hidden_seq)  # fmt: skip
+        ctx.saved = (torch.stack(contexts), pre_acts, inputs, input_hats, input_rstds, masks, context_masks,
+                     torch.stack(normed), torch.stack(rstds), torch.stack(projs), hidden_seq)  # fmt: skip
         ctx.steps, ctx.options, ctx.n_layers = steps, options, n_layers
         return hidden_seq, context
 
@@ -176,7 +180,9 @@ class NewLLMScan(torch.autograd.Function):
     def backward(ctx, grad_hidden, grad_context):
         context_weight, norm_weight, proj_weight, *rest = ctx.saved_tensors
         weights, ffn_norms = rest[: ctx.n_layers - 1], rest[ctx.n_layers - 1 :]
-        contexts, pre_acts, inputs, input_hats, input_rstds, masks, normed, rstds, projs, hidden_seq = ctx.saved
+        contexts, pre_acts, inputs, input_hats, input_rstds, masks, context_masks, normed, rstds, projs, hidden_seq = (
+            ctx.saved
+        )
         grad_hidden = torch.zeros_like(hidden_seq) if grad_hidden is None else grad_hidden
         d_context = torch.zeros_like(contexts[-1]) if grad_context is None else grad_context
         d_outs, d_projs, d_pre_acts, d_norm_outs = [], [], [], []
@@ -184,8 +190,9 @@ class NewLLMScan(torch.autograd.Function):
             d_context, d_out, d_proj, d_pre, d_norm = ctx.steps.backward(
                 d_context, grad_hidden[t], contexts[t], contexts[t + 1], normed[t], rstds[t], projs[t],
                 [layer[t] for layer in pre_acts], [layer[t] for layer in input_hats],
-                [layer[t] for layer in input_rstds], None if masks is None else masks[t], norm_weight, proj_weight,
-                context_weight, weights, ffn_norms, ctx.options,
+                [layer[t] for layer in input_rstds], None if masks is None else masks[t],
+                None if context_masks is None else context_masks[t], norm_weight, proj_weight, context_weight, weights,
+                ffn_norms, ctx.options,
             )  # fmt: skip
             d_outs.append(d_out)
             d_projs.append(d_proj)
@@ -204,21 +211,28 @@ class NewLLMScan(torch.autograd.Function):
         d_ffn_norms = []
         for d_norm_out, x_hat in zip(d_norm, input_hats):
             d_ffn_norms += [(d_norm_out * x_hat).sum((0, 1)), d_norm_out.sum((0, 1))]
-        return (None, None, None, d_pre[0], d_context, None, flat(d_pre[0]).t() @ flat(contexts[:-1]),
+        reads = contexts[:-1] if context_masks is None else contexts[:-1] * context_masks  # what layer 1 read
+        return (None, None, None, d_pre[0], d_context, None, None, flat(d_pre[0]).t() @ flat(reads),
                 (d_out * normed).sum((0, 1)), d_out.sum((0, 1)), flat(d_proj).t() @ flat(hidden_seq),
                 d_proj.sum((0, 1)), *d_layers, *d_ffn_norms)  # fmt: skip
 
 
 def _scan(token_part, context, context_weight, norm_weight, norm_bias, proj_weight, proj_bias, *params,
-          steps: StepFunctions, options: ScanOptions, n_layers: int, dropout_p: float):
+          steps: StepFunctions, options: ScanOptions, n_layers: int, dropout_p: float, context_dropout_p: float = 0.0):
     """Draw the dropout masks for all positions at once, then run `NewLLMScan` (the unit a CUDA graph captures)."""
-    masks = None
-    if dropout_p > 0:
-        steps_t, batch, hidden = token_part.shape
-        keep = 1.0 - dropout_p
-        masks = token_part.new_empty(steps_t, n_layers, batch, hidden).bernoulli_(keep).div_(keep)
-    return NewLLMScan.apply(steps, options, n_layers, token_part, context, masks, context_weight, norm_weight,
-                            norm_bias, proj_weight, proj_bias, *params)  # fmt: skip
+    steps_t, batch, hidden = token_part.shape
+    masks = dropout_masks(token_part, (steps_t, n_layers, batch, hidden), dropout_p)
+    context_masks = dropout_masks(token_part, (steps_t, batch, context.shape[1]), context_dropout_p)
+    return NewLLMScan.apply(steps, options, n_layers, token_part, context, masks, context_masks, context_weight,
+                            norm_weight, norm_bias, proj_weight, proj_bias, *params)  # fmt: skip
+
+
+def dropout_masks(like: torch.Tensor, shape: tuple[int, ...], p: float) -> torch.Tensor | None:
+    """Inverted-dropout masks (0 or 1/(1-p)) of `shape`, on `like`'s device and dtype; None when p is 0."""
+    if p == 0:
+        return None
+    keep = 1.0 - p
+    return like.new_empty(shape).bernoulli_(keep).div_(keep)
 
 
 @functools.cache
@@ -311,10 +325,12 @@ def fused_scan(cell, token_embeddings: torch.Tensor, context: torch.Tensor) -> t
     if cell.norms is not None:
         params += [p for norm in cell.norms for p in (norm.weight, norm.bias)]
     dropout_p = cell.dropout.p if cell.training else 0.0
+    context_dropout_p = cell.context_dropout.p if cell.training else 0.0
     on_cuda = token_embeddings.is_cuda
     steps = compiled_steps() if cell.compile_steps and on_cuda else EAGER_STEPS
     options = ScanOptions(cell.context_norm.eps, cell.context_clamp, cell.residual, cell.norms is not None)
-    scan = functools.partial(_scan, steps=steps, options=options, n_layers=len(cell.layers), dropout_p=dropout_p)
+    scan = functools.partial(_scan, steps=steps, options=options, n_layers=len(cell.layers), dropout_p=dropout_p,
+                             context_dropout_p=context_dropout_p)
     # The recurrence runs in the parameters' dtype (fp32) even under bf16 autocast: it is bound by launches, not by
     # arithmetic, and the hand-written backward needs one dtype. The casts are ordinary autograd
     # ops, so the gradients come back in the caller's dtype.
@@ -325,6 +341,6 @@ def fused_scan(cell, token_embeddings: torch.Tensor, context: torch.Tensor) -> t
         tensors = (token_part, context.to(dtype), context_weight, cell.context_norm.weight, cell.context_norm.bias,
                    cell.context_proj.weight, cell.context_proj.bias, *params)  # fmt: skip
         if cell.cuda_graphs and on_cuda:
-            scan = _graphed(cell, scan, tensors, (options, dropout_p, steps is not EAGER_STEPS))
+            scan = _graphed(cell, scan, tensors, (options, dropout_p, context_dropout_p, steps is not EAGER_STEPS))
         hidden, context = scan(*tensors)
     return hidden.transpose(0, 1), context
