@@ -34,7 +34,9 @@ from newllm.reporting.plots import model_color, model_label, save_figure
 # run-name prefix -> preset, as in full_schedule.sh
 ROWS = {"full": "full", "par": "full_parallel", "res": "full_residual_norm", "seed": "seed",
         "pard": "full_parallel_dropout", "resd": "full_residual_norm_dropout"}  # as benchmarks/full_schedule.sh
-RUN_NAME = re.compile(rf"^(?P<row>{'|'.join(ROWS)})_(?P<model>new_llm|tinygpt2|lstm)_s(?P<seed>\d+)$")
+# <row>_<model>_s<seed>: a row of ROWS, or any other preset's own name (full_schedule.sh takes both)
+RUN_NAME = re.compile(r"^(?P<row>[a-z0-9_]+?)_(?P<model>new_llm|tinygpt2|lstm)_s(?P<seed>\d+)$")
+MODEL_LABELS = {"new_llm": "New-LLM", "tinygpt2": "TinyGPT2", "lstm": "LSTM"}
 PARAMS = re.compile(r"step 1: \w+ on WikiText-2 \(([\d,]+) parameters")
 HISTORY_KEYS = ("epoch", "train_ppl", "val_ppl", "seconds")
 EVENTS = ("start", "pretrain_done", "finetune_done", "deadline", "evaluate_done", "all_done")
@@ -81,7 +83,7 @@ def collect_runs(root: Path) -> dict:
         events = _log_events(text)
         runs[folder.name] = {
             "row": match["row"],
-            "preset": ROWS[match["row"]],
+            "preset": ROWS.get(match["row"], match["row"]),
             "model": model,
             "seed": int(match["seed"]),
             "params": int(params[1].replace(",", "")) if params else None,
@@ -237,6 +239,19 @@ ROW_COLORS = {  # the New-LLM variants; a variant with more dropout is drawn das
 }
 
 
+def row_label(row: str) -> str:
+    """A table's or legend's name for `preset/model`: its label above, or the model and the preset."""
+    preset, model = row.split("/")
+    return ROW_LABELS.get(row) or f"{MODEL_LABELS[model]} (`{preset}`)"
+
+
+def bpe_rows(summary: dict) -> list[str]:
+    """The rows of the BPE tables: those labelled above in their order, then other presets' by name; not the
+    seed protocol's, whose perplexities are per token of another vocabulary."""
+    others = sorted(row for row in summary if row not in ROW_LABELS and not row.startswith("seed/"))
+    return [row for row in ROW_LABELS if row in summary] + others
+
+
 def plot_validation(runs: dict, path: Path) -> Path:
     """WikiText-2 validation perplexity per epoch: one colour per BPE row, one line per seed that finished step 1."""
     fig = Figure(figsize=(8, 4.8), layout="constrained")
@@ -244,14 +259,14 @@ def plot_validation(runs: dict, path: Path) -> Path:
     labelled = set()
     for _, run in sorted(runs.items()):
         row = f"{run['preset']}/{run['model']}"
-        if row not in ROW_LABELS or not (run["wikitext"] and run["wikitext"]["complete"]):
+        if run["preset"] == "seed" or not (run["wikitext"] and run["wikitext"]["complete"]):
             continue  # the seed protocol's are per token of another vocabulary
         history = run["wikitext"]["history"]
         ax.plot(
             [r["epoch"] for r in history], [r["val_ppl"] for r in history], "--" if "dropout" in row else "-",
             linewidth=1.2,
             color=ROW_COLORS.get(row, model_color(run["model"], 0)),
-            label=None if row in labelled else ROW_LABELS[row].replace("`", ""),
+            label=None if row in labelled else row_label(row).replace("`", ""),
         )
         labelled.add(row)
     ax.set_yscale("log")
@@ -296,14 +311,14 @@ def _summary_table(header: str, align: str, out: dict, rows: list[str], n_key: s
         s = out["summary"][row]
         n = s[n_key]["n"]
         if n or keep_empty:
-            lines.append(f"| {ROW_LABELS[row]} | {' | '.join(cells(s, n))} | {n} |")
+            lines.append(f"| {row_label(row)} | {' | '.join(cells(s, n))} | {n} |")
     return lines
 
 
 def markdown_tables(out: dict) -> str:
     """The BPE rows' tables of docs/results.md (WikiText-2, DailyDialog, whole stream, samples), from the summary."""
     runs = out["runs"]
-    rows = [row for row in ROW_LABELS if row in out["summary"]]
+    rows = bpe_rows(out["summary"])
     wikitext = _summary_table(
         "| model | parameters | epochs run (best) | val token PPL | test token PPL | test word PPL | test bits/byte | n |",
         "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: |",
@@ -354,7 +369,7 @@ def _sample_table(out: dict, rows: list[str], seed: int = 0) -> list[str]:
     cell = lambda text: (text or "").replace("|", "\\|").replace("\n", " ")  # noqa: E731
     first = next(iter(samples.values()))
     lines = [
-        "| # | context (last two turns) | human | " + " | ".join(ROW_LABELS[row] for row in samples) + " |",
+        "| # | context (last two turns) | human | " + " | ".join(row_label(row) for row in samples) + " |",
         "| --- | --- | --- | " + " | ".join("---" for _ in samples) + " |",
     ]
     for i, sample in enumerate(first):

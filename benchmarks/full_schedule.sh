@@ -10,7 +10,9 @@
 # PLAN entries are <row>:<model>. Rows: full (configs/full.toml), par (configs/full_parallel.toml),
 # res (configs/full_residual_norm.toml), pard and resd (the same two with more dropout:
 # configs/full_parallel_dropout.toml, configs/full_residual_norm_dropout.toml), seed (configs/seed.toml,
-# the prototype's protocol). FINETUNE=0 skips step 2: step 1, then the evaluation of its model.
+# the prototype's protocol), or the name of any other preset in configs/ (a new variant needs no
+# edit here, and collect_full_schedule.py gives it a row of its own). FINETUNE=0 skips step 2:
+# step 1, then the evaluation of its model.
 # Each run <row>_<model>_s<seed> logs `start`, `pretrain_done`, `finetune_done`, `evaluate_done` and
 # `exit <code>` with Unix times. The tokenizer is trained once per preset and copied into every run,
 # so all runs of a tokenizer share it exactly. PYTHON picks the interpreter that has newllm installed
@@ -31,11 +33,12 @@ read -r -a extra <<< "${EXTRA:-}"  # more CLI options for every command, e.g. EX
 # still evaluated on its step-1 model (about a minute on a GPU), and logs `deadline` and `exit 124`
 deadline=${DEADLINE:-}
 
+configs=$(cd "$(dirname "$0")/../configs" && pwd)
 preset() {
   case $1 in
     full) echo full ;; par) echo full_parallel ;; res) echo full_residual_norm ;; seed) echo seed ;;
     pard) echo full_parallel_dropout ;; resd) echo full_residual_norm_dropout ;;
-    *) echo "unknown row $1" >&2; exit 2 ;;
+    *) if [[ $1 =~ ^[a-z0-9_]+$ && -f $configs/$1.toml ]]; then echo "$1"; else echo "unknown row $1" >&2; exit 2; fi ;;
   esac
 }
 finetune=${FINETUNE:-1}  # 0: no step 2 (a row explored on WikiText-2 alone); its step-1 model is evaluated

@@ -121,3 +121,20 @@ def test_finetune_0_runs_step_1_and_evaluates_its_model(tmp_path):
         assert (root / f"tokenizer_{preset}.json").exists()  # the row's own preset
         events = [line.split()[0] for line in (root / f"{row}_new_llm_s1.log").read_text().splitlines()]
         assert events == ["start", "pretrain_done", "evaluate_done", "exit"]
+
+
+def test_a_row_may_be_any_preset_in_configs_and_nothing_else(tmp_path):
+    python = tmp_path / "python"
+    python.write_text(FAKE_PYTHON.replace("exec sleep 60", "exit 0"))
+    python.chmod(0o755)
+    env = {**os.environ, "PYTHON": str(python), "SEEDS": "0", "PLAN": "full_parallel_dropout:new_llm", "SEED_PLAN": ""}
+    root = tmp_path / "runs"
+    subprocess.run(["bash", str(REPO / "benchmarks" / "full_schedule.sh"), str(root)], env=env, check=True, timeout=60)
+    assert (root / "tokenizer_full_parallel_dropout.json").exists()
+    assert (root / "full_parallel_dropout_new_llm_s0.calls").read_text().split() == ["pretrain", "finetune", "evaluate"]
+
+    env["PLAN"] = "no_such_preset:new_llm"
+    bad = subprocess.run(["bash", str(REPO / "benchmarks" / "full_schedule.sh"), str(tmp_path / "bad")], env=env,
+                         capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert bad.returncode != 0 and "unknown row no_such_preset" in bad.stderr
+    assert not list((tmp_path / "bad").glob("*.calls"))  # nothing ran

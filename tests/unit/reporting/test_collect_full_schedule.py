@@ -167,3 +167,23 @@ def test_the_dropout_rows_are_rows_of_their_own(tmp_path, collect):
     assert summary["full_residual_norm_dropout/new_llm"]["test_word_ppl"]["values"] == [150.0]
     assert summary["full_residual_norm/new_llm"]["test_word_ppl"]["values"] == [155.0]
     assert runs["resd_new_llm_s0"]["dialog"] is None or not runs["resd_new_llm_s0"]["dialog"]["complete"]
+
+
+def test_any_other_preset_is_a_row_named_after_it(tmp_path, collect, monkeypatch):
+    done = "start 1\npretrain_done 2\nevaluate_done 3\nexit 0 3\n"
+    write_run(tmp_path, "full_residual_norm_ctx_new_llm_s0", "new_llm", done, history(60.0, 49.0), test_word_ppl=148.0)
+    write_run(tmp_path, "full_lstm_s0", "lstm", done, history(60.0, 50.0), test_word_ppl=153.0)
+    write_run(tmp_path, "seed_new_llm_s0", "new_llm", done, history(30.0, 21.0))  # another vocabulary
+    runs, evaluations, _ = collect.collect([tmp_path])
+    assert runs["full_residual_norm_ctx_new_llm_s0"]["preset"] == "full_residual_norm_ctx"
+    summary = collect.summarize(runs, evaluations)
+    assert summary["full_residual_norm_ctx/new_llm"]["test_word_ppl"]["values"] == [148.0]
+
+    tables = collect.markdown_tables({"runs": runs, "evaluations": evaluations, "summary": summary})
+    labels = [line.split(" | ")[0] for line in tables.split("\n\n")[0].splitlines()[2:]]
+    assert labels == ["| LSTM", "| New-LLM (`full_residual_norm_ctx`)"]  # the known rows first; no seed protocol
+
+    drawn = []
+    monkeypatch.setattr(collect, "save_figure", lambda fig, path: drawn.extend(fig.axes[0].get_lines()) or path)
+    collect.plot_validation(runs, tmp_path / "val.png")
+    assert sorted(line.get_label() for line in drawn) == ["LSTM", "New-LLM (full_residual_norm_ctx)"]
