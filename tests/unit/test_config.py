@@ -34,7 +34,7 @@ def test_full_preset_is_the_prototype_schedule():
     assert config.model.names == ("new_llm", "tinygpt2", "lstm")
 
 
-@pytest.mark.parametrize("variant", ["full_parallel", "full_residual_norm", "full_parallel_dropout", "full_residual_norm_dropout"])
+@pytest.mark.parametrize("variant", sorted(p.stem for p in CONFIG_DIR.glob("full_*.toml")))
 def test_full_schedule_rows_differ_from_full_in_the_model_alone(variant):
     """docs/results.md compares these rows at one schedule: only [model] and the preset name may differ."""
     base, row = load_config("full"), load_config(variant)
