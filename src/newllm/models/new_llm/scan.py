@@ -122,8 +122,10 @@ def backward_step(d_context, grad_hidden, prev, out, x_hat, rstd, proj, pre_acts
             gamma = ffn_norms[2 * layer - 2]
             d_input = _layer_norm_backward(d_input * gamma, input_hats[layer - 1], input_rstds[layer - 1])
         d_hidden = d_input + d_hidden if options.residual else d_input  # dL/dh_{layer}
-    d_read = d_pre_acts[0] @ context_weight  # dL/d(the context as layer 1 read it)
-    d_prev = d_prev + (d_read if context_mask is None else d_read * context_mask)
+    if context_mask is None:
+        d_prev = torch.addmm(d_prev, d_pre_acts[0], context_weight)
+    else:  # layer 1 read c ⊙ m_c
+        d_prev = d_prev + (d_pre_acts[0] @ context_weight) * context_mask
     return d_prev, d_out, d_proj, d_pre_acts, d_norm_outs
 
 
