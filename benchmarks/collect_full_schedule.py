@@ -37,6 +37,7 @@ ROWS = {"full": "full", "par": "full_parallel", "res": "full_residual_norm", "se
 # <row>_<model>_s<seed>: a row of ROWS, or any other preset's own name (full_schedule.sh takes both)
 RUN_NAME = re.compile(r"^(?P<row>[a-z0-9_]+?)_(?P<model>new_llm|tinygpt2|lstm)_s(?P<seed>\d+)$")
 MODEL_LABELS = {"new_llm": "New-LLM", "tinygpt2": "TinyGPT2", "lstm": "LSTM"}
+SEED_PROTOCOL = "seed"  # the prototype's preset: its perplexities are per token of another vocabulary, so no BPE table
 PARAMS = re.compile(r"step 1: \w+ on WikiText-2 \(([\d,]+) parameters")
 HISTORY_KEYS = ("epoch", "train_ppl", "val_ppl", "seconds")
 EVENTS = ("start", "pretrain_done", "finetune_done", "deadline", "evaluate_done", "all_done")
@@ -248,7 +249,7 @@ def row_label(row: str) -> str:
 def bpe_rows(summary: dict) -> list[str]:
     """The rows of the BPE tables: those labelled above in their order, then other presets' by name; not the
     seed protocol's, whose perplexities are per token of another vocabulary."""
-    others = sorted(row for row in summary if row not in ROW_LABELS and not row.startswith("seed/"))
+    others = sorted(row for row in summary if row not in ROW_LABELS and row.split("/")[0] != SEED_PROTOCOL)
     return [row for row in ROW_LABELS if row in summary] + others
 
 
@@ -259,8 +260,8 @@ def plot_validation(runs: dict, path: Path) -> Path:
     labelled = set()
     for _, run in sorted(runs.items()):
         row = f"{run['preset']}/{run['model']}"
-        if run["preset"] == "seed" or not (run["wikitext"] and run["wikitext"]["complete"]):
-            continue  # the seed protocol's are per token of another vocabulary
+        if run["preset"] == SEED_PROTOCOL or not (run["wikitext"] and run["wikitext"]["complete"]):
+            continue
         history = run["wikitext"]["history"]
         ax.plot(
             [r["epoch"] for r in history], [r["val_ppl"] for r in history], "--" if "dropout" in row else "-",
