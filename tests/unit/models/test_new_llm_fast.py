@@ -40,6 +40,29 @@ def test_every_fast_path_on_cpu_gives_the_eager_loss_and_gradients(mode):
         torch.testing.assert_close(a.grad, b.grad, msg=lambda m: f"{name}: {m}")
 
 
+def test_no_grad_forward_takes_the_fused_scan_only_once_a_fast_path_is_set(monkeypatch):
+    # Validation during training (set_fast_path) runs the fused forward; evaluation and generation
+    # of a loaded model keep the reference loop, so that their numbers stay what they were.
+    import newllm.models.new_llm.modeling as modeling
+
+    calls = []
+    real = modeling.fused_scan
+    monkeypatch.setattr(modeling, "fused_scan", lambda *args: calls.append(1) or real(*args))
+    torch.manual_seed(0)
+    model = NewLLMForCausalLM(tiny_new_llm_config(residual=True, ffn_norm=True, dropout=0.2)).eval()
+    ids = random_ids(3, 12)
+    with torch.no_grad():
+        reference = model(ids).logits
+        assert calls == []
+        model.set_fast_path("compiled+graphed")  # on CPU: the fused scan, eagerly
+        torch.testing.assert_close(model(ids).logits, reference)
+        assert calls == [1]
+        padded = torch.ones_like(ids)
+        padded[0, :2] = 0  # left padding needs the reference loop's per-step select
+        model(ids, attention_mask=padded)
+        assert calls == [1]
+
+
 def _greedy_generate(model, ids, new_tokens):
     return model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=new_tokens,
                           min_new_tokens=new_tokens, pad_token_id=0)  # fmt: skip
@@ -101,6 +124,29 @@ def test_cuda_fast_paths_match_eager_forward_and_gradients(mode, options):
         torch.testing.assert_close(loss, loss_ref, rtol=1e-5, atol=1e-5)
         for ref, fast in zip(grads_ref, grads):
             torch.testing.assert_close(fast, ref, rtol=1e-4, atol=1e-5)
+
+
+@cuda
+@pytest.mark.parametrize("mode", ["compiled", "graphed", "compiled+graphed"])
+def test_cuda_fast_paths_match_eager_under_no_grad_between_training_steps(mode):
+    # validation between training steps: a forward-only capture beside the training one
+    torch.manual_seed(0)
+    model = NewLLMForCausalLM(tiny_new_llm_config(residual=True, ffn_norm=True)).cuda()
+    ids = random_ids(4, 16).cuda()
+    with torch.no_grad():
+        logits_ref = model(ids).logits
+    loss_ref, grads_ref = _loss_and_grads(model, ids)
+    model.set_fast_path(mode)
+    for _ in range(2):
+        loss, grads = _loss_and_grads(model, ids)
+        torch.testing.assert_close(loss, loss_ref, rtol=1e-5, atol=1e-5)
+        for ref, fast in zip(grads_ref, grads):
+            torch.testing.assert_close(fast, ref, rtol=1e-4, atol=1e-5)
+        with torch.no_grad():
+            for batch in (ids, ids[:3]):  # and a short last batch
+                torch.testing.assert_close(model(batch).logits, logits_ref[: len(batch)], rtol=1e-5, atol=1e-5)
+    if "graphed" in mode:
+        assert len(model.model.cell._scan_graphs) == 3  # training, validation, short validation
 
 
 @cuda

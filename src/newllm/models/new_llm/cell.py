@@ -132,6 +132,11 @@ class NewLLMCell(BaseCell):
         """Whether scan.py's hand-written backward covers this cell (all but multi-scale contexts)."""
         return self.context_scales == 1
 
+    @property
+    def fast_no_grad(self) -> bool:
+        """Whether no_grad forwards take the fused scan too: only once `set_fast_path` chose a CUDA fast path."""
+        return self.compile_steps or self.cuda_graphs
+
     def update_context(self, hidden: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         """c ← clamp(LN(σ(f)·c + σ(i)·Δ), ±clamp)."""
         delta, forget, inp = self.context_proj(hidden).chunk(3, dim=-1)

@@ -87,8 +87,10 @@ class NewLLMModel(NewLLMPreTrainedModel):
             context = self.cell.initial_context(input_ids.shape[0], embeddings.device, embeddings.dtype)
         if not needs_state_mask(attention_mask):
             attention_mask = None  # no left padding: skip the per-step select
-        if attention_mask is None and torch.is_grad_enabled() and self.cell.fused_scan_ok:
+        if attention_mask is None and self.cell.fused_scan_ok and (torch.is_grad_enabled() or self.cell.fast_no_grad):
             # Training: the same function with a hand-written backward (scan.py), several times faster.
+            # Its validation too, once `set_fast_path` chose a CUDA fast path; other no_grad calls
+            # (evaluation, generation) keep the reference loop, which runs under autocast.
             return fused_scan(self.cell, embeddings, context)
         return self.cell.scan(embeddings, context, attention_mask)
 

@@ -32,7 +32,7 @@ from typing import NamedTuple
 import torch
 from torch.nn import functional as F
 
-MAX_GRAPHS = 4  # captured shapes kept per cell: training sees one or two (a short last batch)
+MAX_GRAPHS = 6  # captures kept per cell: training and validation see one or two shapes each (a short last batch)
 
 
 class ScanOptions(NamedTuple):
@@ -258,7 +258,9 @@ class CapturedScan:
 
     def __init__(self, scan, tensors: tuple[torch.Tensor, ...], copied: int):
         # The first `copied` tensors are data (copied in before each replay); the rest are read in place.
+        # Under no_grad (validation) only the forward is captured: there is no backward to replay.
         self.copied = copied
+        backward = torch.is_grad_enabled()
         self.inputs = tuple(
             (t.detach().clone() if i < copied else t.detach()).requires_grad_(t.requires_grad)
             for i, t in enumerate(tensors)
@@ -269,15 +271,18 @@ class CapturedScan:
         with torch.cuda.stream(self.stream):
             for _ in range(2):  # kernel selection, compilation, workspaces: all before the capture
                 outputs = scan(*self.inputs)
-                torch.autograd.grad(outputs, wanted, [torch.ones_like(o) for o in outputs], allow_unused=True)
+                if backward:
+                    torch.autograd.grad(outputs, wanted, [torch.ones_like(o) for o in outputs], allow_unused=True)
         pool = torch.cuda.graph_pool_handle()
-        self.forward_graph, self.backward_graph = torch.cuda.CUDAGraph(), torch.cuda.CUDAGraph()
+        self.forward_graph, self.backward_graph = torch.cuda.CUDAGraph(), None
         with torch.cuda.graph(self.forward_graph, pool=pool, stream=self.stream, capture_error_mode="thread_local"):
             self.outputs = scan(*self.inputs)
-        self.grad_outputs = tuple(torch.zeros_like(o) for o in self.outputs)
-        with torch.cuda.graph(self.backward_graph, pool=pool, stream=self.stream, capture_error_mode="thread_local"):
-            grads = iter(torch.autograd.grad(self.outputs, wanted, self.grad_outputs, allow_unused=True))
-        self.grads = tuple(next(grads) if t.requires_grad else None for t in self.inputs)
+        if backward:
+            self.grad_outputs = tuple(torch.zeros_like(o) for o in self.outputs)
+            self.backward_graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.backward_graph, pool=pool, stream=self.stream, capture_error_mode="thread_local"):
+                grads = iter(torch.autograd.grad(self.outputs, wanted, self.grad_outputs, allow_unused=True))
+            self.grads = tuple(next(grads) if t.requires_grad else None for t in self.inputs)
         torch.cuda.current_stream().wait_stream(self.stream)
 
     def __call__(self, *tensors: torch.Tensor):
@@ -308,7 +313,7 @@ class _ReplayScan(torch.autograd.Function):
 
 def _graphed(cell, scan, tensors: tuple[torch.Tensor, ...], options: tuple) -> CapturedScan:
     """The `CapturedScan` of these shapes and parameters, captured on first use and cached on the cell."""
-    key = (options, *((t.shape, t.dtype, t.device, t.requires_grad, t.data_ptr()) for t in tensors[2:]),
+    key = (options, torch.is_grad_enabled(), *((t.shape, t.dtype, t.device, t.requires_grad, t.data_ptr()) for t in tensors[2:]),
            *((t.shape, t.dtype, t.requires_grad) for t in tensors[:2]))  # fmt: skip
     graphs = cell.__dict__.setdefault("_scan_graphs", OrderedDict())  # not a submodule, not in the state dict
     if key not in graphs:
@@ -320,7 +325,10 @@ def _graphed(cell, scan, tensors: tuple[torch.Tensor, ...], options: tuple) -> C
 
 
 def fused_scan(cell, token_embeddings: torch.Tensor, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """`cell.scan` without a mask, through `NewLLMScan`: (B, T, E), (B, C) → hidden (B, T, H), last context."""
+    """`cell.scan` without a mask, through `NewLLMScan`: (B, T, E), (B, C) → hidden (B, T, H), last context.
+
+    Under no_grad (validation during training) the same forward runs, compiled and graphed as set,
+    and no backward is captured."""
     first = cell.layers[0]
     token_weight, context_weight = first.weight.split([cell.embedding_size, cell.context_size], dim=1)
     params = [p for layer in cell.layers[1:] for p in (layer.weight, layer.bias)]
