@@ -62,8 +62,12 @@ def _stage(history_path: Path, complete: bool) -> dict | None:
     if not history:
         return None
     best = min(history, key=lambda row: row["val_loss"])
+    marker = history_path.parent / "complete.json"  # "stopped": "time_limit" when the time limit ended the stage
+    stopped = json.loads(marker.read_text(encoding="utf-8")).get("stopped") if marker.is_file() else None
     return {
-        "complete": complete,  # False: the process was stopped before early stopping or the last epoch
+        # False: stopped before early stopping or the last epoch, killed or by its time limit (then `stopped`)
+        "complete": complete and stopped is None,
+        **({"stopped": stopped} if stopped else {}),
         "epochs_run": len(history),
         "best_epoch": best["epoch"],
         "best_val_ppl": best["val_ppl"],
@@ -192,7 +196,11 @@ def summarize(runs: dict, evaluations: dict) -> dict:
         def field(get):
             return _mean_std([get(n) for n in names])
 
-        ev = lambda n, *keys: _dig(evaluations.get(n), *keys)  # noqa: E731
+        def ev(n, *keys):  # a test number of a stage that ran to its end
+            stage = "dialog" if keys[0].startswith("dailydialog") else "wikitext"
+            return _dig(evaluations.get(n), *keys) if _complete(runs[n], stage, "epochs_run") else None
+
+        stopped = [n for n in names if _stopped_dialog(runs[n], evaluations.get(n))]
         summary[row] = {
             "runs": names,
             "params": sorted({runs[n]["params"] for n in names if runs[n]["params"]}),
@@ -210,7 +218,27 @@ def summarize(runs: dict, evaluations: dict) -> dict:
             "dialog_distinct_1": field(lambda n: ev(n, "dailydialog_responses", "distinct_1")),
             "dialog_distinct_2": field(lambda n: ev(n, "dailydialog_responses", "distinct_2")),
         }
+        if stopped:  # step 2 ended by its time limit and evaluated: its own line, in no mean above
+            got = lambda n, *keys: _dig(evaluations[n], *keys)  # noqa: E731
+            summary[row]["dialog_stopped"] = {
+                "runs": stopped,
+                "dialog_best_val_ppl": _mean_std([runs[n]["dialog"]["best_val_ppl"] for n in stopped]),
+                **{key: _mean_std([got(n, *path) for n in stopped]) for key, path in STOPPED_DIALOG_FIELDS.items()},
+            }
     return summary
+
+
+STOPPED_DIALOG_FIELDS = {
+    "dialog_test_token_ppl": ("dailydialog_test", "token_ppl"),
+    "dialog_test_response_ppl": ("dailydialog_test", "response_ppl"),
+    "dialog_distinct_1": ("dailydialog_responses", "distinct_1"),
+    "dialog_distinct_2": ("dailydialog_responses", "distinct_2"),
+}
+
+
+def _stopped_dialog(run: dict, evaluation: dict | None) -> bool:
+    """Whether step 2 was ended by its time limit and its model evaluated (not step 1's, as after a kill)."""
+    return bool(run["dialog"] and run["dialog"].get("stopped") and _dig(evaluation, "dailydialog_test"))
 
 
 def _complete(run: dict, stage: str, key: str):
@@ -290,9 +318,9 @@ def _stat(stat: dict, decimals: int, n: int | None = None) -> str:
     return f"{stat['mean']:.{decimals}f}{std}{fewer}"
 
 
-def _epochs(runs: dict, names: list[str], stage: str) -> str:
-    """'28–30 (13–15)': epochs run and best epoch over the runs whose stage ended."""
-    done = [runs[n][stage] for n in names if runs[n][stage] and runs[n][stage]["complete"]]
+def _epochs(runs: dict, names: list[str], stage: str, stopped: bool = False) -> str:
+    """'28–30 (13–15)': epochs run and best epoch over the runs whose stage ended (or was stopped)."""
+    done = [runs[n][stage] for n in names if runs[n][stage] and (stopped or runs[n][stage]["complete"])]
     if not done:
         return "—"
 
@@ -340,6 +368,13 @@ def markdown_tables(out: dict) -> str:
             _stat(s["dialog_distinct_2"], 3, n),
         ],
     )  # fmt: skip
+    for row in rows:
+        stopped = out["summary"][row].get("dialog_stopped")
+        if stopped:
+            n = len(stopped["runs"])
+            cells = [_epochs(runs, stopped["runs"], "dialog", stopped=True), _stat(stopped["dialog_best_val_ppl"], 2),
+                     *(_stat(stopped[key], 2 if "ppl" in key else 3) for key in STOPPED_DIALOG_FIELDS)]  # fmt: skip
+            dialog.append(f"| {row_label(row)}, step 2 stopped by its time limit | {' | '.join(cells)} | {n} |")
     reference = out["evaluations"].get("_reference_responses")
     if reference:  # the human row goes first, under the header
         dialog.insert(2, f"| human replies | | | | | {reference['distinct_1']:.3f} | {reference['distinct_2']:.3f} | |")

@@ -29,9 +29,12 @@ export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} TOKENIZERS_PARALLELISM=false PYTHON
 python=${PYTHON:-python3}  # the interpreter that has newllm installed
 newllm="$python -m newllm.cli"
 read -r -a extra <<< "${EXTRA:-}"  # more CLI options for every command, e.g. EXTRA="--set pretrain.max_steps=2"
-# DEADLINE (Unix time): steps 1 and 2 still running then are stopped; a run stopped in step 2 is
-# still evaluated on its step-1 model (about a minute on a GPU), and logs `deadline` and `exit 124`
+# DEADLINE (Unix time): each step gets a time limit STEP_MARGIN (60) seconds before it and ends with
+# its best model so far (see step() below). A step still running at the deadline is killed; a run
+# killed in step 2 is still evaluated on its step-1 model (about a minute on a GPU), and logs
+# `deadline` and `exit 124`
 deadline=${DEADLINE:-}
+margin=${STEP_MARGIN:-60}  # seconds of a step's time before $DEADLINE left for start-up, its last evaluation and save
 
 configs=$(cd "$(dirname "$0")/../configs" && pwd)
 preset() {
@@ -67,13 +70,17 @@ run() {  # row model seed
   } > "$log" 2>&1
 }
 
-step() {  # pretrain or finetune, with run()'s options; stopped at $DEADLINE with exit status 124
-  local left=""
+step() {  # pretrain or finetune, with run()'s options. With $DEADLINE the step gets a time limit
+  # (`<step>.time_limit`) STEP_MARGIN seconds before it, for start-up, the last evaluation and the save: it
+  # then ends with its best model so far, marked "stopped": "time_limit", and is evaluated as usual.
+  # One still running at the deadline is killed (exit status 124).
+  local left="" limit=()
   if [ -n "$deadline" ]; then
     left=$((deadline - $(date +%s)))
     [ "$left" -gt 0 ] || return 124
+    limit=(--set "$1.time_limit=$(( left > margin ? left - margin : 1 ))")
   fi
-  ${left:+timeout "$left"} $newllm "$1" "${common[@]}"
+  ${left:+timeout "$left"} $newllm "$1" "${common[@]}" "${limit[@]}"
 }
 
 start_mps() {  # MPS=1: one MPS daemon for this schedule's processes; without it they time-slice the GPU

@@ -93,6 +93,9 @@ class TrainConfig:
     # (a diagnostic: what the batch order alone costs, without the carried context)
     stateful_carry: bool = True
     on_nonfinite: str = "stop"  # NaN/inf loss: "stop" the run, or "skip" that optimizer step
+    # > 0: seconds this process may train the stage (like Lightning's max_time). It stops after the epoch
+    # whose successor would not end in time and keeps the best model so far, marked "stopped": "time_limit".
+    time_limit: float = 0
 
     def __post_init__(self):
         # Checked when the config is built, so a bad value fails before any data is read or file written.
@@ -105,6 +108,8 @@ class TrainConfig:
             raise ConfigError("stateful_rotate: rotates the lanes of stateful training; set stateful = true too")
         if not self.stateful_carry and not self.stateful:
             raise ConfigError("stateful_carry: applies to stateful training; set stateful = true too")
+        if not (math.isfinite(self.time_limit) and self.time_limit >= 0):
+            raise ConfigError(f"time_limit: must be seconds >= 0 (0: no limit), got {self.time_limit}")
         if self.on_nonfinite not in ("stop", "skip"):
             raise ConfigError(f"on_nonfinite: must be 'stop' or 'skip', got {self.on_nonfinite!r}")
 

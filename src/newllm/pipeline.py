@@ -269,6 +269,9 @@ def _finish_stage(config, name, stage, result, tokenizer, parent=None) -> None:
     }
     if parent is not None:
         metadata["initialised_from"] = str(parent)
+    if result.stopped_by_time_limit:  # the best model of a shortened schedule, not of the whole one
+        metadata["stopped"] = "time_limit"
+        logger.warning("%s/%s: stopped by the time limit after %d epochs", name, stage, result.epochs_run)
     path = checkpoint_dir(config, name, stage)
     if usable_positions(result.model) is not None:
         # position embeddings past the training windows never get a gradient: generation, chat and the
@@ -404,6 +407,8 @@ def _stage_summary(config: ExperimentConfig, name: str, stage: str) -> dict:
     if meta_path.is_file():
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
         summary.update({k: meta.get(k) for k in ("best_epoch", "epochs_run", "train_seconds")})
+        if "stopped" in meta:
+            summary["stopped"] = meta["stopped"]
     return summary
 
 

@@ -81,6 +81,7 @@ FAKE_PYTHON = """#!/bin/bash
 if [ "$1" = - ]; then cat > /dev/null; echo {} > "$3"; exit 0; fi
 step=$3; out=$(echo "$@" | sed 's/.*--output-dir \\([^ ]*\\).*/\\1/')
 echo "$step" >> "$out.calls"
+echo "$@" | grep -o '[a-z]*\.time_limit=[0-9]*' >> "$out.limits"
 case $step in
   pretrain) mkdir -p "$out/best_lstm_wikitext" ;;
   finetune) exec sleep 60 ;;  # still running at the deadline
@@ -106,6 +107,22 @@ def test_a_deadline_stops_step_2_and_step_1_is_still_evaluated(tmp_path):
     subprocess.run(["bash", str(REPO / "benchmarks" / "full_schedule.sh"), str(late)], env=env, check=True, timeout=60)
     assert not (late / "full_lstm_s0.calls").exists()
     assert [line.split()[:2] for line in (late / "full_lstm_s0.log").read_text().splitlines()][-1] == ["exit", "124"]
+
+
+def test_a_deadline_gives_each_step_a_time_limit_step_margin_seconds_before_it(tmp_path):
+    python = tmp_path / "python"
+    python.write_text(FAKE_PYTHON.replace("exec sleep 60", "exit 0"))
+    python.chmod(0o755)
+    deadline = int(time.time()) + 100
+    env = {**os.environ, "PYTHON": str(python), "SEEDS": "0", "PLAN": "full:lstm", "SEED_PLAN": "",
+           "DEADLINE": str(deadline), "STEP_MARGIN": "30"}  # fmt: skip
+    root = tmp_path / "runs"
+    subprocess.run(["bash", str(REPO / "benchmarks" / "full_schedule.sh"), str(root)], env=env, check=True, timeout=60)
+    limits = [line.split("=") for line in (root / "full_lstm_s0.limits").read_text().split()]
+    assert [name for name, _ in limits] == ["pretrain.time_limit", "finetune.time_limit"]  # not evaluate
+    assert all(50 <= int(seconds) <= 70 for _, seconds in limits), limits
+    events = [line.split()[0] for line in (root / "full_lstm_s0.log").read_text().splitlines()]
+    assert events == ["start", "pretrain_done", "finetune_done", "evaluate_done", "exit"]
 
 
 def test_finetune_0_runs_step_1_and_evaluates_its_model(tmp_path):

@@ -175,11 +175,12 @@ def _duration(value: Any) -> str:
 
 
 def _epochs(section: Any) -> str:
-    """Best and run epochs of a training stage, e.g. "18 / 33"."""
+    """Best and run epochs of a training stage, e.g. "18 / 33", or "18 / 33 (time limit)" for a stopped one."""
     best, run = _get(section, "best_epoch"), _get(section, "epochs_run")
     if best is None and run is None:
         return MISSING
-    return f"{_count(best)} / {_count(run)}"
+    stopped = " (time limit)" if _get(section, "stopped") == "time_limit" else ""
+    return f"{_count(best)} / {_count(run)}{stopped}"
 
 
 def _percent_diff(value: float, reference: float) -> str:

@@ -56,6 +56,7 @@ class TrainResult:
     epochs_run: int
     seconds: float
     skipped_steps: int = 0  # optimizer steps dropped for a non-finite gradient (on_nonfinite="skip")
+    stopped_by_time_limit: bool = False  # TrainConfig.time_limit ended the stage before its schedule did
 
 
 def _ppl(loss):
@@ -148,6 +149,30 @@ class HistoryCallback(TrainerCallback, ExportableState):
     def on_evaluate(self, args, state, control, **kwargs):
         if state.is_world_process_zero:  # under torchrun every rank runs this; one writes (docs/distributed.md)
             write_history(history_from_log(state.log_history, self.seconds), Path(args.output_dir))
+
+
+class TimeLimitCallback(TrainerCallback):
+    """Stops training after the epoch whose successor would end past `seconds` (TrainConfig.time_limit).
+
+    The next epoch is assumed to take as long as the last one did, evaluation and saving included;
+    the Trainer still evaluates and saves the epoch it stops after, then restores the best model.
+    """
+
+    def __init__(self, seconds: float, clock=time.monotonic):
+        self.seconds = seconds
+        self.clock = clock
+        self.stopped = False
+        self._start = self._last = None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self._start = self._last = self.clock()
+
+    def on_epoch_end(self, args, state, control, **kwargs):
+        now = self.clock()
+        epoch_seconds, self._last = now - self._last, now
+        if now - self._start + epoch_seconds > self.seconds and state.epoch < args.num_train_epochs:
+            control.should_training_stop = True
+            self.stopped = True
 
 
 class SkipNonFiniteCallback(TrainerCallback, ExportableState):
@@ -366,6 +391,9 @@ def train(
         callbacks.append(SaveEveryCallback(config.save_steps))
     if skip_nonfinite:
         callbacks.append(SkipNonFiniteCallback())
+    time_limit = TimeLimitCallback(config.time_limit) if config.time_limit > 0 else None
+    if time_limit is not None:
+        callbacks.append(time_limit)
     trainer = (StatefulTrainer if config.stateful else FiniteEvalTrainer)(
         model=model,
         args=args,
@@ -401,4 +429,5 @@ def train(
         epochs_run=len(history),
         seconds=seconds,
         skipped_steps=skipped,
+        stopped_by_time_limit=time_limit is not None and time_limit.stopped,
     )

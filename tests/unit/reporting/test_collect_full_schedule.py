@@ -158,6 +158,37 @@ def test_a_run_stopped_at_the_deadline_keeps_its_step_1(tmp_path, collect):
     assert summary["test_word_ppl"]["values"] == [155.0] and summary["dialog_best_val_ppl"]["values"] == []
 
 
+def test_a_step_2_ended_by_its_time_limit_is_a_line_of_its_own_in_no_mean(tmp_path, collect):
+    done = "start 1\npretrain_done 2\nfinetune_done 3\nevaluate_done 4\nexit 0 4\n"  # a time limit ends a step cleanly
+    for seed, (dialog, token_ppl) in enumerate([((20.0, 17.0), 18.0), ((20.0, 16.0), 17.0), ((19.0, 16.5, 16.4), 17.5)]):
+        name = f"res_new_llm_s{seed}"
+        write_run(tmp_path, name, "new_llm", done, history(60.0, 51.0), history(*dialog), test_word_ppl=155.0)
+        results = json.loads((tmp_path / name / "results.json").read_text())
+        results["models"]["new_llm"]["dailydialog"] = {
+            "test": {"token_ppl": token_ppl, "response_ppl": token_ppl + 4},
+            "responses": {"distinct_1": 0.05, "distinct_2": 0.1 + seed / 100},
+        }
+        (tmp_path / name / "results.json").write_text(json.dumps(results))
+    for seed in (1, 2):
+        marker = {"stage": "dialog", "stopped": "time_limit"}
+        (tmp_path / f"res_new_llm_s{seed}" / "new_llm_dialog" / "complete.json").write_text(json.dumps(marker))
+    runs, evaluations, _ = collect.collect([tmp_path])
+    assert runs["res_new_llm_s1"]["dialog"]["stopped"] == "time_limit"
+    assert not runs["res_new_llm_s1"]["dialog"]["complete"] and runs["res_new_llm_s1"]["wikitext"]["complete"]
+    summary = collect.summarize(runs, evaluations)["full_residual_norm/new_llm"]
+    assert summary["dialog_test_token_ppl"]["values"] == [18.0]  # the seed whose step 2 ran to its end
+    assert summary["test_word_ppl"]["values"] == [155.0] * 3  # their step 1 did
+    stopped = summary["dialog_stopped"]
+    assert stopped["runs"] == ["res_new_llm_s1", "res_new_llm_s2"]
+    assert stopped["dialog_test_token_ppl"]["values"] == [17.0, 17.5]
+    assert stopped["dialog_best_val_ppl"]["values"] == [16.0, 16.4]
+    table = collect.markdown_tables({"runs": runs, "summary": {"full_residual_norm/new_llm": summary},
+                                     "evaluations": evaluations})  # fmt: skip
+    line = next(line for line in table.splitlines() if "stopped by its time limit" in line)
+    assert line == ("| New-LLM seed cell + residual + norm (`full_residual_norm`), step 2 stopped by its time limit "
+                    "| 2–3 (2–3) | 16.20 ± 0.28 | 17.25 ± 0.35 | 21.25 ± 0.35 | 0.050 ± 0.000 | 0.115 ± 0.007 | 2 |")
+
+
 def test_the_dropout_rows_are_rows_of_their_own(tmp_path, collect):
     done = "start 1\npretrain_done 2\nevaluate_done 3\nexit 0 3\n"  # FINETUNE=0: no step 2
     write_run(tmp_path, "resd_new_llm_s0", "new_llm", done, history(60.0, 50.0), test_word_ppl=150.0)

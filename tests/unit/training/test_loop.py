@@ -226,3 +226,37 @@ def test_quiet_logging_silences_the_trainers_log_dicts(tmp_path, capsys, progres
         out = capsys.readouterr()
         printed = "'eval_loss'" in out.out + out.err
         assert printed is not quiet, out
+
+
+def test_time_limit_stops_before_an_epoch_that_would_not_end_in_time():
+    from transformers import TrainerControl, TrainerState, TrainingArguments
+
+    from newllm.training.loop import TimeLimitCallback
+
+    now = [0.0]
+    callback = TimeLimitCallback(25.0, clock=lambda: now[0])
+    args = TrainingArguments(output_dir="unused", num_train_epochs=10, report_to="none", use_cpu=True)
+    state, control = TrainerState(), TrainerControl()
+    callback.on_train_begin(args, state, control)
+    stops = []
+    for epoch in range(1, 4):
+        now[0] += 10.0  # every epoch, evaluation included, takes 10 s
+        state.epoch = epoch
+        callback.on_epoch_end(args, state, control)
+        stops.append(control.should_training_stop)
+    # after epoch 2, 20 s + another 10 s would pass 25 s
+    assert stops == [False, True, True] and callback.stopped
+
+
+def test_time_limit_keeps_the_best_model_of_the_epochs_run(tmp_path):
+    result = _train(tmp_path / "run", epochs=5, time_limit=1e-6)
+    assert result.stopped_by_time_limit
+    assert result.epochs_run == 1 and [row["epoch"] for row in result.history] == [1]
+    assert not _train(tmp_path / "other", epochs=2).stopped_by_time_limit
+
+
+def test_time_limit_must_be_non_negative_seconds():
+    from newllm.config import ConfigError
+
+    with pytest.raises(ConfigError, match="time_limit: must be seconds >= 0"):
+        TrainConfig(time_limit=-1)

@@ -85,3 +85,16 @@ def test_overwrite_clears_the_finished_mark_until_the_stage_ends_again(pretraine
     assert main(["-q", "pretrain", *OPTIONS, "--data-dir", str(data), "--output-dir", str(out), "--overwrite"]) != 0
     assert seen == [False]  # a run killed after --overwrite is not taken for finished by a later --resume
     assert not (out / "new_llm_wikitext" / STAGE_COMPLETE).exists()
+
+
+def test_a_stage_stopped_by_the_time_limit_keeps_its_best_model_and_says_so(pretrained):
+    data, out = pretrained
+    assert "stopped" not in json.loads((out / "new_llm_wikitext" / STAGE_COMPLETE).read_text())
+    run("finetune", data, out, "--set", "finetune.epochs=3", "--set", "finetune.time_limit=1e-6")
+    marker = json.loads((out / "new_llm_dialog" / STAGE_COMPLETE).read_text())
+    assert (marker["stopped"], marker["epochs_run"]) == ("time_limit", 1)
+    assert json.loads((out / "best_new_llm_dialog" / "newllm.json").read_text())["stopped"] == "time_limit"
+    run("evaluate", data, out)
+    results = json.loads((out / "results.json").read_text())["models"]["new_llm"]
+    assert results["dailydialog"]["stopped"] == "time_limit" and "stopped" not in results["wikitext"]
+    assert "1 / 1 (time limit)" in (out / "report.md").read_text()
