@@ -211,11 +211,13 @@ def _refuse_existing_runs(config: ExperimentConfig, stage: str, resume: bool, ov
 
 def _stage_start(config: ExperimentConfig, name: str, stage: str, resume: bool) -> bool | None:
     """How `--resume` treats one model's stage: None = finished earlier, skip it; True = continue it from
-    its latest complete checkpoint; False = start it (it never got that far). Without `--resume`: False."""
+    its latest complete checkpoint (also when its time limit stopped it); False = start it (it never got
+    that far). Without `--resume`: False."""
     folder = run_dir(config, name, stage)
     if not resume:
         return False
-    if (folder / STAGE_COMPLETE).is_file():
+    marker = folder / STAGE_COMPLETE
+    if marker.is_file() and "stopped" not in json.loads(marker.read_text(encoding="utf-8")):
         return None
     return has_complete_checkpoint(folder)
 

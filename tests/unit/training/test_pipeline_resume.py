@@ -98,3 +98,12 @@ def test_a_stage_stopped_by_the_time_limit_keeps_its_best_model_and_says_so(pret
     results = json.loads((out / "results.json").read_text())["models"]["new_llm"]
     assert results["dailydialog"]["stopped"] == "time_limit" and "stopped" not in results["wikitext"]
     assert "1 / 1 (time limit)" in (out / "report.md").read_text()
+
+    first = json.loads((out / "new_llm_dialog" / "history.json").read_text())
+    # no limit now: it goes on to the end. Another seed would change epoch 1 had it started over.
+    run("finetune", data, out, "--set", "finetune.epochs=3", "--set", "finetune.seed=5", "--resume")
+    marker = json.loads((out / "new_llm_dialog" / STAGE_COMPLETE).read_text())
+    assert "stopped" not in marker and marker["epochs_run"] == 3
+    history = json.loads((out / "new_llm_dialog" / "history.json").read_text())
+    assert history[0] == first[0] and len(history) == 3
+    assert "stopped" not in json.loads((out / "best_new_llm_dialog" / "newllm.json").read_text())
