@@ -218,3 +218,16 @@ def test_any_other_preset_is_a_row_named_after_it(tmp_path, collect, monkeypatch
     monkeypatch.setattr(collect, "save_figure", lambda fig, path: drawn.extend(fig.axes[0].get_lines()) or path)
     collect.plot_validation(runs, tmp_path / "val.png")
     assert sorted(line.get_label() for line in drawn) == ["LSTM", "New-LLM (full_residual_norm_ctx)"]
+
+
+def test_the_tables_of_docs_results_are_the_collectors_output_of_the_committed_json(collect):
+    # docs/results.md must show what docs/results/full_schedule_h200.json holds, and the JSON's means must be
+    # its runs' means: a number edited by hand in either place fails here
+    docs = SCRIPT.parents[1] / "docs"
+    out = json.loads((docs / "results" / "full_schedule_h200.json").read_text(encoding="utf-8"))
+    assert collect.summarize(out["runs"], out["evaluations"]) == out["summary"]
+    results = (docs / "results.md").read_text(encoding="utf-8")
+    tables = collect.markdown_tables(out).strip().split("\n\n")
+    assert len(tables) == 4  # WikiText-2, DailyDialog, whole stream, sample replies
+    for table in tables:
+        assert table in results, table.splitlines()[0]
