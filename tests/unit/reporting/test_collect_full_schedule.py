@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import statistics
 from pathlib import Path
 
 import pytest
@@ -231,3 +232,16 @@ def test_the_tables_of_docs_results_are_the_collectors_output_of_the_committed_j
     assert len(tables) == 4  # WikiText-2, DailyDialog, whole stream, sample replies
     for table in tables:
         assert table in results, table.splitlines()[0]
+
+
+def test_the_stopped_dailydialog_table_of_docs_results_is_its_json():
+    docs = SCRIPT.parents[1] / "docs"
+    runs = json.loads((docs / "results" / "resd_dailydialog_session8.json").read_text(encoding="utf-8"))["runs"]
+    results = (docs / "results.md").read_text(encoding="utf-8")
+    token = [run["test"]["token_ppl"] for run in runs.values()]
+    for seed, run in enumerate(runs.values()):
+        val = min(row["val_ppl"] for row in run["history"])
+        assert (f"| {seed} | {run['epochs_run']} ({run['best_epoch']}) | {val:.2f} | {run['test']['token_ppl']:.2f} | "
+                f"{run['test']['response_ppl']:.2f} | {run['responses']['distinct_1']:.3f} | "
+                f"{run['responses']['distinct_2']:.3f} |") in results  # fmt: skip
+    assert f"**{statistics.fmean(token):.2f} ± {statistics.stdev(token):.2f}**" in results
