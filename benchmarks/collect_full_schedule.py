@@ -282,30 +282,37 @@ def bpe_rows(summary: dict) -> list[str]:
 
 
 def plot_validation(runs: dict, path: Path) -> Path:
-    """WikiText-2 validation perplexity per epoch: one colour per BPE row, one line per seed that finished step 1."""
-    fig = Figure(figsize=(8, 4.8), layout="constrained")
-    ax = fig.subplots()
+    """WikiText-2 validation perplexity per epoch: one colour per BPE row, one line per seed that finished step 1.
+
+    Left the whole run on a log scale; right the same lines from epoch 10 on a linear scale around
+    the best New-LLM rows and the LSTM, where the curves crowd together on the left.
+    """
+    fig = Figure(figsize=(12, 5), layout="constrained")
+    ax, zoom = fig.subplots(1, 2, gridspec_kw={"width_ratios": [3, 2]})
     labelled = set()
     for _, run in sorted(runs.items()):
         row = f"{run['preset']}/{run['model']}"
         if run["preset"] == SEED_PROTOCOL or not (run["wikitext"] and run["wikitext"]["complete"]):
             continue
         history = run["wikitext"]["history"]
-        ax.plot(
-            [r["epoch"] for r in history], [r["val_ppl"] for r in history], "--" if "dropout" in row else "-",
-            linewidth=1.2,
-            color=ROW_COLORS.get(row, model_color(run["model"], 0)),
-            label=None if row in labelled else row_label(row).replace("`", ""),
-        )
+        style = dict(linestyle="--" if "dropout" in row else "-", linewidth=1.2,
+                     color=ROW_COLORS.get(row, model_color(run["model"], 0)))  # fmt: skip
+        epochs, ppl = [r["epoch"] for r in history], [r["val_ppl"] for r in history]
+        ax.plot(epochs, ppl, label=None if row in labelled else row_label(row).replace("`", ""), **style)
+        zoom.plot(epochs, ppl, **style)
         labelled.add(row)
     ax.set_yscale("log")
     ax.yaxis.set_major_formatter(ScalarFormatter())
     ax.yaxis.set_minor_formatter(ScalarFormatter())
-    ax.set_xlabel("epoch")
     ax.set_ylabel("WikiText-2 validation perplexity (per token)")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend()
+    ax.legend(fontsize="small")
     ax.set_title("Full schedule on one H200: one line per seed")
+    zoom.set_xlim(left=10)
+    zoom.set_ylim(48, 58)
+    zoom.set_title("from epoch 10, linear scale")
+    for axes in (ax, zoom):
+        axes.set_xlabel("epoch")
+        axes.grid(True, which="both", alpha=0.3)
     return save_figure(fig, path)
 
 
