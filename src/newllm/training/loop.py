@@ -154,8 +154,9 @@ class HistoryCallback(TrainerCallback, ExportableState):
 class TimeLimitCallback(TrainerCallback):
     """Stops training after the epoch whose successor would end past `seconds` (TrainConfig.time_limit).
 
-    The next epoch is assumed to take as long as the last one did, evaluation and saving included;
-    the Trainer still evaluates and saves the epoch it stops after, then restores the best model.
+    Decided after each epoch's evaluation (after early stopping's decision, so a run that ends anyway
+    is not marked), assuming the next epoch takes as long as the last one, evaluation included. The
+    Trainer still saves the epoch it stops after, then restores the best model.
     """
 
     def __init__(self, seconds: float, clock=time.monotonic):
@@ -167,10 +168,12 @@ class TimeLimitCallback(TrainerCallback):
     def on_train_begin(self, args, state, control, **kwargs):
         self._start = self._last = self.clock()
 
-    def on_epoch_end(self, args, state, control, **kwargs):
+    def on_evaluate(self, args, state, control, **kwargs):
         now = self.clock()
         epoch_seconds, self._last = now - self._last, now
-        if now - self._start + epoch_seconds > self.seconds and state.epoch < args.num_train_epochs:
+        if control.should_training_stop or state.epoch >= args.num_train_epochs:
+            return  # early stopping or the schedule ends the run here anyway
+        if now - self._start + epoch_seconds > self.seconds:
             control.should_training_stop = True
             self.stopped = True
 

@@ -242,10 +242,19 @@ def test_time_limit_stops_before_an_epoch_that_would_not_end_in_time():
     for epoch in range(1, 4):
         now[0] += 10.0  # every epoch, evaluation included, takes 10 s
         state.epoch = epoch
-        callback.on_epoch_end(args, state, control)
+        callback.on_evaluate(args, state, control)
         stops.append(control.should_training_stop)
     # after epoch 2, 20 s + another 10 s would pass 25 s
     assert stops == [False, True, True] and callback.stopped
+
+    # where early stopping (an earlier callback) or the last epoch ends the run, the time limit did not
+    for epoch, early in ((2, True), (10, False)):
+        callback = TimeLimitCallback(1.0, clock=lambda: now[0])
+        callback.on_train_begin(args, state, control := TrainerControl(should_training_stop=early))
+        now[0] += 10.0
+        state.epoch = epoch
+        callback.on_evaluate(args, state, control)
+        assert not callback.stopped and control.should_training_stop == early
 
 
 def test_time_limit_keeps_the_best_model_of_the_epochs_run(tmp_path):
