@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 
+import torch
 import torch.distributed as dist
 
 
@@ -35,3 +36,13 @@ def barrier() -> None:
     """Wait for every rank; a no-op without a process group (one process, or before the Trainer starts one)."""
     if _initialized():
         dist.barrier()
+
+
+def any_rank(flag: bool) -> bool:
+    """Whether `flag` holds on any rank: for a decision every rank must take alike (stopping training)."""
+    if not _initialized():
+        return flag
+    on_gpu = dist.get_backend() == "nccl"  # NCCL reduces CUDA tensors only
+    value = torch.tensor([int(flag)], device=torch.device("cuda", torch.cuda.current_device()) if on_gpu else "cpu")
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item())

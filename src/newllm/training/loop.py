@@ -29,7 +29,7 @@ from transformers.trainer_callback import ExportableState, PrinterCallback, Prog
 from newllm.config import TrainConfig
 from newllm.training.checkpoint import write_json_atomic
 from newllm.models.recurrent import RecurrentCache
-from newllm.training.distributed import barrier, is_main_process, world_size
+from newllm.training.distributed import any_rank, barrier, is_main_process, world_size
 
 logger = logging.getLogger(__name__)
 
@@ -173,7 +173,8 @@ class TimeLimitCallback(TrainerCallback):
         epoch_seconds, self._last = now - self._last, now
         if control.should_training_stop or state.epoch >= args.num_train_epochs:
             return  # early stopping or the schedule ends the run here anyway
-        if now - self._start + epoch_seconds > self.seconds:
+        # every rank stops or none does (each times itself; a rank left training would wait forever)
+        if any_rank(now - self._start + epoch_seconds > self.seconds):
             control.should_training_stop = True
             self.stopped = True
 

@@ -125,6 +125,23 @@ def test_distributed_helpers_in_one_process(monkeypatch):
     assert (distributed.rank(), distributed.world_size(), distributed.is_main_process()) == (1, 2, False)
 
 
+def _any_rank_worker(rank: int, port: int, out: str) -> None:
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    try:
+        results = [distributed.any_rank(rank == 0), distributed.any_rank(False), distributed.any_rank(True)]
+        Path(out, f"rank{rank}.json").write_text(json.dumps(results))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_any_rank_is_one_decision_for_every_rank(tmp_path, monkeypatch):
+    assert distributed.any_rank(True) and not distributed.any_rank(False)  # one process: the flag itself
+    monkeypatch.setenv("GLOO_SOCKET_IFNAME", "lo")
+    torch.multiprocessing.spawn(_any_rank_worker, args=(_free_port(), str(tmp_path)), nprocs=2)
+    # the time limit's stop: true on rank 0 only is true on both
+    assert [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)] == [[True, False, True]] * 2
+
+
 def _env(**extra: str) -> dict:
     return {
         **os.environ,
