@@ -273,7 +273,8 @@ def _finish_stage(config, name, stage, result, tokenizer, parent=None) -> None:
         metadata["initialised_from"] = str(parent)
     if result.stopped_by_time_limit:  # the best model of a shortened schedule, not of the whole one
         metadata["stopped"] = "time_limit"
-        logger.warning("%s/%s: stopped by the time limit after %d epochs", name, stage, result.epochs_run)
+        planned = (config.pretrain if stage == "wikitext" else config.finetune).epochs
+        logger.warning("%s/%s: its time limit stopped it after epoch %d of %d", name, stage, result.epochs_run, planned)
     path = checkpoint_dir(config, name, stage)
     if usable_positions(result.model) is not None:
         # position embeddings past the training windows never get a gradient: generation, chat and the

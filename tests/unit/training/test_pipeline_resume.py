@@ -87,10 +87,11 @@ def test_overwrite_clears_the_finished_mark_until_the_stage_ends_again(pretraine
     assert not (out / "new_llm_wikitext" / STAGE_COMPLETE).exists()
 
 
-def test_a_stage_stopped_by_the_time_limit_keeps_its_best_model_and_says_so(pretrained):
+def test_a_stage_stopped_by_the_time_limit_keeps_its_best_model_and_says_so(pretrained, caplog):
     data, out = pretrained
     assert "stopped" not in json.loads((out / "new_llm_wikitext" / STAGE_COMPLETE).read_text())
     run("finetune", data, out, "--set", "finetune.epochs=3", "--set", "finetune.time_limit=1e-6")
+    assert "new_llm/dialog: its time limit stopped it after epoch 1 of 3" in caplog.text
     marker = json.loads((out / "new_llm_dialog" / STAGE_COMPLETE).read_text())
     assert (marker["stopped"], marker["epochs_run"]) == ("time_limit", 1)
     assert json.loads((out / "best_new_llm_dialog" / "newllm.json").read_text())["stopped"] == "time_limit"
