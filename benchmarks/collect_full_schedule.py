@@ -1,7 +1,8 @@
 """Gather the runs of `benchmarks/full_schedule.sh` into one JSON summary, one figure and Markdown tables.
 
     python benchmarks/collect_full_schedule.py runs/session3 runs/session4 --out docs/results/full_schedule_h200.json \
-        --plot docs/results/full_schedule_val_ppl.png --markdown tables.md
+        --plot docs/results/full_schedule_val_ppl.png --plot-dialog docs/results/full_schedule_dialog_val_ppl.png \
+        --markdown tables.md
 
 Reads each run folder `<row>_<model>_s<seed>/`: its log (timestamps, parameter count), its
 history.json files and its results.json; an `eval_*/` folder of symbolic links to a run's
@@ -316,6 +317,36 @@ def plot_validation(runs: dict, path: Path) -> Path:
     return save_figure(fig, path)
 
 
+def plot_dialog_validation(runs: dict, path: Path) -> Path:
+    """DailyDialog validation perplexity per epoch of step 2: one colour per BPE row, one line per seed.
+
+    A step 2 stopped before its end (a kill at the deadline, or its time limit) ends in a cross.
+    """
+    fig = Figure(figsize=(8, 4.8), layout="constrained")
+    ax = fig.subplots()
+    labelled = set()
+    for _, run in sorted(runs.items()):
+        row = f"{run['preset']}/{run['model']}"
+        if run["preset"] == SEED_PROTOCOL or not run["dialog"]:
+            continue
+        history, complete = run["dialog"]["history"], run["dialog"]["complete"]
+        label = row_label(row).replace("`", "") + ("" if complete else ", stopped (×)")
+        epochs, ppl = [r["epoch"] for r in history], [r["val_ppl"] for r in history]
+        color = ROW_COLORS.get(row, model_color(run["model"], 0))
+        ax.plot(epochs, ppl, "--" if "dropout" in row else "-", linewidth=1.2, color=color,
+                label=None if label in labelled else label)  # fmt: skip
+        if not complete:
+            ax.plot(epochs[-1:], ppl[-1:], "x", color=color, markersize=7)
+        labelled.add(label)
+    ax.set_ylim(top=22)  # the first epochs (up to ~30) would squeeze the part where the rows differ
+    ax.set_xlabel("epoch of step 2")
+    ax.set_ylabel("DailyDialog validation perplexity (per token)")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize="small")
+    ax.set_title("Step 2 on DailyDialog, from each seed's step-1 model")
+    return save_figure(fig, path)
+
+
 def _stat(stat: dict, decimals: int, n: int | None = None) -> str:
     """'mean ± std', and '(n=k)' where fewer seeds than the row's n count in this cell."""
     if not stat["n"]:
@@ -428,7 +459,8 @@ def main() -> None:
     parser.add_argument("roots", type=Path, nargs="+", metavar="root",
                         help="the folders full_schedule.sh wrote into, oldest first")
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--plot", type=Path)
+    parser.add_argument("--plot", type=Path, help="the figure of WikiText-2 validation per epoch")
+    parser.add_argument("--plot-dialog", type=Path, help="the figure of DailyDialog validation per epoch")
     parser.add_argument("--markdown", type=Path, help="also write the Markdown tables: WikiText-2, DailyDialog, whole stream, sample replies")
     args = parser.parse_args()
     missing = [str(root) for root in args.roots if not root.is_dir()]
@@ -443,6 +475,8 @@ def main() -> None:
     print(f"wrote {args.out}")
     if args.plot:
         print(f"wrote {plot_validation(runs, args.plot)}")
+    if args.plot_dialog:
+        print(f"wrote {plot_dialog_validation(runs, args.plot_dialog)}")
     if args.markdown:
         args.markdown.write_text(markdown_tables(out), encoding="utf-8")
         print(f"wrote {args.markdown}")

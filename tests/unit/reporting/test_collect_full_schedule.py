@@ -245,3 +245,20 @@ def test_the_stopped_dailydialog_table_of_docs_results_is_its_json():
                 f"{run['test']['response_ppl']:.2f} | {run['responses']['distinct_1']:.3f} | "
                 f"{run['responses']['distinct_2']:.3f} |") in results  # fmt: skip
     assert f"**{statistics.fmean(token):.2f} ± {statistics.stdev(token):.2f}**" in results
+
+
+def test_dialog_plot_has_a_line_per_step_2_and_marks_the_stopped_ones(tmp_path, collect, monkeypatch):
+    done = "start 1\npretrain_done 2\nfinetune_done 3\nevaluate_done 4\nexit 0 4\n"
+    killed = "start 1\npretrain_done 2\ndeadline 3\nevaluate_done 4\nexit 124 4\n"
+    write_run(tmp_path, "full_lstm_s0", "lstm", done, history(60.0, 50.0), history(20.0, 16.0))
+    write_run(tmp_path, "resd_new_llm_s0", "new_llm", killed, history(60.0, 50.0), history(19.0, 16.5, 16.2))
+    write_run(tmp_path, "full_new_llm_s0", "new_llm", done, history(60.0, 52.0))  # no step 2: no line
+    runs, _, _ = collect.collect([tmp_path])
+    axes = []
+    monkeypatch.setattr(collect, "save_figure", lambda fig, path: axes.extend(fig.axes) or path)
+    collect.plot_dialog_validation(runs, tmp_path / "dialog.png")
+    lines = axes[0].get_lines()
+    labelled = [line.get_label() for line in lines if not line.get_label().startswith("_")]
+    assert labelled == ["LSTM", "New-LLM seed cell + residual + norm, more dropout (full_residual_norm_dropout), stopped (×)"]
+    crosses = [line for line in lines if line.get_marker() == "x"]
+    assert len(crosses) == 1 and list(crosses[0].get_xydata()[0]) == [3, 16.2]  # at the stopped run's last epoch
