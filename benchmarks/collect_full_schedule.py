@@ -199,7 +199,7 @@ def summarize(runs: dict, evaluations: dict) -> dict:
 
         def ev(n, *keys):  # a test number of a stage that ran to its end
             stage = "dialog" if keys[0].startswith("dailydialog") else "wikitext"
-            return _dig(evaluations.get(n), *keys) if _complete(runs[n], stage, "epochs_run") else None
+            return _dig(evaluations.get(n), *keys) if _finished(runs[n], stage) else None
 
         stopped = [n for n in names if _stopped_dialog(runs[n], evaluations.get(n))]
         summary[row] = {
@@ -242,8 +242,13 @@ def _stopped_dialog(run: dict, evaluation: dict | None) -> bool:
     return bool(run["dialog"] and run["dialog"].get("stopped") and _dig(evaluation, "dailydialog_test"))
 
 
+def _finished(run: dict, stage: str) -> bool:
+    """Whether the run's stage ran to its end (early stopping or its last epoch)."""
+    return bool(run[stage] and run[stage]["complete"])
+
+
 def _complete(run: dict, stage: str, key: str):
-    return run[stage][key] if run[stage] and run[stage]["complete"] else None
+    return run[stage][key] if _finished(run, stage) else None
 
 
 def _dig(obj, *keys):
@@ -267,6 +272,13 @@ ROW_COLORS = {  # the New-LLM variants; a variant with more dropout is drawn das
     "full_parallel/new_llm": "#CC79A7", "full_residual_norm/new_llm": "#E69F00",
     "full_parallel_dropout/new_llm": "#CC79A7", "full_residual_norm_dropout/new_llm": "#E69F00",
 }
+
+
+def _line_style(run: dict) -> dict:
+    """A run's line in the figures: its row's colour, dashed for a row with more dropout."""
+    row = f"{run['preset']}/{run['model']}"
+    return {"color": ROW_COLORS.get(row, model_color(run["model"], 0)), "linestyle": "--" if "dropout" in row else "-",
+            "linewidth": 1.2}  # fmt: skip
 
 
 def row_label(row: str) -> str:
@@ -293,11 +305,9 @@ def plot_validation(runs: dict, path: Path) -> Path:
     labelled = set()
     for _, run in sorted(runs.items()):
         row = f"{run['preset']}/{run['model']}"
-        if run["preset"] == SEED_PROTOCOL or not (run["wikitext"] and run["wikitext"]["complete"]):
+        if run["preset"] == SEED_PROTOCOL or not _finished(run, "wikitext"):
             continue
-        history = run["wikitext"]["history"]
-        style = dict(linestyle="--" if "dropout" in row else "-", linewidth=1.2,
-                     color=ROW_COLORS.get(row, model_color(run["model"], 0)))  # fmt: skip
+        history, style = run["wikitext"]["history"], _line_style(run)
         epochs, ppl = [r["epoch"] for r in history], [r["val_ppl"] for r in history]
         ax.plot(epochs, ppl, label=None if row in labelled else row_label(row).replace("`", ""), **style)
         zoom.plot(epochs, ppl, **style)
@@ -332,11 +342,10 @@ def plot_dialog_validation(runs: dict, path: Path) -> Path:
         history, complete = run["dialog"]["history"], run["dialog"]["complete"]
         label = row_label(row).replace("`", "") + ("" if complete else ", stopped (×)")
         epochs, ppl = [r["epoch"] for r in history], [r["val_ppl"] for r in history]
-        color = ROW_COLORS.get(row, model_color(run["model"], 0))
-        ax.plot(epochs, ppl, "--" if "dropout" in row else "-", linewidth=1.2, color=color,
-                label=None if label in labelled else label)  # fmt: skip
+        style = _line_style(run)
+        ax.plot(epochs, ppl, label=None if label in labelled else label, **style)
         if not complete:
-            ax.plot(epochs[-1:], ppl[-1:], "x", color=color, markersize=7)
+            ax.plot(epochs[-1:], ppl[-1:], "x", color=style["color"], markersize=7)
         labelled.add(label)
     ax.set_ylim(top=22)  # the first epochs (up to ~30) would squeeze the part where the rows differ
     ax.set_xlabel("epoch of step 2")
@@ -358,7 +367,7 @@ def _stat(stat: dict, decimals: int, n: int | None = None) -> str:
 
 def _epochs(runs: dict, names: list[str], stage: str, stopped: bool = False) -> str:
     """'28–30 (13–15)': epochs run and best epoch over the runs whose stage ended (or was stopped)."""
-    done = [runs[n][stage] for n in names if runs[n][stage] and (stopped or runs[n][stage]["complete"])]
+    done = [runs[n][stage] for n in names if runs[n][stage] and (stopped or _finished(runs[n], stage))]
     if not done:
         return "—"
 
