@@ -201,7 +201,6 @@ def summarize(runs: dict, evaluations: dict) -> dict:
             stage = "dialog" if keys[0].startswith("dailydialog") else "wikitext"
             return _dig(evaluations.get(n), *keys) if _finished(runs[n], stage) else None
 
-        stopped = [n for n in names if _stopped_dialog(runs[n], evaluations.get(n))]
         summary[row] = {
             "runs": names,
             "params": sorted({runs[n]["params"] for n in names if runs[n]["params"]}),
@@ -219,27 +218,41 @@ def summarize(runs: dict, evaluations: dict) -> dict:
             "dialog_distinct_1": field(lambda n: ev(n, "dailydialog_responses", "distinct_1")),
             "dialog_distinct_2": field(lambda n: ev(n, "dailydialog_responses", "distinct_2")),
         }
-        if stopped:  # step 2 ended by its time limit and evaluated: its own line, in no mean above
-            got = lambda n, *keys: _dig(evaluations[n], *keys)  # noqa: E731
-            summary[row]["dialog_stopped"] = {
-                "runs": stopped,
-                "dialog_best_val_ppl": _mean_std([runs[n]["dialog"]["best_val_ppl"] for n in stopped]),
-                **{key: _mean_std([got(n, *path) for n in stopped]) for key, path in STOPPED_DIALOG_FIELDS.items()},
-            }
+        for stage, fields in STOPPED_FIELDS.items():
+            # a stage ended by its time limit and evaluated: its own line, in no mean above
+            stopped = [n for n in names if _stopped(runs[n], evaluations.get(n), stage)]
+            if stopped:
+                got = lambda n, *keys: _dig(evaluations[n], *keys)  # noqa: E731
+                summary[row][f"{stage}_stopped"] = {
+                    "runs": stopped,
+                    f"{stage}_best_val_ppl": _mean_std([runs[n][stage]["best_val_ppl"] for n in stopped]),
+                    **{key: _mean_std([got(n, *path) for n in stopped]) for key, path in fields.items()},
+                }
     return summary
 
 
-STOPPED_DIALOG_FIELDS = {
-    "dialog_test_token_ppl": ("dailydialog_test", "token_ppl"),
-    "dialog_test_response_ppl": ("dailydialog_test", "response_ppl"),
-    "dialog_distinct_1": ("dailydialog_responses", "distinct_1"),
-    "dialog_distinct_2": ("dailydialog_responses", "distinct_2"),
+STOPPED_FIELDS = {  # per stage: the test numbers of its stopped runs' own line
+    "wikitext": {
+        "test_token_ppl": ("wikitext_test", "token_ppl"),
+        "test_word_ppl": ("wikitext_test", "word_ppl"),
+        "test_bits_per_byte": ("wikitext_test", "bits_per_byte"),
+        "test_stream_token_ppl": ("wikitext_test_stream", "token_ppl"),
+        "test_stream_word_ppl": ("wikitext_test_stream", "word_ppl"),
+    },
+    "dialog": {
+        "dialog_test_token_ppl": ("dailydialog_test", "token_ppl"),
+        "dialog_test_response_ppl": ("dailydialog_test", "response_ppl"),
+        "dialog_distinct_1": ("dailydialog_responses", "distinct_1"),
+        "dialog_distinct_2": ("dailydialog_responses", "distinct_2"),
+    },
 }
 
 
-def _stopped_dialog(run: dict, evaluation: dict | None) -> bool:
-    """Whether step 2 was ended by its time limit and its model evaluated (not step 1's, as after a kill)."""
-    return bool(run["dialog"] and run["dialog"].get("stopped") and _dig(evaluation, "dailydialog_test"))
+def _stopped(run: dict, evaluation: dict | None, stage: str) -> bool:
+    """Whether the stage was ended by its time limit and its model evaluated. Step 2's test numbers must be
+    its own model's (after a kill in step 2 the evaluation used step 1's and has no DailyDialog test)."""
+    tested = _dig(evaluation, "dailydialog_test" if stage == "dialog" else "wikitext_test")
+    return bool(run[stage] and run[stage].get("stopped") and tested)
 
 
 def _finished(run: dict, stage: str) -> bool:
@@ -267,10 +280,15 @@ ROW_LABELS = {
     "full_parallel/new_llm": "New-LLM parallel + residual + norm (`full_parallel`)",
     "full_residual_norm_dropout/new_llm": "New-LLM seed cell + residual + norm, more dropout (`full_residual_norm_dropout`)",
     "full_parallel_dropout/new_llm": "New-LLM parallel + residual + norm, more dropout (`full_parallel_dropout`)",
+    "full_residual_norm_dropout3/new_llm": "New-LLM seed cell + residual + norm, dropout 0.3 (`full_residual_norm_dropout3`)",
+    "full_residual_norm_dropout_ctx/new_llm": "New-LLM seed cell + residual + norm, more dropout + context dropout (`full_residual_norm_dropout_ctx`)",
+    "full_parallel_dropout4/new_llm": "New-LLM parallel + residual + norm, dropout 0.4 (`full_parallel_dropout4`)",
 }
 ROW_COLORS = {  # the New-LLM variants; a variant with more dropout is drawn dashed in its base's colour
     "full_parallel/new_llm": "#CC79A7", "full_residual_norm/new_llm": "#E69F00",
     "full_parallel_dropout/new_llm": "#CC79A7", "full_residual_norm_dropout/new_llm": "#E69F00",
+    "full_residual_norm_dropout3/new_llm": "#000000", "full_residual_norm_dropout_ctx/new_llm": "#56B4E9",
+    "full_parallel_dropout4/new_llm": "#882255",
 }
 
 
@@ -279,6 +297,13 @@ def _line_style(run: dict) -> dict:
     row = f"{run['preset']}/{run['model']}"
     return {"color": ROW_COLORS.get(row, model_color(run["model"], 0)), "linestyle": "--" if "dropout" in row else "-",
             "linewidth": 1.2}  # fmt: skip
+
+
+def _table_order(runs: dict) -> list[dict]:
+    """The runs in the tables' row order (labelled rows first, then by preset), each row's by name: the legends' order."""
+    order = {row: i for i, row in enumerate(ROW_LABELS)}
+    key = lambda item: (order.get(f"{item[1]['preset']}/{item[1]['model']}", len(order)), item[1]["preset"], item[0])  # noqa: E731
+    return [run for _, run in sorted(runs.items(), key=key)]
 
 
 def row_label(row: str) -> str:
@@ -295,7 +320,8 @@ def bpe_rows(summary: dict) -> list[str]:
 
 
 def plot_validation(runs: dict, path: Path) -> Path:
-    """WikiText-2 validation perplexity per epoch: one colour per BPE row, one line per seed that finished step 1.
+    """WikiText-2 validation perplexity per epoch: one colour per BPE row, one line per seed that finished step 1
+    or was stopped by its time limit (its line ends in a cross).
 
     Left the whole run on a log scale; right the same lines from epoch 10 on a linear scale around
     the best New-LLM rows and the LSTM, where the curves crowd together on the left.
@@ -303,15 +329,20 @@ def plot_validation(runs: dict, path: Path) -> Path:
     fig = Figure(figsize=(12, 5), layout="constrained")
     ax, zoom = fig.subplots(1, 2, gridspec_kw={"width_ratios": [3, 2]})
     labelled = set()
-    for _, run in sorted(runs.items()):
+    for run in _table_order(runs):
         row = f"{run['preset']}/{run['model']}"
-        if run["preset"] == SEED_PROTOCOL or not _finished(run, "wikitext"):
+        stopped = bool(run["wikitext"] and run["wikitext"].get("stopped"))
+        if run["preset"] == SEED_PROTOCOL or not (_finished(run, "wikitext") or stopped):
             continue
         history, style = run["wikitext"]["history"], _line_style(run)
+        label = row_label(row).replace("`", "") + (", stopped (×)" if stopped else "")
         epochs, ppl = [r["epoch"] for r in history], [r["val_ppl"] for r in history]
-        ax.plot(epochs, ppl, label=None if row in labelled else row_label(row).replace("`", ""), **style)
+        ax.plot(epochs, ppl, label=None if label in labelled else label, **style)
         zoom.plot(epochs, ppl, **style)
-        labelled.add(row)
+        if stopped:
+            for axes in (ax, zoom):
+                axes.plot(epochs[-1:], ppl[-1:], "x", color=style["color"], markersize=7)
+        labelled.add(label)
     ax.set_yscale("log")
     ax.yaxis.set_major_formatter(ScalarFormatter())
     ax.yaxis.set_minor_formatter(ScalarFormatter())
@@ -335,7 +366,7 @@ def plot_dialog_validation(runs: dict, path: Path) -> Path:
     fig = Figure(figsize=(8, 4.8), layout="constrained")
     ax = fig.subplots()
     labelled = set()
-    for _, run in sorted(runs.items()):
+    for run in _table_order(runs):
         row = f"{run['preset']}/{run['model']}"
         if run["preset"] == SEED_PROTOCOL or not run["dialog"]:
             continue
@@ -363,6 +394,10 @@ def _stat(stat: dict, decimals: int, n: int | None = None) -> str:
     std = f" ± {stat['std']:.{decimals}f}" if stat["std"] is not None else ""
     fewer = f" (n={stat['n']})" if n is not None and stat["n"] != n else ""
     return f"{stat['mean']:.{decimals}f}{std}{fewer}"
+
+
+def _params(summary_row: dict) -> str:
+    return ", ".join(f"{p:,}" for p in summary_row["params"]) or "—"
 
 
 def _epochs(runs: dict, names: list[str], stage: str, stopped: bool = False) -> str:
@@ -395,12 +430,15 @@ def markdown_tables(out: dict) -> str:
     """The BPE rows' tables of docs/results.md (WikiText-2, DailyDialog, whole stream, samples), from the summary."""
     runs = out["runs"]
     rows = bpe_rows(out["summary"])
+    # a row whose every step 1 was stopped has only its stopped line, not an empty one too
+    unstopped = [row for row in rows if not (out["summary"][row].get("wikitext_stopped")
+                                             and not out["summary"][row]["wikitext_best_val_ppl"]["n"])]  # fmt: skip
     wikitext = _summary_table(
         "| model | parameters | epochs run (best) | val token PPL | test token PPL | test word PPL | test bits/byte | n |",
         "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: |",
-        out, rows, "wikitext_best_val_ppl", keep_empty=True,
+        out, unstopped, "wikitext_best_val_ppl", keep_empty=True,
         cells=lambda s, n: [
-            ", ".join(f"{p:,}" for p in s["params"]) or "—", _epochs(runs, s["runs"], "wikitext"),
+            _params(s), _epochs(runs, s["runs"], "wikitext"),
             _stat(s["wikitext_best_val_ppl"], 2), _stat(s["test_token_ppl"], 2, n), _stat(s["test_word_ppl"], 1, n),
             _stat(s["test_bits_per_byte"], 3, n),
         ],
@@ -415,13 +453,15 @@ def markdown_tables(out: dict) -> str:
             _stat(s["dialog_distinct_2"], 3, n),
         ],
     )  # fmt: skip
-    for row in rows:
-        stopped = out["summary"][row].get("dialog_stopped")
-        if stopped:
-            n = len(stopped["runs"])
-            cells = [_epochs(runs, stopped["runs"], "dialog", stopped=True), _stat(stopped["dialog_best_val_ppl"], 2),
-                     *(_stat(stopped[key], 2 if "ppl" in key else 3) for key in STOPPED_DIALOG_FIELDS)]  # fmt: skip
-            dialog.append(f"| {row_label(row)}, step 2 stopped by its time limit | {' | '.join(cells)} | {n} |")
+    wikitext += _stopped_lines(out, rows, "wikitext", lambda s: [
+        _params(s), _epochs(runs, s["stopped"]["runs"], "wikitext", stopped=True),
+        _stat(s["stopped"]["wikitext_best_val_ppl"], 2), _stat(s["stopped"]["test_token_ppl"], 2),
+        _stat(s["stopped"]["test_word_ppl"], 1), _stat(s["stopped"]["test_bits_per_byte"], 3),
+    ])  # fmt: skip
+    dialog += _stopped_lines(out, rows, "dialog", lambda s: [
+        _epochs(runs, s["stopped"]["runs"], "dialog", stopped=True), _stat(s["stopped"]["dialog_best_val_ppl"], 2),
+        *(_stat(s["stopped"][key], 2 if "ppl" in key else 3) for key in STOPPED_FIELDS["dialog"]),
+    ])  # fmt: skip
     reference = out["evaluations"].get("_reference_responses")
     if reference:  # the human row goes first, under the header
         dialog.insert(2, f"| human replies | | | | | {reference['distinct_1']:.3f} | {reference['distinct_2']:.3f} | |")
@@ -434,9 +474,26 @@ def markdown_tables(out: dict) -> str:
             _stat(s["test_stream_word_ppl"], 1),
         ],
     )  # fmt: skip
+    stream += _stopped_lines(out, rows, "wikitext", lambda s: [
+        _stat(s["stopped"][key], 2 if "token" in key else 1)
+        for key in ("test_token_ppl", "test_stream_token_ppl", "test_word_ppl", "test_stream_word_ppl")
+    ])  # fmt: skip
     with_dialog = [row for row in rows if out["summary"][row]["dialog_best_val_ppl"]["n"]]
     lines = [*wikitext, "", *dialog, "", *stream, "", *_sample_table(out, with_dialog)]
     return "\n".join(lines) + "\n"
+
+
+def _stopped_lines(out: dict, rows: list[str], stage: str, cells) -> list[str]:
+    """A table's lines for the runs whose `stage` its time limit stopped, one per row that has them:
+    `cells(summary_row)` between the label and n, the row's stopped runs under `summary_row["stopped"]`."""
+    step = {"wikitext": "step 1", "dialog": "step 2"}[stage]
+    lines = []
+    for row in rows:
+        stopped = out["summary"][row].get(f"{stage}_stopped")
+        if stopped:
+            cells_ = cells({**out["summary"][row], "stopped": stopped})
+            lines.append(f"| {row_label(row)}, {step} stopped by its time limit | {' | '.join(cells_)} | {len(stopped['runs'])} |")
+    return lines
 
 
 def _sample_table(out: dict, rows: list[str], seed: int = 0) -> list[str]:

@@ -190,6 +190,40 @@ def test_a_step_2_ended_by_its_time_limit_is_a_line_of_its_own_in_no_mean(tmp_pa
                     "| 2–3 (2–3) | 16.20 ± 0.28 | 17.25 ± 0.35 | 21.25 ± 0.35 | 0.050 ± 0.000 | 0.115 ± 0.007 | 2 |")
 
 
+def test_a_step_1_ended_by_its_time_limit_is_a_line_of_its_own_in_no_mean(tmp_path, collect, monkeypatch):
+    done = "start 1\npretrain_done 2\nevaluate_done 3\nexit 0 3\n"  # FINETUNE=0; the time limit ends step 1 cleanly
+    write_run(tmp_path, "full_residual_norm_dropout3_new_llm_s0", "new_llm", done, history(60.0, 49.0, 48.5))
+    write_run(tmp_path, "full_lstm_s0", "lstm", done, history(60.0, 50.0))
+    for name, model, word_ppl in (("full_residual_norm_dropout3_new_llm_s0", "new_llm", 144.6), ("full_lstm_s0", "lstm", 152.9)):
+        write_results(tmp_path / name, model, word_ppl, stream_window=128)
+    marker = {"stage": "wikitext", "stopped": "time_limit"}
+    (tmp_path / "full_residual_norm_dropout3_new_llm_s0" / "new_llm_wikitext" / "complete.json").write_text(json.dumps(marker))
+    runs, evaluations, _ = collect.collect([tmp_path])
+    summary = collect.summarize(runs, evaluations)
+    row = summary["full_residual_norm_dropout3/new_llm"]
+    assert row["test_word_ppl"]["n"] == 0 and row["wikitext_best_val_ppl"]["n"] == 0  # in no mean
+    assert row["wikitext_stopped"]["runs"] == ["full_residual_norm_dropout3_new_llm_s0"]
+    assert row["wikitext_stopped"]["test_word_ppl"]["values"] == [144.6]
+    assert row["wikitext_stopped"]["test_stream_word_ppl"]["values"] == [pytest.approx(134.6)]
+    assert "wikitext_stopped" not in summary["full/lstm"] and "dialog_stopped" not in row
+
+    wikitext, _, stream, *_ = collect.markdown_tables({"runs": runs, "summary": summary, "evaluations": evaluations}).split("\n\n")
+    label = "| New-LLM seed cell + residual + norm, dropout 0.3 (`full_residual_norm_dropout3`)"
+    assert [line for line in wikitext.splitlines() if line.startswith(label)] == [  # no empty row beside it
+        f"{label}, step 1 stopped by its time limit | — | 3 (3) | 48.50 | — | 144.6 | — | 1 |"
+    ]
+    assert f"{label}, step 1 stopped by its time limit | — | — | 144.6 | 134.6 | 1 |" in stream.splitlines()
+
+    axes = []
+    monkeypatch.setattr(collect, "save_figure", lambda fig, path: axes.extend(fig.axes) or path)
+    collect.plot_validation(runs, tmp_path / "val.png")
+    labelled = [line.get_label() for line in axes[0].get_lines() if not line.get_label().startswith("_")]
+    assert labelled == ["LSTM", "New-LLM seed cell + residual + norm, dropout 0.3 (full_residual_norm_dropout3), stopped (×)"]
+    for ax in axes:  # the cross at its last epoch, on the whole run and the zoom
+        crosses = [line for line in ax.get_lines() if line.get_marker() == "x"]
+        assert len(crosses) == 1 and list(crosses[0].get_xydata()[0]) == [3, 48.5]
+
+
 def test_the_dropout_rows_are_rows_of_their_own(tmp_path, collect):
     done = "start 1\npretrain_done 2\nevaluate_done 3\nexit 0 3\n"  # FINETUNE=0: no step 2
     write_run(tmp_path, "resd_new_llm_s0", "new_llm", done, history(60.0, 50.0), test_word_ppl=150.0)
