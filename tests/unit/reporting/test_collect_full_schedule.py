@@ -296,3 +296,20 @@ def test_dialog_plot_has_a_line_per_step_2_and_marks_the_stopped_ones(tmp_path, 
     assert labelled == ["LSTM", "New-LLM seed cell + residual + norm, more dropout (full_residual_norm_dropout), stopped (×)"]
     crosses = [line for line in lines if line.get_marker() == "x"]
     assert len(crosses) == 1 and list(crosses[0].get_xydata()[0]) == [3, 16.2]  # at the stopped run's last epoch
+
+
+def test_the_full_size_stateful_table_of_docs_results_is_its_json():
+    # every number of the table (validation per epoch, test from reset windows and as one stream) from the JSON
+    docs = SCRIPT.parents[1] / "docs"
+    runs = json.loads((docs / "results" / "stateful_stream_h200.json").read_text(encoding="utf-8"))["runs"]
+    results = (docs / "results.md").read_text(encoding="utf-8")
+    table = results[results.index("**Stateful training at full size**"):]
+    table = table[table.index("| cell | training |"):]
+    lines = table[: table.index("\n\n")].splitlines()[2:]
+    assert len(lines) == len(runs) == 6
+    for line in lines:
+        cells = [cell.strip() for cell in line.strip("|").split("|")]
+        val, test, stream = cells[2:6], float(cells[6]), float(cells[7])
+        matches = [run for run in runs.values() if [f"{row['val_ppl']:.1f}" for row in run["history"]] == val]
+        assert len(matches) == 1, line  # one run per line, found by its validation curve
+        assert (test, stream) == (round(matches[0]["test"]["token_ppl"], 2), round(matches[0]["test_stream"]["token_ppl"], 2))
