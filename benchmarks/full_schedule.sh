@@ -19,6 +19,8 @@
 # (default python3); EXTRA adds options to every newllm command. MPS=1 starts a CUDA MPS daemon for the
 # runs (and stops it after), so that the processes share the GPU's SMs instead of taking turns: in
 # session 5, six runs under MPS each went nearly as fast per epoch as three without it (docs/performance.md).
+# On a machine with several GPUs, one launch per GPU: CUDA_VISIBLE_DEVICES=1 MPS=1 benchmarks/full_schedule.sh
+# RUNS_DIR (each launch its own daemon; the index is turned into the GPU's UUID, which MPS needs).
 set -euo pipefail
 
 root=${1:?usage: full_schedule.sh RUNS_DIR}
@@ -83,8 +85,28 @@ step() {  # pretrain or finetune, with run()'s options. With $DEADLINE the step 
   ${left:+timeout "$left"} $newllm "$1" "${common[@]}" "${limit[@]}"
 }
 
+gpu_uuids() {  # a CUDA_VISIBLE_DEVICES list with each index replaced by that GPU's UUID (an unknown index stays)
+  local entry uuid out=() entries
+  IFS=, read -r -a entries <<< "$1"
+  for entry in "${entries[@]}"; do
+    if [[ $entry =~ ^[0-9]+$ ]]; then
+      uuid=$(nvidia-smi --query-gpu=index,uuid --format=csv,noheader 2> /dev/null | awk -F', ' -v i="$entry" '$1 == i {print $2}' || true)
+      entry=${uuid:-$entry}
+    fi
+    out+=("$entry")
+  done
+  (IFS=,; echo "${out[*]}")
+}
+
 start_mps() {  # MPS=1: one MPS daemon for this schedule's processes; without it they time-slice the GPU
   command -v nvidia-cuda-mps-control > /dev/null || { echo "MPS: nvidia-cuda-mps-control not found, running without"; return; }
+  # The MPS server numbers the GPUs it sees from 0: under a daemon started with CUDA_VISIBLE_DEVICES=1 a client
+  # asking for index 1 finds no GPU (session 9). A UUID names the same GPU to the daemon and its clients.
+  if [ -n "${CUDA_VISIBLE_DEVICES:-}" ]; then
+    CUDA_VISIBLE_DEVICES=$(gpu_uuids "$CUDA_VISIBLE_DEVICES")
+    export CUDA_VISIBLE_DEVICES
+    echo "MPS: CUDA_VISIBLE_DEVICES=$CUDA_VISIBLE_DEVICES"
+  fi
   export CUDA_MPS_PIPE_DIRECTORY=${CUDA_MPS_PIPE_DIRECTORY:-/tmp/newllm-mps-$$} CUDA_MPS_LOG_DIRECTORY=${CUDA_MPS_LOG_DIRECTORY:-/tmp/newllm-mps-$$-log}
   mkdir -p "$CUDA_MPS_PIPE_DIRECTORY" "$CUDA_MPS_LOG_DIRECTORY"
   if nvidia-cuda-mps-control -d; then

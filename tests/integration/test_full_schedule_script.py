@@ -76,12 +76,39 @@ def test_mps_is_started_checked_and_stopped_or_left_out(tmp_path):
     assert "MPS: nvidia-cuda-mps-control not found" in (tmp_path / "runs2" / "launch.log").read_text()
 
 
+def test_mps_on_one_gpu_of_several_names_it_by_uuid(tmp_path):
+    """Under CUDA_VISIBLE_DEVICES=1 the daemon and its clients get GPU 1's UUID: the MPS server numbers the GPUs
+    it sees from 0, so a client asking for index 1 would find none."""
+    bin_dir, calls = tmp_path / "bin", tmp_path / "calls"
+    bin_dir.mkdir()
+    for name, script in (
+        ("nvidia-cuda-mps-control", f'echo "daemon $* $CUDA_VISIBLE_DEVICES" >> {calls}; [ -t 0 ] || cat > /dev/null'),
+        ("nvidia-smi", 'echo "0, GPU-aaaa-0000"; echo "1, GPU-bbbb-1111"'),  # --query-gpu=index,uuid
+        ("python-probe", f'echo "client $CUDA_VISIBLE_DEVICES" >> {calls}; exit 0'),  # the CUDA probe succeeds
+    ):
+        (bin_dir / name).write_text(f"#!/bin/sh\n{script}\n")
+        (bin_dir / name).chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "PYTHON": str(bin_dir / "python-probe"), "MPS": "1",
+           "PLAN": "", "SEED_PLAN": "", "CUDA_VISIBLE_DEVICES": "1", "CUDA_MPS_PIPE_DIRECTORY": str(tmp_path / "pipe")}  # fmt: skip
+    root = tmp_path / "runs"
+    subprocess.run(["bash", str(REPO / "benchmarks" / "full_schedule.sh"), str(root)], env=env, check=True, timeout=60,
+                   stdin=subprocess.DEVNULL)  # fmt: skip
+    assert calls.read_text().splitlines()[:3] == ["daemon -d GPU-bbbb-1111", "client GPU-bbbb-1111", "daemon  GPU-bbbb-1111"]
+    assert "MPS: on" in (root / "launch.log").read_text()
+
+    env["CUDA_VISIBLE_DEVICES"] = "0,GPU-cccc,7"  # a UUID stays; an index nvidia-smi does not list stays too
+    calls.unlink()
+    subprocess.run(["bash", str(REPO / "benchmarks" / "full_schedule.sh"), str(tmp_path / "runs2")], env=env, check=True,
+                   timeout=60, stdin=subprocess.DEVNULL)  # fmt: skip
+    assert calls.read_text().splitlines()[0] == "daemon -d GPU-aaaa-0000,GPU-cccc,7"
+
+
 FAKE_PYTHON = """#!/bin/bash
 # stands in for python: `-` is the tokenizer step; `-m newllm.cli STEP ... --output-dir DIR` records STEP
 if [ "$1" = - ]; then cat > /dev/null; echo {} > "$3"; exit 0; fi
 step=$3; out=$(echo "$@" | sed 's/.*--output-dir \\([^ ]*\\).*/\\1/')
 echo "$step" >> "$out.calls"
-echo "$@" | grep -o '[a-z]*\.time_limit=[0-9]*' >> "$out.limits"
+echo "$@" | grep -o '[a-z]*\\.time_limit=[0-9]*' >> "$out.limits"
 case $step in
   pretrain) mkdir -p "$out/best_lstm_wikitext" ;;
   finetune) exec sleep 60 ;;  # still running at the deadline
