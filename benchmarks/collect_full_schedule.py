@@ -9,7 +9,8 @@ history.json files and its results.json; an `eval_*/` folder of symbolic links t
 checkpoints counts for that run. Writes per run: parameters, epochs run, best epoch, best validation
 perplexity, the per-epoch history, the timestamps and the test numbers. Per row (preset × model):
 mean and sample standard deviation over the seeds whose stage ran to its end. A stage stopped
-before that stays in the JSON with "complete": false and counts in no mean.
+before that stays in the JSON with "complete": false and counts in no mean; one that its time limit
+ended and that was then evaluated from its own model gets a line of its own in the tables.
 
 Several folders (one per GPU session) are read in order; a run repeated in a later folder replaces
 the earlier one, its evaluation included. An evaluation from before TinyGPT2's trained positions
