@@ -480,7 +480,7 @@ def markdown_tables(out: dict) -> str:
         _stat(s["stopped"][key], 2 if "token" in key else 1)
         for key in ("test_token_ppl", "test_stream_token_ppl", "test_word_ppl", "test_stream_word_ppl")
     ])  # fmt: skip
-    with_dialog = [row for row in rows if out["summary"][row]["dialog_best_val_ppl"]["n"]]
+    with_dialog = [row for row in rows if out["summary"][row]["dialog_best_val_ppl"]["n"] or "dialog_stopped" in out["summary"][row]]
     lines = [*wikitext, "", *dialog, "", *stream, "", *_sample_table(out, with_dialog)]
     return "\n".join(lines) + "\n"
 
@@ -499,19 +499,22 @@ def _stopped_lines(out: dict, rows: list[str], stage: str, cells) -> list[str]:
 
 
 def _sample_table(out: dict, rows: list[str], seed: int = 0) -> list[str]:
-    """The test dialogues' replies side by side: each row's run of `seed`, the human reply first."""
-    samples = {}
+    """The test dialogues' replies side by side: each row's run of `seed`, the human reply first. A run whose
+    step 2 its time limit ended replies with its own best step-2 model, and its column says so."""
+    samples, labels = {}, {}
     for row in rows:
         name = next((n for n in out["summary"][row]["runs"] if out["runs"][n]["seed"] == seed), None)
         replies = _dig(out["evaluations"], name, "dialog_samples") if name else None
         if replies:
             samples[row] = replies
+            stopped = _dig(out["runs"][name], "dialog", "stopped")
+            labels[row] = row_label(row) + (", step 2 stopped by its time limit" if stopped else "")
     if not samples:
         return []
     cell = lambda text: (text or "").replace("|", "\\|").replace("\n", " ")  # noqa: E731
     first = next(iter(samples.values()))
     lines = [
-        "| # | context (last two turns) | human | " + " | ".join(row_label(row) for row in samples) + " |",
+        "| # | context (last two turns) | human | " + " | ".join(labels.values()) + " |",
         "| --- | --- | --- | " + " | ".join("---" for _ in samples) + " |",
     ]
     for i, sample in enumerate(first):

@@ -190,6 +190,23 @@ def test_a_step_2_ended_by_its_time_limit_is_a_line_of_its_own_in_no_mean(tmp_pa
                     "| 2–3 (2–3) | 16.20 ± 0.28 | 17.25 ± 0.35 | 21.25 ± 0.35 | 0.050 ± 0.000 | 0.115 ± 0.007 | 2 |")
 
 
+def test_the_replies_of_a_step_2_ended_by_its_time_limit_are_a_column_that_says_so(tmp_path, collect):
+    done = "start 1\npretrain_done 2\nfinetune_done 3\nevaluate_done 4\nexit 0 4\n"
+    for name, model in (("full_lstm_s0", "lstm"), ("resd_new_llm_s0", "new_llm")):
+        write_run(tmp_path, name, model, done, history(60.0, 50.0), history(20.0, 16.0))
+        write_results(tmp_path / name, model, 150.0, stream_window=128)
+    marker = {"stage": "dialog", "stopped": "time_limit"}
+    (tmp_path / "resd_new_llm_s0" / "new_llm_dialog" / "complete.json").write_text(json.dumps(marker))
+    runs, evaluations, _ = collect.collect([tmp_path])
+    summary = collect.summarize(runs, evaluations)
+    samples = collect.markdown_tables({"runs": runs, "summary": summary, "evaluations": evaluations}).split("\n\n")[3]
+    assert samples.splitlines()[0] == (
+        "| # | context (last two turns) | human | LSTM | New-LLM seed cell + residual + norm, more dropout "
+        "(`full_residual_norm_dropout`), step 2 stopped by its time limit |"
+    )
+    assert samples.splitlines()[2] == "| 1 | hi | hello | hey | hey |"
+
+
 def test_a_step_1_ended_by_its_time_limit_is_a_line_of_its_own_in_no_mean(tmp_path, collect, monkeypatch):
     done = "start 1\npretrain_done 2\nevaluate_done 3\nexit 0 3\n"  # FINETUNE=0; the time limit ends step 1 cleanly
     write_run(tmp_path, "full_residual_norm_dropout3_new_llm_s0", "new_llm", done, history(60.0, 49.0, 48.5))
