@@ -1,8 +1,8 @@
-"""Gather the runs of `benchmarks/full_schedule.sh` into one JSON summary, one figure and Markdown tables.
+"""Gather the runs of `benchmarks/full_schedule.sh` into one JSON summary, figures and Markdown tables.
 
     python benchmarks/collect_full_schedule.py runs/session3 runs/session4 --out docs/results/full_schedule_h200.json \
         --plot docs/results/full_schedule_val_ppl.png --plot-dialog docs/results/full_schedule_dialog_val_ppl.png \
-        --markdown tables.md
+        --plot-test docs/results/full_schedule_test_word_ppl.png --markdown tables.md
 
 Reads each run folder `<row>_<model>_s<seed>/`: its log (timestamps, parameter count), its
 history.json files and its results.json; an `eval_*/` folder of symbolic links to a run's
@@ -389,6 +389,41 @@ def plot_dialog_validation(runs: dict, path: Path) -> Path:
     return save_figure(fig, path)
 
 
+def plot_test(summary: dict, path: Path, target: float = 96.0) -> Path:
+    """WikiText-2 test word perplexity per BPE row, best at the top: a dot per seed, a tick at the mean with the
+    seed spread as a whisker, issue 4's target as a dashed line. A row whose step 1 its time limit ended is
+    hollow and says so. Dots, not bars: the axis does not start at 0."""
+    entries = []  # (label, values, stopped, colour)
+    for row in bpe_rows(summary):
+        colour = ROW_COLORS.get(row, model_color(row.split("/")[1], 0))
+        name = re.sub(r" \(`[^`]*`\)$", "", row_label(row))  # the figure leaves the preset to the tables
+        for stat, stopped in ((summary[row]["test_word_ppl"], False),
+                              (summary[row].get("wikitext_stopped", {}).get("test_word_ppl"), True)):  # fmt: skip
+            if stat and stat["n"]:
+                label = f"{name}{', step 1 stopped by its time limit' if stopped else ''} (n={stat['n']})"
+                entries.append((label, stat["values"], stopped, colour))
+    entries.sort(key=lambda entry: -statistics.fmean(entry[1]))  # the best at the top
+    fig = Figure(figsize=(11, 0.4 * len(entries) + 1.4), layout="constrained")
+    ax = fig.subplots()
+    for y, (_, values, stopped, colour) in enumerate(entries):
+        mean = statistics.fmean(values)
+        spread = statistics.stdev(values) if len(values) > 1 else 0.0
+        ax.errorbar(mean, y, xerr=spread, fmt="|", markersize=14, color=colour, capsize=3, linewidth=1.2)
+        ax.plot(values, [y] * len(values), "o", color=colour, markerfacecolor="none" if stopped else colour,
+                markersize=5, alpha=0.8)  # fmt: skip
+        ax.annotate(f"{mean:.1f}", (mean + spread, y), xytext=(6, 0), textcoords="offset points", va="center",
+                    fontsize="small")  # fmt: skip
+    ax.axvline(target, color="0.4", linestyle="--", linewidth=1)
+    ax.annotate(f"issue 4's target ≤ {target:g}", (target, len(entries) - 0.5), xytext=(4, 0), textcoords="offset points",
+                fontsize="small", color="0.3", va="center")  # fmt: skip
+    ax.set_yticks(range(len(entries)), [entry[0] for entry in entries], fontsize="small")
+    ax.set_ylim(-0.6, len(entries) - 0.2)
+    ax.set_xlabel("WikiText-2 test word perplexity, reset every 128-token window (lower is better)")
+    fig.suptitle("Full schedule on an H200, about 7.5 M parameters each: a dot per seed, mean ± std", fontsize="medium")
+    ax.grid(True, axis="x", alpha=0.3)
+    return save_figure(fig, path)
+
+
 def _stat(stat: dict, decimals: int, n: int | None = None) -> str:
     """'mean ± std', and '(n=k)' where fewer seeds than the row's n count in this cell."""
     if not stat["n"]:
@@ -532,6 +567,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--plot", type=Path, help="the figure of WikiText-2 validation per epoch")
     parser.add_argument("--plot-dialog", type=Path, help="the figure of DailyDialog validation per epoch")
+    parser.add_argument("--plot-test", type=Path, help="the figure of WikiText-2 test word perplexity per row")
     parser.add_argument("--markdown", type=Path, help="also write the Markdown tables: WikiText-2, DailyDialog, whole stream, sample replies")
     args = parser.parse_args()
     missing = [str(root) for root in args.roots if not root.is_dir()]
@@ -548,6 +584,8 @@ def main() -> None:
         print(f"wrote {plot_validation(runs, args.plot)}")
     if args.plot_dialog:
         print(f"wrote {plot_dialog_validation(runs, args.plot_dialog)}")
+    if args.plot_test:
+        print(f"wrote {plot_test(out['summary'], args.plot_test)}")
     if args.markdown:
         args.markdown.write_text(markdown_tables(out), encoding="utf-8")
         print(f"wrote {args.markdown}")

@@ -330,3 +330,26 @@ def test_the_full_size_stateful_table_of_docs_results_is_its_json():
         matches = [run for run in runs.values() if [f"{row['val_ppl']:.1f}" for row in run["history"]] == val]
         assert len(matches) == 1, line  # one run per line, found by its validation curve
         assert (test, stream) == (round(matches[0]["test"]["token_ppl"], 2), round(matches[0]["test_stream"]["token_ppl"], 2))
+
+
+def test_test_plot_puts_the_best_row_at_the_top_and_draws_stopped_runs_hollow(tmp_path, collect, monkeypatch):
+    done = "start 1\npretrain_done 2\nevaluate_done 3\nexit 0 3\n"
+    for name, model, word_ppls in (("full_lstm", "lstm", (153.0, 152.0)), ("full_tinygpt2", "tinygpt2", (122.0, 123.0)),
+                                   ("full_residual_norm_dropout3_new_llm", "new_llm", (144.6,))):  # fmt: skip
+        for seed, word_ppl in enumerate(word_ppls):
+            write_run(tmp_path, f"{name}_s{seed}", model, done, history(60.0, 50.0))
+            write_results(tmp_path / f"{name}_s{seed}", model, word_ppl, stream_window=128)
+    marker = {"stage": "wikitext", "stopped": "time_limit"}
+    (tmp_path / "full_residual_norm_dropout3_new_llm_s0" / "new_llm_wikitext" / "complete.json").write_text(json.dumps(marker))
+    runs, evaluations, _ = collect.collect([tmp_path])
+    axes = []
+    monkeypatch.setattr(collect, "save_figure", lambda fig, path: axes.extend(fig.axes) or path)
+    collect.plot_test(collect.summarize(runs, evaluations), tmp_path / "test.png")
+    labels = [tick.get_text() for tick in axes[0].get_yticklabels()]
+    assert labels == [  # from the bottom: the worst first, the best at the top
+        "LSTM (n=2)", "New-LLM seed cell + residual + norm, dropout 0.3, step 1 stopped by its time limit (n=1)",
+        "TinyGPT2 (n=2)",
+    ]
+    dots = [line for line in axes[0].get_lines() if line.get_marker() == "o"]
+    assert [sorted(line.get_xdata()) for line in dots] == [[152.0, 153.0], [144.6], [122.0, 123.0]]
+    assert [line.get_markerfacecolor() == "none" for line in dots] == [False, True, False]  # the stopped run hollow
