@@ -249,11 +249,16 @@ STOPPED_FIELDS = {  # per stage: the test numbers of its stopped runs' own line
 }
 
 
+def _time_limited(run: dict, stage: str) -> bool:
+    """Whether the run's stage was ended by its time limit (then it has its best model so far)."""
+    return bool(_dig(run, stage, "stopped"))
+
+
 def _stopped(run: dict, evaluation: dict | None, stage: str) -> bool:
     """Whether the stage was ended by its time limit and its model evaluated. Step 2's test numbers must be
     its own model's (after a kill in step 2 the evaluation used step 1's and has no DailyDialog test)."""
     tested = _dig(evaluation, "dailydialog_test" if stage == "dialog" else "wikitext_test")
-    return bool(run[stage] and run[stage].get("stopped") and tested)
+    return _time_limited(run, stage) and bool(tested)
 
 
 def _finished(run: dict, stage: str) -> bool:
@@ -333,7 +338,7 @@ def plot_validation(runs: dict, path: Path) -> Path:
     labelled = set()
     for run in _table_order(runs):
         row = f"{run['preset']}/{run['model']}"
-        stopped = bool(run["wikitext"] and run["wikitext"].get("stopped"))
+        stopped = _time_limited(run, "wikitext")
         if run["preset"] == SEED_PROTOCOL or not (_finished(run, "wikitext") or stopped):
             continue
         history, style = run["wikitext"]["history"], _line_style(run)
@@ -490,14 +495,14 @@ def markdown_tables(out: dict) -> str:
             _stat(s["dialog_distinct_2"], 3, n),
         ],
     )  # fmt: skip
-    wikitext += _stopped_lines(out, rows, "wikitext", lambda s: [
-        _params(s), _epochs(runs, s["stopped"]["runs"], "wikitext", stopped=True),
-        _stat(s["stopped"]["wikitext_best_val_ppl"], 2), _stat(s["stopped"]["test_token_ppl"], 2),
-        _stat(s["stopped"]["test_word_ppl"], 1), _stat(s["stopped"]["test_bits_per_byte"], 3),
+    wikitext += _stopped_lines(out, rows, "wikitext", lambda s, stopped: [
+        _params(s), _epochs(runs, stopped["runs"], "wikitext", stopped=True),
+        _stat(stopped["wikitext_best_val_ppl"], 2), _stat(stopped["test_token_ppl"], 2),
+        _stat(stopped["test_word_ppl"], 1), _stat(stopped["test_bits_per_byte"], 3),
     ])  # fmt: skip
-    dialog += _stopped_lines(out, rows, "dialog", lambda s: [
-        _epochs(runs, s["stopped"]["runs"], "dialog", stopped=True), _stat(s["stopped"]["dialog_best_val_ppl"], 2),
-        *(_stat(s["stopped"][key], 2 if "ppl" in key else 3) for key in STOPPED_FIELDS["dialog"]),
+    dialog += _stopped_lines(out, rows, "dialog", lambda s, stopped: [
+        _epochs(runs, stopped["runs"], "dialog", stopped=True), _stat(stopped["dialog_best_val_ppl"], 2),
+        *(_stat(stopped[key], 2 if "ppl" in key else 3) for key in STOPPED_FIELDS["dialog"]),
     ])  # fmt: skip
     reference = out["evaluations"].get("_reference_responses")
     if reference:  # the human row goes first, under the header
@@ -511,8 +516,8 @@ def markdown_tables(out: dict) -> str:
             _stat(s["test_stream_word_ppl"], 1),
         ],
     )  # fmt: skip
-    stream += _stopped_lines(out, rows, "wikitext", lambda s: [
-        _stat(s["stopped"][key], 2 if "token" in key else 1)
+    stream += _stopped_lines(out, rows, "wikitext", lambda s, stopped: [
+        _stat(stopped[key], 2 if "token" in key else 1)
         for key in ("test_token_ppl", "test_stream_token_ppl", "test_word_ppl", "test_stream_word_ppl")
     ])  # fmt: skip
     with_dialog = [row for row in rows if out["summary"][row]["dialog_best_val_ppl"]["n"] or "dialog_stopped" in out["summary"][row]]
@@ -522,14 +527,14 @@ def markdown_tables(out: dict) -> str:
 
 def _stopped_lines(out: dict, rows: list[str], stage: str, cells) -> list[str]:
     """A table's lines for the runs whose `stage` its time limit stopped, one per row that has them:
-    `cells(summary_row)` between the label and n, the row's stopped runs under `summary_row["stopped"]`."""
+    `cells(summary_row, its_stopped_summary)` between the label and n."""
     step = {"wikitext": "step 1", "dialog": "step 2"}[stage]
     lines = []
     for row in rows:
         stopped = out["summary"][row].get(f"{stage}_stopped")
         if stopped:
-            cells_ = cells({**out["summary"][row], "stopped": stopped})
-            lines.append(f"| {row_label(row)}, {step} stopped by its time limit | {' | '.join(cells_)} | {len(stopped['runs'])} |")
+            line = " | ".join(cells(out["summary"][row], stopped))
+            lines.append(f"| {row_label(row)}, {step} stopped by its time limit | {line} | {len(stopped['runs'])} |")
     return lines
 
 
@@ -542,7 +547,7 @@ def _sample_table(out: dict, rows: list[str], seed: int = 0) -> list[str]:
         replies = _dig(out["evaluations"], name, "dialog_samples") if name else None
         if replies:
             samples[row] = replies
-            stopped = _dig(out["runs"][name], "dialog", "stopped")
+            stopped = _time_limited(out["runs"][name], "dialog")
             labels[row] = row_label(row) + (", step 2 stopped by its time limit" if stopped else "")
     if not samples:
         return []

@@ -86,14 +86,12 @@ step() {  # pretrain or finetune, with run()'s options. With $DEADLINE the step 
 }
 
 gpu_uuids() {  # a CUDA_VISIBLE_DEVICES list with each index replaced by that GPU's UUID (an unknown index stays)
-  local entry uuid out=() entries
+  local listing entry uuid out=() entries
+  listing=$(nvidia-smi --query-gpu=index,uuid --format=csv,noheader 2> /dev/null || true)  # lines "1, GPU-..."
   IFS=, read -r -a entries <<< "$1"
   for entry in "${entries[@]}"; do
-    if [[ $entry =~ ^[0-9]+$ ]]; then
-      uuid=$(nvidia-smi --query-gpu=index,uuid --format=csv,noheader 2> /dev/null | awk -F', ' -v i="$entry" '$1 == i {print $2}' || true)
-      entry=${uuid:-$entry}
-    fi
-    out+=("$entry")
+    uuid=$(awk -F', ' -v i="$entry" '$1 == i {print $2}' <<< "$listing")
+    out+=("${uuid:-$entry}")
   done
   (IFS=,; echo "${out[*]}")
 }
