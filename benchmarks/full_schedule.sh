@@ -7,7 +7,8 @@
 #   MPS=1 DEADLINE=$(( $(date +%s) + 25 * 60 )) benchmarks/full_schedule.sh RUNS_DIR   # a GPU lease of ~27 min
 #   python benchmarks/collect_full_schedule.py RUNS_DIR --out summary.json --plot val_ppl.png
 #
-# PLAN entries are <row>:<model>. Rows: full (configs/full.toml), par (configs/full_parallel.toml),
+# PLAN entries are <row>:<model>, or <row>:<model>:<seeds> for seeds of its own instead of SEEDS
+# (comma-separated: PLAN="full_residual_norm_dropout4:new_llm:0 full_residual_norm_dropout5:new_llm:0,1,2"). Rows: full (configs/full.toml), par (configs/full_parallel.toml),
 # res (configs/full_residual_norm.toml), pard and resd (the same two with more dropout:
 # configs/full_parallel_dropout.toml, configs/full_residual_norm_dropout.toml), seed (configs/seed.toml,
 # the prototype's protocol), or the name of any other preset in configs/ (a new variant needs no
@@ -133,9 +134,11 @@ with tempfile.TemporaryDirectory() as out:
     shutil.copy(f"{out}/tokenizer.json", sys.argv[2])
 PY
 done
-for seed in $seeds; do
-  for entry in $plan; do run "${entry%%:*}" "${entry##*:}" "$seed" & done
+for entry in $plan; do
+  IFS=: read -r row model own <<< "$entry"
+  own=${own//,/ }
+  for seed in ${own:-$seeds}; do run "$row" "$model" "$seed" & done
 done
-for entry in $seed_plan; do run "${entry%%:*}" "${entry##*:}" 0 & done
+for entry in $seed_plan; do IFS=: read -r row model _ <<< "$entry"; run "$row" "$model" 0 & done
 wait
 echo "all_done $(date +%s)" >> "$root/launch.log"

@@ -167,6 +167,18 @@ def test_finetune_0_runs_step_1_and_evaluates_its_model(tmp_path):
         assert events == ["start", "pretrain_done", "evaluate_done", "exit"]
 
 
+def test_a_plan_entry_may_name_its_own_seeds(tmp_path):
+    python = tmp_path / "python"
+    python.write_text(FAKE_PYTHON.replace("exec sleep 60", "exit 0"))
+    python.chmod(0o755)
+    env = {**os.environ, "PYTHON": str(python), "SEEDS": "7", "PLAN": "resd:new_llm:0,2 full:lstm", "SEED_PLAN": ""}
+    root = tmp_path / "runs"
+    subprocess.run(["bash", str(REPO / "benchmarks" / "full_schedule.sh"), str(root)], env=env, check=True, timeout=60)
+    runs = sorted(p.name for p in root.glob("*.log") if p.name != "launch.log")
+    assert runs == ["full_lstm_s7.log", "resd_new_llm_s0.log", "resd_new_llm_s2.log"]  # SEEDS for the entry without
+    assert (root / "resd_new_llm_s2.calls").read_text().split() == ["pretrain", "finetune", "evaluate"]
+
+
 def test_a_row_may_be_any_preset_in_configs_and_nothing_else(tmp_path):
     python = tmp_path / "python"
     python.write_text(FAKE_PYTHON.replace("exec sleep 60", "exit 0"))
