@@ -290,12 +290,15 @@ ROW_LABELS = {
     "full_residual_norm_dropout_ctx/new_llm": "New-LLM seed cell + residual + norm, more dropout + context dropout (`full_residual_norm_dropout_ctx`)",
     "full_parallel_dropout4/new_llm": "New-LLM parallel + residual + norm, dropout 0.4 (`full_parallel_dropout4`)",
     "full_residual_norm_dropout4/new_llm": "New-LLM seed cell + residual + norm, dropout 0.4 (`full_residual_norm_dropout4`)",
+    "full_residual_norm_dropout5/new_llm": "New-LLM seed cell + residual + norm, dropout 0.5 (`full_residual_norm_dropout5`)",
+    "full_tied_deep_dropout4/new_llm": "New-LLM tied, 8 layers + residual + norm, dropout 0.4 (`full_tied_deep_dropout4`)",
 }
 ROW_COLORS = {  # the New-LLM variants; a variant with more dropout is drawn dashed in its base's colour
     "full_parallel/new_llm": "#CC79A7", "full_residual_norm/new_llm": "#E69F00",
     "full_parallel_dropout/new_llm": "#CC79A7", "full_residual_norm_dropout/new_llm": "#E69F00",
     "full_residual_norm_dropout3/new_llm": "#000000", "full_residual_norm_dropout_ctx/new_llm": "#56B4E9",
     "full_parallel_dropout4/new_llm": "#882255", "full_residual_norm_dropout4/new_llm": "#999999",
+    "full_residual_norm_dropout5/new_llm": "#DDCC77", "full_tied_deep_dropout4/new_llm": "#332288",
 }
 
 
