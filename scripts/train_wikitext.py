@@ -13,4 +13,4 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # runs fro
 from newllm.cli import main  # noqa: E402
 
 if __name__ == "__main__":
-    sys.exit(main(["pretrain", *sys.argv[1:]]))
+    sys.exit(main(["pretrain", *sys.argv[1:]], script=Path(__file__).name))  # usage: train_wikitext.py ...

@@ -8,6 +8,12 @@ import logging
 import sys
 
 EXPECTED_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, FileExistsError, RuntimeError)
+STEP_COMMANDS = {
+    "pretrain": "step 1: train every model on WikiText-2",
+    "finetune": "step 2: fine-tune the step-1 checkpoints on DailyDialog",
+    "evaluate": "step 3: perplexities, sample responses, speed -> results.json, report.md",
+    "pipeline": "steps 1, 2 and 3 in order",
+}
 
 
 def _experiment_options(parser: argparse.ArgumentParser) -> None:
@@ -39,27 +45,28 @@ def _training_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overwrite", action="store_true", help="start again where a run already exists")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(script: str | None = None) -> argparse.ArgumentParser:
+    """The `newllm` parser; `script`: a scripts/ wrapper standing for one command, named in that command's usage."""
     parser = argparse.ArgumentParser(
         prog="newllm",
         description="New-LLM (one fixed-size context vector, no attention) vs GPT-2 and an LSTM of the same size.",
     )
     _quiet_option(parser, default=False)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name, help_text in [
-        ("pretrain", "step 1: train every model on WikiText-2"),
-        ("finetune", "step 2: fine-tune the step-1 checkpoints on DailyDialog"),
-        ("evaluate", "step 3: perplexities, sample responses, speed -> results.json, report.md"),
-        ("pipeline", "steps 1, 2 and 3 in order"),
-    ]:
+    for name, help_text in STEP_COMMANDS.items():
         sub = commands.add_parser(name, help=help_text, description=help_text)
         _experiment_options(sub)
         if name != "evaluate":
             _training_options(sub)
-    bench = commands.add_parser("bench", help="training throughput and generation latency of all models, side by side")
+    help_text = "training throughput and generation latency of all models, side by side"
+    bench = commands.add_parser("bench", help=help_text, description=help_text)
     bench.add_argument("--quick", action="store_true", help="tiny sizes: seconds on a CPU (what CI runs)")
     bench.add_argument("--device", default="auto", help="cpu, cuda ... (default: auto)")
-    bench.add_argument("--output-dir", default="benchmarks/results", help="where bench.json and the plots go")
+    bench.add_argument(
+        "--output-dir",
+        default="benchmarks/results",
+        help="where bench.json and the plots go (default: benchmarks/results, ignored by git)",
+    )
     bench.add_argument(
         "--set",
         dest="overrides",
@@ -69,19 +76,23 @@ def build_parser() -> argparse.ArgumentParser:
         help="override a BenchConfig field, e.g. --set batch_sizes=64,256 --set compile_modes=eager",
     )
     bench.add_argument("--no-progress", action="store_true", help="no progress bars")
-    gen = commands.add_parser("generate", help="one prompt -> one response from a checkpoint")
+    help_text = "one prompt -> one response from a checkpoint"
+    gen = commands.add_parser("generate", help=help_text, description=help_text)
     gen.add_argument("--checkpoint", required=True, help="a model folder, e.g. checkpoints/best_new_llm_dialog")
     gen.add_argument("prompt", help="what the first speaker says")
     gen.add_argument("--max-new-tokens", type=int, default=40, help="longest reply in tokens (default: 40)")
     gen.add_argument("--sample", action="store_true", help="sample instead of greedy decoding (the default here)")
     _sampling_options(gen, "with --sample")
-    chat = commands.add_parser("chat", help="talk with a checkpoint turn by turn (/reset, /quit)")
+    help_text = "talk with a checkpoint turn by turn (/reset, /quit)"
+    chat = commands.add_parser("chat", help=help_text, description=help_text)
     chat.add_argument("--checkpoint", required=True, help="a model folder, e.g. checkpoints/best_new_llm_dialog")
     chat.add_argument("--max-new-tokens", type=int, default=40, help="longest reply in tokens (default: 40)")
     chat.add_argument("--greedy", action="store_true", help="greedy decoding instead of sampling (the default here)")
     _sampling_options(chat, "unless --greedy")
     for sub in commands.choices.values():
         _quiet_option(sub, default=argparse.SUPPRESS)  # absent: the program-level value stands
+        if script is not None:
+            sub.prog = script
     return parser
 
 
@@ -144,6 +155,7 @@ def _generate(args) -> int:
 
 def _chat(args) -> int:
     from newllm.evaluation.chat import COMMANDS, ChatSession, clean_line
+    from newllm.models.registry import MODEL_TYPES
     from newllm.pipeline import device_from_name
     from newllm.training.checkpoint import load_checkpoint
 
@@ -158,7 +170,9 @@ def _chat(args) -> int:
     if hasattr(sys.stdin, "reconfigure"):
         sys.stdin.reconfigure(errors="replace")  # invalid UTF-8 becomes U+FFFD instead of a crash
     commands = ", ".join(f"{name} {text}" for name, text in COMMANDS.items())
-    print(f"chatting with {model.config.model_type} from {args.checkpoint}; {commands}")
+    # the project's name (tinygpt2, lstm), not the config.json model_type (gpt2, newllm_lstm)
+    name = {model_type: name for name, model_type in MODEL_TYPES.items()}[model.config.model_type]
+    print(f"chatting with {name} from {args.checkpoint}; {commands}")
     try:
         while True:
             try:
@@ -201,6 +215,12 @@ def _bench(args) -> int:
 
 
 def _run(args) -> int:
+    # a bad preset, setting or --models fails here, before seconds of importing torch and transformers
+    config = _config_from_args(args) if args.command in STEP_COMMANDS else None
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()  # per-file load/save bars; training keeps its own
     if args.command == "generate":
         return _generate(args)
     if args.command == "bench":
@@ -209,7 +229,6 @@ def _run(args) -> int:
         return _chat(args)
     from newllm import pipeline
 
-    config = _config_from_args(args)
     progress = not args.no_progress
     if args.command == "evaluate":
         pipeline.evaluate(config, progress=progress)
@@ -219,16 +238,12 @@ def _run(args) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def main(argv: list[str] | None = None, script: str | None = None) -> int:
+    args = build_parser(script).parse_args(argv)
     logging.basicConfig(
         level=logging.WARNING if args.quiet else logging.INFO, format="[newllm] %(message)s", stream=sys.stderr
     )
     try:
-        import transformers
-
-        transformers.logging.set_verbosity_error()
-        transformers.logging.disable_progress_bar()  # per-file load/save bars; training keeps its own
         return _run(args)
     except EXPECTED_ERRORS as err:
         message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__

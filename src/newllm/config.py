@@ -21,6 +21,8 @@ except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
+# models/registry.py's MODEL_NAMES, repeated here so that a misspelt --models fails before torch is imported
+MODEL_NAMES = ("new_llm", "tinygpt2", "lstm")
 
 
 class ConfigError(ValueError):
@@ -43,7 +45,7 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    names: tuple[str, ...] = ("new_llm", "tinygpt2", "lstm")
+    names: tuple[str, ...] = MODEL_NAMES
     # New-LLM; the baselines are sized to its parameter count.
     embedding_size: int = 256
     context_size: int = 256
@@ -64,6 +66,17 @@ class ModelConfig:
     gpt2_positions: int = 512  # must cover the longest window and prompt + response
     lstm_layers: int = 2
     tolerance: float = 0.05  # baselines within ±5 % of New-LLM's parameters
+
+    def __post_init__(self):
+        # Checked when the config is built: an empty or misspelt --models fails before a tokenizer is trained.
+        known = ", ".join(MODEL_NAMES)
+        if not self.names:
+            raise ConfigError(f"names: no model given; choose one or more of {known}")
+        for i, name in enumerate(self.names):
+            if name not in MODEL_NAMES:
+                raise ConfigError(f"names: unknown model {name!r}; choose from {known}")
+            if name in self.names[:i]:
+                raise ConfigError(f"names: {name} is listed twice")
 
 
 @dataclass(frozen=True)

@@ -425,7 +425,13 @@ def evaluate(config: ExperimentConfig, progress: bool = True) -> dict:
     dtype = torch.bfloat16 if bf16 else None
     tokenizer = prepare_tokenizer(config)
     for name in config.model.names:  # every model's checkpoints, before minutes of work on the first
-        for folder in (checkpoint_dir(config, name, stage) for stage in STAGES):
+        folders = [checkpoint_dir(config, name, stage) for stage in STAGES]
+        if not any(folder.exists() for folder in folders):  # else an empty report would replace the folder's
+            raise CheckpointError(
+                f"no checkpoint of {name} to evaluate: neither {folders[0]} nor {folders[1]} exists; "
+                f"run `newllm pretrain` with this output dir first or leave {name} out of --models"
+            )
+        for folder in folders:
             if folder.exists():
                 check_checkpoint(folder, name, expected_tokenizer=tokenizer)
     pad = special_ids(tokenizer).pad
@@ -547,10 +553,8 @@ def evaluate(config: ExperimentConfig, progress: bool = True) -> dict:
             }
             results["data"]["dailydialog"]["test_tokens"] = ppl.tokens
             results["data"]["dailydialog"]["test_response_tokens"] = ppl.response_tokens
-        else:
+        else:  # checked above: the step-1 checkpoint exists
             logger.warning("no step-2 checkpoint %s: dialogue results for %s use the step-1 model", dialog_ckpt, name)
-            if not wiki_ckpt.exists():
-                continue
         logger.info("step 3: %s replies to %d DailyDialog test contexts", name, len(contexts))
         replies = respond_batch(
             model, tokenizer, contexts, max_new_tokens=e.max_new_tokens, batch_size=e.batch_size, device=device

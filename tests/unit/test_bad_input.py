@@ -7,6 +7,7 @@ themselves are listed in docs/reliability.md ("Bad input: what you see").
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -280,6 +281,34 @@ def test_evaluate_checks_every_checkpoint_before_it_scores_any(capsys, tmp_path,
     assert line.startswith(f"newllm: error: checkpoint {out / 'best_tinygpt2_dialog'}: tokenizer differs")
     assert scored == []  # refused before new_llm was scored
     assert_untouched(before, snapshot(out))
+
+
+def test_evaluate_refuses_a_model_without_any_checkpoint(capsys, tmp_path, tiny_tokenizer, checkpoints):
+    out = prepared_output(tmp_path / "out", tiny_tokenizer, checkpoints["new_llm"])  # New-LLM's step 1 only
+    (out / "report.md").write_text("the last run's report\n")
+    (out / "results.json").write_text("{}\n")
+    before = snapshot(out)
+    argv = step("evaluate", write_data_dir(tmp_path / "d"), out)
+    argv[argv.index("--models") + 1] = "lstm"
+    capsys.readouterr()
+    assert main(argv) == 1  # not -q: no warning about lstm's results may come before the error
+    err = capsys.readouterr().err
+    assert error_line(err) == (
+        f"newllm: error: no checkpoint of lstm to evaluate: neither {out / 'best_lstm_wikitext'} nor "
+        f"{out / 'best_lstm_dialog'} exists; run `newllm pretrain` with this output dir first or leave lstm out of --models"
+    )
+    assert "step-1 model" not in err and "left out" not in err
+    assert_untouched(before, snapshot(out))
+
+
+def test_evaluate_scores_a_model_without_step2_on_its_step1_model(caplog, tmp_path, tiny_tokenizer, checkpoints):
+    # benchmarks/full_schedule.sh evaluates a run whose step 2 was stopped before its first checkpoint
+    out = prepared_output(tmp_path / "out", tiny_tokenizer, checkpoints["new_llm"])
+    argv = step("evaluate", write_data_dir(tmp_path / "d"), out)
+    assert main([*argv, "--set", "eval.speed_repeats=1", "--set", "eval.max_new_tokens=3"]) == 0
+    results = json.loads((out / "results.json").read_text(encoding="utf-8"))
+    assert results["models"]["new_llm"]["dailydialog"]["responses"]["checkpoint"] == "best_new_llm_wikitext"
+    assert "dialogue results for new_llm use the step-1 model" in caplog.text
 
 
 @pytest.mark.parametrize("what", ["no-step1-checkpoint", "empty-output-dir"])

@@ -1,5 +1,10 @@
 """The command line: one clear line and exit status 1 for bad input, nothing written."""
 
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 from newllm.cli import build_parser, main
@@ -29,6 +34,24 @@ def test_missing_data_dir(capsys, tmp_path):
     assert main(["pretrain", "--preset", "quick", "--data-dir", str(tmp_path / "nowhere"), "--output-dir", str(out)]) == 1
     assert "not found" in _error(capsys)
     assert not (out / "tokenizer.json").exists()
+
+
+@pytest.mark.parametrize("command", ["pretrain", "evaluate"])
+@pytest.mark.parametrize(
+    "models, message",
+    [
+        ("", "model.names: no model given; choose one or more of new_llm, tinygpt2, lstm"),
+        (",", "model.names: no model given; choose one or more of new_llm, tinygpt2, lstm"),
+        ("gpt", "model.names: unknown model 'gpt'; choose from new_llm, tinygpt2, lstm"),
+    ],
+    ids=["empty", "comma", "unknown"],
+)
+def test_an_empty_or_unknown_models_list_is_refused_before_any_work(capsys, tmp_path, command, models, message):
+    (tmp_path / "report.md").write_text("the last run's report\n")  # evaluate must not replace it
+    assert main([command, "--preset", "quick", "--models", models, "--output-dir", str(tmp_path)]) == 1
+    assert _error(capsys) == f"newllm: error: {message}"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report.md"]  # no tokenizer trained, nothing written
+    assert (tmp_path / "report.md").read_text() == "the last run's report\n"
 
 
 def test_finetune_without_tokenizer(capsys, tmp_path):
@@ -127,6 +150,87 @@ def test_help_lists_every_command(capsys):
     out = capsys.readouterr().out
     for command in ("pretrain", "finetune", "evaluate", "pipeline", "generate"):
         assert command in out
+
+
+@pytest.mark.parametrize(
+    "command, description",
+    [
+        ("bench", "training throughput and generation latency of all models, side by side"),
+        ("generate", "one prompt -> one response from a checkpoint"),
+        ("chat", "talk with a checkpoint turn by turn (/reset, /quit)"),
+    ],
+)
+def test_every_command_describes_itself_in_its_help(capsys, command, description):
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, "--help"])
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out.split("\n\n")[1] == description  # the paragraph after the usage
+
+
+# the child prints, as its last line, the exit status and which of torch and transformers it imported
+NO_TORCH_CHILD = """
+import sys
+from newllm.cli import main
+try:
+    code = main(sys.argv[1:])
+except SystemExit as exit_info:
+    code = exit_info.code
+print(code, sorted({"torch", "transformers"} & set(sys.modules)))
+"""
+
+
+@pytest.mark.parametrize(
+    "argv, code",
+    [
+        (["--help"], 0),
+        (["pretrain", "--help"], 0),
+        (["bench", "--help"], 0),
+        (["chat"], 2),  # --checkpoint missing
+        (["evaluate", "--tokenizer", "chars"], 2),
+        (["pretrain", "--preset", "quick", "--models", ","], 1),
+        (["evaluate", "--preset", "nope"], 1),
+    ],
+    ids=["help", "pretrain-help", "bench-help", "usage-error", "bad-choice", "empty-models", "unknown-preset"],
+)
+def test_help_and_argument_errors_import_neither_torch_nor_transformers(tmp_path, argv, code):
+    # importing them takes seconds; `newllm --help` took 9 s when the package imported its models eagerly
+    child = subprocess.run(
+        [sys.executable, "-c", NO_TORCH_CHILD, *argv], capture_output=True, text=True, timeout=120, cwd=tmp_path
+    )
+    assert child.stdout.splitlines()[-1] == f"{code} []", child.stdout + child.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_import_newllm_is_light_and_registers_the_models_on_first_use():
+    child = """
+import sys
+import newllm
+assert "transformers" not in sys.modules
+assert newllm.models.MODEL_NAMES == ("new_llm", "tinygpt2", "lstm")  # loads the subpackage: registration
+from transformers import AutoConfig
+print(AutoConfig.for_model("new_llm").model_type, AutoConfig.for_model("newllm_lstm").model_type)
+"""
+    result = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, timeout=120)
+    assert result.stdout.split() == ["new_llm", "newllm_lstm"], result.stderr
+
+
+def test_bench_writes_by_default_where_git_ignores():
+    # committed measurements live in docs/performance/; a quick run must not leave untracked files
+    repo = Path(__file__).resolve().parents[2]
+    if shutil.which("git") is None or not (repo / ".git").exists():
+        pytest.skip("not a git checkout")
+    default = build_parser().parse_args(["bench"]).output_dir
+    for name in ("bench.json", "bench_throughput.png"):
+        ignored = subprocess.run(["git", "check-ignore", "-q", f"{default}/{name}"], cwd=repo)
+        assert ignored.returncode == 0, f"{default}/{name} is not ignored by git"
+
+
+@pytest.mark.parametrize("script", ["train_wikitext.py", "finetune_dialog.py", "evaluate_comparison.py"])
+def test_scripts_name_themselves_in_their_usage(script):
+    path = Path(__file__).resolve().parents[2] / "scripts" / script
+    child = subprocess.run([sys.executable, str(path), "--help"], capture_output=True, text=True, timeout=120)
+    assert child.returncode == 0, child.stderr
+    assert child.stdout.startswith(f"usage: {script} [-h]")
 
 
 def test_bench_quick_writes_json_plots_and_prints_the_table(capsys, tmp_path):

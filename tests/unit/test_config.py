@@ -112,3 +112,25 @@ def test_training_settings_that_cannot_train_are_refused_by_name(override, messa
     with pytest.raises(ConfigError) as raised:
         load_config("quick", [override])
     assert str(raised.value) == message
+
+
+@pytest.mark.parametrize(
+    "names, message",
+    [
+        ("", "model.names: no model given; choose one or more of new_llm, tinygpt2, lstm"),
+        (",", "model.names: no model given; choose one or more of new_llm, tinygpt2, lstm"),
+        ("new_llm,gpt", "model.names: unknown model 'gpt'; choose from new_llm, tinygpt2, lstm"),
+        ("lstm,new_llm,lstm", "model.names: lstm is listed twice"),
+    ],
+)
+def test_model_names_are_checked_when_the_config_is_built(names, message):
+    with pytest.raises(ConfigError) as raised:
+        load_config("quick", [f"model.names={names}"])
+    assert str(raised.value) == message
+
+
+def test_config_knows_the_model_names_of_the_registry():
+    from newllm.config import MODEL_NAMES
+    from newllm.models.registry import MODEL_NAMES as REGISTRY_NAMES
+
+    assert MODEL_NAMES == REGISTRY_NAMES

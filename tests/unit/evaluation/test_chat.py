@@ -1,5 +1,7 @@
 """ChatSession: only new tokens are fed, the carried state is exact, reset, constant state, GPT-2 window."""
 
+import io
+
 import pytest
 import torch
 
@@ -7,6 +9,7 @@ from newllm.cli import main
 from newllm.data.tokenizer import special_ids
 from newllm.evaluation.chat import ChatSession, SamplingOptions, clean_line
 from newllm.models.registry import build_model
+from newllm.training.checkpoint import save_checkpoint
 
 from tests.tiny_models import build_tiny_models
 
@@ -178,3 +181,11 @@ def test_cli_chat_reports_bad_options_in_one_line(capsys, tmp_path, flags):
 def test_cli_chat_without_checkpoint(capsys, tmp_path):
     assert main(["chat", "--checkpoint", str(tmp_path / "missing")]) == 1
     assert "does not exist" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["new_llm", "tinygpt2", "lstm"])
+def test_cli_chat_names_the_model_as_the_project_does(capsys, monkeypatch, tmp_path, tiny_models, tiny_tokenizer, name):
+    path = save_checkpoint(tiny_models[name], tiny_tokenizer, tmp_path / name)
+    monkeypatch.setattr("sys.stdin", io.StringIO(""))  # end of input at the first prompt: leaves like Ctrl-D
+    assert main(["chat", "--checkpoint", str(path)]) == 0
+    assert capsys.readouterr().out.startswith(f"chatting with {name} from {path};")  # not gpt2 or newllm_lstm
