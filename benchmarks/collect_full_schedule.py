@@ -292,6 +292,7 @@ ROW_LABELS = {
     "full_residual_norm_dropout4/new_llm": "New-LLM seed cell + residual + norm, dropout 0.4 (`full_residual_norm_dropout4`)",
     "full_residual_norm_dropout5/new_llm": "New-LLM seed cell + residual + norm, dropout 0.5 (`full_residual_norm_dropout5`)",
     "full_tied_deep_dropout4/new_llm": "New-LLM tied, 8 layers + residual + norm, dropout 0.4 (`full_tied_deep_dropout4`)",
+    "full_residual_norm_dropout4_finetune_dropout1/new_llm": "New-LLM seed cell + residual + norm, dropout 0.4, step 2 dropout 0.1 (`full_residual_norm_dropout4_finetune_dropout1`)",
 }
 ROW_COLORS = {  # the New-LLM variants; a variant with more dropout is drawn dashed in its base's colour
     "full_parallel/new_llm": "#CC79A7", "full_residual_norm/new_llm": "#E69F00",
@@ -299,6 +300,7 @@ ROW_COLORS = {  # the New-LLM variants; a variant with more dropout is drawn das
     "full_residual_norm_dropout3/new_llm": "#000000", "full_residual_norm_dropout_ctx/new_llm": "#56B4E9",
     "full_parallel_dropout4/new_llm": "#882255", "full_residual_norm_dropout4/new_llm": "#999999",
     "full_residual_norm_dropout5/new_llm": "#DDCC77", "full_tied_deep_dropout4/new_llm": "#332288",
+    "full_residual_norm_dropout4_finetune_dropout1/new_llm": "#44AA99",
 }
 
 

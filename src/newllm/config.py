@@ -109,6 +109,9 @@ class TrainConfig:
     # > 0: seconds this process may train the stage (like Lightning's max_time). It stops after the epoch
     # whose successor would not end in time and keeps the best model so far, marked "stopped": "time_limit".
     time_limit: float = 0
+    # finetune only: the dropout of step 2 (the fields model.dropout sets in each model's config); None keeps
+    # the step-1 checkpoint's. The step-2 checkpoint's config.json records it.
+    dropout: float | None = None
 
     def __post_init__(self):
         # Checked when the config is built, so a bad value fails before any data is read or file written.
@@ -125,6 +128,8 @@ class TrainConfig:
             raise ConfigError(f"time_limit: must be seconds >= 0 (0: no limit), got {self.time_limit}")
         if self.on_nonfinite not in ("stop", "skip"):
             raise ConfigError(f"on_nonfinite: must be 'stop' or 'skip', got {self.on_nonfinite!r}")
+        if self.dropout is not None and not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"dropout: must be in [0, 1), got {self.dropout}")
 
 
 @dataclass(frozen=True)
@@ -171,6 +176,10 @@ class ExperimentConfig:
         default_factory=lambda: TrainConfig(epochs=50, patience=10, lr=5e-4, batch_size=32)
     )
     eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def __post_init__(self):
+        if self.pretrain.dropout is not None:
+            raise ConfigError("pretrain.dropout: step 1's dropout is model.dropout; this setting is step 2's (finetune.dropout)")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

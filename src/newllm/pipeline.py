@@ -42,6 +42,7 @@ from newllm.evaluation.perplexity import evaluate_perplexity
 from newllm.evaluation.speed import environment, measure_speed
 from newllm.evaluation.stream import evaluate_stream, plan_stream
 from newllm.models import (
+    DROPOUT_FIELDS,
     BaselineShape,
     NewLLMConfig,
     build_model,
@@ -372,7 +373,9 @@ def finetune(config: ExperimentConfig, resume: bool = False, overwrite: bool = F
                 f"fine-tuning {name} starts from its step-1 checkpoint {parent}, which does not exist: "
                 "run `newllm pretrain` (or scripts/train_wikitext.py) with the same preset and output dir first"
             )
-        models[name], _ = load_checkpoint(parent, name, expected_tokenizer=tokenizer)
+        dropout = config.finetune.dropout
+        changes = {} if dropout is None else {field: dropout for field in DROPOUT_FIELDS[name]}
+        models[name], _ = load_checkpoint(parent, name, expected_tokenizer=tokenizer, **changes)
     sets, _ = _dialog_sets(config, tokenizer)
     _refuse_existing_runs(config, "dialog", resume, overwrite)
     _write_experiment(config, "finetune")

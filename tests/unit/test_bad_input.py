@@ -440,8 +440,10 @@ def test_bad_config_file(capsys, tmp_path, tiny_tokenizer, toml, message):
         (["--set", "pretrain.lr=fast"], "pretrain.lr: expected a number, got 'fast'"),
         (["--set", "pretrain.foo=1"], "unknown setting 'pretrain.foo'; valid here: "),
         (["--set", "lr"], "override 'lr' is not of the form section.field=value"),
+        (["--set", "pretrain.dropout=0.1"], "pretrain.dropout: step 1's dropout is model.dropout; this setting is step 2's"),
     ],
-    ids=["missing-toml", "unknown-preset", "bad-override-type", "unknown-override", "override-without-value"],
+    ids=["missing-toml", "unknown-preset", "bad-override-type", "unknown-override", "override-without-value",
+         "step-1-dropout"],  # fmt: skip
 )
 def test_bad_preset_or_override(capsys, tmp_path, argv, message):
     out = tmp_path / "out"

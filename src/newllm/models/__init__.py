@@ -8,6 +8,7 @@ from newllm.models.lstm import LSTMForCausalLM, LSTMLMConfig
 from newllm.models.new_llm import NewLLMConfig, NewLLMForCausalLM, NewLLMModel
 from newllm.models.recurrent import RecurrentCache
 from newllm.models.registry import (
+    DROPOUT_FIELDS,
     MODEL_NAMES,
     MODEL_TYPES,
     BaselineShape,
@@ -19,6 +20,7 @@ from newllm.models.registry import (
 )
 
 __all__ = [
+    "DROPOUT_FIELDS",
     "MODEL_NAMES",
     "MODEL_TYPES",
     "BaselineShape",

@@ -16,6 +16,8 @@ from newllm.models.new_llm import NewLLMConfig, NewLLMForCausalLM
 MODEL_NAMES = ("new_llm", "tinygpt2", "lstm")
 # The `model_type` each name's checkpoints carry in config.json.
 MODEL_TYPES = {"new_llm": "new_llm", "tinygpt2": "gpt2", "lstm": "newllm_lstm"}
+# The config fields that the experiment's one dropout (`model.dropout`) sets in each model.
+DROPOUT_FIELDS = {"new_llm": ("dropout",), "tinygpt2": ("resid_pdrop", "embd_pdrop", "attn_pdrop"), "lstm": ("dropout",)}
 
 
 def max_positions(model) -> int | None:

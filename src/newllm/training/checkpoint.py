@@ -113,14 +113,15 @@ def _checked_tokenizer(directory: Path, expected=None):
     return tokenizer
 
 
-def load_checkpoint(directory, model_name: str | None = None, expected_tokenizer=None, device="cpu"):
-    """(model, tokenizer) from a checkpoint folder, checking model type and, if given, the tokenizer."""
+def load_checkpoint(directory, model_name: str | None = None, expected_tokenizer=None, device="cpu", **config_changes):
+    """(model, tokenizer) from a checkpoint folder, checking model type and, if given, the tokenizer.
+    `config_changes` replace fields of its config.json (as in `from_pretrained`), e.g. dropout=0.1."""
     directory = Path(directory)
     check_checkpoint(directory, model_name)
     tokenizer = _checked_tokenizer(directory, expected_tokenizer)
     try:
         AutoConfig.from_pretrained(directory)
-        model, info = AutoModelForCausalLM.from_pretrained(directory, output_loading_info=True)
+        model, info = AutoModelForCausalLM.from_pretrained(directory, output_loading_info=True, **config_changes)
     except Exception as err:  # safetensors / transformers raise many types for a corrupt file
         first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise CheckpointError(f"checkpoint {directory} could not be loaded: {first_line}") from None
