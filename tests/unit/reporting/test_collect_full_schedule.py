@@ -131,6 +131,20 @@ def test_replies_of_a_run_stopped_before_step_2_are_not_dialogue_results(tmp_pat
     assert evaluations["full_lstm_s1"]["dialog_samples"] == []
 
 
+def test_the_zoom_reaches_below_the_best_recurrent_run_but_not_down_to_tinygpt2(tmp_path, collect, monkeypatch):
+    done = "start 1\npretrain_done 2\nexit 0 3\n"
+    write_run(tmp_path, "full_tinygpt2_s0", "tinygpt2", done, history(60.0, 42.0))
+    write_run(tmp_path, "full_lstm_s0", "lstm", done, history(60.0, 50.0))
+    axes = []
+    monkeypatch.setattr(collect, "save_figure", lambda fig, path: axes.extend(fig.axes) or path)
+    collect.plot_validation(collect.collect_runs(tmp_path), tmp_path / "val.png")
+    assert axes[1].get_ylim() == (48, 58)  # the usual window while every recurrent run stays above it
+    write_run(tmp_path, "resd_new_llm_s0", "new_llm", done, history(60.0, 47.2))
+    axes.clear()
+    collect.plot_validation(collect.collect_runs(tmp_path), tmp_path / "val.png")
+    assert axes[1].get_ylim() == (46, 58)
+
+
 def test_plot_has_one_line_per_finished_bpe_run(tmp_path, collect, monkeypatch):
     done = "start 1\npretrain_done 2\nexit 0 3\n"
     for name, model in (("full_new_llm_s0", "new_llm"), ("res_new_llm_s0", "new_llm"), ("pard_new_llm_s0", "new_llm"),
