@@ -8,7 +8,8 @@
 #   python benchmarks/collect_full_schedule.py RUNS_DIR --out summary.json --plot val_ppl.png
 #
 # PLAN entries are <row>:<model>, or <row>:<model>:<seeds> for seeds of its own instead of SEEDS
-# (comma-separated: PLAN="full_residual_norm_dropout4:new_llm:0 full_residual_norm_dropout5:new_llm:0,1,2"). Rows: full (configs/full.toml), par (configs/full_parallel.toml),
+# (comma-separated: PLAN="full_residual_norm_dropout4:new_llm:0 full_residual_norm_dropout5:new_llm:0,1,2").
+# Rows: full (configs/full.toml), par (configs/full_parallel.toml),
 # res (configs/full_residual_norm.toml), pard and resd (the same two with more dropout:
 # configs/full_parallel_dropout.toml, configs/full_residual_norm_dropout.toml), seed (configs/seed.toml,
 # the prototype's protocol), or the name of any other preset in configs/ (a new variant needs no

@@ -53,13 +53,15 @@ def build_parser(script: str | None = None) -> argparse.ArgumentParser:
     )
     _quiet_option(parser, default=False)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    def command(name: str, text: str) -> argparse.ArgumentParser:  # one line in `newllm --help` and atop its own
+        return commands.add_parser(name, help=text, description=text)
+
     for name, help_text in STEP_COMMANDS.items():
-        sub = commands.add_parser(name, help=help_text, description=help_text)
+        sub = command(name, help_text)
         _experiment_options(sub)
         if name != "evaluate":
             _training_options(sub)
-    help_text = "training throughput and generation latency of all models, side by side"
-    bench = commands.add_parser("bench", help=help_text, description=help_text)
+    bench = command("bench", "training throughput and generation latency of all models, side by side")
     bench.add_argument("--quick", action="store_true", help="tiny sizes: seconds on a CPU (what CI runs)")
     bench.add_argument("--device", default="auto", help="cpu, cuda ... (default: auto)")
     bench.add_argument(
@@ -76,15 +78,13 @@ def build_parser(script: str | None = None) -> argparse.ArgumentParser:
         help="override a BenchConfig field, e.g. --set batch_sizes=64,256 --set compile_modes=eager",
     )
     bench.add_argument("--no-progress", action="store_true", help="no progress bars")
-    help_text = "one prompt -> one response from a checkpoint"
-    gen = commands.add_parser("generate", help=help_text, description=help_text)
+    gen = command("generate", "one prompt -> one response from a checkpoint")
     gen.add_argument("--checkpoint", required=True, help="a model folder, e.g. checkpoints/best_new_llm_dialog")
     gen.add_argument("prompt", help="what the first speaker says")
     gen.add_argument("--max-new-tokens", type=int, default=40, help="longest reply in tokens (default: 40)")
     gen.add_argument("--sample", action="store_true", help="sample instead of greedy decoding (the default here)")
     _sampling_options(gen, "with --sample")
-    help_text = "talk with a checkpoint turn by turn (/reset, /quit)"
-    chat = commands.add_parser("chat", help=help_text, description=help_text)
+    chat = command("chat", "talk with a checkpoint turn by turn (/reset, /quit)")
     chat.add_argument("--checkpoint", required=True, help="a model folder, e.g. checkpoints/best_new_llm_dialog")
     chat.add_argument("--max-new-tokens", type=int, default=40, help="longest reply in tokens (default: 40)")
     chat.add_argument("--greedy", action="store_true", help="greedy decoding instead of sampling (the default here)")

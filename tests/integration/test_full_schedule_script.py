@@ -116,10 +116,17 @@ esac
 """
 
 
-def test_a_deadline_stops_step_2_and_step_1_is_still_evaluated(tmp_path):
+
+def fake_python(tmp_path, finetune_hangs: bool = False) -> Path:
+    """FAKE_PYTHON as an executable; its step 2 returns at once unless `finetune_hangs`."""
     python = tmp_path / "python"
-    python.write_text(FAKE_PYTHON)
+    python.write_text(FAKE_PYTHON if finetune_hangs else FAKE_PYTHON.replace("exec sleep 60", "exit 0"))
     python.chmod(0o755)
+    return python
+
+
+def test_a_deadline_stops_step_2_and_step_1_is_still_evaluated(tmp_path):
+    python = fake_python(tmp_path, finetune_hangs=True)
     env = {**os.environ, "PYTHON": str(python), "SEEDS": "0", "PLAN": "full:lstm", "SEED_PLAN": ""}
     root = tmp_path / "runs"
     env["DEADLINE"] = str(int(time.time()) + 4)
@@ -137,9 +144,7 @@ def test_a_deadline_stops_step_2_and_step_1_is_still_evaluated(tmp_path):
 
 
 def test_a_deadline_gives_each_step_a_time_limit_step_margin_seconds_before_it(tmp_path):
-    python = tmp_path / "python"
-    python.write_text(FAKE_PYTHON.replace("exec sleep 60", "exit 0"))
-    python.chmod(0o755)
+    python = fake_python(tmp_path)
     deadline = int(time.time()) + 100
     env = {**os.environ, "PYTHON": str(python), "SEEDS": "0", "PLAN": "full:lstm", "SEED_PLAN": "",
            "DEADLINE": str(deadline), "STEP_MARGIN": "30"}  # fmt: skip
@@ -153,9 +158,7 @@ def test_a_deadline_gives_each_step_a_time_limit_step_margin_seconds_before_it(t
 
 
 def test_finetune_0_runs_step_1_and_evaluates_its_model(tmp_path):
-    python = tmp_path / "python"
-    python.write_text(FAKE_PYTHON.replace("exec sleep 60", "exit 0"))
-    python.chmod(0o755)
+    python = fake_python(tmp_path)
     env = {**os.environ, "PYTHON": str(python), "SEEDS": "1", "PLAN": "pard:new_llm resd:new_llm", "SEED_PLAN": "",
            "FINETUNE": "0"}  # fmt: skip
     root = tmp_path / "runs"
@@ -168,9 +171,7 @@ def test_finetune_0_runs_step_1_and_evaluates_its_model(tmp_path):
 
 
 def test_a_plan_entry_may_name_its_own_seeds(tmp_path):
-    python = tmp_path / "python"
-    python.write_text(FAKE_PYTHON.replace("exec sleep 60", "exit 0"))
-    python.chmod(0o755)
+    python = fake_python(tmp_path)
     env = {**os.environ, "PYTHON": str(python), "SEEDS": "7", "PLAN": "resd:new_llm:0,2 full:lstm", "SEED_PLAN": ""}
     root = tmp_path / "runs"
     subprocess.run(["bash", str(REPO / "benchmarks" / "full_schedule.sh"), str(root)], env=env, check=True, timeout=60)
@@ -180,9 +181,7 @@ def test_a_plan_entry_may_name_its_own_seeds(tmp_path):
 
 
 def test_a_row_may_be_any_preset_in_configs_and_nothing_else(tmp_path):
-    python = tmp_path / "python"
-    python.write_text(FAKE_PYTHON.replace("exec sleep 60", "exit 0"))
-    python.chmod(0o755)
+    python = fake_python(tmp_path)
     env = {**os.environ, "PYTHON": str(python), "SEEDS": "0", "PLAN": "full_parallel_dropout:new_llm", "SEED_PLAN": ""}
     root = tmp_path / "runs"
     subprocess.run(["bash", str(REPO / "benchmarks" / "full_schedule.sh"), str(root)], env=env, check=True, timeout=60)
