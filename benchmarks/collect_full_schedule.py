@@ -476,7 +476,8 @@ def _summary_table(header: str, align: str, out: dict, rows: list[str], n_key: s
 
 
 def markdown_tables(out: dict) -> str:
-    """The BPE rows' tables of docs/results.md (WikiText-2, DailyDialog, whole stream, samples), from the summary."""
+    """The tables of docs/results.md, from the summary: the BPE rows' (WikiText-2, DailyDialog, whole stream,
+    samples), then the seed protocol's."""
     runs = out["runs"]
     rows = bpe_rows(out["summary"])
     # a row whose every step 1 was stopped has only its stopped line, not an empty one too
@@ -528,8 +529,23 @@ def markdown_tables(out: dict) -> str:
         for key in ("test_token_ppl", "test_stream_token_ppl", "test_word_ppl", "test_stream_word_ppl")
     ])  # fmt: skip
     with_dialog = [row for row in rows if out["summary"][row]["dialog_best_val_ppl"]["n"] or "dialog_stopped" in out["summary"][row]]
-    lines = [*wikitext, "", *dialog, "", *stream, "", *_sample_table(out, with_dialog)]
-    return "\n".join(lines) + "\n"
+    tables = [wikitext, dialog, stream, _sample_table(out, with_dialog), _seed_protocol_table(out)]
+    return "\n\n".join("\n".join(table) for table in tables if table) + "\n"
+
+
+def _seed_protocol_table(out: dict) -> list[str]:
+    """The seed protocol's step 1 (validation PPL per token of its 1,000-word vocabulary), best row first."""
+    summary = out["summary"]
+    rows = [row for row in summary if row.split("/")[0] == SEED_PROTOCOL and summary[row]["wikitext_best_val_ppl"]["n"]]
+    rows.sort(key=lambda row: summary[row]["wikitext_best_val_ppl"]["mean"])
+    labels = {"new_llm": "New-LLM seed cell", "tinygpt2": "TinyGPT2", "lstm": "LSTM"}
+    lines = ["| model | parameters | epochs run (best) | val PPL | n |", "| --- | ---: | --- | ---: | ---: |"]
+    for row in rows:
+        s = summary[row]
+        epochs = _epochs(out["runs"], s["runs"], "wikitext")
+        val = _stat(s["wikitext_best_val_ppl"], 2)
+        lines.append(f"| {labels[row.split('/')[1]]} | {_params(s)} | {epochs} | {val} | {s['wikitext_best_val_ppl']['n']} |")
+    return lines if rows else []
 
 
 def _stopped_lines(out: dict, rows: list[str], stage: str, cells) -> list[str]:
@@ -580,7 +596,7 @@ def main() -> None:
     parser.add_argument("--plot", type=Path, help="the figure of WikiText-2 validation per epoch")
     parser.add_argument("--plot-dialog", type=Path, help="the figure of DailyDialog validation per epoch")
     parser.add_argument("--plot-test", type=Path, help="the figure of WikiText-2 test word perplexity per row")
-    parser.add_argument("--markdown", type=Path, help="also write the Markdown tables: WikiText-2, DailyDialog, whole stream, sample replies")
+    parser.add_argument("--markdown", type=Path, help="also write the Markdown tables: WikiText-2, DailyDialog, whole stream, sample replies, seed protocol")
     args = parser.parse_args()
     missing = [str(root) for root in args.roots if not root.is_dir()]
     if missing:

@@ -279,6 +279,9 @@ def test_any_other_preset_is_a_row_named_after_it(tmp_path, collect, monkeypatch
     tables = collect.markdown_tables({"runs": runs, "evaluations": evaluations, "summary": summary})
     labels = [line.split(" | ")[0] for line in tables.split("\n\n")[0].splitlines()[2:]]
     assert labels == ["| LSTM", "| New-LLM (`full_residual_norm_ctx`)"]  # the known rows first; no seed protocol
+    seed_protocol = tables.strip().split("\n\n")[-1].splitlines()
+    assert seed_protocol[0].startswith("| model | parameters | epochs run (best) | val PPL |")
+    assert seed_protocol[2:] == ["| New-LLM seed cell | — | 2 (2) | 21.00 | 1 |"]  # its own table
 
     drawn = []
     monkeypatch.setattr(collect, "save_figure", lambda fig, path: drawn.extend(fig.axes[0].get_lines()) or path)
@@ -294,7 +297,7 @@ def test_the_tables_of_docs_results_are_the_collectors_output_of_the_committed_j
     assert collect.summarize(out["runs"], out["evaluations"]) == out["summary"]
     results = (docs / "results.md").read_text(encoding="utf-8")
     tables = collect.markdown_tables(out).strip().split("\n\n")
-    assert len(tables) == 4  # WikiText-2, DailyDialog, whole stream, sample replies
+    assert len(tables) == 5  # WikiText-2, DailyDialog, whole stream, sample replies, seed protocol
     for table in tables:
         assert table in results, table.splitlines()[0]
 
