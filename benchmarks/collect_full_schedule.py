@@ -377,7 +377,7 @@ def plot_dialog_validation(runs: dict, path: Path) -> Path:
 
     A step 2 stopped before its end (a kill at the deadline, or its time limit) ends in a cross.
     """
-    fig = Figure(figsize=(8, 4.8), layout="constrained")
+    fig = Figure(figsize=(9, 8), layout="constrained")
     ax = fig.subplots()
     labelled = set()
     for run in _table_order(runs):
@@ -396,7 +396,7 @@ def plot_dialog_validation(runs: dict, path: Path) -> Path:
     ax.set_xlabel("epoch of step 2")
     ax.set_ylabel("DailyDialog validation perplexity (per token)")
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize="small")
+    fig.legend(loc="outside lower center", fontsize="small")  # below: inside, it hid the rows' ends
     ax.set_title("Step 2 on DailyDialog, from each seed's step-1 model")
     return save_figure(fig, path)
 
