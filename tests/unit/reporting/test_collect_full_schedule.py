@@ -302,6 +302,20 @@ def test_the_tables_of_docs_results_are_the_collectors_output_of_the_committed_j
         assert table in results, table.splitlines()[0]
 
 
+def test_the_answer_at_the_top_of_docs_results_is_the_committed_json_best_first(collect):
+    # the hand-labelled summary table under "The answer so far": one line per BPE row that has a test number,
+    # each line's number and seed count that row's in the JSON, lowest perplexity first
+    docs = SCRIPT.parents[1] / "docs"
+    out = json.loads((docs / "results" / "full_schedule_h200.json").read_text(encoding="utf-8"))
+    answer = (docs / "results.md").read_text(encoding="utf-8").split("## The answer so far")[1].split("\n\n")[2]
+    lines = answer.splitlines()
+    assert lines[0] == "| model | test word PPL | seeds |"
+    shown = [(cells[1].strip("*"), int(cells[2])) for cells in (line.strip("| ").split(" | ") for line in lines[2:])]
+    rows = [out["summary"][row]["test_word_ppl"] for row in collect.bpe_rows(out["summary"])]
+    measured = sorted((stat["mean"], collect._stat(stat, 1), stat["n"]) for stat in rows if stat["n"])
+    assert shown == [(text, n) for _, text, n in measured]
+
+
 def test_the_stopped_dailydialog_table_of_docs_results_is_its_json():
     docs = SCRIPT.parents[1] / "docs"
     runs = json.loads((docs / "results" / "resd_dailydialog_session8.json").read_text(encoding="utf-8"))["runs"]
