@@ -538,7 +538,7 @@ def _seed_protocol_table(out: dict) -> list[str]:
     summary = out["summary"]
     rows = [row for row in summary if row.split("/")[0] == SEED_PROTOCOL and summary[row]["wikitext_best_val_ppl"]["n"]]
     rows.sort(key=lambda row: summary[row]["wikitext_best_val_ppl"]["mean"])
-    labels = {"new_llm": "New-LLM seed cell", "tinygpt2": "TinyGPT2", "lstm": "LSTM"}
+    labels = {**MODEL_LABELS, "new_llm": "New-LLM seed cell"}  # the prototype's cell is the protocol's only New-LLM
     lines = ["| model | parameters | epochs run (best) | val PPL | n |", "| --- | ---: | --- | ---: | ---: |"]
     for row in rows:
         s = summary[row]
