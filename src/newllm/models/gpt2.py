@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from transformers import GPT2Config, GPT2LMHeadModel
 
+# The fields one dropout setting sets in GPT2Config (residual, embedding and attention dropout).
+GPT2_DROPOUT_FIELDS = ("resid_pdrop", "embd_pdrop", "attn_pdrop")
+
 
 def gpt2_parameter_count(vocab_size: int, n_positions: int, n_embd: int, n_layer: int) -> int:
     """Parameters of GPT2LMHeadModel with the head tied to the token embedding."""
@@ -38,9 +41,7 @@ def gpt2_config_for_budget(
                 n_embd=best,
                 n_layer=depth,
                 n_head=n_head,
-                resid_pdrop=dropout,
-                embd_pdrop=dropout,
-                attn_pdrop=dropout,
+                **dict.fromkeys(GPT2_DROPOUT_FIELDS, dropout),
                 tie_word_embeddings=True,
                 **config_kwargs,
             )

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 from transformers import PretrainedConfig, PreTrainedModel
 
-from newllm.models.gpt2 import build_tinygpt2, gpt2_config_for_budget
+from newllm.models.gpt2 import GPT2_DROPOUT_FIELDS, build_tinygpt2, gpt2_config_for_budget
 from newllm.models.lstm import LSTMForCausalLM, LSTMLMConfig
 from newllm.models.new_llm import NewLLMConfig, NewLLMForCausalLM
 
@@ -17,7 +17,7 @@ MODEL_NAMES = ("new_llm", "tinygpt2", "lstm")
 # The `model_type` each name's checkpoints carry in config.json.
 MODEL_TYPES = {"new_llm": "new_llm", "tinygpt2": "gpt2", "lstm": "newllm_lstm"}
 # The config fields that the experiment's one dropout (`model.dropout`) sets in each model.
-DROPOUT_FIELDS = {"new_llm": ("dropout",), "tinygpt2": ("resid_pdrop", "embd_pdrop", "attn_pdrop"), "lstm": ("dropout",)}
+DROPOUT_FIELDS = {"new_llm": ("dropout",), "tinygpt2": GPT2_DROPOUT_FIELDS, "lstm": ("dropout",)}
 
 
 def max_positions(model) -> int | None:
