@@ -316,10 +316,10 @@ def test_the_answer_at_the_top_of_docs_results_is_the_committed_json_best_first(
     assert shown == [(text, n) for _, text, n in measured]
 
 
-def test_the_stopped_dailydialog_table_of_docs_results_is_its_json():
+def test_the_stopped_dailydialog_table_of_docs_sessions_is_its_json():
     docs = SCRIPT.parents[1] / "docs"
     runs = json.loads((docs / "results" / "resd_dailydialog_session8.json").read_text(encoding="utf-8"))["runs"]
-    results = (docs / "results.md").read_text(encoding="utf-8")
+    results = (docs / "sessions.md").read_text(encoding="utf-8")
     token = [run["test"]["token_ppl"] for run in runs.values()]
     for seed, run in enumerate(runs.values()):
         val = min(row["val_ppl"] for row in run["history"])
