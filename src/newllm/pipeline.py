@@ -418,16 +418,21 @@ def _stage_summary(config: ExperimentConfig, name: str, stage: str) -> dict:
     return summary
 
 
-def evaluate(config: ExperimentConfig, progress: bool = True) -> dict:
-    """Step 3: test perplexities, replies and speed for every model; writes results.json and report.md."""
-    if not is_main_process():  # under torchrun: one process evaluates, the others stop here (docs/distributed.md)
-        logger.info("step 3 runs on rank 0 only")
-        return {}
-    device = resolve_device(config)
-    bf16 = resolve_bf16(config, device)
-    dtype = torch.bfloat16 if bf16 else None
-    tokenizer = prepare_tokenizer(config)
-    for name in config.model.names:  # every model's checkpoints, before minutes of work on the first
+@dataclasses.dataclass
+class _TestData:
+    """Step 3's data, read and encoded once for every model."""
+
+    wiki: dict[str, TextSplit]  # "valid", "test"
+    wiki_streams: dict[str, list[int]]  # each split as one token stream
+    wiki_windows: dict[str, StreamWindows]  # the same, in block_size windows
+    dialog_split: DialogSplit  # the (sliced) test split
+    dialog_windows: DialogWindows
+    replied: list[tuple[int, list[str]]]  # (index, dialogue) of the test dialogues the models reply to
+
+
+def _check_evaluable(config: ExperimentConfig, tokenizer) -> None:
+    """Every model's checkpoints, checked before minutes of work on the first."""
+    for name in config.model.names:
         folders = [checkpoint_dir(config, name, stage) for stage in STAGES]
         if not any(folder.exists() for folder in folders):  # else an empty report would replace the folder's
             raise CheckpointError(
@@ -437,24 +442,36 @@ def evaluate(config: ExperimentConfig, progress: bool = True) -> dict:
         for folder in folders:
             if folder.exists():
                 check_checkpoint(folder, name, expected_tokenizer=tokenizer)
-    pad = special_ids(tokenizer).pad
-    wiki = load_wikitext_splits(config, ("valid", "test"))
-    wiki_streams = {name: encode_text(tokenizer, split) for name, split in wiki.items()}
-    wiki_sets = {
-        name: StreamWindows(stream, config.data.block_size, drop_last=False) for name, stream in wiki_streams.items()
-    }
-    dialog_sets, dialog_splits = _dialog_sets(config, tokenizer, ("test",))
+
+
+def _load_test_data(config: ExperimentConfig, tokenizer) -> _TestData:
     e = config.eval
     if e.response_dialogues is not None and e.response_dialogues < 0:
         raise ValueError(f"eval.response_dialogues must be >= 0 or none, got {e.response_dialogues}")
+    wiki = load_wikitext_splits(config, ("valid", "test"))
+    streams = {name: encode_text(tokenizer, split) for name, split in wiki.items()}
+    dialog_sets, dialog_splits = _dialog_sets(config, tokenizer, ("test",))
     # Each model replies to every test dialogue minus its last turn, which is the human reference reply.
     replied = [
         (index, dialogue)
         for index, dialogue in enumerate(_sliced(dialog_splits["test"], e.response_dialogues).dialogues)
         if len(dialogue) >= 2  # a one-turn dialogue leaves no context to reply to
     ]
-    contexts = [dialogue[:-1] for _, dialogue in replied]
-    results = {
+    return _TestData(
+        wiki=wiki,
+        wiki_streams=streams,
+        wiki_windows={
+            name: StreamWindows(stream, config.data.block_size, drop_last=False) for name, stream in streams.items()
+        },
+        dialog_split=dialog_splits["test"],
+        dialog_windows=dialog_sets["test"],
+        replied=replied,
+    )
+
+
+def _results_header(config: ExperimentConfig, device: str, tokenizer, data: _TestData) -> dict:
+    """results.json before any model: what was run, on what, and the human replies to compare with."""
+    return {
         "preset": config.preset,
         "command": _command_line(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -464,23 +481,23 @@ def evaluate(config: ExperimentConfig, progress: bool = True) -> dict:
         "data": {
             "wikitext": {
                 "variant": config.data.wikitext,
-                "source": wiki["test"].source,
-                "test_words": wiki["test"].n_words,
-                "test_bytes": wiki["test"].n_bytes,
+                "source": data.wiki["test"].source,
+                "test_words": data.wiki["test"].n_words,
+                "test_bytes": data.wiki["test"].n_bytes,
                 "test_tokens": None,  # filled in by the first model evaluated
                 "block_size": config.data.block_size,
                 "sliced": config.data.eval_lines is not None or config.data.train_lines is not None,
             },
             "dailydialog": {
-                "source": dialog_splits["test"].source,
-                "test_dialogues": len(dialog_splits["test"].dialogues),
+                "source": data.dialog_split.source,
+                "test_dialogues": len(data.dialog_split.dialogues),
                 "block_size": config.data.dialog_block_size,
                 "sliced": config.data.eval_dialogues is not None or config.data.train_dialogues is not None,
             },
         },
         "config": config.to_dict(),
         "models": {},
-        "reference_responses": dataclasses.asdict(measure_diversity([dialogue[-1] for _, dialogue in replied])),
+        "reference_responses": dataclasses.asdict(measure_diversity([dialogue[-1] for _, dialogue in data.replied])),
         "dialog_samples": [
             {
                 "dialogue": index,  # position in the (sliced) test split
@@ -489,21 +506,82 @@ def evaluate(config: ExperimentConfig, progress: bool = True) -> dict:
                 "reference": dialogue[-1],
                 "replies": {},
             }
-            for index, dialogue in replied[:DIALOG_SAMPLES]
+            for index, dialogue in data.replied[:DIALOG_SAMPLES]
         ],
     }
 
-    def wikitext_numbers(ppl, split: TextSplit) -> dict:
-        return {
-            "loss": ppl.loss,
-            "token_ppl": ppl.token_ppl,
-            "word_ppl": ppl.word_ppl(split.n_words),
-            "bits_per_byte": ppl.bits_per_byte(split.n_bytes),
-            "tokens": ppl.tokens,
-            "words": split.n_words,
-            "bytes": split.n_bytes,
-        }
 
+def _wikitext_numbers(ppl, split: TextSplit) -> dict:
+    return {
+        "loss": ppl.loss,
+        "token_ppl": ppl.token_ppl,
+        "word_ppl": ppl.word_ppl(split.n_words),
+        "bits_per_byte": ppl.bits_per_byte(split.n_bytes),
+        "tokens": ppl.tokens,
+        "words": split.n_words,
+        "bytes": split.n_bytes,
+    }
+
+
+def _evaluate_wikitext(
+    model, name: str, config: ExperimentConfig, data: _TestData, pad: int, device: str, dtype, progress: bool
+) -> dict:
+    """Validation and test perplexity window by window, then the test split again as one stream."""
+    e = config.eval
+    numbers = {}
+    for split_name, dataset in data.wiki_windows.items():
+        logger.info("step 3: %s on WikiText-2 %s", name, split_name)
+        ppl = evaluate_perplexity(model, dataset, pad, e.batch_size, device=device, dtype=dtype, progress=progress)
+        numbers[split_name] = _wikitext_numbers(ppl, data.wiki[split_name])
+    # The same test tokens again, with context across windows: carried state or sliding window.
+    plan = plan_stream(model, e.stream_window, e.stream_stride, e.stream_lanes, config.data.block_size)
+    logger.info("step 3: %s on WikiText-2 test, %s", name, plan.method.replace("_", " "))
+    ppl = evaluate_stream(
+        model,
+        data.wiki_streams["test"],
+        window=plan.window,
+        stride=plan.stride,
+        lanes=e.stream_lanes,
+        batch_size=e.batch_size,
+        device=device,
+        dtype=dtype,
+        progress=progress,
+    )
+    numbers["test_stream"] = {**dataclasses.asdict(plan), **_wikitext_numbers(ppl, data.wiki["test"])}
+    return numbers
+
+
+def _evaluate_dialog(
+    model, name: str, config: ExperimentConfig, data: _TestData, pad: int, device: str, dtype, progress: bool
+) -> dict:
+    logger.info("step 3: %s on DailyDialog test", name)
+    ppl = evaluate_perplexity(
+        model, data.dialog_windows, pad, config.eval.batch_size, device=device, dtype=dtype, progress=progress
+    )
+    return {
+        "loss": ppl.loss,
+        "token_ppl": ppl.token_ppl,
+        "response_ppl": ppl.response_ppl,
+        "tokens": ppl.tokens,
+        "response_tokens": ppl.response_tokens,
+    }
+
+
+def evaluate(config: ExperimentConfig, progress: bool = True) -> dict:
+    """Step 3: test perplexities, replies and speed for every model; writes results.json and report.md."""
+    if not is_main_process():  # under torchrun: one process evaluates, the others stop here (docs/distributed.md)
+        logger.info("step 3 runs on rank 0 only")
+        return {}
+    device = resolve_device(config)
+    bf16 = resolve_bf16(config, device)
+    dtype = torch.bfloat16 if bf16 else None
+    tokenizer = prepare_tokenizer(config)
+    _check_evaluable(config, tokenizer)
+    pad = special_ids(tokenizer).pad
+    data = _load_test_data(config, tokenizer)
+    contexts = [dialogue[:-1] for _, dialogue in data.replied]
+    results = _results_header(config, device, tokenizer, data)
+    e = config.eval
     for name in config.model.names:
         entry: dict = {}
         results["models"][name] = entry
@@ -513,28 +591,10 @@ def evaluate(config: ExperimentConfig, progress: bool = True) -> dict:
             model, _ = load_checkpoint(wiki_ckpt, name, expected_tokenizer=tokenizer, device=device)
             entry["params"] = count_parameters(model)
             entry["architecture"] = _architecture(model.config)
-            entry["wikitext"] = _stage_summary(config, name, "wikitext")
-            for split_name, dataset in wiki_sets.items():
-                logger.info("step 3: %s on WikiText-2 %s", name, split_name)
-                ppl = evaluate_perplexity(
-                    model, dataset, pad, config.eval.batch_size, device=device, dtype=dtype, progress=progress
-                )
-                entry["wikitext"][split_name] = wikitext_numbers(ppl, wiki[split_name])
-            # The same test tokens again, with context across windows: carried state or sliding window.
-            plan = plan_stream(model, e.stream_window, e.stream_stride, e.stream_lanes, config.data.block_size)
-            logger.info("step 3: %s on WikiText-2 test, %s", name, plan.method.replace("_", " "))
-            ppl = evaluate_stream(
-                model,
-                wiki_streams["test"],
-                window=plan.window,
-                stride=plan.stride,
-                lanes=e.stream_lanes,
-                batch_size=e.batch_size,
-                device=device,
-                dtype=dtype,
-                progress=progress,
-            )
-            entry["wikitext"]["test_stream"] = {**dataclasses.asdict(plan), **wikitext_numbers(ppl, wiki["test"])}
+            entry["wikitext"] = {
+                **_stage_summary(config, name, "wikitext"),
+                **_evaluate_wikitext(model, name, config, data, pad, device, dtype, progress),
+            }
             results["data"]["wikitext"]["test_tokens"] = entry["wikitext"]["test"]["tokens"]
         else:
             logger.warning("no step-1 checkpoint %s: WikiText-2 results for %s are left out", wiki_ckpt, name)
@@ -542,20 +602,10 @@ def evaluate(config: ExperimentConfig, progress: bool = True) -> dict:
             model, _ = load_checkpoint(dialog_ckpt, name, expected_tokenizer=tokenizer, device=device)
             entry.setdefault("params", count_parameters(model))
             entry.setdefault("architecture", _architecture(model.config))
-            logger.info("step 3: %s on DailyDialog test", name)
-            ppl = evaluate_perplexity(
-                model, dialog_sets["test"], pad, config.eval.batch_size, device=device, dtype=dtype, progress=progress
-            )
-            entry["dailydialog"] = _stage_summary(config, name, "dialog")
-            entry["dailydialog"]["test"] = {
-                "loss": ppl.loss,
-                "token_ppl": ppl.token_ppl,
-                "response_ppl": ppl.response_ppl,
-                "tokens": ppl.tokens,
-                "response_tokens": ppl.response_tokens,
-            }
-            results["data"]["dailydialog"]["test_tokens"] = ppl.tokens
-            results["data"]["dailydialog"]["test_response_tokens"] = ppl.response_tokens
+            test = _evaluate_dialog(model, name, config, data, pad, device, dtype, progress)
+            entry["dailydialog"] = {**_stage_summary(config, name, "dialog"), "test": test}
+            results["data"]["dailydialog"]["test_tokens"] = test["tokens"]
+            results["data"]["dailydialog"]["test_response_tokens"] = test["response_tokens"]
         else:  # checked above: the step-1 checkpoint exists
             logger.warning("no step-2 checkpoint %s: dialogue results for %s use the step-1 model", dialog_ckpt, name)
         logger.info("step 3: %s replies to %d DailyDialog test contexts", name, len(contexts))
