@@ -53,6 +53,7 @@ def build_parser(script: str | None = None) -> argparse.ArgumentParser:
     )
     _quiet_option(parser, default=False)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
     def command(name: str, text: str) -> argparse.ArgumentParser:  # one line in `newllm --help` and atop its own
         return commands.add_parser(name, help=text, description=text)
 

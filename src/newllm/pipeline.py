@@ -423,8 +423,8 @@ class _TestData:
     """Step 3's data, read and encoded once for every model."""
 
     wiki: dict[str, TextSplit]  # "valid", "test"
-    wiki_streams: dict[str, list[int]]  # each split as one token stream
-    wiki_windows: dict[str, StreamWindows]  # the same, in block_size windows
+    wiki_windows: dict[str, StreamWindows]  # each split in block_size windows
+    wiki_test_stream: list[int]  # the test split as one token stream, for the stateful evaluation
     dialog_split: DialogSplit  # the (sliced) test split
     dialog_windows: DialogWindows
     replied: list[tuple[int, list[str]]]  # (index, dialogue) of the test dialogues the models reply to
@@ -459,10 +459,10 @@ def _load_test_data(config: ExperimentConfig, tokenizer) -> _TestData:
     ]
     return _TestData(
         wiki=wiki,
-        wiki_streams=streams,
         wiki_windows={
             name: StreamWindows(stream, config.data.block_size, drop_last=False) for name, stream in streams.items()
         },
+        wiki_test_stream=streams["test"],
         dialog_split=dialog_splits["test"],
         dialog_windows=dialog_sets["test"],
         replied=replied,
@@ -538,7 +538,7 @@ def _evaluate_wikitext(
     logger.info("step 3: %s on WikiText-2 test, %s", name, plan.method.replace("_", " "))
     ppl = evaluate_stream(
         model,
-        data.wiki_streams["test"],
+        data.wiki_test_stream,
         window=plan.window,
         stride=plan.stride,
         lanes=e.stream_lanes,

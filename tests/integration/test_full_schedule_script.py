@@ -116,7 +116,6 @@ esac
 """
 
 
-
 def fake_python(tmp_path, finetune_hangs: bool = False) -> Path:
     """FAKE_PYTHON as an executable; its step 2 returns at once unless `finetune_hangs`."""
     python = tmp_path / "python"

@@ -319,14 +319,14 @@ def test_the_answer_at_the_top_of_docs_results_is_the_committed_json_best_first(
 def test_the_stopped_dailydialog_table_of_docs_sessions_is_its_json():
     docs = SCRIPT.parents[1] / "docs"
     runs = json.loads((docs / "results" / "resd_dailydialog_session8.json").read_text(encoding="utf-8"))["runs"]
-    results = (docs / "sessions.md").read_text(encoding="utf-8")
+    sessions = (docs / "sessions.md").read_text(encoding="utf-8")
     token = [run["test"]["token_ppl"] for run in runs.values()]
     for seed, run in enumerate(runs.values()):
         val = min(row["val_ppl"] for row in run["history"])
         assert (f"| {seed} | {run['epochs_run']} ({run['best_epoch']}) | {val:.2f} | {run['test']['token_ppl']:.2f} | "
                 f"{run['test']['response_ppl']:.2f} | {run['responses']['distinct_1']:.3f} | "
-                f"{run['responses']['distinct_2']:.3f} |") in results  # fmt: skip
-    assert f"**{statistics.fmean(token):.2f} ± {statistics.stdev(token):.2f}**" in results
+                f"{run['responses']['distinct_2']:.3f} |") in sessions  # fmt: skip
+    assert f"**{statistics.fmean(token):.2f} ± {statistics.stdev(token):.2f}**" in sessions
 
 
 def test_dialog_plot_has_a_line_per_step_2_and_marks_the_stopped_ones(tmp_path, collect, monkeypatch):
