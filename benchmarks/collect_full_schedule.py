@@ -13,7 +13,11 @@ before that stays in the JSON with "complete": false and counts in no mean; one 
 ended and that was then evaluated from its own model gets a line of its own in the tables.
 
 Several folders (one per GPU session) are read in order; a run repeated in a later folder replaces
-the earlier one, its evaluation included. An evaluation from before TinyGPT2's trained positions
+the earlier one, its evaluation included. A session's run folders go with its GPU machine and only the
+summary is committed, so --previous starts from an earlier summary (its runs, evaluations and
+launches) and the folders given are read on top of it:
+
+    python benchmarks/collect_full_schedule.py --previous docs/results/full_schedule_h200.json runs/session13 ... An evaluation from before TinyGPT2's trained positions
 were recorded (its sliding window wider than its training window) keeps its reset-window numbers
 but loses its stream number and its replies: both read positions the model was never trained on.
 """
@@ -159,9 +163,14 @@ def collect_evaluations(root: Path, runs: dict) -> dict:
     return evaluations
 
 
-def collect(roots: list[Path]) -> tuple[dict, dict, list[dict]]:
-    """(runs, evaluations, launches) of several run folders, read in order: later runs replace earlier ones."""
-    runs, evaluations, launches = {}, {}, []
+def collect(roots: list[Path], previous: dict | None = None) -> tuple[dict, dict, list[dict]]:
+    """(runs, evaluations, launches) of several run folders, read in order: later runs replace earlier ones.
+
+    `previous` is an earlier output of this script: its runs, evaluations and launches come first.
+    """
+    previous = previous or {}
+    runs, evaluations = dict(previous.get("runs", {})), dict(previous.get("evaluations", {}))
+    launches = [launch for launch in previous.get("launches", []) if launch["root"] not in {r.name for r in roots}]
     for root in roots:
         root_runs = collect_runs(root)
         root_evaluations = collect_evaluations(root, root_runs)
@@ -590,8 +599,9 @@ def _sample_table(out: dict, rows: list[str], seed: int = 0) -> list[str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("roots", type=Path, nargs="+", metavar="root",
+    parser.add_argument("roots", type=Path, nargs="*", metavar="root",
                         help="the folders full_schedule.sh wrote into, oldest first")
+    parser.add_argument("--previous", type=Path, help="an earlier summary this script wrote: its runs come first")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--plot", type=Path, help="the figure of WikiText-2 validation per epoch")
     parser.add_argument("--plot-dialog", type=Path, help="the figure of DailyDialog validation per epoch")
@@ -601,7 +611,15 @@ def main() -> None:
     missing = [str(root) for root in args.roots if not root.is_dir()]
     if missing:
         raise SystemExit(f"collect_full_schedule: no such folder: {', '.join(missing)}")
-    runs, evaluations, launches = collect(args.roots)
+    previous = None
+    if args.previous:
+        try:
+            previous = json.loads(args.previous.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as error:
+            raise SystemExit(f"collect_full_schedule: cannot read --previous {args.previous}: {error}") from None
+        if not isinstance(previous, dict) or not isinstance(previous.get("runs"), dict):
+            raise SystemExit(f"collect_full_schedule: --previous {args.previous} is not a summary this script wrote")
+    runs, evaluations, launches = collect(args.roots, previous)
     if not runs:
         raise SystemExit(f"collect_full_schedule: no <row>_<model>_s<seed> run folders in {', '.join(map(str, args.roots))}")
     out = {"launches": launches, "summary": summarize(runs, evaluations), "runs": runs, "evaluations": evaluations}

@@ -114,6 +114,46 @@ def test_a_later_folder_replaces_a_run_and_its_evaluation(tmp_path, collect):
     assert "| 1 | hi | hello | hey |" in table  # seed 0's replies, from the later folder
 
 
+def run_main(collect, monkeypatch, *argv):
+    monkeypatch.setattr("sys.argv", ["collect_full_schedule.py", *map(str, argv)])
+    collect.main()
+
+
+def test_previous_summary_plus_a_new_folder_is_both_folders_read_together(tmp_path, collect, monkeypatch):
+    # a session's run folders go with its GPU machine: the committed summary must stand in for them exactly
+    old, new = tmp_path / "session3", tmp_path / "session4"
+    done = "start 1\npretrain_done 2\nfinetune_done 3\nevaluate_done 4\nexit 0 4\n"
+    for root, val in ((old, 43.0), (new, 42.0)):
+        root.mkdir()
+        (root / "launch.log").write_text(f"start {int(val)}\nall_done 99\n")
+        write_run(root, "full_tinygpt2_s0", "tinygpt2", done, history(val), history(13))
+        write_results(root / "full_tinygpt2_s0", "tinygpt2", val * 3, stream_window=128)
+    write_run(old, "full_lstm_s1", "lstm", done, history(50.0), history(16.0))
+    write_results(old / "full_lstm_s1", "lstm", 153.0, stream_window=128)
+
+    run_main(collect, monkeypatch, old, "--out", tmp_path / "previous.json")
+    run_main(collect, monkeypatch, "--previous", tmp_path / "previous.json", new, "--out", tmp_path / "stacked.json")
+    run_main(collect, monkeypatch, old, new, "--out", tmp_path / "together.json")
+    stacked = json.loads((tmp_path / "stacked.json").read_text())
+    assert stacked == json.loads((tmp_path / "together.json").read_text())
+    assert stacked["runs"]["full_tinygpt2_s0"]["root"] == "session4"  # the new folder's run replaced the old
+    assert stacked["evaluations"]["full_tinygpt2_s0"]["wikitext_test"]["word_ppl"] == 126.0
+    assert stacked["summary"]["full/lstm"]["test_word_ppl"]["values"] == [153.0]  # kept from the summary
+    # the same folder again replaces its launch instead of listing it twice
+    run_main(collect, monkeypatch, "--previous", tmp_path / "stacked.json", new, "--out", tmp_path / "again.json")
+    assert json.loads((tmp_path / "again.json").read_text()) == stacked
+
+
+@pytest.mark.parametrize("content", [None, "{not json", "[1, 2]"])
+def test_a_previous_summary_that_cannot_be_read_stops_with_one_line(tmp_path, collect, monkeypatch, content):
+    previous = tmp_path / "previous.json"
+    if content is not None:
+        previous.write_text(content)
+    with pytest.raises(SystemExit, match="--previous"):
+        run_main(collect, monkeypatch, "--previous", previous, "--out", tmp_path / "out.json")
+    assert not (tmp_path / "out.json").exists()
+
+
 def test_replies_of_a_run_stopped_before_step_2_are_not_dialogue_results(tmp_path, collect):
     step1 = "start 1\npretrain_done 2\nexit 143 3\n"  # step 2 stopped, then evaluated with the step-1 model
     write_run(tmp_path, "full_lstm_s1", "lstm", step1, history(50.0), history(30.0, 25.0))
