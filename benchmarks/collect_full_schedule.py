@@ -17,9 +17,11 @@ the earlier one, its evaluation included. A session's run folders go with its GP
 summary is committed, so --previous starts from an earlier summary (its runs, evaluations and
 launches) and the folders given are read on top of it:
 
-    python benchmarks/collect_full_schedule.py --previous docs/results/full_schedule_h200.json runs/session13 ... An evaluation from before TinyGPT2's trained positions
-were recorded (its sliding window wider than its training window) keeps its reset-window numbers
-but loses its stream number and its replies: both read positions the model was never trained on.
+    python benchmarks/collect_full_schedule.py --previous docs/results/full_schedule_h200.json runs/session13 ...
+
+An evaluation from before TinyGPT2's trained positions were recorded (its sliding window wider
+than its training window) keeps its reset-window numbers but loses its stream number and its
+replies: both read positions the model was never trained on.
 """
 
 from __future__ import annotations
@@ -170,7 +172,8 @@ def collect(roots: list[Path], previous: dict | None = None) -> tuple[dict, dict
     """
     previous = previous or {}
     runs, evaluations = dict(previous.get("runs", {})), dict(previous.get("evaluations", {}))
-    launches = [launch for launch in previous.get("launches", []) if launch["root"] not in {r.name for r in roots}]
+    read_again = {root.name for root in roots}  # a folder read again replaces its launch
+    launches = [launch for launch in previous.get("launches", []) if launch["root"] not in read_again]
     for root in roots:
         root_runs = collect_runs(root)
         root_evaluations = collect_evaluations(root, root_runs)
