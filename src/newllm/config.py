@@ -62,6 +62,11 @@ class ModelConfig:
     forget_bias: float = 0.0
     input_bias: float = 0.0
     context_scales: int = 1  # multi-scale context: blocks with their own LayerNorm and time scale
+    block: str = "linear"  # "linear" (Linear → ReLU layers) or "mlp" (pre-norm Transformer MLP blocks)
+    mlp_ratio: int = 4  # the mlp block's inner width, in units of hidden_size
+    final_norm: bool = False  # LayerNorm on the FFN output, before the head and the context update
+    candidate: str = "linear"  # "tanh" bounds the context candidate Δ
+    context_clamp: float = 10.0  # the context is clamped to ±this; 0: no clamp
     gpt2_layers: int = 4  # preferred depth; the width is solved for the budget
     gpt2_positions: int = 512  # must cover the longest window and prompt + response
     lstm_layers: int = 2

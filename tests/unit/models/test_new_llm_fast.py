@@ -126,6 +126,67 @@ def test_cuda_fast_paths_match_eager_forward_and_gradients(mode, options):
             torch.testing.assert_close(fast, ref, rtol=1e-4, atol=1e-5)
 
 
+# The MLP-block cell (block="mlp" with the options it is used with): autograd, captured as a CUDA graph
+MLP_CELL = dict(block="mlp", embedding_size=32, hidden_size=32, context_size=32, mlp_ratio=2, tie_embeddings=True,
+                final_norm=True, candidate="tanh", context_clamp=0.0, forget_bias=1.0)  # fmt: skip
+
+
+@cuda
+@pytest.mark.parametrize("mode", ["graphed", "compiled+graphed"])
+def test_cuda_graphed_autograd_scan_matches_eager_for_the_mlp_cell(mode):
+    torch.manual_seed(0)
+    model = NewLLMForCausalLM(tiny_new_llm_config(**MLP_CELL)).cuda()
+    assert not model.model.cell.fused_scan_ok
+    ids = random_ids(4, 16).cuda()
+    with torch.no_grad():
+        logits_ref = model(ids).logits
+    loss_ref, grads_ref = _loss_and_grads(model, ids)
+    model.set_fast_path(mode)
+    for _ in range(2):  # capture, then replay
+        loss, grads = _loss_and_grads(model, ids)
+        torch.testing.assert_close(loss, loss_ref, rtol=1e-5, atol=1e-5)
+        for ref, fast in zip(grads_ref, grads):
+            torch.testing.assert_close(fast, ref, rtol=1e-4, atol=1e-5)
+        with torch.no_grad():
+            torch.testing.assert_close(model(ids).logits, logits_ref, rtol=1e-5, atol=1e-5)
+    assert len(model.model.cell._scan_graphs) == 2  # training and validation
+
+
+@cuda
+def test_cuda_graphed_autograd_scan_steps_like_eager_under_bf16_and_draws_new_masks():
+    # Two optimizer steps on the graphed path land where two eager steps land (dropout off), and with
+    # dropout on each replay draws new masks.
+    torch.manual_seed(0)
+    eager = NewLLMForCausalLM(tiny_new_llm_config(**MLP_CELL)).cuda()
+    fast = NewLLMForCausalLM(tiny_new_llm_config(**MLP_CELL)).cuda().set_fast_path("compiled+graphed")
+    fast.load_state_dict(eager.state_dict())
+    ids = random_ids(4, 16).cuda()
+    for model in (eager, fast):
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+        for _ in range(2):
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                loss = model(ids, labels=ids).loss
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad()
+    for (name, a), b in zip(eager.named_parameters(), fast.parameters()):
+        torch.testing.assert_close(b, a, rtol=1e-3, atol=1e-4, msg=lambda m: f"{name}: {m}")
+    dropped = NewLLMForCausalLM(tiny_new_llm_config(**{**MLP_CELL, "dropout": 0.3})).cuda().train()
+    dropped.set_fast_path("graphed")
+    losses = [dropped(ids, labels=ids).loss.item() for _ in range(3)]
+    assert len(set(losses)) == 3, losses
+
+
+@cuda
+def test_cuda_graphed_decoder_equals_generate_for_the_mlp_cell():
+    torch.manual_seed(0)
+    model = NewLLMForCausalLM(tiny_new_llm_config(**MLP_CELL)).cuda().eval()
+    ids = random_ids(2, 9).cuda()
+    decoder = GreedyDecoder(model, batch_size=2, max_new_tokens=12)
+    assert decoder.graph is not None
+    torch.testing.assert_close(decoder.generate(ids, 12), _greedy_generate(model, ids, 12), rtol=0, atol=0)
+
+
 @cuda
 @pytest.mark.parametrize("mode", ["compiled", "graphed", "compiled+graphed"])
 def test_cuda_fast_paths_match_eager_under_no_grad_between_training_steps(mode):

@@ -1,4 +1,4 @@
-"""The research options of NewLLMConfig (issue 4): each one builds, computes what it says, and round-trips."""
+"""The research options of NewLLMConfig: each one builds, computes what it says, and round-trips."""
 
 import math
 
@@ -18,6 +18,13 @@ OPTIONS = {
     "multi-scale": dict(context_scales=4),
     "parallel": dict(cell="parallel"),
     "parallel, everything": dict(cell="parallel", residual=True, ffn_norm=True, context_scales=2, forget_bias=1.0),
+    "mlp block": dict(block="mlp", mlp_ratio=2),
+    "final norm": dict(final_norm=True),
+    "tanh candidate, no clamp": dict(candidate="tanh", context_clamp=0.0),
+    # the levers together: one width, tied head, final norm, MLP blocks, tanh candidate, forget bias
+    "mlp cell": dict(block="mlp", mlp_ratio=3, embedding_size=48, context_size=48, tie_embeddings=True,
+                     final_norm=True, candidate="tanh", context_clamp=0.0, forget_bias=1.0, embedding_dropout=0.1),
+    "parallel, mlp": dict(cell="parallel", block="mlp", final_norm=True, candidate="tanh"),
 }
 
 
@@ -45,7 +52,8 @@ def test_option_trains_generates_and_round_trips(name, tmp_path):
         torch.testing.assert_close(loaded(ids).logits, model(ids).logits)
 
 
-@pytest.mark.parametrize("name", ["residual + norm", "multi-scale", "parallel", "parallel, everything"])
+@pytest.mark.parametrize("name", ["residual + norm", "multi-scale", "parallel", "parallel, everything", "mlp block",
+                                  "final norm", "tanh candidate, no clamp", "mlp cell", "parallel, mlp"])
 def test_training_forward_equals_step_by_step_reference(name):
     """Whatever path training takes (fused scan, autograd scan, parallel scan), it is `cell.step` along T."""
     model = build(**OPTIONS[name]).eval()  # dropout off: the paths must agree exactly
@@ -69,7 +77,8 @@ def test_default_config_is_the_seed_cell_with_its_state_dict():
 
 @pytest.mark.parametrize("name, fused", [("forget/input bias", True), ("embedding dropout", True), ("tied", True),
                                          ("residual + norm", True), ("context dropout", True),
-                                         ("multi-scale", False)])  # fmt: skip
+                                         ("multi-scale", False), ("mlp block", False), ("final norm", False),
+                                         ("tanh candidate, no clamp", False)])  # fmt: skip
 def test_fused_scan_covers_exactly_the_options_it_implements(name, fused):
     assert build(**OPTIONS[name]).model.cell.fused_scan_ok is fused
 
@@ -151,6 +160,11 @@ def test_parallel_cell_carries_the_context_through_left_padding():
         (dict(embedding_dropout=1.0), "embedding_dropout must be in"),
         (dict(tie_embeddings=True), "tie_embeddings needs embedding_size == hidden_size"),
         (dict(context_scales=3), "context_scales must be a positive divisor"),
+        (dict(block="conv"), "block must be one of linear, mlp"),
+        (dict(candidate="relu"), "candidate must be one of linear, tanh"),
+        (dict(mlp_ratio=0), "mlp_ratio must be a positive integer"),
+        (dict(context_clamp=-1.0), "context_clamp must be >= 0"),
+        (dict(block="mlp", residual=True), "the mlp block has both built in"),
     ],
 )
 def test_contradictory_options_are_refused(bad, message):
@@ -162,3 +176,61 @@ def test_parallel_variant_has_about_the_seed_parameter_count():
     seed = sum(p.numel() for p in NewLLMForCausalLM(NewLLMConfig(vocab_size=8192)).parameters())
     parallel = sum(p.numel() for p in NewLLMForCausalLM(NewLLMConfig(vocab_size=8192, cell="parallel")).parameters())
     assert abs(parallel - seed) / seed < 0.05
+
+
+def test_mlp_block_stack_is_additive_input_then_pre_norm_residual_mlps():
+    """h_0 = W_tok e + W_ctx c + b; h_l = h_{l-1} + W_2 GELU(W_1 LN(h_{l-1})) + b_2; then the final LayerNorm."""
+    cell = build(block="mlp", mlp_ratio=3, final_norm=True).model.cell.eval()
+    assert len(cell.blocks) == 2 and cell.blocks[0].up.out_features == 3 * 48
+    embedding, context = torch.randn(5, 24), torch.randn(5, 16)
+    first = cell.layers[0]
+    hidden = embedding @ first.weight[:, :24].t() + context @ first.weight[:, 24:].t() + first.bias
+    for block in cell.blocks:
+        normed = torch.nn.functional.layer_norm(hidden, (48,), block.norm.weight, block.norm.bias)
+        hidden = hidden + block.down(torch.nn.functional.gelu(block.up(normed)))
+    expected = torch.nn.functional.layer_norm(hidden, (48,), cell.final_norm.weight, cell.final_norm.bias)
+    with torch.no_grad():
+        torch.testing.assert_close(cell.feed_forward(embedding, context), expected)
+
+
+def test_tanh_candidate_is_bounded_and_no_clamp_lets_the_context_past_ten():
+    cell = build(candidate="tanh", context_clamp=0.0).model.cell
+    size = cell.context_size
+    hidden, context = torch.randn(3, 48), torch.randn(3, size)
+    with torch.no_grad():
+        cell.context_norm.weight.fill_(50.0)  # LN output ±50 · x̂: a clamp at 10 would bind
+        delta, forget, inp = cell.context_proj(hidden).chunk(3, dim=-1)
+        mixed = torch.sigmoid(forget) * context + torch.sigmoid(inp) * torch.tanh(delta)
+        expected = torch.nn.functional.layer_norm(mixed, (size,), cell.context_norm.weight, cell.context_norm.bias)
+        updated = cell.update_context(hidden, context)
+    torch.testing.assert_close(updated, expected)
+    assert updated.abs().max() > 10
+    clamped = build(candidate="tanh").model.cell
+    with torch.no_grad():
+        clamped.context_norm.weight.fill_(50.0)
+        assert clamped.update_context(hidden, context).abs().max() <= 10
+
+
+def test_weight_decay_reaches_the_matrices_and_spares_biases_and_norms():
+    """The Trainer's own rule (AdamW groups): every ≥ 2-D weight decays, the tied embedding included;
+    biases and LayerNorm gains and shifts do not."""
+    from transformers import Trainer
+
+    model = build(**OPTIONS["mlp cell"])
+    decayed = set(Trainer.get_decay_parameter_names(None, model))
+    names = dict(model.named_parameters())
+    matrices = {n for n, p in names.items() if p.ndim >= 2}
+    assert decayed == matrices
+    assert "model.embed_tokens.weight" in decayed
+    assert {"model.cell.context_norm.weight", "model.cell.final_norm.weight", "model.cell.blocks.0.norm.weight",
+            "lm_head_bias", "model.cell.context_proj.bias"}.isdisjoint(decayed)  # fmt: skip
+
+
+def test_mlp_cell_at_one_width_of_384_fits_the_prototype_budget():
+    """configs/study/new_llm.toml's cell: d = 384 for embedding, context and blocks, 3 blocks of ratio 4, tied head."""
+    prototype = sum(p.numel() for p in NewLLMForCausalLM(NewLLMConfig(vocab_size=8192)).parameters())
+    config = NewLLMConfig(vocab_size=8192, block="mlp", embedding_size=384, context_size=384, hidden_size=384,
+                          num_hidden_layers=3, mlp_ratio=4, tie_embeddings=True, final_norm=True)  # fmt: skip
+    with torch.device("meta"):
+        mlp = sum(p.numel() for p in NewLLMForCausalLM(config).parameters())
+    assert abs(mlp - prototype) / prototype < 0.01

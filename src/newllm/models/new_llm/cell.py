@@ -11,6 +11,14 @@ No attention and no positional embedding: position is only what the context has 
 whole sequence faster (see its docstring), and scan.py faster still for training. The research
 options of `NewLLMConfig` (residuals, pre-norms, context dropout, multi-scale context) change the
 FFN and the normalisation; all default to the prototype's cell.
+
+With `block="mlp"` the stack is a Transformer's MLP sublayers without the attention:
+
+    h_0 = W_in [e; c] + b = W_tok e + W_ctx c + b       (the context enters additively)
+    h_l = h_{l-1} + Dropout(W_2 GELU(W_1 LN(h_{l-1})))   W_1: d → k·d, W_2: k·d → d, l = 1..L
+
+and `final_norm` puts a LayerNorm on h_L before the head and the context update read it.
+`candidate="tanh"` bounds Δ by tanh, and `context_clamp=0` drops the clamp.
 """
 
 from __future__ import annotations
@@ -20,6 +28,23 @@ import math
 import torch
 from torch import nn
 from torch.nn import functional as F
+
+
+BLOCKS = ("linear", "mlp")
+
+
+class MLPBlock(nn.Module):
+    """h + Dropout(W_2 GELU(W_1 LN(h))): a pre-norm Transformer MLP sublayer."""
+
+    def __init__(self, width: int, ratio: int, dropout: float, layer_norm_eps: float):
+        super().__init__()
+        self.norm = nn.LayerNorm(width, eps=layer_norm_eps)
+        self.up = nn.Linear(width, ratio * width)
+        self.down = nn.Linear(ratio * width, width)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return hidden + self.dropout(self.down(F.gelu(self.up(self.norm(hidden)))))
 
 
 class BaseCell(nn.Module):
@@ -41,22 +66,37 @@ class BaseCell(nn.Module):
         ffn_norm: bool = False,
         context_scales: int = 1,
         layer_norm_eps: float = 1e-5,
+        block: str = "linear",
+        mlp_ratio: int = 4,
+        final_norm: bool = False,
     ):
         super().__init__()
         self.embedding_size = embedding_size
         self.context_size = context_size
         self.context_scales = context_scales
-        widths = [embedding_size + context_size] + [hidden_size] * num_layers
-        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(widths[:-1], widths[1:]))
+        self.block = block
         self.dropout = nn.Dropout(dropout)
         self.context_dropout = nn.Dropout(context_dropout)
         self.residual = residual
-        # LayerNorm before each of layers 2..L (absent by default, so the seed's state dict is unchanged)
-        self.norms = (
-            nn.ModuleList(nn.LayerNorm(hidden_size, eps=layer_norm_eps) for _ in range(num_layers - 1))
-            if ffn_norm
-            else None
-        )
+        if block == "mlp":
+            # h_0 = W_in [e; c] + b, then L pre-norm MLP blocks on a residual stream
+            self.layers = nn.ModuleList([nn.Linear(embedding_size + context_size, hidden_size)])
+            self.blocks = nn.ModuleList(
+                MLPBlock(hidden_size, mlp_ratio, dropout, layer_norm_eps) for _ in range(num_layers)
+            )
+            self.norms = None
+        else:
+            widths = [embedding_size + context_size] + [hidden_size] * num_layers
+            self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(widths[:-1], widths[1:]))
+            self.blocks = None
+            # LayerNorm before each of layers 2..L (absent by default, so the seed's state dict is unchanged)
+            self.norms = (
+                nn.ModuleList(nn.LayerNorm(hidden_size, eps=layer_norm_eps) for _ in range(num_layers - 1))
+                if ffn_norm
+                else None
+            )
+        # A LayerNorm on the FFN output, read by the head and (seed cell) the context update
+        self.final_norm = nn.LayerNorm(hidden_size, eps=layer_norm_eps) if final_norm else None
         # W_Δ, W_f, W_i as one matmul: rows [0:C) give Δ, [C:2C) give f, [2C:3C) give i.
         self.context_proj = nn.Linear(gate_input_size, 3 * context_size)
         self.context_proj.is_context_projection = True  # its gate biases have their own init (modeling.py)
@@ -65,22 +105,34 @@ class BaseCell(nn.Module):
         self.compile_steps = False
         self.cuda_graphs = False
 
+    def forward(self, token_embeddings: torch.Tensor, context: torch.Tensor, mask: torch.Tensor | None = None):
+        """`scan`: what `torch.func.functional_call` runs when a CUDA graph captures the cell (scan.py)."""
+        return self.scan(token_embeddings, context, mask)
+
     def initial_context(self, batch_size: int, device=None, dtype=None) -> torch.Tensor:
         """c_0 = 0."""
         return torch.zeros(batch_size, self.context_size, device=device, dtype=dtype)
 
-    def rest(self, hidden: torch.Tensor) -> torch.Tensor:
-        """Layers 2..L on the output of layer 1."""
-        for i, layer in enumerate(self.layers[1:]):
-            x = hidden if self.norms is None else self.norms[i](hidden)
-            out = self.dropout(F.relu(layer(x)))
-            hidden = hidden + out if self.residual else out
-        return hidden
+    def first_activation(self, pre: torch.Tensor) -> torch.Tensor:
+        """What follows the first Linear on [e; c]: ReLU and dropout, or nothing (the MLP blocks' residual stream)."""
+        return pre if self.blocks is not None else self.dropout(F.relu(pre))
+
+    def after_first_layer(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Everything after the first layer: layers 2..L (or the MLP blocks), then the final norm."""
+        if self.blocks is not None:
+            for block in self.blocks:
+                hidden = block(hidden)
+        else:
+            for i, layer in enumerate(self.layers[1:]):
+                x = hidden if self.norms is None else self.norms[i](hidden)
+                out = self.dropout(F.relu(layer(x)))
+                hidden = hidden + out if self.residual else out
+        return hidden if self.final_norm is None else self.final_norm(hidden)
 
     def feed_forward(self, token_embedding: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         """h = FFN([e; c]) for any leading shape: (..., E), (..., C) → (..., H)."""
         hidden = torch.cat([token_embedding, self.context_dropout(context)], dim=-1)
-        return self.rest(self.dropout(F.relu(self.layers[0](hidden))))
+        return self.after_first_layer(self.first_activation(self.layers[0](hidden)))
 
     def normalize_context(self, mixed: torch.Tensor) -> torch.Tensor:
         """The context LayerNorm over the whole context, or over each of `context_scales` blocks (shared affine)."""
@@ -119,30 +171,47 @@ class NewLLMCell(BaseCell):
         residual: bool = False,
         ffn_norm: bool = False,
         context_scales: int = 1,
+        block: str = "linear",
+        mlp_ratio: int = 4,
+        final_norm: bool = False,
+        candidate: str = "linear",
     ):
         super().__init__(
             embedding_size, context_size, hidden_size, num_layers, gate_input_size=hidden_size, dropout=dropout,
             context_dropout=context_dropout, residual=residual, ffn_norm=ffn_norm, context_scales=context_scales,
-            layer_norm_eps=layer_norm_eps,
+            layer_norm_eps=layer_norm_eps, block=block, mlp_ratio=mlp_ratio, final_norm=final_norm,
         )  # fmt: skip
-        self.context_clamp = context_clamp
+        self.context_clamp = context_clamp  # 0: no clamp
+        self.candidate = candidate
 
     @property
     def fused_scan_ok(self) -> bool:
-        """Whether scan.py's hand-written backward covers this cell (all but multi-scale contexts)."""
-        return self.context_scales == 1
+        """Whether scan.py's hand-written backward covers this cell: the prototype's Linear+ReLU stack (with
+        residuals, pre-norms and dropouts), a linear candidate, a clamp, one context scale. Other cells
+        train through autograd (CUDA-graphed on the fast path, scan.graphed_autograd_scan)."""
+        return (
+            self.context_scales == 1
+            and self.blocks is None
+            and self.final_norm is None
+            and self.candidate == "linear"
+            and self.context_clamp > 0
+        )
 
     @property
     def fast_no_grad(self) -> bool:
         """Whether no_grad forwards take the fused scan too: only once `set_fast_path` chose a CUDA fast path."""
         return self.compile_steps or self.cuda_graphs
 
+    def _bound(self, normed: torch.Tensor) -> torch.Tensor:
+        return normed.clamp(-self.context_clamp, self.context_clamp) if self.context_clamp > 0 else normed
+
     def update_context(self, hidden: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
-        """c ← clamp(LN(σ(f)·c + σ(i)·Δ), ±clamp)."""
+        """c ← clamp(LN(σ(f)·c + σ(i)·Δ), ±clamp), Δ through tanh with `candidate="tanh"`."""
         delta, forget, inp = self.context_proj(hidden).chunk(3, dim=-1)
+        if self.candidate == "tanh":
+            delta = torch.tanh(delta)
         mixed = torch.sigmoid(forget) * context + torch.sigmoid(inp) * delta
-        normed = self.normalize_context(mixed)
-        return normed.clamp(-self.context_clamp, self.context_clamp)
+        return self._bound(self.normalize_context(mixed))
 
     def step(self, token_embedding: torch.Tensor, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Reference step: (B, E), (B, C) → hidden (B, H), next context (B, C)."""
@@ -169,7 +238,7 @@ class NewLLMCell(BaseCell):
         hiddens = []
         for t in range(token_part.shape[0]):
             read = self.context_dropout(context)
-            hidden = self.rest(self.dropout(F.relu(torch.addmm(token_part[t], read, context_weight_t))))
+            hidden = self.after_first_layer(self.first_activation(torch.addmm(token_part[t], read, context_weight_t)))
             new_context = self._fused_update(hidden, context)
             if mask is not None:
                 new_context = torch.where(mask[:, t, None].bool(), new_context, context)
@@ -180,7 +249,8 @@ class NewLLMCell(BaseCell):
     def _fused_update(self, hidden: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         """`update_context` in fewer kernels: one sigmoid for both gates, one addcmul for the mix."""
         delta, gates = self.context_proj(hidden).split([self.context_size, 2 * self.context_size], dim=-1)
+        if self.candidate == "tanh":
+            delta = torch.tanh(delta)
         forget, inp = torch.sigmoid(gates).chunk(2, dim=-1)
         mixed = torch.addcmul(inp * delta, forget, context)
-        normed = self.normalize_context(mixed)
-        return normed.clamp(-self.context_clamp, self.context_clamp)
+        return self._bound(self.normalize_context(mixed))

@@ -6,6 +6,8 @@ from transformers import PretrainedConfig
 
 
 CELLS = ("seed", "parallel")
+BLOCKS = ("linear", "mlp")
+CANDIDATES = ("linear", "tanh")
 
 
 class NewLLMConfig(PretrainedConfig):
@@ -17,7 +19,7 @@ class NewLLMConfig(PretrainedConfig):
         hidden_size: width of each feed-forward layer; the last one's output `h` feeds the heads.
         num_hidden_layers: number of Linear → ReLU → Dropout layers on `[embedding; context]`.
         dropout: dropout after each feed-forward layer.
-        context_clamp: the context is clamped to ±this after its LayerNorm (the prototype used 10).
+        context_clamp: the context is clamped to ±this after its LayerNorm (the prototype used 10); 0: no clamp.
         layer_norm_eps: epsilon of the context LayerNorm.
         initializer_range: std of the normal init of linear and embedding weights.
         use_cache: return the context as `past_key_values` (what `generate()` feeds back).
@@ -36,6 +38,13 @@ class NewLLMConfig(PretrainedConfig):
         context_scales: the context is split into this many blocks, each with its own LayerNorm and a
             forget-gate bias that starts it at a different time scale (about 4^k tokens for block k);
             `forget_bias` is then ignored.
+
+    Block options (cell.py's docstring has the equations):
+        block: "linear" (the prototype: L × Linear → ReLU → Dropout on [e; c]) or "mlp" (h_0 = W_in [e; c],
+            then L pre-norm Transformer MLP blocks h ← h + Dropout(W_2 GELU(W_1 LN(h))) of width hidden_size).
+        mlp_ratio: k, the MLP blocks' inner width k · hidden_size.
+        final_norm: a LayerNorm on the FFN output, read by the head and by the context update.
+        candidate: "linear" (Δ = W_Δ h) or "tanh" (Δ = tanh(W_Δ h), bounded like an LSTM's candidate).
     """
 
     model_type = "new_llm"
@@ -62,6 +71,10 @@ class NewLLMConfig(PretrainedConfig):
         forget_bias: float = 0.0,
         input_bias: float = 0.0,
         context_scales: int = 1,
+        block: str = "linear",
+        mlp_ratio: int = 4,
+        final_norm: bool = False,
+        candidate: str = "linear",
         **kwargs,
     ):
         for name, value in [
@@ -75,8 +88,16 @@ class NewLLMConfig(PretrainedConfig):
                 raise ValueError(f"NewLLMConfig.{name} must be a positive integer, got {value!r}")
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"NewLLMConfig.dropout must be in [0, 1), got {dropout!r}")
-        if context_clamp <= 0:
-            raise ValueError(f"NewLLMConfig.context_clamp must be positive, got {context_clamp!r}")
+        if not context_clamp >= 0:
+            raise ValueError(f"NewLLMConfig.context_clamp must be >= 0 (0: no clamp), got {context_clamp!r}")
+        if block not in BLOCKS:
+            raise ValueError(f"NewLLMConfig.block must be one of {', '.join(BLOCKS)}, got {block!r}")
+        if candidate not in CANDIDATES:
+            raise ValueError(f"NewLLMConfig.candidate must be one of {', '.join(CANDIDATES)}, got {candidate!r}")
+        if not isinstance(mlp_ratio, int) or mlp_ratio < 1:
+            raise ValueError(f"NewLLMConfig.mlp_ratio must be a positive integer, got {mlp_ratio!r}")
+        if block == "mlp" and (residual or ffn_norm):
+            raise ValueError("NewLLMConfig.residual and ffn_norm shape the linear block; the mlp block has both built in")
         if cell not in CELLS:
             raise ValueError(f"NewLLMConfig.cell must be one of {', '.join(CELLS)}, got {cell!r}")
         for name, value in [("embedding_dropout", embedding_dropout), ("context_dropout", context_dropout)]:
@@ -110,6 +131,10 @@ class NewLLMConfig(PretrainedConfig):
         self.forget_bias = forget_bias
         self.input_bias = input_bias
         self.context_scales = context_scales
+        self.block = block
+        self.mlp_ratio = mlp_ratio
+        self.final_norm = final_norm
+        self.candidate = candidate
         # Hugging Face's tying machinery stays off: `tie_embeddings` shares the matrix in the model itself.
         kwargs.setdefault("tie_word_embeddings", False)
         super().__init__(**kwargs)

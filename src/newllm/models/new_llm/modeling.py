@@ -14,7 +14,7 @@ from transformers import GenerationMixin, PreTrainedModel
 from newllm.models.new_llm.cell import NewLLMCell, init_gate_biases
 from newllm.models.new_llm.parallel import ParallelNewLLMCell
 from newllm.models.new_llm.configuration import NewLLMConfig
-from newllm.models.new_llm.scan import fused_scan
+from newllm.models.new_llm.scan import fused_scan, graphed_autograd_scan
 from newllm.models.recurrent import (
     RecurrentCache,
     RecurrentGenerationMixin,
@@ -63,6 +63,10 @@ class NewLLMModel(NewLLMPreTrainedModel):
             residual=config.residual,
             ffn_norm=config.ffn_norm,
             context_scales=config.context_scales,
+            block=config.block,
+            mlp_ratio=config.mlp_ratio,
+            final_norm=config.final_norm,
+            candidate=config.candidate,
         )
         if config.cell == "parallel":
             self.cell = ParallelNewLLMCell(**shared)
@@ -87,12 +91,17 @@ class NewLLMModel(NewLLMPreTrainedModel):
             context = self.cell.initial_context(input_ids.shape[0], embeddings.device, embeddings.dtype)
         if not needs_state_mask(attention_mask):
             attention_mask = None  # no left padding: skip the per-step select
-        if attention_mask is None and self.cell.fused_scan_ok and (torch.is_grad_enabled() or self.cell.fast_no_grad):
+        cell = self.cell
+        if attention_mask is None and isinstance(cell, NewLLMCell) and (torch.is_grad_enabled() or cell.fast_no_grad):
             # Training: the same function with a hand-written backward (scan.py), several times faster.
             # Its validation too, once `set_fast_path` chose a CUDA fast path; other no_grad calls
             # (evaluation, generation) keep the reference loop, which runs under autocast.
-            return fused_scan(self.cell, embeddings, context)
-        return self.cell.scan(embeddings, context, attention_mask)
+            if cell.fused_scan_ok:
+                return fused_scan(cell, embeddings, context)
+            if cell.cuda_graphs and embeddings.is_cuda:
+                # a cell the hand-written backward does not cover: autograd, captured as a CUDA graph
+                return graphed_autograd_scan(cell, embeddings, context)
+        return cell.scan(embeddings, context, attention_mask)
 
 
 class NewLLMForCausalLM(RecurrentGenerationMixin, NewLLMPreTrainedModel, GenerationMixin):

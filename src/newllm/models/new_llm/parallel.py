@@ -65,19 +65,26 @@ class ParallelNewLLMCell(BaseCell):
         residual: bool = False,
         ffn_norm: bool = False,
         context_scales: int = 1,
+        block: str = "linear",
+        mlp_ratio: int = 4,
+        final_norm: bool = False,
+        candidate: str = "linear",
         chunk: int = 16,
     ):
         # The [Δ, f, i] projection reads the token embedding (E), not the FFN output.
         super().__init__(
             embedding_size, context_size, hidden_size, num_layers, gate_input_size=embedding_size, dropout=dropout,
             context_dropout=context_dropout, residual=residual, ffn_norm=ffn_norm, context_scales=context_scales,
-            layer_norm_eps=layer_norm_eps,
+            layer_norm_eps=layer_norm_eps, block=block, mlp_ratio=mlp_ratio, final_norm=final_norm,
         )  # fmt: skip
+        self.candidate = candidate
         self.chunk = chunk
 
     def _gates(self, token_embedding: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(log f, i ⊙ Δ) in float32: the scan multiplies many factors, bf16 would lose them."""
         delta, forget, inp = self.context_proj(token_embedding).float().chunk(3, dim=-1)
+        if self.candidate == "tanh":
+            delta = torch.tanh(delta)
         return F.logsigmoid(forget), torch.sigmoid(inp) * delta
 
     def _read(self, token_embedding: torch.Tensor, context: torch.Tensor) -> torch.Tensor:

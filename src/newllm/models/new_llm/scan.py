@@ -21,6 +21,10 @@ cell trade set-up time for speed (`NewLLMForCausalLM.set_fast_path`):
         step's element-wise work into a few kernels;
     cuda_graphs: the whole scan, forward and backward, is captured once per input shape
         (`CapturedScan`) and then replayed, with no Python or launch cost per token.
+
+Cells the hand-written backward does not cover (the MLP block, a tanh candidate, a final norm, no
+clamp, a multi-scale context) train through autograd on `cell.scan`; with `cuda_graphs` that whole
+scan, autograd's backward included, is captured and replayed the same way (`graphed_autograd_scan`).
 """
 
 from __future__ import annotations
@@ -354,3 +358,22 @@ def fused_scan(cell, token_embeddings: torch.Tensor, context: torch.Tensor) -> t
             scan = _graphed(cell, scan, tensors, (options, dropout_p, context_dropout_p, steps is not EAGER_STEPS))
         hidden, context = scan(*tensors)
     return hidden.transpose(0, 1), context
+
+
+def _cell_scan(token_embeddings, context, *params, cell, names):
+    """`cell.scan` with its parameters passed in as tensors, so that a capture can differentiate them."""
+    return torch.func.functional_call(cell, dict(zip(names, params)), (token_embeddings, context))
+
+
+def graphed_autograd_scan(cell, token_embeddings: torch.Tensor, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """`cell.scan` (autograd, any option) captured as CUDA graphs per input shape: (B, T, E), (B, C) → (B, T, H), (B, C).
+
+    Runs in the parameters' dtype with autocast off, as `fused_scan` does: a capture cannot hold
+    autocast's weight-cast cache, and the loop is bound by launches, not by arithmetic. Dropout
+    draws fresh masks at every replay (PyTorch's CUDA generator is graph-safe)."""
+    names, params = zip(*cell.named_parameters())
+    with torch.autocast(token_embeddings.device.type, enabled=False):
+        dtype = params[0].dtype
+        tensors = (token_embeddings.to(dtype), context.to(dtype), *params)
+        scan = functools.partial(_cell_scan, cell=cell, names=names)
+        return _graphed(cell, scan, tensors, ("autograd", cell.training))(*tensors)

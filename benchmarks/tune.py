@@ -1,0 +1,239 @@
+"""The tuning grid: every model family trained on the same grid of settings, chosen on validation only.
+
+    python benchmarks/tune.py run RUNS_DIR [--grid configs/study_grid.toml] [--gpus 0,1] [--mps] [--deadline UNIX]
+    python benchmarks/tune.py collect RUNS_DIR --out docs/results/study_grid.json
+
+A grid file names a preset, a seed, the axes every family shares and, per family, axes of its own and
+settings that follow another (configs/study_grid.toml). `run` trains the tokenizer once, then runs
+step 1 (`newllm pretrain`) of every point side by side, one process each, spread over the GPUs
+(`--mps` starts a CUDA MPS daemon so that the processes share each GPU's SMs instead of taking turns;
+`--deadline` gives every run a time limit, after which it ends with its best model, marked stopped).
+`collect` reads each point's history and writes one JSON: the points with their best validation
+loss and perplexity, and the chosen point of each family (lowest validation loss). The test split is
+never read: the chosen settings are run with 3 seeds through all three steps afterwards.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import itertools
+import json
+import math
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
+
+ROOT = Path(__file__).resolve().parents[1]
+MARGIN = 60  # seconds before --deadline left to each run for its last evaluation and save
+
+
+def load_grid(path: Path) -> dict:
+    """The grid file, checked: a preset, a seed, shared axes and a table per family."""
+    grid = tomllib.loads(path.read_text(encoding="utf-8"))
+    unknown = set(grid) - {"preset", "seed", "axes", "families"}
+    if unknown or "families" not in grid or "preset" not in grid:
+        raise SystemExit(f"{path}: a grid needs preset, families (and may have seed, axes); unknown: {sorted(unknown)}")
+    for family, table in grid["families"].items():
+        extra = set(table) - {"axes", "follow"}
+        if extra:
+            raise SystemExit(f"{path}: families.{family} may hold axes and follow, not {sorted(extra)}")
+    return grid
+
+
+def points(grid: dict) -> list[dict]:
+    """Every (family, settings) of the grid, with a run name made of the settings."""
+    out = []
+    for family, table in grid["families"].items():
+        axes = {**grid.get("axes", {}), **table.get("axes", {})}
+        for values in itertools.product(*axes.values()):
+            settings = dict(zip(axes, values))
+            for target, source in table.get("follow", {}).items():
+                settings[target] = settings[source]
+            name = "_".join([family] + [f"{key.rsplit('.', 1)[-1]}{value}" for key, value in zip(axes, values)])
+            out.append({"name": name, "family": family, "settings": settings})
+    return out
+
+
+def command(grid: dict, point: dict, runs_dir: Path, python: str, time_limit: float | None) -> list[str]:
+    cmd = [python, "-m", "newllm.cli", "pretrain", "--preset", grid["preset"], "--models", point["family"],
+           "--output-dir", str(runs_dir / point["name"]), "--no-progress", "--set", f"pretrain.seed={grid.get('seed', 0)}"]  # fmt: skip
+    for key, value in point["settings"].items():
+        cmd += ["--set", f"{key}={value}"]
+    if time_limit is not None:
+        cmd += ["--set", f"pretrain.time_limit={max(time_limit, 1):.0f}"]
+    return cmd
+
+
+def gpu_uuids() -> list[str]:
+    """The GPUs' UUIDs in index order (what an MPS client's CUDA_VISIBLE_DEVICES must name), or []."""
+    try:
+        listing = subprocess.run(["nvidia-smi", "--query-gpu=uuid", "--format=csv,noheader"], capture_output=True,
+                                 text=True, check=True).stdout  # fmt: skip
+    except (OSError, subprocess.CalledProcessError):
+        return []
+    return [line.strip() for line in listing.splitlines() if line.strip()]
+
+
+def train_tokenizer(grid: dict, runs_dir: Path, python: str) -> Path:
+    """One tokenizer for every point, trained as the preset says (the pipeline reuses a tokenizer.json it finds)."""
+    path = runs_dir / "tokenizer.json"
+    if not path.is_file():
+        script = (
+            "import dataclasses, shutil, sys, tempfile\n"
+            "from newllm.config import load_config\n"
+            "from newllm.pipeline import load_wikitext_splits, prepare_tokenizer\n"
+            "with tempfile.TemporaryDirectory() as out:\n"
+            "    config = dataclasses.replace(load_config(sys.argv[1]), output_dir=out)\n"
+            "    prepare_tokenizer(config, load_wikitext_splits(config, ('train',))['train'])\n"
+            "    shutil.copy(f'{out}/tokenizer.json', sys.argv[2])\n"
+        )
+        subprocess.run([python, "-c", script, grid["preset"], str(path)], check=True)
+    return path
+
+
+def run(args) -> int:
+    grid = load_grid(Path(args.grid))
+    runs_dir = Path(args.runs_dir)
+    runs_dir.mkdir(parents=True, exist_ok=True)
+    grid_points = points(grid)
+    gpus = [g for g in args.gpus.split(",") if g] if args.gpus else []
+    if args.dry_run:
+        for i, point in enumerate(grid_points):
+            gpu = f"GPU {gpus[i % len(gpus)]}: " if gpus else ""
+            print(gpu + " ".join(command(grid, point, runs_dir, args.python, None)))
+        return 0
+    env = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false", PYTHONUNBUFFERED="1")
+    mps = None
+    if args.mps:
+        env["CUDA_MPS_PIPE_DIRECTORY"] = str(runs_dir / ".mps")
+        env["CUDA_MPS_LOG_DIRECTORY"] = str(runs_dir / ".mps-log")
+        for key in ("CUDA_MPS_PIPE_DIRECTORY", "CUDA_MPS_LOG_DIRECTORY"):
+            Path(env[key]).mkdir(exist_ok=True)
+        mps = subprocess.run(["nvidia-cuda-mps-control", "-d"], env=env).returncode == 0
+        print(f"MPS: {'on' if mps else 'failed to start, running without'}", flush=True)
+    uuids = gpu_uuids()
+    tokenizer = train_tokenizer(grid, runs_dir, args.python)
+    launches = []
+    for i, point in enumerate(grid_points):
+        out = runs_dir / point["name"]
+        out.mkdir(exist_ok=True)
+        shutil.copy(tokenizer, out / "tokenizer.json")
+        point_env = dict(env)
+        if gpus:
+            gpu = gpus[i % len(gpus)]
+            point_env["CUDA_VISIBLE_DEVICES"] = uuids[int(gpu)] if gpu.isdigit() and int(gpu) < len(uuids) else gpu
+        limit = None if args.deadline is None else args.deadline - time.time() - MARGIN
+        log = open(runs_dir / f"{point['name']}.log", "w")
+        cmd = command(grid, point, runs_dir, args.python, limit)
+        launches.append((point, subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=point_env), log))
+        print(f"started {point['name']}", flush=True)
+    codes = {}
+    for point, process, log in launches:
+        timeout = None if args.deadline is None else max(args.deadline - time.time(), 1)
+        try:
+            codes[point["name"]] = process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            codes[point["name"]] = "killed at the deadline"
+        log.close()
+    (runs_dir / "exit_codes.json").write_text(json.dumps(codes, indent=2))
+    if mps:
+        subprocess.run(["nvidia-cuda-mps-control"], input="quit\n", text=True, env=env)
+    failed = {name: code for name, code in codes.items() if code != 0}
+    print(f"done; failed: {failed or 'none'}", flush=True)
+    return 1 if failed else 0
+
+
+def read_point(runs_dir: Path, point: dict) -> dict:
+    """A point's result from its run folder: best validation loss and epoch, epochs run, time, stopped or not."""
+    stage = runs_dir / point["name"] / f"{point['family']}_wikitext"
+    row = {**point, "complete": False}
+    history_path = stage / "history.json"
+    if history_path.is_file():
+        history = json.loads(history_path.read_text(encoding="utf-8"))
+        if history:
+            best = min(history, key=lambda r: r["val_loss"])
+            row |= {
+                "best_epoch": best["epoch"],
+                "epochs_run": len(history),
+                "val_loss": best["val_loss"],
+                "val_ppl": math.exp(best["val_loss"]),
+                "val_ppl_by_epoch": [round(math.exp(r["val_loss"]), 3) for r in history],
+                "seconds_per_epoch": [r.get("seconds") for r in history],
+            }
+    marker = stage / "complete.json"
+    if marker.is_file():
+        meta = json.loads(marker.read_text(encoding="utf-8"))
+        row |= {"complete": "stopped" not in meta, "parameters": meta.get("parameters"),
+                "train_seconds": meta.get("train_seconds")}  # fmt: skip
+        if "stopped" in meta:
+            row["stopped"] = meta["stopped"]
+    return row
+
+
+def provenance() -> dict:
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    except OSError:
+        commit = ""
+    device = ""
+    try:
+        import torch
+
+        device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else platform.processor() or "cpu"
+    except ImportError:
+        pass
+    return {"date": datetime.date.today().isoformat(), "commit": commit or None, "device": device}
+
+
+def collect(args) -> int:
+    grid = load_grid(Path(args.grid))
+    runs_dir = Path(args.runs_dir)
+    rows = [read_point(runs_dir, p) for p in points(grid)]
+    chosen = {}
+    for family in grid["families"]:
+        done = [r for r in rows if r["family"] == family and "val_loss" in r]
+        if done:
+            chosen[family] = min(done, key=lambda r: r["val_loss"])["name"]
+    summary = {"grid": grid, "provenance": provenance(), "points": rows, "chosen": chosen}
+    text = json.dumps(summary, indent=1)
+    if args.out:
+        Path(args.out).write_text(text + "\n", encoding="utf-8")
+    for row in rows:
+        ppl = f"{row['val_ppl']:8.2f}" if "val_ppl" in row else "       -"
+        print(f"{row['name']:55s} {ppl}  epochs {row.get('epochs_run', 0):>3}  best {row.get('best_epoch', '-')}"
+              f"{'' if row['complete'] else '  (incomplete)'}")  # fmt: skip
+    print("chosen:", json.dumps(chosen))
+    return 0
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="action", required=True)
+    for name in ("run", "collect"):
+        p = sub.add_parser(name)
+        p.add_argument("runs_dir")
+        p.add_argument("--grid", default=str(ROOT / "configs" / "study_grid.toml"))
+    run_p = sub.choices["run"]
+    run_p.add_argument("--gpus", default="", help="comma-separated GPU indices, points spread round-robin")
+    run_p.add_argument("--mps", action="store_true")
+    run_p.add_argument("--deadline", type=float, default=None, help="Unix time by which every run must have ended")
+    run_p.add_argument("--python", default=sys.executable)
+    run_p.add_argument("--dry-run", action="store_true", help="print the commands and exit")
+    sub.choices["collect"].add_argument("--out", default=None)
+    args = parser.parse_args(argv)
+    return run(args) if args.action == "run" else collect(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
