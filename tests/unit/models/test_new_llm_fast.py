@@ -132,8 +132,8 @@ MLP_CELL = dict(block="mlp", embedding_size=32, hidden_size=32, context_size=32,
 
 
 @cuda
-@pytest.mark.parametrize("mode", ["graphed", "compiled+graphed"])
-def test_cuda_graphed_autograd_scan_matches_eager_for_the_mlp_cell(mode):
+@pytest.mark.parametrize("mode", ["compiled", "graphed", "compiled+graphed"])
+def test_cuda_autograd_scan_matches_eager_for_the_mlp_cell(mode):
     torch.manual_seed(0)
     model = NewLLMForCausalLM(tiny_new_llm_config(**MLP_CELL)).cuda()
     assert not model.model.cell.fused_scan_ok
@@ -149,30 +149,68 @@ def test_cuda_graphed_autograd_scan_matches_eager_for_the_mlp_cell(mode):
             torch.testing.assert_close(fast, ref, rtol=1e-4, atol=1e-5)
         with torch.no_grad():
             torch.testing.assert_close(model(ids).logits, logits_ref, rtol=1e-5, atol=1e-5)
-    assert len(model.model.cell._scan_graphs) == 2  # training and validation
+    if "graphed" in mode:
+        assert len(model.model.cell._scan_graphs) == 2  # training and validation
+
+
+AUTOGRAD_CELLS = {
+    "mlp cell": MLP_CELL,
+    "mlp, dropouts": {**MLP_CELL, "dropout": 0.2, "context_dropout": 0.1},
+    "linear, tanh, final norm": dict(candidate="tanh", final_norm=True, residual=True, ffn_norm=True, num_hidden_layers=3),
+    "linear, no clamp": dict(context_clamp=0.0, dropout=0.2),
+}
+
+
+@pytest.mark.parametrize("name", AUTOGRAD_CELLS)
+def test_cell_step_along_t_is_the_reference_scan(name):
+    """scan.autograd_scan's pure step function, eagerly on CPU: the same outputs and gradients as `cell.scan`
+    (with dropout on, the same masks cannot be drawn: then eval mode, dropout off)."""
+    from newllm.models.new_llm.scan import autograd_scan
+
+    torch.manual_seed(0)
+    cell = NewLLMForCausalLM(tiny_new_llm_config(**AUTOGRAD_CELLS[name])).model.cell.eval()
+    embeddings = torch.randn(3, 9, cell.embedding_size, requires_grad=True)
+    context = torch.randn(3, cell.context_size)
+    outputs = [cell.scan(embeddings, context), autograd_scan(cell, embeddings, context)]
+    weights = torch.randn_like(outputs[0][0]), torch.randn_like(outputs[0][1])
+    grads = []
+    for hidden, last in outputs:
+        loss = (hidden * weights[0]).sum() + (last * weights[1]).sum()
+        grads.append(torch.autograd.grad(loss, [embeddings, *cell.parameters()]))
+    torch.testing.assert_close(outputs[1], outputs[0])
+    for a, b in zip(*grads):
+        torch.testing.assert_close(b, a)
+
+
+def test_cell_step_draws_each_layers_dropout_mask_where_the_reference_drops():
+    """Training mode: every mask multiplies; the scan's mean output over many draws matches dropout off."""
+    from newllm.models.new_llm.scan import autograd_scan
+
+    torch.manual_seed(0)
+    cell = NewLLMForCausalLM(tiny_new_llm_config(**{**MLP_CELL, "dropout": 0.5})).model.cell
+    embeddings, context = torch.randn(1, 2, cell.embedding_size).expand(4000, 2, -1), torch.zeros(4000, cell.context_size)
+    with torch.no_grad():
+        dropped = autograd_scan(cell.train(), embeddings, context)[0]
+        clean = autograd_scan(cell.eval(), embeddings, context)[0]
+    assert not torch.allclose(dropped[0], dropped[1])
+    torch.testing.assert_close(dropped[:, 0].mean(0), clean[0, 0], atol=0.1, rtol=0)
 
 
 @cuda
-def test_cuda_graphed_autograd_scan_steps_like_eager_under_bf16_and_draws_new_masks():
-    # Two optimizer steps on the graphed path land where two eager steps land (dropout off), and with
-    # dropout on each replay draws new masks.
+def test_cuda_autograd_scan_under_bf16_and_its_dropout_masks():
+    # Under bf16 autocast the scan still runs in fp32 (as fused_scan does): the loss stays within bf16's
+    # rounding of eager's; with dropout on, each replay draws new masks.
     torch.manual_seed(0)
-    eager = NewLLMForCausalLM(tiny_new_llm_config(**MLP_CELL)).cuda()
-    fast = NewLLMForCausalLM(tiny_new_llm_config(**MLP_CELL)).cuda().set_fast_path("compiled+graphed")
-    fast.load_state_dict(eager.state_dict())
+    model = NewLLMForCausalLM(tiny_new_llm_config(**MLP_CELL)).cuda()
     ids = random_ids(4, 16).cuda()
-    for model in (eager, fast):
-        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
-        for _ in range(2):
-            with torch.autocast("cuda", dtype=torch.bfloat16):
-                loss = model(ids, labels=ids).loss
-            loss.backward()
-            optimizer.step()
-            optimizer.zero_grad()
-    for (name, a), b in zip(eager.named_parameters(), fast.parameters()):
-        torch.testing.assert_close(b, a, rtol=1e-3, atol=1e-4, msg=lambda m: f"{name}: {m}")
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        eager = model(ids, labels=ids).loss
+        model.set_fast_path("compiled+graphed")
+        fast = [model(ids, labels=ids).loss for _ in range(2)]
+    for loss in fast:
+        torch.testing.assert_close(loss, eager, rtol=2e-2, atol=0)
     dropped = NewLLMForCausalLM(tiny_new_llm_config(**{**MLP_CELL, "dropout": 0.3})).cuda().train()
-    dropped.set_fast_path("graphed")
+    dropped.set_fast_path("compiled+graphed")
     losses = [dropped(ids, labels=ids).loss.item() for _ in range(3)]
     assert len(set(losses)) == 3, losses
 

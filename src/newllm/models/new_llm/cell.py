@@ -188,7 +188,7 @@ class NewLLMCell(BaseCell):
     def fused_scan_ok(self) -> bool:
         """Whether scan.py's hand-written backward covers this cell: the prototype's Linear+ReLU stack (with
         residuals, pre-norms and dropouts), a linear candidate, a clamp, one context scale. Other cells
-        train through autograd (CUDA-graphed on the fast path, scan.graphed_autograd_scan)."""
+        train through autograd (compiled and CUDA-graphed on the fast path, scan.autograd_scan)."""
         return (
             self.context_scales == 1
             and self.blocks is None

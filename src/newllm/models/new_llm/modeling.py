@@ -14,7 +14,7 @@ from transformers import GenerationMixin, PreTrainedModel
 from newllm.models.new_llm.cell import NewLLMCell, init_gate_biases
 from newllm.models.new_llm.parallel import ParallelNewLLMCell
 from newllm.models.new_llm.configuration import NewLLMConfig
-from newllm.models.new_llm.scan import fused_scan, graphed_autograd_scan
+from newllm.models.new_llm.scan import autograd_scan, fused_scan
 from newllm.models.recurrent import (
     RecurrentCache,
     RecurrentGenerationMixin,
@@ -98,9 +98,9 @@ class NewLLMModel(NewLLMPreTrainedModel):
             # (evaluation, generation) keep the reference loop, which runs under autocast.
             if cell.fused_scan_ok:
                 return fused_scan(cell, embeddings, context)
-            if cell.cuda_graphs and embeddings.is_cuda:
-                # a cell the hand-written backward does not cover: autograd, captured as a CUDA graph
-                return graphed_autograd_scan(cell, embeddings, context)
+            if (cell.cuda_graphs or cell.compile_steps) and embeddings.is_cuda:
+                # a cell the hand-written backward does not cover: autograd, compiled and captured as set
+                return autograd_scan(cell, embeddings, context)
         return cell.scan(embeddings, context, attention_mask)
 
 

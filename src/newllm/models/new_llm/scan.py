@@ -23,8 +23,9 @@ cell trade set-up time for speed (`NewLLMForCausalLM.set_fast_path`):
         (`CapturedScan`) and then replayed, with no Python or launch cost per token.
 
 Cells the hand-written backward does not cover (the MLP block, a tanh candidate, a final norm, no
-clamp, a multi-scale context) train through autograd on `cell.scan`; with `cuda_graphs` that whole
-scan, autograd's backward included, is captured and replayed the same way (`graphed_autograd_scan`).
+clamp, a multi-scale context) train through autograd on `cell_step`, a pure function of the
+parameters: `compile_steps` fuses each step with torch.compile (AOTAutograd compiles its backward
+too), and `cuda_graphs` captures the whole scan, backward included, the same way (`autograd_scan`).
 """
 
 from __future__ import annotations
@@ -360,20 +361,112 @@ def fused_scan(cell, token_embeddings: torch.Tensor, context: torch.Tensor) -> t
     return hidden.transpose(0, 1), context
 
 
+class CellShape(NamedTuple):
+    """The non-tensor settings of `cell_step` (constants to torch.compile, part of a CUDA graph's key)."""
+
+    mlp: bool  # MLP blocks (True) or Linear → ReLU layers
+    layers: int  # L: blocks, or Linear layers
+    residual: bool  # linear layers 2..L add their output to their input
+    ffn_norm: bool  # LayerNorm before linear layers 2..L
+    final_norm: bool
+    tanh: bool  # Δ through tanh
+    clamp: float  # 0: no clamp
+    eps: float
+    dropout: bool  # masks are given
+    context_dropout: bool
+
+
+def cell_step(token_part, context, masks, context_mask, context_weight, p: dict, shape: CellShape):
+    """`NewLLMCell.step` as a pure function of its parameters `p` (names as in `cell.named_parameters()`),
+    with the dropout masks given: (B, H) token part of the first layer, (B, C) → hidden (B, H), next context.
+    Autograd differentiates it; torch.compile fuses it (`autograd_scan`)."""
+    read = context if context_mask is None else context * context_mask
+    hidden = torch.addmm(token_part, read, context_weight.t())
+    size = hidden.shape[-1:]
+    if shape.mlp:
+        for layer in range(shape.layers):
+            b = f"blocks.{layer}."
+            x = F.layer_norm(hidden, size, p[b + "norm.weight"], p[b + "norm.bias"], shape.eps)
+            out = F.linear(F.gelu(F.linear(x, p[b + "up.weight"], p[b + "up.bias"])), p[b + "down.weight"], p[b + "down.bias"])
+            hidden = hidden + (out if masks is None else out * masks[layer])
+    else:
+        hidden = F.relu(hidden) if masks is None else F.relu(hidden) * masks[0]
+        for layer in range(1, shape.layers):
+            x = hidden
+            if shape.ffn_norm:
+                x = F.layer_norm(x, size, p[f"norms.{layer - 1}.weight"], p[f"norms.{layer - 1}.bias"], shape.eps)
+            out = F.relu(F.linear(x, p[f"layers.{layer}.weight"], p[f"layers.{layer}.bias"]))
+            out = out if masks is None else out * masks[layer]
+            hidden = hidden + out if shape.residual else out
+    if shape.final_norm:
+        hidden = F.layer_norm(hidden, size, p["final_norm.weight"], p["final_norm.bias"], shape.eps)
+    delta, gates = F.linear(hidden, p["context_proj.weight"], p["context_proj.bias"]).split(
+        [context.shape[1], 2 * context.shape[1]], dim=1
+    )
+    if shape.tanh:
+        delta = torch.tanh(delta)
+    forget, inp = torch.sigmoid(gates).chunk(2, dim=1)
+    mixed = torch.addcmul(inp * delta, forget, context)
+    new_context = F.layer_norm(mixed, context.shape[1:], p["context_norm.weight"], p["context_norm.bias"], shape.eps)
+    if shape.clamp > 0:
+        new_context = new_context.clamp(-shape.clamp, shape.clamp)
+    return hidden, new_context
+
+
+@functools.cache
+def compiled_cell_step():
+    return torch.compile(cell_step, dynamic=False)
+
+
+def _autograd_scan(token_embeddings, context, *params, names, shape: CellShape, dropout_p: float,
+                   context_dropout_p: float, compiled: bool):
+    """Draw every position's dropout masks at once, then `cell_step` along T under autograd."""
+    p = dict(zip(names, params))
+    size_e = token_embeddings.shape[-1]
+    token_weight, context_weight = p["layers.0.weight"].split([size_e, context.shape[1]], dim=1)
+    token_part = F.linear(token_embeddings, token_weight, p["layers.0.bias"]).transpose(0, 1)  # (T, B, H)
+    steps_t, batch, width = token_part.shape
+    masks = dropout_masks(token_part, (steps_t, shape.layers, batch, width), dropout_p)
+    context_masks = dropout_masks(token_part, (steps_t, batch, context.shape[1]), context_dropout_p)
+    step = compiled_cell_step() if compiled else cell_step
+    hiddens = []
+    for t in range(steps_t):
+        hidden, context = step(token_part[t], context, None if masks is None else masks[t],
+                               None if context_masks is None else context_masks[t], context_weight, p, shape)  # fmt: skip
+        hiddens.append(hidden)
+    return torch.stack(hiddens, dim=1), context
+
+
 def _cell_scan(token_embeddings, context, *params, cell, names):
     """`cell.scan` with its parameters passed in as tensors, so that a capture can differentiate them."""
     return torch.func.functional_call(cell, dict(zip(names, params)), (token_embeddings, context))
 
 
-def graphed_autograd_scan(cell, token_embeddings: torch.Tensor, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """`cell.scan` (autograd, any option) captured as CUDA graphs per input shape: (B, T, E), (B, C) → (B, T, H), (B, C).
+def autograd_scan(cell, token_embeddings: torch.Tensor, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The training scan of cells the hand-written backward does not cover: (B, T, E), (B, C) → (B, T, H), (B, C).
 
-    Runs in the parameters' dtype with autocast off, as `fused_scan` does: a capture cannot hold
-    autocast's weight-cast cache, and the loop is bound by launches, not by arithmetic. Dropout
-    draws fresh masks at every replay (PyTorch's CUDA generator is graph-safe)."""
+    `cell_step` along T under autograd (the reference `cell.scan` for a multi-scale context), its
+    steps through torch.compile with `compile_steps` and the whole scan, backward included, captured
+    as CUDA graphs per input shape with `cuda_graphs` (on CUDA). Runs in the parameters' dtype with
+    autocast off, as `fused_scan` does: a capture cannot hold autocast's weight-cast cache, and the
+    loop is bound by launches, not by arithmetic."""
     names, params = zip(*cell.named_parameters())
+    on_cuda = token_embeddings.is_cuda
+    if cell.context_scales > 1:
+        scan, key = functools.partial(_cell_scan, cell=cell, names=names), ("reference", cell.training)
+    else:
+        shape = CellShape(cell.blocks is not None, len(cell.blocks if cell.blocks is not None else cell.layers),
+                          cell.residual, cell.norms is not None, cell.final_norm is not None, cell.candidate == "tanh",
+                          float(cell.context_clamp), cell.context_norm.eps, cell.dropout.p > 0 and cell.training,
+                          cell.context_dropout.p > 0 and cell.training)  # fmt: skip
+        compiled = cell.compile_steps and on_cuda
+        scan = functools.partial(_autograd_scan, names=names, shape=shape,
+                                 dropout_p=cell.dropout.p if cell.training else 0.0,
+                                 context_dropout_p=cell.context_dropout.p if cell.training else 0.0, compiled=compiled)  # fmt: skip
+        key = (shape, compiled)
     with torch.autocast(token_embeddings.device.type, enabled=False):
         dtype = params[0].dtype
         tensors = (token_embeddings.to(dtype), context.to(dtype), *params)
-        scan = functools.partial(_cell_scan, cell=cell, names=names)
-        return _graphed(cell, scan, tensors, ("autograd", cell.training))(*tensors)
+        if cell.cuda_graphs and on_cuda:
+            scan = _graphed(cell, scan, tensors, key)
+        return scan(*tensors)

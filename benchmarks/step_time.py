@@ -1,0 +1,116 @@
+"""Training-step time of a preset's models, side by side in one process: what one epoch of a schedule costs.
+
+    python benchmarks/step_time.py --preset study [--preset full] [--steps 20] [--out step_time.json]
+
+Each model of each preset (the baselines sized to its New-LLM, as in the experiment) runs full
+optimizer steps (forward, backward, AdamW) on random (batch_size, block_size) token windows under
+bf16 autocast, in each fast path a training run can take: New-LLM's `set_fast_path` modes, the
+baselines eagerly and through torch.compile. It prints milliseconds a step (median of `--steps`
+after warm-up) and tokens a second, and the seconds one WikiText-2 epoch of 2,688,768 training
+tokens would take at that speed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+
+import torch
+from tokenizers import models
+
+from newllm.config import load_config
+from newllm.models import build_model
+from newllm.models.registry import count_parameters
+from newllm.pipeline import model_configs
+
+WIKITEXT_TRAIN_TOKENS = 2_688_768  # WikiText-2 train in the 8,192-entry BPE
+
+
+class _Vocabulary:
+    """What `model_configs` asks of a tokenizer: its size and the ids of the framing tokens."""
+
+    def __init__(self, size: int):
+        self.size = size
+        self.model = models.BPE()  # the experiment's kind of tokenizer, not the prototype's word level
+
+    def get_vocab_size(self) -> int:
+        return self.size
+
+    def token_to_id(self, name: str) -> int:
+        return hash(name) % 5  # any distinct small ids: the step time does not depend on them
+
+
+def time_steps(model, batch: int, length: int, vocab: int, steps: int) -> list[float]:
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    ids = torch.randint(0, vocab, (batch, length), device="cuda")
+    times = []
+    for i in range(steps + 3):  # 3 warm-ups: compilation and graph capture
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            loss = model(input_ids=ids, labels=ids).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        torch.cuda.synchronize()
+        if i >= 3:
+            times.append(time.perf_counter() - start)
+    return times
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--preset", action="append", default=None)
+    parser.add_argument("--models", default=None, help="comma-separated: only these of each preset's models")
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--out", default=None)
+    args = parser.parse_args(argv)
+    if not torch.cuda.is_available():
+        print("step_time.py: needs a CUDA device", file=sys.stderr)
+        return 2
+    torch.set_float32_matmul_precision("high")
+    rows = []
+    for preset in args.preset or ["study"]:
+        config = load_config(preset)
+        vocab = config.data.vocab_size
+        configs = model_configs(config, _Vocabulary(vocab))
+        batch, length = config.pretrain.batch_size, config.data.block_size
+        for name, model_config in configs.items():
+            if args.models and name not in args.models.split(","):
+                continue
+            modes = ("graphed", "compiled+graphed") if name == "new_llm" else ("eager", "compiled")
+            for mode in modes:
+                torch.manual_seed(0)
+                model = build_model(name, model_config).cuda().train()
+                if name == "new_llm":
+                    model.set_fast_path(mode)
+                elif mode == "compiled":
+                    model = torch.compile(model)
+                try:
+                    times = time_steps(model, batch, length, vocab, args.steps)
+                except Exception as err:  # a path that fails is a row with its error, not the end of the table
+                    rows.append({"preset": preset, "model": name, "mode": mode, "error": f"{type(err).__name__}: {err}"[:300]})
+                    print(rows[-1], flush=True)
+                    continue
+                ms = 1000 * statistics.median(times)
+                tokens = batch * length / (ms / 1000)
+                rows.append({"preset": preset, "model": name, "mode": mode, "parameters": count_parameters(model),
+                             "batch": batch, "length": length, "ms_per_step": round(ms, 2),
+                             "tokens_per_s": round(tokens), "epoch_s": round(WIKITEXT_TRAIN_TOKENS / tokens, 1)})  # fmt: skip
+                print(f"{preset:8s} {name:9s} {mode:17s} {ms:8.2f} ms/step {tokens / 1e6:6.2f} M tok/s "
+                      f"{rows[-1]['epoch_s']:7.1f} s/epoch", flush=True)  # fmt: skip
+                del model
+                torch.cuda.empty_cache()
+    if args.out:
+        env = {"torch": torch.__version__, "gpu": torch.cuda.get_device_name(0),
+               "date": time.strftime("%Y-%m-%d")}  # fmt: skip
+        with open(args.out, "w") as f:
+            json.dump({"environment": env, "rows": rows}, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
