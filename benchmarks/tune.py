@@ -1,16 +1,21 @@
 """The tuning grid: every model family trained on the same grid of settings, chosen on validation only.
 
-    python benchmarks/tune.py run RUNS_DIR [--grid configs/study_grid.toml] [--gpus 0,1] [--mps] [--deadline UNIX]
-    python benchmarks/tune.py collect RUNS_DIR --out docs/results/study_grid.json
+    python benchmarks/tune.py run RUNS_DIR [--grid configs/grids/study.toml] [--only new_llm] [--gpus 0,1] [--mps] [--deadline UNIX]
+    python benchmarks/tune.py collect RUNS_DIR [--previous SUMMARY.json] [--commit SHA] --out docs/results/study_grid.json
 
 A grid file names a preset, a seed, the axes every family shares and, per family, axes of its own and
-settings that follow another (configs/study_grid.toml). `run` trains the tokenizer once, then runs
+settings that follow another (configs/grids/study.toml). `run` trains the tokenizer once, then runs
 step 1 (`newllm pretrain`) of every point side by side, one process each, spread over the GPUs
 (`--mps` starts a CUDA MPS daemon so that the processes share each GPU's SMs instead of taking turns;
 `--deadline` gives every run a time limit, after which it ends with its best model, marked stopped).
 `collect` reads each point's history and writes one JSON: the points with their best validation
 loss and perplexity, and the chosen point of each family (lowest validation loss). The test split is
 never read: the chosen settings are run with 3 seeds through all three steps afterwards.
+
+A grid larger than one GPU lease runs in parts (`--only FAMILY,...`). A lease's run folders go with
+its machine, so collect into the lease's output in every call, and start the next part's collect
+from the last summary (`--previous`): its points stand wherever the new folders hold none. The
+device copy's git metadata may be older than the code it runs: pass `--commit` there.
 """
 
 from __future__ import annotations
@@ -50,10 +55,17 @@ def load_grid(path: Path) -> dict:
     return grid
 
 
-def points(grid: dict) -> list[dict]:
-    """Every (family, settings) of the grid, with a run name made of the settings."""
+def points(grid: dict, only: str | None = None) -> list[dict]:
+    """Every (family, settings) of the grid (of the families in `only`, comma-separated), named by its settings."""
+    families = grid["families"]
+    wanted = [f for f in only.split(",") if f] if only else list(families)
+    unknown = sorted(set(wanted) - set(families))
+    if unknown:
+        raise SystemExit(f"tune.py: --only names {', '.join(unknown)}, not in the grid ({', '.join(families)})")
     out = []
-    for family, table in grid["families"].items():
+    for family, table in families.items():
+        if family not in wanted:
+            continue
         axes = {**grid.get("axes", {}), **table.get("axes", {})}
         for values in itertools.product(*axes.values()):
             settings = dict(zip(axes, values))
@@ -105,7 +117,7 @@ def run(args) -> int:
     grid = load_grid(Path(args.grid))
     runs_dir = Path(args.runs_dir)
     runs_dir.mkdir(parents=True, exist_ok=True)
-    grid_points = points(grid)
+    grid_points = points(grid, args.only)
     gpus = [g for g in args.gpus.split(",") if g] if args.gpus else []
     if args.dry_run:
         for i, point in enumerate(grid_points):
@@ -181,11 +193,12 @@ def read_point(runs_dir: Path, point: dict) -> dict:
     return row
 
 
-def provenance() -> dict:
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-    except OSError:
-        commit = ""
+def provenance(commit: str | None = None) -> dict:
+    if commit is None:
+        try:
+            commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+        except OSError:
+            commit = ""
     device = ""
     try:
         import torch
@@ -200,12 +213,19 @@ def collect(args) -> int:
     grid = load_grid(Path(args.grid))
     runs_dir = Path(args.runs_dir)
     rows = [read_point(runs_dir, p) for p in points(grid)]
+    if args.previous:
+        try:
+            previous = json.loads(Path(args.previous).read_text(encoding="utf-8"))
+            earlier = {row["name"]: row for row in previous["points"]}
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise SystemExit(f"tune.py: --previous {args.previous}: not a summary of this script ({err})") from None
+        rows = [row if "val_loss" in row or row["name"] not in earlier else earlier[row["name"]] for row in rows]
     chosen = {}
     for family in grid["families"]:
         done = [r for r in rows if r["family"] == family and "val_loss" in r]
         if done:
             chosen[family] = min(done, key=lambda r: r["val_loss"])["name"]
-    summary = {"grid": grid, "provenance": provenance(), "points": rows, "chosen": chosen}
+    summary = {"grid": grid, "provenance": provenance(args.commit), "points": rows, "chosen": chosen}
     text = json.dumps(summary, indent=1)
     if args.out:
         Path(args.out).write_text(text + "\n", encoding="utf-8")
@@ -223,14 +243,18 @@ def main(argv=None) -> int:
     for name in ("run", "collect"):
         p = sub.add_parser(name)
         p.add_argument("runs_dir")
-        p.add_argument("--grid", default=str(ROOT / "configs" / "study_grid.toml"))
+        p.add_argument("--grid", default=str(ROOT / "configs" / "grids" / "study.toml"))
     run_p = sub.choices["run"]
+    run_p.add_argument("--only", default=None, help="comma-separated families: run only their points")
     run_p.add_argument("--gpus", default="", help="comma-separated GPU indices, points spread round-robin")
     run_p.add_argument("--mps", action="store_true")
     run_p.add_argument("--deadline", type=float, default=None, help="Unix time by which every run must have ended")
     run_p.add_argument("--python", default=sys.executable)
     run_p.add_argument("--dry-run", action="store_true", help="print the commands and exit")
-    sub.choices["collect"].add_argument("--out", default=None)
+    collect_p = sub.choices["collect"]
+    collect_p.add_argument("--out", default=None)
+    collect_p.add_argument("--previous", default=None, help="an earlier summary whose points stand where RUNS_DIR has none")
+    collect_p.add_argument("--commit", default=None, help="the commit that ran (default: git rev-parse HEAD here)")
     args = parser.parse_args(argv)
     return run(args) if args.action == "run" else collect(args)
 

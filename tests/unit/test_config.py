@@ -137,3 +137,22 @@ def test_config_knows_the_model_names_of_the_registry():
     from newllm.models.registry import MODEL_NAMES as REGISTRY_NAMES
 
     assert MODEL_NAMES == REGISTRY_NAMES
+
+
+def test_the_study_preset_builds_its_mlp_cell_and_baselines_of_its_size(tiny_tokenizer):
+    """configs/study.toml's [model] reaches NewLLMConfig field for field; the baselines are sized to it."""
+    from newllm.models.registry import parameter_count
+    from newllm.pipeline import model_configs
+
+    config = load_config("study", ["data.vocab_size=512"])
+    configs = model_configs(config, tiny_tokenizer)
+    cell = configs["new_llm"]
+    m = config.model
+    assert (cell.block, cell.mlp_ratio, cell.final_norm, cell.candidate, cell.context_clamp, cell.forget_bias) == (
+        "mlp", 4, True, "tanh", 0.0, 1.0)  # fmt: skip
+    assert (cell.embedding_size, cell.context_size, cell.hidden_size, cell.tie_embeddings) == (384, 384, 384, True)
+    assert (cell.dropout, cell.embedding_dropout) == (m.dropout, m.embedding_dropout)
+    target = parameter_count("new_llm", cell)
+    for name in ("tinygpt2", "lstm"):
+        assert abs(parameter_count(name, configs[name]) - target) <= 0.05 * target
+    assert (config.pretrain.weight_decay, config.pretrain.epochs) == (0.1, 16)

@@ -1,0 +1,120 @@
+"""benchmarks/tune.py: the grid's points, the commands they become, and what collect chooses."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+SCRIPT = ROOT / "benchmarks" / "tune.py"
+
+
+@pytest.fixture(scope="module")
+def tune():
+    spec = importlib.util.spec_from_file_location("tune", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+GRID = """
+preset = "quick"
+seed = 3
+[axes]
+"model.dropout" = [0.1, 0.3]
+"pretrain.weight_decay" = [0.0, 0.1]
+[families.new_llm]
+follow = { "model.embedding_dropout" = "model.dropout" }
+[families.tinygpt2.axes]
+"model.gpt2_layers" = [2, 4]
+[families.lstm]
+"""
+
+
+@pytest.fixture
+def grid_file(tmp_path):
+    path = tmp_path / "grid.toml"
+    path.write_text(GRID)
+    return path
+
+
+def test_every_family_gets_the_shared_axes_and_its_own(tune, grid_file):
+    points = tune.points(tune.load_grid(grid_file))
+    counts = {f: sum(p["family"] == f for p in points) for f in ("new_llm", "tinygpt2", "lstm")}
+    assert counts == {"new_llm": 4, "tinygpt2": 8, "lstm": 4}
+    assert len({p["name"] for p in points}) == len(points)
+    for point in points:
+        assert {"model.dropout", "pretrain.weight_decay"} <= set(point["settings"])
+        if point["family"] == "new_llm":
+            assert point["settings"]["model.embedding_dropout"] == point["settings"]["model.dropout"]
+    assert [p["family"] for p in tune.points(tune.load_grid(grid_file), "lstm")] == ["lstm"] * 4
+    with pytest.raises(SystemExit, match="--only names gru"):
+        tune.points(tune.load_grid(grid_file), "gru")
+
+
+def test_the_commands_are_step_1_of_the_preset_with_the_points_settings(tune, grid_file, tmp_path):
+    grid = tune.load_grid(grid_file)
+    point = tune.points(grid, "tinygpt2")[-1]
+    cmd = tune.command(grid, point, tmp_path, "python3", time_limit=90.4)
+    assert cmd[:4] == ["python3", "-m", "newllm.cli", "pretrain"]
+    sets = [cmd[i + 1] for i, arg in enumerate(cmd) if arg == "--set"]
+    assert sets == ["pretrain.seed=3", "model.dropout=0.3", "pretrain.weight_decay=0.1", "model.gpt2_layers=4",
+                    "pretrain.time_limit=90"]  # fmt: skip
+    assert "evaluate" not in cmd and cmd[cmd.index("--output-dir") + 1] == str(tmp_path / point["name"])
+
+
+def test_a_grid_file_with_unknown_tables_is_refused(tune, tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text('preset = "quick"\n[families.lstm]\nseeds = [1]\n')
+    with pytest.raises(SystemExit, match="families.lstm may hold axes and follow"):
+        tune.load_grid(bad)
+
+
+def _history(folder: Path, val_ppls, stopped=False):
+    folder.mkdir(parents=True)
+    rows = [{"epoch": i + 1, "val_loss": math.log(v), "seconds": 2.0} for i, v in enumerate(val_ppls)]
+    (folder / "history.json").write_text(json.dumps(rows))
+    meta = {"parameters": 7, "train_seconds": 9.0} | ({"stopped": "time_limit"} if stopped else {})
+    (folder / "complete.json").write_text(json.dumps(meta))
+
+
+def test_collect_chooses_each_familys_lowest_validation_loss_and_keeps_earlier_parts(tune, grid_file, tmp_path):
+    grid = tune.load_grid(grid_file)
+    runs = tmp_path / "runs"
+    by_name = {p["name"]: p for p in tune.points(grid)}
+    lstm = [n for n in by_name if n.startswith("lstm")]
+    _history(runs / lstm[0] / "lstm_wikitext", [90.0, 60.0, 70.0])
+    _history(runs / lstm[1] / "lstm_wikitext", [80.0, 65.0], stopped=True)
+    out = tmp_path / "part1.json"
+    tune.main(["collect", str(runs), "--grid", str(grid_file), "--out", str(out), "--commit", "abc"])
+    summary = json.loads(out.read_text())
+    rows = {r["name"]: r for r in summary["points"]}
+    assert summary["chosen"] == {"lstm": lstm[0]} and summary["provenance"]["commit"] == "abc"
+    assert rows[lstm[0]]["best_epoch"] == 2 and rows[lstm[0]]["complete"] is True
+    assert rows[lstm[0]]["val_ppl"] == pytest.approx(60.0)
+    assert rows[lstm[1]]["complete"] is False and rows[lstm[1]]["stopped"] == "time_limit"
+    # a later part: other folders, the first part's points taken from its summary
+    later = tmp_path / "later"
+    new_llm = next(n for n in by_name if n.startswith("new_llm"))
+    _history(later / new_llm / "new_llm_wikitext", [70.0, 55.0])
+    out2 = tmp_path / "part2.json"
+    tune.main(["collect", str(later), "--grid", str(grid_file), "--out", str(out2), "--previous", str(out)])
+    merged = json.loads(out2.read_text())
+    assert merged["chosen"] == {"new_llm": new_llm, "lstm": lstm[0]}
+    with pytest.raises(SystemExit, match="not a summary"):
+        tune.main(["collect", str(later), "--grid", str(grid_file), "--previous", str(grid_file)])
+
+
+def test_the_studys_grid_gives_every_family_dropout_and_weight_decay_and_tinygpt2_two_shapes(tune):
+    grid = tune.load_grid(ROOT / "configs" / "grids" / "study.toml")
+    points = tune.points(grid)
+    for family in ("new_llm", "tinygpt2", "lstm"):
+        settings = [p["settings"] for p in points if p["family"] == family]
+        assert {(s["model.dropout"], s["pretrain.weight_decay"]) for s in settings} == {
+            (d, w) for d in (0.1, 0.2, 0.3) for w in (0.0, 0.1)
+        }
+    assert {p["settings"]["model.gpt2_layers"] for p in points if p["family"] == "tinygpt2"} == {4, 8}
