@@ -43,6 +43,11 @@ def _quiet_option(parser: argparse.ArgumentParser, default) -> None:
 def _training_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resume", action="store_true", help="continue interrupted runs from their last checkpoint")
     parser.add_argument("--overwrite", action="store_true", help="start again where a run already exists")
+    parser.add_argument(
+        "--report-to",
+        choices=("none", "tensorboard", "wandb"),
+        help="track training with the Trainer's integration (tensorboard: logs under each run folder's runs/)",
+    )
 
 
 def build_parser(script: str | None = None) -> argparse.ArgumentParser:
@@ -132,6 +137,9 @@ def _config_from_args(args):
         value = getattr(args, flag, None)
         if value is not None:
             overrides.append(f"{key}={value}")
+    report_to = getattr(args, "report_to", None)
+    if report_to is not None:  # both stages: a flag for the command, not per stage
+        overrides += [f"pretrain.report_to={report_to}", f"finetune.report_to={report_to}"]
     config = load_config(args.preset, overrides)
     if args.tokenizer == "seed" and not any(o.startswith("data.vocab_size=") for o in args.overrides):
         config = dataclasses.replace(config, data=dataclasses.replace(config.data, vocab_size=1000))

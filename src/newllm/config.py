@@ -117,6 +117,9 @@ class TrainConfig:
     # finetune only: the dropout of step 2 (the fields model.dropout sets in each model's config); None keeps
     # the step-1 checkpoint's. The step-2 checkpoint's config.json records it.
     dropout: float | None = None
+    # The Trainer's tracking integration: "none", "tensorboard" (events under the stage's run folder, runs/)
+    # or "wandb". Tracking only: it may change on --resume.
+    report_to: str = "none"
 
     def __post_init__(self):
         # Checked when the config is built, so a bad value fails before any data is read or file written.
@@ -133,6 +136,8 @@ class TrainConfig:
             raise ConfigError(f"time_limit: must be seconds >= 0 (0: no limit), got {self.time_limit}")
         if self.on_nonfinite not in ("stop", "skip"):
             raise ConfigError(f"on_nonfinite: must be 'stop' or 'skip', got {self.on_nonfinite!r}")
+        if self.report_to not in ("none", "tensorboard", "wandb"):
+            raise ConfigError(f"report_to: must be 'none', 'tensorboard' or 'wandb', got {self.report_to!r}")
         if self.dropout is not None and not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"dropout: must be in [0, 1), got {self.dropout}")
 

@@ -260,3 +260,14 @@ def test_bench_rejects_an_unknown_setting(capsys, tmp_path):
 def test_results_name_the_command_as_typed(monkeypatch, argv, expected):
     monkeypatch.setattr("sys.argv", argv)
     assert _command_line() == expected
+
+
+def test_report_to_reaches_both_training_stages_and_nothing_else():
+    from newllm.cli import _config_from_args, build_parser
+
+    config = _config_from_args(build_parser().parse_args(["pretrain", "--preset", "quick", "--report-to", "tensorboard"]))
+    assert (config.pretrain.report_to, config.finetune.report_to) == ("tensorboard", "tensorboard")
+    plain = _config_from_args(build_parser().parse_args(["pretrain", "--preset", "quick"]))
+    assert (plain.pretrain.report_to, plain.finetune.report_to) == ("none", "none")
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["pretrain", "--report-to", "mlflow"])

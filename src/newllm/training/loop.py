@@ -12,6 +12,7 @@ process died is deleted before the Trainer picks the latest one.
 from __future__ import annotations
 
 import csv
+import importlib.util
 import inspect
 import json
 import logging
@@ -36,6 +37,8 @@ logger = logging.getLogger(__name__)
 HISTORY_FIELDS = ("epoch", "train_loss", "val_loss", "train_ppl", "val_ppl", "lr", "seconds")
 # What the Trainer writes into checkpoint-N, trainer_state.json last (Trainer._save_checkpoint), and
 # the RNG state: rng_state.pth from one process, rng_state_<rank>.pth from each rank under torchrun/accelerate
+# report_to → the packages that serve it (the first is the one to install)
+TRACKERS = {"tensorboard": ("tensorboard", "tensorboardX"), "wandb": ("wandb",)}
 CHECKPOINT_FILES = ("model.safetensors", "optimizer.pt", "scheduler.pt", "trainer_state.json")
 RNG_STATE_FILES = ("rng_state.pth", "rng_state_*.pth")
 
@@ -350,6 +353,9 @@ def train(
     run_dir.mkdir(parents=True, exist_ok=True)
     # compile: New-LLM runs its own fast path (compiled steps, CUDA-graphed scan; a no-op on CPU), the
     # baselines go through torch.compile. The recurrence is a Python loop torch.compile would unroll.
+    if config.report_to != "none" and not any(importlib.util.find_spec(m) for m in TRACKERS[config.report_to]):
+        raise ValueError(f"report_to = {config.report_to} needs the {TRACKERS[config.report_to][0]} package "
+                         f"(pip install {TRACKERS[config.report_to][0]}, or newllm's [tracking] extra)")  # fmt: skip
     own_fast_path = hasattr(model, "set_fast_path")
     if own_fast_path:
         model.set_fast_path("compiled+graphed" if config.compile else "eager")
@@ -383,7 +389,7 @@ def train(
         prediction_loss_only=True,  # evaluation needs the loss only, not (B, T, V) logits
         remove_unused_columns=False,
         dataloader_num_workers=0,
-        report_to="none",
+        report_to=config.report_to,
         ddp_find_unused_parameters=False,  # every parameter gets a gradient (tests/unit/models/test_contract.py)
         disable_tqdm=not progress,
     )

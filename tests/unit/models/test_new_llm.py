@@ -6,6 +6,7 @@ from transformers import AutoConfig, AutoModelForCausalLM
 
 from newllm.models import NewLLMConfig, NewLLMForCausalLM
 from newllm.models.new_llm.cell import NewLLMCell
+from newllm.models.recurrent import RecurrentCache
 
 from .conftest import random_ids, tiny_new_llm_config
 
@@ -146,10 +147,19 @@ def test_no_attention_and_no_positional_embedding():
     model = NewLLMForCausalLM(tiny_new_llm_config())
     names = [name for name, _ in model.named_modules()]
     assert not any("attn" in n or "attention" in n or "pos" in n for n in names)
-    # permuting positions of a sequence changes nothing but the order the context sees tokens in:
-    # a one-token sequence gives the same logits wherever it appears
-    ids = random_ids(1, 1)
-    assert torch.equal(model(ids).logits, model(ids).logits)
+    # the context is the whole state: the rest of a sequence read from the context after its first
+    # tokens gives the logits of the whole, and claiming any other position changes nothing
+    model.eval()
+    ids = random_ids(2, 12)
+    with torch.no_grad():
+        whole = model(ids).logits
+        head = model(ids[:, :5], use_cache=True).state
+        for seen in (5, 0, 1000):
+            rest = model(ids[:, 5:], state=RecurrentCache(head.states, seen)).logits
+            torch.testing.assert_close(rest, whole[:, 5:])
+        # and the same tokens from another context give other logits: the context is read
+        other = model(ids[:, 5:], state=RecurrentCache((torch.randn_like(head.states[0]),), 5)).logits
+    assert not torch.allclose(other, whole[:, 5:])
 
 
 def _reference_scan(cell, inputs, context):

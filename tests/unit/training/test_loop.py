@@ -269,3 +269,24 @@ def test_time_limit_must_be_non_negative_seconds():
 
     with pytest.raises(ConfigError, match="time_limit: must be seconds >= 0"):
         TrainConfig(time_limit=-1)
+
+
+def test_report_to_tensorboard_writes_each_epochs_losses_under_the_run_folder(tmp_path):
+    pytest.importorskip("tensorboard", reason="the [tracking] extra (installed with [test])")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    _train(tmp_path / "run", epochs=2, report_to="tensorboard")
+    events = sorted((tmp_path / "run" / "runs").rglob("events.out.tfevents.*"))
+    assert events, "no TensorBoard events written"
+    accumulator = EventAccumulator(str(events[0].parent)).Reload()
+    assert [event.step for event in accumulator.Scalars("eval/loss")] == [8, 16]  # 128 rows, batches of 16
+
+
+def test_report_to_a_tracker_that_is_not_installed_is_one_clear_error(tmp_path, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else real(name, *a))
+    with pytest.raises(ValueError, match=r"report_to = wandb needs the wandb package \(pip install wandb"):
+        _train(tmp_path / "run", epochs=1, report_to="wandb")
+    assert not (tmp_path / "run").exists() or not any((tmp_path / "run").glob("checkpoint-*"))
