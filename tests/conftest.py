@@ -1,7 +1,9 @@
-"""Fixtures shared by all tests: a tiny corpus, its BPE tokenizer, tiny dialogues, and the real data directory."""
+"""Fixtures shared by all tests: a tiny corpus, its BPE tokenizer, tiny dialogues, the real data directory, and a
+loader for the scripts in benchmarks/."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from pathlib import Path
 
@@ -104,3 +106,14 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def load_benchmark(name: str):
+    """benchmarks/<name>.py as a module (benchmarks/ is no package)."""
+    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import statistics
@@ -10,15 +9,14 @@ from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[3] / "benchmarks" / "collect_full_schedule.py"
+from tests.conftest import load_benchmark
+
+DOCS = Path(__file__).resolve().parents[3] / "docs"
 
 
 @pytest.fixture(scope="module")
 def collect():
-    spec = importlib.util.spec_from_file_location("collect_full_schedule", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("collect_full_schedule")
 
 
 def history(*val_ppls):
@@ -332,7 +330,7 @@ def test_any_other_preset_is_a_row_named_after_it(tmp_path, collect, monkeypatch
 def test_the_tables_of_docs_results_are_the_collectors_output_of_the_committed_json(collect):
     # docs/results.md must show what docs/results/full_schedule_h200.json holds, and the JSON's means must be
     # its runs' means: a number edited by hand in either place fails here
-    docs = SCRIPT.parents[1] / "docs"
+    docs = DOCS
     out = json.loads((docs / "results" / "full_schedule_h200.json").read_text(encoding="utf-8"))
     assert collect.summarize(out["runs"], out["evaluations"]) == out["summary"]
     results = (docs / "results.md").read_text(encoding="utf-8")
@@ -345,7 +343,7 @@ def test_the_tables_of_docs_results_are_the_collectors_output_of_the_committed_j
 def test_the_answer_at_the_top_of_docs_results_is_the_committed_json_best_first(collect):
     # the hand-labelled summary table under "The answer so far": one line per BPE row that has a test number,
     # each line's number and seed count that row's in the JSON, lowest perplexity first
-    docs = SCRIPT.parents[1] / "docs"
+    docs = DOCS
     out = json.loads((docs / "results" / "full_schedule_h200.json").read_text(encoding="utf-8"))
     answer = (docs / "results.md").read_text(encoding="utf-8").split("## The answer so far")[1].split("\n\n")[2]
     lines = answer.splitlines()
@@ -357,7 +355,7 @@ def test_the_answer_at_the_top_of_docs_results_is_the_committed_json_best_first(
 
 
 def test_the_stopped_dailydialog_table_of_docs_sessions_is_its_json():
-    docs = SCRIPT.parents[1] / "docs"
+    docs = DOCS
     runs = json.loads((docs / "results" / "resd_dailydialog_session8.json").read_text(encoding="utf-8"))["runs"]
     sessions = (docs / "sessions.md").read_text(encoding="utf-8")
     token = [run["test"]["token_ppl"] for run in runs.values()]
@@ -388,7 +386,7 @@ def test_dialog_plot_has_a_line_per_step_2_and_marks_the_stopped_ones(tmp_path, 
 
 def test_the_full_size_stateful_table_of_docs_results_is_its_json():
     # every number of the table (validation per epoch, test from reset windows and as one stream) from the JSON
-    docs = SCRIPT.parents[1] / "docs"
+    docs = DOCS
     runs = json.loads((docs / "results" / "stateful_stream_h200.json").read_text(encoding="utf-8"))["runs"]
     results = (docs / "results.md").read_text(encoding="utf-8")
     table = results[results.index("**Stateful training at full size**"):]
