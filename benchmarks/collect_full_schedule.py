@@ -37,14 +37,13 @@ from pathlib import Path
 from matplotlib.figure import Figure
 from matplotlib.ticker import ScalarFormatter
 
-from newllm.reporting.plots import model_color, model_label, save_figure
+from newllm.reporting.plots import MODEL_LABELS, model_color, model_label, save_figure
 
 # run-name prefix -> preset, as in full_schedule.sh
 ROWS = {"full": "full", "par": "full_parallel", "res": "full_residual_norm", "seed": "seed",
         "pard": "full_parallel_dropout", "resd": "full_residual_norm_dropout"}  # as benchmarks/full_schedule.sh
 # <row>_<model>_s<seed>: a row of ROWS, or any other preset's own name (full_schedule.sh takes both)
 RUN_NAME = re.compile(r"^(?P<row>[a-z0-9_]+?)_(?P<model>new_llm|tinygpt2|lstm)_s(?P<seed>\d+)$")
-MODEL_LABELS = {"new_llm": "New-LLM", "tinygpt2": "TinyGPT2", "lstm": "LSTM"}
 SEED_PROTOCOL = "seed"  # the prototype's preset: its perplexities are per token of another vocabulary, so no BPE table
 PARAMS = re.compile(r"step 1: \w+ on WikiText-2 \(([\d,]+) parameters")
 HISTORY_KEYS = ("epoch", "train_ppl", "val_ppl", "seconds")

@@ -14,7 +14,6 @@ Every output lands in `config.output_dir` under the prototype's names:
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import json
 import logging
 import shlex
@@ -46,6 +45,7 @@ from newllm.models import (
     BaselineShape,
     NewLLMConfig,
     build_model,
+    carries_state,
     count_parameters,
     matched_configs,
     parameter_count,
@@ -329,7 +329,7 @@ def pretrain(config: ExperimentConfig, resume: bool = False, overwrite: bool = F
         logger.info("step 1: %s on WikiText-2 (%s parameters, %s)", name, f"{count_parameters(model):,}", device)
         train_config, windows = config.pretrain, train_set
         if lanes_set is not None:
-            if "state" in inspect.signature(model.forward).parameters:
+            if carries_state(model):
                 windows = lanes_set
             else:  # a transformer has no state to carry: it keeps shuffled windows
                 logger.info("%s: stateful training is for the recurrent models; shuffled windows instead", name)

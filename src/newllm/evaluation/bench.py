@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import inspect
 import itertools
 import statistics
 import time
@@ -36,7 +35,15 @@ from newllm.evaluation.perplexity import autocast_context
 from newllm.evaluation.speed import cache_bytes, environment
 from newllm.models.new_llm import NewLLMConfig
 from newllm.models.new_llm.decoding import GreedyDecoder
-from newllm.models.registry import BaselineShape, build_model, count_parameters, matched_configs, max_positions
+from newllm.models.registry import (
+    BaselineShape,
+    build_model,
+    cache_argument,
+    count_parameters,
+    matched_configs,
+    max_positions,
+    output_cache,
+)
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
 COMPILE_MODES = ("eager", "compiled", "graphed")
@@ -201,17 +208,6 @@ def measure_training(
     return row
 
 
-def _cache_argument(model) -> str:
-    """The keyword a model takes its cache by: `state` (ours), `cache` (transformers ≥ 5.2x) or `past_key_values`."""
-    parameters = inspect.signature(model.forward).parameters
-    return next(name for name in ("state", "cache", "past_key_values") if name in parameters)
-
-
-def _output_cache(output):
-    """The cache a forward returned, under whichever name this transformers version gives it."""
-    return next(output[name] for name in ("state", "cache", "past_key_values") if output.get(name) is not None)
-
-
 @torch.no_grad()
 def measure_generation(
     model,
@@ -238,7 +234,7 @@ def measure_generation(
         name = "GPT-2" if model.config.model_type == "gpt2" else model.config.model_type
         return {**row, "skipped": f"beyond {name}'s {limit} positions"}
     prompt = _random_ids(model.config.vocab_size, (batch_size, context_len), device, seed)  # (B, P)
-    cache_name = _cache_argument(model)
+    cache_name = cache_argument(model)
     was_training = model.training
     model.to(device).eval()
     if graphed:
@@ -252,7 +248,7 @@ def measure_generation(
             for start in range(0, context_len, PREFILL_CHUNK):
                 kwargs = {} if cache is None else {cache_name: cache}
                 output = model(input_ids=prompt[:, start : start + PREFILL_CHUNK], use_cache=True, **kwargs)
-                cache = _output_cache(output)
+                cache = output_cache(output)
             first = output.logits[:, -1].argmax(-1, keepdim=True)  # (B, 1)
             # The last chunk's (B, T, V) logits and the (B, P) prompt are not decoding memory: out of the peak.
             del output, prompt
@@ -265,7 +261,7 @@ def measure_generation(
                 step_cache, token = cache, first
                 for _ in range(gen_tokens):
                     output = model(input_ids=token, use_cache=True, **{cache_name: step_cache})
-                    step_cache = _output_cache(output)
+                    step_cache = output_cache(output)
                     token = output.logits[:, -1].argmax(-1, keepdim=True)  # (B, 1) greedy
                 if growing:
                     # A negative count removes that many tokens in every 5.x (a positive one means

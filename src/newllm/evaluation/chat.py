@@ -17,7 +17,6 @@ model then forgets the start of the conversation.
 
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass
 
 import torch
@@ -25,7 +24,7 @@ import torch
 from newllm.data.tokenizer import special_ids
 from newllm.evaluation.generation import clean_turn
 from newllm.evaluation.speed import cache_bytes
-from newllm.models.registry import usable_positions
+from newllm.models.registry import cache_argument, output_cache, usable_positions
 
 COMMANDS = {"/reset": "start a new conversation", "/quit": "leave (so does Ctrl-D)"}
 
@@ -57,17 +56,6 @@ def clean_line(line: str) -> str:
     return clean_turn(line)
 
 
-def _cache_argument(model) -> str:
-    """The keyword a model takes its cache by: `state` (ours), `cache` (transformers >= 5.2x) or `past_key_values`."""
-    parameters = inspect.signature(model.forward).parameters
-    return next(name for name in ("state", "cache", "past_key_values") if name in parameters)
-
-
-def _output_cache(output):
-    """The cache a forward returned, under whichever name this transformers version gives it."""
-    return next(output[name] for name in ("state", "cache", "past_key_values") if output.get(name) is not None)
-
-
 class ChatSession:
     """One conversation with `model`: `reply(text)` answers a user turn, `reset()` starts a new conversation."""
 
@@ -78,7 +66,7 @@ class ChatSession:
         self.device = torch.device(device)
         self.special = special_ids(tokenizer)
         self.model.to(self.device).eval()  # dropout would make even greedy replies random
-        self._cache_name = _cache_argument(model)
+        self._cache_name = cache_argument(model)
         # GPT-2's positions it was trained on (usable_positions); None for the recurrent models
         self.n_positions: int | None = usable_positions(model)
         if self.n_positions is not None:
@@ -141,7 +129,7 @@ class ChatSession:
         attention_mask = torch.ones(1, width, dtype=torch.long, device=self.device)
         kwargs = {} if self._cache is None else {self._cache_name: self._cache}
         output = self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=True, **kwargs)
-        self._cache = _output_cache(output)
+        self._cache = output_cache(output)
         return output.logits[0, -1]  # (V,)
 
     def _next_token(self, logits: torch.Tensor) -> int:

@@ -18,7 +18,6 @@ byte counts, and differ only in the context each token is predicted from.
 
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass
 
 import torch
@@ -27,7 +26,7 @@ from tqdm.auto import tqdm
 
 from newllm.data.batching import IGNORE_INDEX
 from newllm.evaluation.perplexity import PerplexityResult, autocast_context
-from newllm.models.registry import max_positions, usable_positions
+from newllm.models.registry import carries_state, max_positions, usable_positions
 
 CARRIED_STATE = "carried_state"
 SLIDING_WINDOW = "sliding_window"
@@ -47,8 +46,8 @@ class StreamPlan:
 
 
 def is_recurrent(model) -> bool:
-    """True when the model's forward takes a `state` (and so returns the state to carry on with)."""
-    return "state" in inspect.signature(model.forward).parameters
+    """True for the recurrent families (their forward takes a `state` and returns the state to carry on with)."""
+    return carries_state(model)
 
 
 def plan_stream(

@@ -9,10 +9,14 @@ from newllm.models.new_llm import NewLLMConfig, NewLLMForCausalLM, NewLLMModel
 from newllm.models.recurrent import RecurrentCache
 from newllm.models.registry import (
     DROPOUT_FIELDS,
+    MODEL_LABELS,
     MODEL_NAMES,
     MODEL_TYPES,
+    MODELS,
     BaselineShape,
+    ModelSpec,
     build_model,
+    carries_state,
     count_parameters,
     matched_configs,
     parameter_count,
@@ -21,9 +25,12 @@ from newllm.models.registry import (
 
 __all__ = [
     "DROPOUT_FIELDS",
+    "MODEL_LABELS",
     "MODEL_NAMES",
     "MODEL_TYPES",
+    "MODELS",
     "BaselineShape",
+    "ModelSpec",
     "LSTMForCausalLM",
     "LSTMLMConfig",
     "NewLLMConfig",
@@ -31,6 +38,7 @@ __all__ = [
     "NewLLMModel",
     "RecurrentCache",
     "build_model",
+    "carries_state",
     "count_parameters",
     "gpt2_config_for_budget",
     "matched_configs",

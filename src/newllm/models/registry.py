@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import inspect
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -13,11 +15,6 @@ from newllm.models.gpt2 import GPT2_DROPOUT_FIELDS, build_tinygpt2, gpt2_config_
 from newllm.models.lstm import LSTMForCausalLM, LSTMLMConfig
 from newllm.models.new_llm import NewLLMConfig, NewLLMForCausalLM
 
-MODEL_NAMES = ("new_llm", "tinygpt2", "lstm")
-# The `model_type` each name's checkpoints carry in config.json.
-MODEL_TYPES = {"new_llm": "new_llm", "tinygpt2": "gpt2", "lstm": "newllm_lstm"}
-# The config fields that the experiment's one dropout (`model.dropout`) sets in each model.
-DROPOUT_FIELDS = {"new_llm": ("dropout",), "tinygpt2": GPT2_DROPOUT_FIELDS, "lstm": ("dropout",)}
 
 
 def max_positions(model) -> int | None:
@@ -110,15 +107,78 @@ class BaselineShape:
     tolerance: float = 0.05
 
 
+@dataclass(frozen=True)
+class ModelSpec:
+    """Everything the experiment knows about one model family; `MODELS` holds one entry per family.
+
+    Adding a model is a module under models/ plus one entry here: every list of names, label,
+    checkpoint type, dropout field and capability elsewhere is read from `MODELS`."""
+
+    name: str  # the experiment's name (--models, folder names, results.json)
+    label: str  # how reports and figures name it
+    model_type: str  # `model_type` in its checkpoints' config.json
+    build: Callable[[PretrainedConfig], PreTrainedModel]  # a freshly initialised model from its config
+    dropout_fields: tuple[str, ...]  # the config fields the experiment's one dropout (`model.dropout`) sets
+    # (target parameters, vocabulary, BaselineShape, **special token ids) → its config at that budget;
+    # None for New-LLM, whose config the experiment gives and whose count the others match
+    sized: Callable[..., PretrainedConfig] | None
+    carries_state: bool  # forward takes and returns `state` (a recurrent model: stateful training and evaluation)
+
+
+def _sized_gpt2(target: int, vocab_size: int, shape: BaselineShape, **special) -> PretrainedConfig:
+    return gpt2_config_for_budget(target, vocab_size, shape.gpt2_positions, n_layer=shape.gpt2_layers,
+                                  tolerance=shape.tolerance, dropout=shape.dropout, **special)  # fmt: skip
+
+
+def _sized_lstm(target: int, vocab_size: int, shape: BaselineShape, **special) -> PretrainedConfig:
+    return lstm_config_for_budget(target, vocab_size, num_layers=shape.lstm_layers, tolerance=shape.tolerance,
+                                  dropout=shape.dropout, **special)  # fmt: skip
+
+
+MODELS = {
+    spec.name: spec
+    for spec in (
+        ModelSpec("new_llm", "New-LLM", "new_llm", NewLLMForCausalLM, ("dropout",), None, carries_state=True),
+        ModelSpec("tinygpt2", "TinyGPT2", "gpt2", build_tinygpt2, GPT2_DROPOUT_FIELDS, _sized_gpt2, carries_state=False),
+        ModelSpec("lstm", "LSTM", "newllm_lstm", LSTMForCausalLM, ("dropout",), _sized_lstm, carries_state=True),
+    )
+}
+MODEL_NAMES = tuple(MODELS)
+MODEL_LABELS = {name: spec.label for name, spec in MODELS.items()}
+MODEL_TYPES = {name: spec.model_type for name, spec in MODELS.items()}
+DROPOUT_FIELDS = {name: spec.dropout_fields for name, spec in MODELS.items()}
+
+
+def spec(name: str) -> ModelSpec:
+    """The registry entry of `name`, or a ValueError listing the known names."""
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r}; choose from {', '.join(MODEL_NAMES)}")
+    return MODELS[name]
+
+
+def carries_state(model) -> bool:
+    """Whether `model` is one of the recurrent families (its forward takes and returns `state`)."""
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    return any(s.carries_state for s in MODELS.values() if s.model_type == model_type)
+
+
+def cache_argument(model) -> str:
+    """The keyword a model takes its generation cache by: `state` (the recurrent families) or, for a
+    transformers model, `cache` (transformers >= 5.2x) or `past_key_values`, whichever its forward has."""
+    if carries_state(model):
+        return "state"
+    parameters = inspect.signature(model.forward).parameters
+    return next(name for name in ("state", "cache", "past_key_values") if name in parameters)
+
+
+def output_cache(output):
+    """The cache a forward returned, under whichever name its family or this transformers version gives it."""
+    return next(output[name] for name in ("state", "cache", "past_key_values") if output.get(name) is not None)
+
+
 def build_model(name: str, config: PretrainedConfig) -> PreTrainedModel:
     """A freshly initialised model of `name` from its config."""
-    if name == "new_llm":
-        return NewLLMForCausalLM(config)
-    if name == "tinygpt2":
-        return build_tinygpt2(config)
-    if name == "lstm":
-        return LSTMForCausalLM(config)
-    raise ValueError(f"unknown model {name!r}; choose from {', '.join(MODEL_NAMES)}")
+    return spec(name).build(config)
 
 
 def matched_configs(
@@ -136,25 +196,6 @@ def matched_configs(
     }
     configs: dict[str, PretrainedConfig] = {}
     for name in names:
-        if name == "new_llm":
-            configs[name] = new_llm_config
-        elif name == "tinygpt2":
-            configs[name] = gpt2_config_for_budget(
-                target,
-                new_llm_config.vocab_size,
-                shape.gpt2_positions,
-                n_layer=shape.gpt2_layers,
-                tolerance=shape.tolerance,
-                dropout=shape.dropout,
-                **special,
-            )
-        elif name == "lstm":
-            configs[name] = lstm_config_for_budget(
-                target,
-                new_llm_config.vocab_size,
-                num_layers=shape.lstm_layers,
-                tolerance=shape.tolerance,
-                dropout=shape.dropout,
-                **special,
-            )
+        sized = MODELS[name].sized
+        configs[name] = new_llm_config if sized is None else sized(target, new_llm_config.vocab_size, shape, **special)
     return configs

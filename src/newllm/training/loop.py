@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import csv
 import importlib.util
-import inspect
 import json
 import logging
 import math
@@ -30,6 +29,7 @@ from transformers.trainer_callback import ExportableState, PrinterCallback, Prog
 from newllm.config import TrainConfig
 from newllm.training.checkpoint import write_json_atomic
 from newllm.models.recurrent import RecurrentCache
+from newllm.models.registry import carries_state
 from newllm.training.distributed import any_rank, barrier, is_main_process, world_size
 
 logger = logging.getLogger(__name__)
@@ -304,7 +304,7 @@ class ResetStateCallback(TrainerCallback):
 
 
 def _check_stateful(model, train_dataset, config: TrainConfig) -> None:
-    if "state" not in inspect.signature(model.forward).parameters:
+    if not carries_state(model):
         raise ValueError(f"stateful training needs a recurrent model (new_llm, lstm), not {type(model).__name__}")
     lanes = getattr(train_dataset, "lanes", None)
     if lanes != config.batch_size:

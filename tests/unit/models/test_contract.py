@@ -138,3 +138,30 @@ def test_right_padding_does_not_change_scored_logits(any_model):
     mask[1, 6:] = 0  # right padding, as the collator makes it
     padded = model(ids, attention_mask=mask).logits
     torch.testing.assert_close(padded[1, :6], model(ids[1:, :6]).logits[0], rtol=1e-5, atol=1e-5)
+
+
+def test_each_registry_entry_is_what_its_models_are(tiny_configs):
+    """The registry's facts about a family hold for the model it builds: checkpoint type, dropout
+    fields present in its config, and whether its forward carries a state."""
+    import inspect
+
+    from newllm.models.registry import MODELS, cache_argument, carries_state
+
+    for name, entry in MODELS.items():
+        model = entry.build(tiny_configs[name])
+        assert model.config.model_type == entry.model_type
+        assert all(hasattr(model.config, field) for field in entry.dropout_fields), name
+        takes_state = "state" in inspect.signature(model.forward).parameters
+        assert carries_state(model) is entry.carries_state is takes_state, name
+        assert (cache_argument(model) == "state") is entry.carries_state
+        assert (entry.sized is None) == (name == "new_llm")  # the others are sized to New-LLM
+    assert not carries_state(torch.nn.Linear(2, 2))  # not a family of the registry
+
+
+def test_reporting_names_the_registrys_models_as_the_registry_does():
+    # reporting/ imports no torch, so it keeps its own copy of the names and labels: checked here
+    from newllm.models.registry import MODEL_LABELS, MODEL_NAMES
+    from newllm.reporting import plots, report
+
+    assert plots.MODEL_LABELS == MODEL_LABELS
+    assert tuple(report.EXPECTED_MODELS) == MODEL_NAMES
