@@ -4,7 +4,7 @@
 
 Prints, after each build, the memory still allocated above the weights ("left") and the decoding peak.
 Before the fix (every capture on a new CUDA stream, each keeping its own 33 MiB cuBLAS workspace)
-"left" grew by 33 MiB per build; this script, then looping over the parallel and the seed cell in
+"left" grew by 33 MiB per build; this script, then looping over the parallel and the prototype cell in
 bf16 and fp32, showed it on the H200 in session 4. After the fix (scan.capture_stream) this version
 printed a constant 99 MiB left and a 127.5 MiB peak on every row (docs/performance.md).
 """
@@ -14,7 +14,7 @@ from newllm.evaluation.bench import BenchConfig, bench_models, _graphed_decoding
 from newllm.models.new_llm.decoding import GreedyDecoder
 dev = torch.device("cuda")
 MiB = 2**20
-for cell in ("parallel", "seed"):
+for cell in ("parallel", "prototype"):
     m = bench_models(BenchConfig(cell=cell, residual=cell == "parallel", ffn_norm=cell == "parallel", models=("new_llm",)))["new_llm"].to(dev).eval()
     _release(dev); base = torch.cuda.memory_allocated()
     print(cell, "weights MiB", base / MiB, flush=True)

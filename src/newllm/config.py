@@ -33,7 +33,7 @@ class ConfigError(ValueError):
 class DataConfig:
     data_dir: str | None = None  # else $NEWLLM_DATA_DIR; if unset ./data, ../shared/data, then the Hub
     wikitext: str = "tokens"  # "tokens" (wikitext-2-v1, the literature's) or "raw"
-    tokenizer: str = "bpe"  # "bpe" (byte-level BPE) or "seed" (the prototype's 1,000 words)
+    tokenizer: str = "bpe"  # "bpe" (byte-level BPE) or "prototype" (alias "seed": the prototype's 1,000 words)
     vocab_size: int = 8192
     block_size: int = 128  # WikiText window: tokens of context per training example
     dialog_block_size: int = 256  # DailyDialog window; longer dialogues are cut into several
@@ -41,6 +41,10 @@ class DataConfig:
     eval_lines: int | None = None  # ... of valid and test; None = the full split
     train_dialogues: int | None = None
     eval_dialogues: int | None = None
+
+    def __post_init__(self):
+        if self.tokenizer == "seed":  # the prototype tokenizer's earlier name
+            object.__setattr__(self, "tokenizer", "prototype")
 
 
 @dataclass(frozen=True)
@@ -53,7 +57,7 @@ class ModelConfig:
     num_layers: int = 3
     dropout: float = 0.1
     # New-LLM research options (NewLLMConfig documents each; the defaults are the prototype's cell)
-    cell: str = "seed"  # "seed" or "parallel" (token-only gates, trained with a parallel scan)
+    cell: str = "prototype"  # "prototype" (alias "seed") or "parallel" (token-only gates, a parallel scan)
     embedding_dropout: float = 0.0
     context_dropout: float = 0.0
     residual: bool = False
@@ -73,6 +77,8 @@ class ModelConfig:
     tolerance: float = 0.05  # baselines within ±5 % of New-LLM's parameters
 
     def __post_init__(self):
+        if self.cell == "seed":  # the prototype cell's earlier name
+            object.__setattr__(self, "cell", "prototype")
         # Checked when the config is built: an empty or misspelt --models fails before a tokenizer is trained.
         known = ", ".join(MODEL_NAMES)
         if not self.names:

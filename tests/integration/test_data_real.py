@@ -56,7 +56,7 @@ def test_bpe_trained_on_a_train_slice_round_trips_the_test_file(wikitext):
 
 
 def test_seed_protocol_gives_one_token_per_word_and_line(wikitext):
-    seed = train_tokenizer(wikitext["train"].lines, kind="seed", vocab_size=1_000)
+    seed = train_tokenizer(wikitext["train"].lines, kind="prototype", vocab_size=1_000)
     assert seed.get_vocab_size() == 1_000
     stream = encode_text(seed, wikitext["test"])
     # The leading end_of_text is one <EOS> more than the published count.

@@ -49,7 +49,7 @@ def test_full_schedule_rows_differ_from_full_in_the_model_alone(variant):
 
 def test_seed_preset_is_the_prototype_protocol():
     config = load_config("seed")
-    assert (config.data.tokenizer, config.data.vocab_size, config.data.block_size) == ("seed", 1000, 64)
+    assert (config.data.tokenizer, config.data.vocab_size, config.data.block_size) == ("prototype", 1000, 64)
 
 
 def test_overrides_are_typed():
@@ -156,3 +156,15 @@ def test_the_study_preset_builds_its_mlp_cell_and_baselines_of_its_size(tiny_tok
     for name in ("tinygpt2", "lstm"):
         assert abs(parameter_count(name, configs[name]) - target) <= 0.05 * target
     assert (config.pretrain.weight_decay, config.pretrain.epochs) == (0.1, 16)
+
+
+def test_the_prototypes_earlier_name_seed_still_reads_as_prototype(tiny_corpus_lines):
+    """Checkpoints, configs and commands in the wild say "seed" for the prototype's cell and tokenizer."""
+    from newllm.data.tokenizer import describe_tokenizer, train_tokenizer
+    from newllm.models.new_llm import NewLLMConfig
+
+    config = load_config("quick", ["model.cell=seed", "data.tokenizer=seed"])
+    assert (config.model.cell, config.data.tokenizer) == ("prototype", "prototype")
+    assert config_from_dict(config.to_dict()) == config
+    assert NewLLMConfig(cell="seed").cell == "prototype"
+    assert describe_tokenizer(train_tokenizer(tiny_corpus_lines, kind="seed", vocab_size=100))["kind"] == "prototype"

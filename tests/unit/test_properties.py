@@ -44,7 +44,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 @pytest.fixture(scope="module")
 def seed_tokenizer():
-    return train_tokenizer(TINY_TEXT.splitlines(keepends=True), kind="seed", vocab_size=100)
+    return train_tokenizer(TINY_TEXT.splitlines(keepends=True), kind="prototype", vocab_size=100)
 
 
 @pytest.fixture(scope="module")

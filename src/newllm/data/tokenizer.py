@@ -5,7 +5,7 @@ Two kinds, both stored as one ``tokenizer.json`` and told apart by its model typ
 - ``"bpe"`` (default, model ``BPE``): byte-level BPE as in GPT-2, trained on our own text. It is
   lossless, ``decode(encode(s).ids) == s``, for any text that does not spell out a special token.
   ``pad`` is ``<|endoftext|>`` (GPT-2's convention); padded labels are -100, so sharing the id is harmless.
-- ``"seed"`` (model ``WordLevel``): the prototype's word-level protocol. Text is lower-cased and split on
+- ``"prototype"`` (model ``WordLevel``; earlier ``"seed"``): the prototype's word-level protocol. Text is lower-cased and split on
   whitespace, and every line end ("\\n") becomes one ``<EOS>`` token. So a WikiText line costs one token
   per whitespace word plus one, the count behind the published word-level figures (test: 245,569).
   The vocabulary has exactly ``vocab_size`` entries. It holds ``<PAD> <UNK> <BOS> <EOS>``, the three
@@ -43,10 +43,12 @@ _DIALOGUE_TOKENS = (SPEAKER_1, SPEAKER_2, END_OF_TURN)
 _BPE_SPECIALS = (END_OF_TEXT, *_DIALOGUE_TOKENS)
 _SEED_SPECIALS = (SEED_PAD, SEED_UNK, SEED_BOS, SEED_EOS, *_DIALOGUE_TOKENS)
 _FILE_NAME = "tokenizer.json"
+# The prototype's word-level kind was called "seed"; configs and commands may still say so.
+KIND_ALIASES = {"seed": "prototype"}
 
 _NORMALISATION = {
     "bpe": "No normalisation: byte-level BPE over the raw UTF-8 bytes, so decoding returns the exact text.",
-    "seed": "Lower-cased and split on whitespace; each line end is <EOS> and out-of-vocabulary words are <UNK>.",
+    "prototype": "Lower-cased and split on whitespace; each line end is <EOS> and out-of-vocabulary words are <UNK>.",
 }
 
 
@@ -62,12 +64,13 @@ class SpecialIds:
 
 
 def train_tokenizer(lines: Iterable[str], kind: str = "bpe", vocab_size: int = 8192) -> Tokenizer:
-    """Train a tokenizer of `kind` ("bpe" or "seed") with `vocab_size` entries, special tokens included."""
+    """Train a tokenizer of `kind` ("bpe" or "prototype", earlier "seed") with `vocab_size` entries, special tokens included."""
+    kind = KIND_ALIASES.get(kind, kind)
     if kind == "bpe":
         return _train_bpe(lines, vocab_size)
-    if kind == "seed":
+    if kind == "prototype":
         return _train_seed(lines, vocab_size)
-    raise ValueError(f"unknown tokenizer kind {kind!r}; expected 'bpe' or 'seed'")
+    raise ValueError(f"unknown tokenizer kind {kind!r}; expected 'bpe' or 'prototype'")
 
 
 def _train_bpe(lines: Iterable[str], vocab_size: int) -> Tokenizer:
@@ -126,15 +129,15 @@ def _train_seed(lines: Iterable[str], vocab_size: int) -> Tokenizer:
 
 def _kind(tokenizer: Tokenizer) -> str:
     if isinstance(tokenizer.model, models.WordLevel):
-        return "seed"
+        return "prototype"
     if isinstance(tokenizer.model, models.BPE):
         return "bpe"
     raise ValueError(f"unsupported tokenizer model {type(tokenizer.model).__name__}; newllm uses BPE or WordLevel")
 
 
 def special_ids(tokenizer: Tokenizer) -> SpecialIds:
-    """Ids of the framing tokens; the seed kind maps end_of_text to <EOS> and pad to <PAD>."""
-    if _kind(tokenizer) == "seed":
+    """Ids of the framing tokens; the prototype kind maps end_of_text to <EOS> and pad to <PAD>."""
+    if _kind(tokenizer) == "prototype":
         names = (SEED_EOS, SEED_PAD, SPEAKER_1, SPEAKER_2, END_OF_TURN)
     else:
         names = (END_OF_TEXT, END_OF_TEXT, SPEAKER_1, SPEAKER_2, END_OF_TURN)

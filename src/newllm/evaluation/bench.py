@@ -68,7 +68,7 @@ class BenchConfig:
     num_layers: int = 3
     # New-LLM's variant (NewLLMConfig): the prototype's cell by default; "parallel" with residual and
     # ffn_norm is configs/full_parallel.toml's. The baselines are matched to whichever is measured.
-    cell: str = "seed"
+    cell: str = "prototype"
     residual: bool = False
     ffn_norm: bool = False
     gpt2_positions: int = 1024

@@ -202,7 +202,7 @@ def _notes(results: Mapping[str, Any]) -> list[str]:
 
 def new_llm_variant(config: Mapping[str, Any]) -> str | None:
     """'parallel cell, residual, ffn_norm' for a bench of a New-LLM other than the prototype's cell."""
-    parts = [f"{config['cell']} cell"] if config.get("cell", "seed") != "seed" else []
+    parts = [f"{config['cell']} cell"] if config.get("cell", "prototype") not in ("prototype", "seed") else []
     parts += [option for option in ("residual", "ffn_norm") if config.get(option)]
     return ", ".join(parts) or None
 

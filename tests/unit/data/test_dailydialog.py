@@ -166,7 +166,7 @@ def test_a_single_utterance_has_nothing_to_score(tiny_tokenizer):
 
 
 def test_encode_dialogue_works_with_the_seed_tokenizer(tiny_corpus_lines, tiny_dialogues):
-    seed = train_tokenizer(tiny_corpus_lines, kind="seed", vocab_size=7 + 50)
+    seed = train_tokenizer(tiny_corpus_lines, kind="prototype", vocab_size=7 + 50)
     ids, mask = encode_dialogue(seed, tiny_dialogues[0])
     assert ids[0] == ids[-1] == seed.token_to_id("<EOS>")
     # Seed tokens are whitespace words, so each utterance costs its word count plus speaker and end of turn.

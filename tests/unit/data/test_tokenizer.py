@@ -111,7 +111,7 @@ def seed_corpus() -> list[str]:
 
 @pytest.fixture(scope="module")
 def seed_tokenizer():
-    return train_tokenizer(seed_corpus(), kind="seed", vocab_size=1000)
+    return train_tokenizer(seed_corpus(), kind="prototype", vocab_size=1000)
 
 
 def test_seed_vocabulary_is_exactly_the_requested_size_with_the_prototype_specials(seed_tokenizer):
@@ -152,18 +152,18 @@ def test_seed_decoding_shows_unknown_words_but_drops_padding(seed_tokenizer):
 
 def test_seed_needs_enough_distinct_words(tiny_corpus_lines):
     with pytest.raises(ValueError, match="needs 993 distinct words"):
-        train_tokenizer(tiny_corpus_lines, kind="seed", vocab_size=1000)
+        train_tokenizer(tiny_corpus_lines, kind="prototype", vocab_size=1000)
 
 
 def test_seed_does_not_count_special_strings_as_words():
     lines = [f"{SPEAKER_1} a a b\n", "<EOS> c\n"]
-    tokenizer = train_tokenizer(lines, kind="seed", vocab_size=7 + 4)
+    tokenizer = train_tokenizer(lines, kind="prototype", vocab_size=7 + 4)
     assert sorted(tokenizer.get_vocab().values()) == list(range(11))
     # "<EOS>" in text is lower-cased into an ordinary word; only line ends make the <EOS> token.
     assert {"a", "b", "c", "<eos>"} <= set(tokenizer.get_vocab())
 
 
-@pytest.mark.parametrize("kind, size", [("bpe", 300), ("seed", 1000)])
+@pytest.mark.parametrize("kind, size", [("bpe", 300), ("prototype", 1000)])
 def test_save_then_load_keeps_fingerprint_and_kind(tmp_path, tiny_tokenizer, seed_tokenizer, kind, size):
     tokenizer = tiny_tokenizer if kind == "bpe" else seed_tokenizer
     path = save_tokenizer(tokenizer, tmp_path / "run" / "tok")

@@ -217,7 +217,7 @@ def test_encode_text_of_a_head_is_a_prefix(tiny_tokenizer, tiny_corpus_lines):
 
 def test_seed_stream_has_one_token_per_word_and_line(tiny_corpus_lines):
     split = TextSplit("test", (*tiny_corpus_lines, " \n", " double  spaced \n"), "memory")
-    seed = train_tokenizer(split.lines, kind="seed", vocab_size=7 + 100)
+    seed = train_tokenizer(split.lines, kind="prototype", vocab_size=7 + 100)
     stream = encode_text(seed, split)
     # The leading end_of_text is <EOS> too, so the stream is one longer than the word count.
     assert len(stream) == split.n_words + 1

@@ -178,7 +178,7 @@ def test_fused_scan_matches_reference_forward_and_gradients(num_layers, residual
     torch.manual_seed(0)
     cell = NewLLMCell(embedding_size=10, context_size=6, hidden_size=20, num_layers=num_layers, context_clamp=1.5,
                       residual=residual, ffn_norm=ffn_norm).double()  # fmt: skip
-    assert cell.fused_scan_ok
+    assert cell.has_handwritten_backward
     with torch.no_grad():  # non-trivial LayerNorm affines and some clamped entries
         for norm in [cell.context_norm, *(cell.norms or [])]:
             norm.weight.uniform_(0.5, 2.0)

@@ -112,7 +112,7 @@ def _loss_and_grads(model, ids):
 
 @cuda
 @pytest.mark.parametrize("mode", ["compiled", "graphed", "compiled+graphed"])
-@pytest.mark.parametrize("options", [{}, {"residual": True, "ffn_norm": True}], ids=["seed", "residual+norm"])
+@pytest.mark.parametrize("options", [{}, {"residual": True, "ffn_norm": True}], ids=["prototype", "residual+norm"])
 def test_cuda_fast_paths_match_eager_forward_and_gradients(mode, options):
     torch.manual_seed(0)
     model = NewLLMForCausalLM(tiny_new_llm_config(**options)).cuda()  # dropout 0: the same function
@@ -136,7 +136,7 @@ MLP_CELL = dict(block="mlp", embedding_size=32, hidden_size=32, context_size=32,
 def test_cuda_autograd_scan_matches_eager_for_the_mlp_cell(mode):
     torch.manual_seed(0)
     model = NewLLMForCausalLM(tiny_new_llm_config(**MLP_CELL)).cuda()
-    assert not model.model.cell.fused_scan_ok
+    assert not model.model.cell.has_handwritten_backward
     ids = random_ids(4, 16).cuda()
     with torch.no_grad():
         logits_ref = model(ids).logits
@@ -253,7 +253,7 @@ def test_cuda_fast_paths_match_eager_under_no_grad_between_training_steps(mode):
 def test_cuda_graphed_scan_draws_new_dropout_masks_each_replay(options):
     torch.manual_seed(0)
     model = NewLLMForCausalLM(tiny_new_llm_config(**options)).cuda().train().set_fast_path("graphed")
-    assert model.model.cell.fused_scan_ok
+    assert model.model.cell.has_handwritten_backward
     ids = random_ids(4, 16).cuda()
     losses = [model(ids, labels=ids).loss.item() for _ in range(3)]
     assert len(set(losses)) == 3, losses

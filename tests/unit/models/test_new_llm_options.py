@@ -72,7 +72,7 @@ def test_default_config_is_the_seed_cell_with_its_state_dict():
     keys = set(model.state_dict())
     assert not any("norms" in k or "lm_head_bias" in k for k in keys)
     assert {"lm_head.weight", "model.cell.context_norm.weight", "model.cell.context_proj.bias"} <= keys
-    assert model.model.cell.fused_scan_ok
+    assert model.model.cell.has_handwritten_backward
 
 
 @pytest.mark.parametrize("name, fused", [("forget/input bias", True), ("embedding dropout", True), ("tied", True),
@@ -80,7 +80,7 @@ def test_default_config_is_the_seed_cell_with_its_state_dict():
                                          ("multi-scale", False), ("mlp block", False), ("final norm", False),
                                          ("tanh candidate, no clamp", False)])  # fmt: skip
 def test_fused_scan_covers_exactly_the_options_it_implements(name, fused):
-    assert build(**OPTIONS[name]).model.cell.fused_scan_ok is fused
+    assert build(**OPTIONS[name]).model.cell.has_handwritten_backward is fused
 
 
 def test_gate_biases_start_where_configured():
@@ -156,7 +156,7 @@ def test_parallel_cell_carries_the_context_through_left_padding():
 @pytest.mark.parametrize(
     "bad, message",
     [
-        (dict(cell="attention"), "cell must be one of seed, parallel"),
+        (dict(cell="attention"), "cell must be one of prototype, parallel"),
         (dict(embedding_dropout=1.0), "embedding_dropout must be in"),
         (dict(tie_embeddings=True), "tie_embeddings needs embedding_size == hidden_size"),
         (dict(context_scales=3), "context_scales must be a positive divisor"),

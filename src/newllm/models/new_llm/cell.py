@@ -48,7 +48,7 @@ class MLPBlock(nn.Module):
 
 
 class BaseCell(nn.Module):
-    """What the seed and parallel cells share: the FFN stack on [token; context], the [Δ, f, i]
+    """What the prototype and parallel cells share: the FFN stack on [token; context], the [Δ, f, i]
     projection and the context LayerNorm. They differ in what the projection reads (the FFN output
     h_t, or the token alone) and so in whether the recurrence is sequential.
     """
@@ -89,13 +89,13 @@ class BaseCell(nn.Module):
             widths = [embedding_size + context_size] + [hidden_size] * num_layers
             self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(widths[:-1], widths[1:]))
             self.blocks = None
-            # LayerNorm before each of layers 2..L (absent by default, so the seed's state dict is unchanged)
+            # LayerNorm before each of layers 2..L (absent by default, so the prototype's state dict is unchanged)
             self.norms = (
                 nn.ModuleList(nn.LayerNorm(hidden_size, eps=layer_norm_eps) for _ in range(num_layers - 1))
                 if ffn_norm
                 else None
             )
-        # A LayerNorm on the FFN output, read by the head and (seed cell) the context update
+        # A LayerNorm on the FFN output, read by the head and (prototype cell) the context update
         self.final_norm = nn.LayerNorm(hidden_size, eps=layer_norm_eps) if final_norm else None
         # W_Δ, W_f, W_i as one matmul: rows [0:C) give Δ, [C:2C) give f, [2C:3C) give i.
         self.context_proj = nn.Linear(gate_input_size, 3 * context_size)
@@ -185,7 +185,7 @@ class NewLLMCell(BaseCell):
         self.candidate = candidate
 
     @property
-    def fused_scan_ok(self) -> bool:
+    def has_handwritten_backward(self) -> bool:
         """Whether scan.py's hand-written backward covers this cell: the prototype's Linear+ReLU stack (with
         residuals, pre-norms and dropouts), a linear candidate, a clamp, one context scale. Other cells
         train through autograd (compiled and CUDA-graphed on the fast path, scan.autograd_scan)."""
@@ -198,8 +198,8 @@ class NewLLMCell(BaseCell):
         )
 
     @property
-    def fast_no_grad(self) -> bool:
-        """Whether no_grad forwards take the fused scan too: only once `set_fast_path` chose a CUDA fast path."""
+    def fast_validation(self) -> bool:
+        """Whether no_grad forwards (validation during training) take the fast scan too: once `set_fast_path` chose a CUDA fast path."""
         return self.compile_steps or self.cuda_graphs
 
     def _bound(self, normed: torch.Tensor) -> torch.Tensor:

@@ -5,7 +5,9 @@ from __future__ import annotations
 from transformers import PretrainedConfig
 
 
-CELLS = ("seed", "parallel")
+CELLS = ("prototype", "parallel")
+# Earlier spellings that checkpoints in the wild carry in config.json
+CELL_ALIASES = {"seed": "prototype"}
 BLOCKS = ("linear", "mlp")
 CANDIDATES = ("linear", "tanh")
 
@@ -24,8 +26,8 @@ class NewLLMConfig(PretrainedConfig):
         initializer_range: std of the normal init of linear and embedding weights.
         use_cache: return the context as `past_key_values` (what `generate()` feeds back).
 
-    Research options (issue 4; every default is the prototype's cell, the "seed" row):
-        cell: "seed" (the context update reads the FFN output h_t, so it is sequential) or "parallel"
+    Research options (every default is the prototype's cell):
+        cell: "prototype" (the context update reads the FFN output h_t, so it is sequential) or "parallel"
             (gates and update read only the current token: a linear recurrence in the context,
             trained with a chunked parallel scan, minGRU-style; parallel.py).
         embedding_dropout: dropout on the token embeddings.
@@ -62,7 +64,7 @@ class NewLLMConfig(PretrainedConfig):
         layer_norm_eps: float = 1e-5,
         initializer_range: float = 0.02,
         use_cache: bool = True,
-        cell: str = "seed",
+        cell: str = "prototype",
         embedding_dropout: float = 0.0,
         context_dropout: float = 0.0,
         residual: bool = False,
@@ -98,6 +100,7 @@ class NewLLMConfig(PretrainedConfig):
             raise ValueError(f"NewLLMConfig.mlp_ratio must be a positive integer, got {mlp_ratio!r}")
         if block == "mlp" and (residual or ffn_norm):
             raise ValueError("NewLLMConfig.residual and ffn_norm shape the linear block; the mlp block has both built in")
+        cell = CELL_ALIASES.get(cell, cell)
         if cell not in CELLS:
             raise ValueError(f"NewLLMConfig.cell must be one of {', '.join(CELLS)}, got {cell!r}")
         for name, value in [("embedding_dropout", embedding_dropout), ("context_dropout", context_dropout)]:

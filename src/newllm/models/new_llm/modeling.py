@@ -92,11 +92,11 @@ class NewLLMModel(NewLLMPreTrainedModel):
         if not needs_state_mask(attention_mask):
             attention_mask = None  # no left padding: skip the per-step select
         cell = self.cell
-        if attention_mask is None and isinstance(cell, NewLLMCell) and (torch.is_grad_enabled() or cell.fast_no_grad):
+        if attention_mask is None and isinstance(cell, NewLLMCell) and (torch.is_grad_enabled() or cell.fast_validation):
             # Training: the same function with a hand-written backward (scan.py), several times faster.
             # Its validation too, once `set_fast_path` chose a CUDA fast path; other no_grad calls
             # (evaluation, generation) keep the reference loop, which runs under autocast.
-            if cell.fused_scan_ok:
+            if cell.has_handwritten_backward:
                 return fused_scan(cell, embeddings, context)
             if (cell.cuda_graphs or cell.compile_steps) and embeddings.is_cuda:
                 # a cell the hand-written backward does not cover: autograd, compiled and captured as set

@@ -5,7 +5,7 @@
     h_t = (Linear → ReLU → Dropout)^L ([e_t; LN(c_t)])
     logits_t = W_out h_t
 
-The same principles as the seed cell (no attention, no positions, one fixed-size state), but the
+The same principles as the prototype cell (no attention, no positions, one fixed-size state), but the
 recurrence is linear in the context with coefficients that every position knows in advance, so a
 whole window is one parallel scan (minGRU, Feng et al. 2024, is the same idea) and the FFN then
 runs over all positions at once. The price: the update cannot depend on what the context already
@@ -51,7 +51,7 @@ def chunked_linear_scan(
 
 
 class ParallelNewLLMCell(BaseCell):
-    fused_scan_ok = False  # no sequential loop for scan.py to speed up
+    has_handwritten_backward = False  # no sequential loop for scan.py to speed up
 
     def __init__(
         self,
