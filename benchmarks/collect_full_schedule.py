@@ -120,7 +120,7 @@ def _untrained_positions(results: dict, entry: dict) -> str | None:
     """Why this evaluation's stream number and replies are void, or None.
 
     A sliding window wider than the training window marks an evaluation made before checkpoints
-    recorded `trained_positions` (session 3): then the window and the reply prompts both ran past the
+    recorded `trained_positions`: then the window and the reply prompts both ran past the
     positions TinyGPT2 was trained on.
     """
     stream = entry["wikitext"].get("test_stream") or {}
@@ -414,7 +414,7 @@ def plot_dialog_validation(runs: dict, path: Path) -> Path:
 
 def plot_test(summary: dict, path: Path, target: float = 96.0) -> Path:
     """WikiText-2 test word perplexity per BPE row, best at the top: a dot per seed, a tick at the mean with the
-    seed spread as a whisker, issue 4's target as a dashed line. A row whose step 1 its time limit ended is
+    seed spread as a whisker, the target as a dashed line. A row whose step 1 its time limit ended is
     hollow and says so. Dots, not bars: the axis does not start at 0."""
     entries = []  # (label, values, stopped, colour)
     for row in bpe_rows(summary):
@@ -437,7 +437,7 @@ def plot_test(summary: dict, path: Path, target: float = 96.0) -> Path:
         ax.annotate(f"{mean:.1f}", (mean + spread, y), xytext=(6, 0), textcoords="offset points", va="center",
                     fontsize="small")  # fmt: skip
     ax.axvline(target, color="0.4", linestyle="--", linewidth=1)
-    ax.annotate(f"issue 4's target ≤ {target:g}", (target, len(entries) - 0.5), xytext=(4, 0), textcoords="offset points",
+    ax.annotate(f"target ≤ {target:g}", (target, len(entries) - 0.5), xytext=(4, 0), textcoords="offset points",
                 fontsize="small", color="0.3", va="center")  # fmt: skip
     ax.set_yticks(range(len(entries)), [entry[0] for entry in entries], fontsize="small")
     ax.set_ylim(-0.6, len(entries) - 0.2)

@@ -19,8 +19,8 @@
 # `exit <code>` with Unix times. The tokenizer is trained once per preset and copied into every run,
 # so all runs of a tokenizer share it exactly. PYTHON picks the interpreter that has newllm installed
 # (default python3); EXTRA adds options to every newllm command. MPS=1 starts a CUDA MPS daemon for the
-# runs (and stops it after), so that the processes share the GPU's SMs instead of taking turns: in
-# session 5, six runs under MPS each went nearly as fast per epoch as three without it (docs/performance.md).
+# runs (and stops it after), so that the processes share the GPU's SMs instead of taking turns: six runs
+# under MPS each went nearly as fast per epoch as three without it (docs/performance.md).
 # On a machine with several GPUs, one launch per GPU: CUDA_VISIBLE_DEVICES=1 MPS=1 benchmarks/full_schedule.sh
 # RUNS_DIR (each launch its own daemon; the index is turned into the GPU's UUID, which MPS needs).
 set -euo pipefail
@@ -101,7 +101,7 @@ gpu_uuids() {  # a CUDA_VISIBLE_DEVICES list with each index replaced by that GP
 start_mps() {  # MPS=1: one MPS daemon for this schedule's processes; without it they time-slice the GPU
   command -v nvidia-cuda-mps-control > /dev/null || { echo "MPS: nvidia-cuda-mps-control not found, running without"; return; }
   # The MPS server numbers the GPUs it sees from 0: under a daemon started with CUDA_VISIBLE_DEVICES=1 a client
-  # asking for index 1 finds no GPU (session 9). A UUID names the same GPU to the daemon and its clients.
+  # asking for index 1 finds no GPU. A UUID names the same GPU to the daemon and its clients.
   if [ -n "${CUDA_VISIBLE_DEVICES:-}" ]; then
     CUDA_VISIBLE_DEVICES=$(gpu_uuids "$CUDA_VISIBLE_DEVICES")
     export CUDA_VISIBLE_DEVICES

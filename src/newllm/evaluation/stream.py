@@ -1,4 +1,4 @@
-"""Perplexity of a whole token stream with context across window boundaries (issue 4, "evaluate statefully too").
+"""Perplexity of a whole token stream with context across window boundaries.
 
 `evaluate_perplexity` over `StreamWindows` restarts every window from nothing: a recurrent model's
 state is reset and GPT-2 sees only the window. Here the same tokens are scored with the context each

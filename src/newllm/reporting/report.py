@@ -645,7 +645,7 @@ def _definitions(results: Mapping[str, Any]) -> list[str]:
         f"- **Tokenizer**: {escape_cell(tok.get('kind', MISSING))}, "
         f"vocabulary {_count(tok.get('vocab_size'))}, "
         f"fingerprint {_code(tok.get('fingerprint'))}; "
-        # results.json written before session 4 say "None: …"; every version ends its sentence with "."
+        # older results.json say "None: …"; every version ends its sentence with "."
         f"{escape_cell(str(tok.get('normalisation', 'normalisation not recorded')).removeprefix('None: ').rstrip('.'))}.",
         "- **Data**: WikiText-2 "
         f"{escape_cell(wikitext.get('variant', MISSING))} from {_code(wikitext.get('source'))}, "

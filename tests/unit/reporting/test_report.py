@@ -498,7 +498,7 @@ def test_reporting_imports_no_torch_and_no_other_newllm_module():
 
 def test_sliced_sets_read_as_plural_and_the_tokenizer_line_ends_once():
     results = make_results(sliced=True)
-    results["tokenizer"]["normalisation"] = "None: byte-level BPE over the raw UTF-8 bytes."  # before session 4
+    results["tokenizer"]["normalisation"] = "None: byte-level BPE over the raw UTF-8 bytes."  # an older results.json
     md = render_report(results)
     assert "WikiText-2 and DailyDialog test sets were cut short" in md and "test set was" not in md
     tokenizer_line = next(line for line in md.splitlines() if line.startswith("- **Tokenizer**"))
