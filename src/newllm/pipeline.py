@@ -241,6 +241,43 @@ def _train_stage(experiment: ExperimentConfig, name, stage, resume, overwrite, *
     return train(run_dir=folder, resume=start, overwrite=overwrite or (resume and not start), **train_kwargs)
 
 
+# What --resume compares with the run's experiment.json, per step; and the settings in them that may
+# change on a resume because they do not change what is trained.
+RESUME_CHECKED = {"pretrain": ("precision", "data", "model", "pretrain"), "finetune": ("precision", "data", "model", "finetune")}
+RESUME_SAFE = ("data.data_dir", "model.names", "pretrain.time_limit", "finetune.time_limit", "pretrain.report_to",
+               "finetune.report_to")  # fmt: skip
+
+
+def _flat(values: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in values.items():
+        out |= _flat(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value}
+    return out
+
+
+def _check_resume_settings(config: ExperimentConfig, step: str) -> None:
+    """--resume continues the same run: a setting that changes training (learning rate, schedule, sizes,
+    data, model, seed, precision) differing from the run's experiment.json is refused, naming it."""
+    path = Path(config.output_dir) / "experiment.json"
+    try:
+        recorded = json.loads(path.read_text(encoding="utf-8"))["config"]
+    except FileNotFoundError:
+        return  # nothing recorded: a run from before experiment.json, or one that never started
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise ValueError(f"--resume: cannot read the run's settings from {path} ({err})") from None
+    current = config.to_dict()
+    old = _flat({key: recorded.get(key) for key in RESUME_CHECKED[step]})
+    new = _flat({key: current[key] for key in RESUME_CHECKED[step]})
+    changed = [key for key in new if key not in RESUME_SAFE and old.get(key, new[key]) != new[key]]
+    if changed:
+        key = changed[0]
+        more = f" (and {len(changed) - 1} more: {', '.join(changed[1:])})" if len(changed) > 1 else ""
+        raise ValueError(
+            f"--resume: {path.parent} was trained with {key}={old[key]!r}, this command says {new[key]!r}{more}; "
+            "resume with the run's settings, or start again with --overwrite"
+        )
+
+
 def _recorded_preset_hint(config: ExperimentConfig) -> str:
     """'this folder was run with --preset quick; ' where experiment.json names another preset than `config`'s."""
     try:
@@ -306,6 +343,8 @@ def pretrain(config: ExperimentConfig, resume: bool = False, overwrite: bool = F
     # Every input is checked before anything is written: the data, then every model's run folder.
     splits = load_wikitext_splits(config)
     _refuse_existing_runs(config, "wikitext", resume, overwrite)
+    if resume:
+        _check_resume_settings(config, "pretrain")
     Path(config.output_dir).mkdir(parents=True, exist_ok=True)
     tokenizer = prepare_tokenizer(config, splits["train"])
     _write_experiment(config, "pretrain")
@@ -383,6 +422,8 @@ def finetune(config: ExperimentConfig, resume: bool = False, overwrite: bool = F
         models[name], _ = load_checkpoint(parent, name, expected_tokenizer=tokenizer, **changes)
     sets, _ = _dialog_sets(config, tokenizer)
     _refuse_existing_runs(config, "dialog", resume, overwrite)
+    if resume:
+        _check_resume_settings(config, "finetune")
     _write_experiment(config, "finetune")
     pad = special_ids(tokenizer).pad
     for name, model in models.items():

@@ -101,10 +101,37 @@ def test_a_stage_stopped_by_the_time_limit_keeps_its_best_model_and_says_so(pret
     assert "1 / 1 (time limit)" in (out / "report.md").read_text()
 
     first = json.loads((out / "new_llm_dialog" / "history.json").read_text())
-    # no limit now: it goes on to the end. Another seed would change epoch 1 had it started over.
-    run("finetune", data, out, "--set", "finetune.epochs=3", "--set", "finetune.seed=5", "--resume")
+    # no limit now (a time limit may change on --resume): it goes on to the end from epoch 1's checkpoint;
+    # epoch 1's row, its measured seconds included, is the one recorded before, not a second run's
+    run("finetune", data, out, "--set", "finetune.epochs=3", "--resume")
     marker = json.loads((out / "new_llm_dialog" / STAGE_COMPLETE).read_text())
     assert "stopped" not in marker and marker["epochs_run"] == 3
     history = json.loads((out / "new_llm_dialog" / "history.json").read_text())
     assert history[0] == first[0] and len(history) == 3
     assert "stopped" not in json.loads((out / "best_new_llm_dialog" / "newllm.json").read_text())
+
+
+@pytest.mark.parametrize(
+    "flags, named",
+    [
+        (["--set", "pretrain.lr=0.5"], "pretrain.lr=0.003, this command says 0.5"),
+        (["--set", "pretrain.batch_size=4"], "pretrain.batch_size="),
+        (["--set", "pretrain.epochs=3", "--set", "model.dropout=0.3"], "model.dropout=0.1, this command says 0.3 (and 1 more: pretrain.epochs)"),
+    ],
+)
+def test_resume_refuses_a_setting_that_changes_training_and_touches_nothing(pretrained, capsys, flags, named):
+    data, out = pretrained
+    (out / "new_llm_wikitext" / STAGE_COMPLETE).unlink()  # an unfinished stage: --resume would train
+    before = snapshot(out)
+    code = main(["-q", "pretrain", *OPTIONS, "--data-dir", str(data), "--output-dir", str(out), "--resume", *flags])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and err[-1].startswith("newllm: error: --resume: ") and named in err[-1], err
+    assert snapshot(out) == before
+
+
+def test_resume_accepts_the_settings_that_do_not_change_training(pretrained):
+    data, out = pretrained
+    run("pretrain", data, out, "--resume", "--set", "pretrain.time_limit=3600", "--set", "eval.max_new_tokens=5")
+    run("finetune", data, out, "--resume", "--set", "finetune.time_limit=3600")
+    assert (out / "new_llm_dialog" / STAGE_COMPLETE).is_file()
+    assert json.loads((out / "experiment.json").read_text())["config"]["finetune"]["time_limit"] == 3600
