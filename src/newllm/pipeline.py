@@ -17,6 +17,7 @@ import dataclasses
 import json
 import logging
 import shlex
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -32,6 +33,7 @@ from newllm.data.tokenizer import (
     load_tokenizer,
     save_tokenizer,
     special_ids,
+    tokenizer_fingerprint,
     train_tokenizer,
 )
 from newllm.data.wikitext import TextSplit, encode_text, load_wikitext
@@ -42,6 +44,7 @@ from newllm.evaluation.speed import environment, measure_speed
 from newllm.evaluation.stream import evaluate_stream, plan_stream
 from newllm.models import (
     DROPOUT_FIELDS,
+    MODEL_NAMES,
     BaselineShape,
     NewLLMConfig,
     build_model,
@@ -137,9 +140,40 @@ def load_dialog_splits(config: ExperimentConfig, names=("train", "validation")) 
     return splits
 
 
-def prepare_tokenizer(config: ExperimentConfig, train_split: TextSplit | None = None):
-    """The experiment's one tokenizer: loaded from the output folder, or trained on WikiText-2 train once."""
+def _remove_runs_of_another_tokenizer(config: ExperimentConfig) -> None:
+    """Everything in the output folder made with its tokenizer: every model's run folders, checkpoints and
+    curves (MODEL_NAMES, not only this command's), the results, the report, the tokenizer itself."""
+    out = Path(config.output_dir)
+    removed = []
+    for name in MODEL_NAMES:
+        for stage in STAGES:
+            for folder in (run_dir(config, name, stage), checkpoint_dir(config, name, stage)):
+                if folder.is_dir():
+                    shutil.rmtree(folder)
+                    removed.append(folder.name)
+            curves_path(config, name, stage).unlink(missing_ok=True)
+    for file in ("results.json", "report.md", "experiment.json", "tokenizer.json"):
+        if (out / file).is_file():
+            (out / file).unlink()
+            removed.append(file)
+    logger.warning("--overwrite: %s held runs of another tokenizer; removed %s", out, ", ".join(removed))
+
+
+def prepare_tokenizer(config: ExperimentConfig, train_split: TextSplit | None = None, overwrite: bool = False):
+    """The experiment's one tokenizer: loaded from the output folder, or trained on WikiText-2 train once.
+
+    With `overwrite` (step 1 started again) it is trained anew; where it differs from the folder's (another
+    corpus, kind or size), every artefact made with the old one is removed: no run is left beside a
+    tokenizer it was not trained with."""
     path = Path(config.output_dir) / "tokenizer.json"
+    if overwrite and path.is_file() and train_split is not None:
+        fresh = train_tokenizer(train_split.lines, kind=config.data.tokenizer, vocab_size=config.data.vocab_size)
+        if tokenizer_fingerprint(fresh) == tokenizer_fingerprint(load_tokenizer(path)):
+            return fresh
+        if is_main_process():
+            _remove_runs_of_another_tokenizer(config)
+            save_tokenizer(fresh, config.output_dir)
+        return fresh
     if path.is_file():
         tokenizer = load_tokenizer(path)
         described = describe_tokenizer(tokenizer)
@@ -346,7 +380,7 @@ def pretrain(config: ExperimentConfig, resume: bool = False, overwrite: bool = F
     if resume:
         _check_resume_settings(config, "pretrain")
     Path(config.output_dir).mkdir(parents=True, exist_ok=True)
-    tokenizer = prepare_tokenizer(config, splits["train"])
+    tokenizer = prepare_tokenizer(config, splits["train"], overwrite=overwrite)
     _write_experiment(config, "pretrain")
     streams = {name: encode_text(tokenizer, split) for name, split in splits.items()}
     train_set = StreamWindows(streams["train"], config.data.block_size, drop_last=True)

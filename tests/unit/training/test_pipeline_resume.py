@@ -135,3 +135,26 @@ def test_resume_accepts_the_settings_that_do_not_change_training(pretrained):
     run("finetune", data, out, "--resume", "--set", "finetune.time_limit=3600")
     assert (out / "new_llm_dialog" / STAGE_COMPLETE).is_file()
     assert json.loads((out / "experiment.json").read_text())["config"]["finetune"]["time_limit"] == 3600
+
+
+def test_overwrite_on_another_corpus_retrains_the_tokenizer_and_removes_what_the_old_one_made(pretrained, tmp_path):
+    data, out = pretrained
+    run("finetune", data, out)
+    old = (out / "tokenizer.json").read_text()
+    other = write_data_dir(tmp_path / "other")
+    train = other / "wikitext-2" / "wiki.train.tokens"
+    train.write_text(train.read_text().upper())  # another corpus: another BPE
+    run("pretrain", other, out, "--overwrite")
+    assert (out / "tokenizer.json").read_text() != old
+    assert not (out / "best_new_llm_dialog").exists() and not (out / "new_llm_dialog").exists()  # made with the old one
+    assert (out / "best_new_llm_wikitext" / "tokenizer.json").read_text() == (out / "tokenizer.json").read_text()
+
+
+def test_overwrite_on_the_same_corpus_keeps_the_tokenizer_and_the_other_stages(pretrained):
+    data, out = pretrained
+    run("finetune", data, out)
+    old = (out / "tokenizer.json").read_text()
+    dialog = snapshot(out / "best_new_llm_dialog")
+    run("pretrain", data, out, "--overwrite")
+    assert (out / "tokenizer.json").read_text() == old
+    assert snapshot(out / "best_new_llm_dialog") == dialog
