@@ -30,9 +30,6 @@ from torch import nn
 from torch.nn import functional as F
 
 
-BLOCKS = ("linear", "mlp")
-
-
 class MLPBlock(nn.Module):
     """h + Dropout(W_2 GELU(W_1 LN(h))): a pre-norm Transformer MLP sublayer."""
 
@@ -74,7 +71,6 @@ class BaseCell(nn.Module):
         self.embedding_size = embedding_size
         self.context_size = context_size
         self.context_scales = context_scales
-        self.block = block
         self.dropout = nn.Dropout(dropout)
         self.context_dropout = nn.Dropout(context_dropout)
         self.residual = residual
