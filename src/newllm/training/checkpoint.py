@@ -110,7 +110,37 @@ def _checked_tokenizer(directory: Path, expected=None):
             check_same_tokenizer(expected, tokenizer, where=f"checkpoint {directory}")
         except ValueError as err:
             raise CheckpointError(f"{err}: it was saved with another tokenizer than the run's tokenizer.json") from None
+    _check_own_tokenizer(directory, tokenizer)
     return tokenizer
+
+
+def _check_own_tokenizer(directory: Path, tokenizer) -> None:
+    """The folder's tokenizer.json is the one its model was trained with: the fingerprint newllm.json
+    recorded at save time, and as many entries as the model's vocabulary. A swapped tokenizer would
+    otherwise decode every id into the wrong text (or index past the embedding) without a word."""
+    meta_path = directory / METADATA_FILE
+    if meta_path.is_file():
+        try:
+            meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise CheckpointError(f"checkpoint {directory}: {METADATA_FILE} is not valid JSON ({err})") from None
+        if not isinstance(meta, dict):
+            raise CheckpointError(f"checkpoint {directory}: {METADATA_FILE} is not a JSON object")
+        recorded = meta.get("tokenizer_fingerprint")
+        if isinstance(recorded, str) and recorded != tokenizer_fingerprint(tokenizer):
+            raise CheckpointError(
+                f"checkpoint {directory}: tokenizer.json is not the tokenizer its model was trained with "
+                f"(fingerprint {tokenizer_fingerprint(tokenizer)[:12]}, {METADATA_FILE} records {recorded[:12]})"
+            )
+    try:
+        vocab_size = json.loads((directory / "config.json").read_text(encoding="utf-8")).get("vocab_size")
+    except (OSError, ValueError, AttributeError):
+        return  # check_checkpoint reports an unreadable config.json
+    if isinstance(vocab_size, int) and tokenizer.get_vocab_size() != vocab_size:
+        raise CheckpointError(
+            f"checkpoint {directory}: tokenizer.json has {tokenizer.get_vocab_size()} entries, the model "
+            f"{vocab_size}: it is not the model's tokenizer"
+        )
 
 
 def load_checkpoint(directory, model_name: str | None = None, expected_tokenizer=None, device="cpu", **config_changes):

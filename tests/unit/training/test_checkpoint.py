@@ -93,3 +93,26 @@ def test_weights_are_readable_by_others_as_the_umask_allows(tmp_path, model, tok
 def test_missing_folder(tmp_path):
     with pytest.raises(CheckpointError, match="does not exist"):
         check_checkpoint(tmp_path / "nothing")
+
+
+def test_a_swapped_tokenizer_json_is_refused_by_every_loader(tmp_path, model, tokenizer):
+    """generate and chat load a checkpoint without the run's tokenizer to compare with: the fingerprint
+    newllm.json recorded, and the model's vocabulary size, catch a tokenizer.json swapped in later."""
+    from newllm.data.tokenizer import save_tokenizer
+
+    same_size = train_tokenizer([f"other words {i} here and there {i * 3} .\n" for i in range(200)], kind="bpe",
+                                vocab_size=300)  # fmt: skip
+    path = save_checkpoint(model, tokenizer, tmp_path / "ckpt")
+    save_tokenizer(same_size, path)
+    with pytest.raises(CheckpointError, match="not the tokenizer its model was trained with"):
+        load_checkpoint(path)
+    meta = json.loads((path / "newllm.json").read_text())
+    (path / "newllm.json").write_text(json.dumps({k: v for k, v in meta.items() if k != "tokenizer_fingerprint"}))
+    larger = train_tokenizer([f"other words {i} here and there {i * 3} .\n" for i in range(200)], kind="bpe",
+                             vocab_size=320)  # fmt: skip
+    save_tokenizer(larger, path)
+    with pytest.raises(CheckpointError, match="tokenizer.json has 320 entries, the model 300"):
+        load_checkpoint(path)
+    (path / "newllm.json").write_text("[1, 2]")
+    with pytest.raises(CheckpointError, match="newllm.json is not a JSON object"):
+        load_checkpoint(path)
