@@ -14,6 +14,7 @@ Every output lands in `config.output_dir` under the prototype's names:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import shlex
@@ -58,6 +59,7 @@ from newllm.reporting.plots import plot_training_curves
 from newllm.reporting.report import write_report
 from newllm.training.checkpoint import CheckpointError, check_checkpoint, load_checkpoint, save_checkpoint, write_json_atomic
 from newllm.training.distributed import barrier, is_main_process
+from newllm.training.lock import folder_lock
 from newllm.training.loop import RunExistsError, has_complete_checkpoint, train
 
 logger = logging.getLogger("newllm")
@@ -369,6 +371,20 @@ def _finish_stage(config, name, stage, result, tokenizer, parent=None) -> None:
     logger.info("%s/%s: best epoch %s of %s -> %s", name, stage, result.best_epoch, result.epochs_run, path)
 
 
+def _one_writer(step):
+    """Run `step` holding the output folder's lock (training/lock.py); under torchrun rank 0 holds it."""
+
+    @functools.wraps(step)
+    def locked(config: ExperimentConfig, *args, **kwargs):
+        if not is_main_process():
+            return step(config, *args, **kwargs)
+        with folder_lock(config.output_dir, _command_line()):
+            return step(config, *args, **kwargs)
+
+    return locked
+
+
+@_one_writer
 def pretrain(config: ExperimentConfig, resume: bool = False, overwrite: bool = False, progress: bool = True) -> None:
     """Step 1: train every model of `config.model.names` on WikiText-2 from scratch."""
     device = resolve_device(config)
@@ -434,6 +450,7 @@ def _dialog_sets(config: ExperimentConfig, tokenizer, names=("train", "validatio
     }, splits
 
 
+@_one_writer
 def finetune(config: ExperimentConfig, resume: bool = False, overwrite: bool = False, progress: bool = True) -> None:
     """Step 2: continue each step-1 checkpoint on DailyDialog with the same tokenizer."""
     if config.finetune.stateful:
@@ -647,6 +664,7 @@ def _evaluate_dialog(
     }
 
 
+@_one_writer
 def evaluate(config: ExperimentConfig, progress: bool = True) -> dict:
     """Step 3: test perplexities, replies and speed for every model; writes results.json and report.md."""
     if not is_main_process():  # under torchrun: one process evaluates, the others stop here (docs/distributed.md)
@@ -734,6 +752,7 @@ def _architecture(model_config) -> dict:
     return {k: getattr(model_config, k) for k in keys if hasattr(model_config, k)}
 
 
+@_one_writer
 def run_pipeline(config: ExperimentConfig, resume: bool = False, overwrite: bool = False, progress: bool = True) -> dict:
     """Steps 1, 2 and 3 in order."""
     start = time.perf_counter()
