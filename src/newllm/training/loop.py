@@ -57,7 +57,7 @@ class TrainResult:
     history: list[dict]
     best_epoch: int | None
     epochs_run: int
-    seconds: float
+    seconds: float  # training time of the run, every process's when it was resumed
     skipped_steps: int = 0  # optimizer steps dropped for a non-finite gradient (on_nonfinite="skip")
     stopped_by_time_limit: bool = False  # TrainConfig.time_limit ended the stage before its schedule did
 
@@ -127,7 +127,12 @@ class HistoryCallback(TrainerCallback, ExportableState):
 
     def __init__(self):
         self.seconds: dict[int, float] = {}
+        self.timed_here: set[int] = set()  # epochs this process timed (the rest came from a checkpoint)
         self._epoch_start = None
+
+    def earlier_seconds(self) -> float:
+        """Training time of the epochs earlier processes ran (restored on resume), for totals across resumes."""
+        return sum(s for epoch, s in self.seconds.items() if int(epoch) not in self.timed_here)
 
     def state(self) -> dict:
         # saved in trainer_state.json so a resumed run's history keeps the earlier epochs' timings;
@@ -139,7 +144,9 @@ class HistoryCallback(TrainerCallback, ExportableState):
 
     def on_epoch_end(self, args, state, control, **kwargs):
         if self._epoch_start is not None:
-            self.seconds[int(round(state.epoch))] = time.perf_counter() - self._epoch_start
+            epoch = int(round(state.epoch))
+            self.seconds[epoch] = time.perf_counter() - self._epoch_start
+            self.timed_here.add(epoch)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         loss = (logs or {}).get("loss")
@@ -437,7 +444,7 @@ def train(
         history=history,
         best_epoch=best["epoch"] if best else None,
         epochs_run=len(history),
-        seconds=seconds,
+        seconds=seconds + history_callback.earlier_seconds(),  # all processes' training, not only this one's
         skipped_steps=skipped,
         stopped_by_time_limit=time_limit is not None and time_limit.stopped,
     )

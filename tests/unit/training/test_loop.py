@@ -290,3 +290,23 @@ def test_report_to_a_tracker_that_is_not_installed_is_one_clear_error(tmp_path, 
     with pytest.raises(ValueError, match=r"report_to = wandb needs the wandb package \(pip install wandb"):
         _train(tmp_path / "run", epochs=1, report_to="wandb")
     assert not (tmp_path / "run").exists() or not any((tmp_path / "run").glob("checkpoint-*"))
+
+
+def test_a_resumed_runs_time_adds_up_the_earlier_processes_epochs(tmp_path):
+    import shutil
+
+    run_dir = tmp_path / "run"
+    _train(run_dir, epochs=2)
+    first, last = sorted(run_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    shutil.rmtree(last)  # killed during epoch 2, after an epoch 1 that (say) took 1000 s
+    state_path = first / "trainer_state.json"
+    state = json.loads(state_path.read_text())
+    state["stateful_callbacks"]["HistoryCallback"]["attributes"]["seconds"] = {"1": 1000.0}
+    state_path.write_text(json.dumps(state))
+    torch.manual_seed(0)
+    config = TrainConfig(epochs=2, patience=2, batch_size=16, eval_batch_size=32, lr=1e-2)
+    model = build_model("new_llm", tiny_new_llm_config())
+    result = train(model, CountingSequences(128), CountingSequences(32, seed=1), collate, config, run_dir,
+                   progress=False, resume=True)  # fmt: skip
+    assert result.history[0]["seconds"] == 1000.0
+    assert 1000.0 + result.history[1]["seconds"] <= result.seconds < 1000.0 + 60
