@@ -21,6 +21,7 @@ device copy's git metadata may be older than the code it runs: pass `--commit` t
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import itertools
 import json
@@ -96,20 +97,15 @@ def gpu_uuids() -> list[str]:
     return [line.strip() for line in listing.splitlines() if line.strip()]
 
 
-def train_tokenizer(grid: dict, runs_dir: Path, python: str) -> Path:
+def train_tokenizer(grid: dict, runs_dir: Path) -> Path:
     """One tokenizer for every point, trained as the preset says (the pipeline reuses a tokenizer.json it finds)."""
     path = runs_dir / "tokenizer.json"
     if not path.is_file():
-        script = (
-            "import dataclasses, shutil, sys, tempfile\n"
-            "from newllm.config import load_config\n"
-            "from newllm.pipeline import load_wikitext_splits, prepare_tokenizer\n"
-            "with tempfile.TemporaryDirectory() as out:\n"
-            "    config = dataclasses.replace(load_config(sys.argv[1]), output_dir=out)\n"
-            "    prepare_tokenizer(config, load_wikitext_splits(config, ('train',))['train'])\n"
-            "    shutil.copy(f'{out}/tokenizer.json', sys.argv[2])\n"
-        )
-        subprocess.run([python, "-c", script, grid["preset"], str(path)], check=True)
+        from newllm.config import load_config
+        from newllm.pipeline import load_wikitext_splits, prepare_tokenizer
+
+        config = dataclasses.replace(load_config(grid["preset"]), output_dir=str(runs_dir))
+        prepare_tokenizer(config, load_wikitext_splits(config, ("train",))["train"])  # writes runs_dir/tokenizer.json
     return path
 
 
@@ -134,7 +130,7 @@ def run(args) -> int:
         mps = subprocess.run(["nvidia-cuda-mps-control", "-d"], env=env).returncode == 0
         print(f"MPS: {'on' if mps else 'failed to start, running without'}", flush=True)
     uuids = gpu_uuids()
-    tokenizer = train_tokenizer(grid, runs_dir, args.python)
+    tokenizer = train_tokenizer(grid, runs_dir)
     launches = []
     for i, point in enumerate(grid_points):
         out = runs_dir / point["name"]

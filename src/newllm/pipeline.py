@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import inspect
 import json
 import logging
 import shlex
@@ -26,7 +27,7 @@ from pathlib import Path
 import torch
 from transformers import set_seed
 
-from newllm.config import ExperimentConfig
+from newllm.config import ExperimentConfig, ModelConfig
 from newllm.data.batching import DialogWindows, StreamLanes, StreamWindows, collate
 from newllm.data.dailydialog import DialogSplit, encode_dialogue, load_dailydialog
 from newllm.data.tokenizer import (
@@ -197,34 +198,25 @@ def prepare_tokenizer(config: ExperimentConfig, train_split: TextSplit | None = 
     return tokenizer
 
 
+NEW_LLM_OPTIONS = tuple(
+    f.name for f in dataclasses.fields(ModelConfig) if f.name in inspect.signature(NewLLMConfig.__init__).parameters
+)
+
+
 def model_configs(config: ExperimentConfig, tokenizer) -> dict:
     """Configs of every model in the experiment, baselines sized to New-LLM's parameter count."""
     ids = special_ids(tokenizer)
     m = config.model
+    # Every [model] setting that is a NewLLMConfig argument of the same name passes through as it is
+    # (num_layers is num_hidden_layers there): a new option is a field in each, not a third edit here.
+    options = {key: getattr(m, key) for key in NEW_LLM_OPTIONS}
     new_llm = NewLLMConfig(
         vocab_size=tokenizer.get_vocab_size(),
-        embedding_size=m.embedding_size,
-        context_size=m.context_size,
-        hidden_size=m.hidden_size,
         num_hidden_layers=m.num_layers,
-        dropout=m.dropout,
-        cell=m.cell,
-        embedding_dropout=m.embedding_dropout,
-        context_dropout=m.context_dropout,
-        residual=m.residual,
-        ffn_norm=m.ffn_norm,
-        tie_embeddings=m.tie_embeddings,
-        forget_bias=m.forget_bias,
-        input_bias=m.input_bias,
-        context_scales=m.context_scales,
-        block=m.block,
-        mlp_ratio=m.mlp_ratio,
-        final_norm=m.final_norm,
-        candidate=m.candidate,
-        context_clamp=m.context_clamp,
         bos_token_id=ids.end_of_text,
         eos_token_id=ids.end_of_text,
         pad_token_id=ids.pad,
+        **options,
     )
     shape = BaselineShape(
         gpt2_layers=m.gpt2_layers,

@@ -115,3 +115,10 @@ def test_the_studys_grid_gives_every_family_dropout_and_weight_decay_and_tinygpt
             (d, w) for d in (0.1, 0.2, 0.3) for w in (0.0, 0.1)
         }
     assert {p["settings"]["model.gpt2_layers"] for p in points if p["family"] == "tinygpt2"} == {4, 8}
+
+
+def test_the_committed_pilot_summary_is_what_its_grid_file_runs(tune):
+    grid = tune.load_grid(ROOT / "configs" / "grids" / "study_pilot.toml")
+    summary = json.loads((ROOT / "docs" / "results" / "study_pilot_h200.json").read_text())
+    assert summary["grid"] == grid
+    assert [p["name"] for p in summary["points"]] == [p["name"] for p in tune.points(grid)]

@@ -372,7 +372,9 @@ class CellShape(NamedTuple):
     tanh: bool  # Δ through tanh
     clamp: float  # 0: no clamp
     eps: float
-    dropout: bool  # masks are given
+    # dropout on (training with p > 0): the masks come as arguments; kept here so that a CUDA graph
+    # captured with masks is never replayed without them
+    dropout: bool
     context_dropout: bool
 
 
