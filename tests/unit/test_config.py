@@ -201,3 +201,30 @@ def test_each_study_preset_is_its_familys_chosen_grid_point(family):
     overrides.append(f"finetune.weight_decay={chosen['settings']['pretrain.weight_decay']}")
     expected = dataclasses.replace(load_config("study", overrides), preset=f"study_{family}")
     assert load_config(f"study_{family}") == expected
+
+
+ABLATIONS = {  # configs/study_without_<lever>.toml: the settings in which it differs from the chosen cell
+    "mlp_blocks": {"model.block": "linear"},
+    "final_norm": {"model.final_norm": False},
+    "tied_head": {"model.tie_embeddings": False},
+    "tanh": {"model.candidate": "linear", "model.context_clamp": 10.0},
+    "forget_bias": {"model.forget_bias": 0.0},
+    "weight_decay": {"pretrain.weight_decay": 0.0, "finetune.weight_decay": 0.0},
+    "dropout": {"model.dropout": 0.0, "model.embedding_dropout": 0.0},
+}
+
+
+def test_the_study_ablations_are_exactly_the_ones_declared():
+    assert {p.stem.removeprefix("study_without_") for p in CONFIG_DIR.glob("study_without_*.toml")} == set(ABLATIONS)
+
+
+@pytest.mark.parametrize("lever", sorted(ABLATIONS))
+def test_each_study_ablation_removes_one_lever_and_builds(lever, tiny_tokenizer):
+    from newllm.pipeline import model_configs
+
+    changes = ABLATIONS[lever]
+    expected = load_config("study_new_llm", [f"{k}={v}" for k, v in changes.items()])
+    ablation = load_config(f"study_without_{lever}")
+    assert ablation == dataclasses.replace(expected, preset=f"study_without_{lever}")
+    assert ablation != dataclasses.replace(load_config("study_new_llm"), preset=ablation.preset)
+    model_configs(dataclasses.replace(ablation, data=dataclasses.replace(ablation.data, vocab_size=512)), tiny_tokenizer)
