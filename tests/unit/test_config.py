@@ -228,3 +228,14 @@ def test_each_study_ablation_removes_one_lever_and_builds(lever, tiny_tokenizer)
     assert ablation == dataclasses.replace(expected, preset=f"study_without_{lever}")
     assert ablation != dataclasses.replace(load_config("study_new_llm"), preset=ablation.preset)
     model_configs(dataclasses.replace(ablation, data=dataclasses.replace(ablation.data, vocab_size=512)), tiny_tokenizer)
+
+
+def test_provenance_names_the_settings_changed_from_the_preset():
+    from newllm.pipeline.setup import changed_settings, provenance
+
+    config = load_config("quick", ["pretrain.lr=0.5", "model.dropout=0.3"])
+    assert changed_settings(config) == {"pretrain.lr": 0.5, "model.dropout": 0.3}
+    assert changed_settings(load_config("quick")) == {}
+    record = provenance(config, "cpu", {"torch": "x", "cpu": "some cpu"})
+    assert (record["preset"], record["seeds"]["pretrain"], record["device"]) == ("quick", config.pretrain.seed, "some cpu")
+    assert record["config_file"].endswith("quick.toml")
