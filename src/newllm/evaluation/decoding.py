@@ -234,10 +234,11 @@ class Decoder:
                 token = torch.where(running, token, pad_id)
                 running &= ~torch.isin(token, stops)
             tokens[:, i] = token
-            if i + 1 == new_tokens or (stop_ids and not running.any()):
+            if stop_ids and not running.any():
                 return tokens[:, : i + 1]
-            logits = self.step(token)
-        raise AssertionError("unreachable: the loop returns at its last token")
+            if i + 1 < new_tokens:  # the last token is picked, never fed, as in generate()
+                logits = self.step(token)
+        return tokens
 
     def _graphed(self, logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         """`generate` without stop tokens through New-LLM's `GreedyDecoder`: one graph replay per fed token."""
