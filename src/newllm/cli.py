@@ -28,7 +28,7 @@ def _experiment_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--output-dir", help="where checkpoints, curves and the report go (default: checkpoints)")
     parser.add_argument("--data-dir", help="folder holding wikitext-2/ and dailydialog/ (default: $NEWLLM_DATA_DIR; if unset ./data, ../shared/data, the Hub)")
-    parser.add_argument("--models", help="comma-separated subset of new_llm,tinygpt2,lstm")
+    parser.add_argument("--models", help="comma-separated models of new_llm,tinygpt2,lstm,mamba2 (default: the first three)")
     parser.add_argument("--wikitext", choices=("tokens", "raw"), help="WikiText-2 variant (default: tokens)")
     parser.add_argument("--tokenizer", choices=("bpe", "prototype", "seed"), help="tokenizer kind; seed = prototype (default: bpe)")
     parser.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: auto)")

@@ -21,8 +21,10 @@ except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
-# models/registry.py's MODEL_NAMES, repeated here so that a misspelt --models fails before torch is imported
-MODEL_NAMES = ("new_llm", "tinygpt2", "lstm")
+# models/registry.py's MODEL_NAMES and DEFAULT_MODEL_NAMES, repeated here so that a misspelt --models fails
+# before torch is imported (a test ties them to the registry)
+MODEL_NAMES = ("new_llm", "tinygpt2", "lstm", "mamba2")
+DEFAULT_MODEL_NAMES = ("new_llm", "tinygpt2", "lstm")
 
 
 class ConfigError(ValueError):
@@ -49,7 +51,7 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    names: tuple[str, ...] = MODEL_NAMES
+    names: tuple[str, ...] = DEFAULT_MODEL_NAMES  # the peers (mamba2) join where a preset or --models names them
     # New-LLM; the baselines are sized to its parameter count.
     embedding_size: int = 256
     context_size: int = 256
@@ -74,6 +76,7 @@ class ModelConfig:
     gpt2_layers: int = 4  # preferred depth; the width is solved for the budget
     gpt2_positions: int = 512  # must cover the longest window and prompt + response
     lstm_layers: int = 2
+    mamba2_layers: int = 6  # preferred depth; the width is solved for the budget
     tolerance: float = 0.05  # baselines within ±5 % of New-LLM's parameters
 
     def __post_init__(self):

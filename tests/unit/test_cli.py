@@ -206,7 +206,7 @@ def test_import_newllm_is_light_and_registers_the_models_on_first_use():
 import sys
 import newllm
 assert "transformers" not in sys.modules
-assert newllm.models.MODEL_NAMES == ("new_llm", "tinygpt2", "lstm")  # loads the subpackage: registration
+assert newllm.models.MODEL_NAMES == ("new_llm", "tinygpt2", "lstm", "mamba2")  # loads the subpackage: registration
 from transformers import AutoConfig
 print(AutoConfig.for_model("new_llm").model_type, AutoConfig.for_model("newllm_lstm").model_type)
 """

@@ -133,10 +133,11 @@ def test_model_names_are_checked_when_the_config_is_built(names, message):
 
 
 def test_config_knows_the_model_names_of_the_registry():
-    from newllm.config import MODEL_NAMES
-    from newllm.models.registry import MODEL_NAMES as REGISTRY_NAMES
+    from newllm import config
+    from newllm.models import registry
 
-    assert MODEL_NAMES == REGISTRY_NAMES
+    assert config.MODEL_NAMES == registry.MODEL_NAMES
+    assert config.DEFAULT_MODEL_NAMES == registry.DEFAULT_MODEL_NAMES == config.ModelConfig().names
 
 
 def test_the_study_preset_builds_its_mlp_cell_and_baselines_of_its_size(tiny_tokenizer):

@@ -20,6 +20,7 @@ those names.
 
 from __future__ import annotations
 
+import copy
 import inspect
 from dataclasses import dataclass
 
@@ -31,7 +32,7 @@ from newllm.models.new_llm import NewLLMForCausalLM
 from newllm.models.new_llm.decoding import GreedyDecoder
 from newllm.models.registry import carries_state, usable_positions
 
-CACHE_NAMES = ("state", "cache", "past_key_values")
+CACHE_NAMES = ("state", "cache", "past_key_values", "cache_params")  # cache_params: Mamba-2 before transformers 5.2x
 # Prompts are fed in chunks: one forward over 65,536 tokens would hold (B, T, V) logits, 17 GiB at B=1
 # and V=8192, while the cache the chunks hand on is exactly the one a single pass would leave.
 PREFILL_CHUNK = 512
@@ -57,11 +58,15 @@ def cache_bytes(cache) -> int | None:
         return None
     if hasattr(cache, "nbytes"):
         return cache.nbytes()
-    layers = getattr(cache, "layers", None)
-    if layers is None:
-        return None
-    tensors = [getattr(layer, name, None) for layer in layers for name in ("keys", "values")]
-    return sum(t.numel() * t.element_size() for t in tensors if isinstance(t, torch.Tensor))
+    # transformers' caches: per layer keys and values (attention) or conv and SSM states (Mamba-2), held as
+    # tensors or dicts of tensors; counters are 0-d tensors and not state
+    tensors = {}
+    for layer in getattr(cache, "layers", None) or [cache]:
+        for value in vars(layer).values():
+            for t in value.values() if isinstance(value, dict) else value if isinstance(value, (list, tuple)) else [value]:
+                if isinstance(t, torch.Tensor) and t.dim() > 0:
+                    tensors[id(t)] = t
+    return sum(t.numel() * t.element_size() for t in tensors.values()) if tensors else None
 
 
 @dataclass(frozen=True)
@@ -104,6 +109,17 @@ def logits_processors(options: SamplingOptions) -> LogitsProcessorList:
 def has_graphed_backend(model) -> bool:
     """Whether greedy decoding of `model` can replay one CUDA graph per token (New-LLM's `GreedyDecoder`)."""
     return isinstance(model, NewLLMForCausalLM)
+
+
+def _croppable(cache) -> bool:
+    """A key/value cache (attention): it grows by a token per step and can be cut back."""
+    layers = getattr(cache, "layers", None)
+    return bool(layers) and all(hasattr(layer, "keys") for layer in layers) and hasattr(cache, "crop")
+
+
+def _updated_in_place(cache, recurrent: bool) -> bool:
+    """A transformers cache of fixed-size states (Mamba-2's conv and SSM states), which each forward overwrites."""
+    return cache is not None and not recurrent and not _croppable(cache)
 
 
 @dataclass(frozen=True)
@@ -165,16 +181,24 @@ class Decoder:
         return self.model.device
 
     def mark(self) -> Mark:
-        return Mark(self.cache, self.mask, self.window, self.length)
+        cache = self.cache
+        if _updated_in_place(cache, self.recurrent):
+            cache = copy.deepcopy(cache)  # a fixed-size state (Mamba-2's): cheap to copy
+        return Mark(cache, self.mask, self.window, self.length)
 
     def rewind(self, mark: Mark) -> None:
-        """Go back to `mark`: a key/value cache grows in place and is cropped, a recurrent state is replaced."""
+        """Go back to `mark`: a key/value cache grows in place and is cropped, a recurrent state is replaced,
+        a state that transformers updates in place (Mamba-2's) is restored from the copy `mark` took."""
         grown = self.length - mark.length
-        if grown > 0 and hasattr(mark.cache, "crop"):
-            # A negative count removes that many tokens in every 5.x (a positive one means "keep" before
-            # 5.2x and is refused after).
-            mark.cache.crop(-grown)
-        self.cache, self.mask, self.window, self.length = mark.cache, mark.mask, mark.window, mark.length
+        cache = mark.cache
+        if _croppable(cache):
+            if grown > 0:
+                # A negative count removes that many tokens in every 5.x (a positive one means "keep" before
+                # 5.2x and is refused after).
+                cache.crop(-grown)
+        elif _updated_in_place(cache, self.recurrent):
+            cache = copy.deepcopy(cache)  # the mark stays whole for another rewind
+        self.cache, self.mask, self.window, self.length = cache, mark.mask, mark.window, mark.length
 
     @torch.no_grad()
     def prefill(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,

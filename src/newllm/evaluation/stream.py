@@ -69,12 +69,15 @@ def plan_stream(
         return StreamPlan(CARRIED_STATE, window=window or RECURRENT_WINDOW, lanes=lanes)
     positions = max_positions(model)
     if window is None:
-        if positions is None:
+        if positions is None and trained_window is None:
             raise ValueError(
                 f"{type(model).__name__} takes no `state` and its config has no n_positions: pass `window`"
             )
-        usable = usable_positions(model)  # the checkpoint's trained_positions where it records them
-        window = usable if trained_window is None else min(trained_window, usable)
+        if positions is None:  # a recurrent model whose cache is transformers' own (Mamba-2): its training window
+            window = trained_window
+        else:
+            usable = usable_positions(model)  # the checkpoint's trained_positions where it records them
+            window = usable if trained_window is None else min(trained_window, usable)
     if positions is not None and window > positions:
         raise ValueError(f"window {window} is longer than the model's {positions} positions")
     stride = window // 2 if stride is None else stride

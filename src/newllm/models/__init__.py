@@ -10,6 +10,7 @@ from newllm.models.recurrent import RecurrentCache
 from newllm.models.registry import (
     DROPOUT_FIELDS,
     MODEL_LABELS,
+    DEFAULT_MODEL_NAMES,
     MODEL_NAMES,
     MODEL_TYPES,
     MODELS,
@@ -26,6 +27,7 @@ from newllm.models.registry import (
 __all__ = [
     "DROPOUT_FIELDS",
     "MODEL_LABELS",
+    "DEFAULT_MODEL_NAMES",
     "MODEL_NAMES",
     "MODEL_TYPES",
     "MODELS",

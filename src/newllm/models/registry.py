@@ -12,6 +12,7 @@ from transformers import PretrainedConfig, PreTrainedModel
 
 from newllm.models.gpt2 import GPT2_DROPOUT_FIELDS, build_tinygpt2, gpt2_config_for_budget
 from newllm.models.lstm import LSTMForCausalLM, LSTMLMConfig
+from newllm.models.mamba2 import build_mamba2, mamba2_config_for_budget
 from newllm.models.new_llm import NewLLMConfig, NewLLMForCausalLM
 
 
@@ -102,6 +103,7 @@ class BaselineShape:
     gpt2_layers: int = 4
     gpt2_positions: int = 1024
     lstm_layers: int = 2
+    mamba2_layers: int = 6
     dropout: float = 0.1
     tolerance: float = 0.05
 
@@ -122,11 +124,18 @@ class ModelSpec:
     # None for New-LLM, whose config the experiment gives and whose count the others match
     sized: Callable[..., PretrainedConfig] | None
     carries_state: bool  # forward takes and returns `state` (a recurrent model: stateful training and evaluation)
+    # in every run unless --models says otherwise; the peers are run by the presets that name them
+    in_default_run: bool = True
 
 
 def _sized_gpt2(target: int, vocab_size: int, shape: BaselineShape, **special) -> PretrainedConfig:
     return gpt2_config_for_budget(target, vocab_size, shape.gpt2_positions, n_layer=shape.gpt2_layers,
                                   tolerance=shape.tolerance, dropout=shape.dropout, **special)  # fmt: skip
+
+
+def _sized_mamba2(target: int, vocab_size: int, shape: BaselineShape, **special) -> PretrainedConfig:
+    return mamba2_config_for_budget(target, vocab_size, num_layers=shape.mamba2_layers, tolerance=shape.tolerance,
+                                    **special)  # fmt: skip
 
 
 def _sized_lstm(target: int, vocab_size: int, shape: BaselineShape, **special) -> PretrainedConfig:
@@ -140,9 +149,13 @@ MODELS = {
         ModelSpec("new_llm", "New-LLM", "new_llm", NewLLMForCausalLM, ("dropout",), None, carries_state=True),
         ModelSpec("tinygpt2", "TinyGPT2", "gpt2", build_tinygpt2, GPT2_DROPOUT_FIELDS, _sized_gpt2, carries_state=False),
         ModelSpec("lstm", "LSTM", "newllm_lstm", LSTMForCausalLM, ("dropout",), _sized_lstm, carries_state=True),
+        # its cache is transformers' own (`cache` / `cache_params`), not `state`; the architecture has no dropout
+        ModelSpec("mamba2", "Mamba-2", "mamba2", build_mamba2, (), _sized_mamba2, carries_state=False,
+                  in_default_run=False),  # fmt: skip
     )
 }
 MODEL_NAMES = tuple(MODELS)
+DEFAULT_MODEL_NAMES = tuple(name for name, spec in MODELS.items() if spec.in_default_run)
 MODEL_LABELS = {name: spec.label for name, spec in MODELS.items()}
 MODEL_TYPES = {name: spec.model_type for name, spec in MODELS.items()}
 DROPOUT_FIELDS = {name: spec.dropout_fields for name, spec in MODELS.items()}

@@ -179,6 +179,7 @@ def model_configs(config: ExperimentConfig, tokenizer) -> dict:
         gpt2_layers=m.gpt2_layers,
         gpt2_positions=m.gpt2_positions,
         lstm_layers=m.lstm_layers,
+        mamba2_layers=m.mamba2_layers,
         dropout=m.dropout,
         tolerance=m.tolerance,
     )

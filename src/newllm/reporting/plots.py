@@ -16,10 +16,10 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import LogFormatter, MaxNLocator, NullFormatter, ScalarFormatter
 
-MODEL_LABELS = {"new_llm": "New-LLM", "tinygpt2": "TinyGPT2", "lstm": "LSTM"}
+MODEL_LABELS = {"new_llm": "New-LLM", "tinygpt2": "TinyGPT2", "lstm": "LSTM", "mamba2": "Mamba-2"}
 # Okabe–Ito colours (colour-blind safe); a model keeps its colour in every figure.
-MODEL_COLORS = {"new_llm": "#D55E00", "tinygpt2": "#0072B2", "lstm": "#009E73"}
-_EXTRA_COLORS = ("#CC79A7", "#E69F00", "#56B4E9", "#000000")
+MODEL_COLORS = {"new_llm": "#D55E00", "tinygpt2": "#0072B2", "lstm": "#009E73", "mamba2": "#CC79A7"}
+_EXTRA_COLORS = ("#E69F00", "#56B4E9", "#000000", "#F0E442")
 METRIC_LABELS = {
     "val_ppl": "validation perplexity (per token)",
     "train_ppl": "training perplexity (per token)",

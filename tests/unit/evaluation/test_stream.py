@@ -184,6 +184,8 @@ def test_every_model_scores_every_token_but_the_first(tiny_models):
     windowed = evaluate_perplexity(tiny_models["new_llm"], StreamWindows(stream, 8, drop_last=False), pad_id=0)
     for name in MODEL_NAMES:
         for kwargs in ({}, {"lanes": 3, "window": 4}, {"stride": 1}):
+            if name == "mamba2":  # neither a `state` nor positions: the window is the caller's (its training window)
+                kwargs = {"window": 8, **kwargs}
             result = evaluate_stream(tiny_models[name], stream, **kwargs, progress=True)
             assert result.tokens == windowed.tokens == 69, (name, kwargs)
             assert math.isfinite(result.nll) and result.nll > 0
@@ -200,6 +202,11 @@ def test_plans_name_the_method_and_resolve_the_defaults(tiny_models):
         "method": SLIDING_WINDOW, "window": POSITIONS, "stride": POSITIONS // 2, "lanes": None,
     }
     assert plan_stream(tiny_models["tinygpt2"], window=10, stride=9).stride == 9
+    assert plan_stream(tiny_models["mamba2"], trained_window=16).__dict__ == {
+        "method": SLIDING_WINDOW, "window": 16, "stride": 8, "lanes": None,
+    }
+    with pytest.raises(ValueError, match="pass `window`"):
+        plan_stream(tiny_models["mamba2"])
 
 
 def test_the_default_window_of_a_positional_model_stops_at_its_training_window(tiny_models):

@@ -26,7 +26,7 @@ def tiny_configs():
     return matched_configs(tiny_new_llm_config(), shape=BaselineShape(gpt2_positions=64, dropout=0.0))
 
 
-@pytest.fixture(params=["new_llm", "tinygpt2", "lstm"])
+@pytest.fixture(params=["new_llm", "tinygpt2", "lstm", "mamba2"])
 def any_model(request, tiny_configs):
     torch.manual_seed(0)
     return request.param, build_model(request.param, tiny_configs[request.param]).eval()

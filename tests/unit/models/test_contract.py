@@ -162,5 +162,7 @@ def test_reporting_names_the_registrys_models_as_the_registry_does():
     from newllm.models.registry import MODEL_LABELS, MODEL_NAMES
     from newllm.reporting import plots, report
 
-    assert plots.MODEL_LABELS == MODEL_LABELS
-    assert tuple(report.EXPECTED_MODELS) == MODEL_NAMES
+    from newllm.models.registry import DEFAULT_MODEL_NAMES
+
+    assert plots.MODEL_LABELS == MODEL_LABELS and tuple(plots.MODEL_LABELS) == MODEL_NAMES
+    assert tuple(report.EXPECTED_MODELS) == DEFAULT_MODEL_NAMES
