@@ -47,6 +47,10 @@ EARLY_WRITES: set[str] = set()
 DIALOGUE_TEXT = "".join(" __eou__ ".join(turns) + " __eou__\n" for turns in TINY_DIALOGUES)
 
 
+RELIABILITY_MD = Path(__file__).resolve().parents[2] / "docs" / "reliability.md"
+UNIT_TESTS = Path(__file__).resolve().parent
+
+
 # ---------------------------------------------------------------- helpers
 
 
@@ -633,3 +637,74 @@ def test_usage_errors_exit_2(capsys, argv, message):
     errors = [line for line in captured.err.splitlines() if ": error:" in line]
     # Python 3.12 quotes the choices, 3.13 doesn't: compare up to them.
     assert len(errors) == 1 and errors[0].startswith(message)
+
+
+# ---------------------------------------------------------------- docs/reliability.md
+
+
+def _case_tables(text: str) -> list[list[list[str]]]:
+    """The tables of "Bad input: what you see", each a list of rows of cells (header and rule dropped)."""
+    section = text.split("## Bad input: what you see", 1)[1].split("\n## ", 1)[0]
+    tables, table = [], None
+    for line in section.splitlines() + [""]:
+        if line.startswith("|"):
+            cells = [cell.strip() for cell in line.strip().strip("|").split(" | ")]
+            if table is None:
+                table = {"header": cells, "rows": []}
+            elif not set(line) <= set("|-"):
+                table["rows"].append(cells)
+        elif table is not None:
+            tables.append(table)
+            table = None
+    return tables
+
+
+def _joins_literals(param: str, literals: set[str]) -> bool:
+    """Whether a pytest parameter id is string literals of the test file joined by "-" (pytest's own ids)."""
+    if param in literals:
+        return True
+    return any(param[:i] in literals and _joins_literals(param[i + 1 :], literals)
+               for i, char in enumerate(param) if char == "-")  # fmt: skip
+
+
+def _test_exists(node_id: str) -> str | None:
+    """None if `node_id` (path under tests/unit :: test name [param id]) names a test; else what is wrong."""
+    import ast
+
+    match = re.fullmatch(r"([\w/]+\.py)::(test_\w+)(?:\[(.+)\])?", node_id)
+    if match is None:
+        return "not of the form path.py::test_name[param]"
+    path, name, param = match.groups()
+    if not (UNIT_TESTS / path).is_file():
+        return f"no file tests/unit/{path}"
+    tree = ast.parse((UNIT_TESTS / path).read_text(encoding="utf-8"))
+    if name not in {node.name for node in tree.body if isinstance(node, ast.FunctionDef)}:
+        return f"no test {name} in {path}"
+    literals = {node.value for node in ast.walk(tree) if isinstance(node, ast.Constant) and isinstance(node.value, str)}
+    if param is not None and not _joins_literals(param, literals):
+        return f"no parameter id {param!r} in {path}"
+    return None
+
+
+def test_every_case_in_reliability_md_names_a_test_that_exists():
+    tables = _case_tables(RELIABILITY_MD.read_text(encoding="utf-8"))
+    assert len(tables) >= 8
+    problems = []
+    for table in tables:
+        assert table["header"][-1] == "test", f"a table of cases without a test column: {table['header']}"
+        for row in table["rows"]:
+            node_ids = re.findall(r"`([^`]+)`", row[-1])
+            if not node_ids:
+                problems.append(f"{row[0]}: no test named")
+            problems += [f"{row[0]}: {node_id}: {wrong}" for node_id in node_ids if (wrong := _test_exists(node_id))]
+    assert not problems, "\n".join(problems)
+
+
+def test_the_table_check_catches_a_missing_test_and_a_missing_parameter():
+    assert _test_exists("test_bad_input.py::test_bad_wikitext_file[valid-latin1]") is None
+    assert _test_exists("test_bad_input.py::test_output_dir_that_already_holds_a_run[pretrain-new_llm_wikitext]") is None
+    assert _test_exists("test_bad_input.py::test_bad_wikitext_file[valid-latin2]") == (
+        "no parameter id 'valid-latin2' in test_bad_input.py"
+    )
+    assert _test_exists("test_bad_input.py::test_no_such_thing") == "no test test_no_such_thing in test_bad_input.py"
+    assert _test_exists("nowhere.py::test_x") == "no file tests/unit/nowhere.py"

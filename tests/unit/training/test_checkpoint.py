@@ -1,15 +1,17 @@
 """Checkpoints: atomic, safetensors + JSON only, and refused when they don't match."""
 
+import errno
 import json
 import os
 import stat
+from pathlib import Path
 
 import pytest
 import torch
 
 from newllm.data.tokenizer import train_tokenizer
 from newllm.models import build_model, matched_configs
-from newllm.training.checkpoint import CheckpointError, check_checkpoint, load_checkpoint, save_checkpoint
+from newllm.training.checkpoint import CheckpointError, check_checkpoint, load_checkpoint, save_checkpoint, write_json_atomic
 
 from ..models.conftest import random_ids, tiny_new_llm_config
 
@@ -167,3 +169,36 @@ def test_a_swapped_tokenizer_json_is_refused_by_every_loader(tmp_path, model, to
     (path / "newllm.json").write_text("[1, 2]")
     with pytest.raises(CheckpointError, match="newllm.json is not a JSON object"):
         load_checkpoint(path)
+
+
+def test_a_full_disk_keeps_the_previous_checkpoint_and_leaves_no_partial_copy(tmp_path, model, tokenizer, monkeypatch):
+    import transformers.modeling_utils
+    from safetensors import SafetensorError
+
+    target = save_checkpoint(model, tokenizer, tmp_path / "best")
+    before = {p.name: p.read_bytes() for p in target.iterdir()}
+
+    def full(tensors, filename, metadata=None):  # safetensors' save_file, on a full disk
+        (Path(filename)).write_bytes(b"partial")
+        raise SafetensorError('Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: "No space left on device" })')
+
+    monkeypatch.setattr(transformers.modeling_utils, "safe_save_file", full)
+    with pytest.raises(SafetensorError):
+        save_checkpoint(model, tokenizer, target)
+    assert {p.name: p.read_bytes() for p in target.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best"]
+
+
+def test_a_full_disk_leaves_a_json_file_as_it_was(tmp_path, monkeypatch):
+    path = write_json_atomic(tmp_path / "results.json", {"old": 1})
+
+    def full(self, *args, **kwargs):  # the first bytes fit, the rest do not
+        self.write_bytes(b'{"ne')
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(Path, "write_text", full)
+    with pytest.raises(OSError):
+        write_json_atomic(path, {"new": 2})
+    monkeypatch.undo()
+    assert json.loads(path.read_text()) == {"old": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["results.json"]
