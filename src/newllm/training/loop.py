@@ -358,7 +358,8 @@ def train(
             remove_incomplete_checkpoints(run_dir)
         if not _has_checkpoints(run_dir):
             raise FileNotFoundError(f"nothing to resume in {run_dir}: it holds no complete checkpoint-* folder")
-        check_trainer_checkpoint(get_last_checkpoint(str(run_dir)))  # the one the Trainer resumes from
+        if is_main_process():  # rank 0 alone: the others could see a folder it is still deleting above
+            check_trainer_checkpoint(get_last_checkpoint(str(run_dir)))  # the one the Trainer resumes from
     run_dir.mkdir(parents=True, exist_ok=True)
     # compile: New-LLM runs its own fast path (compiled steps, CUDA-graphed scan; a no-op on CPU), the
     # baselines go through torch.compile. The recurrence is a Python loop torch.compile would unroll.
