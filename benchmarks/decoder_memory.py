@@ -10,7 +10,7 @@ printed a constant 99 MiB left and a 127.5 MiB peak on every row (docs/performan
 """
 
 import gc, sys, torch
-from newllm.evaluation.bench import BenchConfig, bench_models, _graphed_decoding, _release
+from newllm.evaluation.bench import BenchConfig, bench_models, measure_generation, _release
 from newllm.models.new_llm.decoding import GreedyDecoder
 dev = torch.device("cuda")
 MiB = 2**20
@@ -20,14 +20,14 @@ for cell in ("parallel", "prototype"):
     print(cell, "weights MiB", base / MiB, flush=True)
     for dtype in (torch.bfloat16, torch.float32):
         for i in range(3):
-            prompt = torch.randint(1, 8192, (1, 128), device=dev)
-            r = _graphed_decoding(m, prompt, 64, dev, dtype, 1, 2)
-            del prompt; _release(dev)
+            r = measure_generation(m, 128, 1, 64, dev, dtype, 1, 2, seed=i, graphed=True)
+            _release(dev)
             print(cell, dtype, "bench row", i, "left MiB", (torch.cuda.memory_allocated() - base) / MiB, "peak MiB", r["peak_mem_bytes"] / MiB, flush=True)
     for i in range(3):
         prompt = torch.randint(1, 8192, (1, 128), device=dev)
-        d = GreedyDecoder(m, 1, 64, dtype=torch.bfloat16); c, f = d.prefill(prompt); d.decode(c, f, 64)
-        d.graph.reset(); del d, c, f, prompt; _release(dev)
+        d = GreedyDecoder(m, 1, 64, dtype=torch.bfloat16); out = torch.no_grad()(m)(prompt, use_cache=True)
+        d.decode(out.state, out.logits[:, -1].argmax(-1), 64)
+        d.graph.reset(); del d, out, prompt; _release(dev)
         print(cell, "graph.reset()", i, "left MiB", (torch.cuda.memory_allocated() - base) / MiB, flush=True)
     for i in range(2):
         prompt = torch.randint(1, 8192, (1, 128), device=dev)

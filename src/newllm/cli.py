@@ -94,6 +94,10 @@ def build_parser(script: str | None = None) -> argparse.ArgumentParser:
         help="override a BenchConfig field, e.g. --set batch_sizes=64,256 --set compile_modes=eager",
     )
     bench.add_argument("--no-progress", action="store_true", help="no progress bars")
+    collect = command("collect", "many runs' results.json -> one table, mean ± std over seeds per preset and model")
+    collect.add_argument("runs", nargs="+", metavar="RUN", help="run folders (holding results.json) or results.json files")
+    collect.add_argument("--out", help="write the summary JSON here")
+    collect.add_argument("--markdown", help="write the Markdown table here (it is printed either way)")
     gen = command("generate", "one prompt -> one response from a checkpoint")
     gen.add_argument("--checkpoint", required=True, help="a model folder, e.g. checkpoints/best_new_llm_dialog")
     gen.add_argument("prompt", help="what the first speaker says")
@@ -233,7 +237,24 @@ def _bench(args) -> int:
     return 0
 
 
+def _collect(args) -> int:
+    import json
+    from pathlib import Path
+
+    from newllm.reporting.collect import collect, markdown_table
+
+    summary = collect(args.runs)
+    table = markdown_table(summary)
+    print(table, end="")
+    for path, text in ((args.out, json.dumps(summary, indent=1) + "\n"), (args.markdown, table)):
+        if path:
+            Path(path).write_text(text, encoding="utf-8")
+    return 0
+
+
 def _run(args) -> int:
+    if args.command == "collect":  # reads JSON only: no torch
+        return _collect(args)
     # a bad preset, setting or --models fails here, before seconds of importing torch and transformers
     config = _config_from_args(args) if args.command in STEP_COMMANDS else None
     import transformers

@@ -466,15 +466,39 @@ def preset_path(preset: str) -> Path:
     return candidate
 
 
-def load_config(preset: str = "full", overrides: list[str] | tuple[str, ...] = ()) -> ExperimentConfig:
-    """The defaults, then the preset's TOML, then `section.field=value` overrides."""
+def _merged(base: dict, values: dict) -> dict:
+    """`values` over `base`, table by table."""
+    out = dict(base)
+    for key, value in values.items():
+        out[key] = _merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def preset_values(preset: str, _seen: tuple[Path, ...] = ()) -> dict:
+    """A preset's settings as a dict; `base = "other"` in a preset starts from that preset's settings,
+    so that a variant holds only what it changes (its own `preset` name is never inherited)."""
     path = preset_path(preset)
     try:
         values = tomllib.loads(path.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
         raise ConfigError(f"{path}: not valid TOML ({err})") from None
     values.setdefault("preset", path.stem)
-    config = replace_fields(ExperimentConfig(), values, "")
+    base = values.pop("base", None)
+    if base is None:
+        return values
+    if not isinstance(base, str):
+        raise ConfigError(f"{path}: base must be a preset name or a .toml path, got {base!r}")
+    if path.resolve() in _seen:
+        raise ConfigError(f"{path}: base presets form a cycle ({' -> '.join(p.stem for p in _seen)} -> {path.stem})")
+    inherited = preset_values(base, _seen + (path.resolve(),))
+    inherited.pop("preset")
+    return _merged(inherited, values)
+
+
+def load_config(preset: str = "full", overrides: list[str] | tuple[str, ...] = ()) -> ExperimentConfig:
+    """The defaults, then the preset's TOML (over its `base` preset's, if it names one), then
+    `section.field=value` overrides."""
+    config = replace_fields(ExperimentConfig(), preset_values(preset), "")
     return replace_fields(config, parse_overrides(list(overrides)), "")
 
 

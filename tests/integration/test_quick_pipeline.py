@@ -63,6 +63,12 @@ def test_scripts_write_the_prototype_names(quick_run):
 def test_results_json_has_every_field_for_every_model(quick_run):
     results = json.loads((quick_run / "checkpoints" / "results.json").read_text())
     assert results["preset"] == "quick"
+    provenance = results["provenance"]  # what the numbers came from, enough to run them again
+    assert (provenance["preset"], Path(provenance["config_file"]).name) == ("quick", "quick.toml")
+    assert provenance["seeds"] == {"pretrain": results["config"]["pretrain"]["seed"],
+                                   "finetune": results["config"]["finetune"]["seed"]}  # fmt: skip
+    assert set(provenance["changed_settings"]) <= {"data.data_dir", "output_dir"}  # the scripts change no setting
+    assert provenance["packages"]["torch"] and provenance["date"].startswith("20")
     assert results["tokenizer"]["kind"] == "bpe"
     params = {name: results["models"][name]["params"] for name in MODEL_NAMES}
     for name in MODEL_NAMES:

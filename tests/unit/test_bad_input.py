@@ -293,7 +293,7 @@ def test_evaluate_checks_every_checkpoint_before_it_scores_any(capsys, tmp_path,
         scored.append(type(model).__name__)
         raise AssertionError("evaluate scored a model before checking every checkpoint")
 
-    monkeypatch.setattr("newllm.pipeline.evaluate_perplexity", score)
+    monkeypatch.setattr("newllm.pipeline.scores.evaluate_perplexity", score)
     before = snapshot(out)
     argv = step("evaluate", write_data_dir(tmp_path / "d"), out)
     line = fails(capsys, [*argv[: argv.index("--models") + 1], "new_llm,tinygpt2", *argv[argv.index("--models") + 2 :]])

@@ -9,7 +9,7 @@ import pytest
 
 from newllm.cli import build_parser, main
 from newllm.data.tokenizer import save_tokenizer
-from newllm.pipeline import _command_line
+from newllm.pipeline.setup import command_line
 
 
 def _error(capsys) -> str:
@@ -259,7 +259,7 @@ def test_bench_rejects_an_unknown_setting(capsys, tmp_path):
 )
 def test_results_name_the_command_as_typed(monkeypatch, argv, expected):
     monkeypatch.setattr("sys.argv", argv)
-    assert _command_line() == expected
+    assert command_line() == expected
 
 
 def test_report_to_reaches_both_training_stages_and_nothing_else():

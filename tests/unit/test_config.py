@@ -238,3 +238,74 @@ def test_the_prototypes_earlier_name_seed_still_reads_as_prototype(tiny_corpus_l
     assert config_from_dict(config.to_dict()) == config
     assert NewLLMConfig(cell="seed").cell == "prototype"
     assert describe_tokenizer(train_tokenizer(tiny_corpus_lines, kind="seed", vocab_size=100))["kind"] == "prototype"
+
+
+def test_a_preset_with_a_base_holds_only_what_it_changes(tmp_path):
+    (tmp_path / "parent.toml").write_text('[model]\ndropout = 0.3\nhidden_size = 96\n[pretrain]\nepochs = 7\n')
+    (tmp_path / "child.toml").write_text(f'base = "{tmp_path / "parent.toml"}"\n[model]\ndropout = 0.1\n')
+    child = load_config(str(tmp_path / "child.toml"))
+    assert (child.model.dropout, child.model.hidden_size, child.pretrain.epochs) == (0.1, 96, 7)
+    assert child.preset == "child"  # the base's name is not inherited
+
+
+def test_base_presets_that_form_a_cycle_or_are_not_names_are_refused(tmp_path):
+    (tmp_path / "a.toml").write_text(f'base = "{tmp_path / "b.toml"}"\n')
+    (tmp_path / "b.toml").write_text(f'base = "{tmp_path / "a.toml"}"\n')
+    with pytest.raises(ConfigError, match="cycle"):
+        load_config(str(tmp_path / "a.toml"))
+    (tmp_path / "c.toml").write_text("base = 3\n")
+    with pytest.raises(ConfigError, match="base must be"):
+        load_config(str(tmp_path / "c.toml"))
+
+
+@pytest.mark.parametrize("family", ["new_llm", "tinygpt2", "lstm"])
+def test_each_study_preset_is_its_familys_chosen_grid_point(family):
+    """configs/study_<family>.toml is configs/study.toml with the grid point that won on validation, and step 2
+    keeps step 1's weight decay; nothing else differs."""
+    import json
+
+    summary = json.loads((CONFIG_DIR.parent / "docs" / "results" / "study_grid_h200.json").read_text())
+    chosen = next(p for p in summary["points"] if p["name"] == summary["chosen"][family])
+    assert chosen["val_loss"] == min(p["val_loss"] for p in summary["points"] if p["family"] == family)
+    overrides = [f"{key}={value}" for key, value in chosen["settings"].items()]
+    overrides.append(f"finetune.weight_decay={chosen['settings']['pretrain.weight_decay']}")
+    expected = dataclasses.replace(load_config("study", overrides), preset=f"study_{family}")
+    assert load_config(f"study_{family}") == expected
+
+
+ABLATIONS = {  # configs/study_without_<lever>.toml: the settings in which it differs from the chosen cell
+    "mlp_blocks": {"model.block": "linear"},
+    "final_norm": {"model.final_norm": False},
+    "tied_head": {"model.tie_embeddings": False},
+    "tanh": {"model.candidate": "linear", "model.context_clamp": 10.0},
+    "forget_bias": {"model.forget_bias": 0.0},
+    "weight_decay": {"pretrain.weight_decay": 0.0, "finetune.weight_decay": 0.0},
+    "dropout": {"model.dropout": 0.0, "model.embedding_dropout": 0.0},
+}
+
+
+def test_the_study_ablations_are_exactly_the_ones_declared():
+    assert {p.stem.removeprefix("study_without_") for p in CONFIG_DIR.glob("study_without_*.toml")} == set(ABLATIONS)
+
+
+@pytest.mark.parametrize("lever", sorted(ABLATIONS))
+def test_each_study_ablation_removes_one_lever_and_builds(lever, tiny_tokenizer):
+    from newllm.pipeline import model_configs
+
+    changes = ABLATIONS[lever]
+    expected = load_config("study_new_llm", [f"{k}={v}" for k, v in changes.items()])
+    ablation = load_config(f"study_without_{lever}")
+    assert ablation == dataclasses.replace(expected, preset=f"study_without_{lever}")
+    assert ablation != dataclasses.replace(load_config("study_new_llm"), preset=ablation.preset)
+    model_configs(dataclasses.replace(ablation, data=dataclasses.replace(ablation.data, vocab_size=512)), tiny_tokenizer)
+
+
+def test_provenance_names_the_settings_changed_from_the_preset():
+    from newllm.pipeline.setup import changed_settings, provenance
+
+    config = load_config("quick", ["pretrain.lr=0.5", "model.dropout=0.3"])
+    assert changed_settings(config) == {"pretrain.lr": 0.5, "model.dropout": 0.3}
+    assert changed_settings(load_config("quick")) == {}
+    record = provenance(config, "cpu", {"torch": "x", "cpu": "some cpu"})
+    assert (record["preset"], record["seeds"]["pretrain"], record["device"]) == ("quick", config.pretrain.seed, "some cpu")
+    assert record["config_file"].endswith("quick.toml")

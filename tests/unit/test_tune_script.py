@@ -122,3 +122,15 @@ def test_the_committed_pilot_summary_is_what_its_grid_file_runs(tune):
     summary = json.loads((ROOT / "docs" / "results" / "study_pilot_h200.json").read_text())
     assert summary["grid"] == grid
     assert [p["name"] for p in summary["points"]] == [p["name"] for p in tune.points(grid)]
+
+
+def test_the_committed_study_grid_is_complete_and_what_its_grid_file_runs(tune):
+    grid = tune.load_grid(ROOT / "configs" / "grids" / "study.toml")
+    summary = json.loads((ROOT / "docs" / "results" / "study_grid_h200.json").read_text())
+    assert summary["grid"] == grid
+    assert [p["name"] for p in summary["points"]] == [p["name"] for p in tune.points(grid)]
+    # every point ran its whole schedule, so the choice compares like with like
+    assert all(p["complete"] and p["epochs_run"] == 16 for p in summary["points"])
+    for family, name in summary["chosen"].items():
+        best = min((p for p in summary["points"] if p["family"] == family), key=lambda p: p["val_loss"])
+        assert best["name"] == name

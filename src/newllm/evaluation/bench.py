@@ -8,11 +8,12 @@ Two questions, each over a grid:
   Modes: "eager"; "compiled" (New-LLM: its step functions through torch.compile; the baselines:
   torch.compile of the model); "graphed" (New-LLM: compiled steps and the whole scan replayed from
   CUDA graphs; the baselines: torch.compile(mode="reduce-overhead"), which adds CUDA graphs).
-- generation: how long one greedy token costs, and how big the cache is, after a prompt of
-  `context_len` tokens. This is what the fixed-size context vector is for: New-LLM's cost and
+- generation: how long one greedy token costs (ms_per_token as `speed.time_decoding` defines it),
+  and how big the cache is, after a prompt of `context_len` tokens. This is what the fixed-size context vector is for: New-LLM's cost and
   state stay flat while GPT-2's key/value cache grows with the context (and stops at its positions).
-  Modes: "forward" (the model's forward, one token per call, for every model) and "graphed"
-  (New-LLM's `GreedyDecoder`: one CUDA graph replay per token; CUDA only).
+  Both run through the shared decoding path (decoding.py). Modes: "forward" (the model's forward,
+  one token per call, for every model) and "graphed" (its New-LLM backend `GreedyDecoder`: one CUDA
+  graph replay per token; CUDA only).
 
 Every number is a median over `repeats` after `warmup` untimed runs; CUDA is synchronised around
 each timed call. Rows that cannot run (bf16 on CPU, GPT-2 past its positions) are kept with the
@@ -24,35 +25,22 @@ from __future__ import annotations
 import contextlib
 import gc
 import itertools
-import statistics
-import time
 from dataclasses import asdict, dataclass
 
 import torch
 from tqdm.auto import tqdm
 
+from newllm.evaluation.decoding import PREFILL_CHUNK, Decoder, SamplingOptions, cache_bytes, has_graphed_backend
 from newllm.evaluation.perplexity import autocast_context
-from newllm.evaluation.speed import cache_bytes, environment
+from newllm.evaluation.speed import environment, median_seconds, time_decoding
 from newllm.models.new_llm import NewLLMConfig
-from newllm.models.new_llm.decoding import GreedyDecoder
-from newllm.models.registry import (
-    BaselineShape,
-    build_model,
-    cache_argument,
-    count_parameters,
-    matched_configs,
-    max_positions,
-    output_cache,
-)
+from newllm.models.registry import BaselineShape, build_model, count_parameters, matched_configs, max_positions
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
 COMPILE_MODES = ("eager", "compiled", "graphed")
 GEN_MODES = ("forward", "graphed")
 # New-LLM's own fast path for each training mode (NewLLMForCausalLM.set_fast_path)
 NEW_LLM_FAST_PATHS = {"eager": "eager", "compiled": "compiled", "graphed": "compiled+graphed"}
-# Prompts are fed in chunks: a single forward over 65,536 tokens would hold (B, T, V) logits, 17 GiB
-# at B=1 and V=8192, while the state the chunks hand on is exactly the one a single pass would leave.
-PREFILL_CHUNK = 512
 LEARNING_RATE = 1e-4  # irrelevant to the timing; small so that a few steps on random ids stay finite
 
 
@@ -123,25 +111,6 @@ def quick_bench_config() -> BenchConfig:
     )  # fmt: skip
 
 
-def _synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _median_seconds(fn, device: torch.device, warmup: int, repeats: int) -> float:
-    """Median wall-clock seconds of fn() over `repeats` calls after `warmup` untimed ones."""
-    for _ in range(warmup):
-        fn()
-    seconds = []
-    for _ in range(repeats):
-        _synchronize(device)
-        start = time.perf_counter()
-        fn()
-        _synchronize(device)  # queued kernels belong to the call that queued them
-        seconds.append(time.perf_counter() - start)
-    return statistics.median(seconds)
-
-
 def _reset_peak(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -199,7 +168,7 @@ def measure_training(
         for _ in range(warmup):
             step()
         _reset_peak(device)
-        seconds = _median_seconds(step, device, 0, repeats)
+        seconds = median_seconds(step, device, 0, repeats)
         peak = _peak(device)
     finally:
         optimizer.zero_grad(set_to_none=True)
@@ -221,7 +190,8 @@ def measure_generation(
     seed: int = 0,
     graphed: bool = False,
 ) -> dict:
-    """Median ms per greedy token decoded one at a time from the cache of a `context_len`-token prompt.
+    """ms_per_token (speed.time_decoding) of greedy decoding after a `context_len`-token prompt, and the
+    cache's bytes after the prompt.
 
     graphed: through New-LLM's `GreedyDecoder` (one CUDA graph replay per token) instead of the
     model's forward per token.
@@ -234,61 +204,22 @@ def measure_generation(
         name = "GPT-2" if model.config.model_type == "gpt2" else model.config.model_type
         return {**row, "skipped": f"beyond {name}'s {limit} positions"}
     prompt = _random_ids(model.config.vocab_size, (batch_size, context_len), device, seed)  # (B, P)
-    cache_name = cache_argument(model)
     was_training = model.training
     model.to(device).eval()
-    if graphed:
-        try:
-            return {**row, **_graphed_decoding(model, prompt, gen_tokens, device, dtype, warmup, repeats)}
-        finally:
-            model.train(was_training)
     try:
-        with autocast_context(device, dtype):
-            cache = None
-            for start in range(0, context_len, PREFILL_CHUNK):
-                kwargs = {} if cache is None else {cache_name: cache}
-                output = model(input_ids=prompt[:, start : start + PREFILL_CHUNK], use_cache=True, **kwargs)
-                cache = output_cache(output)
-            first = output.logits[:, -1].argmax(-1, keepdim=True)  # (B, 1)
-            # The last chunk's (B, T, V) logits and the (B, P) prompt are not decoding memory: out of the peak.
-            del output, prompt
-            state_bytes = cache_bytes(cache)
-            # GPT-2's cache grows in place as it decodes; each repeat crops it back to the prompt.
-            # The recurrent states are replaced, never written to, so every repeat starts from `cache`.
-            growing = hasattr(cache, "crop")
-
-            def decode():
-                step_cache, token = cache, first
-                for _ in range(gen_tokens):
-                    output = model(input_ids=token, use_cache=True, **{cache_name: step_cache})
-                    step_cache = output_cache(output)
-                    token = output.logits[:, -1].argmax(-1, keepdim=True)  # (B, 1) greedy
-                if growing:
-                    # A negative count removes that many tokens in every 5.x (a positive one means
-                    # "keep" before 5.2x and is refused after).
-                    cache.crop(context_len - cache.get_seq_length())
-
-            _reset_peak(device)
-            seconds = _median_seconds(decode, device, warmup, repeats)
-            peak = _peak(device)
+        options = SamplingOptions(max_new_tokens=gen_tokens, do_sample=False)
+        decoder = Decoder(model, options, dtype=dtype, graphed=graphed)
+        logits = decoder.prefill(prompt, chunk=PREFILL_CHUNK)
+        # The (B, P) prompt is not decoding memory: out of the peak.
+        del prompt
+        state_bytes = cache_bytes(decoder.cache)
+        _reset_peak(device)
+        timing = time_decoding(decoder, logits, warmup, repeats)
+        peak = _peak(device)
     finally:
         model.train(was_training)
-    row.update(ms_per_token=1000 * seconds / gen_tokens, state_bytes=state_bytes, peak_mem_bytes=peak)
+    row.update(ms_per_token=timing.ms_per_token, state_bytes=state_bytes, peak_mem_bytes=peak)
     return row
-
-
-def _graphed_decoding(model, prompt: torch.Tensor, gen_tokens: int, device, dtype, warmup: int, repeats: int) -> dict:
-    """ms_per_token, state and peak of New-LLM's `GreedyDecoder`: one CUDA graph replay per token."""
-    decoder = GreedyDecoder(model, prompt.shape[0], gen_tokens, dtype=dtype)
-    context, first = decoder.prefill(prompt, chunk=PREFILL_CHUNK)
-    del prompt
-    _reset_peak(device)
-    seconds = _median_seconds(lambda: decoder.decode(context, first, gen_tokens), device, warmup, repeats)
-    return {
-        "ms_per_token": 1000 * seconds / gen_tokens,
-        "state_bytes": context.numel() * context.element_size(),
-        "peak_mem_bytes": _peak(device),
-    }
 
 
 def summarize_training(rows: list[dict]) -> tuple[list[dict], list[dict]]:
@@ -428,7 +359,7 @@ def _generation_rows(name: str, model, config: BenchConfig, device: torch.device
         empty.update(ms_per_token=None, state_bytes=None, peak_mem_bytes=None)
         skip = _precision_skip(precision, device)
         if skip is None and mode == "graphed":
-            if not hasattr(model, "set_fast_path"):
+            if not has_graphed_backend(model):
                 skip = "graphed decoding is New-LLM's GreedyDecoder"
             elif device.type != "cuda":
                 skip = "graphed decoding is timed on CUDA only (CUDA graphs)"

@@ -1,4 +1,4 @@
-"""Dialogue responses from any of the models through `generate()`: greedy, or sampled with a fixed seed.
+"""Dialogue responses from any of the models through the shared decoding path: greedy, or sampled with a fixed seed.
 
 The prompt is the conversation so far in the fine-tuning layout (`format_prompt`), ending with the
 next speaker's token; the reply ends at end_of_turn (or end_of_text). `respond_batch` gives the
@@ -17,6 +17,7 @@ import torch
 
 from newllm.data.dailydialog import format_prompt
 from newllm.data.tokenizer import special_ids
+from newllm.evaluation.decoding import Decoder, SamplingOptions
 from newllm.models.registry import usable_positions
 
 
@@ -67,10 +68,8 @@ def _cuda_indices(device: torch.device) -> list[int]:
     return [device.index if device.index is not None else torch.cuda.current_device()]
 
 
-def _replies(
-    model, tokenizer, prompts: Sequence[list[int]], device: torch.device, max_new_tokens: int, **kwargs
-) -> list[str]:
-    """One reply per prompt (ids) from one `generate()` call, the prompts left-padded to a common length."""
+def _replies(model, tokenizer, prompts: Sequence[list[int]], device: torch.device, options: SamplingOptions) -> list[str]:
+    """One reply per prompt (ids), decoded together, the prompts left-padded to a common length."""
     special = special_ids(tokenizer)
     stop_ids = [special.end_of_turn, special.end_of_text]
     width = max(len(ids) for ids in prompts)
@@ -78,16 +77,10 @@ def _replies(
     # reply starts; the mask freezes the recurrent state over the pads and hides them from GPT-2.
     input_ids = torch.tensor([[special.pad] * (width - len(ids)) + ids for ids in prompts], device=device)  # (B, T)
     attention_mask = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in prompts], device=device)
-    output = model.generate(
-        input_ids,
-        attention_mask=attention_mask,
-        max_new_tokens=max_new_tokens,
-        eos_token_id=stop_ids,
-        pad_token_id=special.pad,
-        **kwargs,
-    )
+    decoder = Decoder(model, options)
+    output = decoder.generate(decoder.prefill(input_ids, attention_mask), stop_ids, pad_id=special.pad)  # (B, n)
     replies = []
-    for row in output[:, width:].tolist():
+    for row in output.tolist():
         # Cut at the first stop token ourselves: a tokenizer that doesn't mark it special would print what
         # follows, and a row that finished before the others is filled with pads up to the longest.
         for position, token in enumerate(row):
@@ -118,16 +111,16 @@ def respond(
 ) -> str:
     """The model's next turn after `turns` (the model is moved to `device`), special tokens removed."""
     _check_max_new_tokens(max_new_tokens)
+    options = SamplingOptions(max_new_tokens, do_sample, temperature, top_k, top_p, seed)
     ids = prompt_ids(model, tokenizer, turns, max_new_tokens)
     device = torch.device(device)
-    kwargs = {"temperature": temperature, "top_k": top_k, "top_p": top_p} if do_sample else {}
     was_training = model.training
     model.to(device).eval()  # dropout would make even greedy decoding random
     try:
-        # generate() takes no torch.Generator: seed the global RNG inside a fork, which restores it afterwards.
+        # Draws come from the global RNG, as generate()'s do: seeded inside a fork, which restores it afterwards.
         with torch.random.fork_rng(devices=_cuda_indices(device)):
             torch.manual_seed(seed)
-            (reply,) = _replies(model, tokenizer, [ids], device, max_new_tokens, do_sample=do_sample, **kwargs)
+            (reply,) = _replies(model, tokenizer, [ids], device, options)
     finally:
         model.train(was_training)
     return reply
@@ -153,12 +146,13 @@ def respond_batch(
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     device = torch.device(device)
     replies: list[str | None] = [None] * len(prompts)
+    options = SamplingOptions(max_new_tokens, do_sample=False)
     was_training = model.training
     model.to(device).eval()
     try:
         for start in range(0, len(order), batch_size):
             chunk = order[start : start + batch_size]
-            texts = _replies(model, tokenizer, [prompts[i] for i in chunk], device, max_new_tokens, do_sample=False)
+            texts = _replies(model, tokenizer, [prompts[i] for i in chunk], device, options)
             for i, text in zip(chunk, texts):
                 replies[i] = text
     finally:

@@ -1,9 +1,10 @@
 """Wall-clock speed of any causal LM: a teacher-forced batch, and one token of cached greedy decoding.
 
 ms_per_batch is the prototype's measure (forward over (B, T) random ids). ms_per_token is what the
-fixed-size state is for: each model decodes with its own cache (New-LLM's context vector, the
-LSTM's (h, c), GPT-2's growing key/value cache), and state_bytes is how big that cache is after
-the prompt and the generated tokens. Timings belong in benchmarks/, never in test assertions.
+fixed-size state is for: each model decodes through the shared decoding path with its own cache
+(New-LLM's context vector, the LSTM's (h, c), GPT-2's growing key/value cache); `time_decoding`
+defines it, for this module and for the benchmark (bench.py). state_bytes is how big that cache is
+after the prompt and the generated tokens. Timings belong in benchmarks/, never in test assertions.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from dataclasses import dataclass
 import torch
 import transformers
 
+from newllm.evaluation.decoding import Decoder, SamplingOptions, cache_bytes
 from newllm.evaluation.perplexity import autocast_context, compute_dtype
 
 PROMPT_TOKENS = 16  # prefilled before ms_per_token is timed, so every model starts from a warm cache
@@ -36,28 +38,51 @@ class SpeedResult:
     state_bytes: int | None
 
 
-def _timed(fn, device: torch.device):
-    """(result of fn(), seconds), synchronising CUDA so that queued kernels are counted."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    start = time.perf_counter()
-    result = fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return result, time.perf_counter() - start
+@dataclass(frozen=True)
+class DecodeTiming:
+    """ms_per_token as `time_decoding` defines it, and the bytes of the cache after the decoded tokens."""
+
+    ms_per_token: float
+    state_bytes: int | None
 
 
-def cache_bytes(cache) -> int | None:
-    """Bytes held by a generation cache: a `RecurrentCache`, or a key/value cache with `.layers`; else None."""
-    if cache is None:
-        return None
-    if hasattr(cache, "nbytes"):
-        return cache.nbytes()
-    layers = getattr(cache, "layers", None)
-    if layers is None:
-        return None
-    tensors = [getattr(layer, name, None) for layer in layers for name in ("keys", "values")]
-    return sum(t.numel() * t.element_size() for t in tensors if isinstance(t, torch.Tensor))
+def median_seconds(fn, device: torch.device, warmup: int, repeats: int) -> float:
+    """Median wall-clock seconds of fn() over `repeats` calls after `warmup` untimed ones (which pay for
+    allocation and kernel selection); CUDA is synchronised around each timed call so that queued kernels
+    count in the call that queued them."""
+    for _ in range(warmup):
+        fn()
+    seconds = []
+    for _ in range(repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        seconds.append(time.perf_counter() - start)
+    return statistics.median(seconds)
+
+
+def time_decoding(decoder: Decoder, logits: torch.Tensor, warmup: int, repeats: int) -> DecodeTiming:
+    """ms_per_token: the median time `decoder.generate(logits)` takes, divided by the tokens it makes.
+
+    That is the work of decoding after a prompt, per token: `decoder` holds the prompt's cache and
+    `logits` the scores after it (the prefill is not timed); the run picks `options.max_new_tokens`
+    tokens (no stop tokens) and feeds each back but the last, as `generate()` does. Every run starts
+    from the prompt's cache again (`Decoder.rewind`), so each repeat does the same work.
+    """
+    start = decoder.mark()
+    new_tokens = decoder.options.max_new_tokens
+    after = []
+
+    def decode():
+        decoder.generate(logits)
+        after[:] = [cache_bytes(decoder.cache)]
+        decoder.rewind(start)
+
+    seconds = median_seconds(decode, decoder.device, warmup, repeats)
+    return DecodeTiming(ms_per_token=1000 * seconds / new_tokens, state_bytes=after[0] if after else None)
 
 
 @torch.no_grad()
@@ -96,57 +121,29 @@ def measure_speed(
     # Random ids, not zeros: 0 is the pad / end-of-text id, and no real batch is made of it.
     batch = torch.randint(0, vocab_size, (batch_size, seq_len), generator=generator).to(device)  # (B, T)
     prompt = torch.randint(0, vocab_size, (1, PROMPT_TOKENS), generator=generator).to(device)  # (1, P)
-    eos = model.generation_config.eos_token_id
-    pad = model.generation_config.pad_token_id
-    pad = pad if pad is not None else (eos[0] if isinstance(eos, list) else eos)
     was_training = model.training
     model.to(device).eval()
 
-    # All-ones masks, as generate() passes: the prefill it is compared with then does the same work.
+    # An all-ones mask, as the decoder passes: the forward then does the work a prefill does.
     def forward():
-        return model(input_ids=batch, attention_mask=torch.ones_like(batch), use_cache=False)
-
-    def prefill():
-        return model(input_ids=prompt, attention_mask=torch.ones_like(prompt), use_cache=True)
-
-    def decode():
-        # min_new_tokens = max_new_tokens: an early end-of-text must not shorten the run being timed.
-        return model.generate(
-            prompt,
-            attention_mask=torch.ones_like(prompt),
-            min_new_tokens=new_tokens,
-            max_new_tokens=new_tokens,
-            do_sample=False,
-            pad_token_id=pad,
-            return_dict_in_generate=True,
-        )
+        with autocast_context(device, dtype):
+            return model(input_ids=batch, attention_mask=torch.ones_like(batch), use_cache=False)
 
     try:
-        with autocast_context(device, dtype):
-            # The first call of each pays for allocation and kernel selection; it is not timed.
-            forward(), prefill(), decode()
-            batch_ms = [1000 * _timed(forward, device)[1] for _ in range(repeats)]
-            prefill_s, decode_s = [], []
-            for _ in range(repeats):
-                prefill_s.append(_timed(prefill, device)[1])
-                output, seconds = _timed(decode, device)
-                decode_s.append(seconds)
+        batch_ms = 1000 * median_seconds(forward, device, warmup=1, repeats=repeats)
+        decoder = Decoder(model, SamplingOptions(max_new_tokens=new_tokens, do_sample=False), dtype=dtype)
+        decoding = time_decoding(decoder, decoder.prefill(prompt), warmup=1, repeats=repeats)
     finally:
         model.train(was_training)
-    generated = output.sequences.shape[1] - PROMPT_TOKENS
-    # generate() spends one prefill on the prompt; what is left is the per-token cost. A difference of
-    # medians, not a median of differences: a stall in either call then spoils only its own series.
-    ms_per_token = 1000 * (statistics.median(decode_s) - statistics.median(prefill_s)) / generated
     return SpeedResult(
-        ms_per_batch=statistics.median(batch_ms),
-        ms_per_token=ms_per_token,
+        ms_per_batch=batch_ms,
+        ms_per_token=decoding.ms_per_token,
         batch_size=batch_size,
         seq_len=seq_len,
-        generated_tokens=generated,
+        generated_tokens=new_tokens,
         device=str(device),
         dtype=str(compute_dtype(device, dtype)).removeprefix("torch."),
-        # The output field was `past_key_values` before transformers renamed it `cache`.
-        state_bytes=cache_bytes(output.get("cache", output.get("past_key_values"))),
+        state_bytes=decoding.state_bytes,
     )
 
 

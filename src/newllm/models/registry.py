@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -160,20 +159,6 @@ def carries_state(model) -> bool:
     """Whether `model` is one of the recurrent families (its forward takes and returns `state`)."""
     model_type = getattr(getattr(model, "config", None), "model_type", None)
     return any(s.carries_state for s in MODELS.values() if s.model_type == model_type)
-
-
-def cache_argument(model) -> str:
-    """The keyword a model takes its generation cache by: `state` (the recurrent families) or, for a
-    transformers model, `cache` (transformers >= 5.2x) or `past_key_values`, whichever its forward has."""
-    if carries_state(model):
-        return "state"
-    parameters = inspect.signature(model.forward).parameters
-    return next(name for name in ("state", "cache", "past_key_values") if name in parameters)
-
-
-def output_cache(output):
-    """The cache a forward returned, under whichever name its family or this transformers version gives it."""
-    return next(output[name] for name in ("state", "cache", "past_key_values") if output.get(name) is not None)
 
 
 def build_model(name: str, config: PretrainedConfig) -> PreTrainedModel:

@@ -37,8 +37,14 @@ Figures = Mapping[str, str]
 # ---------------------------------------------------------------- loading
 
 
+# results.json's layout version, written by step 3 as "schema": 2 added "provenance" (what the numbers came from:
+# preset and config file, changed settings, seeds, command, commit, date, device, package versions); a file
+# without "schema" is version 1 and reads the same.
+RESULTS_SCHEMA = 2
+
+
 def load_results(path: str | os.PathLike) -> dict:
-    """Read results.json; ValueError naming the file if it is missing or malformed."""
+    """Read results.json; ValueError naming the file if it is missing, malformed or of a newer layout."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -54,6 +60,9 @@ def load_results(path: str | os.PathLike) -> dict:
         raise ValueError(f"results file {path} must hold a JSON object, got {type(results).__name__}")
     if not isinstance(results.get("models", {}), dict):
         raise ValueError(f"results file {path}: 'models' must be an object mapping model name to results")
+    schema = results.get("schema", 1)
+    if not isinstance(schema, int) or schema > RESULTS_SCHEMA:
+        raise ValueError(f"results file {path} has layout {schema!r}; this newllm reads up to {RESULTS_SCHEMA}: upgrade newllm")
     return results
 
 
@@ -362,6 +371,12 @@ def _provenance(results: Mapping[str, Any]) -> list[str]:
         parts.append(f"created {escape_cell(results['created'])}")
     if results.get("device"):
         parts.append(f"device {escape_cell(results['device'])}")
+    provenance = results.get("provenance") if isinstance(results.get("provenance"), dict) else {}
+    seeds = provenance.get("seeds")
+    if isinstance(seeds, dict) and seeds:
+        parts.append("seeds " + ", ".join(f"{escape_cell(str(k))} {escape_cell(str(v))}" for k, v in seeds.items()))
+    if provenance.get("commit"):
+        parts.append(f"commit {_code(str(provenance['commit']))}")
     return [f"Run: {', '.join(parts)}.", ""] if parts else []
 
 

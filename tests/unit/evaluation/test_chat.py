@@ -63,6 +63,11 @@ def user_turn(tokenizer, text: str) -> list[int]:
     return [special.speaker_1, *words, special.end_of_turn, special.speaker_2]
 
 
+def held(session) -> list[int]:
+    """The ids GPT-2's cache holds in `session`."""
+    return session.decoder.window[0].tolist()
+
+
 def test_second_turn_feeds_only_the_new_tokens(tiny_models, tiny_tokenizer):
     model = tiny_models["new_llm"]
     session = ChatSession(model, tiny_tokenizer, GREEDY)
@@ -120,7 +125,7 @@ def test_gpt2_window_is_rebuilt_past_n_positions(tiny_models, tiny_tokenizer):
     sizes = []
     for turn in TURNS * 4:
         session.reply(turn)
-        assert len(session._window) <= POSITIONS
+        assert len(held(session)) <= POSITIONS
         sizes.append(session.state_bytes())
         if len(sizes) == 1:
             bytes_per_token = sizes[0] // session.tokens_seen  # no rebuild yet: the cache holds every token
@@ -129,9 +134,9 @@ def test_gpt2_window_is_rebuilt_past_n_positions(tiny_models, tiny_tokenizer):
     # When the next user turn cannot fit, the cache is rebuilt over the last tokens, leaving room for the reply:
     # that reply is the one a fresh forward over the kept window gives.
     new = user_turn(tiny_tokenizer, TURNS[0])
-    while len(session._window) + len(new) <= POSITIONS:
+    while len(held(session)) + len(new) <= POSITIONS:
         session.reply(TURNS[1])
-    kept = (session._window + new)[-session._keep :]
+    kept = (held(session) + new)[-session.decoder.keep :]
     special = special_ids(tiny_tokenizer)
     expected = from_scratch_greedy(model, kept, GREEDY.max_new_tokens, {special.end_of_turn, special.end_of_text})
     session.reply(TURNS[0])
@@ -144,7 +149,7 @@ def test_gpt2_window_stays_inside_the_positions_it_was_trained_on(tiny_models, t
     session = ChatSession(model, tiny_tokenizer, GREEDY)
     for turn in TURNS * 4:
         session.reply(turn)
-        assert len(session._window) <= POSITIONS // 2
+        assert len(held(session)) <= POSITIONS // 2
     assert session.tokens_seen > POSITIONS
 
 

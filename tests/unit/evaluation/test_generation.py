@@ -10,6 +10,8 @@ import torch
 
 from newllm.data.dailydialog import format_prompt
 from newllm.data.tokenizer import special_ids, train_tokenizer
+from newllm.evaluation import generation
+from newllm.evaluation.decoding import Decoder
 from newllm.evaluation.generation import Sample, prompt_ids, respond, respond_batch, sample_responses
 from newllm.models.registry import MODEL_NAMES
 
@@ -50,17 +52,20 @@ def with_bias(model, token_bias: dict[int, float]):
     return model
 
 
-def spy_on_generate(model, monkeypatch) -> list:
-    """Record what model.generate() is given and returns."""
+def spy_on_decoder(monkeypatch) -> list:
+    """Record the prompts each decoder `respond` makes is given, and the tokens it generates."""
     calls = []
-    original = model.generate
 
-    def generate(input_ids, **kwargs):
-        output = original(input_ids, **kwargs)
-        calls.append({"input_ids": input_ids, "attention_mask": kwargs.get("attention_mask"), "output": output})
-        return output
+    class Spy(Decoder):
+        def prefill(self, input_ids, attention_mask=None, **kwargs):
+            calls.append({"input_ids": input_ids, "attention_mask": attention_mask})
+            return super().prefill(input_ids, attention_mask, **kwargs)
 
-    monkeypatch.setattr(model, "generate", generate)
+        def generate(self, logits, *args, **kwargs):
+            calls[-1]["output"] = super().generate(logits, *args, **kwargs)
+            return calls[-1]["output"]
+
+    monkeypatch.setattr(generation, "Decoder", Spy)
     return calls
 
 
@@ -91,11 +96,10 @@ def test_reply_stops_at_stop_token(tokenizer, tiny_models, monkeypatch, stop):
     special = special_ids(tokenizer)
     stop_id = getattr(special, stop)
     model = with_bias(tiny_models["new_llm"], {stop_id: 1e4})
-    calls = spy_on_generate(model, monkeypatch)
+    calls = spy_on_decoder(monkeypatch)
     assert respond(model, tokenizer, ["hello"], max_new_tokens=20) == ""
-    prompt_len = calls[0]["input_ids"].shape[1]
-    # One token and done: generate() was told that this token ends the reply.
-    assert calls[0]["output"][0, prompt_len:].tolist() == [stop_id]
+    # One token and done: the decoder was told that this token ends the reply.
+    assert calls[0]["output"].tolist() == [[stop_id]]
 
 
 @pytest.mark.parametrize("turns", [[""], ["  \n\t "], [], ["\x00\x1b"]])
@@ -124,13 +128,13 @@ def test_long_prompt_is_trimmed_for_gpt2_only(tokenizer, tiny_models, monkeypatc
     assert len(full) > POSITIONS  # GPT-2 would index past its position table
 
     gpt2 = tiny_models["tinygpt2"]
-    calls = spy_on_generate(gpt2, monkeypatch)
+    calls = spy_on_decoder(monkeypatch)
     assert isinstance(respond(gpt2, tokenizer, turns, max_new_tokens=8), str)
     fed = calls[0]["input_ids"][0].tolist()
     assert fed == full[-(POSITIONS - 8) :]  # the end of the prompt, next speaker's token last
 
     new_llm = tiny_models["new_llm"]
-    calls = spy_on_generate(new_llm, monkeypatch)
+    calls.clear()
     respond(new_llm, tokenizer, turns, max_new_tokens=8)
     assert calls[0]["input_ids"][0].tolist() == full  # a recurrent model reads the whole prompt
 
@@ -187,7 +191,7 @@ def without_special_tokens(model, tokenizer):
     forward = model.forward
     special = sorted(set(vars(special_ids(tokenizer)).values()))
 
-    @functools.wraps(forward)  # generate() reads forward's signature (GPT-2's position_ids)
+    @functools.wraps(forward)  # the decoder reads forward's signature (GPT-2's cache argument, logits_to_keep)
     def forward_without_special(*args, **kwargs):
         output = forward(*args, **kwargs)
         output.logits[..., special] = -1e4
@@ -202,7 +206,7 @@ def test_batched_replies_equal_one_at_a_time(tokenizer, tiny_models, monkeypatch
     model = without_special_tokens(tiny_models[name], tokenizer)
     expected = [respond(model, tokenizer, turns, max_new_tokens=8) for turns in CONVERSATIONS]
     assert all(expected)  # full-length replies: every step of the padded rows is compared
-    calls = spy_on_generate(model, monkeypatch)
+    calls = spy_on_decoder(monkeypatch)
     model.train()
     assert respond_batch(model, tokenizer, CONVERSATIONS, max_new_tokens=8, batch_size=3) == expected
     assert model.training  # dropout was off for the replies and the mode is given back
@@ -216,13 +220,14 @@ def test_batched_replies_equal_one_at_a_time(tokenizer, tiny_models, monkeypatch
 
 
 class EchoModel:
-    """Replies with the first turn of its own prompt, then a stray word: shows which reply went where."""
+    """Replies with the first turn of its own prompt, then a stray word (through `EchoDecoder`): shows
+    which reply went where."""
 
     config = SimpleNamespace()  # no max_position_embeddings: prompts are never cut
 
     def __init__(self, tokenizer):
         self.training = False
-        self.batches = []  # the prompt lengths of each generate() call
+        self.batches = []  # the prompt lengths of each batch decoded
         self.junk = tokenizer.encode(" hello", add_special_tokens=False).ids
 
     def to(self, device):
@@ -236,20 +241,32 @@ class EchoModel:
         self.training = mode
         return self
 
-    def generate(self, input_ids, attention_mask, max_new_tokens, eos_token_id, pad_token_id, **kwargs):
-        assert kwargs == {"do_sample": False}
-        self.batches.append(attention_mask.sum(1).tolist())
-        rows = []
-        for ids, mask in zip(input_ids.tolist(), attention_mask.tolist()):
-            prompt = [token for token, keep in zip(ids, mask) if keep]  # pad == end_of_text: only the mask tells
-            # speaker, first turn, end_of_turn, speaker, ...: the reply is cut at that end_of_turn
-            new = (prompt[1:] + self.junk * max_new_tokens)[:max_new_tokens]
-            rows.append(ids + new)
-        return torch.tensor(rows)
+
+class EchoDecoder:
+    """The decoder `respond_batch` gets for an `EchoModel`: the same calls, replies made up from the prompt."""
+
+    def __init__(self, model, options):
+        assert not options.do_sample
+        self.model, self.options = model, options
+
+    def prefill(self, input_ids, attention_mask):
+        self.model.batches.append(attention_mask.sum(1).tolist())
+        # pad == end_of_text: only the mask tells the prompt from its padding
+        self.prompts = [[t for t, keep in zip(ids, mask) if keep] for ids, mask in zip(input_ids.tolist(), attention_mask.tolist())]
+
+    def generate(self, logits, stop_ids, pad_id):
+        n = self.options.max_new_tokens
+        # speaker, first turn, end_of_turn, speaker, ...: the reply is cut at that end_of_turn
+        return torch.tensor([(prompt[1:] + self.model.junk * n)[:n] for prompt in self.prompts])
 
 
-def test_batches_group_similar_lengths_and_replies_keep_their_order(tokenizer):
-    echo = EchoModel(tokenizer)
+@pytest.fixture
+def echo(tokenizer, monkeypatch):
+    monkeypatch.setattr(generation, "Decoder", EchoDecoder)
+    return EchoModel(tokenizer)
+
+
+def test_batches_group_similar_lengths_and_replies_keep_their_order(tokenizer, echo):
     conversations = [
         ["can you help me find a good book about music ?"],
         ["hello", "hello how are you today ?"],
@@ -264,8 +281,7 @@ def test_batches_group_similar_lengths_and_replies_keep_their_order(tokenizer):
     assert [n for batch in echo.batches for n in batch] == sorted(lengths)
 
 
-def test_stray_tokens_after_the_end_of_turn_are_cut(tokenizer):
-    echo = EchoModel(tokenizer)
+def test_stray_tokens_after_the_end_of_turn_are_cut(tokenizer, echo):
     # Only 3 new tokens: speaker + 2 tokens of the first turn, no end_of_turn yet, so nothing is cut.
     (short,) = respond_batch(echo, tokenizer, [["hello how are you today ?"]], max_new_tokens=3)
     assert short and "hello how are you today ?".startswith(short)
@@ -273,8 +289,7 @@ def test_stray_tokens_after_the_end_of_turn_are_cut(tokenizer):
     assert respond_batch(echo, tokenizer, [["what ?"]], max_new_tokens=30) == ["what ?"]
 
 
-def test_no_conversations_generate_nothing(tokenizer):
-    echo = EchoModel(tokenizer)
+def test_no_conversations_generate_nothing(tokenizer, echo):
     assert respond_batch(echo, tokenizer, [], max_new_tokens=5) == []
     assert echo.batches == []
 
@@ -290,7 +305,7 @@ def test_no_conversations_generate_nothing(tokenizer):
         ({"conversations": [["hello"], [""]]}, ValueError),
     ],
 )
-def test_respond_batch_rejects_bad_arguments(tokenizer, kwargs, error):
+def test_respond_batch_rejects_bad_arguments(tokenizer, echo, kwargs, error):
     arguments = {"conversations": [["hello"]], **kwargs}
     with pytest.raises(error):
-        respond_batch(EchoModel(tokenizer), tokenizer, **arguments)
+        respond_batch(echo, tokenizer, **arguments)

@@ -5,7 +5,8 @@ import math
 import pytest
 import torch
 
-from newllm.evaluation.speed import PROMPT_TOKENS, SpeedResult, cache_bytes, environment, measure_speed
+from newllm.evaluation.decoding import cache_bytes
+from newllm.evaluation.speed import PROMPT_TOKENS, SpeedResult, environment, measure_speed
 from newllm.models.registry import MODEL_NAMES
 
 from tests.tiny_models import build_tiny_models

@@ -145,7 +145,7 @@ def test_each_registry_entry_is_what_its_models_are(tiny_configs):
     fields present in its config, and whether its forward carries a state."""
     import inspect
 
-    from newllm.models.registry import MODELS, cache_argument, carries_state
+    from newllm.models.registry import MODELS, carries_state
 
     for name, entry in MODELS.items():
         model = entry.build(tiny_configs[name])
@@ -153,7 +153,6 @@ def test_each_registry_entry_is_what_its_models_are(tiny_configs):
         assert all(hasattr(model.config, field) for field in entry.dropout_fields), name
         takes_state = "state" in inspect.signature(model.forward).parameters
         assert carries_state(model) is entry.carries_state is takes_state, name
-        assert (cache_argument(model) == "state") is entry.carries_state
         assert (entry.sized is None) == (name == "new_llm")  # the others are sized to New-LLM
     assert not carries_state(torch.nn.Linear(2, 2))  # not a family of the registry
 

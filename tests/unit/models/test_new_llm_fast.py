@@ -12,6 +12,7 @@ import torch
 from newllm.models.new_llm import NewLLMForCausalLM
 from newllm.models.new_llm.decoding import GreedyDecoder
 from newllm.models.new_llm.modeling import FAST_PATHS
+from newllm.models.recurrent import RecurrentCache
 from tests.unit.models.conftest import random_ids, tiny_new_llm_config
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -68,26 +69,41 @@ def _greedy_generate(model, ids, new_tokens):
                           min_new_tokens=new_tokens, pad_token_id=0)  # fmt: skip
 
 
+def _decoder_generate(decoder, model, ids, new_tokens):
+    """Prompt and `new_tokens` greedy tokens: the prompt read by the model's forward, the rest by `decoder`."""
+    with torch.no_grad():
+        output = model(ids, use_cache=True)
+    first = output.logits[:, -1].argmax(-1)
+    if new_tokens == 1:
+        return torch.cat([ids, first[:, None]], dim=1)
+    rest, _ = decoder.decode(output.state, first, new_tokens - 1)
+    return torch.cat([ids, first[:, None], rest], dim=1)
+
+
 def test_greedy_decoder_equals_generate():
     torch.manual_seed(0)
     model = NewLLMForCausalLM(tiny_new_llm_config()).eval()
     ids = random_ids(3, 7)
     decoder = GreedyDecoder(model, batch_size=3, max_new_tokens=10)
-    torch.testing.assert_close(decoder.generate(ids, 10), _greedy_generate(model, ids, 10), rtol=0, atol=0)
+    expected = _greedy_generate(model, ids, 10)
+    torch.testing.assert_close(_decoder_generate(decoder, model, ids, 10), expected, rtol=0, atol=0)
     # reusable: a second, shorter run from another prompt
     other = random_ids(3, 4, seed=1)
-    torch.testing.assert_close(decoder.generate(other, 3), _greedy_generate(model, other, 3), rtol=0, atol=0)
+    torch.testing.assert_close(_decoder_generate(decoder, model, other, 3), _greedy_generate(model, other, 3), rtol=0, atol=0)
 
 
-def test_greedy_decoder_prefill_in_chunks_equals_one_pass():
+def test_greedy_decoder_hands_back_the_cache_a_forward_leaves():
     torch.manual_seed(0)
     model = NewLLMForCausalLM(tiny_new_llm_config()).eval()
-    ids = random_ids(2, 23)
+    ids = random_ids(2, 6)
     decoder = GreedyDecoder(model, batch_size=2, max_new_tokens=4)
-    context_chunked, first_chunked = decoder.prefill(ids, chunk=5)
-    context, first = decoder.prefill(ids)
-    torch.testing.assert_close(context_chunked, context)
-    torch.testing.assert_close(first_chunked, first)
+    with torch.no_grad():
+        prompt = model(ids[:, :5], use_cache=True)
+        tokens, after = decoder.decode(prompt.state, ids[:, 5], 4)
+        # The token and the first three new ones were fed: the state a forward over all of them leaves.
+        expected = model(torch.cat([ids, tokens[:, :3]], dim=1), use_cache=True).state
+    assert after.seen_tokens == expected.seen_tokens == 9
+    torch.testing.assert_close(after.states[0], expected.states[0])
 
 
 def test_greedy_decoder_rejects_bad_input():
@@ -95,13 +111,14 @@ def test_greedy_decoder_rejects_bad_input():
     with pytest.raises(ValueError, match="eval mode"):
         GreedyDecoder(model.train(), batch_size=1, max_new_tokens=4)
     decoder = GreedyDecoder(model.eval(), batch_size=2, max_new_tokens=4)
-    with pytest.raises(ValueError, match="prompt must be"):
-        decoder.prefill(torch.zeros(2, 0, dtype=torch.long))
-    context, first = decoder.prefill(random_ids(2, 3))
+    with torch.no_grad():
+        output = model(random_ids(2, 3), use_cache=True)
+    first = output.logits[:, -1].argmax(-1)
     with pytest.raises(ValueError, match="new_tokens must be in 1..4"):
-        decoder.decode(context, first, 5)
+        decoder.decode(output.state, first, 5)
+    one_row = RecurrentCache((output.state.states[0][:1],), 3)
     with pytest.raises(ValueError, match="built for batch 2"):
-        decoder.decode(context[:1], first[:1], 2)
+        decoder.decode(one_row, first[:1], 2)
 
 
 def _loss_and_grads(model, ids):
@@ -222,7 +239,7 @@ def test_cuda_graphed_decoder_equals_generate_for_the_mlp_cell():
     ids = random_ids(2, 9).cuda()
     decoder = GreedyDecoder(model, batch_size=2, max_new_tokens=12)
     assert decoder.graph is not None
-    torch.testing.assert_close(decoder.generate(ids, 12), _greedy_generate(model, ids, 12), rtol=0, atol=0)
+    torch.testing.assert_close(_decoder_generate(decoder, model, ids, 12), _greedy_generate(model, ids, 12), rtol=0, atol=0)
 
 
 @cuda
@@ -267,7 +284,7 @@ def test_cuda_graphed_decoder_equals_eager_decoder():
     decoder = GreedyDecoder(model, batch_size=2, max_new_tokens=12)
     assert decoder.graph is not None
     expected = _greedy_generate(model, ids, 12)
-    torch.testing.assert_close(decoder.generate(ids, 12), expected, rtol=0, atol=0)
+    torch.testing.assert_close(_decoder_generate(decoder, model, ids, 12), expected, rtol=0, atol=0)
 
 
 @cuda
@@ -279,7 +296,7 @@ def test_cuda_decoders_built_one_after_another_hold_no_memory():
 
     def build_and_release():
         decoder = GreedyDecoder(model, batch_size=1, max_new_tokens=4)
-        decoder.generate(ids, 4)
+        _decoder_generate(decoder, model, ids, 4)
         del decoder
         gc.collect()
         torch.cuda.synchronize()

@@ -512,3 +512,14 @@ def test_the_sampled_table_says_how_it_was_sampled():
     section = md[md.index("### Sampled"):]
     assert "Sampled (temperature 0.8, top-k 50, top-p 0.95), every prompt from the same seed (0)" in section
     assert section.index("every prompt from the same seed") < section.index("| Prompt |")
+
+
+def test_results_of_a_newer_layout_are_refused_in_one_line(tmp_path):
+    from newllm.reporting.report import RESULTS_SCHEMA
+
+    path = tmp_path / "results.json"
+    path.write_text(json.dumps({"schema": RESULTS_SCHEMA + 1, "models": {}}))
+    with pytest.raises(ValueError, match="upgrade newllm"):
+        load_results(path)
+    path.write_text(json.dumps({"models": {}}))  # no schema: the first layout, still read
+    assert load_results(path) == {"models": {}}

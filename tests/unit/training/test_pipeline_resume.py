@@ -10,7 +10,7 @@ import shutil
 import pytest
 
 from newllm.cli import main
-from newllm.pipeline import STAGE_COMPLETE
+from newllm.training.rundir import RunDir
 
 from ..test_bad_input import STEP_OPTIONS, snapshot, write_data_dir
 
@@ -35,13 +35,13 @@ def checkpoints(run_dir):
 
 def test_a_finished_stage_is_skipped_and_a_stage_never_started_starts(pretrained):
     data, out = pretrained
-    marker = json.loads((out / "new_llm_wikitext" / STAGE_COMPLETE).read_text())
+    marker = json.loads(RunDir(out).complete("new_llm", "wikitext").read_text())
     assert (marker["checkpoint"], marker["epochs_run"]) == ("best_new_llm_wikitext", 2)
     before = snapshot(out / "new_llm_wikitext") | snapshot(out / "best_new_llm_wikitext")
     run("pretrain", data, out, "--resume")
     assert snapshot(out / "new_llm_wikitext") | snapshot(out / "best_new_llm_wikitext") == before
     run("finetune", data, out, "--resume")  # no dialog run yet: it starts instead of "nothing to resume"
-    assert (out / "new_llm_dialog" / STAGE_COMPLETE).is_file()
+    assert RunDir(out).complete("new_llm", "dialog").is_file()
     assert (out / "best_new_llm_dialog" / "model.safetensors").is_file()
 
 
@@ -49,13 +49,13 @@ def test_a_stage_cut_off_after_a_checkpoint_continues_from_it(pretrained):
     data, out = pretrained
     run_dir = out / "new_llm_wikitext"
     first, last = checkpoints(run_dir)
-    (run_dir / STAGE_COMPLETE).unlink()
+    RunDir(out).complete("new_llm", "wikitext").unlink()
     shutil.rmtree(last)  # as if killed during epoch 2
     kept = snapshot(first)
     run("pretrain", data, out, "--resume")
     assert snapshot(first) == kept  # resumed from it, not deleted by a fresh start
     assert [row["epoch"] for row in json.loads((run_dir / "history.json").read_text())] == [1, 2]
-    assert (run_dir / STAGE_COMPLETE).is_file()
+    assert RunDir(out).complete("new_llm", "wikitext").is_file()
 
 
 def test_a_stage_cut_off_before_its_first_checkpoint_starts_again(pretrained):
@@ -63,36 +63,36 @@ def test_a_stage_cut_off_before_its_first_checkpoint_starts_again(pretrained):
     run_dir = out / "new_llm_wikitext"
     for folder in checkpoints(run_dir):
         shutil.rmtree(folder)
-    (run_dir / STAGE_COMPLETE).unlink()
+    RunDir(out).complete("new_llm", "wikitext").unlink()
     (run_dir / "checkpoint-3").mkdir()  # half-written: no trainer_state.json
     run("pretrain", data, out, "--resume")
     assert [p.name for p in checkpoints(run_dir)] != ["checkpoint-3"]
     assert all((p / "trainer_state.json").is_file() for p in checkpoints(run_dir))
-    assert (run_dir / STAGE_COMPLETE).is_file()
+    assert RunDir(out).complete("new_llm", "wikitext").is_file()
 
 
 def test_overwrite_clears_the_finished_mark_until_the_stage_ends_again(pretrained, monkeypatch):
     data, out = pretrained
-    import newllm.pipeline as pipeline
+    from newllm.pipeline import stage
 
     seen = []
 
     def fake_train(run_dir, **kwargs):
-        seen.append((run_dir / STAGE_COMPLETE).exists())
+        seen.append(RunDir(out).complete("new_llm", "wikitext").exists())
         raise KeyboardInterrupt  # killed mid-stage
 
-    monkeypatch.setattr(pipeline, "train", fake_train)
+    monkeypatch.setattr(stage, "train", fake_train)
     assert main(["-q", "pretrain", *OPTIONS, "--data-dir", str(data), "--output-dir", str(out), "--overwrite"]) != 0
     assert seen == [False]  # a run killed after --overwrite is not taken for finished by a later --resume
-    assert not (out / "new_llm_wikitext" / STAGE_COMPLETE).exists()
+    assert not RunDir(out).complete("new_llm", "wikitext").exists()
 
 
 def test_a_stage_stopped_by_the_time_limit_keeps_its_best_model_and_says_so(pretrained, caplog):
     data, out = pretrained
-    assert "stopped" not in json.loads((out / "new_llm_wikitext" / STAGE_COMPLETE).read_text())
+    assert "stopped" not in json.loads(RunDir(out).complete("new_llm", "wikitext").read_text())
     run("finetune", data, out, "--set", "finetune.epochs=3", "--set", "finetune.time_limit=1e-6")
     assert "new_llm/dialog: its time limit stopped it after epoch 1 of 3" in caplog.text
-    marker = json.loads((out / "new_llm_dialog" / STAGE_COMPLETE).read_text())
+    marker = json.loads(RunDir(out).complete("new_llm", "dialog").read_text())
     assert (marker["stopped"], marker["epochs_run"]) == ("time_limit", 1)
     assert json.loads((out / "best_new_llm_dialog" / "newllm.json").read_text())["stopped"] == "time_limit"
     run("evaluate", data, out)
@@ -104,7 +104,7 @@ def test_a_stage_stopped_by_the_time_limit_keeps_its_best_model_and_says_so(pret
     # no limit now (a time limit may change on --resume): it goes on to the end from epoch 1's checkpoint;
     # epoch 1's row, its measured seconds included, is the one recorded before, not a second run's
     run("finetune", data, out, "--set", "finetune.epochs=3", "--resume")
-    marker = json.loads((out / "new_llm_dialog" / STAGE_COMPLETE).read_text())
+    marker = json.loads(RunDir(out).complete("new_llm", "dialog").read_text())
     assert "stopped" not in marker and marker["epochs_run"] == 3
     history = json.loads((out / "new_llm_dialog" / "history.json").read_text())
     assert history[0] == first[0] and len(history) == 3
@@ -121,7 +121,7 @@ def test_a_stage_stopped_by_the_time_limit_keeps_its_best_model_and_says_so(pret
 )
 def test_resume_refuses_a_setting_that_changes_training_and_touches_nothing(pretrained, capsys, flags, named):
     data, out = pretrained
-    (out / "new_llm_wikitext" / STAGE_COMPLETE).unlink()  # an unfinished stage: --resume would train
+    RunDir(out).complete("new_llm", "wikitext").unlink()  # an unfinished stage: --resume would train
     before = snapshot(out)
     code = main(["-q", "pretrain", *OPTIONS, "--data-dir", str(data), "--output-dir", str(out), "--resume", *flags])
     err = capsys.readouterr().err.strip().splitlines()
@@ -133,7 +133,7 @@ def test_resume_accepts_the_settings_that_do_not_change_training(pretrained):
     data, out = pretrained
     run("pretrain", data, out, "--resume", "--set", "pretrain.time_limit=3600", "--set", "eval.max_new_tokens=5")
     run("finetune", data, out, "--resume", "--set", "finetune.time_limit=3600")
-    assert (out / "new_llm_dialog" / STAGE_COMPLETE).is_file()
+    assert RunDir(out).complete("new_llm", "dialog").is_file()
     assert json.loads((out / "experiment.json").read_text())["config"]["finetune"]["time_limit"] == 3600
 
 

@@ -1,10 +1,12 @@
 """Fast greedy decoding: the context vector is the whole state, so one token is one fixed piece of work.
 
-`generate()` works for New-LLM (modeling.py), but per token it runs the model's Python, the cache
-plumbing and the logits processors. `GreedyDecoder` keeps the token, the context and the output in
-fixed buffers and, on CUDA, captures one step (embedding → cell → head → argmax → write back) as
-a CUDA graph: each new token is then a single replay, whatever the length of the context behind it.
-On CPU the same step runs eagerly, so tests can compare it with `generate()`.
+The shared decoding path (evaluation/decoding.py) runs the model's forward, the cache plumbing and
+the logits processors per token. For greedy runs of a fixed length `GreedyDecoder` is its New-LLM
+backend: it keeps the token, the context and the output in fixed buffers and, on CUDA, captures one
+step (embedding → cell → head → argmax → write back) as a CUDA graph, so each new token is a single
+replay whatever the length of the context behind it. The prompt is read by the shared path; the
+decoder starts from the `RecurrentCache` it leaves. On CPU the same step runs eagerly, so tests can
+compare it with `generate()`.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import contextlib
 import torch
 
 from newllm.models.new_llm.scan import capture_stream
+from newllm.models.recurrent import RecurrentCache
 
 
 class GreedyDecoder:
@@ -27,6 +30,7 @@ class GreedyDecoder:
             raise ValueError("GreedyDecoder needs the model in eval mode (call model.eval()): dropout would change the tokens")
         self.model = model
         self.dtype = dtype
+        self.batch_size = batch_size
         device = model.device
         cell = model.model.cell
         self.token = torch.zeros(batch_size, dtype=torch.long, device=device)  # the last token, fed next
@@ -66,25 +70,17 @@ class GreedyDecoder:
             self._step()
 
     @torch.no_grad()
-    def prefill(self, input_ids: torch.Tensor, chunk: int = 512) -> tuple[torch.Tensor, torch.Tensor]:
-        """Read a (B, P) prompt in chunks: (context after it, its greedy next token)."""
-        if input_ids.ndim != 2 or input_ids.shape[1] == 0:
-            raise ValueError(f"the prompt must be (batch, length ≥ 1) token ids, got shape {tuple(input_ids.shape)}")
-        context = None
-        with self._autocast():
-            for start in range(0, input_ids.shape[1], chunk):
-                hidden, context = self.model.model(input_ids[:, start : start + chunk], context=context)
-            first = self.model.output_logits(hidden[:, -1]).argmax(-1)
-        return context, first
+    def decode(self, state: RecurrentCache, token: torch.Tensor, new_tokens: int) -> tuple[torch.Tensor, RecurrentCache]:
+        """(B, new_tokens) greedy tokens after `token` (B,) from the cache `state`, and the cache after them.
 
-    @torch.no_grad()
-    def decode(self, context: torch.Tensor, token: torch.Tensor, new_tokens: int) -> torch.Tensor:
-        """(B, new_tokens) greedy tokens after `token` (B,), starting from `context` (B, C)."""
+        `token` and all but the last new token are fed, as `generate()` feeds what it picks.
+        """
         if not 1 <= new_tokens <= self.tokens.shape[1]:
             raise ValueError(f"new_tokens must be in 1..{self.tokens.shape[1]}, got {new_tokens}")
+        (context,) = state.states
         if context.shape != self.context.shape or token.shape != self.token.shape:
             raise ValueError(
-                f"this decoder was built for batch {self.token.shape[0]}: got context {tuple(context.shape)}, "
+                f"this decoder was built for batch {self.batch_size}: got context {tuple(context.shape)}, "
                 f"token {tuple(token.shape)}"
             )
         self.context.copy_(context)
@@ -95,12 +91,5 @@ class GreedyDecoder:
                 self.graph.replay()
             else:
                 self._step()
-        return self.tokens[:, :new_tokens].clone()
-
-    def generate(self, input_ids: torch.Tensor, new_tokens: int) -> torch.Tensor:
-        """Prompt and continuation, (B, P + new_tokens): the greedy `generate()` without stopping at end-of-text."""
-        context, first = self.prefill(input_ids)
-        if new_tokens == 1:
-            return torch.cat([input_ids, first[:, None]], dim=1)
-        rest = self.decode(context, first, new_tokens - 1)
-        return torch.cat([input_ids, first[:, None], rest], dim=1)
+        after = RecurrentCache((self.context.clone(),), state.seen_tokens + new_tokens)
+        return self.tokens[:, :new_tokens].clone(), after
