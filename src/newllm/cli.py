@@ -4,10 +4,19 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import errno
 import logging
+import os
 import sys
+import traceback
+from pathlib import PurePath
 
+# Errors of the input or the machine: newllm raises them with a message meant for the user.
 EXPECTED_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, FileExistsError, RuntimeError)
+# torch's zip writer and safetensors report a full disk in these words, not as OSError(ENOSPC)
+DISK_FULL_TEXTS = ("No space left on device", "StorageFull", "Disk quota exceeded", "unexpected pos", "file write failed")
+# torch.save(obj, f), safetensors' save_file(tensors, filename), open(file) ...: the file a writer was given
+PATH_ARGUMENTS = ("filename", "file", "f", "path", "save_directory")
 STEP_COMMANDS = {
     "pretrain": "step 1: train every model on WikiText-2",
     "finetune": "step 2: fine-tune the step-1 checkpoints on DailyDialog",
@@ -35,9 +44,10 @@ def _experiment_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
-def _quiet_option(parser: argparse.ArgumentParser, default) -> None:
+def _program_options(parser: argparse.ArgumentParser, default) -> None:
     # on the program and on every command, so that `newllm pretrain -q` works like `newllm -q pretrain`
     parser.add_argument("-q", "--quiet", action="store_true", default=default, help="only warnings and errors")
+    parser.add_argument("--debug", action="store_true", default=default, help="errors with their full traceback")
 
 
 def _training_options(parser: argparse.ArgumentParser) -> None:
@@ -56,7 +66,7 @@ def build_parser(script: str | None = None) -> argparse.ArgumentParser:
         prog="newllm",
         description="New-LLM (one fixed-size context vector, no attention) vs GPT-2 and an LSTM of the same size.",
     )
-    _quiet_option(parser, default=False)
+    _program_options(parser, default=False)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def command(name: str, text: str) -> argparse.ArgumentParser:  # one line in `newllm --help` and atop its own
@@ -100,7 +110,7 @@ def build_parser(script: str | None = None) -> argparse.ArgumentParser:
     chat.add_argument("--greedy", action="store_true", help="greedy decoding instead of sampling (the default here)")
     _sampling_options(chat, "unless --greedy")
     for sub in commands.choices.values():
-        _quiet_option(sub, default=argparse.SUPPRESS)  # absent: the program-level value stands
+        _program_options(sub, default=argparse.SUPPRESS)  # absent: the program-level value stands
         if script is not None:
             sub.prog = script
     return parser
@@ -268,6 +278,45 @@ def _run(args) -> int:
     return 0
 
 
+def _first_line(err: BaseException) -> str:
+    return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+
+
+def _file_of(err: BaseException) -> str | None:
+    """The file `err` was raised about: OSError's filename, else the path the innermost writer was given.
+
+    torch.save, safetensors and a failing write() name no file; the path is still an argument of the
+    frame that raised (or of one around it), so the traceback holds it.
+    """
+    if isinstance(err, OSError) and err.filename:
+        return os.fspath(err.filename)
+    for frame, _ in reversed(list(traceback.walk_tb(err.__traceback__))):
+        for name in PATH_ARGUMENTS:
+            value = frame.f_locals.get(name)
+            if isinstance(value, (str, os.PathLike)):
+                return os.fspath(value)
+        if isinstance(frame.f_locals.get("self"), PurePath):  # Path.write_text, Path.open ...
+            return str(frame.f_locals["self"])
+    return None
+
+
+def describe_error(err: Exception) -> str:
+    """The one line that reports `err`: the disk, a permission, newllm's own message, else an unexpected error."""
+    text = _first_line(err)
+    disk_full = isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT)
+    if disk_full or (not isinstance(err, ValueError) and any(words in text for words in DISK_FULL_TEXTS)):
+        where = _file_of(err) or "a file"
+        return f"the disk is full: could not write {where} ({text}); free some space and run again (training continues with --resume)"
+    if isinstance(err, OSError) and err.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        reason = "the file system is read-only" if err.errno == errno.EROFS else "permission denied"
+        return f"{_file_of(err) or 'a file'}: {reason}; check the folder's permissions or choose another --output-dir"
+    if isinstance(err, EXPECTED_ERRORS):
+        return text
+    if isinstance(err, OSError):
+        return f"{_file_of(err) or 'a file'}: {err.strerror or text}"
+    return f"unexpected {type(err).__name__}: {text} (a bug: run with --debug for the traceback and report it)"
+
+
 def main(argv: list[str] | None = None, script: str | None = None) -> int:
     args = build_parser(script).parse_args(argv)
     logging.basicConfig(
@@ -275,9 +324,10 @@ def main(argv: list[str] | None = None, script: str | None = None) -> int:
     )
     try:
         return _run(args)
-    except EXPECTED_ERRORS as err:
-        message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        print(f"newllm: error: {message}", file=sys.stderr)
+    except Exception as err:
+        if args.debug:
+            raise
+        print(f"newllm: error: {describe_error(err)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("newllm: interrupted; continue with --resume", file=sys.stderr)

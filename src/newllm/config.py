@@ -32,6 +32,69 @@ class ConfigError(ValueError):
 
 
 @dataclass(frozen=True)
+class Bound:
+    """The allowed values of a number setting: low <= value (or low < value), value < high (or <=), finite."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = True
+    note: str = ""  # what a special value means, e.g. "0: no limit"
+
+    def allows(self, value) -> bool:
+        if not math.isfinite(value):
+            return False
+        if self.low is not None and (value <= self.low if self.low_open else value < self.low):
+            return False
+        return self.high is None or (value < self.high if self.high_open else value <= self.high)
+
+    def __str__(self) -> str:
+        if self.low is not None and self.high is not None:
+            text = f"in {'(' if self.low_open else '['}{self.low}, {self.high}{')' if self.high_open else ']'}"
+        elif self.low == 0 and self.low_open:
+            text = "a positive number"
+        elif self.low is not None:
+            text = f"greater than {self.low}" if self.low_open else f"at least {self.low}"
+        else:
+            text = "a finite number"
+        return f"{text} ({self.note})" if self.note else text
+
+
+def _one_of(choices) -> str:
+    quoted = [repr(c) for c in choices]
+    return quoted[0] if len(quoted) == 1 else f"{', '.join(quoted[:-1])} or {quoted[-1]}"
+
+
+def check_limits(settings, limits: dict) -> None:
+    """ConfigError naming the first field of dataclass `settings` outside its entry in `limits`.
+
+    An entry is a Bound (numbers; None passes for optional fields) or a tuple of allowed strings.
+    One table per dataclass instead of an if per field, so a test can check that every field has one.
+    """
+    for name, allowed in limits.items():
+        value = getattr(settings, name)
+        if value is None:
+            continue
+        if isinstance(allowed, Bound):
+            if not allowed.allows(value):
+                raise ConfigError(f"{name}: must be {allowed}, got {value}")
+        elif value not in allowed:
+            raise ConfigError(f"{name}: must be {_one_of(allowed)}, got {value!r}")
+
+
+BPE_SMALLEST_VOCAB = 260  # data/tokenizer.py's floor, checked here before any data is read
+POSITIVE_INT = Bound(1)
+FRACTION = Bound(0, 1)  # [0, 1): dropout probabilities and such
+ANY_NUMBER = Bound()
+# models/new_llm/configuration.py's CELLS, BLOCKS and CANDIDATES, repeated for the same reason as MODEL_NAMES
+NEW_LLM_CELLS = ("prototype", "parallel")
+NEW_LLM_BLOCKS = ("linear", "mlp")
+NEW_LLM_CANDIDATES = ("linear", "tanh")
+# transformers' SchedulerType values that need no scheduler arguments beyond warmup and the step count
+SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup", "inverse_sqrt")
+
+
+@dataclass(frozen=True)
 class DataConfig:
     data_dir: str | None = None  # else $NEWLLM_DATA_DIR; if unset ./data, ../shared/data, then the Hub
     wikitext: str = "tokens"  # "tokens" (wikitext-2-v1, the literature's) or "raw"
@@ -47,6 +110,12 @@ class DataConfig:
     def __post_init__(self):
         if self.tokenizer == "seed":  # the prototype tokenizer's earlier name
             object.__setattr__(self, "tokenizer", "prototype")
+        check_limits(self, DATA_LIMITS)
+        if self.tokenizer == "bpe" and self.vocab_size < BPE_SMALLEST_VOCAB:
+            raise ConfigError(
+                f"vocab_size: a bpe tokenizer needs at least {BPE_SMALLEST_VOCAB} (256 bytes + 4 special tokens), "
+                f"got {self.vocab_size}"
+            )
 
 
 @dataclass(frozen=True)
@@ -91,6 +160,15 @@ class ModelConfig:
                 raise ConfigError(f"names: unknown model {name!r}; choose from {known}")
             if name in self.names[:i]:
                 raise ConfigError(f"names: {name} is listed twice")
+        check_limits(self, MODEL_LIMITS)
+        if self.tie_embeddings and self.embedding_size != self.hidden_size:
+            raise ConfigError(
+                f"tie_embeddings: needs embedding_size == hidden_size, got {self.embedding_size} and {self.hidden_size}"
+            )
+        if self.context_size % self.context_scales:
+            raise ConfigError(
+                f"context_scales: must divide context_size ({self.context_size}), got {self.context_scales}"
+            )
 
 
 @dataclass(frozen=True)
@@ -132,23 +210,13 @@ class TrainConfig:
 
     def __post_init__(self):
         # Checked when the config is built, so a bad value fails before any data is read or file written.
-        for name in ("epochs", "patience", "batch_size", "eval_batch_size", "grad_accum"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name}: must be at least 1, got {getattr(self, name)}")
-        if not (math.isfinite(self.lr) and self.lr > 0):
-            raise ConfigError(f"lr: must be a positive number, got {self.lr}")
+        check_limits(self, TRAIN_LIMITS)
+        if self.max_steps == 0:
+            raise ConfigError("max_steps: must be -1 (no cap) or at least 1, got 0")
         if self.stateful_rotate and not self.stateful:
             raise ConfigError("stateful_rotate: rotates the lanes of stateful training; set stateful = true too")
         if not self.stateful_carry and not self.stateful:
             raise ConfigError("stateful_carry: applies to stateful training; set stateful = true too")
-        if not (math.isfinite(self.time_limit) and self.time_limit >= 0):
-            raise ConfigError(f"time_limit: must be seconds >= 0 (0: no limit), got {self.time_limit}")
-        if self.on_nonfinite not in ("stop", "skip"):
-            raise ConfigError(f"on_nonfinite: must be 'stop' or 'skip', got {self.on_nonfinite!r}")
-        if self.report_to not in ("none", "tensorboard", "wandb"):
-            raise ConfigError(f"report_to: must be 'none', 'tensorboard' or 'wandb', got {self.report_to!r}")
-        if self.dropout is not None and not 0.0 <= self.dropout < 1.0:
-            raise ConfigError(f"dropout: must be in [0, 1), got {self.dropout}")
 
 
 @dataclass(frozen=True)
@@ -181,6 +249,16 @@ class EvalConfig:
     # 7 resets in the full split's 323k tokens and makes the step loop 8x shorter; 1 = the whole stream in one.
     stream_lanes: int = 8
 
+    def __post_init__(self):
+        check_limits(self, EVAL_LIMITS)
+        if self.stream_window is not None and self.stream_stride is not None and self.stream_stride >= self.stream_window:
+            raise ConfigError(
+                f"stream_stride: must be less than stream_window ({self.stream_window}), got {self.stream_stride}"
+            )
+        for i, prompt in enumerate(self.prompts):
+            if not prompt.strip():
+                raise ConfigError(f"prompts: prompt {i + 1} is empty")
+
 
 @dataclass(frozen=True)
 class ExperimentConfig:
@@ -197,6 +275,9 @@ class ExperimentConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
 
     def __post_init__(self):
+        check_limits(self, EXPERIMENT_LIMITS)
+        if not self.output_dir.strip():
+            raise ConfigError("output_dir: must name a folder, got ''")
         if self.pretrain.dropout is not None:
             raise ConfigError("pretrain.dropout: step 1's dropout is model.dropout; this setting is step 2's (finetune.dropout)")
 
@@ -205,6 +286,80 @@ class ExperimentConfig:
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2)
+
+
+# The allowed values of every setting that has a meaningful range. tests/unit/test_config.py checks that
+# every number and string field is here or in FREE_FIELDS, so a new field cannot skip validation silently.
+DATA_LIMITS = {
+    "wikitext": ("tokens", "raw"),
+    "tokenizer": ("bpe", "prototype"),
+    "vocab_size": POSITIVE_INT,  # and, for BPE, BPE_SMALLEST_VOCAB
+    "block_size": POSITIVE_INT,
+    "dialog_block_size": POSITIVE_INT,
+    "train_lines": POSITIVE_INT,
+    "eval_lines": POSITIVE_INT,
+    "train_dialogues": POSITIVE_INT,
+    "eval_dialogues": POSITIVE_INT,
+}
+MODEL_LIMITS = {
+    "embedding_size": POSITIVE_INT,
+    "context_size": POSITIVE_INT,
+    "hidden_size": POSITIVE_INT,
+    "num_layers": POSITIVE_INT,
+    "dropout": FRACTION,
+    "cell": NEW_LLM_CELLS,
+    "embedding_dropout": FRACTION,
+    "context_dropout": FRACTION,
+    "forget_bias": ANY_NUMBER,
+    "input_bias": ANY_NUMBER,
+    "context_scales": POSITIVE_INT,
+    "block": NEW_LLM_BLOCKS,
+    "mlp_ratio": POSITIVE_INT,
+    "candidate": NEW_LLM_CANDIDATES,
+    "context_clamp": Bound(0, note="0: no clamp"),
+    "gpt2_layers": POSITIVE_INT,
+    "gpt2_positions": Bound(2),  # one token of context and one to predict
+    "lstm_layers": POSITIVE_INT,
+    "tolerance": Bound(0, 1, low_open=True),
+}
+TRAIN_LIMITS = {
+    "epochs": POSITIVE_INT,
+    "patience": POSITIVE_INT,
+    "batch_size": POSITIVE_INT,
+    "eval_batch_size": POSITIVE_INT,
+    "lr": Bound(0, low_open=True),
+    "weight_decay": Bound(0),
+    "warmup": Bound(0, 1, note="a fraction of all steps"),
+    "scheduler": SCHEDULERS,
+    "grad_clip": Bound(0, note="0: no clipping"),
+    "grad_accum": POSITIVE_INT,
+    "seed": Bound(0, 2**32, note="NumPy's seed range"),
+    "max_steps": Bound(-1, note="-1: no cap"),
+    "save_steps": Bound(0, note="0: only at each epoch's end"),
+    "on_nonfinite": ("stop", "skip"),
+    "time_limit": Bound(0, note="seconds; 0: no limit"),
+    "dropout": FRACTION,
+    "report_to": ("none", "tensorboard", "wandb"),
+}
+EVAL_LIMITS = {
+    "max_new_tokens": POSITIVE_INT,
+    "temperature": Bound(0, low_open=True),
+    "top_k": Bound(0, note="0: all tokens"),
+    "top_p": Bound(0, 1, low_open=True, high_open=False),
+    "response_dialogues": Bound(0, note="0: no replies generated"),
+    "batch_size": POSITIVE_INT,
+    "speed_batch_size": POSITIVE_INT,
+    "speed_seq_len": POSITIVE_INT,
+    "speed_new_tokens": POSITIVE_INT,
+    "speed_repeats": POSITIVE_INT,
+    "stream_window": Bound(2),  # one token read, one scored
+    "stream_stride": POSITIVE_INT,
+    "stream_lanes": POSITIVE_INT,
+}
+EXPERIMENT_LIMITS = {"precision": ("auto", "fp32", "bf16")}
+# Free-form, or checked where they are used: paths, the preset's name, the device (pipeline.device_from_name)
+# and the prompts (EvalConfig checks each is not empty).
+FREE_FIELDS = {"data_dir", "output_dir", "preset", "device", "prompts", "names"}
 
 
 def _coerce(value, annotation, where: str):

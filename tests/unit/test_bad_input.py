@@ -7,7 +7,10 @@ themselves are listed in docs/reliability.md ("Bad input: what you see").
 
 from __future__ import annotations
 
+import errno
 import json
+import os
+import re
 import shutil
 import subprocess
 import sys
@@ -42,6 +45,10 @@ STEP_OPTIONS = [
 EARLY_WRITES: set[str] = set()
 
 DIALOGUE_TEXT = "".join(" __eou__ ".join(turns) + " __eou__\n" for turns in TINY_DIALOGUES)
+
+
+RELIABILITY_MD = Path(__file__).resolve().parents[2] / "docs" / "reliability.md"
+UNIT_TESTS = Path(__file__).resolve().parent
 
 
 # ---------------------------------------------------------------- helpers
@@ -200,6 +207,15 @@ def _damage(name: str, folder: Path, source: Path) -> None:
         (folder / "config.json").write_text('{"model_type": "bert"}')
     elif name == "garbage-tokenizer":
         (folder / "tokenizer.json").write_text("nope")
+    elif name in ("mis-shaped-weight", "dropped-weight"):
+        from safetensors.torch import load_file, save_file
+
+        tensors = load_file(folder / "model.safetensors")
+        if name == "dropped-weight":
+            del tensors["lm_head.bias"]
+        else:
+            tensors["lm_head.weight"] = tensors["lm_head.weight"][:, :-1].contiguous()
+        save_file(tensors, folder / "model.safetensors", metadata={"format": "pt"})
 
 
 @pytest.mark.parametrize(
@@ -214,6 +230,9 @@ def _damage(name: str, folder: Path, source: Path) -> None:
         ("config-not-an-object", ": config.json is not a JSON object"),
         ("unknown-model-type", "holds a 'bert' model; newllm loads gpt2, new_llm, newllm_lstm"),
         ("garbage-tokenizer", ": corrupt tokenizer file"),
+        ("mis-shaped-weight", ": model.safetensors does not match config.json: 1 of another shape or dtype "
+         "(lm_head.weight 300x47 F32 instead of 300x48 F32)"),
+        ("dropped-weight", ": model.safetensors does not match config.json: 1 missing (lm_head.bias)"),
     ],
 )
 def test_damaged_checkpoint(capsys, tmp_path, checkpoints, damage, message):
@@ -349,6 +368,148 @@ def test_experiment_json_is_not_rewritten_by_a_failing_step(capsys, tmp_path, ti
     assert_untouched(before, snapshot(out))
 
 
+# ---------------------------------------------------------------- storage and training state
+
+# One optimizer step of fine-tuning: enough to write a Trainer checkpoint, in seconds.
+ONE_STEP = ["--set", "finetune.epochs=1", "--set", "finetune.max_steps=1"]
+
+
+def test_read_only_output_folder(capsys, tmp_path, tiny_tokenizer, checkpoints):
+    if os.geteuid() == 0:
+        pytest.skip("root writes into a read-only folder anyway; test_read_only_file_system covers the message")
+    out = prepared_output(tmp_path / "out", tiny_tokenizer, checkpoints["new_llm"])
+    before = snapshot(out)
+    out.chmod(0o555)
+    try:
+        line = fails(capsys, step("finetune", write_data_dir(tmp_path / "d"), out))
+    finally:
+        out.chmod(0o755)
+    lock = out.resolve() / ".newllm.lock"
+    assert line == f"newllm: error: {lock}: permission denied; check the folder's permissions or choose another --output-dir"
+    assert_untouched(before, snapshot(out))
+
+
+def test_read_only_file_system(capsys, tmp_path, tiny_tokenizer, checkpoints, monkeypatch):
+    out = prepared_output(tmp_path / "out", tiny_tokenizer, checkpoints["new_llm"])
+    before = snapshot(out)
+    real_open = os.open
+
+    def read_only(path, flags, *args, **kwargs):  # what a read-only mount answers to creating a file
+        if flags & os.O_CREAT:
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
+        return real_open(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", read_only)
+    line = fails(capsys, step("finetune", write_data_dir(tmp_path / "d"), out))
+    lock = out.resolve() / ".newllm.lock"
+    assert line == f"newllm: error: {lock}: the file system is read-only; check the folder's permissions or choose another --output-dir"
+    assert_untouched(before, snapshot(out))
+
+
+def _disk_full_in_safetensors(monkeypatch):
+    from safetensors import SafetensorError
+    import transformers.modeling_utils
+
+    def full(tensors, filename, metadata=None):  # safetensors' save_file, on a full disk
+        raise SafetensorError('Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: "No space left on device" })')
+
+    monkeypatch.setattr(transformers.modeling_utils, "safe_save_file", full)
+    return "model.safetensors", "Error while serializing: IoError("
+
+
+def _disk_full_in_torch_save(monkeypatch):
+    real_save = torch.save
+
+    def full(obj, f, *args, **kwargs):  # torch.save's zip writer, on a full disk
+        if str(f).endswith("optimizer.pt"):
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598")
+        return real_save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", full)
+    return "optimizer.pt", "[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598"
+
+
+@pytest.mark.parametrize("writer", [_disk_full_in_safetensors, _disk_full_in_torch_save], ids=["safetensors", "torch-save"])
+def test_disk_full_while_training_writes_a_checkpoint(capsys, tmp_path, tiny_tokenizer, checkpoints, monkeypatch, writer):
+    out = prepared_output(tmp_path / "out", tiny_tokenizer, checkpoints["new_llm"])
+    before = snapshot(out)
+    name, detail = writer(monkeypatch)
+    line = fails(capsys, [*step("finetune", write_data_dir(tmp_path / "d"), out), *ONE_STEP])
+    assert line.startswith(f"newllm: error: the disk is full: could not write {out}/new_llm_dialog/checkpoint-1/{name} ({detail}")
+    assert line.endswith("; free some space and run again (training continues with --resume)")
+    # step 1's checkpoint and tokenizer are as they were; the step's own record is the known exception
+    assert_untouched({k: v for k, v in before.items()}, {k: v for k, v in snapshot(out).items() if k in before},
+                     {"experiment.json"})
+
+
+@pytest.fixture(scope="module")
+def unfinished_run(tmp_path_factory, tiny_tokenizer, checkpoints) -> tuple[Path, Path]:
+    """(data dir, output dir) after one step of fine-tuning, its complete.json removed as if it was killed."""
+    root = tmp_path_factory.mktemp("unfinished")
+    data, out = write_data_dir(root / "d"), prepared_output(root / "out", tiny_tokenizer, checkpoints["new_llm"])
+    assert main(["-q", *step("finetune", data, out), *ONE_STEP]) == 0
+    (out / "new_llm_dialog" / "complete.json").unlink()
+    return data, out
+
+
+@pytest.mark.parametrize(
+    "file, content, detail",
+    [
+        ("optimizer.pt", b"garbage", "(not a file of tensors: Unsupported operand 103)"),
+        ("scheduler.pt", b"", "(empty or cut short)"),
+        ("trainer_state.json", b"[]", "not a JSON object with a global_step"),
+        ("trainer_state.json", b'{"global_step": 1, "bogus": 2}', "unexpected keyword argument 'bogus'"),
+    ],
+    ids=["optimizer-garbage", "scheduler-empty", "state-a-list", "state-unknown-field"],
+)
+def test_corrupt_training_state_on_resume(capsys, tmp_path, unfinished_run, file, content, detail):
+    data, original = unfinished_run
+    out = tmp_path / "out"
+    shutil.copytree(original, out)
+    (checkpoint,) = sorted((out / "new_llm_dialog").glob("checkpoint-*"))
+    (checkpoint / file).write_bytes(content)
+    before = snapshot(out)
+    line = fails(capsys, [*step("finetune", data, out), *ONE_STEP, "--resume"])
+    assert line.startswith(f"newllm: error: {checkpoint / file} is corrupt (") and detail in line
+    assert line.endswith("): --resume cannot continue from it; start again with --overwrite")
+    assert_untouched(before, snapshot(out), {"experiment.json"})
+
+
+def test_corpus_too_short_for_one_window(capsys, tmp_path, tiny_tokenizer):
+    data = write_data_dir(tmp_path / "d")
+    out = prepared_output(tmp_path / "out", tiny_tokenizer)
+    before = snapshot(out)
+    line = fails(capsys, [*step("pretrain", data, out), "--set", "data.block_size=5000"])
+    train = data / "wikitext-2" / "wiki.train.tokens"
+    assert re.fullmatch(
+        rf"newllm: error: {re.escape(str(train))} \(first 50 lines\) holds \d+ tokens, fewer than one window of 5001 "
+        r"\(block size 5000 \+ 1\): use more text or a smaller block size",
+        line,
+    ), line
+    assert_untouched(before, snapshot(out), {"experiment.json"})
+
+
+def test_an_unexpected_error_is_one_line_and_debug_shows_its_traceback(capsys, checkpoints, monkeypatch):
+    import newllm.training.checkpoint
+
+    def bug(*args, **kwargs):
+        raise TypeError("a bug")
+
+    monkeypatch.setattr(newllm.training.checkpoint, "load_checkpoint", bug)
+    argv = ["generate", "--checkpoint", str(checkpoints["new_llm"]), "hi"]
+    line = fails(capsys, argv)
+    assert line == "newllm: error: unexpected TypeError: a bug (a bug: run with --debug for the traceback and report it)"
+    with pytest.raises(TypeError, match="a bug"):
+        main(["--debug", *argv])
+    with pytest.raises(TypeError, match="a bug"):  # like -q, after the command too
+        main([*argv, "--debug"])
+
+
+def test_debug_shows_the_traceback_of_an_expected_error_too(capsys, tmp_path):
+    with pytest.raises(CheckpointError, match="does not exist"):
+        main(["--debug", "generate", "--checkpoint", str(tmp_path / "nope"), "hi"])
+
+
 # ---------------------------------------------------------------- prompts
 
 
@@ -476,3 +637,74 @@ def test_usage_errors_exit_2(capsys, argv, message):
     errors = [line for line in captured.err.splitlines() if ": error:" in line]
     # Python 3.12 quotes the choices, 3.13 doesn't: compare up to them.
     assert len(errors) == 1 and errors[0].startswith(message)
+
+
+# ---------------------------------------------------------------- docs/reliability.md
+
+
+def _case_tables(text: str) -> list[list[list[str]]]:
+    """The tables of "Bad input: what you see", each a list of rows of cells (header and rule dropped)."""
+    section = text.split("## Bad input: what you see", 1)[1].split("\n## ", 1)[0]
+    tables, table = [], None
+    for line in section.splitlines() + [""]:
+        if line.startswith("|"):
+            cells = [cell.strip() for cell in line.strip().strip("|").split(" | ")]
+            if table is None:
+                table = {"header": cells, "rows": []}
+            elif not set(line) <= set("|-"):
+                table["rows"].append(cells)
+        elif table is not None:
+            tables.append(table)
+            table = None
+    return tables
+
+
+def _joins_literals(param: str, literals: set[str]) -> bool:
+    """Whether a pytest parameter id is string literals of the test file joined by "-" (pytest's own ids)."""
+    if param in literals:
+        return True
+    return any(param[:i] in literals and _joins_literals(param[i + 1 :], literals)
+               for i, char in enumerate(param) if char == "-")  # fmt: skip
+
+
+def _test_exists(node_id: str) -> str | None:
+    """None if `node_id` (path under tests/unit :: test name [param id]) names a test; else what is wrong."""
+    import ast
+
+    match = re.fullmatch(r"([\w/]+\.py)::(test_\w+)(?:\[(.+)\])?", node_id)
+    if match is None:
+        return "not of the form path.py::test_name[param]"
+    path, name, param = match.groups()
+    if not (UNIT_TESTS / path).is_file():
+        return f"no file tests/unit/{path}"
+    tree = ast.parse((UNIT_TESTS / path).read_text(encoding="utf-8"))
+    if name not in {node.name for node in tree.body if isinstance(node, ast.FunctionDef)}:
+        return f"no test {name} in {path}"
+    literals = {node.value for node in ast.walk(tree) if isinstance(node, ast.Constant) and isinstance(node.value, str)}
+    if param is not None and not _joins_literals(param, literals):
+        return f"no parameter id {param!r} in {path}"
+    return None
+
+
+def test_every_case_in_reliability_md_names_a_test_that_exists():
+    tables = _case_tables(RELIABILITY_MD.read_text(encoding="utf-8"))
+    assert len(tables) >= 8
+    problems = []
+    for table in tables:
+        assert table["header"][-1] == "test", f"a table of cases without a test column: {table['header']}"
+        for row in table["rows"]:
+            node_ids = re.findall(r"`([^`]+)`", row[-1])
+            if not node_ids:
+                problems.append(f"{row[0]}: no test named")
+            problems += [f"{row[0]}: {node_id}: {wrong}" for node_id in node_ids if (wrong := _test_exists(node_id))]
+    assert not problems, "\n".join(problems)
+
+
+def test_the_table_check_catches_a_missing_test_and_a_missing_parameter():
+    assert _test_exists("test_bad_input.py::test_bad_wikitext_file[valid-latin1]") is None
+    assert _test_exists("test_bad_input.py::test_output_dir_that_already_holds_a_run[pretrain-new_llm_wikitext]") is None
+    assert _test_exists("test_bad_input.py::test_bad_wikitext_file[valid-latin2]") == (
+        "no parameter id 'valid-latin2' in test_bad_input.py"
+    )
+    assert _test_exists("test_bad_input.py::test_no_such_thing") == "no test test_no_such_thing in test_bad_input.py"
+    assert _test_exists("nowhere.py::test_x") == "no file tests/unit/nowhere.py"

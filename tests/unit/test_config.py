@@ -118,6 +118,76 @@ def test_training_settings_that_cannot_train_are_refused_by_name(override, messa
 
 
 @pytest.mark.parametrize(
+    "override, message",
+    [
+        ("pretrain.weight_decay=-0.1", "pretrain.weight_decay: must be at least 0, got -0.1"),
+        ("pretrain.warmup=1.5", "pretrain.warmup: must be in [0, 1) (a fraction of all steps), got 1.5"),
+        ("pretrain.grad_clip=inf", "pretrain.grad_clip: must be at least 0 (0: no clipping), got inf"),
+        ("finetune.seed=-1", "finetune.seed: must be in [0, 4294967296) (NumPy's seed range), got -1"),
+        ("pretrain.max_steps=0", "pretrain.max_steps: must be -1 (no cap) or at least 1, got 0"),
+        ("pretrain.save_steps=-5", "pretrain.save_steps: must be at least 0 (0: only at each epoch's end), got -5"),
+        ("pretrain.scheduler=cosin", "pretrain.scheduler: must be 'linear', 'cosine', 'cosine_with_restarts', "
+         "'polynomial', 'constant', 'constant_with_warmup' or 'inverse_sqrt', got 'cosin'"),
+        ("model.dropout=1", "model.dropout: must be in [0, 1), got 1.0"),
+        ("model.context_dropout=-0.5", "model.context_dropout: must be in [0, 1), got -0.5"),
+        ("model.hidden_size=0", "model.hidden_size: must be at least 1, got 0"),
+        ("model.cell=lstm", "model.cell: must be 'prototype' or 'parallel', got 'lstm'"),
+        ("model.tolerance=0", "model.tolerance: must be in (0, 1), got 0.0"),
+        ("model.context_scales=3", "model.context_scales: must divide context_size (64), got 3"),
+        ("model.forget_bias=nan", "model.forget_bias: must be a finite number, got nan"),
+        ("data.block_size=0", "data.block_size: must be at least 1, got 0"),
+        ("data.train_lines=0", "data.train_lines: must be at least 1, got 0"),
+        ("data.wikitext=v103", "data.wikitext: must be 'tokens' or 'raw', got 'v103'"),
+        ("data.vocab_size=100", "data.vocab_size: a bpe tokenizer needs at least 260 (256 bytes + 4 special tokens), got 100"),
+        ("eval.top_p=0", "eval.top_p: must be in (0, 1], got 0.0"),
+        ("eval.temperature=0", "eval.temperature: must be a positive number, got 0.0"),
+        ("eval.max_new_tokens=0", "eval.max_new_tokens: must be at least 1, got 0"),
+        ("eval.stream_stride=600", "eval.stream_stride: must be less than stream_window (512), got 600"),
+        ("eval.response_dialogues=-1", "eval.response_dialogues: must be at least 0 (0: no replies generated), got -1"),
+        ("precision=fp16", "precision: must be 'auto', 'fp32' or 'bf16', got 'fp16'"),
+    ],
+)
+def test_every_setting_with_a_range_is_refused_outside_it_by_name(override, message):
+    with pytest.raises(ConfigError) as raised:
+        load_config("quick", [override, "eval.stream_window=512"])
+    assert str(raised.value) == message
+
+
+def test_every_number_and_string_setting_has_a_limit_or_is_listed_as_free():
+    """A new setting must say its range (or be declared free): validation cannot be forgotten."""
+    import typing
+
+    from newllm import config as module
+
+    tables = {
+        module.DataConfig: module.DATA_LIMITS,
+        module.ModelConfig: module.MODEL_LIMITS,
+        module.TrainConfig: module.TRAIN_LIMITS,
+        module.EvalConfig: module.EVAL_LIMITS,
+        module.ExperimentConfig: module.EXPERIMENT_LIMITS,
+    }
+    for cls, table in tables.items():
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            kinds = set(typing.get_args(hints[f.name])) or {hints[f.name]}
+            if kinds & {int, float, str} and f.name not in module.FREE_FIELDS:
+                assert f.name in table, f"{cls.__name__}.{f.name} has no entry in its limits table"
+        assert set(table) <= {f.name for f in dataclasses.fields(cls)}, f"{cls.__name__}: a limit for no field"
+        # the defaults themselves are within the limits
+        module.check_limits(cls(), table)
+
+
+def test_config_knows_the_new_llm_choices_and_the_trainers_schedulers():
+    from transformers import SchedulerType
+
+    from newllm.config import NEW_LLM_BLOCKS, NEW_LLM_CANDIDATES, NEW_LLM_CELLS, SCHEDULERS
+    from newllm.models.new_llm.configuration import BLOCKS, CANDIDATES, CELLS
+
+    assert (NEW_LLM_CELLS, NEW_LLM_BLOCKS, NEW_LLM_CANDIDATES) == (CELLS, BLOCKS, CANDIDATES)
+    assert set(SCHEDULERS) <= {s.value for s in SchedulerType}
+
+
+@pytest.mark.parametrize(
     "names, message",
     [
         ("", "model.names: no model given; choose one or more of new_llm, tinygpt2, lstm"),

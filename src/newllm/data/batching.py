@@ -7,6 +7,8 @@ import itertools
 import torch
 from torch.utils.data import Dataset
 
+from newllm.data.errors import DataFormatError
+
 # torch's cross-entropy ignores this label by default, and so do the Hugging Face models.
 IGNORE_INDEX = -100
 
@@ -36,7 +38,8 @@ class StreamWindows(Dataset):
     # used once more as item 1's first input. Read in order, the items cover the whole stream, which is what stateful
     # evaluation needs in order to carry its state from one window to the next.
 
-    def __init__(self, stream: torch.Tensor, block_size: int, drop_last: bool = True):
+    def __init__(self, stream: torch.Tensor, block_size: int, drop_last: bool = True, source: str = "the stream"):
+        """`source`: where the stream comes from (a file), named when it is too short for one window."""
         stream = torch.as_tensor(stream)
         if stream.dim() != 1 or stream.is_floating_point() or stream.is_complex():
             raise ValueError(f"stream must be a 1-D integer tensor, got {stream.dtype} of shape {tuple(stream.shape)}")
@@ -45,8 +48,12 @@ class StreamWindows(Dataset):
         self.drop_last = drop_last
         self._starts = _window_starts(len(stream), block_size, drop_last)
         if not self._starts:
-            hint = "; pass drop_last=False to keep a shorter one" if drop_last and len(stream) >= 2 else ""
-            raise ValueError(f"a stream of {len(stream)} tokens has no window of {block_size + 1}{hint}")
+            if drop_last:
+                raise DataFormatError(
+                    f"{source} holds {len(stream)} tokens, fewer than one window of {block_size + 1} "
+                    f"(block size {block_size} + 1): use more text or a smaller block size"
+                )
+            raise DataFormatError(f"{source} holds {len(stream)} token(s): nothing to score (a window needs 2)")
 
     def __len__(self) -> int:
         return len(self._starts)
@@ -74,7 +81,9 @@ class StreamLanes(Dataset):
     the same every epoch (the stream's end joins its start once, inside one lane).
     """
 
-    def __init__(self, stream: torch.Tensor, block_size: int, lanes: int, rotation_seed: int | None = None):
+    def __init__(
+        self, stream: torch.Tensor, block_size: int, lanes: int, rotation_seed: int | None = None, source: str = "the stream"
+    ):
         stream = torch.as_tensor(stream)
         if stream.dim() != 1 or stream.is_floating_point() or stream.is_complex():
             raise ValueError(f"stream must be a 1-D integer tensor, got {stream.dtype} of shape {tuple(stream.shape)}")
@@ -89,7 +98,10 @@ class StreamLanes(Dataset):
         self._lane_length = len(stream) // lanes
         self.windows_per_lane = self._lane_length // (block_size + 1)
         if self.windows_per_lane == 0:
-            raise ValueError(f"a stream of {len(stream)} tokens in {lanes} lanes has no window of {block_size + 1}")
+            raise DataFormatError(
+                f"{source} holds {len(stream)} tokens, fewer than {lanes} lanes (one per batch row) of one "
+                f"{block_size + 1}-token window each ({lanes * (block_size + 1)}): use more text, a smaller block size or batch size"
+            )
         self.offset = 0
         self._cut(self._stream)
 

@@ -101,12 +101,15 @@ def pretrain(config: ExperimentConfig, resume: bool = False, overwrite: bool = F
     tokenizer = prepare_tokenizer(config, splits["train"], overwrite=overwrite)
     write_experiment(config, "pretrain")
     streams = {name: encode_text(tokenizer, split) for name, split in splits.items()}
-    train_set = StreamWindows(streams["train"], config.data.block_size, drop_last=True)
+    sources = {name: split.source for name, split in splits.items()}  # named if too short for one window
+    train_set = StreamWindows(streams["train"], config.data.block_size, drop_last=True, source=sources["train"])
     lanes_set = None
     if config.pretrain.stateful:  # truncated BPTT: one lane of the stream per batch row, read in order
         rotation = config.pretrain.seed if config.pretrain.stateful_rotate else None
-        lanes_set = StreamLanes(streams["train"], config.data.block_size, config.pretrain.batch_size, rotation)
-    valid_set = StreamWindows(streams["valid"], config.data.block_size, drop_last=False)
+        lanes_set = StreamLanes(
+            streams["train"], config.data.block_size, config.pretrain.batch_size, rotation, source=sources["train"]
+        )
+    valid_set = StreamWindows(streams["valid"], config.data.block_size, drop_last=False, source=sources["valid"])
     # a stream's first token (end-of-text) is read, never predicted: these are the scored tokens
     logger.info("WikiText-2 (%s): %d train tokens, %d valid tokens", config.data.wikitext,
                 len(streams["train"]) - 1, len(streams["valid"]) - 1)  # fmt: skip

@@ -12,6 +12,8 @@ import shutil
 import time
 from pathlib import Path
 
+import torch
+from safetensors import safe_open
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
 
 import newllm.models  # noqa: F401  (registers the Auto classes)
@@ -20,6 +22,12 @@ from newllm.models.registry import MODEL_TYPES
 
 METADATA_FILE = "newllm.json"
 REQUIRED_FILES = ("config.json", "model.safetensors", "tokenizer.json")
+# safetensors' dtype names (its header's "dtype"), for comparing a file with a model without reading tensors
+SAFETENSORS_DTYPES = {
+    torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
+    torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8", torch.bool: "BOOL",
+}  # fmt: skip
+NAMES_SHOWN = 3  # tensors named per kind of mismatch: enough to recognise the model, short enough for one line
 
 
 class CheckpointError(ValueError):
@@ -30,8 +38,12 @@ def write_json_atomic(path: Path, payload) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(payload, indent=2, default=str) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(json.dumps(payload, indent=2, default=str) + "\n", encoding="utf-8")
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a full disk: leave `path` as it was and no stray copy
+        raise
     return path
 
 
@@ -42,15 +54,20 @@ def save_checkpoint(model: PreTrainedModel, tokenizer, directory, metadata: dict
     tmp = directory.with_name(f".{directory.name}.tmp-{os.getpid()}")
     old = directory.with_name(f".{directory.name}.old-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    save_tokenizer(tokenizer, tmp)
-    meta = {
-        "model_type": model.config.model_type,
-        "tokenizer_fingerprint": tokenizer_fingerprint(tokenizer),
-        "saved": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        **(metadata or {}),
-    }
-    write_json_atomic(tmp / METADATA_FILE, meta)
+    try:
+        model.save_pretrained(tmp)
+        save_tokenizer(tokenizer, tmp)
+        meta = {
+            "model_type": model.config.model_type,
+            "tokenizer_fingerprint": tokenizer_fingerprint(tokenizer),
+            "saved": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            **(metadata or {}),
+        }
+        write_json_atomic(tmp / METADATA_FILE, meta)
+    except BaseException:
+        # a full disk mid-write: the previous checkpoint stays, and the partial copy gives its space back
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     umask = os.umask(0)
     os.umask(umask)
     for path in tmp.iterdir():  # safetensors writes its file 0600: collaborators must be able to load it
@@ -96,7 +113,55 @@ def check_checkpoint(directory, model_name: str | None = None, expected_tokenize
             )
     if expected_tokenizer is not None:
         _checked_tokenizer(directory, expected_tokenizer)
+    _check_tensors(directory)
     return config
+
+
+def _first_line(err: BaseException) -> str:
+    return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+
+
+def _names(names) -> str:
+    names = sorted(names)
+    return ", ".join(names[:NAMES_SHOWN]) + (f" and {len(names) - NAMES_SHOWN} more" if len(names) > NAMES_SHOWN else "")
+
+
+def _check_tensors(directory: Path) -> None:
+    """CheckpointError unless model.safetensors holds the tensors of the model config.json builds: every
+    name, shape and dtype. Read from the file's header and a model on the meta device, so no weights are
+    loaded: transformers would fill a missing tensor with random values, and stop on a mis-shaped one
+    with "look at the above report!" after a report its quiet logging hides."""
+    try:
+        with safe_open(directory / "model.safetensors", framework="pt") as file:
+            saved = {name: (tuple(file.get_slice(name).get_shape()), file.get_slice(name).get_dtype()) for name in file.keys()}
+        config = AutoConfig.from_pretrained(directory)
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(config, dtype=getattr(config, "dtype", None) or torch.float32)
+    except Exception as err:  # safetensors / transformers raise many types for a corrupt file
+        raise CheckpointError(f"checkpoint {directory} could not be loaded: {_first_line(err)}") from None
+    tensors = model.state_dict(keep_vars=True)
+    # tied weights (GPT-2's lm_head and token embedding) are one tensor under several names, saved once
+    aliases: dict[int, list[str]] = {}
+    for name, tensor in tensors.items():
+        aliases.setdefault(id(tensor), []).append(name)
+    missing = [names[0] for names in aliases.values() if not any(name in saved for name in names)]
+    unexpected = [name for name in saved if name not in tensors]
+    wrong = []
+    for name in saved.keys() & tensors.keys():
+        expected = (tuple(tensors[name].shape), SAFETENSORS_DTYPES.get(tensors[name].dtype, str(tensors[name].dtype)))
+        if saved[name] != expected:
+            wrong.append(f"{name} {_shape_and_dtype(saved[name])} instead of {_shape_and_dtype(expected)}")
+    problems = [f"{len(found)} {what} ({_names(found)})" for found, what in
+                ((missing, "missing"), (unexpected, "unexpected"), (wrong, "of another shape or dtype")) if found]  # fmt: skip
+    if problems:
+        raise CheckpointError(
+            f"checkpoint {directory}: model.safetensors does not match config.json: {'; '.join(problems)}"
+        )
+
+
+def _shape_and_dtype(entry: tuple) -> str:
+    shape, dtype = entry
+    return f"{'x'.join(map(str, shape)) or 'scalar'} {dtype}"
 
 
 def _checked_tokenizer(directory: Path, expected=None):
@@ -143,6 +208,45 @@ def _check_own_tokenizer(directory: Path, tokenizer) -> None:
         )
 
 
+def _load_failure(err: Exception) -> str:
+    """torch.load's reason in a few words: its weights-only refusal is a page that suggests weights_only=False,
+    which would run whatever code the file holds."""
+    text = str(err)
+    if "WeightsUnpickler error:" in text:
+        detail = text.split("WeightsUnpickler error:", 1)[1].strip().splitlines()[0]
+        return f"not a file of tensors: {detail}"
+    if isinstance(err, EOFError):
+        return "empty or cut short"
+    return _first_line(err)
+
+
+def check_trainer_checkpoint(folder) -> None:
+    """CheckpointError naming the file when a Trainer checkpoint-N folder's training state does not load.
+
+    The Trainer would stop mid-resume with an UnpicklingError or a KeyError; loading each file here
+    first (weights_only, as the Trainer does) names the damaged one before anything is changed.
+    """
+    from transformers.trainer_callback import TrainerState
+    from transformers.trainer_pt_utils import safe_globals
+
+    folder = Path(folder)
+    hint = "--resume cannot continue from it; start again with --overwrite"
+    for path in [folder / "optimizer.pt", folder / "scheduler.pt", *sorted(folder.glob("rng_state*.pth"))]:
+        try:
+            with safe_globals():  # NumPy's RNG state, allow-listed as the Trainer does
+                torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as err:
+            raise CheckpointError(f"{path} is corrupt ({_load_failure(err)}): {hint}") from None
+    path = folder / "trainer_state.json"
+    try:
+        state = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(state, dict) or not isinstance(state.get("global_step"), int):
+            raise ValueError("not a JSON object with a global_step")
+        TrainerState(**state)
+    except Exception as err:
+        raise CheckpointError(f"{path} is corrupt ({_first_line(err)}): {hint}") from None
+
+
 def load_checkpoint(directory, model_name: str | None = None, expected_tokenizer=None, device="cpu", **config_changes):
     """(model, tokenizer) from a checkpoint folder, checking model type and, if given, the tokenizer.
     `config_changes` replace fields of its config.json (as in `from_pretrained`), e.g. dropout=0.1."""
@@ -150,18 +254,14 @@ def load_checkpoint(directory, model_name: str | None = None, expected_tokenizer
     check_checkpoint(directory, model_name)
     tokenizer = _checked_tokenizer(directory, expected_tokenizer)
     try:
-        AutoConfig.from_pretrained(directory)
-        model, info = AutoModelForCausalLM.from_pretrained(directory, output_loading_info=True, **config_changes)
+        model = AutoModelForCausalLM.from_pretrained(directory, **config_changes)
     except Exception as err:  # safetensors / transformers raise many types for a corrupt file
-        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise CheckpointError(f"checkpoint {directory} could not be loaded: {first_line}") from None
-    # transformers fills missing weights with fresh random ones and only logs it: a checkpoint whose
-    # weights belong to another model would otherwise load and generate noise
-    problems = [f"{len(info[key])} {what}" for key, what in (("missing_keys", "missing"),
-                ("unexpected_keys", "unexpected"), ("mismatched_keys", "of the wrong shape")) if info.get(key)]  # fmt: skip
-    if problems:
+        raise CheckpointError(f"checkpoint {directory} could not be loaded: {_first_line(err)}") from None
+    # a run that diverged before its last save gives NaN logits, and generation then gives garbage
+    nonfinite = [name for name, t in model.state_dict().items() if t.is_floating_point() and not torch.isfinite(t).all()]
+    if nonfinite:
         raise CheckpointError(
-            f"checkpoint {directory}: model.safetensors does not match config.json ({', '.join(problems)} weights, "
-            f"e.g. {sorted(map(str, info.get('missing_keys') or info.get('unexpected_keys') or info['mismatched_keys']))[0]})"
+            f"checkpoint {directory}: model.safetensors holds NaN or infinite values in {len(nonfinite)} "
+            f"tensor(s) ({_names(nonfinite)})"
         )
     return model.to(device), tokenizer

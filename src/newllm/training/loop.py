@@ -25,9 +25,10 @@ import torch
 from torch.utils.data import Dataset, SequentialSampler
 from transformers import EarlyStoppingCallback, PreTrainedModel, Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_callback import ExportableState, PrinterCallback, ProgressCallback
+from transformers.trainer_utils import get_last_checkpoint
 
 from newllm.config import TrainConfig
-from newllm.training.checkpoint import write_json_atomic
+from newllm.training.checkpoint import check_trainer_checkpoint, write_json_atomic
 from newllm.models.recurrent import RecurrentCache
 from newllm.models.registry import carries_state
 from newllm.training.distributed import any_rank, barrier, is_main_process, world_size
@@ -357,6 +358,8 @@ def train(
             remove_incomplete_checkpoints(run_dir)
         if not _has_checkpoints(run_dir):
             raise FileNotFoundError(f"nothing to resume in {run_dir}: it holds no complete checkpoint-* folder")
+        if is_main_process():  # rank 0 alone: the others could see a folder it is still deleting above
+            check_trainer_checkpoint(get_last_checkpoint(str(run_dir)))  # the one the Trainer resumes from
     run_dir.mkdir(parents=True, exist_ok=True)
     # compile: New-LLM runs its own fast path (compiled steps, CUDA-graphed scan; a no-op on CPU), the
     # baselines go through torch.compile. The recurrence is a Python loop torch.compile would unroll.

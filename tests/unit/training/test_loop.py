@@ -267,7 +267,7 @@ def test_time_limit_keeps_the_best_model_of_the_epochs_run(tmp_path):
 def test_time_limit_must_be_non_negative_seconds():
     from newllm.config import ConfigError
 
-    with pytest.raises(ConfigError, match="time_limit: must be seconds >= 0"):
+    with pytest.raises(ConfigError, match=r"time_limit: must be at least 0 \(seconds; 0: no limit\), got -1"):
         TrainConfig(time_limit=-1)
 
 
