@@ -100,6 +100,9 @@ class RecallConfig:
             raise ConfigError(f"widths must be multiples of 16, got {bad[0]}")
         if not self.settings():
             raise ConfigError(f"no seq_len in {list(self.seq_lens)} is at least 4 × pairs for pairs {list(self.pairs)}")
+        most = max(n for _, n in self.settings())
+        if self.vocab_size // 2 - 1 < most:  # keys are tokens 1 … V/2 - 1 (data/mqar.py)
+            raise ConfigError(f"vocab_size {self.vocab_size} has too few keys for {most} pairs")
         if not 0 < self.target <= 1:
             raise ConfigError(f"target must be in (0, 1], got {self.target!r}")
         if self.fast_path not in FAST_PATHS:
@@ -113,7 +116,7 @@ class RecallConfig:
 
 
 def quick_recall_config() -> RecallConfig:
-    """Seconds on one CPU thread: a small vocabulary, widths 32 and 64, 100 steps (what CI runs)."""
+    """Under a minute on one CPU thread: a small vocabulary, widths 32 and 64, 100 steps (what CI runs)."""
     return RecallConfig(
         widths=(32, 64), seq_lens=(32,), pairs=(2,), vocab_size=64, steps=100, batch_size=32, train_examples=3200,
         test_examples=256, eval_every=25, eval_batch_size=256, lr=3e-3, cpu_threads=1,

@@ -118,6 +118,7 @@ def test_the_gpu_sweep_covers_three_or_more_state_sizes_per_model():
         ({"models": "mamba"}, "models: unknown model 'mamba'"),
         ({"pairs": "64"}, "no seq_len in [32] is at least 4 × pairs"),
         ({"steps": "0"}, "steps must be a positive integer"),
+        ({"seq_lens": "256", "pairs": "40"}, "vocab_size 64 has too few keys for 40 pairs"),
         ({"fast_path": "fast"}, "fast_path: unknown 'fast'"),
         ({"seq_lens": "x"}, "seq_lens: expected an integer"),
     ],
