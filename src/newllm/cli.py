@@ -98,6 +98,7 @@ def build_parser(script: str | None = None) -> argparse.ArgumentParser:
     collect.add_argument("runs", nargs="+", metavar="RUN", help="run folders (holding results.json) or results.json files")
     collect.add_argument("--out", help="write the summary JSON here")
     collect.add_argument("--markdown", help="write the Markdown table here (it is printed either way)")
+    _recall_options(command("recall", "multi-query associative recall: accuracy against the bytes of state carried"))
     gen = command("generate", "one prompt -> one response from a checkpoint")
     gen.add_argument("--checkpoint", required=True, help="a model folder, e.g. checkpoints/best_new_llm_dialog")
     gen.add_argument("prompt", help="what the first speaker says")
@@ -114,6 +115,35 @@ def build_parser(script: str | None = None) -> argparse.ArgumentParser:
         if script is not None:
             sub.prog = script
     return parser
+
+
+def _recall_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--quick", action="store_true", help="tiny sizes: under a minute on a CPU (what CI runs)")
+    parser.add_argument("--config", help="a .toml of RecallConfig fields (default: configs/recall.toml; none with --quick)")
+    # each a comma-separated list that replaces the config's
+    for flag, text in [("models", "new_llm,new_llm_mlp,tinygpt2,lstm"), ("widths", "model widths, multiples of 16"),
+                       ("seq-lens", "sequence lengths"), ("pairs", "key-value pairs per sequence"), ("seeds", "seeds")]:
+        parser.add_argument(f"--{flag}", help=f"comma-separated {text}")
+    parser.add_argument("--steps", help="most optimizer steps per run (fewer at the target accuracy)")
+    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (default: auto)")
+    parser.add_argument("--out", default="benchmarks/results/recall", help="where recall.json and recall.png go")
+
+
+def _recall(args) -> int:
+    from newllm.recall import DEFAULT_CONFIG, load_recall_config, run_recall
+    from newllm.reporting.recall_plot import format_recall_table, write_recall_outputs
+
+    flags = {key: getattr(args, key) for key in ("models", "widths", "seq_lens", "pairs", "seeds", "steps")}
+    path = args.config or (None if args.quick else DEFAULT_CONFIG)
+    config = load_recall_config(path, quick=args.quick, overrides={k: v for k, v in flags.items() if v is not None})
+    given = {"config": args.config, **flags, "device": args.device, "out": args.out}
+    command = ["newllm recall", *(["--quick"] if args.quick else [])]
+    command += [f"--{key.replace('_', '-')} {value}" for key, value in given.items() if value is not None]
+    results = run_recall(config, args.device, command=" ".join(command))
+    paths = write_recall_outputs(results, args.out)
+    print(format_recall_table(results))
+    print("wrote " + ", ".join(str(p) for p in paths))
+    return 0
 
 
 def _sampling_options(parser: argparse.ArgumentParser, when: str) -> None:
@@ -267,6 +297,8 @@ def _run(args) -> int:
         return _bench(args)
     if args.command == "chat":
         return _chat(args)
+    if args.command == "recall":
+        return _recall(args)
     from newllm import pipeline
 
     progress = not args.no_progress

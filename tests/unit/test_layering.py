@@ -16,7 +16,8 @@ ALLOWED = {
     "evaluation": {"data", "models"},
     "reporting": set(),
     "pipeline": {"config", "data", "models", "training", "evaluation", "reporting"},
-    "cli": {"config", "data", "models", "training", "evaluation", "reporting", "pipeline"},
+    "recall": {"config", "data", "models", "evaluation", "pipeline"},
+    "cli": {"config", "data", "models", "training", "evaluation", "reporting", "pipeline", "recall"},
 }
 
 

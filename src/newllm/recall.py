@@ -1,0 +1,297 @@
+"""`newllm recall`: how much multi-query associative recall (MQAR) each model buys with the state it carries.
+
+Each model family is trained from scratch on MQAR (data/mqar.py) at several widths and scored on its
+answers alone; the x-axis of the result is the bytes of state a sequence leaves behind, measured on
+the model's own cache after a forward over one sequence: New-LLM's context vector, the LSTM's (h, c)
+per layer, GPT-2's key/value cache at that length. As in Zoology (Arora et al. 2023, figure 2), attention
+should solve the task at any width, and a recurrent model only once its state can hold the pairs.
+
+A plain loop (AdamW, linear warm-up then cosine decay, early stop at `target` accuracy) rather than
+the pipeline's Trainer: this is a diagnostic of the architectures, and the models are the project's
+own classes, built through the registry.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import itertools
+import logging
+import math
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import tomllib
+import torch
+
+from newllm.config import CONFIG_DIR, ConfigError, load_config, replace_fields
+from newllm.data.mqar import IGNORE_INDEX, mqar
+from newllm.evaluation.speed import cache_bytes, environment
+from newllm.models.gpt2 import gpt2_config_for_budget, gpt2_parameter_count
+from newllm.models.lstm import LSTMLMConfig
+from newllm.models.new_llm import NewLLMConfig
+from newllm.models.new_llm.modeling import FAST_PATHS
+from newllm.models.registry import MODELS, build_model, count_parameters, output_cache
+from newllm.pipeline import NEW_LLM_OPTIONS, device_from_name
+
+logger = logging.getLogger(__name__)
+
+RESULTS_VERSION = 1
+DEFAULT_CONFIG = CONFIG_DIR / "recall.toml"  # the GPU sweep
+# Test sets are drawn with seed + this, so no seed of a sweep draws a test set that is another's training set.
+TEST_SEED_OFFSET = 1_000_003
+# The New-LLM cell of the context-vector study (configs/study.toml), run beside the prototype's default cell.
+STUDY_PRESET = "study"
+# New-LLM fields that the sweep sets itself: the width, the depth, and no dropout (MQAR has no noise to regularise).
+SWEPT_FIELDS = ("embedding_size", "context_size", "hidden_size", "num_layers", "dropout", "embedding_dropout",
+                "context_dropout")  # fmt: skip
+# The families: the registry's models, plus New-LLM once more with the study's cell.
+FAMILIES = {
+    "new_llm": ("new_llm", "New-LLM (prototype cell)"),
+    "new_llm_mlp": ("new_llm", "New-LLM (study's MLP cell)"),
+    **{name: (name, s.label) for name, s in MODELS.items() if name != "new_llm"},
+}
+
+
+@dataclass(frozen=True)
+class RecallConfig:
+    """The MQAR sweep: every family × width × valid (seq_len, pairs) × seed; configs/recall.toml sizes it."""
+
+    models: tuple[str, ...] = tuple(FAMILIES)
+    widths: tuple[int, ...] = (64, 128, 256)  # each model's width (New-LLM: embedding = context = hidden)
+    layers: int = 2  # New-LLM's feed-forward layers, GPT-2's blocks, the LSTM's layers
+    seq_lens: tuple[int, ...] = (64, 256)
+    pairs: tuple[int, ...] = (4, 16)  # every seq_len × pairs with seq_len >= 4 × pairs is run
+    vocab_size: int = 8192  # Zoology's: a large vocabulary keeps the keys from being memorised
+    power_a: float = 0.01  # Zoology's query gaps (data/mqar.py)
+    steps: int = 1000  # the most optimizer steps; fewer once `target` is reached
+    batch_size: int = 64
+    train_examples: int = 20_000  # drawn once per setting and seed, cycled through in shuffled passes
+    test_examples: int = 1000
+    eval_every: int = 100
+    eval_batch_size: int = 250
+    target: float = 0.99  # early stop at this query accuracy on the test set
+    lr: float = 1e-3
+    weight_decay: float = 0.1
+    warmup: float = 0.1  # fraction of `steps`
+    grad_clip: float = 1.0
+    seeds: tuple[int, ...] = (0,)
+    fast_path: str = "eager"  # New-LLM's training path on CUDA (NewLLMForCausalLM.set_fast_path); CPU is eager
+    cpu_threads: int | None = None  # intra-op threads on CPU; tiny models lose time to more than one
+
+    def __post_init__(self):
+        positive = ("layers", "vocab_size", "steps", "batch_size", "train_examples", "test_examples", "eval_every",
+                    "eval_batch_size")  # fmt: skip
+        for name in positive:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+        for name in ("widths", "seq_lens", "pairs", "models", "seeds"):
+            if not getattr(self, name):
+                raise ConfigError(f"{name}: none given")
+        unknown = [m for m in self.models if m not in FAMILIES]
+        if unknown:
+            raise ConfigError(f"models: unknown model {unknown[0]!r}; choose from {', '.join(FAMILIES)}")
+        bad = [w for w in self.widths if w < 16 or w % 16]
+        if bad:
+            # GPT-2's builder works in steps of 16 (heads of 64, 32 or 16 dims)
+            raise ConfigError(f"widths must be multiples of 16, got {bad[0]}")
+        if not self.settings():
+            raise ConfigError(f"no seq_len in {list(self.seq_lens)} is at least 4 × pairs for pairs {list(self.pairs)}")
+        most = max(n for _, n in self.settings())
+        if self.vocab_size // 2 - 1 < most:  # keys are tokens 1 … V/2 - 1 (data/mqar.py)
+            raise ConfigError(f"vocab_size {self.vocab_size} has too few keys for {most} pairs")
+        if not 0 < self.target <= 1:
+            raise ConfigError(f"target must be in (0, 1], got {self.target!r}")
+        if self.fast_path not in FAST_PATHS:
+            raise ConfigError(f"fast_path: unknown {self.fast_path!r}; choose from {', '.join(FAST_PATHS)}")
+        if any(s < 0 for s in self.seeds):
+            raise ConfigError(f"seeds must be non-negative, got {list(self.seeds)}")
+
+    def settings(self) -> list[tuple[int, int]]:
+        """The (seq_len, pairs) pairs that fit: the pairs and their queries need 4 × pairs tokens."""
+        return [(t, n) for t, n in itertools.product(self.seq_lens, self.pairs) if t >= 4 * n]
+
+
+def quick_recall_config() -> RecallConfig:
+    """Under a minute on one CPU thread: a small vocabulary, widths 32 and 64, 100 steps (what CI runs)."""
+    return RecallConfig(
+        widths=(32, 64), seq_lens=(32,), pairs=(2,), vocab_size=64, steps=100, batch_size=32, train_examples=3200,
+        test_examples=256, eval_every=25, eval_batch_size=256, lr=3e-3, cpu_threads=1,
+    )  # fmt: skip
+
+
+def load_recall_config(path: str | Path | None, quick: bool = False, overrides: dict | None = None) -> RecallConfig:
+    """The quick settings, or the defaults with a TOML file (configs/recall.toml) over them; then `overrides`."""
+    config = quick_recall_config() if quick else RecallConfig()
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        try:
+            config = replace_fields(config, tomllib.loads(path.read_text(encoding="utf-8")))
+        except tomllib.TOMLDecodeError as err:
+            raise ConfigError(f"{path}: not valid TOML ({err})") from None
+    return replace_fields(config, overrides or {})
+
+
+# ---------------------------------------------------------------- models
+
+
+def study_options() -> dict:
+    """configs/study.toml's New-LLM cell (block, norms, candidate, tying ...), without its sizes and dropout."""
+    model = load_config(STUDY_PRESET).model
+    return {key: getattr(model, key) for key in NEW_LLM_OPTIONS if key not in SWEPT_FIELDS}
+
+
+def model_config(family: str, width: int, config: RecallConfig, seq_len: int, options: dict | None = None):
+    """The HF config of `family` at `width`: every model `config.layers` deep, no dropout, pad id 0."""
+    name, _ = FAMILIES[family]
+    special = {"bos_token_id": 0, "eos_token_id": 0, "pad_token_id": 0}
+    V, L = config.vocab_size, config.layers
+    if name == "new_llm":
+        cell = (options if options is not None else study_options()) if family == "new_llm_mlp" else {}
+        return NewLLMConfig(vocab_size=V, embedding_size=width, context_size=width, hidden_size=width,
+                            num_hidden_layers=L, dropout=0.0, **cell, **special)  # fmt: skip
+    if name == "tinygpt2":
+        # the project's GPT-2 builder at exactly this width (its head sizes); positions = the sequence
+        return gpt2_config_for_budget(gpt2_parameter_count(V, seq_len, width, L), V, seq_len, n_layer=L,
+                                      tolerance=0.0, dropout=0.0, **special)  # fmt: skip
+    if name == "lstm":
+        return LSTMLMConfig(vocab_size=V, embedding_size=width, hidden_size=width, num_hidden_layers=L, dropout=0.0,
+                            **special)  # fmt: skip
+    raise ValueError(f"no recall width rule for model {name!r}")  # a new registry entry needs one here
+
+
+@torch.no_grad()
+def state_bytes(model, seq_len: int, device) -> int:
+    """Bytes of the cache one sequence of `seq_len` tokens leaves behind (batch 1, the model's dtype)."""
+    was_training = model.training
+    model.eval()
+    ids = torch.ones(1, seq_len, dtype=torch.long, device=device)
+    try:
+        size = cache_bytes(output_cache(model(input_ids=ids, use_cache=True)))
+    finally:
+        model.train(was_training)
+    if size is None:
+        raise RuntimeError(f"cannot size the cache of {model.config.model_type}")
+    return size
+
+
+# ---------------------------------------------------------------- training
+
+
+@torch.no_grad()
+def query_accuracy(model, input_ids: torch.Tensor, labels: torch.Tensor, batch_size: int, device) -> float:
+    """Share of answer positions whose argmax prediction (after reading the query key) is the value."""
+    was_training = model.training
+    model.eval()
+    correct = total = 0
+    try:
+        for start in range(0, len(input_ids), batch_size):
+            ids = input_ids[start : start + batch_size].to(device)
+            target = labels[start : start + batch_size, 1:].to(device)  # (B, T-1): position t predicts t+1
+            predicted = model(input_ids=ids).logits[:, :-1].argmax(-1)  # (B, T-1)
+            scored = target != IGNORE_INDEX
+            correct += (predicted[scored] == target[scored]).sum().item()
+            total += scored.sum().item()
+    finally:
+        model.train(was_training)
+    return correct / total
+
+
+def _schedule(step: int, steps: int, warmup: int) -> float:
+    """Linear warm-up, then cosine decay to zero: the learning rate's factor at `step` (0-based)."""
+    if step < warmup:
+        return (step + 1) / warmup
+    return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
+
+
+def train_recall(model, train, test, config: RecallConfig, device, seed: int) -> dict:
+    """Train on `train` until `config.target` test accuracy or `config.steps`; the last evaluation and its cost."""
+    generator = torch.Generator().manual_seed(seed)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    warmup = max(1, round(config.warmup * config.steps))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _schedule(s, config.steps, warmup))
+    model.to(device).train()
+    order = torch.empty(0, dtype=torch.long)
+    accuracy, loss, train_seconds = 0.0, float("nan"), 0.0
+    for step in range(1, config.steps + 1):
+        if len(order) < config.batch_size:  # a new shuffled pass over the training set
+            order = torch.cat([order, torch.randperm(len(train.input_ids), generator=generator)])
+        index, order = order[: config.batch_size], order[config.batch_size :]
+        start = time.perf_counter()
+        ids, labels = train.input_ids[index].to(device), train.labels[index].to(device)
+        output = model(input_ids=ids, labels=labels)
+        output.loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        loss = output.loss.item()  # also waits for the GPU, so the time below is the step's
+        train_seconds += time.perf_counter() - start
+        if step % config.eval_every == 0 or step == config.steps:
+            accuracy = query_accuracy(model, test.input_ids, test.labels, config.eval_batch_size, device)
+            if accuracy >= config.target:
+                break
+    return {"accuracy": accuracy, "steps": step, "reached_target": accuracy >= config.target,
+            "final_loss": loss, "train_seconds": train_seconds, "ms_per_step": 1000 * train_seconds / step}  # fmt: skip
+
+
+# ---------------------------------------------------------------- the sweep
+
+
+def _commit() -> str | None:
+    """The checkout's commit, None outside a git checkout."""
+    try:
+        done = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, check=False,
+                              text=True, timeout=10)  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout.strip() or None
+
+
+def run_recall(config: RecallConfig, device: str = "cpu", command: str | None = None) -> dict:
+    """Every run of the sweep, as one JSON-ready results dict (provenance at the top, one row per run)."""
+    device = device_from_name(device)
+    options = study_options() if "new_llm_mlp" in config.models else {}
+    before = torch.get_num_threads()
+    if config.cpu_threads is not None and torch.device(device).type == "cpu":
+        torch.set_num_threads(config.cpu_threads)
+    runs = []
+    try:
+        for seed, (seq_len, pairs) in itertools.product(config.seeds, config.settings()):
+            train = mqar(config.vocab_size, pairs, seq_len, config.train_examples, seed, config.power_a)
+            test = mqar(config.vocab_size, pairs, seq_len, config.test_examples, seed + TEST_SEED_OFFSET,
+                        config.power_a)  # fmt: skip
+            for family, width in itertools.product(config.models, config.widths):
+                torch.manual_seed(seed)
+                name = FAMILIES[family][0]
+                model = build_model(name, model_config(family, width, config, seq_len, options)).to(device)
+                if name == "new_llm":
+                    model.set_fast_path(config.fast_path)
+                row = {"model": family, "width": width, "seq_len": seq_len, "pairs": pairs, "seed": seed,
+                       "parameters": count_parameters(model), "state_bytes": state_bytes(model, seq_len, device),
+                       "chance": 1 / (config.vocab_size - config.vocab_size // 2)}  # fmt: skip
+                row.update(train_recall(model, train, test, config, device, seed))
+                logger.info("%s width %d, T=%d, %d pairs, seed %d: accuracy %.3f after %d steps",
+                            family, width, seq_len, pairs, seed, row["accuracy"], row["steps"])  # fmt: skip
+                runs.append(row)
+                del model
+    finally:
+        torch.set_num_threads(before)
+    return {
+        "version": RESULTS_VERSION,
+        "command": command,
+        "config": dataclasses.asdict(config),
+        "study_cell": options,
+        "labels": {family: FAMILIES[family][1] for family in config.models},
+        "seeds": list(config.seeds),
+        "commit": _commit(),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "device": device,
+        "environment": environment(),
+        "runs": runs,
+    }

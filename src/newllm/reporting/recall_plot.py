@@ -1,0 +1,101 @@
+"""`newllm recall`'s outputs from its results dict (recall.json): a plain-text table and Zoology's figure (no torch)."""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter, NullLocator
+
+from newllm.reporting.bench_report import format_bytes
+from newllm.reporting.plots import model_color, save_figure, write_atomic
+
+MARKERS = "osD^vP"
+
+
+def _settings(runs) -> list[tuple[int, int]]:
+    """(seq_len, pairs) in the sweep, shortest and fewest first."""
+    return sorted({(r["seq_len"], r["pairs"]) for r in runs})
+
+
+def _models(results: Mapping[str, Any]) -> list[str]:
+    return list(dict.fromkeys([*(results.get("labels") or {}), *(r["model"] for r in results["runs"])]))
+
+
+def summarize(results: Mapping[str, Any]) -> list[dict]:
+    """One row per model × width × setting: state bytes, parameters, and accuracy and steps averaged over seeds."""
+    groups: dict[tuple, list[Mapping[str, Any]]] = {}
+    for run in results["runs"]:
+        groups.setdefault((run["model"], run["width"], run["seq_len"], run["pairs"]), []).append(run)
+    order = {name: i for i, name in enumerate(_models(results))}
+    rows = []
+    for model, width, seq_len, pairs in sorted(groups, key=lambda k: (k[2], k[3], order[k[0]], k[1])):
+        runs = groups[model, width, seq_len, pairs]
+        rows.append({
+            "model": model, "width": width, "seq_len": seq_len, "pairs": pairs, "seeds": len(runs),
+            "parameters": runs[0]["parameters"], "state_bytes": runs[0]["state_bytes"],
+            "accuracy": statistics.fmean(r["accuracy"] for r in runs),
+            "accuracy_min": min(r["accuracy"] for r in runs), "accuracy_max": max(r["accuracy"] for r in runs),
+            "steps": statistics.fmean(r["steps"] for r in runs), "chance": runs[0]["chance"],
+        })  # fmt: skip
+    return rows
+
+
+def format_recall_table(results: Mapping[str, Any]) -> str:
+    """Markdown table: accuracy at the query positions against the state each model carries."""
+    labels = results.get("labels") or {}
+    seeds = len(results.get("seeds") or [None])
+    accuracy = "accuracy" if seeds == 1 else f"accuracy (mean of {seeds} seeds)"
+    lines = [f"| seq_len | pairs | model | width | parameters | state | {accuracy} | steps |",
+             "| ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: |"]  # fmt: skip
+    for r in summarize(results):
+        lines.append(
+            f"| {r['seq_len']} | {r['pairs']} | {labels.get(r['model'], r['model'])} | {r['width']} | "
+            f"{r['parameters']:,} | {format_bytes(r['state_bytes'])} | {r['accuracy']:.3f} | {r['steps']:.0f} |"
+        )
+    chance = {r["chance"] for r in results["runs"]}
+    if len(chance) == 1:
+        lines.append(f"\nChance (a uniform guess among the values): {chance.pop():.3f}.")
+    return "\n".join(lines)
+
+
+def plot_recall(results: Mapping[str, Any], path: str | os.PathLike) -> Path:
+    """Accuracy against bytes of state on log-x, one panel per (seq_len, pairs), one line per model (Zoology's fig. 2)."""
+    rows = summarize(results)
+    settings = _settings(rows)
+    labels = results.get("labels") or {}
+    fig = Figure(figsize=(4.2 * len(settings), 3.8), layout="constrained")
+    axes = fig.subplots(1, len(settings), sharey=True, squeeze=False)[0]
+    for ax, (seq_len, pairs) in zip(axes, settings):
+        for i, model in enumerate(_models(results)):
+            points = sorted((r["state_bytes"], r["accuracy"]) for r in rows
+                            if (r["model"], r["seq_len"], r["pairs"]) == (model, seq_len, pairs))  # fmt: skip
+            if points:
+                xs, ys = zip(*points)
+                # translucent: two New-LLM cells of one width carry the same state and often overlap
+                ax.plot(xs, ys, marker=MARKERS[i % len(MARKERS)], color=model_color(model, i), alpha=0.8,
+                        label=labels.get(model, model))  # fmt: skip
+        chance = next(r["chance"] for r in rows if (r["seq_len"], r["pairs"]) == (seq_len, pairs))
+        ax.axhline(chance, color="grey", linestyle=":", linewidth=1, label="chance")
+        ax.set_xscale("log", base=4)  # ticks at 256 B, 1 KiB, 4 KiB ...: round binary sizes
+        ax.xaxis.set_minor_locator(NullLocator())
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: format_bytes(x)))
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_title(f"sequence {seq_len}, {pairs} pairs")
+        ax.set_xlabel("state carried per sequence")
+        ax.grid(True, which="major", alpha=0.3)
+    axes[0].set_ylabel("MQAR accuracy at the queries")
+    axes[-1].legend(loc="best", fontsize="small")
+    return save_figure(fig, path)
+
+
+def write_recall_outputs(results: Mapping[str, Any], out_dir: str | os.PathLike) -> list[Path]:
+    """recall.json and recall.png under `out_dir`."""
+    out_dir = Path(out_dir)
+    text = json.dumps(results, indent=2, allow_nan=False) + "\n"
+    return [write_atomic(out_dir / "recall.json", text.encode("utf-8")), plot_recall(results, out_dir / "recall.png")]

@@ -1,0 +1,156 @@
+"""`newllm recall`: each family's state measured on its own cache, answers scored alone, early stop, the CLI end to end."""
+
+import dataclasses
+import json
+from types import SimpleNamespace
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from newllm.cli import main
+from newllm.config import ConfigError, load_config
+from newllm.data.mqar import mqar
+from newllm.models.registry import build_model
+from newllm.recall import (
+    DEFAULT_CONFIG,
+    FAMILIES,
+    load_recall_config,
+    model_config,
+    query_accuracy,
+    quick_recall_config,
+    state_bytes,
+    study_options,
+    train_recall,
+)
+
+FLOAT32 = 4
+CONFIG = dataclasses.replace(quick_recall_config(), widths=(32,), layers=2, vocab_size=64)
+
+
+class Oracle(torch.nn.Module):
+    """Reads the pairs of each sequence and puts all its mass on the value of the key it has just read.
+
+    `late` moves every prediction one position on, the off-by-one that the scoring must not reward."""
+
+    def __init__(self, pairs: int, vocab_size: int, late: bool = False):
+        super().__init__()
+        self.pairs, self.vocab_size, self.late = pairs, vocab_size, late
+        self.scale = torch.nn.Parameter(torch.tensor(5.0))  # something for the optimizer to step
+
+    def forward(self, input_ids, labels=None):
+        hits = torch.zeros(*input_ids.shape, self.vocab_size)  # (B, T, V)
+        for b, ids in enumerate(input_ids.tolist()):
+            table = dict(zip(ids[0 : 2 * self.pairs : 2], ids[1 : 2 * self.pairs : 2]))
+            for t, token in enumerate(ids[2 * self.pairs :], start=2 * self.pairs):
+                if token in table and t + self.late < len(ids):
+                    hits[b, t + self.late, table[token]] = 1.0
+        logits = self.scale * hits
+        loss = None if labels is None else F.cross_entropy(logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten())
+        return SimpleNamespace(logits=logits, loss=loss)
+
+
+def test_state_bytes_are_each_models_cache_at_that_length():
+    width, T, L = 32, 32, CONFIG.layers
+    expected = {
+        "new_llm": width * FLOAT32,  # one context vector
+        "new_llm_mlp": width * FLOAT32,
+        "lstm": L * 2 * width * FLOAT32,  # (h, c) per layer
+        "tinygpt2": L * 2 * width * T * FLOAT32,  # keys and values (heads × head size = width) per layer and position
+    }
+    for family, size in expected.items():
+        model = build_model(FAMILIES[family][0], model_config(family, width, CONFIG, T))
+        assert state_bytes(model, T, "cpu") == size, family
+    gpt2 = build_model("tinygpt2", model_config("tinygpt2", width, CONFIG, 2 * T))
+    assert state_bytes(gpt2, 2 * T, "cpu") == 2 * expected["tinygpt2"]  # grows with the sequence; the others do not
+
+
+def test_the_study_cell_is_the_study_presets_at_the_sweeps_width():
+    study = load_config("study").model
+    config = model_config("new_llm_mlp", 48, CONFIG, 32)
+    assert config.block == study.block == "mlp"
+    for key, value in study_options().items():
+        assert getattr(config, key) == value, key
+    assert (config.embedding_size, config.context_size, config.hidden_size) == (48, 48, 48)
+    assert config.num_hidden_layers == CONFIG.layers
+    assert config.dropout == config.embedding_dropout == 0.0 < study.dropout
+    prototype = model_config("new_llm", 48, CONFIG, 32)
+    assert (prototype.block, prototype.cell) == ("linear", "prototype")
+
+
+def test_gpt2_is_built_at_the_width_and_the_sequence_length():
+    config = model_config("tinygpt2", 96, CONFIG, 64)
+    assert (config.n_embd, config.n_layer, config.n_positions) == (96, CONFIG.layers, 64)
+    assert config.n_embd % config.n_head == 0
+
+
+@pytest.fixture(scope="module")
+def task():
+    return mqar(64, 3, 24, examples=20, seed=0)
+
+
+def test_only_the_answers_are_scored(task):
+    assert query_accuracy(Oracle(3, 64), *task, batch_size=8, device="cpu") == 1.0
+    # the right values, one position late: every answer missed
+    assert query_accuracy(Oracle(3, 64, late=True), *task, batch_size=8, device="cpu") == 0.0
+
+
+def test_training_stops_at_the_target(task):
+    config = dataclasses.replace(CONFIG, steps=50, eval_every=5, batch_size=4)
+    row = train_recall(Oracle(3, 64), task, task, config, "cpu", seed=0)
+    assert row["steps"] == 5 and row["reached_target"] and row["accuracy"] == 1.0
+    never = dataclasses.replace(config, steps=7)
+    row = train_recall(Oracle(3, 64, late=True), task, task, never, "cpu", seed=0)
+    assert row["steps"] == 7 and not row["reached_target"]  # ran to the end, evaluated at the last step
+
+
+def test_the_gpu_sweep_covers_three_or_more_state_sizes_per_model():
+    config = load_recall_config(DEFAULT_CONFIG)
+    assert set(config.models) == set(FAMILIES)
+    assert len(config.widths) >= 3 and min(config.widths) >= 64 and max(config.widths) <= 512
+    assert config.settings() and all(t >= 4 * n for t, n in config.settings())
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"widths": "30"}, "widths must be multiples of 16, got 30"),
+        ({"models": "mamba"}, "models: unknown model 'mamba'"),
+        ({"pairs": "64"}, "no seq_len in [32] is at least 4 × pairs"),
+        ({"steps": "0"}, "steps must be a positive integer"),
+        ({"seq_lens": "256", "pairs": "40"}, "vocab_size 64 has too few keys for 40 pairs"),
+        ({"fast_path": "fast"}, "fast_path: unknown 'fast'"),
+        ({"seq_lens": "x"}, "seq_lens: expected an integer"),
+    ],
+)
+def test_bad_settings_are_one_line_errors(overrides, message):
+    with pytest.raises(ConfigError) as info:
+        load_recall_config(None, quick=True, overrides=overrides)
+    assert message in str(info.value) and "\n" not in str(info.value)
+
+
+def test_bad_flag_exits_1_before_any_work(capsys, tmp_path):
+    out = tmp_path / "out"
+    assert main(["recall", "--quick", "--widths", "32,40", "--out", str(out)]) == 1
+    assert capsys.readouterr().err.strip().splitlines()[-1] == "newllm: error: widths must be multiples of 16, got 40"
+    assert not out.exists()
+
+
+def test_quick_runs_end_to_end(capsys, tmp_path):
+    # --widths 32 halves the quick mode's time; every family still trains, is scored and is plotted
+    assert main(["recall", "--quick", "--widths", "32", "--device", "cpu", "--out", str(tmp_path)]) == 0
+    results = json.loads((tmp_path / "recall.json").read_text())
+    assert (tmp_path / "recall.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert results["command"] == f"newllm recall --quick --widths 32 --device cpu --out {tmp_path}"
+    assert {"commit", "date", "device", "environment", "config", "seeds"} <= set(results)
+    assert results["environment"]["torch"] == torch.__version__
+    runs = results["runs"]
+    assert sorted(r["model"] for r in runs) == sorted(FAMILIES)
+    assert all(0.0 <= r["accuracy"] <= 1.0 and 1 <= r["steps"] <= results["config"]["steps"] for r in runs)
+    # attention keeps every key and value: TinyGPT2 carries the most state and should use it
+    gpt2 = next(r for r in runs if r["model"] == "tinygpt2")
+    assert gpt2["state_bytes"] > max(r["state_bytes"] for r in runs if r["model"] != "tinygpt2")
+    easiest = min(r["pairs"] for r in runs)
+    assert max(r["accuracy"] for r in runs if r["pairs"] == easiest) >= 3 * runs[0]["chance"]
+    table = capsys.readouterr().out
+    assert "| TinyGPT2 | 32 |" in table and "recall.png" in table
