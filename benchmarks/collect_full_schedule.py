@@ -1,6 +1,6 @@
 """Gather the runs of `benchmarks/full_schedule.sh` into one JSON summary, figures and Markdown tables.
 
-    python benchmarks/collect_full_schedule.py runs/session3 runs/session4 --out docs/results/full_schedule_h200.json \
+    python benchmarks/collect_full_schedule.py runs/first runs/second --out docs/results/full_schedule_h200.json \
         --plot docs/results/full_schedule_val_ppl.png --plot-dialog docs/results/full_schedule_dialog_val_ppl.png \
         --plot-test docs/results/full_schedule_test_word_ppl.png --markdown tables.md
 
@@ -17,7 +17,7 @@ the earlier one, its evaluation included. A session's run folders go with its GP
 summary is committed, so --previous starts from an earlier summary (its runs, evaluations and
 launches) and the folders given are read on top of it:
 
-    python benchmarks/collect_full_schedule.py --previous docs/results/full_schedule_h200.json runs/session13 ...
+    python benchmarks/collect_full_schedule.py --previous docs/results/full_schedule_h200.json runs/newest ...
 
 An evaluation from before TinyGPT2's trained positions were recorded (its sliding window wider
 than its training window) keeps its reset-window numbers but loses its stream number and its

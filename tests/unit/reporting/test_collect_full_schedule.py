@@ -19,6 +19,14 @@ def collect():
     return load_benchmark("collect_full_schedule")
 
 
+def table_after(doc: Path, header: str) -> list[str]:
+    """The lines of the one Markdown table in doc whose header row starts with header: found by its columns, not its prose."""
+    text = doc.read_text(encoding="utf-8")
+    assert text.count(header) == 1, header
+    table = text[text.index(header):]
+    return table[: table.index("\n\n")].splitlines() if "\n\n" in table else table.splitlines()
+
+
 def history(*val_ppls):
     return [
         {"epoch": i + 1, "val_loss": math.log(v), "val_ppl": v, "train_ppl": 2 * v, "seconds": 1.0}
@@ -83,7 +91,7 @@ def write_results(folder: Path, model: str, word_ppl: float, stream_window: int,
 
 
 def test_a_later_folder_replaces_a_run_and_its_evaluation(tmp_path, collect):
-    old, new = tmp_path / "session3", tmp_path / "session4"
+    old, new = tmp_path / "first", tmp_path / "second"
     done = "start 1\npretrain_done 2\nfinetune_done 3\nevaluate_done 4\nexit 0 4\n"
     for root, val in ((old, 43.0), (new, 42.0)):
         root.mkdir()
@@ -94,8 +102,8 @@ def test_a_later_folder_replaces_a_run_and_its_evaluation(tmp_path, collect):
     write_results(new / "full_tinygpt2_s0", "tinygpt2", 121.0, stream_window=128)
 
     runs, evaluations, launches = collect.collect([old, new])
-    assert [launch["root"] for launch in launches] == ["session3", "session4"]
-    assert runs["full_tinygpt2_s0"]["root"] == "session4" and runs["full_tinygpt2_s1"]["root"] == "session3"
+    assert [launch["root"] for launch in launches] == ["first", "second"]
+    assert runs["full_tinygpt2_s0"]["root"] == "second" and runs["full_tinygpt2_s1"]["root"] == "first"
     summary = collect.summarize(runs, evaluations)["full/tinygpt2"]
     assert summary["wikitext_best_val_ppl"]["values"] == [42.0, 42.5]
     assert summary["test_word_ppl"]["values"] == [121.0, 122.0]  # the replaced run's 130 is gone
@@ -118,8 +126,8 @@ def run_main(collect, monkeypatch, *argv):
 
 
 def test_previous_summary_plus_a_new_folder_is_both_folders_read_together(tmp_path, collect, monkeypatch):
-    # a session's run folders go with its GPU machine: the committed summary must stand in for them exactly
-    old, new = tmp_path / "session3", tmp_path / "session4"
+    # run folders go with their GPU machine: the committed summary must stand in for them exactly
+    old, new = tmp_path / "first", tmp_path / "second"
     done = "start 1\npretrain_done 2\nfinetune_done 3\nevaluate_done 4\nexit 0 4\n"
     for root, val in ((old, 43.0), (new, 42.0)):
         root.mkdir()
@@ -134,7 +142,7 @@ def test_previous_summary_plus_a_new_folder_is_both_folders_read_together(tmp_pa
     run_main(collect, monkeypatch, old, new, "--out", tmp_path / "together.json")
     stacked = json.loads((tmp_path / "stacked.json").read_text())
     assert stacked == json.loads((tmp_path / "together.json").read_text())
-    assert stacked["runs"]["full_tinygpt2_s0"]["root"] == "session4"  # the new folder's run replaced the old
+    assert stacked["runs"]["full_tinygpt2_s0"]["root"] == "second"  # the new folder's run replaced the old
     assert stacked["evaluations"]["full_tinygpt2_s0"]["wikitext_test"]["word_ppl"] == 126.0
     assert stacked["summary"]["full/lstm"]["test_word_ppl"]["values"] == [153.0]  # kept from the summary
     # the same folder again replaces its launch instead of listing it twice
@@ -330,41 +338,37 @@ def test_any_other_preset_is_a_row_named_after_it(tmp_path, collect, monkeypatch
 def test_the_tables_of_docs_results_are_the_collectors_output_of_the_committed_json(collect):
     # docs/results.md must show what docs/results/full_schedule_h200.json holds, and the JSON's means must be
     # its runs' means: a number edited by hand in either place fails here
-    docs = DOCS
-    out = json.loads((docs / "results" / "full_schedule_h200.json").read_text(encoding="utf-8"))
+    out = json.loads((DOCS / "results" / "full_schedule_h200.json").read_text(encoding="utf-8"))
     assert collect.summarize(out["runs"], out["evaluations"]) == out["summary"]
-    results = (docs / "results.md").read_text(encoding="utf-8")
+    results = (DOCS / "results.md").read_text(encoding="utf-8")
     tables = collect.markdown_tables(out).strip().split("\n\n")
     assert len(tables) == 5  # WikiText-2, DailyDialog, whole stream, sample replies, seed protocol
     for table in tables:
         assert table in results, table.splitlines()[0]
 
 
-def test_the_answer_at_the_top_of_docs_results_is_the_committed_json_best_first(collect):
-    # the hand-labelled summary table under "The answer so far": one line per BPE row that has a test number,
+def test_the_answer_table_of_docs_results_is_the_committed_json_best_first(collect):
+    # the hand-labelled summary table of results.md's answer: one line per BPE row that has a test number,
     # each line's number and seed count that row's in the JSON, lowest perplexity first
-    docs = DOCS
-    out = json.loads((docs / "results" / "full_schedule_h200.json").read_text(encoding="utf-8"))
-    answer = (docs / "results.md").read_text(encoding="utf-8").split("## The answer so far")[1].split("\n\n")[2]
-    lines = answer.splitlines()
-    assert lines[0] == "| model | test word PPL | seeds |"
+    out = json.loads((DOCS / "results" / "full_schedule_h200.json").read_text(encoding="utf-8"))
+    lines = table_after(DOCS / "results.md", "| model | test word PPL | seeds |")
     shown = [(cells[1].strip("*"), int(cells[2])) for cells in (line.strip("| ").split(" | ") for line in lines[2:])]
     rows = [out["summary"][row]["test_word_ppl"] for row in collect.bpe_rows(out["summary"])]
     measured = sorted((stat["mean"], collect._stat(stat, 1), stat["n"]) for stat in rows if stat["n"])
     assert shown == [(text, n) for _, text, n in measured]
 
 
-def test_the_stopped_dailydialog_table_of_docs_sessions_is_its_json():
-    docs = DOCS
-    runs = json.loads((docs / "results" / "resd_dailydialog_session8.json").read_text(encoding="utf-8"))["runs"]
-    sessions = (docs / "sessions.md").read_text(encoding="utf-8")
+def test_the_stopped_dailydialog_table_of_docs_results_is_its_json():
+    # the per-seed table of the stopped step 2, evaluated apart: every number from its JSON
+    runs = json.loads((DOCS / "results" / "resd_dailydialog_h200.json").read_text(encoding="utf-8"))["runs"]
+    lines = table_after(DOCS / "results.md", "| seed | epochs run (best) | val token PPL | test token PPL |")
     token = [run["test"]["token_ppl"] for run in runs.values()]
     for seed, run in enumerate(runs.values()):
         val = min(row["val_ppl"] for row in run["history"])
         assert (f"| {seed} | {run['epochs_run']} ({run['best_epoch']}) | {val:.2f} | {run['test']['token_ppl']:.2f} | "
                 f"{run['test']['response_ppl']:.2f} | {run['responses']['distinct_1']:.3f} | "
-                f"{run['responses']['distinct_2']:.3f} |") in sessions  # fmt: skip
-    assert f"**{statistics.fmean(token):.2f} ± {statistics.stdev(token):.2f}**" in sessions
+                f"{run['responses']['distinct_2']:.3f} |") == lines[2 + seed]  # fmt: skip
+    assert f"**{statistics.fmean(token):.2f} ± {statistics.stdev(token):.2f}**" in lines[-1]
 
 
 def test_dialog_plot_has_a_line_per_step_2_and_marks_the_stopped_ones(tmp_path, collect, monkeypatch):
@@ -386,12 +390,8 @@ def test_dialog_plot_has_a_line_per_step_2_and_marks_the_stopped_ones(tmp_path, 
 
 def test_the_full_size_stateful_table_of_docs_results_is_its_json():
     # every number of the table (validation per epoch, test from reset windows and as one stream) from the JSON
-    docs = DOCS
-    runs = json.loads((docs / "results" / "stateful_stream_h200.json").read_text(encoding="utf-8"))["runs"]
-    results = (docs / "results.md").read_text(encoding="utf-8")
-    table = results[results.index("**Stateful training at full size**"):]
-    table = table[table.index("| cell | training |"):]
-    lines = table[: table.index("\n\n")].splitlines()[2:]
+    runs = json.loads((DOCS / "results" / "stateful_stream_h200.json").read_text(encoding="utf-8"))["runs"]
+    lines = table_after(DOCS / "results.md", "| cell | training |")[2:]
     assert len(lines) == len(runs) == 6
     for line in lines:
         cells = [cell.strip() for cell in line.strip("|").split("|")]
