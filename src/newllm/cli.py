@@ -119,7 +119,7 @@ def build_parser(script: str | None = None) -> argparse.ArgumentParser:
 
 def _recall_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quick", action="store_true", help="tiny sizes: under a minute on a CPU (what CI runs)")
-    parser.add_argument("--config", help="a .toml of RecallConfig fields (default: configs/recall.toml; none with --quick)")
+    parser.add_argument("--config", help="a .toml of RecallConfig fields (default: configs/recall/sweep.toml; none with --quick)")
     # each a comma-separated list that replaces the config's
     for flag, text in [("models", "new_llm,new_llm_mlp,tinygpt2,lstm"), ("widths", "model widths, multiples of 16"),
                        ("seq-lens", "sequence lengths"), ("pairs", "key-value pairs per sequence"), ("seeds", "seeds")]:

@@ -320,6 +320,7 @@ MODEL_LIMITS = {
     "gpt2_layers": POSITIVE_INT,
     "gpt2_positions": Bound(2),  # one token of context and one to predict
     "lstm_layers": POSITIVE_INT,
+    "mamba2_layers": POSITIVE_INT,
     "tolerance": Bound(0, 1, low_open=True),
 }
 TRAIN_LIMITS = {

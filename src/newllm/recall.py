@@ -3,7 +3,7 @@
 Each model family is trained from scratch on MQAR (data/mqar.py) at several widths and scored on its
 answers alone; the x-axis of the result is the bytes of state a sequence leaves behind, measured on
 the model's own cache after a forward over one sequence: New-LLM's context vector, the LSTM's (h, c)
-per layer, GPT-2's key/value cache at that length. As in Zoology (Arora et al. 2023, figure 2), attention
+per layer, Mamba-2's conv and SSM states per layer, GPT-2's key/value cache at that length. As in Zoology (Arora et al. 2023, figure 2), attention
 should solve the task at any width, and a recurrent model only once its state can hold the pairs.
 
 A plain loop (AdamW, linear warm-up then cosine decay, early stop at `target` accuracy) rather than
@@ -28,18 +28,20 @@ import torch
 
 from newllm.config import CONFIG_DIR, ConfigError, load_config, replace_fields
 from newllm.data.mqar import IGNORE_INDEX, mqar
-from newllm.evaluation.speed import cache_bytes, environment
+from newllm.evaluation.decoding import cache_bytes, output_cache
+from newllm.evaluation.speed import environment
 from newllm.models.gpt2 import gpt2_config_for_budget, gpt2_parameter_count
 from newllm.models.lstm import LSTMLMConfig
+from newllm.models.mamba2 import mamba2_config
 from newllm.models.new_llm import NewLLMConfig
 from newllm.models.new_llm.modeling import FAST_PATHS
-from newllm.models.registry import MODELS, build_model, count_parameters, output_cache
+from newllm.models.registry import MODELS, build_model, count_parameters
 from newllm.pipeline import NEW_LLM_OPTIONS, device_from_name
 
 logger = logging.getLogger(__name__)
 
 RESULTS_VERSION = 1
-DEFAULT_CONFIG = CONFIG_DIR / "recall.toml"  # the GPU sweep
+DEFAULT_CONFIG = CONFIG_DIR / "recall" / "sweep.toml"  # the GPU sweep
 # Test sets are drawn with seed + this, so no seed of a sweep draws a test set that is another's training set.
 TEST_SEED_OFFSET = 1_000_003
 # The New-LLM cell of the context-vector study (configs/study.toml), run beside the prototype's default cell.
@@ -57,7 +59,7 @@ FAMILIES = {
 
 @dataclass(frozen=True)
 class RecallConfig:
-    """The MQAR sweep: every family × width × valid (seq_len, pairs) × seed; configs/recall.toml sizes it."""
+    """The MQAR sweep: every family × width × valid (seq_len, pairs) × seed; configs/recall/sweep.toml sizes it."""
 
     models: tuple[str, ...] = tuple(FAMILIES)
     widths: tuple[int, ...] = (64, 128, 256)  # each model's width (New-LLM: embedding = context = hidden)
@@ -124,7 +126,7 @@ def quick_recall_config() -> RecallConfig:
 
 
 def load_recall_config(path: str | Path | None, quick: bool = False, overrides: dict | None = None) -> RecallConfig:
-    """The quick settings, or the defaults with a TOML file (configs/recall.toml) over them; then `overrides`."""
+    """The quick settings, or the defaults with a TOML file (configs/recall/sweep.toml) over them; then `overrides`."""
     config = quick_recall_config() if quick else RecallConfig()
     if path is not None:
         path = Path(path)
@@ -162,6 +164,8 @@ def model_config(family: str, width: int, config: RecallConfig, seq_len: int, op
     if name == "lstm":
         return LSTMLMConfig(vocab_size=V, embedding_size=width, hidden_size=width, num_hidden_layers=L, dropout=0.0,
                             **special)  # fmt: skip
+    if name == "mamba2":
+        return mamba2_config(V, width, L, **special)
     raise ValueError(f"no recall width rule for model {name!r}")  # a new registry entry needs one here
 
 

@@ -40,9 +40,9 @@ def test_missing_data_dir(capsys, tmp_path):
 @pytest.mark.parametrize(
     "models, message",
     [
-        ("", "model.names: no model given; choose one or more of new_llm, tinygpt2, lstm"),
-        (",", "model.names: no model given; choose one or more of new_llm, tinygpt2, lstm"),
-        ("gpt", "model.names: unknown model 'gpt'; choose from new_llm, tinygpt2, lstm"),
+        ("", "model.names: no model given; choose one or more of new_llm, tinygpt2, lstm, mamba2"),
+        (",", "model.names: no model given; choose one or more of new_llm, tinygpt2, lstm, mamba2"),
+        ("gpt", "model.names: unknown model 'gpt'; choose from new_llm, tinygpt2, lstm, mamba2"),
     ],
     ids=["empty", "comma", "unknown"],
 )

@@ -190,9 +190,9 @@ def test_config_knows_the_new_llm_choices_and_the_trainers_schedulers():
 @pytest.mark.parametrize(
     "names, message",
     [
-        ("", "model.names: no model given; choose one or more of new_llm, tinygpt2, lstm"),
-        (",", "model.names: no model given; choose one or more of new_llm, tinygpt2, lstm"),
-        ("new_llm,gpt", "model.names: unknown model 'gpt'; choose from new_llm, tinygpt2, lstm"),
+        ("", "model.names: no model given; choose one or more of new_llm, tinygpt2, lstm, mamba2"),
+        (",", "model.names: no model given; choose one or more of new_llm, tinygpt2, lstm, mamba2"),
+        ("new_llm,gpt", "model.names: unknown model 'gpt'; choose from new_llm, tinygpt2, lstm, mamba2"),
         ("lstm,new_llm,lstm", "model.names: lstm is listed twice"),
     ],
 )
