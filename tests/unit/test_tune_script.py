@@ -134,3 +134,13 @@ def test_the_committed_study_grid_is_complete_and_what_its_grid_file_runs(tune):
     for family, name in summary["chosen"].items():
         best = min((p for p in summary["points"] if p["family"] == family), key=lambda p: p["val_loss"])
         assert best["name"] == name
+
+
+def test_the_peers_grid_gives_mamba2_the_breadth_of_every_other_family(tune):
+    study = tune.points(tune.load_grid(ROOT / "configs" / "grids" / "study.toml"))
+    peers = tune.points(tune.load_grid(ROOT / "configs" / "grids" / "study_peers.toml"))
+    assert {p["family"] for p in peers} == {"mamba2"}
+    assert len(peers) == sum(p["family"] == "new_llm" for p in study) == 6
+    # no dropout axis: the architecture has none (the registry's dropout fields are empty)
+    assert all("model.dropout" not in p["settings"] for p in peers)
+    assert {p["settings"]["pretrain.weight_decay"] for p in peers} == {0.0, 0.1}

@@ -50,19 +50,21 @@ def _config(batch_size: int) -> TrainConfig:
     return TrainConfig(epochs=2, patience=5, batch_size=batch_size, eval_batch_size=8, lr=1e-2, warmup=0.0)
 
 
-def _run(run_dir: Path, batch_size: int, *, dropout: float = 0.0, save_steps: int = 0, resume: bool = False):
+def _run(run_dir: Path, batch_size: int, *, dropout: float = 0.0, save_steps: int = 0, resume: bool = False,
+         device: str = "cpu"):  # fmt: skip
     torch.manual_seed(0)
     model = build_model("new_llm", tiny_new_llm_config(dropout=dropout))
     data, valid = CountingSequences(64), CountingSequences(16, seed=1)
-    config = dataclasses.replace(_config(batch_size), save_steps=save_steps)
-    return train(model, data, valid, collate, config, run_dir, resume=resume, progress=False)
+    # on CUDA, compile = New-LLM's fast path (compiled steps, CUDA-graphed scan), as the GPU presets train
+    config = dataclasses.replace(_config(batch_size), save_steps=save_steps, compile=device != "cpu")
+    return train(model, data, valid, collate, config, run_dir, resume=resume, progress=False, device=device)
 
 
 # Resume runs: dropout, so that every rank's restored RNG state (rng_state_<rank>.pth) matters; a checkpoint
 # every 3 steps; both ranks SIGKILL themselves after step 11, so checkpoint-9 (mid epoch 2, after the
 # epoch-1 evaluation) is the latest complete one and the resumed run must skip one batch per rank.
 RESUME_DROPOUT, RESUME_SAVE_STEPS, KILL_STEP, TOTAL_STEPS = 0.1, 3, 11, 16
-MODES = ("plain", "full", "killed", "resumed")
+MODES = ("plain", "full", "killed", "resumed", "cuda")
 
 
 def _record_steps(kill_at: int | None) -> list[int]:
@@ -89,6 +91,8 @@ def _worker(run_dir: str, out_dir: str, mode: str = "plain") -> None:
     steps = _record_steps(KILL_STEP if mode == "killed" else None)
     if mode == "plain":
         result = _run(Path(run_dir), PER_DEVICE_BATCH)
+    elif mode == "cuda":
+        result = _run(Path(run_dir), PER_DEVICE_BATCH, device="cuda")
     else:
         result = _run(Path(run_dir), PER_DEVICE_BATCH, dropout=RESUME_DROPOUT, save_steps=RESUME_SAVE_STEPS,
                       resume=mode == "resumed")  # fmt: skip
@@ -105,7 +109,7 @@ def _worker(run_dir: str, out_dir: str, mode: str = "plain") -> None:
         # the tokenizer is trained on every rank (pipeline.prepare_tokenizer): it must come out the same
         report["tokenizer"] = tokenizer_fingerprint(train_tokenizer(TOKENIZER_LINES, kind="bpe", vocab_size=300))
     (out / f"rank{rank}.json").write_text(json.dumps(report), encoding="utf-8")
-    state = {k: v.detach().contiguous().clone() for k, v in result.model.state_dict().items()}
+    state = {k: v.detach().cpu().contiguous().clone() for k, v in result.model.state_dict().items()}
     save_file(state, str(out / f"rank{rank}.safetensors"))
 
 
@@ -152,26 +156,27 @@ def _env(**extra: str) -> dict:
     }
 
 
-def _torchrun() -> list[str]:
+def _torchrun(processes: int = 2) -> list[str]:
     return [
-        sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc_per_node=2",
+        sys.executable, "-m", "torch.distributed.run", "--nnodes=1", f"--nproc_per_node={processes}",
         "--master_addr=127.0.0.1", f"--master_port={_free_port()}",
     ]  # fmt: skip
 
 
-def _launch(launcher: list[str], run: Path, out: Path, mode: str = "plain", env: dict | None = None):
-    """Run `_worker` on 2 ranks under `launcher`; the finished process (its return code is not checked here)."""
+def _launch(launcher: list[str], run: Path, out: Path, mode: str = "plain", env: dict | None = None,
+            timeout: int = 120):  # fmt: skip
+    """Run `_worker` on the ranks of `launcher`; the finished process (its return code is not checked here)."""
     out.mkdir(parents=True, exist_ok=True)
     command = [*launcher, "-m", "tests.unit.training.test_distributed", str(run), str(out), mode]
     try:
-        return subprocess.run(command, cwd=REPO, env=env or _env(), capture_output=True, text=True, timeout=120)
+        return subprocess.run(command, cwd=REPO, env=env or _env(), capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired as err:
         pytest.fail(f"2-process run ({mode}) did not finish in {err.timeout} s")
 
 
-def _reports(out: Path):
-    reports = [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)]
-    weights = [load_file(str(out / f"rank{r}.safetensors")) for r in (0, 1)]
+def _reports(out: Path, ranks: int = 2):
+    reports = [json.loads((out / f"rank{r}.json").read_text()) for r in range(ranks)]
+    weights = [load_file(str(out / f"rank{r}.safetensors")) for r in range(ranks)]
     return reports, weights
 
 
@@ -290,6 +295,26 @@ def test_killed_and_resumed_two_process_run_equals_uninterrupted_one(tmp_path):
     last, full_last = (load_file(str(r / f"checkpoint-{TOTAL_STEPS}" / "model.safetensors")) for r in (run, full_run))
     assert _max_diff(last, full_last) == 0.0, "last weights differ"
     assert json.loads((run / "history.json").read_text()) == reports[0]["history"]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA: NCCL data parallelism over this host's GPUs")
+def test_nccl_ranks_on_the_fast_path_match_one_process_with_the_whole_batch(tmp_path):
+    """Every GPU of the host (at most 2) a rank over NCCL, New-LLM on its compiled + CUDA-graphed scan, against
+    one process with the ranks' batches together: DDP's gradient hooks and the captured scan must agree.
+    With one GPU it is one rank under torchrun, which still starts the NCCL process group."""
+    ranks = min(2, torch.cuda.device_count())
+    run, out = tmp_path / "run", tmp_path / "out"
+    done = _launch(_torchrun(ranks), run, out, mode="cuda", timeout=900)  # first compiles take minutes
+    assert done.returncode == 0, done.stderr[-4000:]
+    reports, weights = _reports(out, ranks)
+    assert [(r["rank"], r["world_size"]) for r in reports] == [(rank, ranks) for rank in range(ranks)]
+    assert {r["backend"] for r in reports} <= {"nccl", None}, reports[0]["backend"]
+    single = _run(tmp_path / "single", ranks * PER_DEVICE_BATCH, device="cuda")
+    for got, want in zip(reports[0]["history"], single.history, strict=True):
+        assert got["train_loss"] == pytest.approx(want["train_loss"], abs=1e-4)
+        assert got["val_loss"] == pytest.approx(want["val_loss"], abs=1e-4)
+    on_cpu = {k: v.cpu() for k, v in single.model.state_dict().items()}
+    assert _max_diff(weights[0], on_cpu) < 1e-4
 
 
 if __name__ == "__main__":
