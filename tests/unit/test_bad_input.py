@@ -486,7 +486,7 @@ def test_corpus_too_short_for_one_window(capsys, tmp_path, tiny_tokenizer):
         r"\(block size 5000 \+ 1\): use more text or a smaller block size",
         line,
     ), line
-    assert_untouched(before, snapshot(out), {"experiment.json"})
+    assert_untouched(before, snapshot(out))
 
 
 def test_an_unexpected_error_is_one_line_and_debug_shows_its_traceback(capsys, checkpoints, monkeypatch):

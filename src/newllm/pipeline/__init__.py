@@ -99,7 +99,6 @@ def pretrain(config: ExperimentConfig, resume: bool = False, overwrite: bool = F
         check_resume_settings(config, "pretrain")
     RunDir(config.output_dir).root.mkdir(parents=True, exist_ok=True)
     tokenizer = prepare_tokenizer(config, splits["train"], overwrite=overwrite)
-    write_experiment(config, "pretrain")
     streams = {name: encode_text(tokenizer, split) for name, split in splits.items()}
     sources = {name: split.source for name, split in splits.items()}  # named if too short for one window
     train_set = StreamWindows(streams["train"], config.data.block_size, drop_last=True, source=sources["train"])
@@ -110,6 +109,7 @@ def pretrain(config: ExperimentConfig, resume: bool = False, overwrite: bool = F
             streams["train"], config.data.block_size, config.pretrain.batch_size, rotation, source=sources["train"]
         )
     valid_set = StreamWindows(streams["valid"], config.data.block_size, drop_last=False, source=sources["valid"])
+    write_experiment(config, "pretrain")  # once the data is known to fit: a refused step leaves the old record
     # a stream's first token (end-of-text) is read, never predicted: these are the scored tokens
     logger.info("WikiText-2 (%s): %d train tokens, %d valid tokens", config.data.wikitext,
                 len(streams["train"]) - 1, len(streams["valid"]) - 1)  # fmt: skip
