@@ -30,10 +30,6 @@ from newllm.config import CONFIG_DIR, ConfigError, load_config, replace_fields
 from newllm.data.mqar import IGNORE_INDEX, mqar
 from newllm.evaluation.decoding import cache_bytes, output_cache
 from newllm.evaluation.speed import environment
-from newllm.models.gpt2 import gpt2_config_for_budget, gpt2_parameter_count
-from newllm.models.lstm import LSTMLMConfig
-from newllm.models.mamba2 import mamba2_config
-from newllm.models.new_llm import NewLLMConfig
 from newllm.models.new_llm.modeling import FAST_PATHS
 from newllm.models.registry import MODELS, build_model, count_parameters
 from newllm.pipeline import NEW_LLM_OPTIONS, device_from_name
@@ -149,24 +145,15 @@ def study_options() -> dict:
 
 
 def model_config(family: str, width: int, config: RecallConfig, seq_len: int, options: dict | None = None):
-    """The HF config of `family` at `width`: every model `config.layers` deep, no dropout, pad id 0."""
+    """The HF config of `family` at `width`: every model `config.layers` deep, no dropout, pad id 0 (each registry
+    entry's `at_width` rule)."""
     name, _ = FAMILIES[family]
     special = {"bos_token_id": 0, "eos_token_id": 0, "pad_token_id": 0}
-    V, L = config.vocab_size, config.layers
-    if name == "new_llm":
-        cell = (options if options is not None else study_options()) if family == "new_llm_mlp" else {}
-        return NewLLMConfig(vocab_size=V, embedding_size=width, context_size=width, hidden_size=width,
-                            num_hidden_layers=L, dropout=0.0, **cell, **special)  # fmt: skip
-    if name == "tinygpt2":
-        # the project's GPT-2 builder at exactly this width (its head sizes); positions = the sequence
-        return gpt2_config_for_budget(gpt2_parameter_count(V, seq_len, width, L), V, seq_len, n_layer=L,
-                                      tolerance=0.0, dropout=0.0, **special)  # fmt: skip
-    if name == "lstm":
-        return LSTMLMConfig(vocab_size=V, embedding_size=width, hidden_size=width, num_hidden_layers=L, dropout=0.0,
-                            **special)  # fmt: skip
-    if name == "mamba2":
-        return mamba2_config(V, width, L, **special)
-    raise ValueError(f"no recall width rule for model {name!r}")  # a new registry entry needs one here
+    cell = (options if options is not None else study_options()) if family == "new_llm_mlp" else {}
+    rule = MODELS[name].at_width
+    if rule is None:
+        raise ValueError(f"model {name!r} has no width rule (ModelSpec.at_width) for the recall sweep")
+    return rule(config.vocab_size, width, config.layers, seq_len, **cell, **special)
 
 
 @torch.no_grad()

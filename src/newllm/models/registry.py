@@ -10,9 +10,9 @@ import torch
 from torch import nn
 from transformers import PretrainedConfig, PreTrainedModel
 
-from newllm.models.gpt2 import GPT2_DROPOUT_FIELDS, build_tinygpt2, gpt2_config_for_budget
+from newllm.models.gpt2 import GPT2_DROPOUT_FIELDS, build_tinygpt2, gpt2_config_for_budget, gpt2_parameter_count
 from newllm.models.lstm import LSTMForCausalLM, LSTMLMConfig
-from newllm.models.mamba2 import build_mamba2, mamba2_config_for_budget
+from newllm.models.mamba2 import build_mamba2, mamba2_config, mamba2_config_for_budget
 from newllm.models.new_llm import NewLLMConfig, NewLLMForCausalLM
 
 
@@ -124,6 +124,9 @@ class ModelSpec:
     # None for New-LLM, whose config the experiment gives and whose count the others match
     sized: Callable[..., PretrainedConfig] | None
     carries_state: bool  # forward takes and returns `state` (a recurrent model: stateful training and evaluation)
+    # (vocabulary, width, layers, sequence length, **config fields) → its config at exactly that width and depth,
+    # no dropout: how the recall diagnostic (newllm recall) builds each family at each state size
+    at_width: Callable[..., PretrainedConfig] | None = None
     # in every run unless --models says otherwise; the peers are run by the presets that name them
     in_default_run: bool = True
 
@@ -143,15 +146,38 @@ def _sized_lstm(target: int, vocab_size: int, shape: BaselineShape, **special) -
                                   dropout=shape.dropout, **special)  # fmt: skip
 
 
+def _new_llm_at(vocab_size: int, width: int, layers: int, seq_len: int, **fields) -> PretrainedConfig:
+    return NewLLMConfig(vocab_size=vocab_size, embedding_size=width, context_size=width, hidden_size=width,
+                        num_hidden_layers=layers, dropout=0.0, **fields)  # fmt: skip
+
+
+def _gpt2_at(vocab_size: int, width: int, layers: int, seq_len: int, **fields) -> PretrainedConfig:
+    # the sizing rule at exactly this width (its head sizes), positions = the sequence
+    return gpt2_config_for_budget(gpt2_parameter_count(vocab_size, seq_len, width, layers), vocab_size, seq_len,
+                                  n_layer=layers, tolerance=0.0, dropout=0.0, **fields)  # fmt: skip
+
+
+def _lstm_at(vocab_size: int, width: int, layers: int, seq_len: int, **fields) -> PretrainedConfig:
+    return LSTMLMConfig(vocab_size=vocab_size, embedding_size=width, hidden_size=width, num_hidden_layers=layers,
+                        dropout=0.0, **fields)  # fmt: skip
+
+
+def _mamba2_at(vocab_size: int, width: int, layers: int, seq_len: int, **fields) -> PretrainedConfig:
+    return mamba2_config(vocab_size, width, layers, **fields)
+
+
 MODELS = {
     spec.name: spec
     for spec in (
-        ModelSpec("new_llm", "New-LLM", "new_llm", NewLLMForCausalLM, ("dropout",), None, carries_state=True),
-        ModelSpec("tinygpt2", "TinyGPT2", "gpt2", build_tinygpt2, GPT2_DROPOUT_FIELDS, _sized_gpt2, carries_state=False),
-        ModelSpec("lstm", "LSTM", "newllm_lstm", LSTMForCausalLM, ("dropout",), _sized_lstm, carries_state=True),
+        ModelSpec("new_llm", "New-LLM", "new_llm", NewLLMForCausalLM, ("dropout",), None, carries_state=True,
+                  at_width=_new_llm_at),  # fmt: skip
+        ModelSpec("tinygpt2", "TinyGPT2", "gpt2", build_tinygpt2, GPT2_DROPOUT_FIELDS, _sized_gpt2, carries_state=False,
+                  at_width=_gpt2_at),  # fmt: skip
+        ModelSpec("lstm", "LSTM", "newllm_lstm", LSTMForCausalLM, ("dropout",), _sized_lstm, carries_state=True,
+                  at_width=_lstm_at),  # fmt: skip
         # its cache is transformers' own (`cache` / `cache_params`), not `state`; the architecture has no dropout
         ModelSpec("mamba2", "Mamba-2", "mamba2", build_mamba2, (), _sized_mamba2, carries_state=False,
-                  in_default_run=False),  # fmt: skip
+                  at_width=_mamba2_at, in_default_run=False),  # fmt: skip
     )
 }
 MODEL_NAMES = tuple(MODELS)

@@ -154,6 +154,8 @@ def test_each_registry_entry_is_what_its_models_are(tiny_configs):
         takes_state = "state" in inspect.signature(model.forward).parameters
         assert carries_state(model) is entry.carries_state is takes_state, name
         assert (entry.sized is None) == (name == "new_llm")  # the others are sized to New-LLM
+        at_32 = entry.build(entry.at_width(300, 32, 2, 16))  # the recall sweep's rule: exactly this width and depth
+        assert at_32.config.model_type == entry.model_type and at_32.get_input_embeddings().embedding_dim == 32
     assert not carries_state(torch.nn.Linear(2, 2))  # not a family of the registry
 
 
