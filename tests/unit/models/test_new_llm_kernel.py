@@ -10,7 +10,7 @@ only when CUDA is absent: with a GPU the same tests run the compiled kernels
 import pytest
 import torch
 
-triton = pytest.importorskip("triton", reason="the kernel path needs triton (not installed in CI: these tests skip there)")
+triton = pytest.importorskip("triton", reason="the kernel path needs triton (CI does not install it)")
 if not torch.cuda.is_available() and not triton.knobs.runtime.interpret:
     pytest.skip("no GPU and TRITON_INTERPRET is not 1: the kernels cannot run", allow_module_level=True)
 
@@ -66,8 +66,9 @@ def _run_reference(cell, token_part, context, masks, context_masks):
     context_weight = p["layers.0.weight"][:, cell.embedding_size :]
     hiddens = []
     for t in range(token_part.shape[0]):
-        hidden, context = cell_step(token_part[t], context, None if masks is None else masks[t],
-                                    None if context_masks is None else context_masks[t], context_weight, p, shape)  # fmt: skip
+        step_masks = None if masks is None else masks[t]
+        step_context_masks = None if context_masks is None else context_masks[t]
+        hidden, context = cell_step(token_part[t], context, step_masks, step_context_masks, context_weight, p, shape)
         hiddens.append(hidden)
     return torch.stack(hiddens), context
 
@@ -261,14 +262,16 @@ def test_cuda_kernel_at_full_width_matches_the_hand_written_scan():
     from newllm.models.new_llm.scan import fused_scan
 
     torch.manual_seed(0)
-    cell = NewLLMForCausalLM(tiny_new_llm_config(embedding_size=256, context_size=256, hidden_size=512,
-                                                 num_hidden_layers=3, dropout=0.1)).model.cell.cuda().train()  # fmt: skip
+    config = tiny_new_llm_config(embedding_size=256, context_size=256, hidden_size=512, num_hidden_layers=3,
+                                 dropout=0.1)  # fmt: skip
+    cell = NewLLMForCausalLM(config).model.cell.cuda().train()
     embeddings = torch.randn(64, 32, 256, device="cuda", requires_grad=True)
     context = torch.randn(64, 256, device="cuda")
     grads = []
     for scan in (fused_scan, kernel.kernel_scan):
         torch.manual_seed(1)
         hidden, last = scan(cell, embeddings, context)
-        grads.append((hidden, last, *torch.autograd.grad(hidden.square().mean() + last.mean(), [embeddings, *cell.parameters()])))
+        loss = hidden.square().mean() + last.mean()
+        grads.append((hidden, last, *torch.autograd.grad(loss, [embeddings, *cell.parameters()])))
     for reference, fast in zip(*grads):
         torch.testing.assert_close(fast, reference, rtol=1e-4, atol=1e-5)

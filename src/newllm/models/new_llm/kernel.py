@@ -39,6 +39,11 @@ Design:
     TF32 when torch's float32 matmul precision allows it (`torch.set_float32_matmul_precision`),
     as cuBLAS does for the eager path, and IEEE fp32 otherwise.
 
+Untimed so far. What to expect to tune: a program per 16 rows is only B/16 programs (16 at batch
+256, against 132 SMs on an H200), each re-reading ≈4 MB of fp32 weights from L2 per step; the
+levers are the tile sizes and num_warps, bf16 weight copies, and splitting a step's output columns
+over several programs per row block (which needs a grid-wide barrier per phase).
+
 On CPU the same kernels run under Triton's interpreter (TRITON_INTERPRET=1, set before triton is
 imported): that is how the tests check them without a GPU. The interpreter runs one program at
 a time, so it cannot catch a missing barrier; the CUDA tests can.
@@ -93,7 +98,8 @@ def _forward_kernel(
     token_part, contexts, masks, context_masks,  # (T, B, H), (T+1, B, C) with c_0 filled in, (T, L, B, H), (T, B, C)
     context_weight, stride_cw, weights, biases,  # W_c (H, C) rows stride_cw apart; W_l, b_l of layers 2..L stacked
     proj_weight, proj_bias, norm_weight, norm_bias,  # W_g (3C, H), b_g (3C,), γ, β (C,)
-    pre, hid, proj, x_hat, rstd,  # written: a_l, h_l (L, T, B, H); [Δ, g_f, g_i] (T, B, 3C); x̂ (T, B, C); 1/σ (T, B)
+    # written: a_l and h_l (L, T, B, H); [Δ, g_f, g_i] (T, B, 3C); x̂ (T, B, C); 1/σ (T, B)
+    pre, hid, proj, x_hat, rstd,
     B, T, H, C, L, eps, clamp,
     HAS_MASKS: tl.constexpr, HAS_CONTEXT_MASKS: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr,
@@ -182,10 +188,12 @@ def _forward_kernel(
 
 @triton.jit
 def _backward_kernel(
-    grad_hidden, d_context, d_kept,  # dL/dh_L (T, B, H); dL/dc carried (B, C), in: dL/dc_T, out: dL/dc_0; scratch (B, C)
+    # dL/dh_L (T, B, H); dL/dc carried (B, C): in dL/dc_T, out dL/dc_0; a (B, C) scratch for f ⊙ dL/dx
+    grad_hidden, d_context, d_kept,
     contexts, masks, context_masks, context_weight, stride_cw, weights, proj_weight, norm_weight,
     pre, proj, x_hat, rstd,  # what the forward stored
-    d_pre, d_proj, d_out,  # written: dL/da_l (L, T, B, H); dL/d[Δ, g_f, g_i] (T, B, 3C); dL/dc' before the clamp (T, B, C)
+    # written: dL/da_l (L, T, B, H); dL/d[Δ, g_f, g_i] (T, B, 3C); dL/dc' before the clamp (T, B, C)
+    d_pre, d_proj, d_out,
     B, T, H, C, L, clamp,
     HAS_MASKS: tl.constexpr, HAS_CONTEXT_MASKS: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr,
@@ -252,7 +260,7 @@ def _backward_kernel(
             tl.store(d_pre + top + offsets, acc, mask=tile)
         tl.debug_barrier()
         # Layers L..2: dL/da_{l-1} = (dL/da_l W_l) ⊙ m_{l-1} ⊙ [a_{l-1} > 0]
-        for down in range(0, L - 1):
+        for down in range(L - 1):
             layer = L - 1 - down
             here = (layer * T + t) * B * H
             below = ((layer - 1) * T + t) * B * H
@@ -341,9 +349,8 @@ class NewLLMKernelScan(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_hidden, grad_context):
-        contexts, pre, hid, proj, x_hat, rstd, masks, context_masks, weights, context_weight, proj_weight, norm_weight = (
-            ctx.saved_tensors
-        )
+        contexts, pre, hid, proj, x_hat, rstd, masks, context_masks, weights, context_weight = ctx.saved_tensors[:10]
+        proj_weight, norm_weight = ctx.saved_tensors[10:]
         has_masks, has_context_masks, precision, clamp = ctx.flags
         layers, steps, batch, hidden = pre.shape
         size_c = contexts.shape[2]
@@ -380,7 +387,8 @@ def kernel_scan(cell, token_embeddings: torch.Tensor, context: torch.Tensor) -> 
     dropout_p = cell.dropout.p if cell.training else 0.0
     context_dropout_p = cell.context_dropout.p if cell.training else 0.0
     options = ScanOptions(cell.context_norm.eps, cell.context_clamp, False, False)
-    # fp32 under bf16 autocast too, as fused_scan: the casts are autograd ops, so gradients come back in the caller's dtype
+    # fp32 under bf16 autocast too, as fused_scan; the casts are autograd ops, so gradients come back in the
+    # caller's dtype
     with torch.autocast(token_embeddings.device.type, enabled=False):
         token_part = F.linear(token_embeddings.float(), token_weight, first.bias)
         token_part = token_part.transpose(0, 1).contiguous()  # (T, B, H)
