@@ -1,13 +1,16 @@
 """Training-step time of a preset's models, side by side in one process: what one epoch of a schedule costs.
 
     python benchmarks/step_time.py --preset study [--preset full] [--steps 20] [--out step_time.json]
+        [--new-llm-modes graphed,kernel] [--batch-size 256 --block-size 64]
 
 Each model of each preset (the baselines sized to its New-LLM, as in the experiment) runs full
 optimizer steps (forward, backward, AdamW) on random (batch_size, block_size) token windows under
-bf16 autocast, in each fast path a training run can take: New-LLM's `set_fast_path` modes, the
-baselines eagerly and through torch.compile. It prints milliseconds a step (median of `--steps`
-after warm-up) and tokens a second, and the seconds one WikiText-2 epoch of 2,688,768 training
-tokens would take at that speed.
+bf16 autocast, in each fast path a training run can take: New-LLM's `set_fast_path` modes (by
+default "graphed" and "compiled+graphed"; `--new-llm-modes` names others, such as "kernel", the
+Triton scan, whose row is an error if the model fell back), the baselines eagerly and through
+torch.compile; `--batch-size` and `--block-size` replace the preset's window shape. It prints
+milliseconds a step (median of `--steps` after warm-up) and tokens a second, and the seconds one
+WikiText-2 epoch of 2,688,768 training tokens would take at that speed.
 """
 
 from __future__ import annotations
@@ -17,12 +20,14 @@ import json
 import statistics
 import sys
 import time
+import warnings
 
 import torch
 from tokenizers import models
 
 from newllm.config import load_config
 from newllm.models import build_model
+from newllm.models.new_llm.modeling import FAST_PATHS
 from newllm.models.registry import count_parameters
 from newllm.pipeline import model_configs
 
@@ -67,7 +72,15 @@ def main(argv=None) -> int:
     parser.add_argument("--models", default=None, help="comma-separated: only these of each preset's models")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--out", default=None)
+    parser.add_argument("--new-llm-modes", default="graphed,compiled+graphed",
+                        help=f"comma-separated New-LLM fast paths, of: {', '.join(FAST_PATHS)}")
+    parser.add_argument("--batch-size", type=int, default=None, help="instead of the preset's pretrain.batch_size")
+    parser.add_argument("--block-size", type=int, default=None, help="instead of the preset's data.block_size")
     args = parser.parse_args(argv)
+    new_llm_modes = tuple(args.new_llm_modes.split(","))
+    unknown = [mode for mode in new_llm_modes if mode not in FAST_PATHS]
+    if unknown:
+        parser.error(f"--new-llm-modes: unknown {', '.join(unknown)}; choose from {', '.join(FAST_PATHS)}")
     if not torch.cuda.is_available():
         print("step_time.py: needs a CUDA device", file=sys.stderr)
         return 2
@@ -77,11 +90,12 @@ def main(argv=None) -> int:
         config = load_config(preset)
         vocab = config.data.vocab_size
         configs = model_configs(config, _Vocabulary(vocab))
-        batch, length = config.pretrain.batch_size, config.data.block_size
+        batch = args.batch_size or config.pretrain.batch_size
+        length = args.block_size or config.data.block_size
         for name, model_config in configs.items():
             if args.models and name not in args.models.split(","):
                 continue
-            modes = ("graphed", "compiled+graphed") if name == "new_llm" else ("eager", "compiled")
+            modes = new_llm_modes if name == "new_llm" else ("eager", "compiled")
             for mode in modes:
                 torch.manual_seed(0)
                 model = build_model(name, model_config).cuda().train()
@@ -90,7 +104,10 @@ def main(argv=None) -> int:
                 elif mode == "compiled":
                     model = torch.compile(model)
                 try:
-                    times = time_steps(model, batch, length, vocab, args.steps)
+                    with warnings.catch_warnings():
+                        # a "kernel" row that silently timed the fallback would be a wrong number: make it an error row
+                        warnings.filterwarnings("error", message="fast path 'kernel' not taken")
+                        times = time_steps(model, batch, length, vocab, args.steps)
                 except Exception as err:  # a path that fails is a row with its error, not the end of the table
                     rows.append({"preset": preset, "model": name, "mode": mode, "error": f"{type(err).__name__}: {err}"[:300]})
                     print(rows[-1], flush=True)

@@ -10,8 +10,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from newllm.data.tokenizer import train_tokenizer
-from newllm.data.wikitext import find_data_dir
+# Without a GPU the Triton kernels run in Triton's CPU interpreter (test_new_llm_kernel.py). It has to be chosen
+# before triton is first imported, and torch imports triton as soon as anything loads torch._dynamo
+# (transformers does), so here, before any newllm model module.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+from newllm.data.tokenizer import train_tokenizer  # noqa: E402
+from newllm.data.wikitext import find_data_dir  # noqa: E402
 
 # 30 lines with 238 distinct lower-cased words: enough for 40 BPE merges beyond the 260 fixed entries.
 TINY_TEXT = """\

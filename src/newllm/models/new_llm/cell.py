@@ -100,6 +100,7 @@ class BaseCell(nn.Module):
         # How the training scan runs on CUDA (scan.py); not part of the function, so not in the config.
         self.compile_steps = False
         self.cuda_graphs = False
+        self.kernel = False  # the Triton kernels of kernel.py, where they apply (modeling.kernel_refusal)
 
     def forward(self, token_embeddings: torch.Tensor, context: torch.Tensor, mask: torch.Tensor | None = None):
         """`scan`: what `torch.func.functional_call` runs when a CUDA graph captures the cell (scan.py)."""
@@ -196,7 +197,7 @@ class NewLLMCell(BaseCell):
     @property
     def fast_validation(self) -> bool:
         """Whether no_grad forwards (validation during training) take the fast scan too: once `set_fast_path` chose a CUDA fast path."""
-        return self.compile_steps or self.cuda_graphs
+        return self.compile_steps or self.cuda_graphs or self.kernel
 
     def _bound(self, normed: torch.Tensor) -> torch.Tensor:
         return normed.clamp(-self.context_clamp, self.context_clamp) if self.context_clamp > 0 else normed

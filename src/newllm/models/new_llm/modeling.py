@@ -6,6 +6,10 @@ token n costs the same time and memory as token 1, and the prompt is read once.
 
 from __future__ import annotations
 
+import importlib.util
+import os
+import warnings
+
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -24,7 +28,23 @@ from newllm.models.recurrent import (
 )
 
 
-FAST_PATHS = ("eager", "compiled", "graphed", "compiled+graphed")
+FAST_PATHS = ("eager", "compiled", "graphed", "compiled+graphed", "kernel")
+
+
+def kernel_refusal(cell, embeddings: torch.Tensor) -> str | None:
+    """Why the Triton kernels (kernel.py) cannot run this scan, or None when they can.
+
+    The device and triton are checked before kernel.py is imported: importing it compiles nothing
+    but fixes, once per process, whether its kernels run on the GPU or in Triton's CPU interpreter
+    (TRITON_INTERPRET=1, what the CPU tests set)."""
+    interpreted = os.environ.get("TRITON_INTERPRET") == "1"
+    if not (embeddings.is_cuda or (interpreted and embeddings.device.type == "cpu")):
+        return "needs a CUDA device (or TRITON_INTERPRET=1 for Triton's CPU interpreter)"
+    if importlib.util.find_spec("triton") is None:
+        return "triton is not installed"
+    from newllm.models.new_llm import kernel
+
+    return kernel.unsupported_reason(cell, embeddings.shape[0], embeddings.shape[1])
 
 
 class NewLLMPreTrainedModel(PreTrainedModel):
@@ -96,6 +116,14 @@ class NewLLMModel(NewLLMPreTrainedModel):
             # Training: the same function with a hand-written backward (scan.py), several times faster.
             # Its validation too, once `set_fast_path` chose a CUDA fast path; other no_grad calls
             # (evaluation, generation) keep the reference loop, which runs under autocast.
+            if cell.kernel:
+                reason = kernel_refusal(cell, embeddings)
+                if reason is None:
+                    from newllm.models.new_llm.kernel import kernel_scan
+
+                    return kernel_scan(cell, embeddings, context)
+                if embeddings.is_cuda:  # on CPU every fast path runs eagerly, as documented; on a GPU say why
+                    warnings.warn(f"fast path 'kernel' not taken: {reason}; running the eager scan", stacklevel=2)
             if cell.has_handwritten_backward:
                 return fused_scan(cell, embeddings, context)
             if (cell.cuda_graphs or cell.compile_steps) and embeddings.is_cuda:
@@ -151,17 +179,21 @@ class NewLLMForCausalLM(RecurrentGenerationMixin, NewLLMPreTrainedModel, Generat
         return RecurrentLMOutput(loss=loss, logits=logits, state=cache)
 
     def set_fast_path(self, mode: str) -> NewLLMForCausalLM:
-        """How training runs the recurrence on CUDA: "eager", "compiled", "graphed" or "compiled+graphed".
+        """How training runs the recurrence on CUDA: "eager", "compiled", "graphed", "compiled+graphed" or "kernel".
 
         "compiled" fuses each step's kernels with torch.compile; "graphed" captures the whole scan,
-        forward and backward, as CUDA graphs per input shape (scan.py). The function is the same in
-        every mode; on CPU every mode runs eagerly.
+        forward and backward, as CUDA graphs per input shape (scan.py). "kernel" runs the whole
+        window in one Triton launch forward and one backward (kernel.py) where that applies (CUDA,
+        triton installed, the prototype cell without residual or ffn_norm, float32 parameters) and
+        otherwise, with a warning on CUDA, the eager hand-written scan; not yet the default, being
+        unmeasured. The function is the same in every mode; on CPU every mode runs eagerly.
         """
         if mode not in FAST_PATHS:
             raise ValueError(f"unknown fast path {mode!r}; choose from {', '.join(FAST_PATHS)}")
         cell = self.model.cell
         cell.compile_steps = "compiled" in mode
         cell.cuda_graphs = "graphed" in mode
+        cell.kernel = mode == "kernel"
         cell.__dict__.pop("_scan_graphs", None)  # captures of the previous mode hold GPU memory
         return self
 

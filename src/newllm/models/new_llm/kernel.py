@@ -1,0 +1,402 @@
+"""Training fast path as two Triton kernels: the prototype cell's whole window, forward and backward, one launch each.
+
+scan.py's hand-written scan still launches ~40 small kernels per token (or replays them from a CUDA
+graph); the GPU then waits on launch and dependency latency, not on arithmetic. Here the loop over
+T runs inside the kernel. The function is scan.py's `NewLLMScan` for the prototype cell (Linear →
+ReLU layers without `residual` or `ffn_norm`, a linear candidate, a clamp, one context scale);
+per token, with m_l and m_c the dropout masks (already divided by 1 - p):
+
+    a_1 = P_t + (c ⊙ m_c) W_cᵀ,  a_l = h_{l-1} W_lᵀ + b_l,  h_l = relu(a_l) ⊙ m_l,  h = h_L
+    [Δ, g_f, g_i] = h W_gᵀ + b_g,  f = σ(g_f),  i = σ(g_i)
+    x = f ⊙ c + i ⊙ Δ,  x̂ = (x - μ) / σ_x,  c' = clamp(γ ⊙ x̂ + β, ±K)
+
+Design:
+    Outside the kernels, as in scan.py: P = e W_eᵀ + b_1 for all T positions at once (one matmul), the
+    dropout masks (drawn in the same order and shapes as scan.py, so a seed gives both paths the
+    same masks), the vocabulary head, and the weight gradients (one matmul per weight over all
+    T·B rows, from the activations the forward stored).
+
+    Each program owns BLOCK_B batch rows (16: the smallest M of `tl.dot`) for the whole window and
+    walks t = 0..T-1 itself. A step is a few phases separated by `tl.debug_barrier()` (a CTA-wide
+    barrier, which also orders the program's global-memory writes before its reads):
+        layer 1, layers 2..L, the [Δ, g_f, g_i] projection: output tiles of BLOCK_N columns, each
+            a loop over BLOCK_K-wide slices of the input row and of the weight;
+        the context LayerNorm: three passes over C-tiles (mean, variance, normalise), recomputing
+            x from the stored projection, so no row needs to be whole in registers.
+    Only one tile of activations and one of weights is in registers at a time. The activations of a
+    step go to the buffers the backward needs anyway (a_l, h_l, the projection, x̂, 1/σ, the
+    contexts), where the next phase reads them back from L1/L2; the weights (≈1M values at
+    full size) do not fit on chip and are streamed from L2 each step. Because nothing is whole in
+    registers, no width is too large; the limit is int32 indexing (every buffer below 2^31 values).
+
+    Backward: stored activations, not recomputation. Recomputing would run the serial forward
+    chain a second time inside the backward's own serial chain; storing costs memory that scan.py
+    already spends (a_l and h_l: 2·L·T·B·H values). Walking t = T-1..0, each program carries
+    dL/dc for its rows in a (B, C) buffer and writes dL/da_l, dL/d[Δ, g_f, g_i] and dL/dc' (after
+    the clamp) per step; the transposed matmuls reuse the forward's tile loop.
+
+    Dtype: fp32 throughout, as scan.py runs the recurrence under bf16 autocast too. The dots use
+    TF32 when torch's float32 matmul precision allows it (`torch.set_float32_matmul_precision`),
+    as cuBLAS does for the eager path, and IEEE fp32 otherwise.
+
+Untimed so far. What to expect to tune: a program per 16 rows is only B/16 programs (16 at batch
+256, against 132 SMs on an H200), each re-reading ≈4 MB of fp32 weights from L2 per step; the
+levers are the tile sizes and num_warps, bf16 weight copies, and splitting a step's output columns
+over several programs per row block (which needs a grid-wide barrier per phase).
+
+On CPU the same kernels run under Triton's interpreter (TRITON_INTERPRET=1, set before triton is
+imported): that is how the tests check them without a GPU. The interpreter runs one program at
+a time, so it cannot catch a missing barrier; the CUDA tests can.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+from torch.nn import functional as F
+
+from newllm.models.new_llm.scan import ScanOptions, dropout_masks
+
+BLOCK_B = 16  # batch rows per program: tl.dot needs M ≥ 16
+BLOCK_N = 64  # output columns per tile
+BLOCK_K = 32  # input columns per dot
+INDEX_LIMIT = 2**31  # offsets are int32
+
+
+@triton.jit
+def _dot_rows(acc, x_ptr, x_row, scale_ptr, HAS_SCALE: tl.constexpr, rows, row_ok, K, w_ptr, w_k, w_n, n, n_ok,
+              BLOCK_K: tl.constexpr, PRECISION: tl.constexpr):  # fmt: skip
+    """acc + Σ_k X[rows, k] (⊙ S[rows, k]) · W[k, n]: X's rows x_row apart, W's (k, n) at k·w_k + n·w_n."""
+    cols = tl.arange(0, BLOCK_K)
+    for k0 in range(0, K, BLOCK_K):
+        k = k0 + cols
+        k_ok = k < K
+        x_offsets = rows[:, None] * x_row + k[None, :]
+        x_mask = row_ok[:, None] & k_ok[None, :]
+        x = tl.load(x_ptr + x_offsets, mask=x_mask, other=0.0)
+        if HAS_SCALE:
+            x = x * tl.load(scale_ptr + x_offsets, mask=x_mask, other=0.0)
+        w = tl.load(w_ptr + k[:, None] * w_k + n[None, :] * w_n, mask=k_ok[:, None] & n_ok[None, :], other=0.0)
+        acc = tl.dot(x, w, acc, input_precision=PRECISION)
+    return acc
+
+
+@triton.jit
+def _mix(proj_t, contexts_t, rows, j, tile, C):
+    """x = σ(g_f) ⊙ c + σ(g_i) ⊙ Δ on one (rows, j) tile, from the stored projection; 0 outside the tile."""
+    at = rows[:, None] * 3 * C + j[None, :]
+    delta = tl.load(proj_t + at, mask=tile, other=0.0)
+    forget = tl.sigmoid(tl.load(proj_t + at + C, mask=tile, other=0.0))
+    inp = tl.sigmoid(tl.load(proj_t + at + 2 * C, mask=tile, other=0.0))
+    context = tl.load(contexts_t + rows[:, None] * C + j[None, :], mask=tile, other=0.0)
+    return tl.where(tile, forget * context + inp * delta, 0.0)
+
+
+@triton.jit
+def _forward_kernel(
+    token_part, contexts, masks, context_masks,  # (T, B, H), (T+1, B, C) with c_0 filled in, (T, L, B, H), (T, B, C)
+    context_weight, stride_cw, weights, biases,  # W_c (H, C) rows stride_cw apart; W_l, b_l of layers 2..L stacked
+    proj_weight, proj_bias, norm_weight, norm_bias,  # W_g (3C, H), b_g (3C,), γ, β (C,)
+    # written: a_l and h_l (L, T, B, H); [Δ, g_f, g_i] (T, B, 3C); x̂ (T, B, C); 1/σ (T, B)
+    pre, hid, proj, x_hat, rstd,
+    B, T, H, C, L, eps, clamp,
+    HAS_MASKS: tl.constexpr, HAS_CONTEXT_MASKS: tl.constexpr,
+    BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr,
+):  # fmt: skip
+    rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
+    row_ok = rows < B
+    cols = tl.arange(0, BLOCK_N)
+    for t in range(T):
+        # Layer 1: a_1 = P_t + (c ⊙ m_c) W_cᵀ
+        for n0 in range(0, H, BLOCK_N):
+            n = n0 + cols
+            n_ok = n < H
+            tile = row_ok[:, None] & n_ok[None, :]
+            offsets = rows[:, None] * H + n[None, :]
+            acc = tl.load(token_part + t * B * H + offsets, mask=tile, other=0.0)
+            acc = _dot_rows(acc, contexts + t * B * C, C, context_masks + t * B * C, HAS_CONTEXT_MASKS, rows, row_ok,
+                            C, context_weight, 1, stride_cw, n, n_ok, BLOCK_K, PRECISION)  # fmt: skip
+            tl.store(pre + t * B * H + offsets, acc, mask=tile)
+            h = tl.maximum(acc, 0.0)
+            if HAS_MASKS:
+                h = h * tl.load(masks + t * L * B * H + offsets, mask=tile, other=0.0)
+            tl.store(hid + t * B * H + offsets, h, mask=tile)
+        tl.debug_barrier()
+        # Layers 2..L: a_l = h_{l-1} W_lᵀ + b_l
+        for layer in range(1, L):
+            here = (layer * T + t) * B * H
+            below = ((layer - 1) * T + t) * B * H
+            for n0 in range(0, H, BLOCK_N):
+                n = n0 + cols
+                n_ok = n < H
+                tile = row_ok[:, None] & n_ok[None, :]
+                offsets = rows[:, None] * H + n[None, :]
+                bias = tl.load(biases + (layer - 1) * H + n, mask=n_ok, other=0.0)
+                acc = tl.zeros((BLOCK_B, BLOCK_N), tl.float32) + bias[None, :]
+                acc = _dot_rows(acc, hid + below, H, hid, False, rows, row_ok, H, weights + (layer - 1) * H * H, 1, H,
+                                n, n_ok, BLOCK_K, PRECISION)  # fmt: skip
+                tl.store(pre + here + offsets, acc, mask=tile)
+                h = tl.maximum(acc, 0.0)
+                if HAS_MASKS:
+                    h = h * tl.load(masks + (t * L + layer) * B * H + offsets, mask=tile, other=0.0)
+                tl.store(hid + here + offsets, h, mask=tile)
+            tl.debug_barrier()
+        # [Δ, g_f, g_i] = h_L W_gᵀ + b_g: rows j, C + j, 2C + j of W_g for context columns j
+        top = ((L - 1) * T + t) * B * H
+        for j0 in range(0, C, BLOCK_N):
+            j = j0 + cols
+            j_ok = j < C
+            tile = row_ok[:, None] & j_ok[None, :]
+            offsets = t * B * 3 * C + rows[:, None] * 3 * C + j[None, :]
+            for part in range(3):
+                bias = tl.load(proj_bias + part * C + j, mask=j_ok, other=0.0)
+                acc = tl.zeros((BLOCK_B, BLOCK_N), tl.float32) + bias[None, :]
+                acc = _dot_rows(acc, hid + top, H, hid, False, rows, row_ok, H, proj_weight + part * C * H, 1, H, j,
+                                j_ok, BLOCK_K, PRECISION)  # fmt: skip
+                tl.store(proj + offsets + part * C, acc, mask=tile)
+        tl.debug_barrier()
+        # c' = clamp(γ ⊙ (x - μ)/σ_x + β, ±K): mean, then variance (two passes: no cancellation), then normalise
+        proj_t = proj + t * B * 3 * C
+        total = tl.zeros((BLOCK_B,), tl.float32)
+        for j0 in range(0, C, BLOCK_N):
+            j = j0 + cols
+            tile = row_ok[:, None] & (j < C)[None, :]
+            total += tl.sum(_mix(proj_t, contexts + t * B * C, rows, j, tile, C), axis=1)
+        mean = total / C
+        spread = tl.zeros((BLOCK_B,), tl.float32)
+        for j0 in range(0, C, BLOCK_N):
+            j = j0 + cols
+            tile = row_ok[:, None] & (j < C)[None, :]
+            centred = tl.where(tile, _mix(proj_t, contexts + t * B * C, rows, j, tile, C) - mean[:, None], 0.0)
+            spread += tl.sum(centred * centred, axis=1)
+        inv = 1.0 / tl.sqrt_rn(spread / C + eps)
+        tl.store(rstd + t * B + rows, inv, mask=row_ok)
+        for j0 in range(0, C, BLOCK_N):
+            j = j0 + cols
+            j_ok = j < C
+            tile = row_ok[:, None] & j_ok[None, :]
+            normed = (_mix(proj_t, contexts + t * B * C, rows, j, tile, C) - mean[:, None]) * inv[:, None]
+            gamma = tl.load(norm_weight + j, mask=j_ok, other=0.0)
+            beta = tl.load(norm_bias + j, mask=j_ok, other=0.0)
+            out = tl.minimum(tl.maximum(normed * gamma[None, :] + beta[None, :], -clamp), clamp)
+            offsets = rows[:, None] * C + j[None, :]
+            tl.store(x_hat + t * B * C + offsets, normed, mask=tile)
+            tl.store(contexts + (t + 1) * B * C + offsets, out, mask=tile)
+        tl.debug_barrier()
+
+
+@triton.jit
+def _backward_kernel(
+    # dL/dh_L (T, B, H); dL/dc carried (B, C): in dL/dc_T, out dL/dc_0; a (B, C) scratch for f ⊙ dL/dx
+    grad_hidden, d_context, d_kept,
+    contexts, masks, context_masks, context_weight, stride_cw, weights, proj_weight, norm_weight,
+    pre, proj, x_hat, rstd,  # what the forward stored
+    # written: dL/da_l (L, T, B, H); dL/d[Δ, g_f, g_i] (T, B, 3C); dL/dc' before the clamp (T, B, C)
+    d_pre, d_proj, d_out,
+    B, T, H, C, L, clamp,
+    HAS_MASKS: tl.constexpr, HAS_CONTEXT_MASKS: tl.constexpr,
+    BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr,
+):  # fmt: skip
+    rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
+    row_ok = rows < B
+    cols = tl.arange(0, BLOCK_N)
+    for step in range(T):
+        t = T - 1 - step
+        # LayerNorm and clamp: dx = (1/σ)(dx̂ - mean(dx̂) - x̂ mean(dx̂ ⊙ x̂)), dx̂ = γ ⊙ dc ⊙ [|c'| < K].
+        # Pass 1: the two row means.
+        sum_d = tl.zeros((BLOCK_B,), tl.float32)
+        sum_dx = tl.zeros((BLOCK_B,), tl.float32)
+        for j0 in range(0, C, BLOCK_N):
+            j = j0 + cols
+            j_ok = j < C
+            tile = row_ok[:, None] & j_ok[None, :]
+            offsets = rows[:, None] * C + j[None, :]
+            grad = tl.load(d_context + offsets, mask=tile, other=0.0)
+            out = tl.load(contexts + (t + 1) * B * C + offsets, mask=tile, other=0.0)
+            grad = tl.where(tl.abs(out) < clamp, grad, 0.0)  # the clamp passes gradient only inside ±K
+            tl.store(d_out + t * B * C + offsets, grad, mask=tile)
+            d_norm = grad * tl.load(norm_weight + j, mask=j_ok, other=0.0)[None, :]
+            sum_d += tl.sum(d_norm, axis=1)
+            sum_dx += tl.sum(d_norm * tl.load(x_hat + t * B * C + offsets, mask=tile, other=0.0), axis=1)
+        mean_d = sum_d / C
+        mean_dx = sum_dx / C
+        inv = tl.load(rstd + t * B + rows, mask=row_ok, other=0.0)
+        # Pass 2: dx, then through x = f ⊙ c + i ⊙ Δ to the projection and (its direct part) to c.
+        for j0 in range(0, C, BLOCK_N):
+            j = j0 + cols
+            j_ok = j < C
+            tile = row_ok[:, None] & j_ok[None, :]
+            offsets = rows[:, None] * C + j[None, :]
+            grad = tl.load(d_context + offsets, mask=tile, other=0.0)
+            out = tl.load(contexts + (t + 1) * B * C + offsets, mask=tile, other=0.0)
+            grad = tl.where(tl.abs(out) < clamp, grad, 0.0)
+            d_norm = grad * tl.load(norm_weight + j, mask=j_ok, other=0.0)[None, :]
+            normed = tl.load(x_hat + t * B * C + offsets, mask=tile, other=0.0)
+            d_mixed = inv[:, None] * (d_norm - mean_d[:, None] - normed * mean_dx[:, None])
+            at = t * B * 3 * C + rows[:, None] * 3 * C + j[None, :]
+            delta = tl.load(proj + at, mask=tile, other=0.0)
+            forget = tl.sigmoid(tl.load(proj + at + C, mask=tile, other=0.0))
+            inp = tl.sigmoid(tl.load(proj + at + 2 * C, mask=tile, other=0.0))
+            previous = tl.load(contexts + t * B * C + offsets, mask=tile, other=0.0)
+            tl.store(d_proj + at, d_mixed * inp, mask=tile)
+            tl.store(d_proj + at + C, d_mixed * previous * forget * (1.0 - forget), mask=tile)
+            tl.store(d_proj + at + 2 * C, d_mixed * delta * inp * (1.0 - inp), mask=tile)
+            tl.store(d_kept + offsets, d_mixed * forget, mask=tile)
+        tl.debug_barrier()
+        # dL/dh_L = grad_hidden_t + d[Δ, g_f, g_i] W_g, then dL/da_L = dL/dh_L ⊙ m_L ⊙ [a_L > 0]
+        top = ((L - 1) * T + t) * B * H
+        for n0 in range(0, H, BLOCK_N):
+            n = n0 + cols
+            n_ok = n < H
+            tile = row_ok[:, None] & n_ok[None, :]
+            offsets = rows[:, None] * H + n[None, :]
+            acc = tl.load(grad_hidden + t * B * H + offsets, mask=tile, other=0.0)
+            acc = _dot_rows(acc, d_proj + t * B * 3 * C, 3 * C, d_proj, False, rows, row_ok, 3 * C, proj_weight, H, 1,
+                            n, n_ok, BLOCK_K, PRECISION)  # fmt: skip
+            if HAS_MASKS:
+                acc = acc * tl.load(masks + (t * L + L - 1) * B * H + offsets, mask=tile, other=0.0)
+            acc = tl.where(tl.load(pre + top + offsets, mask=tile, other=0.0) > 0, acc, 0.0)
+            tl.store(d_pre + top + offsets, acc, mask=tile)
+        tl.debug_barrier()
+        # Layers L..2: dL/da_{l-1} = (dL/da_l W_l) ⊙ m_{l-1} ⊙ [a_{l-1} > 0]
+        for down in range(L - 1):
+            layer = L - 1 - down
+            here = (layer * T + t) * B * H
+            below = ((layer - 1) * T + t) * B * H
+            for n0 in range(0, H, BLOCK_N):
+                n = n0 + cols
+                n_ok = n < H
+                tile = row_ok[:, None] & n_ok[None, :]
+                offsets = rows[:, None] * H + n[None, :]
+                acc = tl.zeros((BLOCK_B, BLOCK_N), tl.float32)
+                acc = _dot_rows(acc, d_pre + here, H, d_pre, False, rows, row_ok, H, weights + (layer - 1) * H * H, H,
+                                1, n, n_ok, BLOCK_K, PRECISION)  # fmt: skip
+                if HAS_MASKS:
+                    acc = acc * tl.load(masks + (t * L + layer - 1) * B * H + offsets, mask=tile, other=0.0)
+                acc = tl.where(tl.load(pre + below + offsets, mask=tile, other=0.0) > 0, acc, 0.0)
+                tl.store(d_pre + below + offsets, acc, mask=tile)
+            tl.debug_barrier()
+        # dL/dc = f ⊙ dx (from pass 2) + (dL/da_1 W_c) ⊙ m_c: layer 1 read c ⊙ m_c
+        for j0 in range(0, C, BLOCK_N):
+            j = j0 + cols
+            j_ok = j < C
+            tile = row_ok[:, None] & j_ok[None, :]
+            offsets = rows[:, None] * C + j[None, :]
+            acc = tl.zeros((BLOCK_B, BLOCK_N), tl.float32)
+            acc = _dot_rows(acc, d_pre + t * B * H, H, d_pre, False, rows, row_ok, H, context_weight, stride_cw, 1, j,
+                            j_ok, BLOCK_K, PRECISION)  # fmt: skip
+            if HAS_CONTEXT_MASKS:
+                acc = acc * tl.load(context_masks + t * B * C + offsets, mask=tile, other=0.0)
+            acc += tl.load(d_kept + offsets, mask=tile, other=0.0)
+            tl.store(d_context + offsets, acc, mask=tile)
+        tl.debug_barrier()
+
+
+def _precision() -> str:
+    """TF32 dots where torch lets cuBLAS use them (float32 matmul precision "high" or "medium"), else IEEE fp32."""
+    return "ieee" if torch.get_float32_matmul_precision() == "highest" else "tf32"
+
+
+def unsupported_reason(cell, batch: int, steps: int) -> str | None:
+    """Why these kernels cannot run this cell on a (batch, steps) window, or None when they can."""
+    if not cell.has_handwritten_backward or cell.residual or cell.norms is not None:
+        return ("the kernel covers the prototype cell only (Linear → ReLU layers without residual or ffn_norm, "
+                "a linear candidate, a clamp, one context scale)")  # fmt: skip
+    dtypes = {p.dtype for p in cell.parameters()}
+    if dtypes != {torch.float32}:
+        return f"the kernel runs in float32; the cell's parameters are {', '.join(sorted(map(str, dtypes)))}"
+    hidden, size_c, layers = cell.layers[0].out_features, cell.context_size, len(cell.layers)
+    largest = max(layers * steps * batch * hidden, steps * batch * 3 * size_c, (steps + 1) * batch * size_c)
+    if largest >= INDEX_LIMIT:
+        return f"a buffer of {largest:,} values (batch {batch}, window {steps}) overflows the kernel's int32 offsets"
+    return None
+
+
+class NewLLMKernelScan(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, options, token_part, context, masks, context_masks, context_weight, norm_weight, norm_bias,
+                proj_weight, proj_bias, *params):  # fmt: skip
+        # Arguments as scan.NewLLMScan's: token_part (T, B, H) with layer 1's bias; context (B, C); masks
+        # (T, L, B, H) or None; context_masks (T, B, C) or None; context_weight (H, C), a view of layer 1's weight;
+        # params: W, b of layers 2..L.
+        steps, batch, hidden = token_part.shape
+        size_c, layers = context.shape[1], len(params) // 2 + 1
+        weights = torch.stack(params[0::2]) if params else token_part.new_zeros(1)  # (L-1, H, H)
+        biases = torch.stack(params[1::2]) if params else token_part.new_zeros(1)  # (L-1, H)
+        contexts = token_part.new_empty(steps + 1, batch, size_c)
+        contexts[0] = context
+        pre = token_part.new_empty(layers, steps, batch, hidden)  # a_l
+        hid = torch.empty_like(pre)  # h_l = relu(a_l) ⊙ m_l
+        proj = token_part.new_empty(steps, batch, 3 * size_c)  # [Δ, g_f, g_i]
+        x_hat = token_part.new_empty(steps, batch, size_c)
+        rstd = token_part.new_empty(steps, batch)
+        masks_or_any = token_part if masks is None else masks.contiguous()
+        context_masks_or_any = token_part if context_masks is None else context_masks.contiguous()
+        precision = _precision()
+        _forward_kernel[(triton.cdiv(batch, BLOCK_B),)](
+            token_part.contiguous(), contexts, masks_or_any, context_masks_or_any, context_weight,
+            context_weight.stride(0), weights, biases, proj_weight.contiguous(), proj_bias, norm_weight, norm_bias,
+            pre, hid, proj, x_hat, rstd, batch, steps, hidden, size_c, layers, options.eps, options.clamp,
+            HAS_MASKS=masks is not None, HAS_CONTEXT_MASKS=context_masks is not None, BLOCK_B=BLOCK_B,
+            BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K, PRECISION=precision,
+        )  # fmt: skip
+        ctx.save_for_backward(contexts, pre, hid, proj, x_hat, rstd, masks_or_any, context_masks_or_any, weights,
+                              context_weight, proj_weight, norm_weight)  # fmt: skip
+        ctx.flags = (masks is not None, context_masks is not None, precision, options.clamp)
+        return hid[-1], contexts[-1].clone()  # hidden (T, B, H), last context (B, C)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_hidden, grad_context):
+        contexts, pre, hid, proj, x_hat, rstd, masks, context_masks, weights, context_weight = ctx.saved_tensors[:10]
+        proj_weight, norm_weight = ctx.saved_tensors[10:]
+        has_masks, has_context_masks, precision, clamp = ctx.flags
+        layers, steps, batch, hidden = pre.shape
+        size_c = contexts.shape[2]
+        grad_hidden = torch.zeros_like(hid[-1]) if grad_hidden is None else grad_hidden.contiguous()
+        d_context = torch.zeros_like(contexts[-1]) if grad_context is None else grad_context.clone().contiguous()
+        d_pre, d_proj, d_out = torch.empty_like(pre), torch.empty_like(proj), torch.empty_like(x_hat)
+        _backward_kernel[(triton.cdiv(batch, BLOCK_B),)](
+            grad_hidden, d_context, torch.empty_like(d_context), contexts, masks, context_masks, context_weight,
+            context_weight.stride(0), weights, proj_weight, norm_weight, pre, proj, x_hat, rstd, d_pre, d_proj, d_out,
+            batch, steps, hidden, size_c, layers, clamp, HAS_MASKS=has_masks, HAS_CONTEXT_MASKS=has_context_masks,
+            BLOCK_B=BLOCK_B, BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K, PRECISION=precision,
+        )  # fmt: skip
+        # Weight gradients: one matmul over all T·B rows each, from the stored activations (as scan.py).
+        flat = lambda x: x.reshape(-1, x.shape[-1])  # noqa: E731
+        reads = contexts[:-1] * context_masks if has_context_masks else contexts[:-1]  # what layer 1 read
+        d_layers = []
+        for layer in range(1, layers):
+            d_layers += [flat(d_pre[layer]).t() @ flat(hid[layer - 1]), d_pre[layer].sum((0, 1))]
+        return (None, d_pre[0], d_context, None, None, flat(d_pre[0]).t() @ flat(reads), (d_out * x_hat).sum((0, 1)),
+                d_out.sum((0, 1)), flat(d_proj).t() @ flat(hid[-1]), d_proj.sum((0, 1)), *d_layers)  # fmt: skip
+
+
+def kernel_scan(cell, token_embeddings: torch.Tensor, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """`scan.fused_scan` through the kernels: (B, T, E), (B, C) → hidden (B, T, H), last context.
+
+    The caller checks `unsupported_reason` first; the masks are drawn as scan.py draws them (same
+    shapes, same order), so one seed gives both paths the same masks."""
+    reason = unsupported_reason(cell, token_embeddings.shape[0], token_embeddings.shape[1])
+    if reason is not None:
+        raise ValueError(reason)
+    first = cell.layers[0]
+    token_weight, context_weight = first.weight.split([cell.embedding_size, cell.context_size], dim=1)
+    params = [p for layer in cell.layers[1:] for p in (layer.weight, layer.bias)]
+    dropout_p = cell.dropout.p if cell.training else 0.0
+    context_dropout_p = cell.context_dropout.p if cell.training else 0.0
+    options = ScanOptions(cell.context_norm.eps, cell.context_clamp, False, False)
+    # fp32 under bf16 autocast too, as fused_scan; the casts are autograd ops, so gradients come back in the
+    # caller's dtype
+    with torch.autocast(token_embeddings.device.type, enabled=False):
+        token_part = F.linear(token_embeddings.float(), token_weight, first.bias)
+        token_part = token_part.transpose(0, 1).contiguous()  # (T, B, H)
+        steps, batch, hidden = token_part.shape
+        masks = dropout_masks(token_part, (steps, len(cell.layers), batch, hidden), dropout_p)
+        context_masks = dropout_masks(token_part, (steps, batch, cell.context_size), context_dropout_p)
+        hidden, context = NewLLMKernelScan.apply(
+            options, token_part, context.float(), masks, context_masks, context_weight, cell.context_norm.weight,
+            cell.context_norm.bias, cell.context_proj.weight, cell.context_proj.bias, *params,
+        )  # fmt: skip
+    return hidden.transpose(0, 1), context
