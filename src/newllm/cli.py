@@ -158,7 +158,9 @@ def _sampling_options(parser: argparse.ArgumentParser, when: str) -> None:
 def _sampling(args, do_sample: bool, greedy_when: str):
     """SamplingOptions from generate/chat's flags; a sampling flag given for greedy decoding is an error."""
     from newllm.evaluation.chat import SamplingOptions
+    from newllm.evaluation.generation import check_reply_length
 
+    check_reply_length(args.max_new_tokens, None, "--max-new-tokens")  # the model's own limit once it is loaded
     given = {name: getattr(args, name) for name in ("temperature", "top_k", "top_p") if getattr(args, name) is not None}
     if given and not do_sample:
         flags = " and ".join(f"--{name.replace('_', '-')}" for name in given)
@@ -191,7 +193,8 @@ def _config_from_args(args):
 
 
 def _generate(args) -> int:
-    from newllm.evaluation.generation import respond
+    from newllm.evaluation.generation import check_reply_length, respond
+    from newllm.models.registry import usable_positions
     from newllm.pipeline import device_from_name
     from newllm.training.checkpoint import load_checkpoint
 
@@ -199,6 +202,7 @@ def _generate(args) -> int:
     options = _sampling(args, do_sample=args.sample, greedy_when="without --sample (greedy decoding)")
     args.device = device_from_name(args.device)
     model, tokenizer = load_checkpoint(args.checkpoint, device=args.device)
+    check_reply_length(args.max_new_tokens, usable_positions(model), "--max-new-tokens")
     reply = respond(model, tokenizer, [args.prompt], **dataclasses.asdict(options), device=args.device)
     print(reply)
     if not reply:
@@ -208,13 +212,15 @@ def _generate(args) -> int:
 
 def _chat(args) -> int:
     from newllm.evaluation.chat import COMMANDS, ChatSession, clean_line
-    from newllm.models.registry import MODEL_TYPES
+    from newllm.evaluation.generation import check_reply_length
+    from newllm.models.registry import MODEL_TYPES, usable_positions
     from newllm.pipeline import device_from_name
     from newllm.training.checkpoint import load_checkpoint
 
     options = _sampling(args, do_sample=not args.greedy, greedy_when="with --greedy")
     args.device = device_from_name(args.device)
     model, tokenizer = load_checkpoint(args.checkpoint, device=args.device)
+    check_reply_length(args.max_new_tokens, usable_positions(model), "--max-new-tokens")
     session = ChatSession(model, tokenizer, options, device=args.device)
     try:
         import readline  # noqa: F401  (line editing and history on the arrow keys for input())

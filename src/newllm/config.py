@@ -68,18 +68,26 @@ def _one_of(choices) -> str:
 def check_limits(settings, limits: dict) -> None:
     """ConfigError naming the first field of dataclass `settings` outside its entry in `limits`.
 
-    An entry is a Bound (numbers; None passes for optional fields) or a tuple of allowed strings.
-    One table per dataclass instead of an if per field, so a test can check that every field has one.
+    An entry is a Bound (numbers; None passes for optional fields) or a tuple of allowed strings; a list
+    setting (a tuple) must hold at least one value, each within the entry. One table per dataclass instead
+    of an if per field, so a test can check that every field has one.
     """
     for name, allowed in limits.items():
         value = getattr(settings, name)
         if value is None:
             continue
-        if isinstance(allowed, Bound):
-            if not allowed.allows(value):
-                raise ConfigError(f"{name}: must be {allowed}, got {value}")
-        elif value not in allowed:
-            raise ConfigError(f"{name}: must be {_one_of(allowed)}, got {value!r}")
+        if isinstance(value, tuple):
+            if not value:  # an empty grid would measure nothing and still write its results
+                raise ConfigError(f"{name}: must list at least one value, got none")
+            values = value
+        else:
+            values = (value,)
+        for item in values:
+            if isinstance(allowed, Bound):
+                if not allowed.allows(item):
+                    raise ConfigError(f"{name}: must be {allowed}, got {item}")
+            elif item not in allowed:
+                raise ConfigError(f"{name}: must be {_one_of(allowed)}, got {item!r}")
 
 
 BPE_SMALLEST_VOCAB = 260  # data/tokenizer.py's floor, checked here before any data is read

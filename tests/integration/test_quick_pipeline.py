@@ -185,7 +185,7 @@ def test_finetune_refuses_a_checkpoint_with_another_tokenizer(quick_run, tmp_pat
     shutil.copy(quick_run / "checkpoints" / "tokenizer.json", out / "tokenizer.json")
     from newllm.data.tokenizer import save_tokenizer, train_tokenizer
 
-    foreign = train_tokenizer(["some other corpus entirely\n"] * 100, kind="bpe", vocab_size=300)
+    foreign = train_tokenizer(["some other corpus entirely\n"] * 100, kind="bpe", vocab_size=280)
     save_tokenizer(foreign, out / "best_new_llm_wikitext")
     proc = subprocess.run(
         [sys.executable, "-m", "newllm.cli", "finetune", "--preset", "quick", "--models", "new_llm", "--output-dir", str(out)],

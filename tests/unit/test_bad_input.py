@@ -39,6 +39,9 @@ STEP_OPTIONS = [
     "--set", "data.eval_dialogues=5",
     "--models", "new_llm",
     "--no-progress",
+    # the tiny corpus holds 23 WikiText windows and 4 DailyDialog ones: batches that fit them
+    "--set", "pretrain.batch_size=4",
+    "--set", "finetune.batch_size=2",
 ]  # fmt: skip
 
 # pipeline.pretrain/finetune check every input before writing anything: nothing may change.
@@ -113,7 +116,7 @@ def prepared_output(root: Path, tokenizer, step1: Path | None = None) -> Path:
 def checkpoints(tmp_path_factory, tiny_tokenizer) -> dict[str, Path]:
     """Tiny New-LLM and GPT-2 checkpoints with the tiny tokenizer; copy before damaging one."""
     root = tmp_path_factory.mktemp("checkpoints")
-    configs = matched_configs(tiny_new_llm_config(), shape=BaselineShape(gpt2_positions=64, dropout=0.0))
+    configs = matched_configs(tiny_new_llm_config(), shape=BaselineShape(gpt2_positions=128, dropout=0.0))
     torch.manual_seed(0)
     return {
         name: save_checkpoint(build_model(name, configs[name]).eval(), tiny_tokenizer, root / name)
@@ -228,7 +231,7 @@ def _damage(name: str, folder: Path, source: Path) -> None:
         ("truncated-weights", "could not be loaded: Error while deserializing header"),
         ("garbage-config", ": config.json is not valid JSON"),
         ("config-not-an-object", ": config.json is not a JSON object"),
-        ("unknown-model-type", "holds a 'bert' model; newllm loads gpt2, new_llm, newllm_lstm"),
+        ("unknown-model-type", "holds a 'bert' model; newllm loads gpt2, mamba2, new_llm, newllm_lstm"),
         ("garbage-tokenizer", ": corrupt tokenizer file"),
         ("mis-shaped-weight", ": model.safetensors does not match config.json: 1 of another shape or dtype "
          "(lm_head.weight 300x47 F32 instead of 300x48 F32)"),
@@ -489,6 +492,53 @@ def test_corpus_too_short_for_one_window(capsys, tmp_path, tiny_tokenizer):
     assert_untouched(before, snapshot(out))
 
 
+@pytest.mark.parametrize("output", ["fresh-folder", "overwrite"])
+def test_corpus_too_small_for_the_tokenizer(capsys, tmp_path, tiny_tokenizer, output):
+    data = write_data_dir(tmp_path / "d")
+    if output == "fresh-folder":
+        out = tmp_path / "out"
+        out.mkdir()
+        extra = []
+    else:  # --overwrite trains the tokenizer anew: refused before the old run is cleared
+        out = prepared_output(tmp_path / "out", tiny_tokenizer)
+        (out / "new_llm_wikitext" / "checkpoint-7").mkdir(parents=True)
+        extra = ["--overwrite"]
+    before = snapshot(out)
+    line = fails(capsys, [*step("pretrain", data, out), "--set", "data.vocab_size=2048", *extra])
+    train = data / "wikitext-2" / "wiki.train.tokens"
+    match = re.fullmatch(
+        rf"newllm: error: {re.escape(str(train))} \(first 50 lines\) is too small to train a bpe tokenizer of 2048 "
+        r"entries: it yields (\d+) entries; use more text or a smaller data.vocab_size",
+        line,
+    )
+    assert match, line
+    assert 300 <= int(match.group(1)) < 2048
+    assert_untouched(before, snapshot(out))
+
+
+@pytest.mark.parametrize(
+    "command, setting, per_step, windows, source",
+    [
+        ("pretrain", ["pretrain.batch_size=24"], 24, 23, "wikitext-2/wiki.train.tokens (first 50 lines)"),
+        ("pretrain", ["pretrain.batch_size=12", "pretrain.grad_accum=2"], 24, 23, "wikitext-2/wiki.train.tokens (first 50 lines)"),
+        ("finetune", ["finetune.batch_size=5"], 5, 4, "dailydialog/dialogues_train.txt (first 10 dialogues)"),
+    ],
+    ids=["pretrain", "pretrain-grad-accum", "finetune"],
+)
+def test_batch_larger_than_the_training_windows(capsys, tmp_path, tiny_tokenizer, checkpoints, command, setting, per_step,
+                                                windows, source):  # fmt: skip
+    data = write_data_dir(tmp_path / "d")
+    out = prepared_output(tmp_path / "out", tiny_tokenizer, checkpoints["new_llm"] if command == "finetune" else None)
+    before = snapshot(out)
+    line = fails(capsys, [*step(command, data, out), *[a for pair in setting for a in ("--set", pair)]])
+    named = " × ".join(setting)
+    assert line == (
+        f"newllm: error: {named}: must be at most the {windows} training windows of {data / source}, got {per_step}; "
+        "use a smaller batch or more text"
+    )
+    assert_untouched(before, snapshot(out))
+
+
 def test_an_unexpected_error_is_one_line_and_debug_shows_its_traceback(capsys, checkpoints, monkeypatch):
     import newllm.training.checkpoint
 
@@ -558,9 +608,62 @@ def test_invalid_utf8_prompt_from_the_shell(shell_run):
     assert stdout == b""
 
 
-def test_max_new_tokens_beyond_gpt2_positions(capsys, checkpoints):
-    line = fails(capsys, ["generate", "--checkpoint", str(checkpoints["tinygpt2"]), "hi", "--max-new-tokens", "64"])
-    assert line == "newllm: error: max_new_tokens=64 leaves no room for a prompt in 64 positions"
+@pytest.mark.parametrize("command", ["generate", "chat"])
+@pytest.mark.parametrize("length", ["65", "128", "0", "-3"])
+def test_max_new_tokens_beyond_gpt2_positions(capsys, monkeypatch, checkpoints, command, length):
+    import io
+
+    monkeypatch.setattr("sys.stdin", io.StringIO("hello\n"))  # chat would answer this turn if it started
+    before = snapshot(checkpoints["tinygpt2"])
+    argv = [command, "--checkpoint", str(checkpoints["tinygpt2"]), *(["hi"] if command == "generate" else [])]
+    line = fails(capsys, [*argv, "--max-new-tokens", length])
+    # 0 and below are refused before the checkpoint is read, so no model's range can be named yet
+    allowed = "at least 1" if int(length) < 1 else (
+        "in [1, 64] for this model (it reads 128 positions; the prompt keeps at least half)"
+    )
+    assert line == f"newllm: error: --max-new-tokens: must be {allowed}, got {length}"
+    assert_untouched(before, snapshot(checkpoints["tinygpt2"]))
+
+
+def test_the_longest_reply_allowed_is_generated(capsys, checkpoints):
+    capsys.readouterr()
+    assert main(["-q", "generate", "--checkpoint", str(checkpoints["tinygpt2"]), "hi", "--max-new-tokens", "64"]) == 0
+    # the recurrent models read any length: the bound is GPT-2's alone
+    assert main(["-q", "generate", "--checkpoint", str(checkpoints["new_llm"]), "hi", "--max-new-tokens", "200"]) == 0
+    assert "error" not in capsys.readouterr().err
+
+
+def test_eval_max_new_tokens_beyond_a_checkpoints_positions(capsys, tmp_path, tiny_tokenizer, checkpoints):
+    out = prepared_output(tmp_path / "out", tiny_tokenizer)
+    shutil.copytree(checkpoints["tinygpt2"], out / "best_tinygpt2_wikitext")
+    data = write_data_dir(tmp_path / "d")
+    before = snapshot(out)
+    argv = [*step("evaluate", data, out), "--models", "tinygpt2", "--set", "eval.max_new_tokens=100"]
+    line = fails(capsys, argv)
+    assert line == (
+        f"newllm: error: eval.max_new_tokens ({out / 'best_tinygpt2_wikitext'}): must be in [1, 64] for this model "
+        "(it reads 128 positions; the prompt keeps at least half), got 100"
+    )
+    assert_untouched(before, snapshot(out))
+
+
+@pytest.mark.parametrize(
+    "setting, message",
+    [
+        ("batch_sizes=0", "batch_sizes: must be at least 1, got 0"),
+        ("batch_sizes=", "batch_sizes: must list at least one value, got none"),
+        ("warmup=-1", "warmup: must be at least 0 (untimed runs), got -1"),
+        ("seed=-1", "seed: must be in [0, 4294967296) (NumPy's seed range), got -1"),
+        ("precisions=fp16", "precisions: must be 'fp32' or 'bf16', got 'fp16'"),
+        ("models=gpt", "models: must be 'new_llm', 'tinygpt2', 'lstm' or 'mamba2', got 'gpt'"),
+    ],
+    ids=["zero-batch", "empty-list", "negative-warmup", "negative-seed", "unknown-precision", "unknown-model"],
+)
+def test_bench_setting_outside_its_range(capsys, tmp_path, setting, message):
+    out = tmp_path / "bench"
+    line = fails(capsys, ["bench", "--quick", "--device", "cpu", "--no-progress", "--output-dir", str(out), "--set", setting])
+    assert line == f"newllm: error: {message}"
+    assert not out.exists()
 
 
 # ---------------------------------------------------------------- config files

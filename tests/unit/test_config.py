@@ -158,6 +158,7 @@ def test_every_number_and_string_setting_has_a_limit_or_is_listed_as_free():
     import typing
 
     from newllm import config as module
+    from newllm.evaluation.bench import BENCH_LIMITS, BenchConfig
 
     tables = {
         module.DataConfig: module.DATA_LIMITS,
@@ -165,6 +166,7 @@ def test_every_number_and_string_setting_has_a_limit_or_is_listed_as_free():
         module.TrainConfig: module.TRAIN_LIMITS,
         module.EvalConfig: module.EVAL_LIMITS,
         module.ExperimentConfig: module.EXPERIMENT_LIMITS,
+        BenchConfig: BENCH_LIMITS,
     }
     for cls, table in tables.items():
         hints = typing.get_type_hints(cls)

@@ -13,7 +13,7 @@ ALLOWED = {
     "data": set(),
     "models": set(),
     "training": {"config", "data", "models"},
-    "evaluation": {"data", "models"},
+    "evaluation": {"config", "data", "models"},  # config: BenchConfig checks its bounds as the experiment does
     "reporting": set(),
     "pipeline": {"config", "data", "models", "training", "evaluation", "reporting"},
     "recall": {"config", "data", "models", "evaluation", "pipeline"},

@@ -63,17 +63,20 @@ class SpecialIds:
     end_of_turn: int
 
 
-def train_tokenizer(lines: Iterable[str], kind: str = "bpe", vocab_size: int = 8192) -> Tokenizer:
-    """Train a tokenizer of `kind` ("bpe" or "prototype", earlier "seed") with `vocab_size` entries, special tokens included."""
+def train_tokenizer(
+    lines: Iterable[str], kind: str = "bpe", vocab_size: int = 8192, source: str = "the text"
+) -> Tokenizer:
+    """Train a tokenizer of `kind` ("bpe" or "prototype", earlier "seed") with exactly `vocab_size` entries, special
+    tokens included; a text too small to give that many is refused, naming `source` (the file it came from)."""
     kind = KIND_ALIASES.get(kind, kind)
     if kind == "bpe":
-        return _train_bpe(lines, vocab_size)
+        return _train_bpe(lines, vocab_size, source)
     if kind == "prototype":
-        return _train_seed(lines, vocab_size)
+        return _train_seed(lines, vocab_size, source)
     raise ValueError(f"unknown tokenizer kind {kind!r}; expected 'bpe' or 'prototype'")
 
 
-def _train_bpe(lines: Iterable[str], vocab_size: int) -> Tokenizer:
+def _train_bpe(lines: Iterable[str], vocab_size: int, source: str) -> Tokenizer:
     alphabet = pre_tokenizers.ByteLevel.alphabet()
     smallest = len(alphabet) + len(_BPE_SPECIALS)
     if vocab_size < smallest:
@@ -89,7 +92,19 @@ def _train_bpe(lines: Iterable[str], vocab_size: int) -> Tokenizer:
         show_progress=False,
     )
     tokenizer.train_from_iterator(lines, trainer)
+    # The trainer stops early, without a word, once the text has no pair left to merge: the model would then be
+    # built for fewer entries than the config says, and every run record would disagree with its settings.
+    learned = tokenizer.get_vocab_size()
+    if learned < vocab_size:
+        raise DataFormatError(_too_small(source, "bpe", vocab_size, f"{learned} entries"))
     return tokenizer
+
+
+def _too_small(source: str, kind: str, vocab_size: int, learned: str) -> str:
+    return (
+        f"{source} is too small to train a {kind} tokenizer of {vocab_size} entries: it yields {learned}; "
+        "use more text or a smaller data.vocab_size"
+    )
 
 
 def _seed_tokenizer(model: models.WordLevel) -> Tokenizer:
@@ -102,7 +117,7 @@ def _seed_tokenizer(model: models.WordLevel) -> Tokenizer:
     return tokenizer
 
 
-def _train_seed(lines: Iterable[str], vocab_size: int) -> Tokenizer:
+def _train_seed(lines: Iterable[str], vocab_size: int, source: str) -> Tokenizer:
     n_words = vocab_size - len(_SEED_SPECIALS)
     if n_words < 1:
         raise ValueError(f"seed vocab_size must exceed its {len(_SEED_SPECIALS)} special tokens, got {vocab_size}")
@@ -114,10 +129,8 @@ def _train_seed(lines: Iterable[str], vocab_size: int) -> Tokenizer:
     ranked = sorted(counter.get_vocab().items(), key=lambda item: item[1])
     words = [word for word, _ in ranked if word not in _SEED_SPECIALS][:n_words]
     if len(words) < n_words:
-        raise ValueError(
-            f"seed vocab_size {vocab_size} needs {n_words} distinct words besides the special tokens; "
-            f"the text has {len(words)}"
-        )
+        learned = f"{len(words) + len(_SEED_SPECIALS)} entries ({len(words)} distinct words, {n_words} needed)"
+        raise DataFormatError(_too_small(source, "prototype", vocab_size, learned))
     vocab = {token: i for i, token in enumerate((*_SEED_SPECIALS, *words))}
     tokenizer = _seed_tokenizer(models.WordLevel(vocab=vocab, unk_token=SEED_UNK))
     # <UNK> stays an ordinary entry, so that decoding shows where words were lost.

@@ -30,6 +30,7 @@ from dataclasses import asdict, dataclass
 import torch
 from tqdm.auto import tqdm
 
+from newllm.config import MODEL_NAMES, NEW_LLM_CELLS, POSITIVE_INT, Bound, check_limits
 from newllm.evaluation.decoding import PREFILL_CHUNK, Decoder, SamplingOptions, cache_bytes, has_graphed_backend
 from newllm.evaluation.perplexity import autocast_context
 from newllm.evaluation.speed import environment, median_seconds, time_decoding
@@ -79,25 +80,33 @@ class BenchConfig:
     seed: int = 0
 
     def __post_init__(self):
-        positive = ("vocab_size", "embedding_size", "context_size", "hidden_size", "num_layers", "gpt2_positions",
-                    "gen_tokens", "repeats")
-        for name in positive:
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"BenchConfig.{name} must be a positive integer, got {value!r}")
-        if self.cpu_threads is not None and (not isinstance(self.cpu_threads, int) or self.cpu_threads < 1):
-            raise ValueError(f"BenchConfig.cpu_threads must be None or a positive integer, got {self.cpu_threads!r}")
-        if not isinstance(self.warmup, int) or self.warmup < 0:
-            raise ValueError(f"BenchConfig.warmup must be a non-negative integer, got {self.warmup!r}")
-        for name in ("batch_sizes", "seq_lens", "context_lengths", "gen_batch_sizes"):
-            values = getattr(self, name)
-            if not all(isinstance(v, int) and v >= 1 for v in values):
-                raise ValueError(f"BenchConfig.{name} must hold positive integers, got {values!r}")
-        for name, allowed in (("precisions", tuple(PRECISIONS)), ("compile_modes", COMPILE_MODES),
-                              ("gen_modes", GEN_MODES)):
-            unknown = [v for v in getattr(self, name) if v not in allowed]
-            if unknown:
-                raise ValueError(f"BenchConfig.{name}: unknown {unknown[0]!r}; choose from {', '.join(allowed)}")
+        # Checked when the config is built, like the experiment's: --set batch_sizes=0 fails before any model is built.
+        check_limits(self, BENCH_LIMITS)
+
+
+# The allowed values of every setting but the switches (cell options, compile_on_cpu); test_bench.py checks that.
+BENCH_LIMITS = {
+    "vocab_size": POSITIVE_INT,
+    "embedding_size": POSITIVE_INT,
+    "context_size": POSITIVE_INT,
+    "hidden_size": POSITIVE_INT,
+    "num_layers": POSITIVE_INT,
+    "cell": NEW_LLM_CELLS,
+    "gpt2_positions": Bound(2),  # one token of context and one to predict
+    "batch_sizes": POSITIVE_INT,
+    "seq_lens": POSITIVE_INT,
+    "precisions": tuple(PRECISIONS),
+    "compile_modes": COMPILE_MODES,
+    "cpu_threads": Bound(1, note="none: torch's default"),
+    "context_lengths": POSITIVE_INT,
+    "gen_batch_sizes": POSITIVE_INT,
+    "gen_modes": GEN_MODES,
+    "gen_tokens": POSITIVE_INT,
+    "warmup": Bound(0, note="untimed runs"),
+    "repeats": POSITIVE_INT,
+    "models": MODEL_NAMES,
+    "seed": Bound(0, 2**32, note="NumPy's seed range"),
+}
 
 
 def quick_bench_config() -> BenchConfig:

@@ -22,7 +22,7 @@ import torch
 
 from newllm.data.tokenizer import special_ids
 from newllm.evaluation.decoding import Decoder, SamplingOptions, cache_bytes
-from newllm.evaluation.generation import clean_turn
+from newllm.evaluation.generation import check_reply_length, clean_turn
 from newllm.models.registry import usable_positions
 
 COMMANDS = {"/reset": "start a new conversation", "/quit": "leave (so does Ctrl-D)"}
@@ -44,6 +44,7 @@ class ChatSession:
         self.model.to(torch.device(device)).eval()  # dropout would make even greedy replies random
         # GPT-2's positions it was trained on (usable_positions); None for the recurrent models
         self.n_positions: int | None = usable_positions(model)
+        check_reply_length(self.options.max_new_tokens, self.n_positions)
         keep = None
         if self.n_positions is not None:
             # After a rebuild a whole reply (and its end_of_turn) must fit without another one.

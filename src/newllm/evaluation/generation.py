@@ -52,13 +52,29 @@ def prompt_ids(model, tokenizer, turns: Sequence[str], max_new_tokens: int) -> l
         raise TypeError(f"turns must be a list of str, got {type(turns).__name__}")
     ids = format_prompt(tokenizer, [clean_turn(turn) for turn in turns])
     limit = usable_positions(model)
+    check_reply_length(max_new_tokens, limit)
     if limit is not None:
-        room = limit - max_new_tokens
-        if room < 1:
-            raise ValueError(f"max_new_tokens={max_new_tokens} leaves no room for a prompt in {limit} positions")
         # The end of the prompt (latest turn, next speaker's token) is what the reply depends on most.
-        ids = ids[-room:]
+        ids = ids[-(limit - max_new_tokens) :]
     return ids
+
+
+def check_reply_length(max_new_tokens, positions: int | None, setting: str = "max_new_tokens") -> None:
+    """ValueError naming `setting` unless 1 <= max_new_tokens <= positions // 2 (no upper bound where positions is None).
+
+    A model with learned positions (`usable_positions`: GPT-2's) reads the prompt and the reply in those
+    positions. The reply may take at most half, so that the prompt keeps the other half: it is cut on the left
+    to what is left, and a reply as long as the positions would be answering its own last token. Chat rebuilds
+    its window with the same half (chat.py), so a reply this long never slides the window mid-turn.
+    The recurrent models have no such limit: they read any length."""
+    most = None if positions is None else positions // 2
+    is_int = isinstance(max_new_tokens, int) and not isinstance(max_new_tokens, bool)
+    if is_int and max_new_tokens >= 1 and (most is None or max_new_tokens <= most):
+        return
+    allowed = "at least 1" if most is None else (
+        f"in [1, {most}] for this model (it reads {positions} positions; the prompt keeps at least half)"
+    )
+    raise ValueError(f"{setting}: must be {allowed}, got {max_new_tokens!r}")
 
 
 def _cuda_indices(device: torch.device) -> list[int]:
@@ -91,11 +107,6 @@ def _replies(model, tokenizer, prompts: Sequence[list[int]], device: torch.devic
     return replies
 
 
-def _check_max_new_tokens(max_new_tokens) -> None:
-    if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) or max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
-
-
 def respond(
     model,
     tokenizer,
@@ -110,7 +121,7 @@ def respond(
     device="cpu",
 ) -> str:
     """The model's next turn after `turns` (the model is moved to `device`), special tokens removed."""
-    _check_max_new_tokens(max_new_tokens)
+    check_reply_length(max_new_tokens, usable_positions(model))
     options = SamplingOptions(max_new_tokens, do_sample, temperature, top_k, top_p, seed)
     ids = prompt_ids(model, tokenizer, turns, max_new_tokens)
     device = torch.device(device)
@@ -136,7 +147,7 @@ def respond_batch(
     device="cpu",
 ) -> list[str]:
     """The greedy reply `respond` gives to each conversation, generated `batch_size` at a time."""
-    _check_max_new_tokens(max_new_tokens)
+    check_reply_length(max_new_tokens, usable_positions(model))
     if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
     if isinstance(conversations, (str, bytes, bytearray)) or not isinstance(conversations, Sequence):

@@ -44,12 +44,14 @@ from newllm.pipeline.setup import (
     NEW_LLM_OPTIONS,
     RESUME_CHECKED,
     RESUME_SAFE,
+    check_batches_fit,
     check_resume_settings,
     command_line,
     device_from_name,
     load_dialog_splits,
     load_wikitext_splits,
     model_configs,
+    plan_tokenizer,
     prepare_tokenizer,
     runtime,
     warn_if_training_full_on_cpu,
@@ -97,11 +99,11 @@ def pretrain(config: ExperimentConfig, resume: bool = False, overwrite: bool = F
     refuse_existing_runs(config, "wikitext", resume, overwrite)
     if resume:
         check_resume_settings(config, "pretrain")
-    RunDir(config.output_dir).root.mkdir(parents=True, exist_ok=True)
-    tokenizer = prepare_tokenizer(config, splits["train"], overwrite=overwrite)
+    tokenizer, write_tokenizer = plan_tokenizer(config, splits["train"], overwrite=overwrite)
     streams = {name: encode_text(tokenizer, split) for name, split in splits.items()}
     sources = {name: split.source for name, split in splits.items()}  # named if too short for one window
     train_set = StreamWindows(streams["train"], config.data.block_size, drop_last=True, source=sources["train"])
+    check_batches_fit(train_set, config.pretrain, "pretrain", sources["train"])
     lanes_set = None
     if config.pretrain.stateful:  # truncated BPTT: one lane of the stream per batch row, read in order
         rotation = config.pretrain.seed if config.pretrain.stateful_rotate else None
@@ -109,7 +111,10 @@ def pretrain(config: ExperimentConfig, resume: bool = False, overwrite: bool = F
             streams["train"], config.data.block_size, config.pretrain.batch_size, rotation, source=sources["train"]
         )
     valid_set = StreamWindows(streams["valid"], config.data.block_size, drop_last=False, source=sources["valid"])
-    write_experiment(config, "pretrain")  # once the data is known to fit: a refused step leaves the old record
+    # once the data is known to fit: a refused step leaves the folder as it was, its tokenizer and record included
+    RunDir(config.output_dir).root.mkdir(parents=True, exist_ok=True)
+    write_tokenizer()
+    write_experiment(config, "pretrain")
     # a stream's first token (end-of-text) is read, never predicted: these are the scored tokens
     logger.info("WikiText-2 (%s): %d train tokens, %d valid tokens", config.data.wikitext,
                 len(streams["train"]) - 1, len(streams["valid"]) - 1)  # fmt: skip
@@ -152,7 +157,8 @@ def finetune(config: ExperimentConfig, resume: bool = False, overwrite: bool = F
         dropout = config.finetune.dropout
         changes = {} if dropout is None else {field: dropout for field in DROPOUT_FIELDS[name]}
         models[name], _ = load_checkpoint(parent, name, expected_tokenizer=tokenizer, **changes)
-    sets, _ = dialog_sets(config, tokenizer)
+    sets, splits = dialog_sets(config, tokenizer)
+    check_batches_fit(sets["train"], config.finetune, "finetune", splits["train"].source)
     refuse_existing_runs(config, "dialog", resume, overwrite)
     if resume:
         check_resume_settings(config, "finetune")

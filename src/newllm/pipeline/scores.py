@@ -7,6 +7,7 @@ import dataclasses
 import json
 import logging
 import time
+import types
 
 from newllm.config import ExperimentConfig
 from newllm.data.batching import DialogWindows, StreamWindows
@@ -14,9 +15,11 @@ from newllm.data.dailydialog import DialogSplit, encode_dialogue
 from newllm.data.tokenizer import describe_tokenizer
 from newllm.data.wikitext import TextSplit, encode_text
 from newllm.evaluation.diversity import measure_diversity
+from newllm.evaluation.generation import check_reply_length
 from newllm.evaluation.perplexity import evaluate_perplexity
 from newllm.evaluation.speed import environment
 from newllm.evaluation.stream import evaluate_stream, plan_stream
+from newllm.models import usable_positions
 from newllm.pipeline.setup import (
     _sliced,
     command_line,
@@ -82,7 +85,10 @@ def check_evaluable(config: ExperimentConfig, tokenizer) -> None:
             )
         for folder in folders:
             if folder.exists():
-                check_checkpoint(folder, name, expected_tokenizer=tokenizer)
+                saved = check_checkpoint(folder, name, expected_tokenizer=tokenizer)
+                # step 3 replies with whichever checkpoint it scores: refused here, not after minutes of scoring
+                positions = usable_positions(types.SimpleNamespace(config=types.SimpleNamespace(**saved)))
+                check_reply_length(config.eval.max_new_tokens, positions, f"eval.max_new_tokens ({folder})")
 
 
 def load_test_data(config: ExperimentConfig, tokenizer) -> TestData:

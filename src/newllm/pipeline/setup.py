@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from newllm.config import ExperimentConfig, ModelConfig, load_config, preset_path
+from newllm.config import ExperimentConfig, ModelConfig, TrainConfig, load_config, preset_path
 from newllm.data.dailydialog import DialogSplit, load_dailydialog
 from newllm.data.tokenizer import (
     describe_tokenizer,
@@ -115,42 +115,76 @@ def load_dialog_splits(config: ExperimentConfig, names=("train", "validation")) 
 
 
 def prepare_tokenizer(config: ExperimentConfig, train_split: TextSplit | None = None, overwrite: bool = False):
-    """The experiment's one tokenizer: loaded from the output folder, or trained on WikiText-2 train once.
+    """The experiment's one tokenizer: loaded from the output folder, or trained on WikiText-2 train once."""
+    tokenizer, write = plan_tokenizer(config, train_split, overwrite)
+    write()
+    return tokenizer
 
-    With `overwrite` (step 1 started again) it is trained anew; where it differs from the folder's (another
-    corpus, kind or size), every artefact made with the old one is removed: no run is left beside a
-    tokenizer it was not trained with."""
+
+def plan_tokenizer(config: ExperimentConfig, train_split: TextSplit | None = None, overwrite: bool = False):
+    """The tokenizer `prepare_tokenizer` returns and a function that writes it; nothing is written before it is called.
+
+    Step 1 calls it once every input is checked, so a refused step leaves the folder as it was. With `overwrite`
+    (step 1 started again) the tokenizer is trained anew; where it differs from the folder's (another corpus,
+    kind or size), the write removes every artefact made with the old one: no run is left beside a tokenizer
+    it was not trained with."""
     folder = RunDir(config.output_dir)
     path = folder.tokenizer
+    data = config.data
+
+    def nothing():
+        pass
+
     if overwrite and path.is_file() and train_split is not None:
-        fresh = train_tokenizer(train_split.lines, kind=config.data.tokenizer, vocab_size=config.data.vocab_size)
+        fresh = train_tokenizer(train_split.lines, kind=data.tokenizer, vocab_size=data.vocab_size, source=train_split.source)
         if tokenizer_fingerprint(fresh) == tokenizer_fingerprint(load_tokenizer(path)):
-            return fresh
-        if is_main_process():
-            # every model's runs (MODEL_NAMES, not only this command's): all were trained with the old tokenizer
-            removed = folder.remove_runs(MODEL_NAMES)
-            logger.warning("--overwrite: %s held runs of another tokenizer; removed %s", folder.root, ", ".join(removed))
-            save_tokenizer(fresh, config.output_dir)
-        return fresh
+            return fresh, nothing
+
+        def replace():
+            if is_main_process():
+                # every model's runs (MODEL_NAMES, not only this command's): all were trained with the old tokenizer
+                removed = folder.remove_runs(MODEL_NAMES)
+                logger.warning("--overwrite: %s held runs of another tokenizer; removed %s", folder.root, ", ".join(removed))
+                save_tokenizer(fresh, config.output_dir)
+
+        return fresh, replace
     if path.is_file():
         tokenizer = load_tokenizer(path)
         described = describe_tokenizer(tokenizer)
-        if (described["kind"], described["vocab_size"]) != (config.data.tokenizer, config.data.vocab_size):
+        if (described["kind"], described["vocab_size"]) != (data.tokenizer, data.vocab_size):
             raise ValueError(
                 f"{path} is a {described['kind']} tokenizer of {described['vocab_size']} entries but the config asks "
-                f"for {config.data.tokenizer} with {config.data.vocab_size}: {_recorded_preset_hint(config)}"
+                f"for {data.tokenizer} with {data.vocab_size}: {_recorded_preset_hint(config)}"
                 "use another --output-dir (the folder's tokenizer is kept: every checkpoint in it was trained on it)"
             )
-        return tokenizer
+        return tokenizer, nothing
     if train_split is None:
         raise FileNotFoundError(f"no tokenizer at {path}: run `newllm pretrain` (step 1) first")
-    logger.info("training a %s tokenizer (%d entries) on %s", config.data.tokenizer, config.data.vocab_size, train_split.source)
+    logger.info("training a %s tokenizer (%d entries) on %s", data.tokenizer, data.vocab_size, train_split.source)
     # under torchrun every rank trains it (deterministic: the same merges everywhere, tested) and rank 0 saves it;
     # no barrier needed, and none is possible yet: the Trainer starts the process group later
-    tokenizer = train_tokenizer(train_split.lines, kind=config.data.tokenizer, vocab_size=config.data.vocab_size)
-    if is_main_process():
-        save_tokenizer(tokenizer, config.output_dir)
-    return tokenizer
+    tokenizer = train_tokenizer(train_split.lines, kind=data.tokenizer, vocab_size=data.vocab_size, source=train_split.source)
+
+    def save():
+        if is_main_process():
+            save_tokenizer(tokenizer, config.output_dir)
+
+    return tokenizer, save
+
+
+def check_batches_fit(windows, train: TrainConfig, step: str, source: str) -> None:
+    """Refuse a batch larger than the training windows: the epoch would hold no full batch, and the Trainer would
+    take one step on the partial one (at warmup's learning rate of 0) or none at all, so nothing is trained."""
+    per_step = train.batch_size * train.grad_accum
+    if per_step <= len(windows):
+        return
+    setting = f"{step}.batch_size={train.batch_size}"
+    if train.grad_accum > 1:
+        setting += f" × {step}.grad_accum={train.grad_accum}"
+    raise ValueError(
+        f"{setting}: must be at most the {len(windows)} training windows of {source}, got {per_step}; "
+        "use a smaller batch or more text"
+    )
 
 
 # --- the models ------------------------------------------------------------------------------------------------

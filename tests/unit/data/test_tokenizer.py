@@ -1,6 +1,7 @@
 """Tokenizers: BPE round trip, special tokens, the seed protocol, save/load and fingerprints."""
 
 import random
+import re
 
 import pytest
 from hypothesis import assume, given, settings
@@ -151,8 +152,21 @@ def test_seed_decoding_shows_unknown_words_but_drops_padding(seed_tokenizer):
 
 
 def test_seed_needs_enough_distinct_words(tiny_corpus_lines):
-    with pytest.raises(ValueError, match="needs 993 distinct words"):
-        train_tokenizer(tiny_corpus_lines, kind="prototype", vocab_size=1000)
+    with pytest.raises(DataFormatError, match=r"^corpus.txt is too small to train a prototype tokenizer of 1000 entries: "
+                       r"it yields \d+ entries \(\d+ distinct words, 993 needed\)"):
+        train_tokenizer(tiny_corpus_lines, kind="prototype", vocab_size=1000, source="corpus.txt")
+
+
+def test_bpe_refuses_a_text_with_fewer_merges_than_asked(tiny_corpus_lines):
+    with pytest.raises(DataFormatError) as caught:
+        train_tokenizer(tiny_corpus_lines, vocab_size=8192, source="corpus.txt")
+    match = re.fullmatch(r"corpus.txt is too small to train a bpe tokenizer of 8192 entries: it yields (\d+) entries; "
+                         r"use more text or a smaller data.vocab_size", str(caught.value))  # fmt: skip
+    assert match, caught.value
+    learned = int(match.group(1))
+    assert 260 < learned < 8192
+    # the count it names is what the text can give: asking for exactly that many succeeds
+    assert train_tokenizer(tiny_corpus_lines, vocab_size=learned).get_vocab_size() == learned
 
 
 def test_seed_does_not_count_special_strings_as_words():

@@ -116,7 +116,7 @@ def test_graphed_decoding_runs_eagerly_on_cpu_and_reports_the_context_vector(tin
 
 
 def test_unknown_generation_mode_is_refused():
-    with pytest.raises(ValueError, match="gen_modes: unknown 'graph'"):
+    with pytest.raises(ValueError, match="gen_modes: must be 'forward' or 'graphed', got 'graph'"):
         BenchConfig(gen_modes=("graph",))
 
 

@@ -115,7 +115,7 @@ def test_a_stage_stopped_by_the_time_limit_keeps_its_best_model_and_says_so(pret
     "flags, named",
     [
         (["--set", "pretrain.lr=0.5"], "pretrain.lr=0.003, this command says 0.5"),
-        (["--set", "pretrain.batch_size=4"], "pretrain.batch_size="),
+        (["--set", "pretrain.batch_size=3"], "pretrain.batch_size=4, this command says 3"),
         (["--set", "pretrain.epochs=3", "--set", "model.dropout=0.3"], "model.dropout=0.1, this command says 0.3 (and 1 more: pretrain.epochs)"),
     ],
 )
