@@ -9,7 +9,7 @@ import pytest
 
 from newllm.cli import main
 from newllm.config import ConfigError, load_config
-from newllm.models import DROPOUT_FIELDS, MODEL_NAMES, BaselineShape, NewLLMConfig, matched_configs
+from newllm.models import DEFAULT_MODEL_NAMES, DROPOUT_FIELDS, MODEL_NAMES, BaselineShape, NewLLMConfig, matched_configs
 
 from ..test_bad_input import STEP_OPTIONS, write_data_dir
 
@@ -31,14 +31,14 @@ def test_step_2_trains_and_saves_with_its_own_dropout(tmp_path, one_thread):
     assert main(["-q", "pretrain", *OPTIONS, *common]) == 0
 
     def dropouts(stage):
-        configs = {name: json.loads((out / f"best_{name}_{stage}" / "config.json").read_text()) for name in MODEL_NAMES}
-        return {name: {configs[name][key] for key in DROPOUT_FIELDS[name]} for name in MODEL_NAMES}
+        configs = {name: json.loads((out / f"best_{name}_{stage}" / "config.json").read_text()) for name in DEFAULT_MODEL_NAMES}
+        return {name: {configs[name][key] for key in DROPOUT_FIELDS[name]} for name in DEFAULT_MODEL_NAMES}
 
     assert main(["-q", "finetune", *OPTIONS, *common]) == 0  # without it: step 1's
-    assert dropouts("wikitext") == dropouts("dialog") == {name: {0.3} for name in MODEL_NAMES}
+    assert dropouts("wikitext") == dropouts("dialog") == {name: {0.3} for name in DEFAULT_MODEL_NAMES}
     assert main(["-q", "finetune", *OPTIONS, *common, "--overwrite", "--set", "finetune.dropout=0.05"]) == 0
-    assert dropouts("dialog") == {name: {0.05} for name in MODEL_NAMES}
-    assert dropouts("wikitext") == {name: {0.3} for name in MODEL_NAMES}  # step 1's checkpoints untouched
+    assert dropouts("dialog") == {name: {0.05} for name in DEFAULT_MODEL_NAMES}
+    assert dropouts("wikitext") == {name: {0.3} for name in DEFAULT_MODEL_NAMES}  # step 1's checkpoints untouched
 
 
 @pytest.mark.parametrize(
