@@ -10,9 +10,10 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-# Full-size LSTM (the cheapest full-size model on a CPU), two optimizer steps per stage, sliced data.
+# Full-size LSTM (the cheapest full-size model on a CPU), two optimizer steps per stage, sliced data (40
+# dialogues: enough windows for step 2's batch of 32).
 EXTRA = (
-    "--set data.train_lines=200 --set data.eval_lines=30 --set data.train_dialogues=20 --set data.eval_dialogues=10 "
+    "--set data.train_lines=200 --set data.eval_lines=30 --set data.train_dialogues=40 --set data.eval_dialogues=10 "
     "--set eval.response_dialogues=3 --set pretrain.max_steps=2 --set finetune.max_steps=2 --set eval.speed_repeats=1 "
     "--set eval.speed_new_tokens=4 --set eval.max_new_tokens=4 --device cpu"
 )

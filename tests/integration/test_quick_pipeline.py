@@ -13,7 +13,7 @@ import pytest
 from newllm.data.dailydialog import load_dailydialog
 from newllm.evaluation.diversity import measure_diversity
 from newllm.evaluation.generation import respond
-from newllm.models import MODEL_NAMES
+from newllm.models import DEFAULT_MODEL_NAMES as MODEL_NAMES  # the models a run trains unless told otherwise
 from newllm.training.checkpoint import load_checkpoint
 
 REPO = Path(__file__).resolve().parents[2]

@@ -82,7 +82,9 @@ def test_seed_tokenizer_never_fails_and_marks_every_line_end(seed_tokenizer, tex
 
 
 @BOUNDED
-@given(turns=st.lists(st.one_of(any_text, long_text), min_size=1, max_size=3), max_new_tokens=st.integers(1, 63))
+# the longest reply a position-embedding model may be asked for: half its positions (the prompt keeps the rest)
+@given(turns=st.lists(st.one_of(any_text, long_text), min_size=1, max_size=3),
+       max_new_tokens=st.integers(1, POSITIONS // 2))  # fmt: skip
 @pytest.mark.parametrize("name", ["tinygpt2", "new_llm"])
 def test_prompt_ids_take_any_turns_and_fit_the_positions(tiny_tokenizer, models, name, turns, max_new_tokens):
     model = models[name]
