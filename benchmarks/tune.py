@@ -2,6 +2,7 @@
 
     python benchmarks/tune.py run RUNS_DIR [--grid configs/grids/study.toml] [--only new_llm] [--gpus 0,1] [--mps] [--deadline UNIX]
     python benchmarks/tune.py collect RUNS_DIR [--previous SUMMARY.json] [--commit SHA] --out docs/results/study_grid.json
+    python benchmarks/tune.py plot SUMMARY.json --out docs/results/study_grid_val_ppl.png
 
 A grid file names a preset, a seed, the axes every family shares and, per family, axes of its own and
 settings that follow another (configs/grids/study.toml). `run` trains the tokenizer once, then runs
@@ -233,6 +234,43 @@ def collect(args) -> int:
     return 0
 
 
+def plot(args) -> int:
+    """Validation perplexity per epoch of every point of a summary: the chosen point of each family bold, the
+    others thin in the same colour, on a log scale (the families lie a factor of two apart)."""
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import NullFormatter, ScalarFormatter
+
+    from newllm.reporting.plots import model_color, model_label, ordered_models, save_figure
+
+    try:
+        summary = json.loads(Path(args.summary).read_text(encoding="utf-8"))
+        rows, chosen = summary["points"], summary["chosen"]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise SystemExit(f"tune.py: {args.summary}: not a summary of this script ({err})") from None
+    fig = Figure(figsize=(7.5, 4.5))
+    ax = fig.add_subplot()
+    families = ordered_models({row["family"] for row in rows})
+    for index, family in enumerate(families):
+        color = model_color(family, index)
+        for row in (r for r in rows if r["family"] == family and r.get("val_ppl_by_epoch")):
+            best = row["name"] == chosen.get(family)
+            ppl = row["val_ppl_by_epoch"]
+            ax.plot(range(1, len(ppl) + 1), ppl, color=color, lw=2.2 if best else 0.8, alpha=1.0 if best else 0.45,
+                    label=f"{model_label(family)}: {row['val_ppl']:.2f} (chosen)" if best else None)  # fmt: skip
+    ax.set_yscale("log")
+    ax.yaxis.set_major_formatter(ScalarFormatter())
+    ax.yaxis.set_minor_formatter(NullFormatter())
+    ax.set_yticks([40, 50, 60, 80, 100, 150, 200])
+    ax.set_ylim(top=min(ax.get_ylim()[1], 250))
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("validation token perplexity (log scale)")
+    ax.set_title("The study grid: every point of every family (thin), the one chosen on validation (bold)", fontsize=9)
+    ax.grid(True, which="major", alpha=0.3)
+    ax.legend(fontsize=8)
+    print(f"wrote {save_figure(fig, args.out)}")
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="action", required=True)
@@ -251,8 +289,11 @@ def main(argv=None) -> int:
     collect_p.add_argument("--out", default=None)
     collect_p.add_argument("--previous", default=None, help="an earlier summary whose points stand where RUNS_DIR has none")
     collect_p.add_argument("--commit", default=None, help="the commit that ran (default: git rev-parse HEAD here)")
+    plot_p = sub.add_parser("plot", help="validation perplexity per epoch of every point of a summary")
+    plot_p.add_argument("summary")
+    plot_p.add_argument("--out", required=True)
     args = parser.parse_args(argv)
-    return run(args) if args.action == "run" else collect(args)
+    return {"run": run, "collect": collect, "plot": plot}[args.action](args)
 
 
 if __name__ == "__main__":

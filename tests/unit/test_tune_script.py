@@ -144,3 +144,13 @@ def test_the_peers_grid_gives_mamba2_the_breadth_of_every_other_family(tune):
     # no dropout axis: the architecture has none (the registry's dropout fields are empty)
     assert all("model.dropout" not in p["settings"] for p in peers)
     assert {p["settings"]["pretrain.weight_decay"] for p in peers} == {0.0, 0.1}
+
+
+def test_plot_draws_every_point_of_the_committed_grid_and_refuses_other_json(tune, tmp_path):
+    out = tmp_path / "grid.png"
+    assert tune.main(["plot", str(ROOT / "docs" / "results" / "study_grid_h200.json"), "--out", str(out)]) == 0
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    (tmp_path / "other.json").write_text('{"rows": []}')
+    with pytest.raises(SystemExit, match="not a summary of this script"):
+        tune.main(["plot", str(tmp_path / "other.json"), "--out", str(tmp_path / "x.png")])
+    assert not (tmp_path / "x.png").exists()
