@@ -5,7 +5,8 @@
 #   benchmarks/full_schedule.sh RUNS_DIR            # returns when every run has ended; progress: RUNS_DIR/*.log
 #   SEEDS="0" PLAN="full:new_llm full:tinygpt2" benchmarks/full_schedule.sh RUNS_DIR
 #   MPS=1 DEADLINE=$(( $(date +%s) + 25 * 60 )) benchmarks/full_schedule.sh RUNS_DIR   # a GPU lease of ~27 min
-#   python benchmarks/collect_full_schedule.py RUNS_DIR --out summary.json --plot val_ppl.png
+#   newllm collect RUNS_DIR/*/ --out summary.json     # test numbers per preset and model, mean ± std over seeds
+#   python benchmarks/collect_full_schedule.py RUNS_DIR --out summary.json --plot val_ppl.png   # + curves, timings
 #
 # PLAN entries are <row>:<model>, or <row>:<model>:<seeds> for seeds of its own instead of SEEDS
 # (comma-separated: PLAN="full_residual_norm_dropout4:new_llm:0 full_residual_norm_dropout5:new_llm:0,1,2").
