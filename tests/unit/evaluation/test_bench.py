@@ -279,3 +279,16 @@ def test_the_new_llm_variant_is_built_and_named():
     assert new_llm_variant(dataclasses.asdict(quick_bench_config())) is None
     with pytest.raises(ValueError, match="cell"):
         bench.bench_models(dataclasses.replace(config, cell="attention"))
+
+
+def test_the_peer_is_benched_beside_new_llm_with_a_flat_state():
+    """Mamba-2 through the same training and decoding rows: its state (conv and SSM states) does not grow."""
+    config = dataclasses.replace(quick_bench_config(), models=("new_llm", "mamba2"), precisions=("fp32",),
+                                 compile_modes=("eager",))  # fmt: skip
+    results = run_bench(config, "cpu", progress=False)
+    assert {r["model"] for r in results["training"] if measured(r, "tokens_per_s")} == {"new_llm", "mamba2"}
+    for batch in config.gen_batch_sizes:
+        mamba2 = fp32_state_bytes(results, "mamba2", batch)
+        assert sorted(mamba2) == sorted(config.context_lengths)
+        new_llm = fp32_state_bytes(results, "new_llm", batch)
+        assert len(set(mamba2.values())) == 1 and min(mamba2.values()) > max(new_llm.values())
