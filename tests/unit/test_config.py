@@ -277,9 +277,10 @@ def test_each_study_preset_is_its_familys_chosen_grid_point(family):
 
 
 ABLATIONS = {  # configs/study_without_<lever>.toml: the settings in which it differs from the chosen cell
-    "mlp_blocks": {"model.block": "linear"},
+    # the two levers that change the size also change the width, back to the chosen cell's budget
+    "mlp_blocks": {"model.block": "linear", **{f"model.{k}_size": 600 for k in ("embedding", "context", "hidden")}},
     "final_norm": {"model.final_norm": False},
-    "tied_head": {"model.tie_embeddings": False},
+    "tied_head": {"model.tie_embeddings": False, **{f"model.{k}_size": 296 for k in ("embedding", "context", "hidden")}},
     "tanh": {"model.candidate": "linear", "model.context_clamp": 10.0},
     "forget_bias": {"model.forget_bias": 0.0},
     "weight_decay": {"pretrain.weight_decay": 0.0, "finetune.weight_decay": 0.0},
@@ -301,6 +302,24 @@ def test_each_study_ablation_removes_one_lever_and_builds(lever, tiny_tokenizer)
     assert ablation == dataclasses.replace(expected, preset=f"study_without_{lever}")
     assert ablation != dataclasses.replace(load_config("study_new_llm"), preset=ablation.preset)
     model_configs(dataclasses.replace(ablation, data=dataclasses.replace(ablation.data, vocab_size=512)), tiny_tokenizer)
+
+
+def test_each_study_ablation_keeps_the_chosen_cells_parameter_budget():
+    """An ablation compares levers, not sizes: every one within ±5 % of the chosen cell's parameters."""
+    from newllm.models import NewLLMConfig
+    from newllm.models.registry import parameter_count
+    from newllm.pipeline.setup import NEW_LLM_OPTIONS
+
+    def count(preset):
+        c = load_config(preset)
+        options = {key: getattr(c.model, key) for key in NEW_LLM_OPTIONS}
+        return parameter_count("new_llm", NewLLMConfig(vocab_size=c.data.vocab_size, num_hidden_layers=c.model.num_layers,
+                                                       **options))  # fmt: skip
+
+    chosen = count("study_new_llm")
+    assert chosen == 7_441_280
+    for lever in ABLATIONS:
+        assert abs(count(f"study_without_{lever}") - chosen) <= 0.05 * chosen, lever
 
 
 def test_provenance_names_the_settings_changed_from_the_preset():
