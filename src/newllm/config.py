@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -284,6 +285,10 @@ class ExperimentConfig:
 
     def __post_init__(self):
         check_limits(self, EXPERIMENT_LIMITS)
+        # The device's name is checked here, before any work; whether this machine has it is checked where
+        # the step starts (pipeline.setup.runtime), since this layer imports no torch.
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
+            raise ConfigError(f"device: unknown device {self.device!r}: use auto, cpu, cuda or cuda:N")
         if not self.output_dir.strip():
             raise ConfigError("output_dir: must name a folder, got ''")
         if self.pretrain.dropout is not None:
@@ -366,8 +371,8 @@ EVAL_LIMITS = {
     "stream_lanes": POSITIVE_INT,
 }
 EXPERIMENT_LIMITS = {"precision": ("auto", "fp32", "bf16")}
-# Free-form, or checked where they are used: paths, the preset's name, the device (pipeline.device_from_name)
-# and the prompts (EvalConfig checks each is not empty).
+# Free-form, or checked where they are used: paths, the preset's name, the device (its name in
+# ExperimentConfig, its presence in pipeline.setup.runtime) and the prompts (EvalConfig checks each is not empty).
 FREE_FIELDS = {"data_dir", "output_dir", "preset", "device", "prompts", "names"}
 
 

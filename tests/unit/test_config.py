@@ -331,3 +331,10 @@ def test_provenance_names_the_settings_changed_from_the_preset():
     record = provenance(config, "cpu", {"torch": "x", "cpu": "some cpu"})
     assert (record["preset"], record["seeds"]["pretrain"], record["device"]) == ("quick", config.pretrain.seed, "some cpu")
     assert record["config_file"].endswith("quick.toml")
+
+
+@pytest.mark.parametrize("device", ["gpu", "cuda:", "cuda:x", "CPU", ""])
+def test_a_device_name_is_checked_when_the_config_is_built(device):
+    with pytest.raises(ConfigError, match=f"device: unknown device {device!r}: use auto, cpu, cuda or cuda:N"):
+        load_config("quick", [f"device={device}"])
+    assert load_config("quick", ["device=cuda:1"]).device == "cuda:1"  # whether it exists is the step's check
