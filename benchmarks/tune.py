@@ -192,10 +192,9 @@ def read_point(runs_dir: Path, point: dict) -> dict:
 
 def provenance(commit: str | None = None) -> dict:
     if commit is None:
-        try:
-            commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-        except OSError:
-            commit = ""
+        from newllm.pipeline.setup import git_commit
+
+        commit = git_commit()
     device = ""
     try:
         import torch

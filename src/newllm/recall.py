@@ -18,7 +18,6 @@ import datetime
 import itertools
 import logging
 import math
-import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +32,7 @@ from newllm.evaluation.speed import environment
 from newllm.models.new_llm.modeling import FAST_PATHS
 from newllm.models.registry import MODELS, build_model, count_parameters
 from newllm.pipeline import NEW_LLM_OPTIONS, device_from_name
+from newllm.pipeline.setup import git_commit
 
 logger = logging.getLogger(__name__)
 
@@ -234,16 +234,6 @@ def train_recall(model, train, test, config: RecallConfig, device, seed: int) ->
 # ---------------------------------------------------------------- the sweep
 
 
-def _commit() -> str | None:
-    """The checkout's commit, None outside a git checkout."""
-    try:
-        done = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, check=False,
-                              text=True, timeout=10)  # fmt: skip
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return done.stdout.strip() or None
-
-
 def run_recall(config: RecallConfig, device: str = "cpu", command: str | None = None) -> dict:
     """Every run of the sweep, as one JSON-ready results dict (provenance at the top, one row per run)."""
     device = device_from_name(device)
@@ -280,7 +270,7 @@ def run_recall(config: RecallConfig, device: str = "cpu", command: str | None = 
         "study_cell": options,
         "labels": {family: FAMILIES[family][1] for family in config.models},
         "seeds": list(config.seeds),
-        "commit": _commit(),
+        "commit": git_commit(),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "device": device,
         "environment": environment(),

@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass
 import torch
 from tqdm.auto import tqdm
 
-from newllm.config import MODEL_NAMES, NEW_LLM_CELLS, POSITIVE_INT, Bound, check_limits
+from newllm.config import DEFAULT_MODEL_NAMES, MODEL_NAMES, NEW_LLM_CELLS, POSITIVE_INT, Bound, check_limits
 from newllm.evaluation.decoding import PREFILL_CHUNK, Decoder, SamplingOptions, cache_bytes, has_graphed_backend
 from newllm.evaluation.perplexity import autocast_context
 from newllm.evaluation.speed import environment, median_seconds, time_decoding
@@ -76,7 +76,7 @@ class BenchConfig:
     gen_tokens: int = 64
     warmup: int = 2
     repeats: int = 5
-    models: tuple[str, ...] = ("new_llm", "tinygpt2", "lstm")
+    models: tuple[str, ...] = DEFAULT_MODEL_NAMES
     seed: int = 0
 
     def __post_init__(self):

@@ -133,7 +133,7 @@ def pretrain(config: ExperimentConfig, resume: bool = False, overwrite: bool = F
                 logger.info("%s: stateful training is for the recurrent models; shuffled windows instead", name)
                 train_config = dataclasses.replace(train_config, stateful=False)
         run_stage(config, name, "wikitext", model=model, train_dataset=windows, eval_dataset=valid_set,
-                  train_config=train_config, tokenizer=tokenizer, pad=special_ids(tokenizer).pad, runtime=run,
+                  train_config=train_config, tokenizer=tokenizer, runtime=run,
                   resume=resume, overwrite=overwrite, progress=progress)  # fmt: skip
 
 
@@ -167,7 +167,7 @@ def finetune(config: ExperimentConfig, resume: bool = False, overwrite: bool = F
         set_seed(config.finetune.seed)
         logger.info("step 2: %s on DailyDialog from %s", name, parents[name])
         run_stage(config, name, "dialog", model=model, train_dataset=sets["train"], eval_dataset=sets["validation"],
-                  train_config=config.finetune, tokenizer=tokenizer, pad=special_ids(tokenizer).pad, runtime=run,
+                  train_config=config.finetune, tokenizer=tokenizer, runtime=run,
                   resume=resume, overwrite=overwrite, progress=progress, parent=parents[name])  # fmt: skip
 
 

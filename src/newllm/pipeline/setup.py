@@ -242,9 +242,10 @@ def _flat(values: dict, prefix: str = "") -> dict:
 def check_resume_settings(config: ExperimentConfig, step: str) -> None:
     """--resume continues the same run: a setting that changes training (learning rate, schedule, sizes,
     data, model, seed, precision) differing from the run's experiment.json is refused, naming it."""
-    path = RunDir(config.output_dir).experiment
+    folder = RunDir(config.output_dir)
+    path = folder.experiment
     try:
-        recorded = RunDir(config.output_dir).read_experiment()
+        recorded = folder.read_experiment()
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise ValueError(f"--resume: cannot read the run's settings from {path} ({err})") from None
     if recorded is None:
@@ -285,18 +286,22 @@ def command_line() -> str:
 # --- provenance ------------------------------------------------------------------------------------------------
 
 
-def _git_commit() -> str | None:
-    """The commit of the newllm checkout running, with "+changes" where its tracked files differ; None outside git."""
+def git_commit() -> str | None:
+    """The commit of the newllm checkout running, with "+changes" where its tracked files differ; None where newllm
+    is not a checkout's tracked source (an installed copy, even one inside somebody else's repository)."""
     source = Path(__file__).resolve().parent
+
+    def git(*args) -> subprocess.CompletedProcess:
+        return subprocess.run(["git", *args], cwd=source, capture_output=True, text=True, timeout=10, check=False)
+
     try:
-        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=source, capture_output=True, text=True, timeout=10, check=False)
-        if head.returncode != 0:
+        if git("ls-files", "--error-unmatch", Path(__file__).name).returncode != 0:
             return None
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=source,
-                               capture_output=True, text=True, timeout=10, check=False).stdout.strip()  # fmt: skip
+        head = git("rev-parse", "HEAD")
+        dirty = git("status", "--porcelain", "--untracked-files=no").stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return None
-    return head.stdout.strip() + ("+changes" if dirty else "")
+    return head.stdout.strip() + ("+changes" if dirty else "") if head.returncode == 0 else None
 
 
 def changed_settings(config: ExperimentConfig) -> dict | None:
@@ -322,7 +327,7 @@ def provenance(config: ExperimentConfig, device: str, environment: dict) -> dict
         "changed_settings": changed_settings(config),
         "seeds": {"pretrain": config.pretrain.seed, "finetune": config.finetune.seed},
         "command": command_line(),
-        "commit": _git_commit(),
+        "commit": git_commit(),
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "device": environment.get("gpu") or environment.get("cpu") or device,
         "output_dir": str(config.output_dir),

@@ -7,6 +7,7 @@ import logging
 
 from newllm.config import ExperimentConfig, TrainConfig
 from newllm.data.batching import collate
+from newllm.data.tokenizer import special_ids
 from newllm.models import count_parameters, usable_positions
 from newllm.pipeline.setup import Runtime
 from newllm.reporting.plots import plot_training_curves
@@ -40,7 +41,6 @@ def run_stage(
     eval_dataset,
     train_config: TrainConfig,
     tokenizer,
-    pad: int,
     runtime: Runtime,
     resume: bool,
     overwrite: bool,
@@ -52,6 +52,7 @@ def run_stage(
     Resuming continues from the stage's latest complete checkpoint (also when a time limit stopped it);
     a stage that never saved one starts again, its half-written folder cleared."""
     folder = RunDir(config.output_dir)
+    pad_id = special_ids(tokenizer).pad
     state = folder.state(name, stage) if resume else StageState.FRESH
     if state is StageState.DONE:
         logger.info("%s/%s: finished earlier (%s); skipped", name, stage, folder.complete(name, stage))
@@ -62,7 +63,7 @@ def run_stage(
         model=model,
         train_dataset=train_dataset,
         eval_dataset=eval_dataset,
-        collator=lambda batch: collate(batch, pad),
+        collator=lambda batch: collate(batch, pad_id),
         config=train_config,
         run_dir=folder.stage(name, stage),
         device=runtime.device,

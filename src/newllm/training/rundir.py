@@ -36,8 +36,8 @@ class StageState(Enum):
 class RunDir:
     root: Path
 
-    def __init__(self, root):
-        object.__setattr__(self, "root", Path(root))
+    def __post_init__(self):
+        object.__setattr__(self, "root", Path(self.root))  # a str is welcome too
 
     @property
     def tokenizer(self) -> Path:

@@ -16,7 +16,6 @@ stay linear.
 from __future__ import annotations
 
 import torch
-from torch import nn
 from torch.nn import functional as F
 
 from newllm.models.new_llm.cell import BaseCell
