@@ -129,6 +129,15 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
+    """Which models, New-LLM's architecture, and how the baselines are sized to it.
+
+    Every field but `names` and BASELINE_FIELDS is a `NewLLMConfig` argument of the same name (`num_layers`
+    is its `num_hidden_layers`) with the same default: NewLLMConfig documents and checks them, and
+    `new_llm_arguments` hands them over. They are repeated here, not imported, so that this layer stays
+    stdlib-only and a misspelt `--set` fails in milliseconds, before torch loads; tests/unit/test_config.py
+    holds the two to the same names, defaults and choices.
+    """
+
     names: tuple[str, ...] = DEFAULT_MODEL_NAMES  # the peers (mamba2) join where a preset or --models names them
     # New-LLM; the baselines are sized to its parameter count.
     embedding_size: int = 256
@@ -178,6 +187,20 @@ class ModelConfig:
             raise ConfigError(
                 f"context_scales: must divide context_size ({self.context_size}), got {self.context_scales}"
             )
+
+    def new_llm_arguments(self) -> dict:
+        """New-LLM's fields as `NewLLMConfig` arguments (all but the vocabulary and the special token ids)."""
+        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in BASELINE_FIELDS}
+        fields["num_hidden_layers"] = fields.pop("num_layers")
+        return fields
+
+    def baseline_shape(self) -> dict:
+        """The arguments of models.registry.BaselineShape: how the baselines are shaped and sized to New-LLM."""
+        return {name: getattr(self, name) for name in (*BASELINE_FIELDS[1:], "dropout")}
+
+
+# ModelConfig's fields that are not New-LLM's: which models run, and the baselines' shape and sizing.
+BASELINE_FIELDS = ("names", "gpt2_layers", "gpt2_positions", "lstm_layers", "mamba2_layers", "tolerance")
 
 
 @dataclass(frozen=True)

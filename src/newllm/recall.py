@@ -31,7 +31,7 @@ from newllm.evaluation.decoding import cache_bytes, output_cache
 from newllm.evaluation.speed import environment
 from newllm.models.new_llm.modeling import FAST_PATHS
 from newllm.models.registry import MODELS, build_model, count_parameters
-from newllm.pipeline import NEW_LLM_OPTIONS, device_from_name
+from newllm.pipeline import device_from_name
 from newllm.pipeline.setup import git_commit
 
 logger = logging.getLogger(__name__)
@@ -43,7 +43,7 @@ TEST_SEED_OFFSET = 1_000_003
 # The New-LLM cell of the context-vector study (configs/study.toml), run beside the prototype's default cell.
 STUDY_PRESET = "study"
 # New-LLM fields that the sweep sets itself: the width, the depth, and no dropout (MQAR has no noise to regularise).
-SWEPT_FIELDS = ("embedding_size", "context_size", "hidden_size", "num_layers", "dropout", "embedding_dropout",
+SWEPT_FIELDS = ("embedding_size", "context_size", "hidden_size", "num_hidden_layers", "dropout", "embedding_dropout",
                 "context_dropout")  # fmt: skip
 # The families: the registry's models, plus New-LLM once more with the study's cell.
 FAMILIES = {
@@ -140,8 +140,8 @@ def load_recall_config(path: str | Path | None, quick: bool = False, overrides: 
 
 def study_options() -> dict:
     """configs/study.toml's New-LLM cell (block, norms, candidate, tying ...), without its sizes and dropout."""
-    model = load_config(STUDY_PRESET).model
-    return {key: getattr(model, key) for key in NEW_LLM_OPTIONS if key not in SWEPT_FIELDS}
+    arguments = load_config(STUDY_PRESET).model.new_llm_arguments()
+    return {key: value for key, value in arguments.items() if key not in SWEPT_FIELDS}
 
 
 def model_config(family: str, width: int, config: RecallConfig, seq_len: int, options: dict | None = None):

@@ -22,10 +22,7 @@ def test_every_ablation_config_loads_and_builds_its_new_llm(path):
     assert config.preset == f"ablation-{path.stem}"
     # the H200 ablations take the fast path; small_cpu*.toml ran eagerly on a CPU, as recorded in results.md
     assert (config.pretrain.epochs, config.pretrain.compile) == (4, not path.stem.startswith("small_cpu"))
-    m = config.model  # the options reach a valid NewLLMConfig
-    NewLLMConfig(vocab_size=64, embedding_size=m.embedding_size, context_size=m.context_size, hidden_size=m.hidden_size,
-                 cell=m.cell, residual=m.residual, ffn_norm=m.ffn_norm, context_scales=m.context_scales,
-                 forget_bias=m.forget_bias, embedding_dropout=m.embedding_dropout)  # fmt: skip
+    NewLLMConfig(vocab_size=64, **config.model.new_llm_arguments())  # the options reach a valid NewLLMConfig
 
 
 def test_full_preset_is_the_prototype_schedule():
@@ -189,6 +186,38 @@ def test_config_knows_the_new_llm_choices_and_the_trainers_schedulers():
     assert set(SCHEDULERS) <= {s.value for s in SchedulerType}
 
 
+def test_the_model_section_mirrors_new_llm_config_names_defaults_and_limits():
+    """ModelConfig repeats NewLLMConfig's arguments (config.py stays stdlib-only): the same names and defaults, and
+    every value the experiment's limits refuse, NewLLMConfig refuses as well."""
+    import inspect
+    import math
+
+    from newllm.config import MODEL_LIMITS, Bound, ModelConfig
+    from newllm.models.new_llm import NewLLMConfig
+
+    parameters = inspect.signature(NewLLMConfig.__init__).parameters
+    not_preset = {"self", "kwargs", "vocab_size", "layer_norm_eps", "initializer_range", "use_cache"}
+    arguments = ModelConfig().new_llm_arguments()
+    assert set(arguments) == set(parameters) - not_preset
+    assert arguments == {k: parameters[k].default for k in arguments}
+    from newllm.models.registry import BaselineShape
+
+    assert set(ModelConfig().baseline_shape()) == {f.name for f in dataclasses.fields(BaselineShape)}
+    limited = {"num_layers" if k == "num_hidden_layers" else k for k in arguments if not isinstance(arguments[k], bool)}
+    assert limited <= set(MODEL_LIMITS)
+    for name in limited:
+        field = "num_hidden_layers" if name == "num_layers" else name
+        allowed = MODEL_LIMITS[name]
+        if isinstance(allowed, Bound):
+            refused = [math.nan] + ([allowed.low if allowed.low_open else allowed.low - 1] if allowed.low is not None else [])
+            refused += [allowed.high if allowed.high_open else allowed.high + 1] if allowed.high is not None else []
+        else:
+            refused = ["nonsense"]
+        for value in refused:
+            with pytest.raises(ValueError, match=field):
+                NewLLMConfig(**{**arguments, field: value})
+
+
 @pytest.mark.parametrize(
     "names, message",
     [
@@ -308,13 +337,10 @@ def test_each_study_ablation_keeps_the_chosen_cells_parameter_budget():
     """An ablation compares levers, not sizes: every one within ±5 % of the chosen cell's parameters."""
     from newllm.models import NewLLMConfig
     from newllm.models.registry import parameter_count
-    from newllm.pipeline.setup import NEW_LLM_OPTIONS
 
     def count(preset):
         c = load_config(preset)
-        options = {key: getattr(c.model, key) for key in NEW_LLM_OPTIONS}
-        return parameter_count("new_llm", NewLLMConfig(vocab_size=c.data.vocab_size, num_hidden_layers=c.model.num_layers,
-                                                       **options))  # fmt: skip
+        return parameter_count("new_llm", NewLLMConfig(vocab_size=c.data.vocab_size, **c.model.new_llm_arguments()))
 
     chosen = count("study_new_llm")
     assert chosen == 7_441_280

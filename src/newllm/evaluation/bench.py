@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass
 import torch
 from tqdm.auto import tqdm
 
-from newllm.config import DEFAULT_MODEL_NAMES, MODEL_NAMES, NEW_LLM_CELLS, POSITIVE_INT, Bound, check_limits
+from newllm.config import DEFAULT_MODEL_NAMES, MODEL_NAMES, POSITIVE_INT, Bound, check_limits, load_config
 from newllm.evaluation.decoding import PREFILL_CHUNK, Decoder, SamplingOptions, cache_bytes, has_graphed_backend
 from newllm.evaluation.perplexity import autocast_context
 from newllm.evaluation.speed import environment, median_seconds, time_decoding
@@ -50,16 +50,9 @@ class BenchConfig:
     """Model sizes and the grid the benchmark measures (see benchmarks/README.md)."""
 
     vocab_size: int = 8192
-    # New-LLM's size; the baselines are matched to its parameter count within ±5 %.
-    embedding_size: int = 256
-    context_size: int = 256
-    hidden_size: int = 512
-    num_layers: int = 3
-    # New-LLM's variant (NewLLMConfig): the prototype's cell by default; "parallel" with residual and
-    # ffn_norm is configs/full_parallel.toml's. The baselines are matched to whichever is measured.
-    cell: str = "prototype"
-    residual: bool = False
-    ffn_norm: bool = False
+    # The experiment preset whose [model] gives New-LLM's architecture and the baselines' shape ("full": the
+    # prototype's cell; "full_parallel", "study" ...). The baselines are matched to whichever is measured.
+    preset: str = "full"
     gpt2_positions: int = 1024
     batch_sizes: tuple[int, ...] = (64, 256)
     seq_lens: tuple[int, ...] = (64, 128)
@@ -82,16 +75,13 @@ class BenchConfig:
     def __post_init__(self):
         # Checked when the config is built, like the experiment's: --set batch_sizes=0 fails before any model is built.
         check_limits(self, BENCH_LIMITS)
+        load_config(self.preset)  # an unknown or broken preset fails here, naming itself
 
 
-# The allowed values of every setting but the switches (cell options, compile_on_cpu); test_bench.py checks that.
+# The allowed values of every setting but the switch compile_on_cpu and the preset (load_config checks that
+# it exists and what it holds); test_bench.py checks that.
 BENCH_LIMITS = {
     "vocab_size": POSITIVE_INT,
-    "embedding_size": POSITIVE_INT,
-    "context_size": POSITIVE_INT,
-    "hidden_size": POSITIVE_INT,
-    "num_layers": POSITIVE_INT,
-    "cell": NEW_LLM_CELLS,
     "gpt2_positions": Bound(2),  # one token of context and one to predict
     "batch_sizes": POSITIVE_INT,
     "seq_lens": POSITIVE_INT,
@@ -113,8 +103,7 @@ def quick_bench_config() -> BenchConfig:
     """Tiny sizes so that the whole bench runs on two CPU cores in well under a minute."""
     # 256 positions: GPT-2 then cannot decode after the 512-token context, the skip the real bench shows at 65,536.
     return BenchConfig(
-        vocab_size=1024, embedding_size=32, context_size=32, hidden_size=64, num_layers=2,
-        gpt2_positions=256, batch_sizes=(8,), seq_lens=(32,), precisions=("fp32",), compile_modes=("eager",),
+        vocab_size=1024, preset="quick", gpt2_positions=256, batch_sizes=(8,), seq_lens=(32,), precisions=("fp32",), compile_modes=("eager",),
         context_lengths=(32, 128, 512), gen_batch_sizes=(1,), gen_modes=("forward",), gen_tokens=8, warmup=1, repeats=2,
         cpu_threads=1,
     )  # fmt: skip
@@ -271,21 +260,17 @@ def summarize_training(rows: list[dict]) -> tuple[list[dict], list[dict]]:
 
 def bench_models(config: BenchConfig) -> dict:
     """Fresh models of `config.models`, the baselines matched to New-LLM's parameter count."""
+    model = load_config(config.preset).model
     new_llm = NewLLMConfig(
         vocab_size=config.vocab_size,
-        embedding_size=config.embedding_size,
-        context_size=config.context_size,
-        hidden_size=config.hidden_size,
-        num_hidden_layers=config.num_layers,
-        cell=config.cell,
-        residual=config.residual,
-        ffn_norm=config.ffn_norm,
         # 0 is the tokenizer's pad / end-of-text id; copied to the baselines, where GPT-2's default 50256 exceeds V.
         bos_token_id=0,
         eos_token_id=0,
         pad_token_id=0,
+        **model.new_llm_arguments(),
     )
-    configs = matched_configs(new_llm, config.models, BaselineShape(gpt2_positions=config.gpt2_positions))
+    shape = BaselineShape(**{**model.baseline_shape(), "gpt2_positions": config.gpt2_positions})
+    configs = matched_configs(new_llm, config.models, shape)
     models = {}
     for name in config.models:
         torch.manual_seed(config.seed)

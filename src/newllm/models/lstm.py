@@ -10,13 +10,7 @@ import torch
 from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, GenerationMixin, PretrainedConfig, PreTrainedModel
 
-from newllm.models.recurrent import (
-    RecurrentCache,
-    RecurrentGenerationMixin,
-    RecurrentLMOutput,
-    needs_state_mask,
-    shifted_lm_loss,
-)
+from newllm.models.recurrent import RecurrentGenerationMixin, needs_state_mask
 
 
 class LSTMLMConfig(PretrainedConfig):
@@ -113,32 +107,16 @@ class LSTMForCausalLM(RecurrentGenerationMixin, LSTMLMPreTrainedModel, Generatio
             outputs.append(out)
         return torch.cat(outputs, dim=1), hc
 
-    def forward(
-        self,
-        input_ids: torch.LongTensor,
-        attention_mask: torch.Tensor | None = None,
-        labels: torch.LongTensor | None = None,
-        state: RecurrentCache | None = None,
-        use_cache: bool | None = None,
-        **kwargs,
-    ) -> RecurrentLMOutput:
-        batch_size = input_ids.shape[0]
+    def window(self, input_ids, states, attention_mask):
         embeddings = self.dropout(self.embed_tokens(input_ids))  # (B, T, E)
-        if state is None:
-            shape = (self.config.num_hidden_layers, batch_size, self.config.hidden_size)
-            zeros = embeddings.new_zeros(shape)
+        if states is None:
+            zeros = embeddings.new_zeros(self.config.num_hidden_layers, input_ids.shape[0], self.config.hidden_size)
             hc = (zeros, zeros)
         else:
             # The cache keeps the batch first (for beam reordering); nn.LSTM wants (L, B, H).
-            hc = tuple(s.transpose(0, 1).contiguous() for s in state.states)
+            hc = tuple(s.transpose(0, 1).contiguous() for s in states)
         hidden, hc = self._run_lstm(embeddings, hc, attention_mask)
-        logits = self.lm_head(self.dropout(hidden))  # (B, T, V)
-        loss = shifted_lm_loss(logits, labels) if labels is not None else None
-        cache = None
-        if use_cache if use_cache is not None else self.config.use_cache:
-            seen = state.seen_tokens if state is not None else 0
-            cache = RecurrentCache(tuple(s.transpose(0, 1) for s in hc), seen + input_ids.shape[1])
-        return RecurrentLMOutput(loss=loss, logits=logits, state=cache)
+        return self.lm_head(self.dropout(hidden)), tuple(s.transpose(0, 1) for s in hc)  # (B, T, V)
 
 
 AutoConfig.register(LSTMLMConfig.model_type, LSTMLMConfig, exist_ok=True)

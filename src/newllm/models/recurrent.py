@@ -67,7 +67,33 @@ def shifted_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 
 class RecurrentGenerationMixin:
-    """Wires a `RecurrentCache` into `transformers.GenerationMixin`; mix in before it."""
+    """The causal-LM contract of a recurrent model, with its `RecurrentCache` wired into
+    `transformers.GenerationMixin`; mix in before it. A model supplies only `window`: how its logits and
+    next state follow from a window of tokens and the state before it."""
+
+    def window(
+        self, input_ids: torch.LongTensor, states: tuple[torch.Tensor, ...] | None, attention_mask: torch.Tensor | None
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+        """(B, T) ids, the state tensors (batch first; None: the initial state) → logits (B, T, V), next state."""
+        raise NotImplementedError
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor,
+        attention_mask: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        state: RecurrentCache | None = None,
+        use_cache: bool | None = None,
+        **kwargs,
+    ) -> RecurrentLMOutput:
+        """`labels=input_ids` (shifted inside, -100 ignored); `state` continues from an earlier call's cache."""
+        logits, states = self.window(input_ids, state.states if state is not None else None, attention_mask)
+        loss = shifted_lm_loss(logits, labels) if labels is not None else None
+        cache = None
+        if use_cache if use_cache is not None else self.config.use_cache:
+            seen = state.seen_tokens if state is not None else 0
+            cache = RecurrentCache(states, seen + input_ids.shape[1])
+        return RecurrentLMOutput(loss=loss, logits=logits, state=cache)
 
     @classmethod
     def _supports_default_dynamic_cache(cls) -> bool:

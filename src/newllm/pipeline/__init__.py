@@ -41,7 +41,6 @@ from newllm.pipeline.scores import (
     stage_summary,
 )
 from newllm.pipeline.setup import (
-    NEW_LLM_OPTIONS,
     RESUME_CHECKED,
     RESUME_SAFE,
     check_batches_fit,
@@ -69,7 +68,7 @@ from newllm.training.lock import folder_lock
 from newllm.training.rundir import STAGES, RunDir
 
 __all__ = [
-    "NEW_LLM_OPTIONS", "RESUME_CHECKED", "RESUME_SAFE", "STAGES", "device_from_name", "evaluate", "finetune",
+    "RESUME_CHECKED", "RESUME_SAFE", "STAGES", "device_from_name", "evaluate", "finetune",
     "load_dialog_splits", "load_wikitext_splits", "model_configs", "prepare_tokenizer", "pretrain", "run_pipeline",
 ]  # fmt: skip
 

@@ -3,9 +3,7 @@ experiment.json, the resume check, and the provenance that results.json records.
 
 from __future__ import annotations
 
-import dataclasses
 import datetime
-import inspect
 import logging
 import shlex
 import subprocess
@@ -15,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from newllm.config import ExperimentConfig, ModelConfig, TrainConfig, load_config, preset_path
+from newllm.config import ExperimentConfig, TrainConfig, load_config, preset_path
 from newllm.data.dailydialog import DialogSplit, load_dailydialog
 from newllm.data.tokenizer import (
     describe_tokenizer,
@@ -189,34 +187,18 @@ def check_batches_fit(windows, train: TrainConfig, step: str, source: str) -> No
 
 # --- the models ------------------------------------------------------------------------------------------------
 
-NEW_LLM_OPTIONS = tuple(
-    f.name for f in dataclasses.fields(ModelConfig) if f.name in inspect.signature(NewLLMConfig.__init__).parameters
-)
-
-
 def model_configs(config: ExperimentConfig, tokenizer) -> dict:
     """Configs of every model in the experiment, baselines sized to New-LLM's parameter count."""
     ids = special_ids(tokenizer)
     m = config.model
-    # Every [model] setting that is a NewLLMConfig argument of the same name passes through as it is
-    # (num_layers is num_hidden_layers there): a new option is a field in each, not a third edit here.
-    options = {key: getattr(m, key) for key in NEW_LLM_OPTIONS}
     new_llm = NewLLMConfig(
         vocab_size=tokenizer.get_vocab_size(),
-        num_hidden_layers=m.num_layers,
         bos_token_id=ids.end_of_text,
         eos_token_id=ids.end_of_text,
         pad_token_id=ids.pad,
-        **options,
+        **m.new_llm_arguments(),
     )
-    shape = BaselineShape(
-        gpt2_layers=m.gpt2_layers,
-        gpt2_positions=m.gpt2_positions,
-        lstm_layers=m.lstm_layers,
-        mamba2_layers=m.mamba2_layers,
-        dropout=m.dropout,
-        tolerance=m.tolerance,
-    )
+    shape = BaselineShape(**m.baseline_shape())
     longest = max(config.data.block_size, config.data.dialog_block_size) + 1
     if m.gpt2_positions < longest:
         raise ValueError(f"model.gpt2_positions ({m.gpt2_positions}) must cover the longest window ({longest})")

@@ -201,7 +201,10 @@ def _notes(results: Mapping[str, Any]) -> list[str]:
 
 
 def new_llm_variant(config: Mapping[str, Any]) -> str | None:
-    """'parallel cell, residual, ffn_norm' for a bench of a New-LLM other than the prototype's cell."""
+    """Which New-LLM a bench measured, where it is not the prototype's cell: its preset ("preset study"), or, in
+    results written before the bench took a preset, its cell options ("parallel cell, residual, ffn_norm")."""
+    if config.get("preset", "full") != "full":
+        return f"preset {config['preset']}"
     parts = [f"{config['cell']} cell"] if config.get("cell", "prototype") not in ("prototype", "seed") else []
     parts += [option for option in ("residual", "ffn_norm") if config.get(option)]
     return ", ".join(parts) or None

@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+from newllm.config import load_config
 from newllm.evaluation import bench
 from newllm.evaluation.bench import (
     BenchConfig,
@@ -164,7 +165,7 @@ def fp32_state_bytes(results, model, batch):
 def test_new_llm_state_is_flat_and_gpt2_cache_grows(results, batch):
     new_llm = fp32_state_bytes(results, "new_llm", batch)
     assert sorted(new_llm) == sorted(CONFIG.context_lengths)
-    assert set(new_llm.values()) == {batch * CONFIG.context_size * FLOAT32_BYTES}
+    assert set(new_llm.values()) == {batch * load_config(CONFIG.preset).model.context_size * FLOAT32_BYTES}
     lstm = fp32_state_bytes(results, "lstm", batch)
     assert len(set(lstm.values())) == 1
     gpt2 = fp32_state_bytes(results, "tinygpt2", batch)
@@ -271,14 +272,18 @@ def test_invalid_config_raises():
         BenchConfig(context_lengths=(0,))
 
 
-def test_the_new_llm_variant_is_built_and_named():
-    config = dataclasses.replace(quick_bench_config(), cell="parallel", residual=True, ffn_norm=True)
-    model = bench.bench_models(dataclasses.replace(config, models=("new_llm",)))["new_llm"]
-    assert (model.config.cell, model.config.residual, model.config.ffn_norm) == ("parallel", True, True)
-    assert new_llm_variant(dataclasses.asdict(config)) == "parallel cell, residual, ffn_norm"
-    assert new_llm_variant(dataclasses.asdict(quick_bench_config())) is None
-    with pytest.raises(ValueError, match="cell"):
-        bench.bench_models(dataclasses.replace(config, cell="attention"))
+def test_the_new_llm_of_a_preset_is_built_and_named():
+    config = dataclasses.replace(quick_bench_config(), preset="study", models=("new_llm", "tinygpt2"))
+    models = bench.bench_models(config)
+    assert (models["new_llm"].config.block, models["new_llm"].config.final_norm) == ("mlp", True)
+    assert models["new_llm"].config.hidden_size == 384  # the study's cell, at the bench's vocabulary
+    assert models["tinygpt2"].config.n_layer == 4  # and the preset's baseline shape
+    assert new_llm_variant(dataclasses.asdict(config)) == "preset study"
+    assert new_llm_variant(dataclasses.asdict(dataclasses.replace(config, preset="full"))) is None
+    # bench results written before the bench took a preset name the cell options instead
+    assert new_llm_variant({"cell": "parallel", "residual": True, "ffn_norm": True}) == "parallel cell, residual, ffn_norm"
+    with pytest.raises(ValueError, match="unknown preset 'attention'"):
+        dataclasses.replace(config, preset="attention")
 
 
 def test_the_peer_is_benched_beside_new_llm_with_a_flat_state():

@@ -11,6 +11,11 @@ from newllm.models.recurrent import RecurrentCache
 from .conftest import random_ids, tiny_new_llm_config
 
 
+def prototype_cell(num_layers: int = 3, dropout: float = 0.0, **fields) -> NewLLMCell:
+    """A bare prototype cell (no embedding, no head), dropout off unless asked for."""
+    return NewLLMCell(NewLLMConfig(num_hidden_layers=num_layers, dropout=dropout, **fields))
+
+
 def test_step_api_equals_full_forward():
     torch.manual_seed(0)
     model = NewLLMForCausalLM(tiny_new_llm_config()).eval()
@@ -26,7 +31,7 @@ def test_step_api_equals_full_forward():
 
 def test_scan_matches_reference_cell_forward_and_gradients():
     torch.manual_seed(0)
-    cell = NewLLMCell(embedding_size=10, context_size=6, hidden_size=20, num_layers=3).double()
+    cell = prototype_cell(embedding_size=10, context_size=6, hidden_size=20, num_layers=3).double()
     inputs = torch.randn(4, 9, 10, dtype=torch.double, requires_grad=True)
     context0 = torch.randn(4, 6, dtype=torch.double)
 
@@ -50,7 +55,7 @@ def test_scan_matches_reference_cell_forward_and_gradients():
 
 def test_context_update_is_the_gated_layernorm_equation():
     torch.manual_seed(0)
-    cell = NewLLMCell(embedding_size=4, context_size=5, hidden_size=8, num_layers=1, context_clamp=0.5)
+    cell = prototype_cell(embedding_size=4, context_size=5, hidden_size=8, num_layers=1, context_clamp=0.5)
     hidden, context = torch.randn(2, 8), torch.randn(2, 5)
     delta, forget, inp = cell.context_proj(hidden).chunk(3, dim=-1)
     mixed = torch.sigmoid(forget) * context + torch.sigmoid(inp) * delta
@@ -176,8 +181,8 @@ def test_fused_scan_matches_reference_forward_and_gradients(num_layers, residual
     from newllm.models.new_llm.scan import fused_scan
 
     torch.manual_seed(0)
-    cell = NewLLMCell(embedding_size=10, context_size=6, hidden_size=20, num_layers=num_layers, context_clamp=1.5,
-                      residual=residual, ffn_norm=ffn_norm).double()  # fmt: skip
+    cell = prototype_cell(embedding_size=10, context_size=6, hidden_size=20, num_layers=num_layers, context_clamp=1.5,
+                          residual=residual, ffn_norm=ffn_norm).double()  # fmt: skip
     assert cell.has_handwritten_backward
     with torch.no_grad():  # non-trivial LayerNorm affines and some clamped entries
         for norm in [cell.context_norm, *(cell.norms or [])]:
@@ -209,8 +214,8 @@ def test_fused_scan_gradients_with_dropout_pass_gradcheck(residual, ffn_norm, co
     from newllm.models.new_llm.scan import fused_scan
 
     torch.manual_seed(0)
-    cell = NewLLMCell(embedding_size=5, context_size=4, hidden_size=7, num_layers=3, dropout=0.3, residual=residual,
-                      ffn_norm=ffn_norm, context_dropout=context_dropout).double().train()  # fmt: skip
+    cell = prototype_cell(embedding_size=5, context_size=4, hidden_size=7, num_layers=3, dropout=0.3, residual=residual,
+                          ffn_norm=ffn_norm, context_dropout=context_dropout).double().train()  # fmt: skip
     inputs = torch.randn(2, 5, 5, dtype=torch.double, requires_grad=True)
     context0 = torch.randn(2, 4, dtype=torch.double, requires_grad=True)
 
@@ -251,8 +256,8 @@ def test_fused_scan_with_context_dropout_equals_the_reference_with_the_same_mask
 
     torch.manual_seed(0)
     batch, steps, size_c = 4, 9, 6
-    cell = NewLLMCell(embedding_size=10, context_size=size_c, hidden_size=20, num_layers=3, context_dropout=0.5,
-                      residual=True, ffn_norm=True).double().train()  # fmt: skip
+    cell = prototype_cell(embedding_size=10, context_size=size_c, hidden_size=20, num_layers=3, context_dropout=0.5,
+                          residual=True, ffn_norm=True).double().train()  # fmt: skip
     masks = (torch.rand(steps, batch, size_c, dtype=torch.double) > 0.5).double() / 0.5
     assert 0 < (masks == 0).sum() < masks.numel()
     monkeypatch.setattr(scan_module, "dropout_masks", lambda like, shape, p: masks if p > 0 else None)

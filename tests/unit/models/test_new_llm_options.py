@@ -142,7 +142,8 @@ def test_chunked_linear_scan_survives_long_memories_and_fast_forgetting():
 
 
 def test_parallel_cell_carries_the_context_through_left_padding():
-    cell = ParallelNewLLMCell(embedding_size=6, context_size=4, hidden_size=8, num_layers=2).eval()
+    cell = ParallelNewLLMCell(NewLLMConfig(embedding_size=6, context_size=4, hidden_size=8, num_hidden_layers=2, dropout=0.0))
+    cell.eval()
     inputs = torch.randn(1, 5, 6)
     padded = torch.cat([torch.randn(1, 3, 6), inputs], dim=1)
     mask = torch.tensor([[0, 0, 0, 1, 1, 1, 1, 1]])

@@ -29,6 +29,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from newllm.models.new_llm.configuration import NewLLMConfig
+
 
 class MLPBlock(nn.Module):
     """h + Dropout(W_2 GELU(W_1 LN(h))): a pre-norm Transformer MLP sublayer."""
@@ -50,36 +52,20 @@ class BaseCell(nn.Module):
     h_t, or the token alone) and so in whether the recurrence is sequential.
     """
 
-    def __init__(
-        self,
-        embedding_size: int,
-        context_size: int,
-        hidden_size: int,
-        num_layers: int,
-        gate_input_size: int,
-        dropout: float = 0.0,
-        context_dropout: float = 0.0,
-        residual: bool = False,
-        ffn_norm: bool = False,
-        context_scales: int = 1,
-        layer_norm_eps: float = 1e-5,
-        block: str = "linear",
-        mlp_ratio: int = 4,
-        final_norm: bool = False,
-    ):
+    def __init__(self, config: NewLLMConfig, gate_input_size: int):
         super().__init__()
+        embedding_size, context_size, hidden_size = config.embedding_size, config.context_size, config.hidden_size
+        num_layers, eps = config.num_hidden_layers, config.layer_norm_eps
         self.embedding_size = embedding_size
         self.context_size = context_size
-        self.context_scales = context_scales
-        self.dropout = nn.Dropout(dropout)
-        self.context_dropout = nn.Dropout(context_dropout)
-        self.residual = residual
-        if block == "mlp":
+        self.context_scales = config.context_scales
+        self.dropout = nn.Dropout(config.dropout)
+        self.context_dropout = nn.Dropout(config.context_dropout)
+        self.residual = config.residual
+        if config.block == "mlp":
             # h_0 = W_in [e; c] + b, then L pre-norm MLP blocks on a residual stream
             self.layers = nn.ModuleList([nn.Linear(embedding_size + context_size, hidden_size)])
-            self.blocks = nn.ModuleList(
-                MLPBlock(hidden_size, mlp_ratio, dropout, layer_norm_eps) for _ in range(num_layers)
-            )
+            self.blocks = nn.ModuleList(MLPBlock(hidden_size, config.mlp_ratio, config.dropout, eps) for _ in range(num_layers))
             self.norms = None
         else:
             widths = [embedding_size + context_size] + [hidden_size] * num_layers
@@ -87,16 +73,15 @@ class BaseCell(nn.Module):
             self.blocks = None
             # LayerNorm before each of layers 2..L (absent by default, so the prototype's state dict is unchanged)
             self.norms = (
-                nn.ModuleList(nn.LayerNorm(hidden_size, eps=layer_norm_eps) for _ in range(num_layers - 1))
-                if ffn_norm
-                else None
+                nn.ModuleList(nn.LayerNorm(hidden_size, eps=eps) for _ in range(num_layers - 1)) if config.ffn_norm else None
             )
         # A LayerNorm on the FFN output, read by the head and (prototype cell) the context update
-        self.final_norm = nn.LayerNorm(hidden_size, eps=layer_norm_eps) if final_norm else None
+        self.final_norm = nn.LayerNorm(hidden_size, eps=eps) if config.final_norm else None
         # W_Δ, W_f, W_i as one matmul: rows [0:C) give Δ, [C:2C) give f, [2C:3C) give i.
         self.context_proj = nn.Linear(gate_input_size, 3 * context_size)
         self.context_proj.is_context_projection = True  # its gate biases have their own init (modeling.py)
-        self.context_norm = nn.LayerNorm(context_size, eps=layer_norm_eps)
+        self.context_norm = nn.LayerNorm(context_size, eps=eps)
+        self.candidate = config.candidate
         # How the training scan runs on CUDA (scan.py); not part of the function, so not in the config.
         self.compile_steps = False
         self.cuda_graphs = False
@@ -155,31 +140,11 @@ def init_gate_biases(bias: torch.Tensor, context_size: int, forget_bias: float, 
 
 
 class NewLLMCell(BaseCell):
-    def __init__(
-        self,
-        embedding_size: int,
-        context_size: int,
-        hidden_size: int,
-        num_layers: int,
-        dropout: float = 0.0,
-        context_clamp: float = 10.0,
-        layer_norm_eps: float = 1e-5,
-        context_dropout: float = 0.0,
-        residual: bool = False,
-        ffn_norm: bool = False,
-        context_scales: int = 1,
-        block: str = "linear",
-        mlp_ratio: int = 4,
-        final_norm: bool = False,
-        candidate: str = "linear",
-    ):
-        super().__init__(
-            embedding_size, context_size, hidden_size, num_layers, gate_input_size=hidden_size, dropout=dropout,
-            context_dropout=context_dropout, residual=residual, ffn_norm=ffn_norm, context_scales=context_scales,
-            layer_norm_eps=layer_norm_eps, block=block, mlp_ratio=mlp_ratio, final_norm=final_norm,
-        )  # fmt: skip
-        self.context_clamp = context_clamp  # 0: no clamp
-        self.candidate = candidate
+    """The prototype's cell: the [Δ, f, i] projection reads the FFN output h_t, so the recurrence is sequential."""
+
+    def __init__(self, config: NewLLMConfig):
+        super().__init__(config, gate_input_size=config.hidden_size)
+        self.context_clamp = config.context_clamp  # 0: no clamp
 
     @property
     def has_handwritten_backward(self) -> bool:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from transformers import PretrainedConfig
 
 
@@ -92,6 +94,14 @@ class NewLLMConfig(PretrainedConfig):
             raise ValueError(f"NewLLMConfig.dropout must be in [0, 1), got {dropout!r}")
         if not context_clamp >= 0:
             raise ValueError(f"NewLLMConfig.context_clamp must be >= 0 (0: no clamp), got {context_clamp!r}")
+        for name, value in [("forget_bias", forget_bias), ("input_bias", input_bias)]:
+            if not math.isfinite(value):
+                raise ValueError(f"NewLLMConfig.{name} must be a finite number, got {value!r}")
+        if not (layer_norm_eps > 0 and initializer_range >= 0):
+            raise ValueError(
+                f"NewLLMConfig.layer_norm_eps must be > 0 and initializer_range >= 0, got {layer_norm_eps!r} and "
+                f"{initializer_range!r}"
+            )
         if block not in BLOCKS:
             raise ValueError(f"NewLLMConfig.block must be one of {', '.join(BLOCKS)}, got {block!r}")
         if candidate not in CANDIDATES:

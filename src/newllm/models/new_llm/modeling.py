@@ -19,13 +19,7 @@ from newllm.models.new_llm.cell import NewLLMCell, init_gate_biases
 from newllm.models.new_llm.parallel import ParallelNewLLMCell
 from newllm.models.new_llm.configuration import NewLLMConfig
 from newllm.models.new_llm.scan import autograd_scan, fused_scan
-from newllm.models.recurrent import (
-    RecurrentCache,
-    RecurrentGenerationMixin,
-    RecurrentLMOutput,
-    needs_state_mask,
-    shifted_lm_loss,
-)
+from newllm.models.recurrent import RecurrentGenerationMixin, needs_state_mask
 
 
 FAST_PATHS = ("eager", "compiled", "graphed", "compiled+graphed", "kernel")
@@ -72,26 +66,7 @@ class NewLLMModel(NewLLMPreTrainedModel):
         super().__init__(config)
         self.embed_tokens = nn.Embedding(config.vocab_size, config.embedding_size)
         self.embedding_dropout = nn.Dropout(config.embedding_dropout)
-        shared = dict(
-            embedding_size=config.embedding_size,
-            context_size=config.context_size,
-            hidden_size=config.hidden_size,
-            num_layers=config.num_hidden_layers,
-            dropout=config.dropout,
-            layer_norm_eps=config.layer_norm_eps,
-            context_dropout=config.context_dropout,
-            residual=config.residual,
-            ffn_norm=config.ffn_norm,
-            context_scales=config.context_scales,
-            block=config.block,
-            mlp_ratio=config.mlp_ratio,
-            final_norm=config.final_norm,
-            candidate=config.candidate,
-        )
-        if config.cell == "parallel":
-            self.cell = ParallelNewLLMCell(**shared)
-        else:
-            self.cell = NewLLMCell(context_clamp=config.context_clamp, **shared)
+        self.cell = ParallelNewLLMCell(config) if config.cell == "parallel" else NewLLMCell(config)
         self.post_init()
 
     def get_input_embeddings(self):
@@ -158,25 +133,11 @@ class NewLLMForCausalLM(RecurrentGenerationMixin, NewLLMPreTrainedModel, Generat
             return F.linear(hidden, self.model.embed_tokens.weight, self.lm_head_bias)
         return self.lm_head(hidden)
 
-    def forward(
-        self,
-        input_ids: torch.LongTensor,
-        attention_mask: torch.Tensor | None = None,
-        labels: torch.LongTensor | None = None,
-        state: RecurrentCache | None = None,
-        use_cache: bool | None = None,
-        **kwargs,
-    ) -> RecurrentLMOutput:
-        context = state.states[0] if state is not None else None
+    def window(self, input_ids, states, attention_mask):
+        context = states[0] if states is not None else None
         hidden, context = self.model(input_ids, context=context, attention_mask=attention_mask)
         # The vocabulary projection needs no recurrence: one matmul over all positions.
-        logits = self.output_logits(hidden)  # (B, T, V)
-        loss = shifted_lm_loss(logits, labels) if labels is not None else None
-        cache = None
-        if use_cache if use_cache is not None else self.config.use_cache:
-            seen = state.seen_tokens if state is not None else 0
-            cache = RecurrentCache((context,), seen + input_ids.shape[1])
-        return RecurrentLMOutput(loss=loss, logits=logits, state=cache)
+        return self.output_logits(hidden), (context,)  # (B, T, V)
 
     def set_fast_path(self, mode: str) -> NewLLMForCausalLM:
         """How training runs the recurrence on CUDA: "eager", "compiled", "graphed", "compiled+graphed" or "kernel".

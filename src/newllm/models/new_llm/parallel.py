@@ -19,6 +19,7 @@ import torch
 from torch.nn import functional as F
 
 from newllm.models.new_llm.cell import BaseCell
+from newllm.models.new_llm.configuration import NewLLMConfig
 
 
 def chunked_linear_scan(
@@ -52,32 +53,10 @@ def chunked_linear_scan(
 class ParallelNewLLMCell(BaseCell):
     has_handwritten_backward = False  # no sequential loop for scan.py to speed up
 
-    def __init__(
-        self,
-        embedding_size: int,
-        context_size: int,
-        hidden_size: int,
-        num_layers: int,
-        dropout: float = 0.0,
-        layer_norm_eps: float = 1e-5,
-        context_dropout: float = 0.0,
-        residual: bool = False,
-        ffn_norm: bool = False,
-        context_scales: int = 1,
-        block: str = "linear",
-        mlp_ratio: int = 4,
-        final_norm: bool = False,
-        candidate: str = "linear",
-        chunk: int = 16,
-    ):
+    def __init__(self, config: NewLLMConfig, chunk: int = 16):
         # The [Δ, f, i] projection reads the token embedding (E), not the FFN output.
-        super().__init__(
-            embedding_size, context_size, hidden_size, num_layers, gate_input_size=embedding_size, dropout=dropout,
-            context_dropout=context_dropout, residual=residual, ffn_norm=ffn_norm, context_scales=context_scales,
-            layer_norm_eps=layer_norm_eps, block=block, mlp_ratio=mlp_ratio, final_norm=final_norm,
-        )  # fmt: skip
-        self.candidate = candidate
-        self.chunk = chunk
+        super().__init__(config, gate_input_size=config.embedding_size)
+        self.chunk = chunk  # positions per block of the parallel scan: speed only, not the function
 
     def _gates(self, token_embedding: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(log f, i ⊙ Δ) in float32: the scan multiplies many factors, bf16 would lose them."""
