@@ -26,28 +26,13 @@ from newllm.data.wikitext import load_wikitext
 from newllm.models import BaselineShape, build_model, matched_configs
 from newllm.training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 
-from ..conftest import TINY_DIALOGUES, TINY_TEXT
-from .models.conftest import tiny_new_llm_config
+from tests.conftest import TINY_DIALOGUES, TINY_TEXT
+from tests.helpers import DIALOGUE_TEXT, STEP_OPTIONS, snapshot, write_data_dir
 
-# The step commands: quick preset shrunk to the tiny tokenizer; every row below fails before training.
-STEP_OPTIONS = [
-    "--preset", "quick",
-    "--set", "data.vocab_size=300",
-    "--set", "data.train_lines=50",
-    "--set", "data.eval_lines=20",
-    "--set", "data.train_dialogues=10",
-    "--set", "data.eval_dialogues=5",
-    "--models", "new_llm",
-    "--no-progress",
-    # the tiny corpus holds 23 WikiText windows and 4 DailyDialog ones: batches that fit them
-    "--set", "pretrain.batch_size=4",
-    "--set", "finetune.batch_size=2",
-]  # fmt: skip
+from .models.conftest import tiny_new_llm_config
 
 # pipeline.pretrain/finetune check every input before writing anything: nothing may change.
 EARLY_WRITES: set[str] = set()
-
-DIALOGUE_TEXT = "".join(" __eou__ ".join(turns) + " __eou__\n" for turns in TINY_DIALOGUES)
 
 
 RELIABILITY_MD = Path(__file__).resolve().parents[2] / "docs" / "reliability.md"
@@ -55,13 +40,6 @@ UNIT_TESTS = Path(__file__).resolve().parent
 
 
 # ---------------------------------------------------------------- helpers
-
-
-def snapshot(directory: Path) -> dict[str, tuple[int, int]]:
-    """Every path under `directory` with its (mtime_ns, size); {} when it does not exist."""
-    if not directory.exists():
-        return {}
-    return {str(p.relative_to(directory)): (p.stat().st_mtime_ns, p.stat().st_size) for p in directory.rglob("*")}
 
 
 def assert_untouched(before: dict, after: dict, allowed: set[str] = frozenset()) -> None:
@@ -89,17 +67,6 @@ def fails(capsys, argv: list[str]) -> str:
 def step(command: str, data, out: Path) -> list[str]:
     """argv of a pipeline step on the tiny settings."""
     return [command, *STEP_OPTIONS, "--data-dir", str(data), "--output-dir", str(out)]
-
-
-def write_data_dir(root: Path, **files: bytes) -> Path:
-    """A data dir of the real layout filled with the tiny corpus; `files` (relative path → bytes) replace files."""
-    root.mkdir(parents=True, exist_ok=True)
-    defaults = {f"wikitext-2/wiki.{s}.tokens": TINY_TEXT.encode() for s in ("train", "valid", "test")}
-    defaults |= {f"dailydialog/dialogues_{s}.txt": DIALOGUE_TEXT.encode() for s in ("train", "validation", "test")}
-    for relative, data in (defaults | {k.replace("__", "/"): v for k, v in files.items()}).items():
-        (root / relative).parent.mkdir(parents=True, exist_ok=True)
-        (root / relative).write_bytes(data)
-    return root
 
 
 def prepared_output(root: Path, tokenizer, step1: Path | None = None) -> Path:

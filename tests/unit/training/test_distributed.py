@@ -37,7 +37,7 @@ from newllm.training import distributed, loop
 from newllm.training.loop import remove_incomplete_checkpoints, train
 
 from ..models.conftest import tiny_new_llm_config
-from .test_loop import CountingSequences, collate
+from tests.helpers import CountingSequences, collate
 
 REPO = Path(__file__).resolve().parents[3]
 PER_DEVICE_BATCH = 4

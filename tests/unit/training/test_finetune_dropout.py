@@ -11,7 +11,7 @@ from newllm.cli import main
 from newllm.config import ConfigError, load_config
 from newllm.models import DEFAULT_MODEL_NAMES, DROPOUT_FIELDS, MODEL_NAMES, BaselineShape, NewLLMConfig, matched_configs
 
-from ..test_bad_input import STEP_OPTIONS, write_data_dir
+from tests.helpers import STEP_OPTIONS, write_data_dir
 
 OPTIONS = [*STEP_OPTIONS, "--models", "new_llm,tinygpt2,lstm", "--set", "pretrain.epochs=1", "--set", "finetune.epochs=1",
            "--set", "model.dropout=0.3"]  # fmt: skip

@@ -13,7 +13,7 @@ import pytest
 from newllm.cli import main
 from newllm.training.lock import LOCK_NAME, FolderInUseError, folder_lock
 
-from ..test_bad_input import STEP_OPTIONS, snapshot, write_data_dir
+from tests.helpers import STEP_OPTIONS, snapshot, write_data_dir
 
 
 def _lock(folder, pid, host=None):

@@ -7,33 +7,14 @@ import math
 
 import pytest
 import torch
-from torch.utils.data import Dataset
 
 from newllm.config import TrainConfig
 from newllm.models import build_model
 from newllm.training.loop import RunExistsError, TrainingDivergedError, history_from_log, train
 
+from tests.helpers import CountingSequences, collate
+
 from ..models.conftest import VOCAB, tiny_new_llm_config
-
-
-class CountingSequences(Dataset):
-    """Windows of the sequence a, a+1, a+2, ... (mod V): learnable in a few steps."""
-
-    def __init__(self, n, length=12, seed=0, step=1, starts=20, vocab=VOCAB):
-        # starts=20: every window starts at one of 20 ids, so each id is seen often
-        start = torch.randint(0, starts, (n, 1), generator=torch.Generator().manual_seed(seed))
-        self.ids = (start + step * torch.arange(length)) % vocab
-
-    def __len__(self):
-        return len(self.ids)
-
-    def __getitem__(self, i):
-        return {"input_ids": self.ids[i], "labels": self.ids[i]}
-
-
-def collate(batch):
-    ids = torch.stack([item["input_ids"] for item in batch])
-    return {"input_ids": ids, "labels": ids}
 
 
 def _train(run_dir, **overrides):

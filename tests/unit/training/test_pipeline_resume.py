@@ -12,7 +12,7 @@ import pytest
 from newllm.cli import main
 from newllm.training.rundir import RunDir
 
-from ..test_bad_input import STEP_OPTIONS, snapshot, write_data_dir
+from tests.helpers import STEP_OPTIONS, snapshot, write_data_dir
 
 OPTIONS = [*STEP_OPTIONS, "--set", "pretrain.epochs=2", "--set", "finetune.epochs=1"]
 

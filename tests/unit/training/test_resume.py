@@ -30,8 +30,7 @@ from newllm.training import loop
 from newllm.training.loop import remove_incomplete_checkpoints
 
 from ..models.conftest import tiny_new_llm_config
-from .test_loop import CountingSequences
-from .test_loop import collate
+from tests.helpers import CountingSequences, collate
 
 V = 64
 
