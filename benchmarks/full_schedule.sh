@@ -5,8 +5,8 @@
 #   benchmarks/full_schedule.sh RUNS_DIR            # returns when every run has ended; progress: RUNS_DIR/*.log
 #   SEEDS="0" PLAN="full:new_llm full:tinygpt2" benchmarks/full_schedule.sh RUNS_DIR
 #   MPS=1 DEADLINE=$(( $(date +%s) + 25 * 60 )) benchmarks/full_schedule.sh RUNS_DIR   # a GPU lease of ~27 min
-#   newllm collect RUNS_DIR/*/ --out summary.json     # test numbers per preset and model, mean ± std over seeds
-#   python benchmarks/collect_full_schedule.py RUNS_DIR --out summary.json --plot val_ppl.png   # + curves, timings
+#   newllm collect RUNS_DIR/*/ --out summary.json --markdown tables.md --plot val_ppl.png --plot-test test.png
+#     (from each run's results.json: a row per preset and model, mean ± std over seeds, the validation curves)
 #
 # PLAN entries are <row>:<model>, or <row>:<model>:<seeds> for seeds of its own instead of SEEDS
 # (comma-separated: PLAN="full_residual_norm_dropout4:new_llm:0 full_residual_norm_dropout5:new_llm:0,1,2").
@@ -14,14 +14,15 @@
 # res (configs/full_residual_norm.toml), pard and resd (the same two with more dropout:
 # configs/full_parallel_dropout.toml, configs/full_residual_norm_dropout.toml), seed (configs/seed.toml,
 # the prototype's protocol), or the name of any other preset in configs/ (a new variant needs no
-# edit here, and collect_full_schedule.py gives it a row of its own). FINETUNE=0 skips step 2:
+# edit here, and `newllm collect` gives it a row of its own). FINETUNE=0 skips step 2:
 # step 1, then the evaluation of its model.
 # Each run <row>_<model>_s<seed> logs `start`, `pretrain_done`, `finetune_done`, `evaluate_done` and
-# `exit <code>` with Unix times. The tokenizer is trained once per preset and copied into every run,
-# so all runs of a tokenizer share it exactly. PYTHON picks the interpreter that has newllm installed
-# (default python3); EXTRA adds options to every newllm command. MPS=1 starts a CUDA MPS daemon for the
-# runs (and stops it after), so that the processes share the GPU's SMs instead of taking turns: six runs
-# under MPS each went nearly as fast per epoch as three without it (docs/performance.md).
+# `exit <code>` with Unix times, to follow the runs by (no report reads them). The tokenizer is trained
+# once per preset and copied into every run, so all runs of a tokenizer share it exactly. PYTHON picks
+# the interpreter that has newllm installed (default python3); EXTRA adds options to every newllm
+# command. MPS=1 starts a CUDA MPS daemon for the runs (and stops it after), so that the processes share
+# the GPU's SMs instead of taking turns: six runs under MPS each went nearly as fast per epoch as three
+# without it (docs/performance.md).
 # On a machine with several GPUs, one launch per GPU: CUDA_VISIBLE_DEVICES=1 MPS=1 benchmarks/full_schedule.sh
 # RUNS_DIR (each launch its own daemon; the index is turned into the GPU's UUID, which MPS needs).
 set -euo pipefail

@@ -97,7 +97,9 @@ def build_parser(script: str | None = None) -> argparse.ArgumentParser:
     collect = command("collect", "many runs' results.json -> one table, mean ± std over seeds per preset and model")
     collect.add_argument("runs", nargs="+", metavar="RUN", help="run folders (holding results.json) or results.json files")
     collect.add_argument("--out", help="write the summary JSON here")
-    collect.add_argument("--markdown", help="write the Markdown table here (it is printed either way)")
+    collect.add_argument("--markdown", help="write the Markdown tables here (they are printed either way)")
+    collect.add_argument("--plot", help="draw validation perplexity per epoch of every run here (PNG)")
+    collect.add_argument("--plot-test", help="draw WikiText-2 test word perplexity per row, a dot per seed, here (PNG)")
     _recall_options(command("recall", "multi-query associative recall: accuracy against the bytes of state carried"))
     gen = command("generate", "one prompt -> one response from a checkpoint")
     gen.add_argument("--checkpoint", required=True, help="a model folder, e.g. checkpoints/best_new_llm_dialog")
@@ -277,7 +279,12 @@ def _collect(args) -> int:
     import json
     from pathlib import Path
 
-    from newllm.reporting.collect import collect, markdown_table
+    from newllm.reporting.collect import (
+        collect,
+        markdown_table,
+        plot_test,
+        plot_validation,
+    )
 
     summary = collect(args.runs)
     table = markdown_table(summary)
@@ -285,6 +292,9 @@ def _collect(args) -> int:
     for path, text in ((args.out, json.dumps(summary, indent=1) + "\n"), (args.markdown, table)):
         if path:
             Path(path).write_text(text, encoding="utf-8")
+    for path, plot in ((args.plot, plot_validation), (args.plot_test, plot_test)):
+        if path:
+            print(f"wrote {plot(summary, path)}")
     return 0
 
 

@@ -27,7 +27,7 @@ from newllm.pipeline.setup import (
     load_wikitext_splits,
     provenance,
 )
-from newllm.reporting.report import RESULTS_SCHEMA
+from newllm.reporting.report import RESULTS_SCHEMA, load_history
 from newllm.training.checkpoint import CheckpointError, check_checkpoint
 from newllm.training.rundir import STAGES, RunDir
 
@@ -35,6 +35,8 @@ logger = logging.getLogger("newllm")
 
 # Test dialogues whose context, reference and replies results.json and the report show (the first ones: deterministic).
 DIALOG_SAMPLES = 10
+# What results.json keeps of each epoch of a stage's history.json: the validation curve of many runs in one figure.
+EPOCH_FIELDS = ("epoch", "train_ppl", "val_ppl", "seconds")
 
 
 def dialog_sets(config: ExperimentConfig, tokenizer, names=("train", "validation")):
@@ -46,7 +48,9 @@ def dialog_sets(config: ExperimentConfig, tokenizer, names=("train", "validation
 
 
 def stage_summary(config: ExperimentConfig, name: str, stage: str) -> dict:
-    """Training facts of a stage for results.json, with paths relative to the output folder."""
+    """Training facts of a stage for results.json: the best checkpoint's record (best epoch, epochs run, seconds,
+    "stopped" when its time limit ended the stage), its validation PPL and each epoch's, paths relative to the
+    output folder. `newllm collect` reads these, so no collector has to open the run folder."""
     folder = RunDir(config.output_dir)
     meta_path = folder.checkpoint(name, stage) / "newllm.json"
     summary = {
@@ -59,6 +63,18 @@ def stage_summary(config: ExperimentConfig, name: str, stage: str) -> dict:
         summary.update({k: meta.get(k) for k in ("best_epoch", "epochs_run", "train_seconds")})
         if "stopped" in meta:
             summary["stopped"] = meta["stopped"]
+    history_path = folder.history(name, stage)
+    if not history_path.is_file():  # a checkpoint copied here without its Trainer folder
+        return summary
+    try:
+        history = load_history(history_path)
+    except ValueError as e:  # minutes of evaluation are worth more than the curve
+        logger.warning("%s: its per-epoch record is left out of results.json", e)
+        return summary
+    best = [row for row in history if row.get("epoch") == summary.get("best_epoch")]
+    if best:
+        summary["best_val_ppl"] = best[0].get("val_ppl")
+    summary["per_epoch"] = [{k: row.get(k) for k in EPOCH_FIELDS} for row in history]
     return summary
 
 

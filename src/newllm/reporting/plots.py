@@ -1,10 +1,11 @@
-"""PNG figures of training histories and speed, drawn from plain dicts (no torch)."""
+"""PNG figures of training histories, speed and many runs side by side, drawn from plain dicts (no torch)."""
 
 from __future__ import annotations
 
 import io
 import math
 import os
+import statistics
 import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -27,6 +28,8 @@ METRIC_LABELS = {
     "train_loss": "training loss (nats/token)",
 }
 _DPI = 120
+# Several rows of one model in a figure share its colour and differ in line style, in this order.
+_LINE_STYLES = ("-", "--", ":", "-.")
 
 
 def model_label(name: str) -> str:
@@ -236,4 +239,68 @@ def plot_speed(results: Mapping[str, Any], path: str | os.PathLike) -> Path:
         # Different setups make the bars incomparable; say so rather than hide it.
         setup = "models timed with different settings; see the report table"
     fig.suptitle("Speed (lower is faster)" + (f"\n{setup}" if setup else ""))
+    return save_figure(fig, path)
+
+
+def plot_seed_curves(panels: Mapping[str, Sequence[Mapping[str, Any]]], path: str | os.PathLike, title: str,
+                     metric: str = "val_ppl") -> Path:  # fmt: skip
+    """Panels side by side (title → curves), one line per run: each curve a dict of "label" (the legend names
+    each label once), "model" (its colour), "style" (its line style, by index), "history" (per-epoch records),
+    "stopped" (a cross at its last epoch)."""
+    panels = {name: curves for name, curves in panels.items() if curves}
+    if not panels:
+        raise ValueError(f"cannot plot {title!r}: no run has a per-epoch record")
+    models = ordered_models(dict.fromkeys(curve["model"] for curves in panels.values() for curve in curves))
+    fig = Figure(figsize=(6.5 * len(panels), 5), layout="constrained")
+    labelled: set[str] = set()
+    for ax, (name, curves) in zip(fig.subplots(1, len(panels), squeeze=False)[0], panels.items()):
+        drawn: list[float] = []
+        for curve in curves:
+            epochs, values = _epochs(curve["history"]), [_value(r, metric) for r in curve["history"]]
+            drawn += values
+            color = model_color(curve["model"], models.index(curve["model"]))
+            ax.plot(epochs, values, color=color, linestyle=_LINE_STYLES[curve["style"] % len(_LINE_STYLES)],
+                    linewidth=1.2, label=None if curve["label"] in labelled else curve["label"])  # fmt: skip
+            labelled.add(curve["label"])
+            if curve["stopped"]:
+                ax.plot(epochs[-1:], values[-1:], "x", color=color, markersize=7)
+        if metric.endswith("ppl"):
+            _use_log_y(ax, drawn)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(METRIC_LABELS.get(metric, metric))
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(True, which="both", alpha=0.3)
+        ax.set_title(name)
+    fig.legend(loc="outside lower center", ncols=2, fontsize="small", frameon=False)  # below: inside it hides lines
+    fig.suptitle(title)
+    return save_figure(fig, path)
+
+
+def plot_seed_dots(entries: Sequence[tuple[str, str, Sequence[float]]], path: str | os.PathLike, xlabel: str,
+                   title: str, decimals: int = 1) -> Path:  # fmt: skip
+    """A line per (label, model, values), the lowest mean at the top: a dot per value (a seed each), a tick at the
+    mean with the sample std as its whisker, and the two written beside it to `decimals`. Dots, not bars: the
+    axis need not start at 0, so seeds a few tenths apart stay apart."""
+    entries = [(label, model, [v for v in values if math.isfinite(v)]) for label, model, values in entries]
+    entries = sorted((e for e in entries if e[2]), key=lambda e: -statistics.fmean(e[2]))
+    if not entries:
+        raise ValueError(f"cannot plot {title!r}: no value to draw")
+    models = ordered_models(dict.fromkeys(model for _, model, _ in entries))
+    fig = Figure(figsize=(9, 0.45 * len(entries) + 1.6), layout="constrained")
+    ax = fig.subplots()
+    for y, (_, model, values) in enumerate(entries):
+        color = model_color(model, models.index(model))
+        mean = statistics.fmean(values)
+        spread = statistics.stdev(values) if len(values) > 1 else 0.0
+        ax.errorbar(mean, y, xerr=spread, fmt="|", markersize=14, color=color, capsize=3, linewidth=1.2)
+        ax.plot(values, [y] * len(values), "o", color=color, markersize=5, alpha=0.8)
+        text = f"{mean:,.{decimals}f}" + (f" ± {spread:,.{decimals}f}" if len(values) > 1 else "")
+        ax.annotate(text, (mean + spread, y), xytext=(6, 0), textcoords="offset points", va="center", fontsize="small")
+    ax.set_yticks(range(len(entries)), [f"{label} (n={len(values)})" for label, _, values in entries], fontsize="small")
+    ax.set_ylim(-0.6, len(entries) - 0.4)
+    left, right = ax.get_xlim()
+    ax.set_xlim(left, right + 0.25 * (right - left))  # room for the written mean ± std
+    ax.set_xlabel(xlabel)
+    ax.grid(True, axis="x", alpha=0.3)
+    ax.set_title(title)
     return save_figure(fig, path)

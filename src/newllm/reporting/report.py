@@ -39,7 +39,9 @@ Figures = Mapping[str, str]
 
 # results.json's layout version, written by step 3 as "schema": 2 added "provenance" (what the numbers came from:
 # preset and config file, changed settings, seeds, command, commit, date, device, package versions); a file
-# without "schema" is version 1 and reads the same.
+# without "schema" is version 1 and reads the same. Added within version 2, optional so that older files still
+# load: a model's training stages ("wikitext", "dailydialog") hold "best_val_ppl" and "per_epoch" (epoch,
+# train_ppl, val_ppl, seconds).
 RESULTS_SCHEMA = 2
 
 

@@ -1,0 +1,250 @@
+"""docs/results.md's tables against the JSON files in docs/results/: numbers against the JSON, never sentences.
+
+The full-schedule tables come from results/full_schedule_h200.json, which an earlier collector gathered from
+run folders no longer kept: it is the data now, and each table line must be one of its rows' numbers. A line
+is matched to its row by its numbers alone; its label only has to name that row's model (and its preset,
+where it gives one in backticks).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import statistics
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from newllm.reporting.plots import MODEL_LABELS
+
+DOCS = Path(__file__).resolve().parents[2] / "docs"
+RESULTS = DOCS / "results.md"
+SEED_PROTOCOL = "seed"  # the prototype's preset: per token of another vocabulary, so a table of its own
+
+# summary stat → where its values come from in a run ("runs") or its evaluation ("evaluations")
+SOURCES = {
+    "wikitext_best_val_ppl": ("runs", "wikitext", "best_val_ppl"),
+    "wikitext_epochs_run": ("runs", "wikitext", "epochs_run"),
+    "dialog_best_val_ppl": ("runs", "dialog", "best_val_ppl"),
+    "test_token_ppl": ("evaluations", "wikitext_test", "token_ppl"),
+    "test_word_ppl": ("evaluations", "wikitext_test", "word_ppl"),
+    "test_bits_per_byte": ("evaluations", "wikitext_test", "bits_per_byte"),
+    "test_stream_token_ppl": ("evaluations", "wikitext_test_stream", "token_ppl"),
+    "test_stream_word_ppl": ("evaluations", "wikitext_test_stream", "word_ppl"),
+    "dialog_test_token_ppl": ("evaluations", "dailydialog_test", "token_ppl"),
+    "dialog_test_response_ppl": ("evaluations", "dailydialog_test", "response_ppl"),
+    "dialog_distinct_1": ("evaluations", "dailydialog_responses", "distinct_1"),
+    "dialog_distinct_2": ("evaluations", "dailydialog_responses", "distinct_2"),
+}
+
+
+@pytest.fixture(scope="module")
+def schedule() -> dict:
+    return json.loads((DOCS / "results" / "full_schedule_h200.json").read_text(encoding="utf-8"))
+
+
+def table_after(doc: Path, header: str) -> list[str]:
+    """The lines of the one Markdown table in doc whose header row starts with header: found by its columns, not its prose."""
+    text = doc.read_text(encoding="utf-8")
+    assert text.count(header) == 1, header
+    table = text[text.index(header) :]
+    return table[: table.index("\n\n")].splitlines() if "\n\n" in table else table.splitlines()
+
+
+def cells(line: str) -> list[str]:
+    """A table line's cells; an escaped \\| stays inside its cell."""
+    return [cell.strip() for cell in re.split(r"(?<!\\)\|", line.strip()[1:-1])]
+
+
+def _stat(stat: dict, decimals: int, n: int | None = None) -> str:
+    """'mean ± std', and '(n=k)' where fewer seeds than the row's n count in this cell."""
+    if not stat["n"]:
+        return "—"
+    std = f" ± {stat['std']:.{decimals}f}" if stat["std"] is not None else ""
+    fewer = f" (n={stat['n']})" if n is not None and stat["n"] != n else ""
+    return f"{stat['mean']:.{decimals}f}{std}{fewer}"
+
+
+def _epochs(runs: dict, names: list[str], stage: str, stopped: bool) -> str:
+    """'28–30 (13–15)': epochs run and best epoch over the runs whose stage ended (or, for stopped lines, was stopped)."""
+    done = [runs[n][stage] for n in names if runs[n][stage] and (stopped or runs[n][stage]["complete"])]
+    if not done:
+        return "—"
+
+    def span(values):
+        return f"{min(values)}" if min(values) == max(values) else f"{min(values)}–{max(values)}"
+
+    return f"{span([d['epochs_run'] for d in done])} ({span([d['best_epoch'] for d in done])})"
+
+
+def _params(row: dict) -> str:
+    return ", ".join(f"{p:,}" for p in row["params"]) or "—"
+
+
+def _escape(text: str | None) -> str:
+    """A reply as a table cell holds it."""
+    return (text or "").replace("|", "\\|").replace("\n", " ")
+
+
+def _bpe_rows(summary: dict) -> list[str]:
+    return [key for key in summary if key.split("/")[0] != SEED_PROTOCOL]
+
+
+def _expected(schedule: dict, stage: str, n_key: str, numbers, keep_empty: bool = False) -> dict:
+    """A table's lines as the JSON gives them: number cells → (preset, model). A line per BPE row whose `n_key`
+    has seeds (with `keep_empty`, every row not wholly stopped), and one per row whose `stage` its time limit
+    stopped; `numbers(row, part, n, stopped)` gives the cells between the label and n."""
+    summary, lines = schedule["summary"], {}
+    for key in _bpe_rows(summary):
+        row, preset_model = summary[key], tuple(key.split("/"))
+        stopped, n = row.get(f"{stage}_stopped"), row[n_key]["n"]
+        candidates = []
+        if n or (keep_empty and not (stopped and not row["wikitext_best_val_ppl"]["n"])):
+            candidates.append((*numbers(row, row, n, False), str(n)))
+        if stopped:
+            candidates.append((*numbers(row, stopped, None, True), str(len(stopped["runs"]))))
+        for line in candidates:
+            assert line not in lines, line  # two rows with the same numbers could not be told apart
+            lines[line] = preset_model
+    return lines
+
+
+def assert_table_is(doc_lines: list[str], expected: dict) -> None:
+    """Every line of the table is one expected line, and every expected line is in the table once; its label
+    names the row's model, and its preset where it gives one."""
+    shown = [cells(line) for line in doc_lines[2:]]
+    assert Counter(tuple(line[1:]) for line in shown) == Counter(list(expected)), "table lines differ from the JSON"
+    for label, *numbers in shown:
+        preset, model = expected[tuple(numbers)]
+        assert MODEL_LABELS[model] in label, (label, model)
+        named = re.findall(r"`([a-z0-9_]+)`", label)
+        assert named in ([], [preset]), (label, preset)
+
+
+def test_the_json_summary_is_its_runs_means(schedule):
+    # a number edited by hand in the summary fails here: each mean and std is its values', each value one of its runs'
+    for key, row in schedule["summary"].items():
+        for part in (row, row.get("wikitext_stopped"), row.get("dialog_stopped")):
+            for name, stat in (part or {}).items():
+                if name not in SOURCES:
+                    continue
+                values = stat["values"]
+                assert stat["n"] == len(values), (key, name)
+                if values:
+                    assert stat["mean"] == pytest.approx(statistics.fmean(values)), (key, name)
+                    assert stat["std"] == (pytest.approx(statistics.stdev(values)) if len(values) > 1 else None)
+                where, *path = SOURCES[name]
+                found = [schedule[where].get(run) for run in part["runs"]]
+                for step in path:
+                    found = [value.get(step) if isinstance(value, dict) else None for value in found]
+                assert not Counter(values) - Counter(found), (key, name)
+
+
+def test_the_wikitext_table_is_the_json(schedule):
+    runs = schedule["runs"]
+    expected = _expected(schedule, "wikitext", "wikitext_best_val_ppl", keep_empty=True, numbers=lambda row, part, n, stopped: (
+        _params(row), _epochs(runs, part["runs"], "wikitext", stopped), _stat(part["wikitext_best_val_ppl"], 2),
+        _stat(part["test_token_ppl"], 2, n), _stat(part["test_word_ppl"], 1, n), _stat(part["test_bits_per_byte"], 3, n),
+    ))  # fmt: skip
+    header = "| model | parameters | epochs run (best) | val token PPL | test token PPL | test word PPL | test bits/byte | n |"
+    assert_table_is(table_after(RESULTS, header), expected)
+
+
+def test_the_whole_stream_table_is_the_json(schedule):
+    expected = _expected(schedule, "wikitext", "test_stream_word_ppl", numbers=lambda row, part, n, stopped: (
+        _stat(part["test_token_ppl"], 2, n), _stat(part["test_stream_token_ppl"], 2), _stat(part["test_word_ppl"], 1, n),
+        _stat(part["test_stream_word_ppl"], 1),
+    ))  # fmt: skip
+    header = "| model | test token PPL, reset every window | whole stream | test word PPL, reset | whole stream | n |"
+    assert_table_is(table_after(RESULTS, header), expected)
+
+
+def test_the_dailydialog_table_is_the_json(schedule):
+    runs = schedule["runs"]
+    expected = _expected(schedule, "dialog", "dialog_best_val_ppl", numbers=lambda row, part, n, stopped: (
+        _epochs(runs, part["runs"], "dialog", stopped), _stat(part["dialog_best_val_ppl"], 2),
+        _stat(part["dialog_test_token_ppl"], 2, n), _stat(part["dialog_test_response_ppl"], 2, n),
+        _stat(part["dialog_distinct_1"], 3, n), _stat(part["dialog_distinct_2"], 3, n),
+    ))  # fmt: skip
+    header = "| model | epochs run (best) | val token PPL | test token PPL | test response PPL | distinct-1 | distinct-2 | n |"
+    lines = table_after(RESULTS, header)
+    human = [line for line in lines[2:] if cells(line)[-1] == ""]  # the human replies: no seeds, no perplexity
+    reference = schedule["evaluations"]["_reference_responses"]
+    assert [cells(line)[1:] for line in human] == [
+        ["", "", "", "", f"{reference['distinct_1']:.3f}", f"{reference['distinct_2']:.3f}", ""]
+    ]
+    assert_table_is([line for line in lines if line not in human], expected)
+
+
+def test_the_sample_replies_are_seed_0s_in_the_json(schedule):
+    summary, runs, evaluations = schedule["summary"], schedule["runs"], schedule["evaluations"]
+    columns, first = {}, None  # each row's replies (a column) → (preset, model)
+    for key in _bpe_rows(summary):
+        if not (summary[key]["dialog_best_val_ppl"]["n"] or "dialog_stopped" in summary[key]):
+            continue
+        name = next((n for n in summary[key]["runs"] if runs[n]["seed"] == 0), None)
+        samples = evaluations.get(name, {}).get("dialog_samples") if name else None
+        if samples:
+            columns[tuple(_escape(sample["reply"]) for sample in samples)] = tuple(key.split("/"))
+            first = first or samples
+    lines = [cells(line) for line in table_after(RESULTS, "| # | context (last two turns) | human |")]
+    header, body = lines[0], lines[2:]
+    assert [line[:3] for line in body] == [
+        [str(i + 1), _escape(" / ".join(sample["context"][-2:])), _escape(sample["reference"])]
+        for i, sample in enumerate(first)
+    ]
+    shown = {tuple(line[j] for line in body): header[j] for j in range(3, len(header))}
+    assert sorted(shown) == sorted(columns)
+    for replies, label in shown.items():
+        preset, model = columns[replies]
+        assert MODEL_LABELS[model] in label and re.findall(r"`([a-z0-9_]+)`", label) in ([], [preset]), label
+
+
+def test_the_prototype_protocol_table_is_the_json_best_first(schedule):
+    summary, runs = schedule["summary"], schedule["runs"]
+    keys = [key for key in summary if key.split("/")[0] == SEED_PROTOCOL and summary[key]["wikitext_best_val_ppl"]["n"]]
+    keys.sort(key=lambda key: summary[key]["wikitext_best_val_ppl"]["mean"])
+    lines = [cells(line) for line in table_after(RESULTS, "| model | parameters | epochs run (best) | val PPL | n |")[2:]]
+    assert [line[1:] for line in lines] == [
+        [_params(summary[key]), _epochs(runs, summary[key]["runs"], "wikitext", False),
+         _stat(summary[key]["wikitext_best_val_ppl"], 2), str(summary[key]["wikitext_best_val_ppl"]["n"])]
+        for key in keys
+    ]  # fmt: skip
+    assert all(MODEL_LABELS[key.split("/")[1]] in line[0] for key, line in zip(keys, lines))
+
+
+def test_the_answer_table_is_the_json_best_first(schedule):
+    # the hand-labelled summary table of the answer: one line per BPE row that has a test number,
+    # each line's number and seed count that row's in the JSON, lowest perplexity first
+    lines = table_after(RESULTS, "| model | test word PPL | seeds |")
+    shown = [(line[1].strip("*"), int(line[2])) for line in map(cells, lines[2:])]
+    stats = [schedule["summary"][key]["test_word_ppl"] for key in _bpe_rows(schedule["summary"])]
+    measured = sorted((stat["mean"], _stat(stat, 1), stat["n"]) for stat in stats if stat["n"])
+    assert shown == [(text, n) for _, text, n in measured]
+
+
+def test_the_stopped_dailydialog_table_is_its_json():
+    # the per-seed table of the stopped step 2, evaluated apart: every number from its JSON
+    runs = json.loads((DOCS / "results" / "resd_dailydialog_h200.json").read_text(encoding="utf-8"))["runs"]
+    lines = table_after(RESULTS, "| seed | epochs run (best) | val token PPL | test token PPL |")
+    token = [run["test"]["token_ppl"] for run in runs.values()]
+    for seed, run in enumerate(runs.values()):
+        val = min(row["val_ppl"] for row in run["history"])
+        assert (f"| {seed} | {run['epochs_run']} ({run['best_epoch']}) | {val:.2f} | {run['test']['token_ppl']:.2f} | "
+                f"{run['test']['response_ppl']:.2f} | {run['responses']['distinct_1']:.3f} | "
+                f"{run['responses']['distinct_2']:.3f} |") == lines[2 + seed]  # fmt: skip
+    assert f"**{statistics.fmean(token):.2f} ± {statistics.stdev(token):.2f}**" in lines[-1]
+
+
+def test_the_full_size_stateful_table_is_its_json():
+    # every number of the table (validation per epoch, test from reset windows and as one stream) from the JSON
+    runs = json.loads((DOCS / "results" / "stateful_stream_h200.json").read_text(encoding="utf-8"))["runs"]
+    lines = table_after(RESULTS, "| cell | training |")[2:]
+    assert len(lines) == len(runs) == 6
+    for line in lines:
+        row = cells(line)
+        val, test, stream = row[2:6], float(row[6]), float(row[7])
+        matches = [run for run in runs.values() if [f"{r['val_ppl']:.1f}" for r in run["history"]] == val]
+        assert len(matches) == 1, line  # one run per line, found by its validation curve
+        assert (test, stream) == (round(matches[0]["test"]["token_ppl"], 2), round(matches[0]["test_stream"]["token_ppl"], 2))
