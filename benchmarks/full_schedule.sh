@@ -12,9 +12,11 @@
 # (comma-separated: PLAN="full_residual_norm_dropout4:new_llm:0 full_residual_norm_dropout5:new_llm:0,1,2").
 # Rows: full (configs/full.toml), par (configs/full_parallel.toml),
 # res (configs/full_residual_norm.toml), pard and resd (the same two with more dropout:
-# configs/full_parallel_dropout.toml, configs/full_residual_norm_dropout.toml), seed (configs/seed.toml,
-# the prototype's protocol), or the name of any other preset in configs/ (a new variant needs no
-# edit here, and `newllm collect` gives it a row of its own). FINETUNE=0 skips step 2:
+# configs/full_parallel_dropout.toml, configs/full_residual_norm_dropout.toml), prototype
+# (configs/prototype.toml, the prototype's protocol; the row "seed", its earlier name, runs it too), or the
+# name of any other preset in configs/ (a new variant needs no edit here, and `newllm collect` gives it a
+# row of its own). PROTOTYPE_PLAN (earlier SEED_PLAN, still read) holds the prototype protocol's entries,
+# run with seed 0 alone. FINETUNE=0 skips step 2:
 # step 1, then the evaluation of its model.
 # Each run <row>_<model>_s<seed> logs `start`, `pretrain_done`, `finetune_done`, `evaluate_done` and
 # `exit <code>` with Unix times, to follow the runs by (no report reads them). The tokenizer is trained
@@ -29,8 +31,9 @@ set -euo pipefail
 
 root=${1:?usage: full_schedule.sh RUNS_DIR}
 seeds=${SEEDS:-0 1 2}
-plan=${PLAN-full:new_llm par:new_llm full:tinygpt2 full:lstm}  # PLAN="" for none (then SEED_PLAN alone)
-seed_plan=${SEED_PLAN-seed:new_llm seed:tinygpt2 seed:lstm}  # the seed protocol, seed 0 only; SEED_PLAN="" for none
+plan=${PLAN-full:new_llm par:new_llm full:tinygpt2 full:lstm}  # PLAN="" for none (then PROTOTYPE_PLAN alone)
+# the prototype protocol, seed 0 only; PROTOTYPE_PLAN="" for none
+prototype_plan=${PROTOTYPE_PLAN-${SEED_PLAN-prototype:new_llm prototype:tinygpt2 prototype:lstm}}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1
 python=${PYTHON:-python3}  # the interpreter that has newllm installed
 newllm="$python -m newllm.cli"
@@ -45,7 +48,7 @@ margin=${STEP_MARGIN:-60}  # seconds of a step's time before $DEADLINE left for 
 configs=$(cd "$(dirname "$0")/../configs" && pwd)
 preset() {
   case $1 in
-    full) echo full ;; par) echo full_parallel ;; res) echo full_residual_norm ;; seed) echo seed ;;
+    full) echo full ;; par) echo full_parallel ;; res) echo full_residual_norm ;; seed) echo prototype ;;
     pard) echo full_parallel_dropout ;; resd) echo full_residual_norm_dropout ;;
     *) if [[ $1 =~ ^[a-z0-9_]+$ && -f $configs/$1.toml ]]; then echo "$1"; else echo "unknown row $1" >&2; exit 2; fi ;;
   esac
@@ -125,7 +128,7 @@ start_mps() {  # MPS=1: one MPS daemon for this schedule's processes; without it
 mkdir -p "$root"
 echo "start $(date +%s)" > "$root/launch.log"
 if [ "${MPS:-0}" = 1 ]; then start_mps >> "$root/launch.log" 2>&1; fi
-needed=$(for entry in $plan $seed_plan; do preset "${entry%%:*}"; done | sort -u)
+needed=$(for entry in $plan $prototype_plan; do preset "${entry%%:*}"; done | sort -u)
 for name in $needed; do  # one tokenizer per preset (the BPE ones come out the same)
   $python - "$name" "$root/tokenizer_$name.json" <<'PY' >> "$root/launch.log" 2>&1
 import dataclasses, shutil, sys, tempfile
@@ -142,6 +145,6 @@ for entry in $plan; do
   own=${own//,/ }
   for seed in ${own:-$seeds}; do run "$row" "$model" "$seed" & done
 done
-for entry in $seed_plan; do IFS=: read -r row model _ <<< "$entry"; run "$row" "$model" 0 & done
+for entry in $prototype_plan; do IFS=: read -r row model _ <<< "$entry"; run "$row" "$model" 0 & done
 wait
 echo "all_done $(date +%s)" >> "$root/launch.log"

@@ -39,7 +39,12 @@ def _experiment_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-dir", help="folder holding wikitext-2/ and dailydialog/ (default: $NEWLLM_DATA_DIR; if unset ./data, ../shared/data, the Hub)")
     parser.add_argument("--models", help="comma-separated models of new_llm,tinygpt2,lstm,mamba2 (default: the first three)")
     parser.add_argument("--wikitext", choices=("tokens", "raw"), help="WikiText-2 variant (default: tokens)")
-    parser.add_argument("--tokenizer", choices=("bpe", "prototype", "seed"), help="tokenizer kind; seed = prototype (default: bpe)")
+    parser.add_argument(
+        "--tokenizer",
+        type=lambda kind: "prototype" if kind == "seed" else kind,  # its earlier name, still accepted
+        choices=("bpe", "prototype"),
+        help="tokenizer kind: bpe (default) or prototype (the prototype's 1,000 words; seed is its earlier name)",
+    )
     parser.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: auto)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
@@ -189,7 +194,7 @@ def _config_from_args(args):
     if report_to is not None:  # both stages: a flag for the command, not per stage
         overrides += [f"pretrain.report_to={report_to}", f"finetune.report_to={report_to}"]
     config = load_config(args.preset, overrides)
-    if args.tokenizer in ("prototype", "seed") and not any(o.startswith("data.vocab_size=") for o in args.overrides):
+    if args.tokenizer == "prototype" and not any(o.startswith("data.vocab_size=") for o in args.overrides):
         config = dataclasses.replace(config, data=dataclasses.replace(config.data, vocab_size=1000))
     return config
 

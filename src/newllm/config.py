@@ -492,14 +492,22 @@ def parse_overrides(pairs: list[str]) -> dict:
     return tree
 
 
+# Presets renamed, by their earlier names: commands, scripts and results.json files in the wild still say these.
+PRESET_ALIASES = {"seed": "prototype"}
+
+
 def preset_path(preset: str) -> Path:
-    """A preset name (`quick`) or a path to a TOML file."""
+    """A preset name (`quick`) or a path to a TOML file; an earlier name (PRESET_ALIASES), or a path to an
+    earlier name's file in configs/ (`configs/ablation/seed.toml`), finds the file under its present name."""
     path = Path(preset)
     if path.suffix == ".toml":
-        if not path.is_file():
-            raise ConfigError(f"config file {path} does not exist")
-        return path
-    candidate = CONFIG_DIR / f"{preset}.toml"
+        if path.is_file():
+            return path
+        renamed = path.with_name(f"{PRESET_ALIASES.get(path.stem, path.stem)}.toml")
+        if renamed != path and renamed.is_file() and renamed.resolve().is_relative_to(CONFIG_DIR.resolve()):
+            return renamed
+        raise ConfigError(f"config file {path} does not exist")
+    candidate = CONFIG_DIR / f"{PRESET_ALIASES.get(preset, preset)}.toml"
     if not candidate.is_file():
         known = sorted(p.stem for p in CONFIG_DIR.glob("*.toml"))
         raise ConfigError(f"unknown preset {preset!r}; known: {', '.join(known) or 'none'} (or pass a .toml path)")

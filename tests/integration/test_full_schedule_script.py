@@ -201,3 +201,18 @@ def test_a_row_may_be_any_preset_in_configs_and_nothing_else(tmp_path):
                          capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
     assert bad.returncode != 0 and "unknown row no_such_preset" in bad.stderr
     assert not list((tmp_path / "bad").glob("*.calls"))  # nothing ran
+
+
+def test_the_prototype_plan_runs_the_prototype_preset_under_its_earlier_names_too(tmp_path):
+    python = fake_python(tmp_path)
+    env = {**os.environ, "PYTHON": str(python), "PLAN": "", "PROTOTYPE_PLAN": "prototype:lstm seed:new_llm"}
+    root = tmp_path / "runs"
+    subprocess.run(["bash", str(REPO / "benchmarks" / "full_schedule.sh"), str(root)], env=env, check=True, timeout=60)
+    assert sorted(p.name for p in root.glob("*.json")) == ["tokenizer_prototype.json"]  # the row seed is that preset
+    for run in ("prototype_lstm_s0", "seed_new_llm_s0"):  # seed 0 alone
+        assert (root / f"{run}.calls").read_text().split() == ["pretrain", "finetune", "evaluate"]
+
+    env = {key: value for key, value in env.items() if key != "PROTOTYPE_PLAN"} | {"SEED_PLAN": "seed:lstm"}
+    subprocess.run(["bash", str(REPO / "benchmarks" / "full_schedule.sh"), str(tmp_path / "old")], env=env, check=True,
+                   timeout=60)  # fmt: skip
+    assert (tmp_path / "old" / "seed_lstm_s0.calls").read_text().split() == ["pretrain", "finetune", "evaluate"]

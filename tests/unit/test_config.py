@@ -44,9 +44,22 @@ def test_full_schedule_rows_differ_from_full_in_the_model_alone(variant):
     assert dataclasses.replace(row, preset="full", model=base.model, finetune=finetune) == base
 
 
-def test_seed_preset_is_the_prototype_protocol():
-    config = load_config("seed")
+def test_prototype_preset_is_the_prototype_protocol():
+    config = load_config("prototype")
     assert (config.data.tokenizer, config.data.vocab_size, config.data.block_size) == ("prototype", 1000, 64)
+
+
+def test_the_prototype_presets_earlier_name_seed_loads_the_same_preset(tmp_path):
+    """Commands, scripts and results.json files in the wild name the prototype's preset "seed"."""
+    from newllm.config import preset_path
+
+    assert load_config("seed") == load_config("prototype")  # its name included: the present one
+    assert preset_path("seed") == CONFIG_DIR / "prototype.toml"
+    ablation = CONFIG_DIR / "ablation"
+    assert load_config(str(ablation / "seed.toml")) == load_config(str(ablation / "prototype.toml"))
+    (tmp_path / "prototype.toml").write_text("")  # a file of one's own is never swapped for another
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(str(tmp_path / "seed.toml"))
 
 
 def test_overrides_are_typed():

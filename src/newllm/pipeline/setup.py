@@ -13,9 +13,10 @@ from pathlib import Path
 
 import torch
 
-from newllm.config import ExperimentConfig, TrainConfig, load_config, preset_path
+from newllm.config import PRESET_ALIASES, ExperimentConfig, TrainConfig, load_config, preset_path
 from newllm.data.dailydialog import DialogSplit, load_dailydialog
 from newllm.data.tokenizer import (
+    KIND_ALIASES,
     describe_tokenizer,
     load_tokenizer,
     save_tokenizer,
@@ -25,6 +26,7 @@ from newllm.data.tokenizer import (
 )
 from newllm.data.wikitext import TextSplit, load_wikitext
 from newllm.models import MODEL_NAMES, BaselineShape, NewLLMConfig, matched_configs
+from newllm.models.new_llm.configuration import CELL_ALIASES
 from newllm.training.checkpoint import write_json_atomic
 from newllm.training.distributed import is_main_process
 from newllm.training.rundir import RunDir
@@ -212,6 +214,8 @@ def model_configs(config: ExperimentConfig, tokenizer) -> dict:
 RESUME_CHECKED = {"pretrain": ("precision", "data", "model", "pretrain"), "finetune": ("precision", "data", "model", "finetune")}
 RESUME_SAFE = ("data.data_dir", "model.names", "pretrain.time_limit", "finetune.time_limit", "pretrain.report_to",
                "finetune.report_to")  # fmt: skip
+# Settings renamed since: an experiment.json written before says "seed" for the prototype's cell and tokenizer.
+EARLIER_SPELLINGS = {"model.cell": CELL_ALIASES, "data.tokenizer": KIND_ALIASES}
 
 
 def _flat(values: dict, prefix: str = "") -> dict:
@@ -234,6 +238,7 @@ def check_resume_settings(config: ExperimentConfig, step: str) -> None:
         return  # nothing recorded: a run from before experiment.json, or one that never started
     current = config.to_dict()
     old = _flat({key: recorded.get(key) for key in RESUME_CHECKED[step]})
+    old = {key: _present_spelling(key, value) for key, value in old.items()}
     new = _flat({key: current[key] for key in RESUME_CHECKED[step]})
     changed = [key for key in new if key not in RESUME_SAFE and old.get(key, new[key]) != new[key]]
     if changed:
@@ -245,13 +250,21 @@ def check_resume_settings(config: ExperimentConfig, step: str) -> None:
         )
 
 
+def _present_spelling(key: str, value):
+    """`value` of setting `key` under its present name ("seed" -> "prototype" for model.cell)."""
+    return EARLIER_SPELLINGS[key].get(value, value) if key in EARLIER_SPELLINGS and isinstance(value, str) else value
+
+
 def _recorded_preset_hint(config: ExperimentConfig) -> str:
-    """'this folder was run with --preset quick; ' where experiment.json names another preset than `config`'s."""
+    """'this folder was run with --preset quick; ' where experiment.json names another preset than `config`'s
+    (a preset's earlier name is the same preset)."""
     try:
         recorded = RunDir(config.output_dir).read_experiment()["preset"]
     except (OSError, ValueError, KeyError, TypeError):
         return ""
-    return f"this folder was run with --preset {recorded}; or " if recorded and recorded != config.preset else ""
+    if not recorded or not isinstance(recorded, str) or PRESET_ALIASES.get(recorded, recorded) == config.preset:
+        return ""
+    return f"this folder was run with --preset {recorded}; or "
 
 
 def write_experiment(config: ExperimentConfig, step: str) -> None:

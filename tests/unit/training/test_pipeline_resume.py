@@ -158,3 +158,26 @@ def test_overwrite_on_the_same_corpus_keeps_the_tokenizer_and_the_other_stages(p
     run("pretrain", data, out, "--overwrite")
     assert (out / "tokenizer.json").read_text() == old
     assert snapshot(out / "best_new_llm_dialog") == dialog
+
+
+def test_resume_reads_a_run_recorded_under_the_prototypes_earlier_names(tmp_path):
+    """An experiment.json written before the renames says "seed" for the prototype's preset, cell and tokenizer:
+    the same settings, so --resume goes on, and the preset is not named as another one."""
+    import dataclasses
+
+    from newllm.config import load_config
+    from newllm.pipeline.setup import _recorded_preset_hint, check_resume_settings
+
+    config = dataclasses.replace(load_config("prototype"), output_dir=str(tmp_path))
+    recorded = config.to_dict() | {"preset": "seed"}
+    recorded["model"]["cell"] = recorded["data"]["tokenizer"] = "seed"
+    (tmp_path / "experiment.json").write_text(json.dumps({"step": "pretrain", "config": recorded}))
+    check_resume_settings(config, "pretrain")
+    assert _recorded_preset_hint(config) == ""
+
+    recorded["model"]["cell"] = "parallel"  # another cell is still refused
+    (tmp_path / "experiment.json").write_text(json.dumps({"step": "pretrain", "config": recorded}))
+    with pytest.raises(ValueError, match="model.cell='parallel', this command says 'prototype'"):
+        check_resume_settings(config, "pretrain")
+    other = dataclasses.replace(config, preset="quick")  # another preset is still named
+    assert _recorded_preset_hint(other) == "this folder was run with --preset seed; or "
