@@ -1,4 +1,4 @@
-"""The real WikiText-2 and DailyDialog files: published counts, lossless BPE, the seed protocol, windows."""
+"""The real WikiText-2 and DailyDialog files: published counts, lossless BPE, the prototype protocol, windows."""
 
 import pytest
 import torch
@@ -55,10 +55,10 @@ def test_bpe_trained_on_a_train_slice_round_trips_the_test_file(wikitext):
     assert tokenizer.decode(encode_text(tokenizer, head)[1:].tolist()) == text
 
 
-def test_seed_protocol_gives_one_token_per_word_and_line(wikitext):
-    seed = train_tokenizer(wikitext["train"].lines, kind="prototype", vocab_size=1_000)
-    assert seed.get_vocab_size() == 1_000
-    stream = encode_text(seed, wikitext["test"])
+def test_prototype_protocol_gives_one_token_per_word_and_line(wikitext):
+    prototype = train_tokenizer(wikitext["train"].lines, kind="prototype", vocab_size=1_000)
+    assert prototype.get_vocab_size() == 1_000
+    stream = encode_text(prototype, wikitext["test"])
     # The leading end_of_text is one <EOS> more than the published count.
     assert len(stream) == WIKITEXT["test"][1] + 1
     windows = StreamWindows(stream, block_size=256, drop_last=False)

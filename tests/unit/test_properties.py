@@ -12,7 +12,15 @@ import torch
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from newllm.data.tokenizer import END_OF_TEXT, END_OF_TURN, SEED_EOS, SPEAKER_1, SPEAKER_2, special_ids, train_tokenizer
+from newllm.data.tokenizer import (
+    END_OF_TEXT,
+    END_OF_TURN,
+    PROTOTYPE_EOS,
+    SPEAKER_1,
+    SPEAKER_2,
+    special_ids,
+    train_tokenizer,
+)
 from newllm.evaluation.generation import prompt_ids, respond
 from newllm.models import BaselineShape, build_model, matched_configs
 
@@ -43,7 +51,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def seed_tokenizer():
+def prototype_tokenizer():
     return train_tokenizer(TINY_TEXT.splitlines(keepends=True), kind="prototype", vocab_size=100)
 
 
@@ -70,12 +78,12 @@ def test_bpe_round_trips_any_text_with_ids_in_range(tiny_tokenizer, text):
 
 @BOUNDED
 @given(text=st.one_of(any_text, long_text, st.sampled_from(SPECIAL_STRINGS).map(lambda s: f"a {s} b")))
-def test_seed_tokenizer_never_fails_and_marks_every_line_end(seed_tokenizer, text):
-    ids = seed_tokenizer.encode(text).ids
-    assert all(0 <= i < seed_tokenizer.get_vocab_size() for i in ids)
-    assert isinstance(seed_tokenizer.decode(ids), str)
+def test_prototype_tokenizer_never_fails_and_marks_every_line_end(prototype_tokenizer, text):
+    ids = prototype_tokenizer.encode(text).ids
+    assert all(0 <= i < prototype_tokenizer.get_vocab_size() for i in ids)
+    assert isinstance(prototype_tokenizer.decode(ids), str)
     if "<" not in text:
-        assert ids.count(seed_tokenizer.token_to_id(SEED_EOS)) == text.count("\n")
+        assert ids.count(prototype_tokenizer.token_to_id(PROTOTYPE_EOS)) == text.count("\n")
 
 
 # ---------------------------------------------------------------- the prompt path

@@ -34,14 +34,14 @@ SPEAKER_1 = "<|speaker1|>"
 SPEAKER_2 = "<|speaker2|>"
 END_OF_TURN = "<|endofturn|>"
 
-SEED_PAD = "<PAD>"
-SEED_UNK = "<UNK>"
-SEED_BOS = "<BOS>"
-SEED_EOS = "<EOS>"
+PROTOTYPE_PAD = "<PAD>"
+PROTOTYPE_UNK = "<UNK>"
+PROTOTYPE_BOS = "<BOS>"
+PROTOTYPE_EOS = "<EOS>"
 
 _DIALOGUE_TOKENS = (SPEAKER_1, SPEAKER_2, END_OF_TURN)
 _BPE_SPECIALS = (END_OF_TEXT, *_DIALOGUE_TOKENS)
-_SEED_SPECIALS = (SEED_PAD, SEED_UNK, SEED_BOS, SEED_EOS, *_DIALOGUE_TOKENS)
+_PROTOTYPE_SPECIALS = (PROTOTYPE_PAD, PROTOTYPE_UNK, PROTOTYPE_BOS, PROTOTYPE_EOS, *_DIALOGUE_TOKENS)
 _FILE_NAME = "tokenizer.json"
 # The prototype's word-level kind was called "seed"; configs and commands may still say so.
 KIND_ALIASES = {"seed": "prototype"}
@@ -72,7 +72,7 @@ def train_tokenizer(
     if kind == "bpe":
         return _train_bpe(lines, vocab_size, source)
     if kind == "prototype":
-        return _train_seed(lines, vocab_size, source)
+        return _train_prototype(lines, vocab_size, source)
     raise ValueError(f"unknown tokenizer kind {kind!r}; expected 'bpe' or 'prototype'")
 
 
@@ -107,35 +107,36 @@ def _too_small(source: str, kind: str, vocab_size: int, learned: str) -> str:
     )
 
 
-def _seed_tokenizer(model: models.WordLevel) -> Tokenizer:
+def _prototype_tokenizer(model: models.WordLevel) -> Tokenizer:
     tokenizer = Tokenizer(model)
     # Lower-case before inserting <EOS>, so that the inserted token keeps its upper-case spelling.
     tokenizer.normalizer = normalizers.Sequence(
-        [normalizers.Lowercase(), normalizers.Replace("\n", f" {SEED_EOS} ")]
+        [normalizers.Lowercase(), normalizers.Replace("\n", f" {PROTOTYPE_EOS} ")]
     )
     tokenizer.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     return tokenizer
 
 
-def _train_seed(lines: Iterable[str], vocab_size: int, source: str) -> Tokenizer:
-    n_words = vocab_size - len(_SEED_SPECIALS)
+def _train_prototype(lines: Iterable[str], vocab_size: int, source: str) -> Tokenizer:
+    n_words = vocab_size - len(_PROTOTYPE_SPECIALS)
     if n_words < 1:
-        raise ValueError(f"seed vocab_size must exceed its {len(_SEED_SPECIALS)} special tokens, got {vocab_size}")
-    counter = _seed_tokenizer(models.WordLevel(unk_token=SEED_UNK))
+        specials = len(_PROTOTYPE_SPECIALS)
+        raise ValueError(f"prototype vocab_size must exceed its {specials} special tokens, got {vocab_size}")
+    counter = _prototype_tokenizer(models.WordLevel(unk_token=PROTOTYPE_UNK))
     # The trainer counts words with the same normaliser and pre-tokeniser that encoding uses, so the
     # two agree on what a word is. It ranks by count, with ties in code-point order. It is given no
     # special tokens, because it would give any that also occur as words a second id.
     counter.train_from_iterator(lines, trainers.WordLevelTrainer(vocab_size=2**31 - 1, show_progress=False))
     ranked = sorted(counter.get_vocab().items(), key=lambda item: item[1])
-    words = [word for word, _ in ranked if word not in _SEED_SPECIALS][:n_words]
+    words = [word for word, _ in ranked if word not in _PROTOTYPE_SPECIALS][:n_words]
     if len(words) < n_words:
-        learned = f"{len(words) + len(_SEED_SPECIALS)} entries ({len(words)} distinct words, {n_words} needed)"
+        learned = f"{len(words) + len(_PROTOTYPE_SPECIALS)} entries ({len(words)} distinct words, {n_words} needed)"
         raise DataFormatError(_too_small(source, "prototype", vocab_size, learned))
-    vocab = {token: i for i, token in enumerate((*_SEED_SPECIALS, *words))}
-    tokenizer = _seed_tokenizer(models.WordLevel(vocab=vocab, unk_token=SEED_UNK))
+    vocab = {token: i for i, token in enumerate((*_PROTOTYPE_SPECIALS, *words))}
+    tokenizer = _prototype_tokenizer(models.WordLevel(vocab=vocab, unk_token=PROTOTYPE_UNK))
     # <UNK> stays an ordinary entry, so that decoding shows where words were lost.
     tokenizer.add_special_tokens(
-        [AddedToken(token, special=True, normalized=False) for token in _SEED_SPECIALS if token != SEED_UNK]
+        [AddedToken(token, special=True, normalized=False) for token in _PROTOTYPE_SPECIALS if token != PROTOTYPE_UNK]
     )
     return tokenizer
 
@@ -151,7 +152,7 @@ def _kind(tokenizer: Tokenizer) -> str:
 def special_ids(tokenizer: Tokenizer) -> SpecialIds:
     """Ids of the framing tokens; the prototype kind maps end_of_text to <EOS> and pad to <PAD>."""
     if _kind(tokenizer) == "prototype":
-        names = (SEED_EOS, SEED_PAD, SPEAKER_1, SPEAKER_2, END_OF_TURN)
+        names = (PROTOTYPE_EOS, PROTOTYPE_PAD, SPEAKER_1, SPEAKER_2, END_OF_TURN)
     else:
         names = (END_OF_TEXT, END_OF_TEXT, SPEAKER_1, SPEAKER_2, END_OF_TURN)
     ids = [tokenizer.token_to_id(name) for name in names]

@@ -41,7 +41,7 @@ def clean_turn(turn: str) -> str:
         bad = turn[err.start]
         byte = f"byte 0x{ord(bad) - 0xDC00:02x}" if 0xDC80 <= ord(bad) <= 0xDCFF else f"lone surrogate U+{ord(bad):04X}"
         raise ValueError(f"the prompt is not valid UTF-8 text ({byte} at character {err.start})") from None
-    # A raw newline would be the seed tokenizer's <EOS>, and escapes are noise to every tokenizer.
+    # A raw newline would be the prototype tokenizer's <EOS>, and escapes are noise to every tokenizer.
     text = "".join(" " if unicodedata.category(ch) == "Cc" else ch for ch in turn)
     return " ".join(text.split())
 

@@ -56,8 +56,8 @@ def parameter_count(name: str, config: PretrainedConfig) -> int:
 def lstm_parameter_count(vocab_size: int, embedding_size: int, hidden_size: int, num_layers: int) -> int:
     """Embedding V×E, LSTM layers (4 gates; PyTorch keeps two bias vectors), head H×V + V."""
     first = 4 * (embedding_size * hidden_size + hidden_size * hidden_size + 2 * hidden_size)
-    rest = (num_layers - 1) * 4 * (2 * hidden_size * hidden_size + 2 * hidden_size)
-    return vocab_size * embedding_size + first + rest + hidden_size * vocab_size + vocab_size
+    later_layers = (num_layers - 1) * 4 * (2 * hidden_size * hidden_size + 2 * hidden_size)
+    return vocab_size * embedding_size + first + later_layers + hidden_size * vocab_size + vocab_size
 
 
 def lstm_config_for_budget(

@@ -278,7 +278,7 @@ def _ranking_sentence(values: Mapping[str, float], what: str, compared: int = 2)
     ranked = sorted(values.items(), key=lambda kv: kv[1])
     best = ranked[0][1]
     winners = [model_label(n) for n, v in ranked if v == best]
-    rest = [f"{model_label(n)} {_ppl(v)}" for n, v in ranked if v != best]
+    runners_up = [f"{model_label(n)} {_ppl(v)}" for n, v in ranked if v != best]
     if len(ranked) == 1:
         if compared == 1:
             return f"{winners[0]}'s {what} is {_ppl(best)}"
@@ -287,7 +287,7 @@ def _ranking_sentence(values: Mapping[str, float], what: str, compared: int = 2)
         lead = f"{_and(winners)} tie for the lowest {what}: {_ppl(best)}"
     else:
         lead = f"{winners[0]} has the lowest {what}: {_ppl(best)}"
-    return lead + (f", against {_and(rest)}" if rest else "")
+    return lead + (f", against {_and(runners_up)}" if runners_up else "")
 
 
 def _cut_short(sets: Sequence[str]) -> str:

@@ -165,11 +165,11 @@ def test_a_single_utterance_has_nothing_to_score(tiny_tokenizer):
         encode_dialogue(tiny_tokenizer, [])
 
 
-def test_encode_dialogue_works_with_the_seed_tokenizer(tiny_corpus_lines, tiny_dialogues):
-    seed = train_tokenizer(tiny_corpus_lines, kind="prototype", vocab_size=7 + 50)
-    ids, mask = encode_dialogue(seed, tiny_dialogues[0])
-    assert ids[0] == ids[-1] == seed.token_to_id("<EOS>")
-    # Seed tokens are whitespace words, so each utterance costs its word count plus speaker and end of turn.
+def test_encode_dialogue_works_with_the_prototype_tokenizer(tiny_corpus_lines, tiny_dialogues):
+    prototype = train_tokenizer(tiny_corpus_lines, kind="prototype", vocab_size=7 + 50)
+    ids, mask = encode_dialogue(prototype, tiny_dialogues[0])
+    assert ids[0] == ids[-1] == prototype.token_to_id("<EOS>")
+    # Prototype tokens are whitespace words, so each utterance costs its word count plus speaker and end of turn.
     assert len(ids) == 2 + sum(len(u.split()) + 2 for u in tiny_dialogues[0])
     assert len(mask) == len(ids)
 

@@ -1,4 +1,4 @@
-"""Tokenizers: BPE round trip, special tokens, the seed protocol, save/load and fingerprints."""
+"""Tokenizers: BPE round trip, special tokens, the prototype protocol, save/load and fingerprints."""
 
 import random
 import re
@@ -25,7 +25,7 @@ from newllm.data import (
 )
 
 SPECIAL_STRINGS = (END_OF_TEXT, SPEAKER_1, SPEAKER_2, END_OF_TURN)
-SEED_SPECIALS = ("<PAD>", "<UNK>", "<BOS>", "<EOS>")
+PROTOTYPE_SPECIALS = ("<PAD>", "<UNK>", "<BOS>", "<EOS>")
 
 
 def round_trip(tokenizer, text):
@@ -96,62 +96,62 @@ def test_training_is_deterministic(tiny_corpus_lines, tiny_tokenizer):
     assert tokenizer_fingerprint(again) == tokenizer_fingerprint(tiny_tokenizer)
 
 
-# A corpus for the seed protocol: 1,200 distinct words, of which the first 500 occur three times,
+# A corpus for the prototype protocol: 1,200 distinct words, of which the first 500 occur three times,
 # the next 600 twice and the last 100 once, in shuffled order and partly upper-cased. Names are
 # scattered over w0000 … w1199, so that code-point order differs from frequency order. The 993 word
 # slots (1000 minus 7 special tokens) end inside the group seen twice, which shows how ties are broken.
-SEED_WORDS = [f"w{i * 7 % 1200:04d}" for i in range(1200)]
+PROTOTYPE_WORDS = [f"w{i * 7 % 1200:04d}" for i in range(1200)]
 
 
-def seed_corpus() -> list[str]:
-    tokens = [word for i, word in enumerate(SEED_WORDS) for _ in range(3 if i < 500 else 2 if i < 1100 else 1)]
+def prototype_corpus() -> list[str]:
+    tokens = [word for i, word in enumerate(PROTOTYPE_WORDS) for _ in range(3 if i < 500 else 2 if i < 1100 else 1)]
     random.Random(0).shuffle(tokens)
     tokens = [token.upper() if j % 7 == 0 else token for j, token in enumerate(tokens)]
     return [" ".join(tokens[start : start + 10]) + "\n" for start in range(0, len(tokens), 10)]
 
 
 @pytest.fixture(scope="module")
-def seed_tokenizer():
-    return train_tokenizer(seed_corpus(), kind="prototype", vocab_size=1000)
+def prototype_tokenizer():
+    return train_tokenizer(prototype_corpus(), kind="prototype", vocab_size=1000)
 
 
-def test_seed_vocabulary_is_exactly_the_requested_size_with_the_prototype_specials(seed_tokenizer):
-    vocab = seed_tokenizer.get_vocab()
-    assert seed_tokenizer.get_vocab_size() == len(vocab) == 1000
+def test_prototype_vocabulary_is_exactly_the_requested_size_with_the_prototype_specials(prototype_tokenizer):
+    vocab = prototype_tokenizer.get_vocab()
+    assert prototype_tokenizer.get_vocab_size() == len(vocab) == 1000
     assert sorted(vocab.values()) == list(range(1000))
-    for token in (*SEED_SPECIALS, SPEAKER_1, SPEAKER_2, END_OF_TURN):
+    for token in (*PROTOTYPE_SPECIALS, SPEAKER_1, SPEAKER_2, END_OF_TURN):
         assert token in vocab
 
 
-def test_seed_keeps_the_most_frequent_words_with_ties_in_code_point_order(seed_tokenizer):
-    vocab = seed_tokenizer.get_vocab()
+def test_prototype_keeps_the_most_frequent_words_with_ties_in_code_point_order(prototype_tokenizer):
+    vocab = prototype_tokenizer.get_vocab()
     kept = {word for word in vocab if word.startswith("w")}
-    assert kept == set(SEED_WORDS[:500]) | set(sorted(SEED_WORDS[500:1100])[:493])
+    assert kept == set(PROTOTYPE_WORDS[:500]) | set(sorted(PROTOTYPE_WORDS[500:1100])[:493])
 
 
-def test_seed_special_ids_map_to_prototype_tokens(seed_tokenizer):
-    ids = special_ids(seed_tokenizer)
-    assert ids.end_of_text == seed_tokenizer.token_to_id("<EOS>")
-    assert ids.pad == seed_tokenizer.token_to_id("<PAD>")
-    assert ids.speaker_1 == seed_tokenizer.token_to_id(SPEAKER_1)
+def test_prototype_special_ids_map_to_prototype_tokens(prototype_tokenizer):
+    ids = special_ids(prototype_tokenizer)
+    assert ids.end_of_text == prototype_tokenizer.token_to_id("<EOS>")
+    assert ids.pad == prototype_tokenizer.token_to_id("<PAD>")
+    assert ids.speaker_1 == prototype_tokenizer.token_to_id(SPEAKER_1)
     assert len({ids.end_of_text, ids.pad, ids.speaker_1, ids.speaker_2, ids.end_of_turn}) == 5
 
 
-def test_seed_encodes_lower_cased_words_unknowns_and_one_eos_per_line(seed_tokenizer):
-    known = SEED_WORDS[:3]
-    text = f"{known[0].upper()} {known[1]}\n{known[2]} {SEED_WORDS[-1]}\n\nnever-seen"
-    encoding = seed_tokenizer.encode(text)
+def test_prototype_encodes_lower_cased_words_unknowns_and_one_eos_per_line(prototype_tokenizer):
+    known = PROTOTYPE_WORDS[:3]
+    text = f"{known[0].upper()} {known[1]}\n{known[2]} {PROTOTYPE_WORDS[-1]}\n\nnever-seen"
+    encoding = prototype_tokenizer.encode(text)
     assert encoding.tokens == [known[0], known[1], "<EOS>", known[2], "<UNK>", "<EOS>", "<EOS>", "<UNK>"]
     assert encoding.tokens.count("<EOS>") == text.count("\n")
     assert len(encoding.ids) == len(text.split()) + text.count("\n")
 
 
-def test_seed_decoding_shows_unknown_words_but_drops_padding(seed_tokenizer):
-    ids = [special_ids(seed_tokenizer).pad, *seed_tokenizer.encode(f"never-seen {SEED_WORDS[0]}").ids]
-    assert seed_tokenizer.decode(ids) == f"<UNK> {SEED_WORDS[0]}"
+def test_prototype_decoding_shows_unknown_words_but_drops_padding(prototype_tokenizer):
+    ids = [special_ids(prototype_tokenizer).pad, *prototype_tokenizer.encode(f"never-seen {PROTOTYPE_WORDS[0]}").ids]
+    assert prototype_tokenizer.decode(ids) == f"<UNK> {PROTOTYPE_WORDS[0]}"
 
 
-def test_seed_needs_enough_distinct_words(tiny_corpus_lines):
+def test_prototype_needs_enough_distinct_words(tiny_corpus_lines):
     with pytest.raises(DataFormatError, match=r"^corpus.txt is too small to train a prototype tokenizer of 1000 entries: "
                        r"it yields \d+ entries \(\d+ distinct words, 993 needed\)"):
         train_tokenizer(tiny_corpus_lines, kind="prototype", vocab_size=1000, source="corpus.txt")
@@ -169,7 +169,7 @@ def test_bpe_refuses_a_text_with_fewer_merges_than_asked(tiny_corpus_lines):
     assert train_tokenizer(tiny_corpus_lines, vocab_size=learned).get_vocab_size() == learned
 
 
-def test_seed_does_not_count_special_strings_as_words():
+def test_prototype_does_not_count_special_strings_as_words():
     lines = [f"{SPEAKER_1} a a b\n", "<EOS> c\n"]
     tokenizer = train_tokenizer(lines, kind="prototype", vocab_size=7 + 4)
     assert sorted(tokenizer.get_vocab().values()) == list(range(11))
@@ -178,8 +178,8 @@ def test_seed_does_not_count_special_strings_as_words():
 
 
 @pytest.mark.parametrize("kind, size", [("bpe", 300), ("prototype", 1000)])
-def test_save_then_load_keeps_fingerprint_and_kind(tmp_path, tiny_tokenizer, seed_tokenizer, kind, size):
-    tokenizer = tiny_tokenizer if kind == "bpe" else seed_tokenizer
+def test_save_then_load_keeps_fingerprint_and_kind(tmp_path, tiny_tokenizer, prototype_tokenizer, kind, size):
+    tokenizer = tiny_tokenizer if kind == "bpe" else prototype_tokenizer
     path = save_tokenizer(tokenizer, tmp_path / "run" / "tok")
     assert path == tmp_path / "run" / "tok" / "tokenizer.json"
     assert [p.name for p in path.parent.iterdir()] == ["tokenizer.json"]

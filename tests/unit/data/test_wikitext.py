@@ -215,10 +215,10 @@ def test_encode_text_of_a_head_is_a_prefix(tiny_tokenizer, tiny_corpus_lines):
     assert torch.equal(full[: len(head)], head)
 
 
-def test_seed_stream_has_one_token_per_word_and_line(tiny_corpus_lines):
+def test_prototype_stream_has_one_token_per_word_and_line(tiny_corpus_lines):
     split = TextSplit("test", (*tiny_corpus_lines, " \n", " double  spaced \n"), "memory")
-    seed = train_tokenizer(split.lines, kind="prototype", vocab_size=7 + 100)
-    stream = encode_text(seed, split)
+    prototype = train_tokenizer(split.lines, kind="prototype", vocab_size=7 + 100)
+    stream = encode_text(prototype, split)
     # The leading end_of_text is <EOS> too, so the stream is one longer than the word count.
     assert len(stream) == split.n_words + 1
-    assert (stream == seed.token_to_id("<EOS>")).sum().item() == len(split.lines) + 1
+    assert (stream == prototype.token_to_id("<EOS>")).sum().item() == len(split.lines) + 1

@@ -67,7 +67,7 @@ def test_training_forward_equals_step_by_step_reference(name):
     torch.testing.assert_close(trained, torch.stack(logits, dim=1), rtol=1e-5, atol=1e-5)
 
 
-def test_default_config_is_the_seed_cell_with_its_state_dict():
+def test_default_config_is_the_prototype_cell_with_its_state_dict():
     model = build()
     keys = set(model.state_dict())
     assert not any("norms" in k or "lm_head_bias" in k for k in keys)
@@ -173,10 +173,10 @@ def test_contradictory_options_are_refused(bad, message):
         tiny_new_llm_config(**bad)
 
 
-def test_parallel_variant_has_about_the_seed_parameter_count():
-    seed = sum(p.numel() for p in NewLLMForCausalLM(NewLLMConfig(vocab_size=8192)).parameters())
+def test_parallel_variant_has_about_the_prototype_cells_parameter_count():
+    prototype = sum(p.numel() for p in NewLLMForCausalLM(NewLLMConfig(vocab_size=8192)).parameters())
     parallel = sum(p.numel() for p in NewLLMForCausalLM(NewLLMConfig(vocab_size=8192, cell="parallel")).parameters())
-    assert abs(parallel - seed) / seed < 0.05
+    assert abs(parallel - prototype) / prototype < 0.05
 
 
 def test_mlp_block_stack_is_additive_input_then_pre_norm_residual_mlps():

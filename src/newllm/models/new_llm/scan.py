@@ -185,8 +185,8 @@ class NewLLMScan(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_hidden, grad_context):
-        context_weight, norm_weight, proj_weight, *rest = ctx.saved_tensors
-        weights, ffn_norms = rest[: ctx.n_layers - 1], rest[ctx.n_layers - 1 :]
+        context_weight, norm_weight, proj_weight, *per_layer = ctx.saved_tensors  # layers 2.., weights then FFN norms
+        weights, ffn_norms = per_layer[: ctx.n_layers - 1], per_layer[ctx.n_layers - 1 :]
         contexts, pre_acts, inputs, input_hats, input_rstds, masks, context_masks, normed, rstds, projs, hidden_seq = (
             ctx.saved
         )
