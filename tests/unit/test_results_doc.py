@@ -20,7 +20,9 @@ from newllm.reporting.plots import MODEL_LABELS
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 RESULTS = DOCS / "results.md"
-SEED_PROTOCOL = "seed"  # the prototype's preset: per token of another vocabulary, so a table of its own
+# the prototype's preset, by the name the JSON records (its earlier one): per token of another vocabulary, so a
+# table of its own
+PROTOTYPE_PRESET = "seed"
 
 # summary stat → where its values come from in a run ("runs") or its evaluation ("evaluations")
 SOURCES = {
@@ -88,7 +90,7 @@ def _escape(text: str | None) -> str:
 
 
 def _bpe_rows(summary: dict) -> list[str]:
-    return [key for key in summary if key.split("/")[0] != SEED_PROTOCOL]
+    return [key for key in summary if key.split("/")[0] != PROTOTYPE_PRESET]
 
 
 def _expected(schedule: dict, stage: str, n_key: str, numbers, keep_empty: bool = False) -> dict:
@@ -203,7 +205,7 @@ def test_the_sample_replies_are_seed_0s_in_the_json(schedule):
 
 def test_the_prototype_protocol_table_is_the_json_best_first(schedule):
     summary, runs = schedule["summary"], schedule["runs"]
-    keys = [key for key in summary if key.split("/")[0] == SEED_PROTOCOL and summary[key]["wikitext_best_val_ppl"]["n"]]
+    keys = [key for key in summary if key.split("/")[0] == PROTOTYPE_PRESET and summary[key]["wikitext_best_val_ppl"]["n"]]
     keys.sort(key=lambda key: summary[key]["wikitext_best_val_ppl"]["mean"])
     lines = [cells(line) for line in table_after(RESULTS, "| model | parameters | epochs run (best) | val PPL | n |")[2:]]
     assert [line[1:] for line in lines] == [

@@ -13,7 +13,13 @@ from pathlib import Path
 
 import torch
 
-from newllm.config import PRESET_ALIASES, ExperimentConfig, TrainConfig, load_config, preset_path
+from newllm.config import (
+    PRESET_ALIASES,
+    ExperimentConfig,
+    TrainConfig,
+    load_config,
+    preset_path,
+)
 from newllm.data.dailydialog import DialogSplit, load_dailydialog
 from newllm.data.tokenizer import (
     KIND_ALIASES,
