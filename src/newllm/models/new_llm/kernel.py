@@ -298,11 +298,20 @@ def _precision() -> str:
     return "ieee" if torch.get_float32_matmul_precision() == "highest" else "tf32"
 
 
+COVERED = ("the kernels cover the prototype cell (Linear → ReLU layers without residual or ffn_norm, a linear "
+           "candidate, a clamp, one context scale) and the MLP-block cell with one context scale")
+
+
 def unsupported_reason(cell, batch: int, steps: int) -> str | None:
-    """Why these kernels cannot run this cell on a (batch, steps) window, or None when they can."""
+    """Why these kernels (or kernel_mlp.py's, for an MLP-block cell) cannot run this cell on a (batch, steps)
+    window, or None when they can."""
+    if cell.blocks is not None:
+        # imported here: kernel_mlp.py builds on this module's tile helpers
+        from newllm.models.new_llm.kernel_mlp import mlp_unsupported_reason
+
+        return mlp_unsupported_reason(cell, batch, steps)
     if not cell.has_handwritten_backward or cell.residual or cell.norms is not None:
-        return ("the kernel covers the prototype cell only (Linear → ReLU layers without residual or ffn_norm, "
-                "a linear candidate, a clamp, one context scale)")  # fmt: skip
+        return COVERED
     dtypes = {p.dtype for p in cell.parameters()}
     if dtypes != {torch.float32}:
         return f"the kernel runs in float32; the cell's parameters are {', '.join(sorted(map(str, dtypes)))}"
@@ -378,6 +387,10 @@ def kernel_scan(cell, token_embeddings: torch.Tensor, context: torch.Tensor) -> 
 
     The caller checks `unsupported_reason` first; the masks are drawn as scan.py draws them (same
     shapes, same order), so one seed gives both paths the same masks."""
+    if cell.blocks is not None:
+        from newllm.models.new_llm.kernel_mlp import mlp_kernel_scan
+
+        return mlp_kernel_scan(cell, token_embeddings, context)
     reason = unsupported_reason(cell, token_embeddings.shape[0], token_embeddings.shape[1])
     if reason is not None:
         raise ValueError(reason)

@@ -144,8 +144,9 @@ class NewLLMForCausalLM(RecurrentGenerationMixin, NewLLMPreTrainedModel, Generat
 
         "compiled" fuses each step's kernels with torch.compile; "graphed" captures the whole scan,
         forward and backward, as CUDA graphs per input shape (scan.py). "kernel" runs the whole
-        window in one Triton launch forward and one backward (kernel.py) where that applies (CUDA,
-        triton installed, the prototype cell without residual or ffn_norm, float32 parameters) and
+        window in one Triton launch forward and one backward (kernel.py, kernel_mlp.py) where that applies
+        (CUDA, triton installed, the prototype cell without residual or ffn_norm or the MLP-block cell, one
+        context scale, float32 parameters) and
         otherwise, with a warning on CUDA, the eager hand-written scan; not yet the default, being
         unmeasured. The function is the same in every mode; on CPU every mode runs eagerly.
         """

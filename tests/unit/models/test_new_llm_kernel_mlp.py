@@ -1,0 +1,180 @@
+"""kernel_mlp.py's Triton kernels compute the MLP-block cell's training scan: outputs, every gradient, dropout masks.
+
+Run as test_new_llm_kernel.py's tests are: in Triton's CPU interpreter without a GPU (tests/conftest.py
+sets TRITON_INTERPRET=1), compiled on a GPU, skipped without triton (CI).
+"""
+
+import pytest
+import torch
+
+triton = pytest.importorskip("triton", reason="the kernel path needs triton (CI does not install it)")
+if not torch.cuda.is_available() and not triton.knobs.runtime.interpret:
+    pytest.skip("no GPU and TRITON_INTERPRET is not 1: the kernels cannot run", allow_module_level=True)
+
+from newllm.models.new_llm import NewLLMForCausalLM, kernel, kernel_mlp  # noqa: E402
+from newllm.models.new_llm.modeling import kernel_refusal  # noqa: E402
+from newllm.models.new_llm.scan import CellShape, cell_step, dropout_masks  # noqa: E402
+from tests.unit.models.conftest import random_ids, tiny_new_llm_config  # noqa: E402
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+# The study's cell (configs/study.toml) at a tiny width: MLP blocks, final norm, tied head, tanh, no clamp.
+STUDY = dict(block="mlp", embedding_size=32, hidden_size=32, context_size=32, mlp_ratio=2, tie_embeddings=True,
+             final_norm=True, candidate="tanh", context_clamp=0.0, forget_bias=1.0)  # fmt: skip
+
+
+def _cell(**overrides):
+    """A tiny MLP-block cell with parameters of order one, so that no wrong sign or missing term hides near 0."""
+    torch.manual_seed(0)
+    cell = NewLLMForCausalLM(tiny_new_llm_config(**overrides)).model.cell.to(DEVICE)
+    with torch.no_grad():
+        for name, p in cell.named_parameters():
+            if name.endswith("weight") and p.dim() == 2:
+                p.copy_(torch.randn_like(p) / p.shape[1] ** 0.5)
+            elif name.endswith("norm.weight"):
+                p.copy_(1 + 0.3 * torch.randn_like(p))
+            else:
+                p.copy_(0.3 * torch.randn_like(p))
+    return cell
+
+
+def _inputs(cell, batch, steps, dropout, context_dropout):
+    """(T, B, D) token part and (B, C) context, both needing grad, and the masks as scan.py draws them."""
+    width, size_c = cell.layers[0].out_features, cell.context_size
+    token_part = torch.randn(steps, batch, width, device=DEVICE, requires_grad=True)
+    context = torch.randn(batch, size_c, device=DEVICE, requires_grad=True)
+    masks = dropout_masks(token_part, (steps, len(cell.blocks), batch, width), dropout)
+    context_masks = dropout_masks(token_part, (steps, batch, size_c), context_dropout)
+    return token_part, context, masks, context_masks
+
+
+def _run_kernel(cell, token_part, context, masks, context_masks):
+    blocks = [p for b in cell.blocks for p in (b.norm.weight, b.norm.bias, b.up.weight, b.up.bias, b.down.weight,
+                                               b.down.bias)]  # fmt: skip
+    final = (cell.final_norm.weight, cell.final_norm.bias) if cell.final_norm is not None else (None, None)
+    options = (cell.context_norm.eps, float(cell.context_clamp), cell.candidate == "tanh")
+    return kernel_mlp.MLPKernelScan.apply(options, token_part, context, masks, context_masks,
+                                          cell.layers[0].weight[:, cell.embedding_size :], cell.context_norm.weight,
+                                          cell.context_norm.bias, cell.context_proj.weight, cell.context_proj.bias,
+                                          *final, *blocks)  # fmt: skip
+
+
+def _run_reference(cell, token_part, context, masks, context_masks):
+    """scan.cell_step along T under autograd, the masks given."""
+    p = dict(cell.named_parameters())
+    shape = CellShape(True, len(cell.blocks), False, False, cell.final_norm is not None, cell.candidate == "tanh",
+                      float(cell.context_clamp), cell.context_norm.eps, masks is not None, context_masks is not None)  # fmt: skip
+    context_weight = p["layers.0.weight"][:, cell.embedding_size :]
+    hiddens = []
+    for t in range(token_part.shape[0]):
+        hidden, context = cell_step(token_part[t], context, None if masks is None else masks[t],
+                                    None if context_masks is None else context_masks[t], context_weight, p, shape)  # fmt: skip
+        hiddens.append(hidden)
+    return torch.stack(hiddens), context
+
+
+CASES = {
+    # name: cell overrides, batch, steps, dropout p, context dropout p
+    "plain blocks": (dict(block="mlp", mlp_ratio=2, hidden_size=24), 3, 5, 0.0, 0.0),
+    "study cell, dropouts": (STUDY, 3, 5, 0.3, 0.2),
+    "one block, linear candidate, final norm": (dict(block="mlp", num_hidden_layers=1, final_norm=True), 2, 4, 0.2, 0.0),
+    # a clamp the context reaches; B > BLOCK_B, and widths (72, 70, 144) over one tile: several programs, ragged tiles
+    "clamp, tiles": (dict(block="mlp", mlp_ratio=2, hidden_size=72, context_size=70, context_clamp=1.2), 18, 3, 0.2, 0.1),
+}
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_mlp_kernel_outputs_and_gradients_equal_the_reference_step(name):
+    overrides, batch, steps, dropout, context_dropout = CASES[name]
+    cell = _cell(**overrides)
+    inputs = _inputs(cell, batch, steps, dropout, context_dropout)
+    outputs = [_run_reference(cell, *inputs), _run_kernel(cell, *inputs)]
+    if "clamp" in name:  # the case must reach the clamp for the test to check its gradient
+        assert (outputs[0][1].abs() == cell.context_clamp).any()
+    for reference, fast in zip(*outputs):
+        torch.testing.assert_close(fast, reference, rtol=1e-5, atol=1e-5)
+    weights = torch.randn_like(outputs[0][0]), torch.randn_like(outputs[0][1])
+    leaves = [inputs[0], inputs[1], *cell.parameters()]
+    names = ["token part", "context", *(n for n, _ in cell.named_parameters())]
+    grads = []
+    for hidden, last in outputs:
+        loss = (hidden * weights[0]).sum() + (last * weights[1]).sum()
+        grads.append(torch.autograd.grad(loss, leaves, allow_unused=True))
+    for label, reference, fast in zip(names, *grads):
+        if reference is None:  # the input layer's bias: it lives in the token part, computed outside the scan
+            assert fast is None or not fast.any(), label
+            continue
+        # atol 5e-5: fp32 sums in another order, through three LayerNorm backwards per block (1e-5 is the scale)
+        torch.testing.assert_close(fast, reference, rtol=1e-4, atol=5e-5, msg=lambda m: f"{label}: {m}")
+
+
+def _model(mode, **overrides):
+    torch.manual_seed(0)
+    return NewLLMForCausalLM(tiny_new_llm_config(**overrides)).to(DEVICE).set_fast_path(mode)
+
+
+def test_mlp_kernel_scan_draws_the_masks_of_the_autograd_scan():
+    # scan.autograd_scan (the MLP cell's training scan on the GPU's other fast paths) and mlp_kernel_scan draw
+    # their dropout masks alike: one seed, the same hidden states, last context and gradients.
+    from newllm.models.new_llm.scan import autograd_scan
+
+    cell = _cell(**STUDY, dropout=0.3, context_dropout=0.2).train()
+    embeddings = torch.randn(3, 6, cell.embedding_size, device=DEVICE, requires_grad=True)
+    context = torch.randn(3, cell.context_size, device=DEVICE)
+    results = []
+    for scan in (autograd_scan, kernel_mlp.mlp_kernel_scan):
+        torch.manual_seed(1)
+        hidden, last = scan(cell, embeddings, context)
+        loss = hidden.square().sum() + last.sum()
+        results.append((hidden, last, torch.autograd.grad(loss, [embeddings, *cell.parameters()])))
+    torch.testing.assert_close(results[1][0], results[0][0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(results[1][1], results[0][1], rtol=1e-5, atol=1e-5)
+    for reference, fast in zip(results[0][2], results[1][2]):
+        torch.testing.assert_close(fast, reference, rtol=1e-4, atol=1e-5)
+
+
+def test_the_study_cells_training_step_takes_the_kernel_and_equals_eager(monkeypatch):
+    # Through the model: kernel_scan hands an MLP-block cell to kernel_mlp.py; the loss and every gradient (tied
+    # head and embedding included) equal the eager scan's. No dropout: eager `cell.scan` draws its masks step by step.
+    calls = []
+    real = kernel_mlp.mlp_kernel_scan
+    monkeypatch.setattr(kernel_mlp, "mlp_kernel_scan", lambda *args: calls.append(1) or real(*args))
+    models = [_model("eager", **STUDY).train(), _model("kernel", **STUDY).train()]
+    assert kernel_refusal(models[1].model.cell, torch.zeros(2, 3, 32, device=DEVICE)) is None
+    ids = random_ids(3, 8).to(DEVICE)
+    results = []
+    for model in models:
+        loss = model(ids, labels=ids).loss
+        results.append((loss, torch.autograd.grad(loss, list(model.parameters()))))
+    assert calls == [1]
+    torch.testing.assert_close(results[1][0], results[0][0], rtol=1e-5, atol=1e-6)
+    for (name, _), reference, fast in zip(models[0].named_parameters(), results[0][1], results[1][1]):
+        torch.testing.assert_close(fast, reference, rtol=1e-4, atol=1e-6, msg=lambda m: f"{name}: {m}")
+
+
+def test_mlp_cells_the_kernel_cannot_take_are_refused():
+    cell = _cell(**STUDY)
+    assert kernel.unsupported_reason(cell, 4, 8) is None
+    assert "MLP-block cell with one context scale" in kernel.unsupported_reason(_cell(**STUDY, context_scales=2), 4, 8)
+    assert "int32" in kernel.unsupported_reason(cell, 2**12, 2**16)
+    assert "float32" in kernel.unsupported_reason(cell.to(torch.bfloat16), 4, 8)
+
+
+@cuda
+def test_cuda_mlp_kernel_training_step_matches_eager_in_fp32_and_bf16():
+    # On the GPU: loss to 1e-5 and gradients to 1e-3 relative, as for the prototype cell's kernel.
+    ids = random_ids(8, 32).cuda()
+    options = dict(STUDY, dropout=0.2, context_dropout=0.1)
+    for precision in ("fp32", "bf16"):
+        results = []
+        for mode in ("compiled", "kernel"):  # "compiled": autograd_scan, which draws the masks as the kernel does
+            model = _model(mode, **options).train()
+            torch.manual_seed(1)
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=precision == "bf16"):
+                loss = model(ids, labels=ids).loss
+            results.append((loss, torch.autograd.grad(loss, list(model.parameters()))))
+        torch.testing.assert_close(results[1][0], results[0][0], rtol=1e-5, atol=1e-5)
+        for reference, fast in zip(results[0][1], results[1][1]):
+            error = ((fast.float() - reference.float()).norm() / reference.float().norm().clamp_min(1e-12)).item()
+            assert error < 1e-3, (precision, error)
