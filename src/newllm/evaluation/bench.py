@@ -12,8 +12,9 @@ Two questions, each over a grid:
   and how big the cache is, after a prompt of `context_len` tokens. This is what the fixed-size context vector is for: New-LLM's cost and
   state stay flat while GPT-2's key/value cache grows with the context (and stops at its positions).
   Both run through the shared decoding path (decoding.py). Modes: "forward" (the model's forward,
-  one token per call, for every model) and "graphed" (its New-LLM backend `GreedyDecoder`: one CUDA
-  graph replay per token; CUDA only).
+  one token per call, for every model) and "graphed" (one CUDA graph replay per token, CUDA only:
+  New-LLM's `GreedyDecoder`, and TinyGPT2's `StaticCacheDecoder` over a static key/value cache, so
+  that both get their fastest fair setup).
 
 Every number is a median over `repeats` after `warmup` untimed runs; CUDA is synchronised around
 each timed call. Rows that cannot run (bf16 on CPU, GPT-2 past its positions) are kept with the
@@ -354,7 +355,7 @@ def _generation_rows(name: str, model, config: BenchConfig, device: torch.device
         skip = _precision_skip(precision, device)
         if skip is None and mode == "graphed":
             if not has_graphed_backend(model):
-                skip = "graphed decoding is New-LLM's GreedyDecoder"
+                skip = "graphed decoding is New-LLM's GreedyDecoder and GPT-2's StaticCacheDecoder"
             elif device.type != "cuda":
                 skip = "graphed decoding is timed on CUDA only (CUDA graphs)"
         if skip is not None:

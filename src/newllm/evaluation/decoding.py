@@ -9,8 +9,9 @@
 `respond`, chat, speed and bench all decode through `Decoder`, and it does what `generate()` does
 with the same settings (the same processors, float32 scores, one `torch.multinomial` per token, pads
 after a row's stop token), so greedy replies and seeded draws are the ones `generate()` gives.
-New-LLM's `GreedyDecoder` (one CUDA graph replay per token) is the backend of greedy runs without
-stop tokens when a caller asks for `graphed`.
+New-LLM's `GreedyDecoder` and TinyGPT2's `StaticCacheDecoder` (a static key/value cache; each one CUDA
+graph replay per token) are the backends of greedy runs without stop tokens when a caller asks for
+`graphed`.
 
 The cache is whatever the model returns: New-LLM's context vector and the LSTM's (h, c) in a
 `RecurrentCache` under `state`, GPT-2's key/value cache under `cache` or `past_key_values`
@@ -25,10 +26,11 @@ import inspect
 from dataclasses import dataclass
 
 import torch
-from transformers import LogitsProcessorList, TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
+from transformers import GPT2LMHeadModel, LogitsProcessorList, TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 
 from newllm.evaluation.perplexity import autocast_context
 from newllm.models.new_llm import NewLLMForCausalLM
+from newllm.models.gpt2 import StaticCacheDecoder
 from newllm.models.new_llm.decoding import GreedyDecoder
 from newllm.models.registry import carries_state, usable_positions
 
@@ -107,8 +109,9 @@ def logits_processors(options: SamplingOptions) -> LogitsProcessorList:
 
 
 def has_graphed_backend(model) -> bool:
-    """Whether greedy decoding of `model` can replay one CUDA graph per token (New-LLM's `GreedyDecoder`)."""
-    return isinstance(model, NewLLMForCausalLM)
+    """Whether greedy decoding of `model` can replay one CUDA graph per token: New-LLM's `GreedyDecoder`, or
+    TinyGPT2's `StaticCacheDecoder` (a static key/value cache, so that its step is a fixed graph too)."""
+    return isinstance(model, (NewLLMForCausalLM, GPT2LMHeadModel))
 
 
 def _croppable(cache) -> bool:
@@ -136,7 +139,8 @@ class Decoder:
     """Prefill → step → sample for one batch of sequences of an eval-mode `model` (see the module docstring).
 
     dtype: autocast for every forward (float32: none). graphed: greedy runs without stop tokens go
-    through New-LLM's `GreedyDecoder`. keep: for a model with learned positions, a feed that would go
+    through New-LLM's `GreedyDecoder` or GPT-2's `StaticCacheDecoder`. keep: for a model with learned
+    positions, a feed that would go
     past them restarts the cache from the last `keep` tokens instead (chat's sliding window).
     """
 
@@ -151,7 +155,7 @@ class Decoder:
         keep: int | None = None,
     ):
         if graphed and not has_graphed_backend(model):
-            raise ValueError(f"graphed decoding is New-LLM's GreedyDecoder, not {type(model).__name__}'s")
+            raise ValueError(f"graphed decoding is New-LLM's and GPT-2's, not {type(model).__name__}'s")
         self.model = model
         self.options = options
         self.processors = logits_processors(options)
@@ -166,7 +170,7 @@ class Decoder:
         self.cache_name = cache_argument(model)
         # GPT-2 can project only the last position onto the vocabulary, as generate() asks it to.
         self.last_logits_only = "logits_to_keep" in inspect.signature(model.forward).parameters
-        self.backend: GreedyDecoder | None = None
+        self.backend: GreedyDecoder | StaticCacheDecoder | None = None
         self.reset()
 
     def reset(self) -> None:
@@ -214,8 +218,11 @@ class Decoder:
         starts = [0, *range(first, input_ids.shape[1], chunk)]
         for start, stop in zip(starts, [*starts[1:], input_ids.shape[1]]):
             logits = self._forward(input_ids[:, start:stop], attention_mask[:, start:stop])
-        if self.graphed and (self.backend is None or self.backend.batch_size != input_ids.shape[0]):
-            # Captured here, before any decoding is timed, once the batch size is known.
+        # Captured here, before any decoding is timed: New-LLM's once per batch size, GPT-2's per prompt (its
+        # static cache starts as a copy of the prompt's).
+        if self.graphed and not self.recurrent:
+            self.backend = StaticCacheDecoder(self.model, self.cache, self.mask, self.options.max_new_tokens, self.dtype)
+        elif self.graphed and (self.backend is None or self.backend.batch_size != input_ids.shape[0]):
             self.backend = GreedyDecoder(self.model, input_ids.shape[0], self.options.max_new_tokens, self.dtype)
         return logits
 
@@ -265,11 +272,14 @@ class Decoder:
         return tokens
 
     def _graphed(self, logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-        """`generate` without stop tokens through New-LLM's `GreedyDecoder`: one graph replay per fed token."""
+        """`generate` without stop tokens through the graphed backend: one graph replay per fed token."""
         tokens[:, 0] = self.sample(logits, tokens[:, :0])
-        if tokens.shape[1] > 1:
-            tokens[:, 1:], self.cache = self.backend.decode(self.cache, tokens[:, 0], tokens.shape[1] - 1)
-            self.length += tokens.shape[1] - 1
+        fed = tokens.shape[1] - 1
+        if fed:
+            tokens[:, 1:], self.cache = self.backend.decode(self.cache, tokens[:, 0], fed)
+            self.length += fed
+            if self.mask is not None:  # a key/value cache's mask spans every token it holds
+                self.mask = torch.cat([self.mask, self.mask.new_ones(self.mask.shape[0], fed)], dim=1)
         return tokens
 
     def _forward(self, input_ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

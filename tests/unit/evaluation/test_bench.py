@@ -104,8 +104,8 @@ def test_graphed_decoding_rows_say_why_they_were_skipped():
     reasons = {r["model"]: r["skipped"] for r in results["generation"]}
     assert reasons == {
         "new_llm": "graphed decoding is timed on CUDA only (CUDA graphs)",
-        "tinygpt2": "graphed decoding is New-LLM's GreedyDecoder",
-        "lstm": "graphed decoding is New-LLM's GreedyDecoder",
+        "tinygpt2": "graphed decoding is timed on CUDA only (CUDA graphs)",
+        "lstm": "graphed decoding is New-LLM's GreedyDecoder and GPT-2's StaticCacheDecoder",
     }
 
 
