@@ -7,7 +7,9 @@ Two questions, each over a grid:
   recurrence here: GPT-2 processes the T positions in parallel, New-LLM loops over them.
   Modes: "eager"; "compiled" (New-LLM: its step functions through torch.compile; the baselines:
   torch.compile of the model); "graphed" (New-LLM: compiled steps and the whole scan replayed from
-  CUDA graphs; the baselines: torch.compile(mode="reduce-overhead"), which adds CUDA graphs).
+  CUDA graphs; the baselines: torch.compile(mode="reduce-overhead"), which adds CUDA graphs); "kernel"
+  (New-LLM only, CUDA only, opt-in: the whole window in one Triton launch each way, kernel.py and
+  kernel_mlp.py; the baselines' rows say so and their best stays their graphed row).
 - generation: how long one greedy token costs (ms_per_token as `speed.time_decoding` defines it),
   and how big the cache is, after a prompt of `context_len` tokens. This is what the fixed-size context vector is for: New-LLM's cost and
   state stay flat while GPT-2's key/value cache grows with the context (and stops at its positions).
@@ -39,10 +41,10 @@ from newllm.models.new_llm import NewLLMConfig
 from newllm.models.registry import BaselineShape, build_model, count_parameters, matched_configs, max_positions
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
-COMPILE_MODES = ("eager", "compiled", "graphed")
+COMPILE_MODES = ("eager", "compiled", "graphed", "kernel")
 GEN_MODES = ("forward", "graphed")
 # New-LLM's own fast path for each training mode (NewLLMForCausalLM.set_fast_path)
-NEW_LLM_FAST_PATHS = {"eager": "eager", "compiled": "compiled", "graphed": "compiled+graphed"}
+NEW_LLM_FAST_PATHS = {"eager": "eager", "compiled": "compiled", "graphed": "compiled+graphed", "kernel": "kernel"}
 LEARNING_RATE = 1e-4  # irrelevant to the timing; small so that a few steps on random ids stay finite
 
 
@@ -301,7 +303,11 @@ def _training_rows(name: str, model, config: BenchConfig, device: torch.device, 
         head = {"model": name, "batch_size": batch, "seq_len": seq, "precision": precision, "mode": mode}
         empty = {"tokens_per_s": None, "ms_per_step": None, "peak_mem_bytes": None}
         skip = None
-        if mode == "graphed" and device.type != "cuda":
+        if mode == "kernel" and not hasattr(model, "set_fast_path"):
+            skip = "kernel is New-LLM's Triton path (the baselines' best is graphed)"
+        elif mode == "kernel" and device.type != "cuda":
+            skip = "kernel is timed on CUDA only (Triton)"
+        elif mode == "graphed" and device.type != "cuda":
             skip = "graphed is timed on CUDA only (CUDA graphs)"
         elif mode == "compiled" and device.type != "cuda" and not config.compile_on_cpu:
             skip = "compiled is timed on CUDA only (compile_on_cpu=False)"

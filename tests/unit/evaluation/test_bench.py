@@ -109,6 +109,17 @@ def test_graphed_decoding_rows_say_why_they_were_skipped():
     }
 
 
+def test_kernel_training_rows_are_new_llms_and_say_why_they_were_skipped_on_cpu():
+    config = dataclasses.replace(quick_bench_config(), compile_modes=("kernel",), gen_modes=("forward",))
+    results = run_bench(config, "cpu", progress=False)
+    reasons = {r["model"]: r["skipped"] for r in results["training"]}
+    assert reasons == {
+        "new_llm": "kernel is timed on CUDA only (Triton)",
+        "tinygpt2": "kernel is New-LLM's Triton path (the baselines' best is graphed)",
+        "lstm": "kernel is New-LLM's Triton path (the baselines' best is graphed)",
+    }
+
+
 def test_graphed_decoding_runs_eagerly_on_cpu_and_reports_the_context_vector(tiny_models):
     row = measure_generation(tiny_models["new_llm"], 12, 2, 4, "cpu", warmup=0, repeats=1, graphed=True)
     assert math.isfinite(row["ms_per_token"]) and row["ms_per_token"] > 0
