@@ -5,7 +5,7 @@
 Prints, after each build, the memory still allocated above the weights ("left") and the decoding peak.
 Before the fix (every capture on a new CUDA stream, each keeping its own 33 MiB cuBLAS workspace)
 "left" grew by 33 MiB per build; this script, then looping over the parallel and the prototype cell in
-bf16 and fp32, showed it on an H200. After the fix (scan.capture_stream) this version
+bf16 and fp32, showed it on an H200. After the fix (cuda_graphs.capture_stream) this version
 printed a constant 99 MiB left and a 127.5 MiB peak on every row (docs/performance.md).
 """
 

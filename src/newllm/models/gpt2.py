@@ -9,7 +9,7 @@ import torch
 from torch.nn import functional as F
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from newllm.models.new_llm.scan import capture_stream
+from newllm.models.cuda_graphs import capture_step
 
 # The fields one dropout setting sets in GPT2Config (residual, embedding and attention dropout).
 GPT2_DROPOUT_FIELDS = ("resid_pdrop", "embd_pdrop", "attn_pdrop")
@@ -106,7 +106,7 @@ class StaticCacheDecoder:
         self.position = torch.zeros(1, dtype=torch.long, device=first.device)
         self.graph = None
         if first.is_cuda:
-            self._capture()
+            self.graph = capture_step(self._step, self._restart, first.device.index)
 
     def _autocast(self):
         if self.dtype == torch.float32:
@@ -139,19 +139,6 @@ class StaticCacheDecoder:
         self.position += 1
         self.slot += 1
         self.row_positions += 1
-
-    def _capture(self) -> None:
-        stream = capture_stream(self.token.device.index)
-        stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream):  # warm-up off the main stream, as torch.cuda.graphs recommends
-            for _ in range(3):
-                self._restart()
-                self._step()
-        torch.cuda.current_stream().wait_stream(stream)
-        self._restart()
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
-            self._step()
 
     @torch.no_grad()
     def decode(self, cache, token: torch.Tensor, new_tokens: int):

@@ -15,7 +15,7 @@ import contextlib
 
 import torch
 
-from newllm.models.new_llm.scan import capture_stream
+from newllm.models.cuda_graphs import capture_step
 from newllm.models.recurrent import RecurrentCache
 
 
@@ -39,7 +39,7 @@ class GreedyDecoder:
         self.position = torch.zeros(1, dtype=torch.long, device=device)  # on the device: a replay needs no sync
         self.graph = None
         if device.type == "cuda":
-            self._capture()
+            self.graph = capture_step(self._step, self.position.zero_, device.index)
 
     def _autocast(self):
         if self.dtype == torch.float32:
@@ -56,18 +56,6 @@ class GreedyDecoder:
         self.token.copy_(next_token)
         self.tokens.index_copy_(1, self.position, next_token[:, None])
         self.position += 1
-
-    def _capture(self) -> None:
-        stream = capture_stream(self.token.device.index)
-        stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream):  # warm-up off the main stream, as torch.cuda.graphs recommends
-            for _ in range(3):
-                self._step()
-        torch.cuda.current_stream().wait_stream(stream)
-        self.position.zero_()
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
-            self._step()
 
     @torch.no_grad()
     def decode(self, state: RecurrentCache, token: torch.Tensor, new_tokens: int) -> tuple[torch.Tensor, RecurrentCache]:

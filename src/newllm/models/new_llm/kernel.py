@@ -83,14 +83,146 @@ def _dot_rows(acc, x_ptr, x_row, scale_ptr, HAS_SCALE: tl.constexpr, rows, row_o
 
 
 @triton.jit
-def _mix(proj_t, contexts_t, rows, j, tile, C):
-    """x = σ(g_f) ⊙ c + σ(g_i) ⊙ Δ on one (rows, j) tile, from the stored projection; 0 outside the tile."""
+def _project(hidden_t, proj_weight, proj_bias, proj_t, rows, row_ok, H, C, BLOCK_B: tl.constexpr,
+             BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr):  # fmt: skip
+    """[Δ, g_f, g_i] = h W_gᵀ + b_g for one step's (B, H) head input: rows j, C + j, 2C + j of W_g for context columns j."""
+    cols = tl.arange(0, BLOCK_N)
+    for j0 in range(0, C, BLOCK_N):
+        j = j0 + cols
+        j_ok = j < C
+        tile = row_ok[:, None] & j_ok[None, :]
+        offsets = rows[:, None] * 3 * C + j[None, :]
+        for part in range(3):
+            bias = tl.load(proj_bias + part * C + j, mask=j_ok, other=0.0)
+            acc = tl.zeros((BLOCK_B, BLOCK_N), tl.float32) + bias[None, :]
+            acc = _dot_rows(acc, hidden_t, H, hidden_t, False, rows, row_ok, H, proj_weight + part * C * H, 1, H, j,
+                            j_ok, BLOCK_K, PRECISION)  # fmt: skip
+            tl.store(proj_t + offsets + part * C, acc, mask=tile)
+
+
+@triton.jit
+def _head_input_grad(grad_hidden_t, d_proj_t, proj_weight, rows, row_ok, n, n_ok, H, C, BLOCK_K: tl.constexpr,
+                     PRECISION: tl.constexpr):  # fmt: skip
+    """dL/dh on one (rows, n) tile: the head's gradient plus d[Δ, g_f, g_i] W_g."""
+    offsets = rows[:, None] * H + n[None, :]
+    acc = tl.load(grad_hidden_t + offsets, mask=row_ok[:, None] & n_ok[None, :], other=0.0)
+    return _dot_rows(acc, d_proj_t, 3 * C, d_proj_t, False, rows, row_ok, 3 * C, proj_weight, H, 1, n, n_ok, BLOCK_K,
+                     PRECISION)  # fmt: skip
+
+
+@triton.jit
+def _tanh(x):
+    return 2.0 * tl.sigmoid(2.0 * x) - 1.0
+
+
+@triton.jit
+def _mix(proj_t, contexts_t, rows, j, tile, C, TANH: tl.constexpr):
+    """x = σ(g_f) ⊙ c + σ(g_i) ⊙ Δ (Δ through tanh with TANH) on one (rows, j) tile, from the stored projection;
+    0 outside the tile."""
     at = rows[:, None] * 3 * C + j[None, :]
     delta = tl.load(proj_t + at, mask=tile, other=0.0)
+    if TANH:
+        delta = _tanh(delta)
     forget = tl.sigmoid(tl.load(proj_t + at + C, mask=tile, other=0.0))
     inp = tl.sigmoid(tl.load(proj_t + at + 2 * C, mask=tile, other=0.0))
     context = tl.load(contexts_t + rows[:, None] * C + j[None, :], mask=tile, other=0.0)
     return tl.where(tile, forget * context + inp * delta, 0.0)
+
+
+@triton.jit
+def _context_update(proj_t, contexts, t, norm_weight, norm_bias, x_hat_t, rstd_t, rows, row_ok, B, C, eps, clamp,
+                    TANH: tl.constexpr, HAS_CLAMP: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr):  # fmt: skip
+    """c_{t+1} = γ ⊙ (x - μ)/σ_x + β (clamped to ±K with HAS_CLAMP) from the step's stored projection: mean, then
+    variance (two passes: no cancellation), then normalise; writes x̂ and 1/σ for the backward."""
+    cols = tl.arange(0, BLOCK_N)
+    contexts_t = contexts + t * B * C
+    total = tl.zeros((BLOCK_B,), tl.float32)
+    for j0 in range(0, C, BLOCK_N):
+        j = j0 + cols
+        tile = row_ok[:, None] & (j < C)[None, :]
+        total += tl.sum(_mix(proj_t, contexts_t, rows, j, tile, C, TANH), axis=1)
+    mean = total / C
+    spread = tl.zeros((BLOCK_B,), tl.float32)
+    for j0 in range(0, C, BLOCK_N):
+        j = j0 + cols
+        tile = row_ok[:, None] & (j < C)[None, :]
+        centred = tl.where(tile, _mix(proj_t, contexts_t, rows, j, tile, C, TANH) - mean[:, None], 0.0)
+        spread += tl.sum(centred * centred, axis=1)
+    inv = 1.0 / tl.sqrt_rn(spread / C + eps)
+    tl.store(rstd_t + rows, inv, mask=row_ok)
+    for j0 in range(0, C, BLOCK_N):
+        j = j0 + cols
+        j_ok = j < C
+        tile = row_ok[:, None] & j_ok[None, :]
+        normed = (_mix(proj_t, contexts_t, rows, j, tile, C, TANH) - mean[:, None]) * inv[:, None]
+        gamma = tl.load(norm_weight + j, mask=j_ok, other=0.0)
+        beta = tl.load(norm_bias + j, mask=j_ok, other=0.0)
+        out = normed * gamma[None, :] + beta[None, :]
+        if HAS_CLAMP:
+            out = tl.minimum(tl.maximum(out, -clamp), clamp)
+        offsets = rows[:, None] * C + j[None, :]
+        tl.store(x_hat_t + offsets, normed, mask=tile)
+        tl.store(contexts_t + B * C + offsets, out, mask=tile)
+
+
+@triton.jit
+def _clamped_grad(d_context, contexts_t, offsets, tile, B, C, clamp, HAS_CLAMP: tl.constexpr):
+    """dL/dc' on one tile, passed only where the clamp did not bind (|c'| < K)."""
+    grad = tl.load(d_context + offsets, mask=tile, other=0.0)
+    if HAS_CLAMP:
+        out = tl.load(contexts_t + B * C + offsets, mask=tile, other=0.0)
+        grad = tl.where(tl.abs(out) < clamp, grad, 0.0)
+    return grad
+
+
+@triton.jit
+def _context_update_backward(d_context, d_kept, contexts, t, proj, norm_weight, x_hat_t, rstd_t, d_proj, d_out_t, rows,
+                             row_ok, B, C, clamp, TANH: tl.constexpr, HAS_CLAMP: tl.constexpr,
+                             BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr):  # fmt: skip
+    """Through the clamp and LayerNorm, dx = (1/σ)(dx̂ - mean(dx̂) - x̂ mean(dx̂ ⊙ x̂)) with dx̂ = γ ⊙ dc, then through
+    x = f ⊙ c + i ⊙ Δ: writes dL/d[Δ, g_f, g_i] (Δ's through tanh's derivative with TANH), dL/dc' after the clamp
+    (for γ and β), and f ⊙ dx (the direct part of dL/dc) to d_kept."""
+    cols = tl.arange(0, BLOCK_N)
+    contexts_t = contexts + t * B * C
+    # Pass 1: the two row means.
+    sum_d = tl.zeros((BLOCK_B,), tl.float32)
+    sum_dx = tl.zeros((BLOCK_B,), tl.float32)
+    for j0 in range(0, C, BLOCK_N):
+        j = j0 + cols
+        j_ok = j < C
+        tile = row_ok[:, None] & j_ok[None, :]
+        offsets = rows[:, None] * C + j[None, :]
+        grad = _clamped_grad(d_context, contexts_t, offsets, tile, B, C, clamp, HAS_CLAMP)
+        tl.store(d_out_t + offsets, grad, mask=tile)
+        d_norm = grad * tl.load(norm_weight + j, mask=j_ok, other=0.0)[None, :]
+        sum_d += tl.sum(d_norm, axis=1)
+        sum_dx += tl.sum(d_norm * tl.load(x_hat_t + offsets, mask=tile, other=0.0), axis=1)
+    mean_d = sum_d / C
+    mean_dx = sum_dx / C
+    inv = tl.load(rstd_t + rows, mask=row_ok, other=0.0)
+    # Pass 2: dx, then the projection and the direct part of dL/dc (the clamp recomputed: another thread wrote d_out).
+    for j0 in range(0, C, BLOCK_N):
+        j = j0 + cols
+        j_ok = j < C
+        tile = row_ok[:, None] & j_ok[None, :]
+        offsets = rows[:, None] * C + j[None, :]
+        grad = _clamped_grad(d_context, contexts_t, offsets, tile, B, C, clamp, HAS_CLAMP)
+        d_norm = grad * tl.load(norm_weight + j, mask=j_ok, other=0.0)[None, :]
+        normed = tl.load(x_hat_t + offsets, mask=tile, other=0.0)
+        d_mixed = inv[:, None] * (d_norm - mean_d[:, None] - normed * mean_dx[:, None])
+        at = t * B * 3 * C + rows[:, None] * 3 * C + j[None, :]
+        delta = tl.load(proj + at, mask=tile, other=0.0)
+        forget = tl.sigmoid(tl.load(proj + at + C, mask=tile, other=0.0))
+        inp = tl.sigmoid(tl.load(proj + at + 2 * C, mask=tile, other=0.0))
+        previous = tl.load(contexts_t + offsets, mask=tile, other=0.0)
+        d_delta = d_mixed * inp
+        if TANH:
+            delta = _tanh(delta)
+            d_delta = d_delta * (1.0 - delta * delta)
+        tl.store(d_proj + at, d_delta, mask=tile)
+        tl.store(d_proj + at + C, d_mixed * previous * forget * (1.0 - forget), mask=tile)
+        tl.store(d_proj + at + 2 * C, d_mixed * delta * inp * (1.0 - inp), mask=tile)
+        tl.store(d_kept + offsets, d_mixed * forget, mask=tile)
 
 
 @triton.jit
@@ -142,47 +274,13 @@ def _forward_kernel(
                     h = h * tl.load(masks + (t * L + layer) * B * H + offsets, mask=tile, other=0.0)
                 tl.store(hid + here + offsets, h, mask=tile)
             tl.debug_barrier()
-        # [Δ, g_f, g_i] = h_L W_gᵀ + b_g: rows j, C + j, 2C + j of W_g for context columns j
-        top = ((L - 1) * T + t) * B * H
-        for j0 in range(0, C, BLOCK_N):
-            j = j0 + cols
-            j_ok = j < C
-            tile = row_ok[:, None] & j_ok[None, :]
-            offsets = t * B * 3 * C + rows[:, None] * 3 * C + j[None, :]
-            for part in range(3):
-                bias = tl.load(proj_bias + part * C + j, mask=j_ok, other=0.0)
-                acc = tl.zeros((BLOCK_B, BLOCK_N), tl.float32) + bias[None, :]
-                acc = _dot_rows(acc, hid + top, H, hid, False, rows, row_ok, H, proj_weight + part * C * H, 1, H, j,
-                                j_ok, BLOCK_K, PRECISION)  # fmt: skip
-                tl.store(proj + offsets + part * C, acc, mask=tile)
+        # [Δ, g_f, g_i] = h_L W_gᵀ + b_g
+        _project(hid + ((L - 1) * T + t) * B * H, proj_weight, proj_bias, proj + t * B * 3 * C, rows, row_ok, H, C,
+                 BLOCK_B, BLOCK_N, BLOCK_K, PRECISION)  # fmt: skip
         tl.debug_barrier()
-        # c' = clamp(γ ⊙ (x - μ)/σ_x + β, ±K): mean, then variance (two passes: no cancellation), then normalise
-        proj_t = proj + t * B * 3 * C
-        total = tl.zeros((BLOCK_B,), tl.float32)
-        for j0 in range(0, C, BLOCK_N):
-            j = j0 + cols
-            tile = row_ok[:, None] & (j < C)[None, :]
-            total += tl.sum(_mix(proj_t, contexts + t * B * C, rows, j, tile, C), axis=1)
-        mean = total / C
-        spread = tl.zeros((BLOCK_B,), tl.float32)
-        for j0 in range(0, C, BLOCK_N):
-            j = j0 + cols
-            tile = row_ok[:, None] & (j < C)[None, :]
-            centred = tl.where(tile, _mix(proj_t, contexts + t * B * C, rows, j, tile, C) - mean[:, None], 0.0)
-            spread += tl.sum(centred * centred, axis=1)
-        inv = 1.0 / tl.sqrt_rn(spread / C + eps)
-        tl.store(rstd + t * B + rows, inv, mask=row_ok)
-        for j0 in range(0, C, BLOCK_N):
-            j = j0 + cols
-            j_ok = j < C
-            tile = row_ok[:, None] & j_ok[None, :]
-            normed = (_mix(proj_t, contexts + t * B * C, rows, j, tile, C) - mean[:, None]) * inv[:, None]
-            gamma = tl.load(norm_weight + j, mask=j_ok, other=0.0)
-            beta = tl.load(norm_bias + j, mask=j_ok, other=0.0)
-            out = tl.minimum(tl.maximum(normed * gamma[None, :] + beta[None, :], -clamp), clamp)
-            offsets = rows[:, None] * C + j[None, :]
-            tl.store(x_hat + t * B * C + offsets, normed, mask=tile)
-            tl.store(contexts + (t + 1) * B * C + offsets, out, mask=tile)
+        # c' = clamp(γ ⊙ (x - μ)/σ_x + β, ±K)
+        _context_update(proj + t * B * 3 * C, contexts, t, norm_weight, norm_bias, x_hat + t * B * C, rstd + t * B,
+                        rows, row_ok, B, C, eps, clamp, False, True, BLOCK_B, BLOCK_N)  # fmt: skip
         tl.debug_barrier()
 
 
@@ -203,46 +301,9 @@ def _backward_kernel(
     cols = tl.arange(0, BLOCK_N)
     for step in range(T):
         t = T - 1 - step
-        # LayerNorm and clamp: dx = (1/σ)(dx̂ - mean(dx̂) - x̂ mean(dx̂ ⊙ x̂)), dx̂ = γ ⊙ dc ⊙ [|c'| < K].
-        # Pass 1: the two row means.
-        sum_d = tl.zeros((BLOCK_B,), tl.float32)
-        sum_dx = tl.zeros((BLOCK_B,), tl.float32)
-        for j0 in range(0, C, BLOCK_N):
-            j = j0 + cols
-            j_ok = j < C
-            tile = row_ok[:, None] & j_ok[None, :]
-            offsets = rows[:, None] * C + j[None, :]
-            grad = tl.load(d_context + offsets, mask=tile, other=0.0)
-            out = tl.load(contexts + (t + 1) * B * C + offsets, mask=tile, other=0.0)
-            grad = tl.where(tl.abs(out) < clamp, grad, 0.0)  # the clamp passes gradient only inside ±K
-            tl.store(d_out + t * B * C + offsets, grad, mask=tile)
-            d_norm = grad * tl.load(norm_weight + j, mask=j_ok, other=0.0)[None, :]
-            sum_d += tl.sum(d_norm, axis=1)
-            sum_dx += tl.sum(d_norm * tl.load(x_hat + t * B * C + offsets, mask=tile, other=0.0), axis=1)
-        mean_d = sum_d / C
-        mean_dx = sum_dx / C
-        inv = tl.load(rstd + t * B + rows, mask=row_ok, other=0.0)
-        # Pass 2: dx, then through x = f ⊙ c + i ⊙ Δ to the projection and (its direct part) to c.
-        for j0 in range(0, C, BLOCK_N):
-            j = j0 + cols
-            j_ok = j < C
-            tile = row_ok[:, None] & j_ok[None, :]
-            offsets = rows[:, None] * C + j[None, :]
-            grad = tl.load(d_context + offsets, mask=tile, other=0.0)
-            out = tl.load(contexts + (t + 1) * B * C + offsets, mask=tile, other=0.0)
-            grad = tl.where(tl.abs(out) < clamp, grad, 0.0)
-            d_norm = grad * tl.load(norm_weight + j, mask=j_ok, other=0.0)[None, :]
-            normed = tl.load(x_hat + t * B * C + offsets, mask=tile, other=0.0)
-            d_mixed = inv[:, None] * (d_norm - mean_d[:, None] - normed * mean_dx[:, None])
-            at = t * B * 3 * C + rows[:, None] * 3 * C + j[None, :]
-            delta = tl.load(proj + at, mask=tile, other=0.0)
-            forget = tl.sigmoid(tl.load(proj + at + C, mask=tile, other=0.0))
-            inp = tl.sigmoid(tl.load(proj + at + 2 * C, mask=tile, other=0.0))
-            previous = tl.load(contexts + t * B * C + offsets, mask=tile, other=0.0)
-            tl.store(d_proj + at, d_mixed * inp, mask=tile)
-            tl.store(d_proj + at + C, d_mixed * previous * forget * (1.0 - forget), mask=tile)
-            tl.store(d_proj + at + 2 * C, d_mixed * delta * inp * (1.0 - inp), mask=tile)
-            tl.store(d_kept + offsets, d_mixed * forget, mask=tile)
+        # Through the clamp, the LayerNorm and the gated mix
+        _context_update_backward(d_context, d_kept, contexts, t, proj, norm_weight, x_hat + t * B * C, rstd + t * B,
+                                 d_proj, d_out + t * B * C, rows, row_ok, B, C, clamp, False, True, BLOCK_B, BLOCK_N)  # fmt: skip
         tl.debug_barrier()
         # dL/dh_L = grad_hidden_t + d[Δ, g_f, g_i] W_g, then dL/da_L = dL/dh_L ⊙ m_L ⊙ [a_L > 0]
         top = ((L - 1) * T + t) * B * H
@@ -251,9 +312,8 @@ def _backward_kernel(
             n_ok = n < H
             tile = row_ok[:, None] & n_ok[None, :]
             offsets = rows[:, None] * H + n[None, :]
-            acc = tl.load(grad_hidden + t * B * H + offsets, mask=tile, other=0.0)
-            acc = _dot_rows(acc, d_proj + t * B * 3 * C, 3 * C, d_proj, False, rows, row_ok, 3 * C, proj_weight, H, 1,
-                            n, n_ok, BLOCK_K, PRECISION)  # fmt: skip
+            acc = _head_input_grad(grad_hidden + t * B * H, d_proj + t * B * 3 * C, proj_weight, rows, row_ok, n, n_ok,
+                                   H, C, BLOCK_K, PRECISION)  # fmt: skip
             if HAS_MASKS:
                 acc = acc * tl.load(masks + (t * L + L - 1) * B * H + offsets, mask=tile, other=0.0)
             acc = tl.where(tl.load(pre + top + offsets, mask=tile, other=0.0) > 0, acc, 0.0)

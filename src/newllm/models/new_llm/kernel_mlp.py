@@ -31,7 +31,19 @@ import triton
 import triton.language as tl
 from torch.nn import functional as F
 
-from newllm.models.new_llm.kernel import BLOCK_B, BLOCK_K, BLOCK_N, COVERED, INDEX_LIMIT, _dot_rows, _precision
+from newllm.models.new_llm.kernel import (
+    BLOCK_B,
+    BLOCK_K,
+    BLOCK_N,
+    COVERED,
+    INDEX_LIMIT,
+    _context_update,
+    _context_update_backward,
+    _dot_rows,
+    _head_input_grad,
+    _precision,
+    _project,
+)
 from newllm.models.new_llm.scan import dropout_masks
 
 SQRT_HALF = 0.7071067811865476
@@ -39,8 +51,14 @@ INV_SQRT_2PI = 0.3989422804014327
 
 
 @triton.jit
-def _tanh(x):
-    return 2.0 * tl.sigmoid(2.0 * x) - 1.0
+def _copy_rows(src, dst, rows, row_ok, D, BLOCK_N: tl.constexpr):
+    """dst[rows] = src[rows], rows of D values."""
+    cols = tl.arange(0, BLOCK_N)
+    for n0 in range(0, D, BLOCK_N):
+        n = n0 + cols
+        tile = row_ok[:, None] & (n < D)[None, :]
+        offsets = rows[:, None] * D + n[None, :]
+        tl.store(dst + offsets, tl.load(src + offsets, mask=tile, other=0.0), mask=tile)
 
 
 @triton.jit
@@ -104,19 +122,6 @@ def _norm_rows_backward(d_out, x_hat, gamma, rstd, d_in, rows, row_ok, D, ACCUMU
         if ACCUMULATE:
             grad += tl.load(d_in + offsets, mask=tile, other=0.0)
         tl.store(d_in + offsets, grad, mask=tile)
-
-
-@triton.jit
-def _mix_tanh(proj_t, contexts_t, rows, j, tile, C, TANH: tl.constexpr):
-    """x = σ(g_f) ⊙ c + σ(g_i) ⊙ Δ (Δ through tanh with TANH) on one (rows, j) tile; 0 outside the tile."""
-    at = rows[:, None] * 3 * C + j[None, :]
-    delta = tl.load(proj_t + at, mask=tile, other=0.0)
-    if TANH:
-        delta = _tanh(delta)
-    forget = tl.sigmoid(tl.load(proj_t + at + C, mask=tile, other=0.0))
-    inp = tl.sigmoid(tl.load(proj_t + at + 2 * C, mask=tile, other=0.0))
-    context = tl.load(contexts_t + rows[:, None] * C + j[None, :], mask=tile, other=0.0)
-    return tl.where(tile, forget * context + inp * delta, 0.0)
 
 
 @triton.jit
@@ -189,55 +194,15 @@ def _mlp_forward_kernel(
             _norm_rows(top, final_w, final_b, final_hat + t * B * D, hidden + t * B * D, final_rstd + t * B, rows,
                        row_ok, D, eps, BLOCK_B, BLOCK_N)  # fmt: skip
         else:
-            for n0 in range(0, D, BLOCK_N):
-                n = n0 + cols
-                tile = row_ok[:, None] & (n < D)[None, :]
-                offsets = rows[:, None] * D + n[None, :]
-                tl.store(hidden + t * B * D + offsets, tl.load(top + offsets, mask=tile, other=0.0), mask=tile)
+            _copy_rows(top, hidden + t * B * D, rows, row_ok, D, BLOCK_N)
         tl.debug_barrier()
         # [Δ, g_f, g_i] = h W_gᵀ + b_g
-        for j0 in range(0, C, BLOCK_N):
-            j = j0 + cols
-            j_ok = j < C
-            tile = row_ok[:, None] & j_ok[None, :]
-            offsets = t * B * 3 * C + rows[:, None] * 3 * C + j[None, :]
-            for part in range(3):
-                bias = tl.load(proj_bias + part * C + j, mask=j_ok, other=0.0)
-                acc = tl.zeros((BLOCK_B, BLOCK_N), tl.float32) + bias[None, :]
-                acc = _dot_rows(acc, hidden + t * B * D, D, hidden, False, rows, row_ok, D, proj_weight + part * C * D,
-                                1, D, j, j_ok, BLOCK_K, PRECISION)  # fmt: skip
-                tl.store(proj + offsets + part * C, acc, mask=tile)
+        _project(hidden + t * B * D, proj_weight, proj_bias, proj + t * B * 3 * C, rows, row_ok, D, C, BLOCK_B, BLOCK_N,
+                 BLOCK_K, PRECISION)  # fmt: skip
         tl.debug_barrier()
         # c' = γ ⊙ (x - μ)/σ_x + β, clamped where K > 0
-        proj_t = proj + t * B * 3 * C
-        total = tl.zeros((BLOCK_B,), tl.float32)
-        for j0 in range(0, C, BLOCK_N):
-            j = j0 + cols
-            tile = row_ok[:, None] & (j < C)[None, :]
-            total += tl.sum(_mix_tanh(proj_t, contexts + t * B * C, rows, j, tile, C, TANH), axis=1)
-        mean = total / C
-        spread = tl.zeros((BLOCK_B,), tl.float32)
-        for j0 in range(0, C, BLOCK_N):
-            j = j0 + cols
-            tile = row_ok[:, None] & (j < C)[None, :]
-            centred = tl.where(tile, _mix_tanh(proj_t, contexts + t * B * C, rows, j, tile, C, TANH) - mean[:, None],
-                               0.0)  # fmt: skip
-            spread += tl.sum(centred * centred, axis=1)
-        inv = 1.0 / tl.sqrt_rn(spread / C + eps)
-        tl.store(context_rstd + t * B + rows, inv, mask=row_ok)
-        for j0 in range(0, C, BLOCK_N):
-            j = j0 + cols
-            j_ok = j < C
-            tile = row_ok[:, None] & j_ok[None, :]
-            normed = (_mix_tanh(proj_t, contexts + t * B * C, rows, j, tile, C, TANH) - mean[:, None]) * inv[:, None]
-            gamma = tl.load(context_norm_w + j, mask=j_ok, other=0.0)
-            beta = tl.load(context_norm_b + j, mask=j_ok, other=0.0)
-            out = normed * gamma[None, :] + beta[None, :]
-            if HAS_CLAMP:
-                out = tl.minimum(tl.maximum(out, -clamp), clamp)
-            offsets = rows[:, None] * C + j[None, :]
-            tl.store(context_hat + t * B * C + offsets, normed, mask=tile)
-            tl.store(contexts + (t + 1) * B * C + offsets, out, mask=tile)
+        _context_update(proj + t * B * 3 * C, contexts, t, context_norm_w, context_norm_b, context_hat + t * B * C,
+                        context_rstd + t * B, rows, row_ok, B, C, eps, clamp, TANH, HAS_CLAMP, BLOCK_B, BLOCK_N)  # fmt: skip
         tl.debug_barrier()
 
 
@@ -263,50 +228,10 @@ def _mlp_backward_kernel(
     cols = tl.arange(0, BLOCK_N)
     for step in range(T):
         t = T - 1 - step
-        # The context norm and clamp, as kernel.py's backward; Δ's gradient also passes tanh's derivative.
-        sum_d = tl.zeros((BLOCK_B,), tl.float32)
-        sum_dx = tl.zeros((BLOCK_B,), tl.float32)
-        for j0 in range(0, C, BLOCK_N):
-            j = j0 + cols
-            j_ok = j < C
-            tile = row_ok[:, None] & j_ok[None, :]
-            offsets = rows[:, None] * C + j[None, :]
-            grad = tl.load(d_context + offsets, mask=tile, other=0.0)
-            if HAS_CLAMP:
-                out = tl.load(contexts + (t + 1) * B * C + offsets, mask=tile, other=0.0)
-                grad = tl.where(tl.abs(out) < clamp, grad, 0.0)
-            tl.store(d_out + t * B * C + offsets, grad, mask=tile)
-            d_norm = grad * tl.load(context_norm_w + j, mask=j_ok, other=0.0)[None, :]
-            sum_d += tl.sum(d_norm, axis=1)
-            sum_dx += tl.sum(d_norm * tl.load(context_hat + t * B * C + offsets, mask=tile, other=0.0), axis=1)
-        mean_d = sum_d / C
-        mean_dx = sum_dx / C
-        inv = tl.load(context_rstd + t * B + rows, mask=row_ok, other=0.0)
-        for j0 in range(0, C, BLOCK_N):
-            j = j0 + cols
-            j_ok = j < C
-            tile = row_ok[:, None] & j_ok[None, :]
-            offsets = rows[:, None] * C + j[None, :]
-            grad = tl.load(d_context + offsets, mask=tile, other=0.0)  # again, not d_out: another thread wrote it
-            if HAS_CLAMP:
-                out = tl.load(contexts + (t + 1) * B * C + offsets, mask=tile, other=0.0)
-                grad = tl.where(tl.abs(out) < clamp, grad, 0.0)
-            d_norm = grad * tl.load(context_norm_w + j, mask=j_ok, other=0.0)[None, :]
-            normed = tl.load(context_hat + t * B * C + offsets, mask=tile, other=0.0)
-            d_mixed = inv[:, None] * (d_norm - mean_d[:, None] - normed * mean_dx[:, None])
-            at = t * B * 3 * C + rows[:, None] * 3 * C + j[None, :]
-            delta = tl.load(proj + at, mask=tile, other=0.0)
-            forget = tl.sigmoid(tl.load(proj + at + C, mask=tile, other=0.0))
-            inp = tl.sigmoid(tl.load(proj + at + 2 * C, mask=tile, other=0.0))
-            previous = tl.load(contexts + t * B * C + offsets, mask=tile, other=0.0)
-            d_delta = d_mixed * inp
-            if TANH:
-                delta = _tanh(delta)
-                d_delta = d_delta * (1.0 - delta * delta)
-            tl.store(d_proj + at, d_delta, mask=tile)
-            tl.store(d_proj + at + C, d_mixed * previous * forget * (1.0 - forget), mask=tile)
-            tl.store(d_proj + at + 2 * C, d_mixed * delta * inp * (1.0 - inp), mask=tile)
-            tl.store(d_kept + offsets, d_mixed * forget, mask=tile)
+        # Through the clamp, the context norm and the gated mix (Δ's gradient through tanh's derivative)
+        _context_update_backward(d_context, d_kept, contexts, t, proj, context_norm_w, context_hat + t * B * C,
+                                 context_rstd + t * B, d_proj, d_out + t * B * C, rows, row_ok, B, C, clamp, TANH,
+                                 HAS_CLAMP, BLOCK_B, BLOCK_N)  # fmt: skip
         tl.debug_barrier()
         # dL/dh = grad_hidden_t + d[Δ, g_f, g_i] W_g
         for n0 in range(0, D, BLOCK_N):
@@ -314,9 +239,8 @@ def _mlp_backward_kernel(
             n_ok = n < D
             tile = row_ok[:, None] & n_ok[None, :]
             offsets = rows[:, None] * D + n[None, :]
-            acc = tl.load(grad_hidden + t * B * D + offsets, mask=tile, other=0.0)
-            acc = _dot_rows(acc, d_proj + t * B * 3 * C, 3 * C, d_proj, False, rows, row_ok, 3 * C, proj_weight, D, 1,
-                            n, n_ok, BLOCK_K, PRECISION)  # fmt: skip
+            acc = _head_input_grad(grad_hidden + t * B * D, d_proj + t * B * 3 * C, proj_weight, rows, row_ok, n, n_ok,
+                                   D, C, BLOCK_K, PRECISION)  # fmt: skip
             tl.store(d_hidden + t * B * D + offsets, acc, mask=tile)
         tl.debug_barrier()
         # dL/dh_L: through the final norm, or dL/dh itself
@@ -324,11 +248,7 @@ def _mlp_backward_kernel(
             _norm_rows_backward(d_hidden + t * B * D, final_hat + t * B * D, final_w, final_rstd + t * B, d_res, rows,
                                 row_ok, D, False, BLOCK_B, BLOCK_N)  # fmt: skip
         else:
-            for n0 in range(0, D, BLOCK_N):
-                n = n0 + cols
-                tile = row_ok[:, None] & (n < D)[None, :]
-                offsets = rows[:, None] * D + n[None, :]
-                tl.store(d_res + offsets, tl.load(d_hidden + t * B * D + offsets, mask=tile, other=0.0), mask=tile)
+            _copy_rows(d_hidden + t * B * D, d_res, rows, row_ok, D, BLOCK_N)
         tl.debug_barrier()
         for down in range(L):
             layer = L - 1 - down
@@ -372,11 +292,7 @@ def _mlp_backward_kernel(
                                 D, True, BLOCK_B, BLOCK_N)  # fmt: skip
             tl.debug_barrier()
         # dL/dh_0 (the token part's gradient), then dL/dc = f ⊙ dx + (dL/dh_0 W_c) ⊙ m_c
-        for n0 in range(0, D, BLOCK_N):
-            n = n0 + cols
-            tile = row_ok[:, None] & (n < D)[None, :]
-            offsets = rows[:, None] * D + n[None, :]
-            tl.store(d_first + t * B * D + offsets, tl.load(d_res + offsets, mask=tile, other=0.0), mask=tile)
+        _copy_rows(d_res, d_first + t * B * D, rows, row_ok, D, BLOCK_N)
         tl.debug_barrier()
         for j0 in range(0, C, BLOCK_N):
             j = j0 + cols

@@ -37,6 +37,8 @@ from typing import NamedTuple
 import torch
 from torch.nn import functional as F
 
+from newllm.models.cuda_graphs import capture_stream
+
 MAX_GRAPHS = 6  # captures kept per cell: training and validation see one or two shapes each (a short last batch)
 
 
@@ -240,14 +242,6 @@ def dropout_masks(like: torch.Tensor, shape: tuple[int, ...], p: float) -> torch
         return None
     keep = 1.0 - p
     return like.new_empty(shape).bernoulli_(keep).div_(keep)
-
-
-@functools.cache
-def capture_stream(device_index: int) -> torch.cuda.Stream:
-    """The side stream of every warm-up and capture on one GPU. PyTorch gives each new stream its own
-    cuBLAS workspace (33 MiB on an H200) and keeps it for the life of the process, so a fresh stream
-    per capture grew memory by that much each time (measured: one GreedyDecoder, 33 MiB)."""
-    return torch.cuda.Stream(device_index)
 
 
 class CapturedScan:
