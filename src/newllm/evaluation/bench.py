@@ -16,7 +16,8 @@ Two questions, each over a grid:
   Both run through the shared decoding path (decoding.py). Modes: "forward" (the model's forward,
   one token per call, for every model) and "graphed" (one CUDA graph replay per token, CUDA only:
   New-LLM's `GreedyDecoder`, and TinyGPT2's `StaticCacheDecoder` over a static key/value cache, so
-  that both get their fastest fair setup).
+  that both get their fastest fair setup) and "kernel" (New-LLM's graphed decoder on its eight Triton
+  kernels per step, decode_kernel.py; fp32, CUDA only, opt-in).
 
 Every number is a median over `repeats` after `warmup` untimed runs; CUDA is synchronised around
 each timed call. Rows that cannot run (bf16 on CPU, GPT-2 past its positions) are kept with the
@@ -42,7 +43,7 @@ from newllm.models.registry import BaselineShape, build_model, count_parameters,
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
 COMPILE_MODES = ("eager", "compiled", "graphed", "kernel")
-GEN_MODES = ("forward", "graphed")
+GEN_MODES = ("forward", "graphed", "kernel")
 # New-LLM's own fast path for each training mode (NewLLMForCausalLM.set_fast_path)
 NEW_LLM_FAST_PATHS = {"eager": "eager", "compiled": "compiled", "graphed": "compiled+graphed", "kernel": "kernel"}
 LEARNING_RATE = 1e-4  # irrelevant to the timing; small so that a few steps on random ids stay finite
@@ -190,6 +191,7 @@ def measure_generation(
     repeats: int = 5,
     seed: int = 0,
     graphed: bool = False,
+    kernels: bool = False,
 ) -> dict:
     """ms_per_token (speed.time_decoding) of greedy decoding after a `context_len`-token prompt, and the
     cache's bytes after the prompt.
@@ -209,7 +211,7 @@ def measure_generation(
     model.to(device).eval()
     try:
         options = SamplingOptions(max_new_tokens=gen_tokens, do_sample=False)
-        decoder = Decoder(model, options, dtype=dtype, graphed=graphed)
+        decoder = Decoder(model, options, dtype=dtype, graphed=graphed or kernels, kernels=kernels)
         logits = decoder.prefill(prompt, chunk=PREFILL_CHUNK)
         # The (B, P) prompt is not decoding memory: out of the peak.
         del prompt
@@ -364,13 +366,20 @@ def _generation_rows(name: str, model, config: BenchConfig, device: torch.device
                 skip = "graphed decoding is New-LLM's GreedyDecoder and GPT-2's StaticCacheDecoder"
             elif device.type != "cuda":
                 skip = "graphed decoding is timed on CUDA only (CUDA graphs)"
+        if skip is None and mode == "kernel":
+            if name != "new_llm":
+                skip = "kernel decoding is New-LLM's (decode_kernel.py)"
+            elif precision != "fp32":
+                skip = "the decode kernels run in float32"
+            elif device.type != "cuda":
+                skip = "kernel decoding is timed on CUDA only (Triton, CUDA graphs)"
         if skip is not None:
             rows.append({**head, **empty, "skipped": skip})
         else:
             try:
                 measured = measure_generation(
                     model, context, batch, config.gen_tokens, device, PRECISIONS[precision],
-                    config.warmup, config.repeats, config.seed, graphed=mode == "graphed",
+                    config.warmup, config.repeats, config.seed, graphed=mode == "graphed", kernels=mode == "kernel",
                 )  # fmt: skip
                 rows.append({**head, **measured})
             except torch.cuda.OutOfMemoryError as error:

@@ -139,8 +139,8 @@ class Decoder:
     """Prefill → step → sample for one batch of sequences of an eval-mode `model` (see the module docstring).
 
     dtype: autocast for every forward (float32: none). graphed: greedy runs without stop tokens go
-    through New-LLM's `GreedyDecoder` or GPT-2's `StaticCacheDecoder`. keep: for a model with learned
-    positions, a feed that would go
+    through New-LLM's `GreedyDecoder` or GPT-2's `StaticCacheDecoder`; kernels: New-LLM's on its eight
+    Triton kernels per step (decode_kernel.py). keep: for a model with learned positions, a feed that would go
     past them restarts the cache from the last `keep` tokens instead (chat's sliding window).
     """
 
@@ -152,6 +152,7 @@ class Decoder:
         generator: torch.Generator | None = None,
         dtype: torch.dtype = torch.float32,
         graphed: bool = False,
+        kernels: bool = False,
         keep: int | None = None,
     ):
         if graphed and not has_graphed_backend(model):
@@ -162,6 +163,9 @@ class Decoder:
         self.generator = generator  # None: the global RNG, as generate() draws
         self.dtype = dtype
         self.graphed = graphed and not options.do_sample
+        if kernels and not (self.graphed and isinstance(model, NewLLMForCausalLM)):
+            raise ValueError("kernels: New-LLM's greedy graphed decoding on its Triton step (graphed=True, do_sample=False)")
+        self.kernels = kernels
         self.recurrent = carries_state(model)
         self.positions = None if self.recurrent else usable_positions(model)
         if keep is not None and (self.positions is None or not 1 <= keep < self.positions):
@@ -223,7 +227,8 @@ class Decoder:
         if self.graphed and not self.recurrent:
             self.backend = StaticCacheDecoder(self.model, self.cache, self.mask, self.options.max_new_tokens, self.dtype)
         elif self.graphed and (self.backend is None or self.backend.batch_size != input_ids.shape[0]):
-            self.backend = GreedyDecoder(self.model, input_ids.shape[0], self.options.max_new_tokens, self.dtype)
+            self.backend = GreedyDecoder(self.model, input_ids.shape[0], self.options.max_new_tokens, self.dtype,
+                                         kernels=self.kernels)  # fmt: skip
         return logits
 
     @torch.no_grad()

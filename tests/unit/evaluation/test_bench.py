@@ -120,6 +120,16 @@ def test_kernel_training_rows_are_new_llms_and_say_why_they_were_skipped_on_cpu(
     }
 
 
+def test_kernel_decoding_rows_are_new_llms_in_fp32_and_say_why_they_were_skipped_on_cpu():
+    config = dataclasses.replace(quick_bench_config(), compile_modes=("eager",), gen_modes=("kernel",))
+    reasons = {r["model"]: r["skipped"] for r in run_bench(config, "cpu", progress=False)["generation"]}
+    assert reasons == {
+        "new_llm": "kernel decoding is timed on CUDA only (Triton, CUDA graphs)",
+        "tinygpt2": "kernel decoding is New-LLM's (decode_kernel.py)",
+        "lstm": "kernel decoding is New-LLM's (decode_kernel.py)",
+    }
+
+
 def test_graphed_decoding_runs_eagerly_on_cpu_and_reports_the_context_vector(tiny_models):
     row = measure_generation(tiny_models["new_llm"], 12, 2, 4, "cpu", warmup=0, repeats=1, graphed=True)
     assert math.isfinite(row["ms_per_token"]) and row["ms_per_token"] > 0
@@ -128,7 +138,7 @@ def test_graphed_decoding_runs_eagerly_on_cpu_and_reports_the_context_vector(tin
 
 
 def test_unknown_generation_mode_is_refused():
-    with pytest.raises(ValueError, match="gen_modes: must be 'forward' or 'graphed', got 'graph'"):
+    with pytest.raises(ValueError, match="gen_modes: must be 'forward', 'graphed' or 'kernel', got 'graph'"):
         BenchConfig(gen_modes=("graph",))
 
 

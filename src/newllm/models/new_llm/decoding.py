@@ -16,13 +16,15 @@ import contextlib
 import torch
 
 from newllm.models.cuda_graphs import capture_step
+from newllm.models.new_llm.modeling import triton_refusal
 from newllm.models.recurrent import RecurrentCache
 
 
 class GreedyDecoder:
     """Greedy continuation of `batch_size` sequences by up to `max_new_tokens` tokens."""
 
-    def __init__(self, model, batch_size: int, max_new_tokens: int, dtype: torch.dtype = torch.float32):
+    def __init__(self, model, batch_size: int, max_new_tokens: int, dtype: torch.dtype = torch.float32,
+                 kernels: bool = False):  # fmt: skip
         for name, value in (("batch_size", batch_size), ("max_new_tokens", max_new_tokens)):
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
@@ -37,6 +39,17 @@ class GreedyDecoder:
         self.context = cell.initial_context(batch_size, device, model.dtype)
         self.tokens = torch.zeros(batch_size, max_new_tokens, dtype=torch.long, device=device)
         self.position = torch.zeros(1, dtype=torch.long, device=device)  # on the device: a replay needs no sync
+        # kernels: the step as decode_kernel.py's eight Triton kernels instead of model.step's ~45 (float32 only)
+        self.kernels = None
+        if kernels:
+            if dtype != torch.float32:
+                raise ValueError("the decode kernels run in float32; decode with dtype=torch.float32")
+            reason = triton_refusal(device)
+            if reason is not None:
+                raise ValueError(f"decode kernels: {reason}")
+            from newllm.models.new_llm.decode_kernel import DecodeKernels
+
+            self.kernels = DecodeKernels(model, batch_size)
         self.graph = None
         if device.type == "cuda":
             self.graph = capture_step(self._step, self.position.zero_, device.index)
@@ -49,6 +62,10 @@ class GreedyDecoder:
 
     @torch.no_grad()
     def _step(self) -> None:
+        if self.kernels is not None:
+            self.kernels.step(self.token, self.context, self.tokens, self.position)
+            self.position += 1
+            return
         with self._autocast():
             logits, context = self.model.step(self.token, self.context)
         next_token = logits.argmax(-1)

@@ -25,17 +25,25 @@ from newllm.models.recurrent import RecurrentGenerationMixin, needs_state_mask
 FAST_PATHS = ("eager", "compiled", "graphed", "compiled+graphed", "kernel")
 
 
-def kernel_refusal(cell, embeddings: torch.Tensor) -> str | None:
-    """Why the Triton kernels (kernel.py) cannot run this scan, or None when they can.
+def triton_refusal(device: torch.device) -> str | None:
+    """Why Triton kernels cannot run on `device` in this process, or None when they can.
 
-    The device and triton are checked before kernel.py is imported: importing it compiles nothing
-    but fixes, once per process, whether its kernels run on the GPU or in Triton's CPU interpreter
-    (TRITON_INTERPRET=1, what the CPU tests set)."""
+    Checked before any kernel module is imported: importing one compiles nothing but fixes, once per
+    process, whether its kernels run on the GPU or in Triton's CPU interpreter (TRITON_INTERPRET=1,
+    what the CPU tests set)."""
     interpreted = os.environ.get("TRITON_INTERPRET") == "1"
-    if not (embeddings.is_cuda or (interpreted and embeddings.device.type == "cpu")):
+    if not (device.type == "cuda" or (interpreted and device.type == "cpu")):
         return "needs a CUDA device (or TRITON_INTERPRET=1 for Triton's CPU interpreter)"
     if importlib.util.find_spec("triton") is None:
         return "triton is not installed"
+    return None
+
+
+def kernel_refusal(cell, embeddings: torch.Tensor) -> str | None:
+    """Why the training kernels (kernel.py, kernel_mlp.py) cannot run this scan, or None when they can."""
+    reason = triton_refusal(embeddings.device)
+    if reason is not None:
+        return reason
     from newllm.models.new_llm import kernel
 
     return kernel.unsupported_reason(cell, embeddings.shape[0], embeddings.shape[1])

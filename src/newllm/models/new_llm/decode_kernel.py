@@ -1,0 +1,215 @@
+"""Greedy decoding of the prototype cell in eight kernels per token instead of about 45.
+
+`GreedyDecoder` replays one CUDA graph per token, but the graph still holds the ~45 small kernels of
+`model.step` (performance.md: 0.066 ms per token on an H200, about 20 times what reading the weights
+costs), and the GPU waits on each one's launch and completion. Here a step is:
+
+    1. h_1 = relu(P[token] + c W_cᵀ)      P = E W_eᵀ + b_1 for every token id, computed once: the token
+                                          half of layer 1 is a row lookup, not a matmul
+    2. h_l = relu(h_{l-1} W_lᵀ + b_l)     one kernel per layer 2..L
+    3. [Δ, g_f, g_i] = h_L W_gᵀ + b_g
+    4. c' = clamp(γ ⊙ LN(σ(g_f) ⊙ c + σ(g_i) ⊙ Δ) + β, ±K)     one program per 16 rows (the row is whole)
+    5. logits = h_L W_outᵀ + b_out, each program keeping only its tile's (max, argmax) per row
+    6. the token: the best of those per row (the first on a tie, as torch.argmax), written to the
+       output, and c' copied into the context
+    7. position += 1
+
+Each matmul kernel spreads its output columns over many programs, so the weights (30 MB in float32 at
+full size) stream through every SM instead of one. The issue asked for one kernel per token: that needs a
+grid-wide barrier between the dependent phases, which Triton offers only as a spin on a global
+counter that deadlocks unless every program is resident at once (and always in the CPU interpreter,
+which runs programs one after another), so the phases stay separate launches inside the graph.
+
+Float32 only, eval mode only (no dropout), the prototype cell without residual, ffn_norm, final norm,
+tanh or multi-scale context. Untimed; tested in Triton's CPU interpreter against `model.step`.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from newllm.models.new_llm.kernel import BLOCK_B, BLOCK_K, BLOCK_N, _dot_rows, _mix, _precision
+
+BLOCK_V = 128  # vocabulary columns per program of the head
+
+
+@triton.jit
+def _first_layer_kernel(token, table, context, context_weight, stride_cw, out, B, H, C,
+                        BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                        PRECISION: tl.constexpr):  # fmt: skip
+    """h_1 = relu(P[token] + c W_cᵀ) on a (rows, n) tile."""
+    rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
+    row_ok = rows < B
+    n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    n_ok = n < H
+    tile = row_ok[:, None] & n_ok[None, :]
+    ids = tl.load(token + rows, mask=row_ok, other=0)
+    acc = tl.load(table + ids[:, None] * H + n[None, :], mask=tile, other=0.0)
+    acc = _dot_rows(acc, context, C, context, False, rows, row_ok, C, context_weight, 1, stride_cw, n, n_ok, BLOCK_K,
+                    PRECISION)  # fmt: skip
+    tl.store(out + rows[:, None] * H + n[None, :], tl.maximum(acc, 0.0), mask=tile)
+
+
+@triton.jit
+def _linear_kernel(x, weight, bias, out, B, N, K, RELU: tl.constexpr,
+                   BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr):  # fmt: skip
+    """out = x Wᵀ + b (relu'd with RELU) on a (rows, n) tile; W is (N, K), row-major."""
+    rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
+    row_ok = rows < B
+    n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    n_ok = n < N
+    acc = tl.zeros((BLOCK_B, BLOCK_N), tl.float32) + tl.load(bias + n, mask=n_ok, other=0.0)[None, :]
+    acc = _dot_rows(acc, x, K, x, False, rows, row_ok, K, weight, 1, K, n, n_ok, BLOCK_K, PRECISION)
+    if RELU:
+        acc = tl.maximum(acc, 0.0)
+    tl.store(out + rows[:, None] * N + n[None, :], acc, mask=row_ok[:, None] & n_ok[None, :])
+
+
+@triton.jit
+def _context_kernel(proj, context, norm_weight, norm_bias, next_context, B, C, eps, clamp,
+                    BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr):  # fmt: skip
+    """c' = clamp(γ ⊙ LN(σ(g_f) ⊙ c + σ(g_i) ⊙ Δ) + β, ±K) for 16 whole rows, into next_context."""
+    rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
+    row_ok = rows < B
+    cols = tl.arange(0, BLOCK_N)
+    total = tl.zeros((BLOCK_B,), tl.float32)
+    for j0 in range(0, C, BLOCK_N):
+        j = j0 + cols
+        tile = row_ok[:, None] & (j < C)[None, :]
+        total += tl.sum(_mix(proj, context, rows, j, tile, C, False), axis=1)
+    mean = total / C
+    spread = tl.zeros((BLOCK_B,), tl.float32)
+    for j0 in range(0, C, BLOCK_N):
+        j = j0 + cols
+        tile = row_ok[:, None] & (j < C)[None, :]
+        centred = tl.where(tile, _mix(proj, context, rows, j, tile, C, False) - mean[:, None], 0.0)
+        spread += tl.sum(centred * centred, axis=1)
+    inv = 1.0 / tl.sqrt_rn(spread / C + eps)
+    for j0 in range(0, C, BLOCK_N):
+        j = j0 + cols
+        j_ok = j < C
+        tile = row_ok[:, None] & j_ok[None, :]
+        normed = (_mix(proj, context, rows, j, tile, C, False) - mean[:, None]) * inv[:, None]
+        gamma = tl.load(norm_weight + j, mask=j_ok, other=0.0)
+        beta = tl.load(norm_bias + j, mask=j_ok, other=0.0)
+        out = tl.minimum(tl.maximum(normed * gamma[None, :] + beta[None, :], -clamp), clamp)
+        tl.store(next_context + rows[:, None] * C + j[None, :], out, mask=tile)
+
+
+@triton.jit
+def _head_kernel(hidden, weight, bias, best, best_id, logits, B, V, H, TILES, WRITE_LOGITS: tl.constexpr,
+                 BLOCK_B: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr):  # fmt: skip
+    """One tile of logits = h Wᵀ + b (W is (V, H)): per row, its largest logit and where (the first on a tie)."""
+    rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
+    row_ok = rows < B
+    tile_id = tl.program_id(1)
+    v = tile_id * BLOCK_V + tl.arange(0, BLOCK_V)
+    v_ok = v < V
+    acc = tl.zeros((BLOCK_B, BLOCK_V), tl.float32) + tl.load(bias + v, mask=v_ok, other=0.0)[None, :]
+    acc = _dot_rows(acc, hidden, H, hidden, False, rows, row_ok, H, weight, 1, H, v, v_ok, BLOCK_K, PRECISION)
+    if WRITE_LOGITS:
+        tl.store(logits + rows[:, None] * V + v[None, :], acc, mask=row_ok[:, None] & v_ok[None, :])
+    acc = tl.where(v_ok[None, :], acc, float("-inf"))
+    tl.store(best + rows * TILES + tile_id, tl.max(acc, axis=1), mask=row_ok)
+    tl.store(best_id + rows * TILES + tile_id, tile_id * BLOCK_V + tl.argmax(acc, axis=1), mask=row_ok)
+
+
+@triton.jit
+def _pick_kernel(best, best_id, token, tokens, position, next_context, context, B, C, TILES, MAX_NEW,
+                 BLOCK_B: tl.constexpr, BLOCK_TILES: tl.constexpr, BLOCK_N: tl.constexpr):  # fmt: skip
+    """Each row's token: the tile with the largest logit (the first on a tie); written to `token` and to
+    tokens[:, position]; and c' copied into the context for the next step."""
+    rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
+    row_ok = rows < B
+    tiles = tl.arange(0, BLOCK_TILES)
+    found = tl.load(best + rows[:, None] * TILES + tiles[None, :], mask=row_ok[:, None] & (tiles < TILES)[None, :],
+                    other=float("-inf"))  # fmt: skip
+    winner = tl.argmax(found, axis=1)
+    picked = tl.load(best_id + rows * TILES + winner, mask=row_ok, other=0)
+    tl.store(token + rows, picked, mask=row_ok)
+    tl.store(tokens + rows * MAX_NEW + tl.load(position), picked, mask=row_ok)
+    cols = tl.arange(0, BLOCK_N)
+    for j0 in range(0, C, BLOCK_N):
+        j = j0 + cols
+        tile = row_ok[:, None] & (j < C)[None, :]
+        offsets = rows[:, None] * C + j[None, :]
+        tl.store(context + offsets, tl.load(next_context + offsets, mask=tile, other=0.0), mask=tile)
+
+
+def unsupported_reason(model) -> str | None:
+    """Why these kernels cannot decode `model`, or None when they can."""
+    cell = model.model.cell
+    if not getattr(cell, "has_handwritten_backward", False) or cell.residual or cell.norms is not None:
+        return ("the decode kernels cover the prototype cell (Linear → ReLU layers without residual or ffn_norm, "
+                "a linear candidate, a clamp, one context scale)")  # fmt: skip
+    if {p.dtype for p in model.parameters()} != {torch.float32}:
+        return "the decode kernels run in float32"
+    if model.training:
+        return "the decode kernels need the model in eval mode (no dropout)"
+    return None
+
+
+class DecodeKernels:
+    """The kernels of one greedy step of `model` for `batch_size` rows, on the buffers of a `GreedyDecoder`."""
+
+    def __init__(self, model, batch_size: int):
+        reason = unsupported_reason(model)
+        if reason is not None:
+            raise ValueError(reason)
+        cell = model.model.cell
+        first = cell.layers[0]
+        token_weight, self.context_weight = first.weight.detach().split([cell.embedding_size, cell.context_size], 1)
+        with torch.no_grad():  # the token half of layer 1 for every id: (V, H), a lookup per step
+            self.table = (model.model.embed_tokens.weight @ token_weight.t() + first.bias).contiguous()
+        self.layers = [(layer.weight.detach(), layer.bias.detach()) for layer in cell.layers[1:]]
+        self.proj = (cell.context_proj.weight.detach(), cell.context_proj.bias.detach())
+        self.norm = (cell.context_norm.weight.detach(), cell.context_norm.bias.detach(), cell.context_norm.eps)
+        self.clamp = float(cell.context_clamp)
+        if model.lm_head is None:  # tied: the embedding matrix and a bias of its own
+            self.head = (model.model.embed_tokens.weight.detach(), model.lm_head_bias.detach())
+        else:
+            self.head = (model.lm_head.weight.detach(), model.lm_head.bias.detach())
+        vocab, hidden, size_c = self.table.shape[0], self.table.shape[1], cell.context_size
+        self.batch_size, self.vocab, self.hidden, self.size_c = batch_size, vocab, hidden, size_c
+        new = self.table.new_empty
+        self.hiddens = [new(batch_size, hidden), new(batch_size, hidden)]  # ping-pong between layers
+        self.projected = new(batch_size, 3 * size_c)
+        self.next_context = new(batch_size, size_c)
+        self.tiles = triton.cdiv(vocab, BLOCK_V)
+        self.best = new(batch_size, self.tiles)
+        self.best_id = torch.empty(batch_size, self.tiles, dtype=torch.long, device=self.table.device)
+        self.precision = _precision()
+
+    def step(self, token, context, tokens, position, logits: torch.Tensor | None = None) -> None:
+        """Feed `token` (B,) on top of `context` (B, C): the next token into `token` and tokens[:, position], c' into
+        `context` (position is advanced by the caller). `logits` (B, V), if given, receives the logits (tests)."""
+        rows = triton.cdiv(self.batch_size, BLOCK_B)
+        blocks = dict(BLOCK_B=BLOCK_B, BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K, PRECISION=self.precision)
+        hidden, size_c, batch = self.hidden, self.size_c, self.batch_size
+        x = self.hiddens[0]
+        _first_layer_kernel[(rows, triton.cdiv(hidden, BLOCK_N))](
+            token, self.table, context, self.context_weight, self.context_weight.stride(0), x, batch, hidden, size_c,
+            **blocks,
+        )  # fmt: skip
+        for i, (weight, bias) in enumerate(self.layers):
+            out = self.hiddens[(i + 1) % 2]
+            _linear_kernel[(rows, triton.cdiv(hidden, BLOCK_N))](x, weight, bias, out, batch, hidden, hidden, True,
+                                                                **blocks)  # fmt: skip
+            x = out
+        weight, bias = self.proj
+        _linear_kernel[(rows, triton.cdiv(3 * size_c, BLOCK_N))](x, weight, bias, self.projected, batch, 3 * size_c,
+                                                                 hidden, False, **blocks)  # fmt: skip
+        gamma, beta, eps = self.norm
+        _context_kernel[(rows,)](self.projected, context, gamma, beta, self.next_context, batch, size_c, eps,
+                                 self.clamp, BLOCK_B=BLOCK_B, BLOCK_N=BLOCK_N)  # fmt: skip
+        weight, bias = self.head
+        _head_kernel[(rows, self.tiles)](
+            x, weight, bias, self.best, self.best_id, x if logits is None else logits, batch, self.vocab, hidden,
+            self.tiles, logits is not None, BLOCK_B=BLOCK_B, BLOCK_V=BLOCK_V, BLOCK_K=BLOCK_K, PRECISION=self.precision,
+        )  # fmt: skip
+        _pick_kernel[(rows,)](
+            self.best, self.best_id, token, tokens, position, self.next_context, context, batch, size_c, self.tiles,
+            tokens.shape[1], BLOCK_B=BLOCK_B, BLOCK_TILES=triton.next_power_of_2(self.tiles), BLOCK_N=BLOCK_N,
+        )  # fmt: skip

@@ -1,0 +1,99 @@
+"""decode_kernel.py: the prototype cell's greedy step as eight Triton kernels gives model.step's logits, context and
+tokens. Run as the other kernel tests are: in Triton's CPU interpreter without a GPU, skipped without triton (CI)."""
+
+import pytest
+import torch
+
+triton = pytest.importorskip("triton", reason="the kernel path needs triton (CI does not install it)")
+if not torch.cuda.is_available() and not triton.knobs.runtime.interpret:
+    pytest.skip("no GPU and TRITON_INTERPRET is not 1: the kernels cannot run", allow_module_level=True)
+
+from newllm.models.new_llm import NewLLMForCausalLM  # noqa: E402
+from newllm.models.new_llm.decode_kernel import BLOCK_V, DecodeKernels  # noqa: E402
+from newllm.models.new_llm.decoding import GreedyDecoder  # noqa: E402
+from newllm.models.recurrent import RecurrentCache  # noqa: E402
+from tests.unit.models.conftest import tiny_new_llm_config  # noqa: E402
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _model(**overrides):
+    """A tiny prototype-cell model with weights of order one (so that the logits are far apart, no near-ties)."""
+    torch.manual_seed(0)
+    model = NewLLMForCausalLM(tiny_new_llm_config(**overrides)).to(DEVICE).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.dim() == 2:
+                p.copy_(torch.randn_like(p) / p.shape[1] ** 0.5)
+            elif name.endswith("context_norm.weight"):
+                p.copy_(1 + 0.3 * torch.randn_like(p))
+            else:
+                p.copy_(0.3 * torch.randn_like(p))
+    return model
+
+
+CASES = {
+    # name: model overrides, batch
+    "batch 1": ({}, 1),
+    # 18 rows: two row blocks; a vocabulary over three head tiles, the last one ragged; a clamp that binds
+    "two row blocks, ragged tiles": ({"vocab_size": 2 * BLOCK_V + 37, "hidden_size": 72, "context_size": 70,
+                                      "context_clamp": 1.2, "num_hidden_layers": 3}, 18),  # fmt: skip
+    "one layer, tied head": ({"num_hidden_layers": 1, "embedding_size": 48, "tie_embeddings": True}, 3),
+}
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_one_kernel_step_equals_model_step(name):
+    overrides, batch = CASES[name]
+    model = _model(**overrides)
+    token = torch.randint(1, model.config.vocab_size, (batch,), device=DEVICE)
+    context = torch.randn(batch, model.config.context_size, device=DEVICE)
+    expected_logits, expected_context = model.step(token, context)
+    kernels = DecodeKernels(model, batch)
+    tokens = torch.zeros(batch, 4, dtype=torch.long, device=DEVICE)
+    position = torch.tensor([2], device=DEVICE)
+    logits = torch.empty(batch, model.config.vocab_size, device=DEVICE)
+    fed = token.clone()
+    kernels.step(fed, context, tokens, position, logits)
+    torch.testing.assert_close(logits, expected_logits, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(context, expected_context, rtol=1e-5, atol=1e-5)
+    if "clamp" in name:
+        assert (expected_context.abs() == model.config.context_clamp).any()
+    assert torch.equal(fed, expected_logits.argmax(-1))
+    assert torch.equal(tokens[:, 2], fed) and not tokens[:, [0, 1, 3]].any()
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_greedy_decoder_on_the_kernels_gives_the_reference_tokens(name):
+    overrides, batch = CASES[name]
+    model = _model(**overrides)
+    prompt = torch.randint(1, model.config.vocab_size, (batch, 5), device=DEVICE)
+    with torch.no_grad():
+        state = model(prompt, use_cache=True).state
+    first = torch.randint(1, model.config.vocab_size, (batch,), device=DEVICE)
+    reference, after = GreedyDecoder(model, batch, 6).decode(state, first, 6)
+    fast, fast_after = GreedyDecoder(model, batch, 6, kernels=True).decode(state, first, 6)
+    assert torch.equal(fast, reference)
+    torch.testing.assert_close(fast_after.states[0], after.states[0], rtol=1e-5, atol=1e-5)
+    assert isinstance(fast_after, RecurrentCache) and fast_after.seen_tokens == after.seen_tokens
+
+
+def test_cells_and_settings_the_decode_kernels_cannot_take_are_refused():
+    with pytest.raises(ValueError, match="prototype cell"):
+        GreedyDecoder(_model(residual=True), 2, 4, kernels=True)
+    with pytest.raises(ValueError, match="float32"):
+        GreedyDecoder(_model(), 2, 4, dtype=torch.bfloat16, kernels=True)
+
+
+def test_the_shared_decoding_path_takes_the_kernels_and_gives_the_forward_paths_tokens():
+    from newllm.evaluation.decoding import Decoder, SamplingOptions
+
+    model = _model()
+    greedy = SamplingOptions(max_new_tokens=5, do_sample=False)
+    prompt = torch.randint(1, model.config.vocab_size, (2, 7), device=DEVICE)
+    plain, fast = Decoder(model, greedy), Decoder(model, greedy, graphed=True, kernels=True)
+    expected = plain.generate(plain.prefill(prompt))
+    assert torch.equal(fast.generate(fast.prefill(prompt)), expected)
+    assert fast.backend.kernels is not None
+    with pytest.raises(ValueError, match="kernels"):
+        Decoder(model, greedy, kernels=True)  # not graphed
