@@ -99,6 +99,8 @@ ANY_NUMBER = Bound()
 NEW_LLM_CELLS = ("prototype", "parallel")
 NEW_LLM_BLOCKS = ("linear", "mlp")
 NEW_LLM_CANDIDATES = ("linear", "tanh")
+# models/new_llm/modeling.py's FAST_PATHS but "eager" (which `compile = false` means), repeated likewise
+NEW_LLM_FAST_PATHS = ("compiled", "graphed", "compiled+graphed", "kernel")
 # transformers' SchedulerType values that need no scheduler arguments beyond warmup and the step count
 SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup", "inverse_sqrt")
 
@@ -220,6 +222,9 @@ class TrainConfig:
     # CUDA speed: New-LLM's fast path (compiled steps + CUDA-graphed scan), torch.compile for the baselines;
     # ignored on CPU
     compile: bool = False
+    # with compile: which of New-LLM's fast paths ("kernel": the Triton window kernels, not yet timed, so not the
+    # default). It changes the speed, not the function: a resume may change it.
+    fast_path: str = "compiled+graphed"
     save_steps: int = 0  # > 0 also checkpoints (and logs) every N optimizer steps; eval stays per epoch
     # Truncated BPTT (pre-training, recurrent models): batch rows are lanes of the stream read in order,
     # and each row's state is carried from one batch to the next instead of reset every window
@@ -377,6 +382,7 @@ TRAIN_LIMITS = {
     "time_limit": Bound(0, note="seconds; 0: no limit"),
     "dropout": FRACTION,
     "report_to": ("none", "tensorboard", "wandb"),
+    "fast_path": NEW_LLM_FAST_PATHS,
 }
 EVAL_LIMITS = {
     "max_new_tokens": POSITIVE_INT,

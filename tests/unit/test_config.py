@@ -196,6 +196,10 @@ def test_config_knows_the_new_llm_choices_and_the_trainers_schedulers():
     from newllm.models.new_llm.configuration import BLOCKS, CANDIDATES, CELLS
 
     assert (NEW_LLM_CELLS, NEW_LLM_BLOCKS, NEW_LLM_CANDIDATES) == (CELLS, BLOCKS, CANDIDATES)
+    from newllm.config import NEW_LLM_FAST_PATHS
+    from newllm.models.new_llm.modeling import FAST_PATHS
+
+    assert set(NEW_LLM_FAST_PATHS) == set(FAST_PATHS) - {"eager"}
     assert set(SCHEDULERS) <= {s.value for s in SchedulerType}
 
 

@@ -219,7 +219,7 @@ def model_configs(config: ExperimentConfig, tokenizer) -> dict:
 # change on a resume because they do not change what is trained.
 RESUME_CHECKED = {"pretrain": ("precision", "data", "model", "pretrain"), "finetune": ("precision", "data", "model", "finetune")}
 RESUME_SAFE = ("data.data_dir", "model.names", "pretrain.time_limit", "finetune.time_limit", "pretrain.report_to",
-               "finetune.report_to")  # fmt: skip
+               "finetune.report_to", "pretrain.fast_path", "finetune.fast_path")  # fmt: skip
 # Settings renamed since: an experiment.json written before says "seed" for the prototype's cell and tokenizer.
 EARLIER_SPELLINGS = {"model.cell": CELL_ALIASES, "data.tokenizer": KIND_ALIASES}
 

@@ -368,7 +368,7 @@ def train(
                          f"(pip install {TRACKERS[config.report_to][0]}, or newllm's [tracking] extra)")  # fmt: skip
     own_fast_path = hasattr(model, "set_fast_path")
     if own_fast_path:
-        model.set_fast_path("compiled+graphed" if config.compile else "eager")
+        model.set_fast_path(config.fast_path if config.compile else "eager")
     args = TrainingArguments(
         output_dir=str(run_dir),
         num_train_epochs=config.epochs,

@@ -93,6 +93,13 @@ def test_compile_gives_new_llm_its_own_fast_path_not_torch_compile(tmp_path, mon
     assert seen["torch_compile"] is False  # torch.compile would unroll the recurrence
 
 
+def test_fast_path_picks_new_llms_path_when_compiling(tmp_path):
+    cell = _train(tmp_path / "run", epochs=1, compile=True, fast_path="kernel").model.model.cell
+    assert (cell.kernel, cell.compile_steps, cell.cuda_graphs) == (True, False, False)  # on CPU: the eager scan
+    cell = _train(tmp_path / "eager", epochs=1, compile=False, fast_path="kernel").model.model.cell
+    assert not (cell.kernel or cell.compile_steps or cell.cuda_graphs)  # no compile: eager, whatever fast_path says
+
+
 def test_compile_is_ignored_on_cpu_for_the_baselines(tmp_path, monkeypatch):
     from newllm.models.registry import matched_configs
 

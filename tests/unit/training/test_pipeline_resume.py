@@ -132,7 +132,7 @@ def test_resume_refuses_a_setting_that_changes_training_and_touches_nothing(pret
 def test_resume_accepts_the_settings_that_do_not_change_training(pretrained):
     data, out = pretrained
     run("pretrain", data, out, "--resume", "--set", "pretrain.time_limit=3600", "--set", "eval.max_new_tokens=5")
-    run("finetune", data, out, "--resume", "--set", "finetune.time_limit=3600")
+    run("finetune", data, out, "--resume", "--set", "finetune.time_limit=3600", "--set", "finetune.fast_path=kernel")
     assert RunDir(out).complete("new_llm", "dialog").is_file()
     assert json.loads((out / "experiment.json").read_text())["config"]["finetune"]["time_limit"] == 3600
 
