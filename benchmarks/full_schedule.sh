@@ -17,7 +17,9 @@
 # name of any other preset in configs/ (a new variant needs no edit here, and `newllm collect` gives it a
 # row of its own). PROTOTYPE_PLAN (earlier SEED_PLAN, still read) holds the prototype protocol's entries,
 # run with seed 0 alone. FINETUNE=0 skips step 2:
-# step 1, then the evaluation of its model.
+# step 1, then the evaluation of its model. RESUME=1 runs the steps with --resume in existing run folders:
+# a finished step is skipped, so a second pass after FINETUNE=0 adds step 2 (with the step-2 settings the
+# presets hold by then, e.g. a tuned finetune.dropout) and evaluates again.
 # Each run <row>_<model>_s<seed> logs `start`, `pretrain_done`, `finetune_done`, `evaluate_done` and
 # `exit <code>` with Unix times, to follow the runs by (no report reads them). The tokenizer is trained
 # once per preset and copied into every run, so all runs of a tokenizer share it exactly. PYTHON picks
@@ -54,6 +56,8 @@ preset() {
   esac
 }
 finetune=${FINETUNE:-1}  # 0: no step 2 (a row explored on WikiText-2 alone); its step-1 model is evaluated
+resume=()
+if [ "${RESUME:-0}" = 1 ]; then resume=(--resume); fi  # for pretrain and finetune; evaluate always starts afresh
 
 run() {  # row model seed
   local row=$1 model=$2 seed=$3 preset dir log
@@ -89,7 +93,7 @@ step() {  # pretrain or finetune, with run()'s options. With $DEADLINE the step 
     [ "$left" -gt 0 ] || return 124
     limit=(--set "$1.time_limit=$(( left > margin ? left - margin : 1 ))")
   fi
-  ${left:+timeout "$left"} $newllm "$1" "${common[@]}" "${limit[@]}"
+  ${left:+timeout "$left"} $newllm "$1" "${common[@]}" "${limit[@]}" "${resume[@]}"
 }
 
 gpu_uuids() {  # a CUDA_VISIBLE_DEVICES list with each index replaced by that GPU's UUID (an unknown index stays)

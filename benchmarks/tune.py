@@ -1,6 +1,7 @@
 """The tuning grid: every model family trained on the same grid of settings, chosen on validation only.
 
     python benchmarks/tune.py run RUNS_DIR [--grid configs/grids/study.toml] [--only new_llm] [--gpus 0,1] [--mps] [--deadline UNIX]
+        [--pretrained STEP1_RUNS]
     python benchmarks/tune.py collect RUNS_DIR [--previous SUMMARY.json] [--commit SHA] --out docs/results/study_grid.json
     python benchmarks/tune.py plot SUMMARY.json --out docs/results/study_grid_val_ppl.png
 
@@ -12,6 +13,12 @@ step 1 (`newllm pretrain`) of every point side by side, one process each, spread
 `collect` reads each point's history and writes one JSON: the points with their best validation
 loss and perplexity, and the chosen point of each family (lowest validation loss). The test split is
 never read: the chosen settings are run with 3 seeds through all three steps afterwards.
+
+A grid with `step = "finetune"` tunes step 2 the same way, on DailyDialog validation: each family names
+its own preset (its chosen step-1 point), and `run --pretrained DIR` starts every point from the step-1
+run folder `DIR/<preset>_<family>_s<seed>/` (as benchmarks/full_schedule.sh names them): its tokenizer
+and its best step-1 checkpoint are linked into the point's folder, then `newllm finetune` runs there
+(configs/grids/study_finetune.toml).
 
 A grid larger than one GPU lease runs in parts (`--only FAMILY,...`). A lease's run folders go with
 its machine, so collect into the lease's output in every call, and start the next part's collect
@@ -42,19 +49,36 @@ except ModuleNotFoundError:  # Python 3.10
 
 ROOT = Path(__file__).resolve().parents[1]
 MARGIN = 60  # seconds before --deadline left to each run for its last evaluation and save
+STAGE_OF_STEP = {"pretrain": "wikitext", "finetune": "dialog"}  # the run folder's stage each step trains
 
 
 def load_grid(path: Path) -> dict:
     """The grid file, checked: a preset, a seed, shared axes and a table per family."""
     grid = tomllib.loads(path.read_text(encoding="utf-8"))
-    unknown = set(grid) - {"preset", "seed", "axes", "families"}
-    if unknown or "families" not in grid or "preset" not in grid:
-        raise SystemExit(f"{path}: a grid needs preset, families (and may have seed, axes); unknown: {sorted(unknown)}")
+    unknown = set(grid) - {"preset", "seed", "step", "axes", "families"}
+    if unknown or "families" not in grid:
+        raise SystemExit(f"{path}: a grid needs families (and may have preset, seed, step, axes); unknown: {sorted(unknown)}")
+    if step_of(grid) not in STAGE_OF_STEP:
+        raise SystemExit(f"{path}: step must be pretrain or finetune, got {grid['step']!r}")
+    if step_of(grid) == "pretrain" and "preset" not in grid:
+        raise SystemExit(f"{path}: a step-1 grid names the preset its one tokenizer is trained by")
     for family, table in grid["families"].items():
-        extra = set(table) - {"axes", "follow"}
+        extra = set(table) - {"axes", "follow", "preset"}
         if extra:
-            raise SystemExit(f"{path}: families.{family} may hold axes and follow, not {sorted(extra)}")
+            raise SystemExit(f"{path}: families.{family} may hold axes, follow and preset, not {sorted(extra)}")
+        if "preset" not in table and "preset" not in grid:
+            raise SystemExit(f"{path}: families.{family} has no preset, and the grid names none")
     return grid
+
+
+def step_of(grid: dict) -> str:
+    """The step a grid tunes: "pretrain" (the default) or "finetune"."""
+    return grid.get("step", "pretrain")
+
+
+def family_preset(grid: dict, family: str) -> str:
+    """The preset a family's points start from: its own, else the grid's."""
+    return grid["families"][family].get("preset", grid.get("preset"))
 
 
 def points(grid: dict, only: str | None = None) -> list[dict]:
@@ -79,13 +103,29 @@ def points(grid: dict, only: str | None = None) -> list[dict]:
 
 
 def command(grid: dict, point: dict, runs_dir: Path, python: str, time_limit: float | None) -> list[str]:
-    cmd = [python, "-m", "newllm.cli", "pretrain", "--preset", grid["preset"], "--models", point["family"],
-           "--output-dir", str(runs_dir / point["name"]), "--no-progress", "--set", f"pretrain.seed={grid.get('seed', 0)}"]  # fmt: skip
+    step = step_of(grid)
+    cmd = [python, "-m", "newllm.cli", step, "--preset", family_preset(grid, point["family"]), "--models",
+           point["family"], "--output-dir", str(runs_dir / point["name"]), "--no-progress", "--set",
+           f"{step}.seed={grid.get('seed', 0)}"]  # fmt: skip
     for key, value in point["settings"].items():
         cmd += ["--set", f"{key}={value}"]
     if time_limit is not None:
-        cmd += ["--set", f"pretrain.time_limit={max(time_limit, 1):.0f}"]
+        cmd += ["--set", f"{step}.time_limit={max(time_limit, 1):.0f}"]
     return cmd
+
+
+def link_pretrained(grid: dict, point: dict, pretrained: Path, out: Path) -> None:
+    """A step-2 point's folder starts as its family's step-1 run: that run's tokenizer, and its best step-1
+    checkpoint linked in (read, never written, by `newllm finetune`)."""
+    family = point["family"]
+    source = pretrained / f"{family_preset(grid, family)}_{family}_s{grid.get('seed', 0)}"
+    checkpoint = source / f"best_{family}_wikitext"
+    if not checkpoint.is_dir() or not (source / "tokenizer.json").is_file():
+        raise SystemExit(f"tune.py: {point['name']} starts from {checkpoint} and its tokenizer.json: not found")
+    shutil.copy(source / "tokenizer.json", out / "tokenizer.json")
+    link = out / checkpoint.name
+    if not link.exists():
+        link.symlink_to(checkpoint.resolve(), target_is_directory=True)
 
 
 def gpu_uuids() -> list[str]:
@@ -131,12 +171,18 @@ def run(args) -> int:
         mps = subprocess.run(["nvidia-cuda-mps-control", "-d"], env=env).returncode == 0
         print(f"MPS: {'on' if mps else 'failed to start, running without'}", flush=True)
     uuids = gpu_uuids()
-    tokenizer = train_tokenizer(grid, runs_dir)
+    finetuning = step_of(grid) == "finetune"
+    if finetuning and not args.pretrained:
+        raise SystemExit("tune.py: a step-2 grid starts from step-1 runs: pass --pretrained DIR")
+    tokenizer = None if finetuning else train_tokenizer(grid, runs_dir)
     launches = []
     for i, point in enumerate(grid_points):
         out = runs_dir / point["name"]
         out.mkdir(exist_ok=True)
-        shutil.copy(tokenizer, out / "tokenizer.json")
+        if finetuning:
+            link_pretrained(grid, point, Path(args.pretrained), out)
+        else:
+            shutil.copy(tokenizer, out / "tokenizer.json")
         point_env = dict(env)
         if gpus:
             gpu = gpus[i % len(gpus)]
@@ -163,9 +209,9 @@ def run(args) -> int:
     return 1 if failed else 0
 
 
-def read_point(runs_dir: Path, point: dict) -> dict:
+def read_point(runs_dir: Path, point: dict, step: str = "pretrain") -> dict:
     """A point's result from its run folder: best validation loss and epoch, epochs run, time, stopped or not."""
-    stage = runs_dir / point["name"] / f"{point['family']}_wikitext"
+    stage = runs_dir / point["name"] / f"{point['family']}_{STAGE_OF_STEP[step]}"
     row = {**point, "complete": False}
     history_path = stage / "history.json"
     if history_path.is_file():
@@ -208,7 +254,7 @@ def provenance(commit: str | None = None) -> dict:
 def collect(args) -> int:
     grid = load_grid(Path(args.grid))
     runs_dir = Path(args.runs_dir)
-    rows = [read_point(runs_dir, p) for p in points(grid)]
+    rows = [read_point(runs_dir, p, step_of(grid)) for p in points(grid)]
     if args.previous:
         try:
             previous = json.loads(Path(args.previous).read_text(encoding="utf-8"))
@@ -284,6 +330,7 @@ def main(argv=None) -> int:
     run_p.add_argument("--deadline", type=float, default=None, help="Unix time by which every run must have ended")
     run_p.add_argument("--python", default=sys.executable)
     run_p.add_argument("--dry-run", action="store_true", help="print the commands and exit")
+    run_p.add_argument("--pretrained", default=None, help="step-2 grids: the folder of the step-1 runs they start from")
     collect_p = sub.choices["collect"]
     collect_p.add_argument("--out", default=None)
     collect_p.add_argument("--previous", default=None, help="an earlier summary whose points stand where RUNS_DIR has none")

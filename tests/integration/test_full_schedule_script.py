@@ -118,6 +118,7 @@ if [ "$1" = - ]; then cat > /dev/null; echo {} > "$3"; exit 0; fi
 step=$3; out=$(echo "$@" | sed 's/.*--output-dir \\([^ ]*\\).*/\\1/')
 echo "$step" >> "$out.calls"
 echo "$@" | grep -o '[a-z]*\\.time_limit=[0-9]*' >> "$out.limits"
+case " $* " in *" --resume "*) echo "$step" >> "$out.resumed" ;; esac
 case $step in
   pretrain) mkdir -p "$out/best_lstm_wikitext" ;;
   finetune) exec sleep 60 ;;  # still running at the deadline
@@ -176,6 +177,19 @@ def test_finetune_0_runs_step_1_and_evaluates_its_model(tmp_path):
         assert (root / f"tokenizer_{preset}.json").exists()  # the row's own preset
         events = [line.split()[0] for line in (root / f"{row}_new_llm_s1.log").read_text().splitlines()]
         assert events == ["start", "pretrain_done", "evaluate_done", "exit"]
+
+
+def test_resume_1_adds_step_2_to_folders_where_step_1_ran(tmp_path):
+    # the second pass after FINETUNE=0: --resume on both training steps (the finished one is skipped), not on evaluate
+    python = fake_python(tmp_path)
+    env = {**os.environ, "PYTHON": str(python), "SEEDS": "0", "PLAN": "full:lstm", "SEED_PLAN": "", "FINETUNE": "0"}
+    root = tmp_path / "runs"
+    subprocess.run(["bash", str(REPO / "benchmarks" / "full_schedule.sh"), str(root)], env=env, check=True, timeout=60)
+    assert not (root / "full_lstm_s0.resumed").exists()
+    env |= {"FINETUNE": "1", "RESUME": "1"}
+    subprocess.run(["bash", str(REPO / "benchmarks" / "full_schedule.sh"), str(root)], env=env, check=True, timeout=60)
+    assert (root / "full_lstm_s0.calls").read_text().split() == ["pretrain", "evaluate", "pretrain", "finetune", "evaluate"]
+    assert (root / "full_lstm_s0.resumed").read_text().split() == ["pretrain", "finetune"]
 
 
 def test_a_plan_entry_may_name_its_own_seeds(tmp_path):

@@ -67,7 +67,7 @@ def test_the_commands_are_step_1_of_the_preset_with_the_points_settings(tune, gr
 def test_a_grid_file_with_unknown_tables_is_refused(tune, tmp_path):
     bad = tmp_path / "bad.toml"
     bad.write_text('preset = "quick"\n[families.lstm]\nseeds = [1]\n')
-    with pytest.raises(SystemExit, match="families.lstm may hold axes and follow"):
+    with pytest.raises(SystemExit, match="families.lstm may hold axes, follow and preset"):
         tune.load_grid(bad)
 
 
@@ -154,3 +154,63 @@ def test_plot_draws_every_point_of_the_committed_grid_and_refuses_other_json(tun
     with pytest.raises(SystemExit, match="not a summary of this script"):
         tune.main(["plot", str(tmp_path / "other.json"), "--out", str(tmp_path / "x.png")])
     assert not (tmp_path / "x.png").exists()
+
+
+FINETUNE_GRID = """
+step = "finetune"
+seed = 2
+[axes]
+"finetune.dropout" = [0.1, 0.3]
+[families.new_llm]
+preset = "quick"
+[families.lstm]
+preset = "prototype"
+"""
+
+
+def test_a_step_2_grid_fine_tunes_each_familys_own_step_1_run(tune, tmp_path):
+    path = tmp_path / "finetune.toml"
+    path.write_text(FINETUNE_GRID)
+    grid = tune.load_grid(path)
+    points = tune.points(grid)
+    assert [p["name"] for p in points] == ["new_llm_dropout0.1", "new_llm_dropout0.3", "lstm_dropout0.1",
+                                           "lstm_dropout0.3"]  # fmt: skip
+    cmd = tune.command(grid, points[-1], tmp_path, "python3", time_limit=30)
+    assert cmd[3:6] == ["finetune", "--preset", "prototype"]
+    assert [cmd[i + 1] for i, arg in enumerate(cmd) if arg == "--set"] == [
+        "finetune.seed=2", "finetune.dropout=0.3", "finetune.time_limit=30"]  # fmt: skip
+    # the point's folder starts from <preset>_<family>_s<seed>/ of the step-1 runs: tokenizer and best checkpoint
+    step1 = tmp_path / "step1" / "quick_new_llm_s2"
+    (step1 / "best_new_llm_wikitext").mkdir(parents=True)
+    (step1 / "best_new_llm_wikitext" / "config.json").write_text("{}")
+    (step1 / "tokenizer.json").write_text('{"t": 1}')
+    out = tmp_path / "runs" / points[0]["name"]
+    out.mkdir(parents=True)
+    tune.link_pretrained(grid, points[0], tmp_path / "step1", out)
+    assert (out / "tokenizer.json").read_text() == '{"t": 1}'
+    assert (out / "best_new_llm_wikitext" / "config.json").is_file()
+    with pytest.raises(SystemExit, match="prototype_lstm_s2/best_lstm_wikitext"):
+        tune.link_pretrained(grid, points[2], tmp_path / "step1", tmp_path)
+    # collect reads the step-2 stage
+    _history(tmp_path / "runs" / points[0]["name"] / "new_llm_dialog", [20.0, 18.0])
+    assert tune.read_point(tmp_path / "runs", points[0], "finetune")["val_ppl"] == pytest.approx(18.0)
+
+
+def test_grid_files_without_a_usable_preset_or_step_are_refused(tune, tmp_path):
+    for text, message in [
+        ('[families.lstm]\n', "a step-1 grid names the preset"),
+        ('step = "finetune"\n[families.lstm]\n', "families.lstm has no preset"),
+        ('step = "evaluate"\npreset = "quick"\n[families.lstm]\n', "step must be pretrain or finetune"),
+    ]:
+        path = tmp_path / "grid.toml"
+        path.write_text(text)
+        with pytest.raises(SystemExit, match=message):
+            tune.load_grid(path)
+
+
+def test_the_studys_step_2_grid_starts_from_the_chosen_presets(tune):
+    grid = tune.load_grid(ROOT / "configs" / "grids" / "study_finetune.toml")
+    assert tune.step_of(grid) == "finetune"
+    assert {family: tune.family_preset(grid, family) for family in grid["families"]} == {
+        "new_llm": "study_new_llm", "tinygpt2": "study_tinygpt2", "lstm": "study_lstm"}  # fmt: skip
+    assert len(tune.points(grid)) == 9

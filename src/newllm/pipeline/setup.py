@@ -242,10 +242,15 @@ def check_resume_settings(config: ExperimentConfig, step: str) -> None:
         raise ValueError(f"--resume: cannot read the run's settings from {path} ({err})") from None
     if recorded is None:
         return  # nothing recorded: a run from before experiment.json, or one that never started
+    sections = RESUME_CHECKED[step]
+    if step == "finetune" and folder.last_step() == "pretrain":
+        # Step 2 has not run here yet: it must start from what step 1 trained (data, model, precision), and its
+        # own settings are new, a tuned step-2 dropout included.
+        sections = tuple(section for section in sections if section != "finetune")
     current = config.to_dict()
-    old = _flat({key: recorded.get(key) for key in RESUME_CHECKED[step]})
+    old = _flat({key: recorded.get(key) for key in sections})
     old = {key: _present_spelling(key, value) for key, value in old.items()}
-    new = _flat({key: current[key] for key in RESUME_CHECKED[step]})
+    new = _flat({key: current[key] for key in sections})
     changed = [key for key in new if key not in RESUME_SAFE and old.get(key, new[key]) != new[key]]
     if changed:
         key = changed[0]

@@ -89,6 +89,13 @@ class RunDir:
         except FileNotFoundError:
             return None
 
+    def last_step(self) -> str | None:
+        """The step experiment.json was written by ("pretrain" or "finetune"); None without one."""
+        try:
+            return json.loads(self.experiment.read_text(encoding="utf-8")).get("step")
+        except FileNotFoundError:
+            return None
+
     def remove_runs(self, models) -> list[str]:
         """Every artefact of the runs of `models` and the folder's step-level files; the names removed."""
         removed = []

@@ -45,6 +45,17 @@ def test_a_finished_stage_is_skipped_and_a_stage_never_started_starts(pretrained
     assert (out / "best_new_llm_dialog" / "model.safetensors").is_file()
 
 
+def test_step_2_started_with_resume_takes_its_own_settings_and_keeps_them_on_a_later_resume(pretrained, capsys):
+    # experiment.json is step 1's: step 2's settings (a tuned step-2 dropout) are its own, not a change. Once step 2
+    # has run, a resume of it with another dropout is a change and is refused.
+    data, out = pretrained
+    run("finetune", data, out, "--resume", "--set", "finetune.dropout=0.3", "--set", "finetune.lr=1e-3")
+    assert json.loads((out / "best_new_llm_dialog" / "config.json").read_text())["dropout"] == 0.3
+    code = main(["-q", "finetune", *OPTIONS, "--data-dir", str(data), "--output-dir", str(out), "--resume",
+                 "--set", "finetune.dropout=0.1", "--set", "finetune.lr=1e-3"])  # fmt: skip
+    assert code == 1 and "finetune.dropout=0.3, this command says 0.1" in capsys.readouterr().err
+
+
 def test_a_stage_cut_off_after_a_checkpoint_continues_from_it(pretrained):
     data, out = pretrained
     run_dir = out / "new_llm_wikitext"
