@@ -21,6 +21,21 @@ def tiny_new_llm_config(**overrides) -> NewLLMConfig:
     return NewLLMConfig(**values)
 
 
+def order_one_(module: torch.nn.Module) -> torch.nn.Module:
+    """`module` with parameters of order one, in place: the default init leaves every gate near 0.5 and every
+    activation near 0, which would hide a wrong sign or a missing term from a test (and make logits near-tied)."""
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            if p.dim() == 2:
+                p.copy_(torch.randn_like(p) / p.shape[1] ** 0.5)
+            elif name.endswith("norm.weight"):
+                p.copy_(1 + 0.3 * torch.randn_like(p))
+            else:
+                p.copy_(0.3 * torch.randn_like(p))
+    return module
+
+
 @pytest.fixture
 def tiny_configs():
     return matched_configs(tiny_new_llm_config(), shape=BaselineShape(gpt2_positions=64, dropout=0.0))

@@ -12,7 +12,7 @@ from newllm.models.new_llm import NewLLMForCausalLM  # noqa: E402
 from newllm.models.new_llm.decode_kernel import BLOCK_V, DecodeKernels  # noqa: E402
 from newllm.models.new_llm.decoding import GreedyDecoder  # noqa: E402
 from newllm.models.recurrent import RecurrentCache  # noqa: E402
-from tests.unit.models.conftest import tiny_new_llm_config  # noqa: E402
+from tests.unit.models.conftest import order_one_, tiny_new_llm_config  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -20,16 +20,7 @@ DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 def _model(**overrides):
     """A tiny prototype-cell model with weights of order one (so that the logits are far apart, no near-ties)."""
     torch.manual_seed(0)
-    model = NewLLMForCausalLM(tiny_new_llm_config(**overrides)).to(DEVICE).eval()
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if p.dim() == 2:
-                p.copy_(torch.randn_like(p) / p.shape[1] ** 0.5)
-            elif name.endswith("context_norm.weight"):
-                p.copy_(1 + 0.3 * torch.randn_like(p))
-            else:
-                p.copy_(0.3 * torch.randn_like(p))
-    return model
+    return order_one_(NewLLMForCausalLM(tiny_new_llm_config(**overrides)).to(DEVICE).eval())
 
 
 CASES = {
@@ -50,13 +41,14 @@ def test_one_kernel_step_equals_model_step(name):
     context = torch.randn(batch, model.config.context_size, device=DEVICE)
     expected_logits, expected_context = model.step(token, context)
     kernels = DecodeKernels(model, batch)
+    kernels.context.copy_(context)
     tokens = torch.zeros(batch, 4, dtype=torch.long, device=DEVICE)
     position = torch.tensor([2], device=DEVICE)
     logits = torch.empty(batch, model.config.vocab_size, device=DEVICE)
     fed = token.clone()
-    kernels.step(fed, context, tokens, position, logits)
+    kernels.step(fed, tokens, position, logits)
     torch.testing.assert_close(logits, expected_logits, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(context, expected_context, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(kernels.context, expected_context, rtol=1e-5, atol=1e-5)
     if "clamp" in name:
         assert (expected_context.abs() == model.config.context_clamp).any()
     assert torch.equal(fed, expected_logits.argmax(-1))

@@ -14,7 +14,7 @@ if not torch.cuda.is_available() and not triton.knobs.runtime.interpret:
 from newllm.models.new_llm import NewLLMForCausalLM, kernel, kernel_mlp  # noqa: E402
 from newllm.models.new_llm.modeling import kernel_refusal  # noqa: E402
 from newllm.models.new_llm.scan import CellShape, cell_step, dropout_masks  # noqa: E402
-from tests.unit.models.conftest import random_ids, tiny_new_llm_config  # noqa: E402
+from tests.unit.models.conftest import order_one_, random_ids, tiny_new_llm_config  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -27,16 +27,7 @@ STUDY = dict(block="mlp", embedding_size=32, hidden_size=32, context_size=32, ml
 def _cell(**overrides):
     """A tiny MLP-block cell with parameters of order one, so that no wrong sign or missing term hides near 0."""
     torch.manual_seed(0)
-    cell = NewLLMForCausalLM(tiny_new_llm_config(**overrides)).model.cell.to(DEVICE)
-    with torch.no_grad():
-        for name, p in cell.named_parameters():
-            if name.endswith("weight") and p.dim() == 2:
-                p.copy_(torch.randn_like(p) / p.shape[1] ** 0.5)
-            elif name.endswith("norm.weight"):
-                p.copy_(1 + 0.3 * torch.randn_like(p))
-            else:
-                p.copy_(0.3 * torch.randn_like(p))
-    return cell
+    return order_one_(NewLLMForCausalLM(tiny_new_llm_config(**overrides)).model.cell.to(DEVICE))
 
 
 def _inputs(cell, batch, steps, dropout, context_dropout):

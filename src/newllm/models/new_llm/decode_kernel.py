@@ -30,7 +30,7 @@ import torch
 import triton
 import triton.language as tl
 
-from newllm.models.new_llm.kernel import BLOCK_B, BLOCK_K, BLOCK_N, _dot_rows, _mix, _precision
+from newllm.models.new_llm.kernel import BLOCK_B, BLOCK_K, BLOCK_N, _context_update, _dot_rows, _precision
 
 BLOCK_V = 128  # vocabulary columns per program of the head
 
@@ -68,34 +68,13 @@ def _linear_kernel(x, weight, bias, out, B, N, K, RELU: tl.constexpr,
 
 
 @triton.jit
-def _context_kernel(proj, context, norm_weight, norm_bias, next_context, B, C, eps, clamp,
+def _context_kernel(proj, contexts, norm_weight, norm_bias, x_hat, rstd, B, C, eps, clamp,
                     BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr):  # fmt: skip
-    """c' = clamp(γ ⊙ LN(σ(g_f) ⊙ c + σ(g_i) ⊙ Δ) + β, ±K) for 16 whole rows, into next_context."""
+    """c' = clamp(γ ⊙ LN(σ(g_f) ⊙ c + σ(g_i) ⊙ Δ) + β, ±K) for 16 whole rows: kernel.py's context update, from
+    contexts[0] into contexts[1]."""
     rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
-    row_ok = rows < B
-    cols = tl.arange(0, BLOCK_N)
-    total = tl.zeros((BLOCK_B,), tl.float32)
-    for j0 in range(0, C, BLOCK_N):
-        j = j0 + cols
-        tile = row_ok[:, None] & (j < C)[None, :]
-        total += tl.sum(_mix(proj, context, rows, j, tile, C, False), axis=1)
-    mean = total / C
-    spread = tl.zeros((BLOCK_B,), tl.float32)
-    for j0 in range(0, C, BLOCK_N):
-        j = j0 + cols
-        tile = row_ok[:, None] & (j < C)[None, :]
-        centred = tl.where(tile, _mix(proj, context, rows, j, tile, C, False) - mean[:, None], 0.0)
-        spread += tl.sum(centred * centred, axis=1)
-    inv = 1.0 / tl.sqrt_rn(spread / C + eps)
-    for j0 in range(0, C, BLOCK_N):
-        j = j0 + cols
-        j_ok = j < C
-        tile = row_ok[:, None] & j_ok[None, :]
-        normed = (_mix(proj, context, rows, j, tile, C, False) - mean[:, None]) * inv[:, None]
-        gamma = tl.load(norm_weight + j, mask=j_ok, other=0.0)
-        beta = tl.load(norm_bias + j, mask=j_ok, other=0.0)
-        out = tl.minimum(tl.maximum(normed * gamma[None, :] + beta[None, :], -clamp), clamp)
-        tl.store(next_context + rows[:, None] * C + j[None, :], out, mask=tile)
+    _context_update(proj, contexts, 0, norm_weight, norm_bias, x_hat, rstd, rows, rows < B, B, C, eps, clamp, False,
+                    True, BLOCK_B, BLOCK_N)  # fmt: skip
 
 
 @triton.jit
@@ -176,15 +155,20 @@ class DecodeKernels:
         new = self.table.new_empty
         self.hiddens = [new(batch_size, hidden), new(batch_size, hidden)]  # ping-pong between layers
         self.projected = new(batch_size, 3 * size_c)
-        self.next_context = new(batch_size, size_c)
+        # [c, c']: the decoder's context is the first half (`context`), the step writes c' into the second
+        self.contexts = new(2, batch_size, size_c).zero_()
+        self.context = self.contexts[0]
+        self.context_hat, self.context_rstd = new(batch_size, size_c), new(batch_size)  # what training would keep
         self.tiles = triton.cdiv(vocab, BLOCK_V)
         self.best = new(batch_size, self.tiles)
         self.best_id = torch.empty(batch_size, self.tiles, dtype=torch.long, device=self.table.device)
         self.precision = _precision()
 
-    def step(self, token, context, tokens, position, logits: torch.Tensor | None = None) -> None:
-        """Feed `token` (B,) on top of `context` (B, C): the next token into `token` and tokens[:, position], c' into
-        `context` (position is advanced by the caller). `logits` (B, V), if given, receives the logits (tests)."""
+    def step(self, token, tokens, position, logits: torch.Tensor | None = None) -> None:
+        """Feed `token` (B,) on top of `self.context` (B, C): the next token into `token` and tokens[:, position],
+        c' into `self.context` (position is advanced by the caller). `logits` (B, V), if given, receives the
+        logits (tests)."""
+        context = self.context
         rows = triton.cdiv(self.batch_size, BLOCK_B)
         blocks = dict(BLOCK_B=BLOCK_B, BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K, PRECISION=self.precision)
         hidden, size_c, batch = self.hidden, self.size_c, self.batch_size
@@ -202,14 +186,14 @@ class DecodeKernels:
         _linear_kernel[(rows, triton.cdiv(3 * size_c, BLOCK_N))](x, weight, bias, self.projected, batch, 3 * size_c,
                                                                  hidden, False, **blocks)  # fmt: skip
         gamma, beta, eps = self.norm
-        _context_kernel[(rows,)](self.projected, context, gamma, beta, self.next_context, batch, size_c, eps,
-                                 self.clamp, BLOCK_B=BLOCK_B, BLOCK_N=BLOCK_N)  # fmt: skip
+        _context_kernel[(rows,)](self.projected, self.contexts, gamma, beta, self.context_hat, self.context_rstd, batch,
+                                 size_c, eps, self.clamp, BLOCK_B=BLOCK_B, BLOCK_N=BLOCK_N)  # fmt: skip
         weight, bias = self.head
         _head_kernel[(rows, self.tiles)](
             x, weight, bias, self.best, self.best_id, x if logits is None else logits, batch, self.vocab, hidden,
             self.tiles, logits is not None, BLOCK_B=BLOCK_B, BLOCK_V=BLOCK_V, BLOCK_K=BLOCK_K, PRECISION=self.precision,
         )  # fmt: skip
         _pick_kernel[(rows,)](
-            self.best, self.best_id, token, tokens, position, self.next_context, context, batch, size_c, self.tiles,
+            self.best, self.best_id, token, tokens, position, self.contexts[1], context, batch, size_c, self.tiles,
             tokens.shape[1], BLOCK_B=BLOCK_B, BLOCK_TILES=triton.next_power_of_2(self.tiles), BLOCK_N=BLOCK_N,
         )  # fmt: skip

@@ -50,6 +50,7 @@ class GreedyDecoder:
             from newllm.models.new_llm.decode_kernel import DecodeKernels
 
             self.kernels = DecodeKernels(model, batch_size)
+            self.context = self.kernels.context  # the step reads and writes the kernels' own context buffer
         self.graph = None
         if device.type == "cuda":
             self.graph = capture_step(self._step, self.position.zero_, device.index)
@@ -63,7 +64,7 @@ class GreedyDecoder:
     @torch.no_grad()
     def _step(self) -> None:
         if self.kernels is not None:
-            self.kernels.step(self.token, self.context, self.tokens, self.position)
+            self.kernels.step(self.token, self.tokens, self.position)
             self.position += 1
             return
         with self._autocast():
