@@ -116,6 +116,12 @@ def test_the_gpu_sweep_covers_three_or_more_state_sizes_per_model():
     assert config.settings() and all(t >= 4 * n for t, n in config.settings())
 
 
+def test_the_cpu_sweep_covers_every_family_at_three_state_sizes_on_one_thread():
+    config = load_recall_config(DEFAULT_CONFIG.parent / "cpu_small.toml")
+    assert set(config.models) == set(FAMILIES) and len(config.widths) == 3
+    assert config.cpu_threads == 1 and config.settings() == [(64, 4)]
+
+
 @pytest.mark.parametrize(
     "overrides, message",
     [
