@@ -1,5 +1,6 @@
-"""decode_kernel.py: the prototype cell's greedy step as eight Triton kernels gives model.step's logits, context and
-tokens. Run as the other kernel tests are: in Triton's CPU interpreter without a GPU, skipped without triton (CI)."""
+"""decode_kernel.py: New-LLM's greedy step as a few Triton kernels (prototype and MLP-block cells) gives model.step's
+logits, context and tokens. Run as the other kernel tests are: in Triton's CPU interpreter without a GPU, skipped
+without triton (CI)."""
 
 import pytest
 import torch
@@ -30,6 +31,13 @@ CASES = {
     "two row blocks, ragged tiles": ({"vocab_size": 2 * BLOCK_V + 37, "hidden_size": 72, "context_size": 70,
                                       "context_clamp": 1.2, "num_hidden_layers": 3}, 18),  # fmt: skip
     "one layer, tied head": ({"num_hidden_layers": 1, "embedding_size": 48, "tie_embeddings": True}, 3),
+    # the study's MLP-block cell: final norm, tanh candidate, no clamp, tied head
+    "study cell": ({"block": "mlp", "embedding_size": 32, "hidden_size": 32, "context_size": 32, "mlp_ratio": 2,
+                    "tie_embeddings": True, "final_norm": True, "candidate": "tanh", "context_clamp": 0.0,
+                    "forget_bias": 1.0}, 2),  # fmt: skip
+    # MLP blocks without a final norm, a clamp that binds, an untied head; two row blocks, ragged tiles
+    "mlp blocks, clamp, tiles": ({"block": "mlp", "mlp_ratio": 2, "hidden_size": 72, "context_size": 70,
+                                  "context_clamp": 1.2, "vocab_size": BLOCK_V + 9}, 18),  # fmt: skip
 }
 
 
@@ -73,6 +81,8 @@ def test_greedy_decoder_on_the_kernels_gives_the_reference_tokens(name):
 def test_cells_and_settings_the_decode_kernels_cannot_take_are_refused():
     with pytest.raises(ValueError, match="prototype cell"):
         GreedyDecoder(_model(residual=True), 2, 4, kernels=True)
+    with pytest.raises(ValueError, match="MLP-block cell with one context scale"):
+        GreedyDecoder(_model(block="mlp", context_scales=2), 2, 4, kernels=True)
     with pytest.raises(ValueError, match="float32"):
         GreedyDecoder(_model(), 2, 4, dtype=torch.bfloat16, kernels=True)
 

@@ -1,4 +1,4 @@
-"""Greedy decoding of the prototype cell in eight kernels per token instead of about 45.
+"""Greedy decoding of New-LLM in a few kernels per token: eight for the prototype cell instead of about 45.
 
 `GreedyDecoder` replays one CUDA graph per token, but the graph still holds the ~45 small kernels of
 `model.step` (performance.md: 0.066 ms per token on an H200, about 20 times what reading the weights
@@ -20,8 +20,12 @@ grid-wide barrier between the dependent phases, which Triton offers only as a sp
 counter that deadlocks unless every program is resident at once (and always in the CPU interpreter,
 which runs programs one after another), so the phases stay separate launches inside the graph.
 
-Float32 only, eval mode only (no dropout), the prototype cell without residual, ffn_norm, final norm,
-tanh or multi-scale context. Untimed; tested in Triton's CPU interpreter against `model.step`.
+The MLP-block cell (the study's) takes three kernels per block instead of step 2: the block's LayerNorm
+(16 whole rows per program), W_1 with GELU, and W_2 with the residual add; then its final norm, and
+the context update with tanh and without a clamp where the cell says so.
+
+Float32 only, eval mode only (no dropout), one context scale; the prototype cell without residual or
+ffn_norm. Untimed; tested in Triton's CPU interpreter against `model.step`.
 """
 
 from __future__ import annotations
@@ -31,15 +35,17 @@ import triton
 import triton.language as tl
 
 from newllm.models.new_llm.kernel import BLOCK_B, BLOCK_K, BLOCK_N, _context_update, _dot_rows, _precision
+from newllm.models.new_llm.kernel_mlp import SQRT_HALF, _norm_rows
 
 BLOCK_V = 128  # vocabulary columns per program of the head
 
 
 @triton.jit
-def _first_layer_kernel(token, table, context, context_weight, stride_cw, out, B, H, C,
+def _first_layer_kernel(token, table, context, context_weight, stride_cw, out, B, H, C, RELU: tl.constexpr,
                         BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                         PRECISION: tl.constexpr):  # fmt: skip
-    """h_1 = relu(P[token] + c W_cᵀ) on a (rows, n) tile."""
+    """h_1 = P[token] + c W_cᵀ on a (rows, n) tile, relu'd with RELU (the prototype's layer; the MLP cell's
+    residual stream starts without one)."""
     rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
     row_ok = rows < B
     n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -49,32 +55,48 @@ def _first_layer_kernel(token, table, context, context_weight, stride_cw, out, B
     acc = tl.load(table + ids[:, None] * H + n[None, :], mask=tile, other=0.0)
     acc = _dot_rows(acc, context, C, context, False, rows, row_ok, C, context_weight, 1, stride_cw, n, n_ok, BLOCK_K,
                     PRECISION)  # fmt: skip
-    tl.store(out + rows[:, None] * H + n[None, :], tl.maximum(acc, 0.0), mask=tile)
+    if RELU:
+        acc = tl.maximum(acc, 0.0)
+    tl.store(out + rows[:, None] * H + n[None, :], acc, mask=tile)
 
 
 @triton.jit
-def _linear_kernel(x, weight, bias, out, B, N, K, RELU: tl.constexpr,
+def _linear_kernel(x, weight, bias, out, residual, B, N, K, ACTIVATION: tl.constexpr, RESIDUAL: tl.constexpr,
                    BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr):  # fmt: skip
-    """out = x Wᵀ + b (relu'd with RELU) on a (rows, n) tile; W is (N, K), row-major."""
+    """out = act(x Wᵀ + b) (+ residual) on a (rows, n) tile; W is (N, K), row-major. ACTIVATION: 0 none, 1 relu,
+    2 GELU (exact, as F.gelu)."""
     rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
     row_ok = rows < B
     n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
     n_ok = n < N
+    tile = row_ok[:, None] & n_ok[None, :]
     acc = tl.zeros((BLOCK_B, BLOCK_N), tl.float32) + tl.load(bias + n, mask=n_ok, other=0.0)[None, :]
     acc = _dot_rows(acc, x, K, x, False, rows, row_ok, K, weight, 1, K, n, n_ok, BLOCK_K, PRECISION)
-    if RELU:
+    if ACTIVATION == 1:
         acc = tl.maximum(acc, 0.0)
-    tl.store(out + rows[:, None] * N + n[None, :], acc, mask=row_ok[:, None] & n_ok[None, :])
+    elif ACTIVATION == 2:
+        acc = 0.5 * acc * (1.0 + tl.math.erf(acc * SQRT_HALF))
+    offsets = rows[:, None] * N + n[None, :]
+    if RESIDUAL:
+        acc += tl.load(residual + offsets, mask=tile, other=0.0)
+    tl.store(out + offsets, acc, mask=tile)
 
 
 @triton.jit
-def _context_kernel(proj, contexts, norm_weight, norm_bias, x_hat, rstd, B, C, eps, clamp,
-                    BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr):  # fmt: skip
-    """c' = clamp(γ ⊙ LN(σ(g_f) ⊙ c + σ(g_i) ⊙ Δ) + β, ±K) for 16 whole rows: kernel.py's context update, from
-    contexts[0] into contexts[1]."""
+def _norm_kernel(src, gamma, beta, x_hat, out, rstd, B, D, eps, BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr):
+    """out = γ ⊙ LN(src) + β for 16 whole rows (kernel_mlp.py's row norm)."""
     rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
-    _context_update(proj, contexts, 0, norm_weight, norm_bias, x_hat, rstd, rows, rows < B, B, C, eps, clamp, False,
-                    True, BLOCK_B, BLOCK_N)  # fmt: skip
+    _norm_rows(src, gamma, beta, x_hat, out, rstd, rows, rows < B, D, eps, BLOCK_B, BLOCK_N)
+
+
+@triton.jit
+def _context_kernel(proj, contexts, norm_weight, norm_bias, x_hat, rstd, B, C, eps, clamp, TANH: tl.constexpr,
+                    HAS_CLAMP: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr):  # fmt: skip
+    """c' = γ ⊙ LN(σ(g_f) ⊙ c + σ(g_i) ⊙ Δ) + β (Δ through tanh with TANH, clamped to ±K with HAS_CLAMP) for 16
+    whole rows: kernel.py's context update, from contexts[0] into contexts[1]."""
+    rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
+    _context_update(proj, contexts, 0, norm_weight, norm_bias, x_hat, rstd, rows, rows < B, B, C, eps, clamp, TANH,
+                    HAS_CLAMP, BLOCK_B, BLOCK_N)  # fmt: skip
 
 
 @triton.jit
@@ -120,9 +142,11 @@ def _pick_kernel(best, best_id, token, tokens, position, next_context, context, 
 def unsupported_reason(model) -> str | None:
     """Why these kernels cannot decode `model`, or None when they can."""
     cell = model.model.cell
-    if not getattr(cell, "has_handwritten_backward", False) or cell.residual or cell.norms is not None:
+    prototype = getattr(cell, "has_handwritten_backward", False) and not cell.residual and cell.norms is None
+    mlp = cell.blocks is not None and cell.context_scales == 1 and hasattr(cell, "context_clamp")
+    if not (prototype or mlp):
         return ("the decode kernels cover the prototype cell (Linear → ReLU layers without residual or ffn_norm, "
-                "a linear candidate, a clamp, one context scale)")  # fmt: skip
+                "a linear candidate, a clamp, one context scale) and the MLP-block cell with one context scale")  # fmt: skip
     if {p.dtype for p in model.parameters()} != {torch.float32}:
         return "the decode kernels run in float32"
     if model.training:
@@ -143,9 +167,14 @@ class DecodeKernels:
         with torch.no_grad():  # the token half of layer 1 for every id: (V, H), a lookup per step
             self.table = (model.model.embed_tokens.weight @ token_weight.t() + first.bias).contiguous()
         self.layers = [(layer.weight.detach(), layer.bias.detach()) for layer in cell.layers[1:]]
+        self.blocks = [tuple(p.detach() for p in (b.norm.weight, b.norm.bias, b.up.weight, b.up.bias, b.down.weight,
+                                                  b.down.bias)) for b in cell.blocks or []]  # fmt: skip
+        final = cell.final_norm
+        self.final = None if final is None else (final.weight.detach(), final.bias.detach())
         self.proj = (cell.context_proj.weight.detach(), cell.context_proj.bias.detach())
         self.norm = (cell.context_norm.weight.detach(), cell.context_norm.bias.detach(), cell.context_norm.eps)
         self.clamp = float(cell.context_clamp)
+        self.tanh = cell.candidate == "tanh"
         if model.lm_head is None:  # tied: the embedding matrix and a bias of its own
             self.head = (model.model.embed_tokens.weight.detach(), model.lm_head_bias.detach())
         else:
@@ -154,6 +183,9 @@ class DecodeKernels:
         self.batch_size, self.vocab, self.hidden, self.size_c = batch_size, vocab, hidden, size_c
         new = self.table.new_empty
         self.hiddens = [new(batch_size, hidden), new(batch_size, hidden)]  # ping-pong between layers
+        # the MLP cell's: a block's normed input (and the final norm's output), its LN by-products, its GELU(u)
+        self.normed, self.x_hat, self.rstd = new(batch_size, hidden), new(batch_size, hidden), new(batch_size)
+        self.act = new(batch_size, self.blocks[0][2].shape[0]) if self.blocks else None
         self.projected = new(batch_size, 3 * size_c)
         # [c, c']: the decoder's context is the first half (`context`), the step writes c' into the second
         self.contexts = new(2, batch_size, size_c).zero_()
@@ -172,22 +204,37 @@ class DecodeKernels:
         rows = triton.cdiv(self.batch_size, BLOCK_B)
         blocks = dict(BLOCK_B=BLOCK_B, BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K, PRECISION=self.precision)
         hidden, size_c, batch = self.hidden, self.size_c, self.batch_size
+        eps = self.norm[2]
         x = self.hiddens[0]
         _first_layer_kernel[(rows, triton.cdiv(hidden, BLOCK_N))](
             token, self.table, context, self.context_weight, self.context_weight.stride(0), x, batch, hidden, size_c,
-            **blocks,
+            not self.blocks, **blocks,
         )  # fmt: skip
-        for i, (weight, bias) in enumerate(self.layers):
+        for i, (weight, bias) in enumerate(self.layers):  # the prototype's layers 2..L
             out = self.hiddens[(i + 1) % 2]
-            _linear_kernel[(rows, triton.cdiv(hidden, BLOCK_N))](x, weight, bias, out, batch, hidden, hidden, True,
-                                                                **blocks)  # fmt: skip
+            _linear_kernel[(rows, triton.cdiv(hidden, BLOCK_N))](x, weight, bias, out, x, batch, hidden, hidden, 1,
+                                                                False, **blocks)  # fmt: skip
             x = out
+        for i, (norm_w, norm_b, up_w, up_b, down_w, down_b) in enumerate(self.blocks):  # h + W_2 GELU(W_1 LN(h))
+            inner = up_w.shape[0]
+            _norm_kernel[(rows,)](x, norm_w, norm_b, self.x_hat, self.normed, self.rstd, batch, hidden, eps,
+                                  BLOCK_B=BLOCK_B, BLOCK_N=BLOCK_N)  # fmt: skip
+            _linear_kernel[(rows, triton.cdiv(inner, BLOCK_N))](self.normed, up_w, up_b, self.act, x, batch, inner,
+                                                               hidden, 2, False, **blocks)  # fmt: skip
+            out = self.hiddens[(i + 1) % 2]
+            _linear_kernel[(rows, triton.cdiv(hidden, BLOCK_N))](self.act, down_w, down_b, out, x, batch, hidden,
+                                                                inner, 0, True, **blocks)  # fmt: skip
+            x = out
+        if self.final is not None:  # the head and the context update read the final norm's output
+            _norm_kernel[(rows,)](x, *self.final, self.x_hat, self.normed, self.rstd, batch, hidden, eps,
+                                  BLOCK_B=BLOCK_B, BLOCK_N=BLOCK_N)  # fmt: skip
+            x = self.normed
         weight, bias = self.proj
-        _linear_kernel[(rows, triton.cdiv(3 * size_c, BLOCK_N))](x, weight, bias, self.projected, batch, 3 * size_c,
-                                                                 hidden, False, **blocks)  # fmt: skip
-        gamma, beta, eps = self.norm
+        _linear_kernel[(rows, triton.cdiv(3 * size_c, BLOCK_N))](x, weight, bias, self.projected, x, batch, 3 * size_c,
+                                                                 hidden, 0, False, **blocks)  # fmt: skip
+        gamma, beta, _ = self.norm
         _context_kernel[(rows,)](self.projected, self.contexts, gamma, beta, self.context_hat, self.context_rstd, batch,
-                                 size_c, eps, self.clamp, BLOCK_B=BLOCK_B, BLOCK_N=BLOCK_N)  # fmt: skip
+                                 size_c, eps, self.clamp, self.tanh, self.clamp > 0, BLOCK_B=BLOCK_B, BLOCK_N=BLOCK_N)  # fmt: skip
         weight, bias = self.head
         _head_kernel[(rows, self.tiles)](
             x, weight, bias, self.best, self.best_id, x if logits is None else logits, batch, self.vocab, hidden,
