@@ -166,3 +166,23 @@ def test_quick_runs_end_to_end(capsys, tmp_path):
     assert max(r["accuracy"] for r in runs if r["pairs"] == easiest) >= 3 * runs[0]["chance"]
     table = capsys.readouterr().out
     assert "| TinyGPT2 | 32 |" in table and "recall.png" in table
+
+
+def test_the_cpu_sweeps_tables_in_recall_md_are_their_json():
+    """docs/recall.md's CPU tables, number by number, against the committed recall.json files."""
+    import json
+    import re
+
+    docs = DEFAULT_CONFIG.parents[2] / "docs"
+    text = (docs / "recall.md").read_text(encoding="utf-8")
+    for name in ("recall_cpu_small", "recall_cpu_one_pair"):
+        runs = json.loads((docs / "results" / f"{name}.json").read_text(encoding="utf-8"))["runs"]
+        for label in {FAMILIES[r["model"]][1] for r in runs}:
+            pattern = rf"\| {re.escape(label)} \| 32 / 64 / 128 \|.*" if name == "recall_cpu_small" else \
+                rf"\| {re.escape(label)} \| \d+ (B|KiB) \| 0\.\d{{3}} \|"  # fmt: skip
+            row = next(line for line in text.splitlines() if re.fullmatch(pattern, line))
+            printed = [float(x) for x in re.findall(r"\b0\.\d{3}\b", row)]
+            widths = sorted(r["width"] for r in runs if FAMILIES[r["model"]][1] == label)
+            expected = [next(r["accuracy"] for r in runs if FAMILIES[r["model"]][1] == label and r["width"] == w)
+                        for w in widths]  # fmt: skip
+            assert printed == [round(a, 3) for a in expected], (name, label)
