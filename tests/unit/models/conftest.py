@@ -36,6 +36,28 @@ def order_one_(module: torch.nn.Module) -> torch.nn.Module:
     return module
 
 
+def assert_scans_agree(cell, inputs, reference, fast, grad_atol: float = 1e-5) -> None:
+    """Two scans of `cell` on `inputs` ((T, B, H) token part and (B, C) context first, both needing grad): the same
+    hidden states and last context to 1e-5, and the same gradient of a random linear loss for the inputs and every
+    parameter (to 1e-4 relative, `grad_atol` absolute). The input layer's bias lives in the token part, computed
+    outside the scan: neither may give it a gradient."""
+    outputs = [reference(cell, *inputs), fast(cell, *inputs)]
+    for expected, got in zip(*outputs):
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    weights = torch.randn_like(outputs[0][0]), torch.randn_like(outputs[0][1])
+    leaves = [inputs[0], inputs[1], *cell.parameters()]
+    names = ["token part", "context", *(n for n, _ in cell.named_parameters())]
+    grads = []
+    for hidden, last in outputs:
+        loss = (hidden * weights[0]).sum() + (last * weights[1]).sum()
+        grads.append(torch.autograd.grad(loss, leaves, allow_unused=True))
+    for label, expected, got in zip(names, *grads):
+        if expected is None:
+            assert got is None or not got.any(), label
+            continue
+        torch.testing.assert_close(got, expected, rtol=1e-4, atol=grad_atol, msg=lambda m: f"{label}: {m}")
+
+
 @pytest.fixture
 def tiny_configs():
     return matched_configs(tiny_new_llm_config(), shape=BaselineShape(gpt2_positions=64, dropout=0.0))
