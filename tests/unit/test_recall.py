@@ -186,3 +186,8 @@ def test_the_cpu_sweeps_tables_in_recall_md_are_their_json():
             expected = [next(r["accuracy"] for r in runs if FAMILIES[r["model"]][1] == label and r["width"] == w)
                         for w in widths]  # fmt: skip
             assert printed == [round(a, 3) for a in expected], (name, label)
+    for model in ("new_llm", "lstm"):
+        (run,) = json.loads((docs / "results" / f"recall_cpu_longer_{model}.json").read_text(encoding="utf-8"))["runs"]
+        row = next(line for line in text.splitlines() if re.fullmatch(
+            rf"\| {re.escape(FAMILIES[model][1])} \| \d+ (B|KiB) \| {run['steps']:,} \| 0\.\d{{3}} \|", line))  # fmt: skip
+        assert float(row.split("|")[-2]) == round(run["accuracy"], 3), model
