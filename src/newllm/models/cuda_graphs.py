@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from collections.abc import Callable
 
@@ -33,3 +34,11 @@ def capture_step(step: Callable[[], None], restart: Callable[[], None], device_i
     with torch.cuda.graph(graph):
         step()
     return graph
+
+
+def replay_autocast(device_type: str, dtype: torch.dtype):
+    """Autocast to `dtype` for a step a CUDA graph captures (none for float32), without the weight-cast cache: a
+    graph must not replay casts whose outputs were freed after capture."""
+    if dtype == torch.float32:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type, dtype=dtype, cache_enabled=False)

@@ -3,13 +3,11 @@
 
 from __future__ import annotations
 
-import contextlib
-
 import torch
 from torch.nn import functional as F
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from newllm.models.cuda_graphs import capture_step
+from newllm.models.cuda_graphs import capture_step, replay_autocast
 
 # The fields one dropout setting sets in GPT2Config (residual, embedding and attention dropout).
 GPT2_DROPOUT_FIELDS = ("resid_pdrop", "embd_pdrop", "attn_pdrop")
@@ -108,11 +106,6 @@ class StaticCacheDecoder:
         if first.is_cuda:
             self.graph = capture_step(self._step, self._restart, first.device.index)
 
-    def _autocast(self):
-        if self.dtype == torch.float32:
-            return contextlib.nullcontext()
-        return torch.autocast(self.model.device.type, dtype=self.dtype, cache_enabled=False)
-
     def _restart(self) -> None:
         self.slot.fill_(self.prompt_length)
         self.row_positions.copy_(self.next_positions)
@@ -122,7 +115,7 @@ class StaticCacheDecoder:
     def _step(self) -> None:
         gpt2 = self.model.transformer
         batch, heads = self.batch_size, self.model.config.n_head
-        with self._autocast():
+        with replay_autocast(self.model.device.type, self.dtype):
             x = gpt2.wte(self.token) + gpt2.wpe(self.row_positions)  # (B, E)
             allowed = (self.visible & (self.slots <= self.slot))[:, None, None, :]  # (B, 1, 1, S)
             for i, block in enumerate(gpt2.h):

@@ -11,11 +11,9 @@ compare it with `generate()`.
 
 from __future__ import annotations
 
-import contextlib
-
 import torch
 
-from newllm.models.cuda_graphs import capture_step
+from newllm.models.cuda_graphs import capture_step, replay_autocast
 from newllm.models.new_llm.modeling import triton_refusal
 from newllm.models.recurrent import RecurrentCache
 
@@ -55,19 +53,13 @@ class GreedyDecoder:
         if device.type == "cuda":
             self.graph = capture_step(self._step, self.position.zero_, device.index)
 
-    def _autocast(self):
-        if self.dtype == torch.float32:
-            return contextlib.nullcontext()
-        # No weight-cast cache: a graph must not replay casts whose outputs were freed after capture.
-        return torch.autocast(self.model.device.type, dtype=self.dtype, cache_enabled=False)
-
     @torch.no_grad()
     def _step(self) -> None:
         if self.kernels is not None:
             self.kernels.step(self.token, self.tokens, self.position)
             self.position += 1
             return
-        with self._autocast():
+        with replay_autocast(self.model.device.type, self.dtype):
             logits, context = self.model.step(self.token, self.context)
         next_token = logits.argmax(-1)
         self.context.copy_(context)

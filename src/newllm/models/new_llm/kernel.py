@@ -83,6 +83,35 @@ def _dot_rows(acc, x_ptr, x_row, scale_ptr, HAS_SCALE: tl.constexpr, rows, row_o
 
 
 @triton.jit
+def _first_layer_tile(token_part_t, contexts_t, context_masks_t, HAS_CONTEXT_MASKS: tl.constexpr, context_weight,
+                      stride_cw, rows, row_ok, n, n_ok, H, C, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr):  # fmt: skip
+    """P_t + (c ⊙ m_c) W_cᵀ on one (rows, n) tile: the first layer before any activation."""
+    acc = tl.load(token_part_t + rows[:, None] * H + n[None, :], mask=row_ok[:, None] & n_ok[None, :], other=0.0)
+    return _dot_rows(acc, contexts_t, C, context_masks_t, HAS_CONTEXT_MASKS, rows, row_ok, C, context_weight, 1,
+                     stride_cw, n, n_ok, BLOCK_K, PRECISION)  # fmt: skip
+
+
+@triton.jit
+def _context_grad(d_first_t, H, context_weight, stride_cw, context_masks_t, HAS_CONTEXT_MASKS: tl.constexpr, d_kept,
+                  d_context, rows, row_ok, C, BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                  PRECISION: tl.constexpr):  # fmt: skip
+    """dL/dc = f ⊙ dx (d_kept) + (dL/d(first layer) W_c) ⊙ m_c, into d_context: the first layer read c ⊙ m_c."""
+    cols = tl.arange(0, BLOCK_N)
+    for j0 in range(0, C, BLOCK_N):
+        j = j0 + cols
+        j_ok = j < C
+        tile = row_ok[:, None] & j_ok[None, :]
+        offsets = rows[:, None] * C + j[None, :]
+        acc = tl.zeros((BLOCK_B, BLOCK_N), tl.float32)
+        acc = _dot_rows(acc, d_first_t, H, d_first_t, False, rows, row_ok, H, context_weight, stride_cw, 1, j, j_ok,
+                        BLOCK_K, PRECISION)  # fmt: skip
+        if HAS_CONTEXT_MASKS:
+            acc = acc * tl.load(context_masks_t + offsets, mask=tile, other=0.0)
+        acc += tl.load(d_kept + offsets, mask=tile, other=0.0)
+        tl.store(d_context + offsets, acc, mask=tile)
+
+
+@triton.jit
 def _project(hidden_t, proj_weight, proj_bias, proj_t, rows, row_ok, H, C, BLOCK_B: tl.constexpr,
              BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr):  # fmt: skip
     """[Δ, g_f, g_i] = h W_gᵀ + b_g for one step's (B, H) head input: rows j, C + j, 2C + j of W_g for context columns j."""
@@ -246,9 +275,9 @@ def _forward_kernel(
             n_ok = n < H
             tile = row_ok[:, None] & n_ok[None, :]
             offsets = rows[:, None] * H + n[None, :]
-            acc = tl.load(token_part + t * B * H + offsets, mask=tile, other=0.0)
-            acc = _dot_rows(acc, contexts + t * B * C, C, context_masks + t * B * C, HAS_CONTEXT_MASKS, rows, row_ok,
-                            C, context_weight, 1, stride_cw, n, n_ok, BLOCK_K, PRECISION)  # fmt: skip
+            acc = _first_layer_tile(token_part + t * B * H, contexts + t * B * C, context_masks + t * B * C,
+                                    HAS_CONTEXT_MASKS, context_weight, stride_cw, rows, row_ok, n, n_ok, H, C, BLOCK_K,
+                                    PRECISION)  # fmt: skip
             tl.store(pre + t * B * H + offsets, acc, mask=tile)
             h = tl.maximum(acc, 0.0)
             if HAS_MASKS:
@@ -337,19 +366,9 @@ def _backward_kernel(
                 acc = tl.where(tl.load(pre + below + offsets, mask=tile, other=0.0) > 0, acc, 0.0)
                 tl.store(d_pre + below + offsets, acc, mask=tile)
             tl.debug_barrier()
-        # dL/dc = f ⊙ dx (from pass 2) + (dL/da_1 W_c) ⊙ m_c: layer 1 read c ⊙ m_c
-        for j0 in range(0, C, BLOCK_N):
-            j = j0 + cols
-            j_ok = j < C
-            tile = row_ok[:, None] & j_ok[None, :]
-            offsets = rows[:, None] * C + j[None, :]
-            acc = tl.zeros((BLOCK_B, BLOCK_N), tl.float32)
-            acc = _dot_rows(acc, d_pre + t * B * H, H, d_pre, False, rows, row_ok, H, context_weight, stride_cw, 1, j,
-                            j_ok, BLOCK_K, PRECISION)  # fmt: skip
-            if HAS_CONTEXT_MASKS:
-                acc = acc * tl.load(context_masks + t * B * C + offsets, mask=tile, other=0.0)
-            acc += tl.load(d_kept + offsets, mask=tile, other=0.0)
-            tl.store(d_context + offsets, acc, mask=tile)
+        # dL/dc = f ⊙ dx (from pass 2) + (dL/da_1 W_c) ⊙ m_c
+        _context_grad(d_pre + t * B * H, H, context_weight, stride_cw, context_masks + t * B * C, HAS_CONTEXT_MASKS,
+                      d_kept, d_context, rows, row_ok, C, BLOCK_B, BLOCK_N, BLOCK_K, PRECISION)  # fmt: skip
         tl.debug_barrier()
 
 

@@ -37,9 +37,11 @@ from newllm.models.new_llm.kernel import (
     BLOCK_N,
     COVERED,
     INDEX_LIMIT,
+    _context_grad,
     _context_update,
     _context_update_backward,
     _dot_rows,
+    _first_layer_tile,
     _head_input_grad,
     _precision,
     _project,
@@ -149,9 +151,9 @@ def _mlp_forward_kernel(
             n_ok = n < D
             tile = row_ok[:, None] & n_ok[None, :]
             offsets = rows[:, None] * D + n[None, :]
-            acc = tl.load(token_part + t * B * D + offsets, mask=tile, other=0.0)
-            acc = _dot_rows(acc, contexts + t * B * C, C, context_masks + t * B * C, HAS_CONTEXT_MASKS, rows, row_ok,
-                            C, context_weight, 1, stride_cw, n, n_ok, BLOCK_K, PRECISION)  # fmt: skip
+            acc = _first_layer_tile(token_part + t * B * D, contexts + t * B * C, context_masks + t * B * C,
+                                    HAS_CONTEXT_MASKS, context_weight, stride_cw, rows, row_ok, n, n_ok, D, C, BLOCK_K,
+                                    PRECISION)  # fmt: skip
             tl.store(res + t * B * D + offsets, acc, mask=tile)
         tl.debug_barrier()
         for layer in range(L):
@@ -291,21 +293,11 @@ def _mlp_backward_kernel(
             _norm_rows_backward(d_x + here * D, x_hat + here * D, norm_w + layer * D, rstd + here, d_res, rows, row_ok,
                                 D, True, BLOCK_B, BLOCK_N)  # fmt: skip
             tl.debug_barrier()
-        # dL/dh_0 (the token part's gradient), then dL/dc = f ⊙ dx + (dL/dh_0 W_c) ⊙ m_c
+        # dL/dh_0 (the token part's gradient, kept for the weight gradients), and dL/dc = f ⊙ dx + (dL/dh_0 W_c) ⊙ m_c
+        # from the same carried rows: both only read d_res, written before the last barrier
         _copy_rows(d_res, d_first + t * B * D, rows, row_ok, D, BLOCK_N)
-        tl.debug_barrier()
-        for j0 in range(0, C, BLOCK_N):
-            j = j0 + cols
-            j_ok = j < C
-            tile = row_ok[:, None] & j_ok[None, :]
-            offsets = rows[:, None] * C + j[None, :]
-            acc = tl.zeros((BLOCK_B, BLOCK_N), tl.float32)
-            acc = _dot_rows(acc, d_first + t * B * D, D, d_first, False, rows, row_ok, D, context_weight, stride_cw, 1,
-                            j, j_ok, BLOCK_K, PRECISION)  # fmt: skip
-            if HAS_CONTEXT_MASKS:
-                acc = acc * tl.load(context_masks + t * B * C + offsets, mask=tile, other=0.0)
-            acc += tl.load(d_kept + offsets, mask=tile, other=0.0)
-            tl.store(d_context + offsets, acc, mask=tile)
+        _context_grad(d_res, D, context_weight, stride_cw, context_masks + t * B * C, HAS_CONTEXT_MASKS, d_kept,
+                      d_context, rows, row_ok, C, BLOCK_B, BLOCK_N, BLOCK_K, PRECISION)  # fmt: skip
         tl.debug_barrier()
 
 
