@@ -48,8 +48,10 @@ from newllm.models.new_llm.kernel import (
 )
 from newllm.models.new_llm.scan import dropout_masks
 
-SQRT_HALF = 0.7071067811865476
-INV_SQRT_2PI = 0.3989422804014327
+# Triton reads a module-level constant inside @jit only when it is a tl.constexpr (compiled; the interpreter
+# takes either)
+SQRT_HALF = tl.constexpr(0.7071067811865476)
+INV_SQRT_2PI = tl.constexpr(0.3989422804014327)
 
 
 @triton.jit
