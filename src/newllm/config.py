@@ -3,7 +3,12 @@
 A preset (`configs/<name>.toml`) holds only what differs from these defaults, and
 `--set section.field=value` overrides one field, typed by its annotation. Unknown keys and
 values of the wrong type are errors. Architecture lives in the Hugging Face configs saved beside
-the weights; these dataclasses only say how to build, train and evaluate. Stdlib only.
+the weights; these dataclasses only say how to build, train and evaluate.
+
+Stdlib only, but for New-LLM's options: `NewLLMConfig` is their one home, so `ModelConfig` reads their names,
+types and defaults from it and checks them by building one. That imports torch and transformers (seconds, once)
+where a preset or `--set` gives one of them; a refused value is still a one-line ConfigError naming the setting,
+before any data is read or file written.
 """
 
 from __future__ import annotations
@@ -94,12 +99,8 @@ def check_limits(settings, limits: dict) -> None:
 BPE_SMALLEST_VOCAB = 260  # data/tokenizer.py's floor, checked here before any data is read
 POSITIVE_INT = Bound(1)
 FRACTION = Bound(0, 1)  # [0, 1): dropout probabilities and such
-ANY_NUMBER = Bound()
-# models/new_llm/configuration.py's CELLS, BLOCKS and CANDIDATES, repeated for the same reason as MODEL_NAMES
-NEW_LLM_CELLS = ("prototype", "parallel")
-NEW_LLM_BLOCKS = ("linear", "mlp")
-NEW_LLM_CANDIDATES = ("linear", "tanh")
-# models/new_llm/modeling.py's FAST_PATHS but "eager" (which `compile = false` means), repeated likewise
+# models/new_llm/modeling.py's FAST_PATHS but "eager" (which `compile = false` means), repeated here so that a
+# TrainConfig is checked without importing the model (a test ties them)
 NEW_LLM_FAST_PATHS = ("compiled", "graphed", "compiled+graphed", "kernel")
 # transformers' SchedulerType values that need no scheduler arguments beyond warmup and the step count
 SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup", "inverse_sqrt")
@@ -131,37 +132,20 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """Which models, New-LLM's architecture, and how the baselines are sized to it.
+    """Which models, New-LLM's options, and how the baselines are sized to New-LLM.
 
-    Every field but `names` and BASELINE_FIELDS is a `NewLLMConfig` argument of the same name (`num_layers`
-    is its `num_hidden_layers`) with the same default: NewLLMConfig documents and checks them, and
-    `new_llm_arguments` hands them over. They are repeated here, not imported, so that this layer stays
-    stdlib-only and a misspelt `--set` fails in milliseconds, before torch loads; tests/unit/test_config.py
-    holds the two to the same names, defaults and choices.
+    New-LLM's options live in `NewLLMConfig` (models/new_llm/configuration.py), which declares, defaults, checks
+    and documents each; `NewLLMConfig.options()` lists them. A preset's `[model]` table and `--set model.<option>=`
+    set them by name beside the fields here (replace_fields), and `new_llm` keeps those that differ from
+    NewLLMConfig's defaults, checked by building a NewLLMConfig. Read them with `new_llm_options()` (every option,
+    by name) or hand them over with `new_llm_arguments()`; `to_dict()` flattens them as presets spell them.
     """
 
     names: tuple[str, ...] = DEFAULT_MODEL_NAMES  # the peers (mamba2) join where a preset or --models names them
-    # New-LLM; the baselines are sized to its parameter count.
-    embedding_size: int = 256
-    context_size: int = 256
-    hidden_size: int = 512
-    num_layers: int = 3
-    dropout: float = 0.1
-    # New-LLM research options (NewLLMConfig documents each; the defaults are the prototype's cell)
-    cell: str = "prototype"  # "prototype" (alias "seed") or "parallel" (token-only gates, a parallel scan)
-    embedding_dropout: float = 0.0
-    context_dropout: float = 0.0
-    residual: bool = False
-    ffn_norm: bool = False
-    tie_embeddings: bool = False  # needs embedding_size == hidden_size
-    forget_bias: float = 0.0
-    input_bias: float = 0.0
-    context_scales: int = 1  # multi-scale context: blocks with their own LayerNorm and time scale
-    block: str = "linear"  # "linear" (Linear → ReLU layers) or "mlp" (pre-norm Transformer MLP blocks)
-    mlp_ratio: int = 4  # the mlp block's inner width, in units of hidden_size
-    final_norm: bool = False  # LayerNorm on the FFN output, before the head and the context update
-    candidate: str = "linear"  # "tanh" bounds the context candidate Δ
-    context_clamp: float = 10.0  # the context is clamped to ±this; 0: no clamp
+    # New-LLM's options that differ from NewLLMConfig's defaults: (name, value) pairs in NewLLMConfig.options()'
+    # order, the names as presets spell them (`num_layers`). Not a setting of its own: each option is set by name.
+    new_llm: tuple[tuple[str, typing.Any], ...] = ()
+    # The baselines are sized to New-LLM's parameter count.
     gpt2_layers: int = 4  # preferred depth; the width is solved for the budget
     gpt2_positions: int = 512  # must cover the longest window and prompt + response
     lstm_layers: int = 2
@@ -169,8 +153,6 @@ class ModelConfig:
     tolerance: float = 0.05  # baselines within ±5 % of New-LLM's parameters
 
     def __post_init__(self):
-        if self.cell == "seed":  # the prototype cell's earlier name
-            object.__setattr__(self, "cell", "prototype")
         # Checked when the config is built: an empty or misspelt --models fails before a tokenizer is trained.
         known = ", ".join(MODEL_NAMES)
         if not self.names:
@@ -181,28 +163,82 @@ class ModelConfig:
             if name in self.names[:i]:
                 raise ConfigError(f"names: {name} is listed twice")
         check_limits(self, MODEL_LIMITS)
-        if self.tie_embeddings and self.embedding_size != self.hidden_size:
-            raise ConfigError(
-                f"tie_embeddings: needs embedding_size == hidden_size, got {self.embedding_size} and {self.hidden_size}"
-            )
-        if self.context_size % self.context_scales:
-            raise ConfigError(
-                f"context_scales: must divide context_size ({self.context_size}), got {self.context_scales}"
-            )
+        if self.new_llm:  # none given: NewLLMConfig's defaults, nothing to check (and nothing imported)
+            object.__setattr__(self, "new_llm", _checked_new_llm_options(dict(self.new_llm)))
 
-    def new_llm_arguments(self) -> dict:
-        """New-LLM's fields as `NewLLMConfig` arguments (all but the vocabulary and the special token ids)."""
-        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in BASELINE_FIELDS}
-        fields["num_hidden_layers"] = fields.pop("num_layers")
-        return fields
+    def new_llm_options(self) -> dict:
+        """Every one of New-LLM's options by name (`num_layers`, as presets spell them): the value set here, else
+        NewLLMConfig's default. What experiment.json records and what code reads (`["context_size"]`)."""
+        return {name: option.default for name, option in new_llm_option_table().items()} | dict(self.new_llm)
+
+    def new_llm_arguments(self, defaults: bool = False) -> dict:
+        """New-LLM's options as `NewLLMConfig` arguments (all but the vocabulary and the special token ids): those
+        set here, NewLLMConfig filling in its defaults for the rest; with `defaults`, every option."""
+        table = new_llm_option_table()
+        values = self.new_llm_options() if defaults else dict(self.new_llm)
+        return {table[name].argument: value for name, value in values.items()}
 
     def baseline_shape(self) -> dict:
         """The arguments of models.registry.BaselineShape: how the baselines are shaped and sized to New-LLM."""
-        return {name: getattr(self, name) for name in (*BASELINE_FIELDS[1:], "dropout")}
+        shape = {name: getattr(self, name) for name in BASELINE_FIELDS[1:]}
+        return {**shape, "dropout": self.new_llm_options()["dropout"]}  # the baselines train with New-LLM's dropout
+
+    def to_dict(self) -> dict:
+        """Flat, as presets spell it (the layout of experiment.json): names, every one of New-LLM's options, then
+        the baselines' fields."""
+        baselines = {name: getattr(self, name) for name in BASELINE_FIELDS[1:]}
+        return {"names": self.names, **self.new_llm_options(), **baselines}
 
 
 # ModelConfig's fields that are not New-LLM's: which models run, and the baselines' shape and sizing.
 BASELINE_FIELDS = ("names", "gpt2_layers", "gpt2_positions", "lstm_layers", "mamba2_layers", "tolerance")
+
+
+def _new_llm_config():
+    """The class `NewLLMConfig`, imported here, not at the top, so that importing this module stays cheap (torch and
+    transformers load the first time New-LLM's options are read)."""
+    from newllm.models.new_llm import configuration
+
+    return configuration.NewLLMConfig
+
+
+def new_llm_option_table() -> dict:
+    """`NewLLMConfig.options()`: {name: Option(argument, type, default)} of every one of New-LLM's options."""
+    return _new_llm_config().options()
+
+
+def _checked_new_llm_options(given: dict) -> tuple:
+    """`given` ({name: value}) typed by NewLLMConfig's annotations and checked by building a NewLLMConfig, as
+    ModelConfig.new_llm keeps it: NewLLMConfig's spelling of each value ("seed" → "prototype" for the cell), the
+    ones equal to its defaults left out; or a one-line ConfigError naming the setting."""
+    new_llm_config = _new_llm_config()
+    table = new_llm_config.options()
+    for name in given:
+        if name not in table:
+            raise ConfigError(f"unknown setting {name!r}; New-LLM's options: {', '.join(table)}")
+    values = {name: _coerce(value, table[name].type, name) for name, value in given.items()}
+    try:
+        built = new_llm_config(**{table[name].argument: value for name, value in values.items()})
+    except (ValueError, TypeError) as err:
+        raise ConfigError(_refusal(err, values, table)) from None
+    kept = []
+    for name, option in table.items():
+        if name in values:
+            value = getattr(built, option.argument, values[name])
+            if value != option.default:
+                kept.append((name, value))
+    return tuple(kept)
+
+
+def _refusal(err: Exception, values: dict, table: dict) -> str:
+    """NewLLMConfig's refusal as `setting: reason`, on one line."""
+    spelling = {option.argument: name for name, option in table.items()}
+    argument, reason = getattr(err, "argument", None), getattr(err, "reason", None)
+    if argument is not None and reason is not None:
+        return f"{spelling.get(argument, argument)}: {reason}"
+    message = " ".join(str(err).split())  # an error of another kind: name the first given option it mentions
+    named = [name for name in values if re.search(rf"\b{re.escape(table[name].argument)}\b", message)]
+    return f"{(named or list(values))[0]}: {message}"
 
 
 @dataclass(frozen=True)
@@ -314,7 +350,7 @@ class ExperimentConfig:
     def __post_init__(self):
         check_limits(self, EXPERIMENT_LIMITS)
         # The device's name is checked here, before any work; whether this machine has it is checked where
-        # the step starts (pipeline.setup.runtime), since this layer imports no torch.
+        # the step starts (pipeline.setup.runtime), with torch.
         if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
             raise ConfigError(f"device: unknown device {self.device!r}: use auto, cpu, cuda or cuda:N")
         if not self.output_dir.strip():
@@ -323,14 +359,17 @@ class ExperimentConfig:
             raise ConfigError("pretrain.dropout: step 1's dropout is model.dropout; this setting is step 2's (finetune.dropout)")
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        values = dataclasses.asdict(self)
+        values["model"] = self.model.to_dict()  # New-LLM's options flat, as presets spell them
+        return values
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2)
 
 
-# The allowed values of every setting that has a meaningful range. tests/unit/test_config.py checks that
-# every number and string field is here or in FREE_FIELDS, so a new field cannot skip validation silently.
+# The allowed values of every setting that has a meaningful range (New-LLM's options: NewLLMConfig's checks).
+# tests/unit/test_config.py checks that every number and string field is here or in FREE_FIELDS, so a new field
+# cannot skip validation silently.
 DATA_LIMITS = {
     "wikitext": ("tokens", "raw"),
     "tokenizer": ("bpe", "prototype"),
@@ -342,22 +381,7 @@ DATA_LIMITS = {
     "train_dialogues": POSITIVE_INT,
     "eval_dialogues": POSITIVE_INT,
 }
-MODEL_LIMITS = {
-    "embedding_size": POSITIVE_INT,
-    "context_size": POSITIVE_INT,
-    "hidden_size": POSITIVE_INT,
-    "num_layers": POSITIVE_INT,
-    "dropout": FRACTION,
-    "cell": NEW_LLM_CELLS,
-    "embedding_dropout": FRACTION,
-    "context_dropout": FRACTION,
-    "forget_bias": ANY_NUMBER,
-    "input_bias": ANY_NUMBER,
-    "context_scales": POSITIVE_INT,
-    "block": NEW_LLM_BLOCKS,
-    "mlp_ratio": POSITIVE_INT,
-    "candidate": NEW_LLM_CANDIDATES,
-    "context_clamp": Bound(0, note="0: no clamp"),
+MODEL_LIMITS = {  # the baselines' fields; New-LLM's options are checked by NewLLMConfig
     "gpt2_layers": POSITIVE_INT,
     "gpt2_positions": Bound(2),  # one token of context and one to predict
     "lstm_layers": POSITIVE_INT,
@@ -462,14 +486,21 @@ def _coerce(value, annotation, where: str):
 
 
 def replace_fields(obj, values: dict, where: str = ""):
-    """A copy of dataclass `obj` with `values` (nested dicts for nested dataclasses) applied."""
+    """A copy of dataclass `obj` with `values` (nested dicts for nested dataclasses) applied. In a ModelConfig,
+    a key that is none of its fields is one of New-LLM's options (NewLLMConfig.options()), kept in `new_llm`."""
     hints = typing.get_type_hints(type(obj))
     names = {f.name for f in dataclasses.fields(obj)}
-    changes = {}
+    model = isinstance(obj, ModelConfig)
+    if model:
+        names.discard("new_llm")  # set option by option, by name
+    changes, options = {}, {}
     for key, value in values.items():
         path = f"{where}.{key}" if where else key
         if key not in names:
-            raise ConfigError(f"unknown setting {path!r}; valid here: {', '.join(sorted(names))}")
+            if not model:
+                raise ConfigError(f"unknown setting {path!r}; valid here: {', '.join(sorted(names))}")
+            options[key] = value  # typed and checked by ModelConfig, by NewLLMConfig's annotations and checks
+            continue
         current = getattr(obj, key)
         if dataclasses.is_dataclass(current):
             if not isinstance(value, dict):
@@ -477,6 +508,19 @@ def replace_fields(obj, values: dict, where: str = ""):
             changes[key] = replace_fields(current, value, path)
         else:
             changes[key] = _coerce(value, hints[key], path)
+    if options:
+        # ModelConfig's own fields first: a misspelt --models fails before NewLLMConfig (torch) is imported
+        _replaced(obj, changes, where)
+        table = new_llm_option_table()
+        for key in options:
+            if key not in table:
+                path = f"{where}.{key}" if where else key
+                raise ConfigError(f"unknown setting {path!r}; valid here: {', '.join(sorted(names | set(table)))}")
+        changes["new_llm"] = tuple((dict(obj.new_llm) | options).items())
+    return _replaced(obj, changes, where)
+
+
+def _replaced(obj, changes: dict, where: str):
     try:
         return dataclasses.replace(obj, **changes)
     except ConfigError as err:  # a dataclass's own check: name the section
@@ -551,9 +595,8 @@ def preset_values(preset: str, _seen: tuple[Path, ...] = ()) -> dict:
 
 def load_config(preset: str = "full", overrides: list[str] | tuple[str, ...] = ()) -> ExperimentConfig:
     """The defaults, then the preset's TOML (over its `base` preset's, if it names one), then
-    `section.field=value` overrides."""
-    config = replace_fields(ExperimentConfig(), preset_values(preset), "")
-    return replace_fields(config, parse_overrides(list(overrides)), "")
+    `section.field=value` overrides: applied together, so each section is checked once, as it ends up."""
+    return replace_fields(ExperimentConfig(), _merged(preset_values(preset), parse_overrides(list(overrides))), "")
 
 
 def config_from_dict(values: dict) -> ExperimentConfig:

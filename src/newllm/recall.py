@@ -139,8 +139,9 @@ def load_recall_config(path: str | Path | None, quick: bool = False, overrides: 
 
 
 def study_options() -> dict:
-    """configs/study.toml's New-LLM cell (block, norms, candidate, tying ...), without its sizes and dropout."""
-    arguments = load_config(STUDY_PRESET).model.new_llm_arguments()
+    """configs/study.toml's New-LLM cell (block, norms, candidate, tying ...), without its sizes and dropout: every
+    option, the ones the preset leaves to NewLLMConfig's defaults included (results.json's `study_cell`)."""
+    arguments = load_config(STUDY_PRESET).model.new_llm_arguments(defaults=True)
     return {key: value for key, value in arguments.items() if key not in SWEPT_FIELDS}
 
 

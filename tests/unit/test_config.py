@@ -77,17 +77,31 @@ def test_overrides_are_typed():
         ("pretrain.epochs=1.5", "pretrain.epochs: expected an integer"),
         ("data=3", "data: expected a table"),
         ("no_equals_sign", "not of the form"),
+        ("model.foo=1", "unknown setting 'model.foo'; valid here: block, candidate, "),
+        ("model.new_llm=1", "unknown setting 'model.new_llm'"),  # where ModelConfig keeps the options: not a setting
+        ("model.num_hidden_layers=2", "unknown setting 'model.num_hidden_layers'"),  # presets say num_layers
+        ("model.vocab_size=64", "unknown setting 'model.vocab_size'"),  # the tokenizer's, not an option
+        ("model.mlp_ratio=2.5", "model.mlp_ratio: expected an integer"),
+        ("model.residual=maybe", "model.residual: expected true or false"),
     ],
 )
 def test_bad_overrides_are_one_line_errors(override, message):
-    with pytest.raises(ConfigError, match=message):
+    with pytest.raises(ConfigError, match=message) as raised:
         load_config("quick", [override])
+    assert "\n" not in str(raised.value)
 
 
 def test_unknown_key_in_a_toml_file_is_an_error(tmp_path):
     path = tmp_path / "mine.toml"
     path.write_text("[pretrain]\nepochz = 3\n")
     with pytest.raises(ConfigError, match="unknown setting 'pretrain.epochz'"):
+        load_config(str(path))
+
+
+def test_unknown_model_key_in_a_toml_file_is_an_error(tmp_path):
+    path = tmp_path / "mine.toml"
+    path.write_text("[model]\nhidden_size = 96\nhiden_size = 96\n")
+    with pytest.raises(ConfigError, match="^unknown setting 'model.hiden_size'; valid here: .*hidden_size"):
         load_config(str(path))
 
 
@@ -145,6 +159,14 @@ def test_training_settings_that_cannot_train_are_refused_by_name(override, messa
         ("model.tolerance=0", "model.tolerance: must be in (0, 1), got 0.0"),
         ("model.context_scales=3", "model.context_scales: must divide context_size (64), got 3"),
         ("model.forget_bias=nan", "model.forget_bias: must be a finite number, got nan"),
+        ("model.num_layers=0", "model.num_layers: must be at least 1, got 0"),  # named as presets name it
+        ("model.block=conv", "model.block: must be 'linear' or 'mlp', got 'conv'"),
+        ("model.candidate=relu", "model.candidate: must be 'linear' or 'tanh', got 'relu'"),
+        ("model.mlp_ratio=0", "model.mlp_ratio: must be at least 1, got 0"),
+        ("model.context_clamp=-1", "model.context_clamp: must be at least 0 (0: no clamp), got -1.0"),
+        ("model.context_clamp=inf", "model.context_clamp: must be at least 0 (0: no clamp), got inf"),
+        ("model.embedding_dropout=nan", "model.embedding_dropout: must be in [0, 1), got nan"),
+        ("model.tie_embeddings=true", "model.tie_embeddings: needs embedding_size == hidden_size, got 64 and 128"),
         ("data.block_size=0", "data.block_size: must be at least 1, got 0"),
         ("data.train_lines=0", "data.train_lines: must be at least 1, got 0"),
         ("data.wikitext=v103", "data.wikitext: must be 'tokens' or 'raw', got 'v103'"),
@@ -189,50 +211,125 @@ def test_every_number_and_string_setting_has_a_limit_or_is_listed_as_free():
         module.check_limits(cls(), table)
 
 
-def test_config_knows_the_new_llm_choices_and_the_trainers_schedulers():
+def test_a_refusal_that_needs_two_settings_names_one_of_them():
+    with pytest.raises(ConfigError) as raised:
+        load_config("quick", ["model.block=mlp", "model.residual=true"])
+    assert str(raised.value) == (
+        "model.residual: residual and ffn_norm shape the linear block; the mlp block has both built in"
+    )
+
+
+def test_config_knows_the_fast_paths_and_the_trainers_schedulers():
     from transformers import SchedulerType
 
-    from newllm.config import NEW_LLM_BLOCKS, NEW_LLM_CANDIDATES, NEW_LLM_CELLS, SCHEDULERS
-    from newllm.models.new_llm.configuration import BLOCKS, CANDIDATES, CELLS
-
-    assert (NEW_LLM_CELLS, NEW_LLM_BLOCKS, NEW_LLM_CANDIDATES) == (CELLS, BLOCKS, CANDIDATES)
-    from newllm.config import NEW_LLM_FAST_PATHS
+    from newllm.config import NEW_LLM_FAST_PATHS, SCHEDULERS
     from newllm.models.new_llm.modeling import FAST_PATHS
 
     assert set(NEW_LLM_FAST_PATHS) == set(FAST_PATHS) - {"eager"}
     assert set(SCHEDULERS) <= {s.value for s in SchedulerType}
 
 
-def test_the_model_section_mirrors_new_llm_config_names_defaults_and_limits():
-    """ModelConfig repeats NewLLMConfig's arguments (config.py stays stdlib-only): the same names and defaults, and
-    every value the experiment's limits refuse, NewLLMConfig refuses as well."""
+def test_new_llm_options_are_new_llm_configs_arguments_and_defaults():
+    """ModelConfig declares none of New-LLM's options: their names and defaults are NewLLMConfig.__init__'s (all but
+    the vocabulary and the fixed arguments), `num_layers` standing for `num_hidden_layers`."""
     import inspect
-    import math
 
-    from newllm.config import MODEL_LIMITS, Bound, ModelConfig
+    from newllm.config import ModelConfig
     from newllm.models.new_llm import NewLLMConfig
-
-    parameters = inspect.signature(NewLLMConfig.__init__).parameters
-    not_preset = {"self", "kwargs", "vocab_size", "layer_norm_eps", "initializer_range", "use_cache"}
-    arguments = ModelConfig().new_llm_arguments()
-    assert set(arguments) == set(parameters) - not_preset
-    assert arguments == {k: parameters[k].default for k in arguments}
     from newllm.models.registry import BaselineShape
 
-    assert set(ModelConfig().baseline_shape()) == {f.name for f in dataclasses.fields(BaselineShape)}
-    limited = {"num_layers" if k == "num_hidden_layers" else k for k in arguments if not isinstance(arguments[k], bool)}
-    assert limited <= set(MODEL_LIMITS)
-    for name in limited:
-        field = "num_hidden_layers" if name == "num_layers" else name
-        allowed = MODEL_LIMITS[name]
-        if isinstance(allowed, Bound):
-            refused = [math.nan] + ([allowed.low if allowed.low_open else allowed.low - 1] if allowed.low is not None else [])
-            refused += [allowed.high if allowed.high_open else allowed.high + 1] if allowed.high is not None else []
-        else:
-            refused = ["nonsense"]
-        for value in refused:
-            with pytest.raises(ValueError, match=field):
-                NewLLMConfig(**{**arguments, field: value})
+    parameters = inspect.signature(NewLLMConfig.__init__).parameters
+    not_options = {"self", "kwargs", "vocab_size", "layer_norm_eps", "initializer_range", "use_cache"}
+    expected = {name: parameters[name].default for name in parameters if name not in not_options}
+    model = ModelConfig()
+    assert model.new_llm == () and model.new_llm_arguments() == {}  # nothing given: NewLLMConfig's defaults
+    assert model.new_llm_arguments(defaults=True) == expected
+    options = model.new_llm_options()
+    assert options == {("num_layers" if k == "num_hidden_layers" else k): v for k, v in expected.items()}
+    assert not set(options) & {f.name for f in dataclasses.fields(ModelConfig)}  # not repeated as fields
+    assert set(model.baseline_shape()) == {f.name for f in dataclasses.fields(BaselineShape)}
+    assert model.baseline_shape()["dropout"] == parameters["dropout"].default
+    config = load_config("quick", ["model.dropout=0.3", "model.num_layers=4"])
+    assert config.model.baseline_shape()["dropout"] == 0.3
+    assert config.model.new_llm_arguments()["num_hidden_layers"] == 4
+    built = NewLLMConfig(**config.model.new_llm_arguments())
+    for name, value in config.model.new_llm_options().items():  # what the config reads is what NewLLMConfig holds
+        assert getattr(built, name) == value, name
+
+
+def test_an_argument_added_to_new_llm_config_is_a_setting_with_nothing_else_to_edit(monkeypatch):
+    """The recipe of docs/architecture.md: a new NewLLMConfig argument (here a subclass's) is read, typed, checked,
+    recorded and handed over without an edit to config.py."""
+    from newllm.models.new_llm import configuration
+
+    class WithGateScale(configuration.NewLLMConfig):
+        def __init__(self, gate_scale: float = 1.5, **kwargs):
+            if not gate_scale > 0:
+                raise configuration.OptionError("gate_scale", f"must be a positive number, got {gate_scale!r}")
+            self.gate_scale = gate_scale
+            super().__init__(**kwargs)
+
+    monkeypatch.setattr(configuration, "NewLLMConfig", WithGateScale)
+    assert load_config("quick").model.new_llm_options()["gate_scale"] == 1.5  # its default
+    config = load_config("quick", ["model.gate_scale=2"])
+    assert config.model.new_llm_options()["gate_scale"] == 2.0 and isinstance(
+        config.model.new_llm_options()["gate_scale"], float)  # fmt: skip
+    assert config.model.new_llm_arguments()["gate_scale"] == 2.0
+    assert config.to_dict()["model"]["gate_scale"] == 2.0
+    assert config_from_dict(config.to_dict()) == config
+    assert load_config("quick", ["model.gate_scale=1.5"]) == load_config("quick")  # its default, like any other
+    with pytest.raises(ConfigError) as raised:
+        load_config("quick", ["model.gate_scale=0"])
+    assert str(raised.value) == "model.gate_scale: must be a positive number, got 0.0"
+    with pytest.raises(ConfigError, match="^model.gate_scale: expected a number, got 'wide'$"):
+        load_config("quick", ["model.gate_scale=wide"])
+
+
+def test_a_refusal_of_another_kind_still_names_a_setting(monkeypatch):
+    """A check written as a plain ValueError is one line naming the option it mentions."""
+    from newllm.models.new_llm import configuration
+
+    class Strict(configuration.NewLLMConfig):
+        def __init__(self, **kwargs):
+            if kwargs.get("hidden_size", 512) % 8:
+                raise ValueError("hidden_size must be a multiple of 8\nfor the kernels")
+            super().__init__(**kwargs)
+
+    monkeypatch.setattr(configuration, "NewLLMConfig", Strict)
+    with pytest.raises(ConfigError) as raised:
+        load_config("quick", ["model.dropout=0.2", "model.hidden_size=100"])
+    assert str(raised.value) == "model.hidden_size: hidden_size must be a multiple of 8 for the kernels"
+
+
+# configs/quick.toml's [model] as experiment.json and results.json have recorded it, key for key and in this order
+QUICK_MODEL = {
+    "names": ["new_llm", "tinygpt2", "lstm"], "embedding_size": 64, "context_size": 64, "hidden_size": 128,
+    "num_layers": 2, "dropout": 0.1, "cell": "prototype", "embedding_dropout": 0.0, "context_dropout": 0.0,
+    "residual": False, "ffn_norm": False, "tie_embeddings": False, "forget_bias": 0.0, "input_bias": 0.0,
+    "context_scales": 1, "block": "linear", "mlp_ratio": 4, "final_norm": False, "candidate": "linear",
+    "context_clamp": 10.0, "gpt2_layers": 4, "gpt2_positions": 256, "lstm_layers": 2, "mamba2_layers": 6,
+    "tolerance": 0.05,
+}  # fmt: skip
+
+
+def test_the_model_section_is_recorded_flat_as_before():
+    """experiment.json, results.json, the resume check and changed_settings read `model.<option>`: the layout stays
+    (an option added to NewLLMConfig since may only add a key)."""
+    import json
+
+    from newllm.models.new_llm import NewLLMConfig
+    from newllm.pipeline.setup import _flat
+
+    config = load_config("quick")
+    recorded = json.loads(config.to_json())["model"]
+    assert [key for key in recorded if key in QUICK_MODEL] == list(QUICK_MODEL)
+    assert {key: recorded[key] for key in QUICK_MODEL} == QUICK_MODEL
+    assert set(recorded) - set(QUICK_MODEL) <= set(NewLLMConfig.options())
+    flat = _flat(config.to_dict())
+    assert (flat["model.hidden_size"], flat["model.num_layers"], flat["model.cell"]) == (128, 2, "prototype")
+    assert not any(key.startswith("model.new_llm") for key in flat)
+    # a config recorded in this layout reads back as the same config
+    assert config_from_dict(json.loads(config.to_json()) | {"model": dict(QUICK_MODEL)}) == config
 
 
 @pytest.mark.parametrize(
@@ -266,11 +363,11 @@ def test_the_study_preset_builds_its_mlp_cell_and_baselines_of_its_size(tiny_tok
     config = load_config("study", ["data.vocab_size=512"])
     configs = model_configs(config, tiny_tokenizer)
     cell = configs["new_llm"]
-    m = config.model
+    m = config.model.new_llm_options()
     assert (cell.block, cell.mlp_ratio, cell.final_norm, cell.candidate, cell.context_clamp, cell.forget_bias) == (
         "mlp", 4, True, "tanh", 0.0, 1.0)  # fmt: skip
     assert (cell.embedding_size, cell.context_size, cell.hidden_size, cell.tie_embeddings) == (384, 384, 384, True)
-    assert (cell.dropout, cell.embedding_dropout) == (m.dropout, m.embedding_dropout)
+    assert (cell.dropout, cell.embedding_dropout) == (m["dropout"], m["embedding_dropout"])
     target = parameter_count("new_llm", cell)
     for name in ("tinygpt2", "lstm"):
         assert abs(parameter_count(name, configs[name]) - target) <= 0.05 * target
@@ -283,8 +380,13 @@ def test_the_prototypes_earlier_name_seed_still_reads_as_prototype(tiny_corpus_l
     from newllm.models.new_llm import NewLLMConfig
 
     config = load_config("quick", ["model.cell=seed", "data.tokenizer=seed"])
-    assert (config.model.cell, config.data.tokenizer) == ("prototype", "prototype")
+    assert (config.model.new_llm_options()["cell"], config.data.tokenizer) == ("prototype", "prototype")
+    assert config.to_dict()["model"]["cell"] == "prototype"
+    assert config == load_config("quick", ["model.cell=prototype", "data.tokenizer=prototype"])
     assert config_from_dict(config.to_dict()) == config
+    recorded = config.to_dict()
+    recorded["model"]["cell"] = "seed"  # an experiment.json written before the rename
+    assert config_from_dict(recorded) == config
     assert NewLLMConfig(cell="seed").cell == "prototype"
     assert describe_tokenizer(train_tokenizer(tiny_corpus_lines, kind="seed", vocab_size=100))["kind"] == "prototype"
 
@@ -293,7 +395,8 @@ def test_a_preset_with_a_base_holds_only_what_it_changes(tmp_path):
     (tmp_path / "parent.toml").write_text('[model]\ndropout = 0.3\nhidden_size = 96\n[pretrain]\nepochs = 7\n')
     (tmp_path / "child.toml").write_text(f'base = "{tmp_path / "parent.toml"}"\n[model]\ndropout = 0.1\n')
     child = load_config(str(tmp_path / "child.toml"))
-    assert (child.model.dropout, child.model.hidden_size, child.pretrain.epochs) == (0.1, 96, 7)
+    options = child.model.new_llm_options()
+    assert (options["dropout"], options["hidden_size"], child.pretrain.epochs) == (0.1, 96, 7)
     assert child.preset == "child"  # the base's name is not inherited
 
 

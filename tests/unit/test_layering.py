@@ -9,9 +9,9 @@ PACKAGE = Path(__file__).resolve().parents[2] / "src" / "newllm"
 
 # what each layer may import from newllm (besides itself)
 ALLOWED = {
-    "config": set(),
     "data": set(),
     "models": set(),
+    "config": {"models"},  # New-LLM's options are NewLLMConfig's: imported inside the functions that read them
     "training": {"config", "data", "models"},
     "evaluation": {"config", "data", "models"},  # config: BenchConfig checks its bounds as the experiment does
     "reporting": set(),
@@ -48,9 +48,39 @@ def test_imports_follow_the_layers(path):
 
 @pytest.mark.parametrize("layer", ["reporting", "config"])
 def test_torch_free_layers(layer):
+    """reporting imports no torch; config.py imports none itself (New-LLM's options reach it through
+    NewLLMConfig, imported where they are read: test_config_loads_torch_only_for_new_llm_options)."""
     paths = [PACKAGE / f"{layer}.py"] if (PACKAGE / f"{layer}.py").exists() else list((PACKAGE / layer).rglob("*.py"))
     for path in paths:
         tree = ast.parse(path.read_text(encoding="utf-8"))
         names = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
         names |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
         assert "torch" not in names, f"{path} imports torch"
+
+
+def test_config_imports_the_models_only_inside_functions():
+    """`import newllm.config` stays cheap: NewLLMConfig (torch, transformers) is imported where New-LLM's options
+    are read, never at the module's top level."""
+    tree = ast.parse((PACKAGE / "config.py").read_text(encoding="utf-8"))
+    top = [n for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))]
+    top += [n for block in tree.body if isinstance(block, ast.Try) for n in block.body if isinstance(n, ast.Import)]
+    modules = {a.name for n in top if isinstance(n, ast.Import) for a in n.names}
+    modules |= {n.module for n in top if isinstance(n, ast.ImportFrom) and n.module}
+    assert not {m for m in modules if m.split(".")[0] in ("newllm", "torch", "transformers")}, modules
+
+
+def test_config_loads_torch_only_for_new_llm_options():
+    """Loading a preset without New-LLM options imports no torch; one that sets them reads NewLLMConfig."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from newllm.config import load_config\n"
+        "load_config('full', ['model.names=new_llm,lstm', 'pretrain.lr=0.1'])\n"
+        "assert 'torch' not in sys.modules and 'transformers' not in sys.modules, 'torch before any option'\n"
+        "load_config('full', ['model.hidden_size=96'])\n"
+        "assert 'transformers' in sys.modules\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=False)
+    assert result.returncode == 0, result.stderr[-2000:]

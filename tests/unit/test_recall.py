@@ -71,14 +71,14 @@ def test_state_bytes_are_each_models_cache_at_that_length():
 
 
 def test_the_study_cell_is_the_study_presets_at_the_sweeps_width():
-    study = load_config("study").model
+    study = load_config("study").model.new_llm_options()
     config = model_config("new_llm_mlp", 48, CONFIG, 32)
-    assert config.block == study.block == "mlp"
+    assert config.block == study["block"] == "mlp"
     for key, value in study_options().items():
         assert getattr(config, key) == value, key
     assert (config.embedding_size, config.context_size, config.hidden_size) == (48, 48, 48)
     assert config.num_hidden_layers == CONFIG.layers
-    assert config.dropout == config.embedding_dropout == 0.0 < study.dropout
+    assert config.dropout == config.embedding_dropout == 0.0 < study["dropout"]
     prototype = model_config("new_llm", 48, CONFIG, 32)
     assert (prototype.block, prototype.cell) == ("linear", "prototype")
 

@@ -186,7 +186,8 @@ def fp32_state_bytes(results, model, batch):
 def test_new_llm_state_is_flat_and_gpt2_cache_grows(results, batch):
     new_llm = fp32_state_bytes(results, "new_llm", batch)
     assert sorted(new_llm) == sorted(CONFIG.context_lengths)
-    assert set(new_llm.values()) == {batch * load_config(CONFIG.preset).model.context_size * FLOAT32_BYTES}
+    context_size = load_config(CONFIG.preset).model.new_llm_options()["context_size"]
+    assert set(new_llm.values()) == {batch * context_size * FLOAT32_BYTES}
     lstm = fp32_state_bytes(results, "lstm", batch)
     assert len(set(lstm.values())) == 1
     gpt2 = fp32_state_bytes(results, "tinygpt2", batch)

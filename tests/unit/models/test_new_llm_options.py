@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from newllm.models.new_llm import NewLLMConfig, NewLLMForCausalLM
+from newllm.models.new_llm.configuration import OptionError
 from newllm.models.new_llm.parallel import ParallelNewLLMCell, chunked_linear_scan
 from tests.unit.models.conftest import random_ids, tiny_new_llm_config
 
@@ -157,20 +158,23 @@ def test_parallel_cell_carries_the_context_through_left_padding():
 @pytest.mark.parametrize(
     "bad, message",
     [
-        (dict(cell="attention"), "cell must be one of prototype, parallel"),
-        (dict(embedding_dropout=1.0), "embedding_dropout must be in"),
-        (dict(tie_embeddings=True), "tie_embeddings needs embedding_size == hidden_size"),
-        (dict(context_scales=3), "context_scales must be a positive divisor"),
-        (dict(block="conv"), "block must be one of linear, mlp"),
-        (dict(candidate="relu"), "candidate must be one of linear, tanh"),
-        (dict(mlp_ratio=0), "mlp_ratio must be a positive integer"),
-        (dict(context_clamp=-1.0), "context_clamp must be >= 0"),
+        (dict(cell="attention"), "cell: must be 'prototype' or 'parallel', got 'attention'"),
+        (dict(embedding_dropout=1.0), r"embedding_dropout: must be in \[0, 1\), got 1.0"),
+        (dict(tie_embeddings=True), "tie_embeddings: needs embedding_size == hidden_size"),
+        (dict(context_scales=3), r"context_scales: must divide context_size \(\d+\), got 3"),
+        (dict(block="conv"), "block: must be 'linear' or 'mlp', got 'conv'"),
+        (dict(candidate="relu"), "candidate: must be 'linear' or 'tanh', got 'relu'"),
+        (dict(mlp_ratio=0), "mlp_ratio: must be at least 1, got 0"),
+        (dict(context_clamp=-1.0), r"context_clamp: must be at least 0 \(0: no clamp\), got -1.0"),
         (dict(block="mlp", residual=True), "the mlp block has both built in"),
     ],
 )
 def test_contradictory_options_are_refused(bad, message):
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(OptionError, match=message) as raised:
         tiny_new_llm_config(**bad)
+    assert raised.value.argument in bad  # named, so that an experiment's error names its setting
+    assert str(raised.value) == f"NewLLMConfig.{raised.value.argument}: {raised.value.reason}"
+    assert isinstance(raised.value, ValueError) and "\n" not in str(raised.value)
 
 
 def test_parallel_variant_has_about_the_prototype_cells_parameter_count():

@@ -192,3 +192,29 @@ def test_resume_reads_a_run_recorded_under_the_prototypes_earlier_names(tmp_path
         check_resume_settings(config, "pretrain")
     other = dataclasses.replace(config, preset="quick")  # another preset is still named
     assert _recorded_preset_hint(other) == "this folder was run with --preset seed; or "
+
+
+def test_resume_reads_a_run_whose_model_section_was_recorded_flat(tmp_path):
+    """experiment.json records New-LLM's options flat under "model", as runs recorded before NewLLMConfig became
+    their one home did: such a run resumes, a changed option is named, and an option added since (absent from the
+    record) does not block it."""
+    import dataclasses
+
+    from newllm.config import load_config
+    from newllm.pipeline.setup import check_resume_settings
+
+    from tests.unit.test_config import QUICK_MODEL
+
+    config = dataclasses.replace(load_config("quick"), output_dir=str(tmp_path))
+    recorded = config.to_dict() | {"model": dict(QUICK_MODEL)}
+    (tmp_path / "experiment.json").write_text(json.dumps({"step": "pretrain", "config": recorded}))
+    check_resume_settings(config, "pretrain")
+
+    del recorded["model"]["candidate"]  # a record from before the option existed
+    (tmp_path / "experiment.json").write_text(json.dumps({"step": "pretrain", "config": recorded}))
+    check_resume_settings(config, "pretrain")
+
+    recorded["model"]["mlp_ratio"] = 3
+    (tmp_path / "experiment.json").write_text(json.dumps({"step": "pretrain", "config": recorded}))
+    with pytest.raises(ValueError, match="trained with model.mlp_ratio=3, this command says 4;"):
+        check_resume_settings(config, "pretrain")

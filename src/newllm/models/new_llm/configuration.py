@@ -1,8 +1,15 @@
-"""Configuration of New-LLM: every architectural choice, saved as `config.json` beside the weights."""
+"""Configuration of New-LLM: every architectural choice, saved as `config.json` beside the weights.
+
+It is also the one home of New-LLM's options in experiments: `NewLLMConfig.options()` lists them from `__init__`'s
+signature, and config.py's `ModelConfig` reads their names, types and defaults from there and checks a preset's
+values by building a `NewLLMConfig` (docs/architecture.md, "New-LLM's options").
+"""
 
 from __future__ import annotations
 
+import inspect
 import math
+import typing
 
 from transformers import PretrainedConfig
 
@@ -12,6 +19,47 @@ CELLS = ("prototype", "parallel")
 CELL_ALIASES = {"seed": "prototype"}
 BLOCKS = ("linear", "mlp")
 CANDIDATES = ("linear", "tanh")
+
+
+class Option(typing.NamedTuple):
+    """One of New-LLM's options: the `NewLLMConfig` argument that takes it, its type (the annotation) and default."""
+
+    argument: str
+    type: typing.Any
+    default: typing.Any
+
+
+class OptionError(ValueError):
+    """An argument `NewLLMConfig` refuses: `argument` names it and `reason` says why, in one line."""
+
+    def __init__(self, argument: str, reason: str):
+        super().__init__(f"NewLLMConfig.{argument}: {reason}")
+        self.argument, self.reason = argument, reason
+
+    def __reduce__(self):
+        return type(self), (self.argument, self.reason)
+
+
+def _one_of(choices) -> str:
+    quoted = [repr(c) for c in choices]
+    return quoted[0] if len(quoted) == 1 else f"{', '.join(quoted[:-1])} or {quoted[-1]}"
+
+
+def _check_count(argument: str, value, low: int = 1) -> None:
+    if not isinstance(value, int):
+        raise OptionError(argument, f"must be an integer, got {value!r}")
+    if value < low:
+        raise OptionError(argument, f"must be at least {low}, got {value!r}")
+
+
+def _check_fraction(argument: str, value) -> None:
+    if not 0.0 <= value < 1.0:
+        raise OptionError(argument, f"must be in [0, 1), got {value!r}")
+
+
+def _check_choice(argument: str, value, choices) -> None:
+    if value not in choices:
+        raise OptionError(argument, f"must be {_one_of(choices)}, got {value!r}")
 
 
 class NewLLMConfig(PretrainedConfig):
@@ -49,10 +97,17 @@ class NewLLMConfig(PretrainedConfig):
         mlp_ratio: k, the MLP blocks' inner width k · hidden_size.
         final_norm: a LayerNorm on the FFN output, read by the head and by the context update.
         candidate: "linear" (Δ = W_Δ h) or "tanh" (Δ = tanh(W_Δ h), bounded like an LSTM's candidate).
+
+    Every argument with a default but FIXED_ARGUMENTS is an option an experiment sets, in a preset's `[model]` table
+    or with `--set model.<name>=` (`options()`): adding one here, with its check and its line above, is all the
+    experiment layer needs. A refused value raises `OptionError`, naming the argument.
     """
 
     model_type = "new_llm"
+    # `num_layers` is also the name presets and --set give `num_hidden_layers` (options())
     attribute_map = {"num_layers": "num_hidden_layers"}
+    # Arguments that are not experiment options: the tokenizer gives the vocabulary; the others stay as they are.
+    FIXED_ARGUMENTS = ("vocab_size", "layer_norm_eps", "initializer_range", "use_cache")
 
     def __init__(
         self,
@@ -62,7 +117,6 @@ class NewLLMConfig(PretrainedConfig):
         hidden_size: int = 512,
         num_hidden_layers: int = 3,
         dropout: float = 0.1,
-        context_clamp: float = 10.0,
         layer_norm_eps: float = 1e-5,
         initializer_range: float = 0.02,
         use_cache: bool = True,
@@ -79,6 +133,7 @@ class NewLLMConfig(PretrainedConfig):
         mlp_ratio: int = 4,
         final_norm: bool = False,
         candidate: str = "linear",
+        context_clamp: float = 10.0,
         **kwargs,
     ):
         for name, value in [
@@ -87,44 +142,35 @@ class NewLLMConfig(PretrainedConfig):
             ("context_size", context_size),
             ("hidden_size", hidden_size),
             ("num_hidden_layers", num_hidden_layers),
+            ("mlp_ratio", mlp_ratio),
+            ("context_scales", context_scales),
         ]:
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"NewLLMConfig.{name} must be a positive integer, got {value!r}")
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"NewLLMConfig.dropout must be in [0, 1), got {dropout!r}")
-        if not context_clamp >= 0:
-            raise ValueError(f"NewLLMConfig.context_clamp must be >= 0 (0: no clamp), got {context_clamp!r}")
+            _check_count(name, value)
+        for name, value in [("dropout", dropout), ("embedding_dropout", embedding_dropout),
+                            ("context_dropout", context_dropout)]:  # fmt: skip
+            _check_fraction(name, value)
+        if not (math.isfinite(context_clamp) and context_clamp >= 0):
+            raise OptionError("context_clamp", f"must be at least 0 (0: no clamp), got {context_clamp!r}")
         for name, value in [("forget_bias", forget_bias), ("input_bias", input_bias)]:
             if not math.isfinite(value):
-                raise ValueError(f"NewLLMConfig.{name} must be a finite number, got {value!r}")
-        if not (layer_norm_eps > 0 and initializer_range >= 0):
-            raise ValueError(
-                f"NewLLMConfig.layer_norm_eps must be > 0 and initializer_range >= 0, got {layer_norm_eps!r} and "
-                f"{initializer_range!r}"
-            )
-        if block not in BLOCKS:
-            raise ValueError(f"NewLLMConfig.block must be one of {', '.join(BLOCKS)}, got {block!r}")
-        if candidate not in CANDIDATES:
-            raise ValueError(f"NewLLMConfig.candidate must be one of {', '.join(CANDIDATES)}, got {candidate!r}")
-        if not isinstance(mlp_ratio, int) or mlp_ratio < 1:
-            raise ValueError(f"NewLLMConfig.mlp_ratio must be a positive integer, got {mlp_ratio!r}")
-        if block == "mlp" and (residual or ffn_norm):
-            raise ValueError("NewLLMConfig.residual and ffn_norm shape the linear block; the mlp block has both built in")
+                raise OptionError(name, f"must be a finite number, got {value!r}")
+        if not layer_norm_eps > 0:
+            raise OptionError("layer_norm_eps", f"must be a positive number, got {layer_norm_eps!r}")
+        if not initializer_range >= 0:
+            raise OptionError("initializer_range", f"must be at least 0, got {initializer_range!r}")
         cell = CELL_ALIASES.get(cell, cell)
-        if cell not in CELLS:
-            raise ValueError(f"NewLLMConfig.cell must be one of {', '.join(CELLS)}, got {cell!r}")
-        for name, value in [("embedding_dropout", embedding_dropout), ("context_dropout", context_dropout)]:
-            if not 0.0 <= value < 1.0:
-                raise ValueError(f"NewLLMConfig.{name} must be in [0, 1), got {value!r}")
+        _check_choice("cell", cell, CELLS)
+        _check_choice("block", block, BLOCKS)
+        _check_choice("candidate", candidate, CANDIDATES)
+        if block == "mlp" and (residual or ffn_norm):
+            reason = "residual and ffn_norm shape the linear block; the mlp block has both built in"
+            raise OptionError("residual" if residual else "ffn_norm", reason)
         if tie_embeddings and embedding_size != hidden_size:
-            raise ValueError(
-                f"NewLLMConfig.tie_embeddings needs embedding_size == hidden_size, got {embedding_size} and {hidden_size}"
+            raise OptionError(
+                "tie_embeddings", f"needs embedding_size == hidden_size, got {embedding_size} and {hidden_size}"
             )
-        if not isinstance(context_scales, int) or context_scales < 1 or context_size % context_scales:
-            raise ValueError(
-                f"NewLLMConfig.context_scales must be a positive divisor of context_size ({context_size}), "
-                f"got {context_scales!r}"
-            )
+        if context_size % context_scales:
+            raise OptionError("context_scales", f"must divide context_size ({context_size}), got {context_scales}")
         self.vocab_size = vocab_size
         self.embedding_size = embedding_size
         self.context_size = context_size
@@ -151,3 +197,21 @@ class NewLLMConfig(PretrainedConfig):
         # Hugging Face's tying machinery stays off: `tie_embeddings` shares the matrix in the model itself.
         kwargs.setdefault("tie_word_embeddings", False)
         super().__init__(**kwargs)
+
+    @classmethod
+    def options(cls) -> dict[str, Option]:
+        """The options an experiment sets, by the name it gives them (`attribute_map`'s `num_layers` for
+        `num_hidden_layers`), in `__init__`'s order: every argument with a default but FIXED_ARGUMENTS, a subclass's
+        own arguments after its bases'."""
+        spelling = {argument: name for name, argument in cls.attribute_map.items()}
+        options = {}
+        for klass in reversed(cls.__mro__[: cls.__mro__.index(PretrainedConfig)]):  # this class and its bases
+            if "__init__" not in vars(klass):
+                continue
+            hints = typing.get_type_hints(klass.__init__)
+            for parameter in inspect.signature(klass.__init__).parameters.values():
+                if parameter.default is parameter.empty or parameter.name in cls.FIXED_ARGUMENTS:
+                    continue
+                kind = hints.get(parameter.name, type(parameter.default))
+                options[spelling.get(parameter.name, parameter.name)] = Option(parameter.name, kind, parameter.default)
+        return options
