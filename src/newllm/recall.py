@@ -78,6 +78,10 @@ class RecallConfig:
     seeds: tuple[int, ...] = (0,)
     fast_path: str = "eager"  # New-LLM's training path on CUDA (NewLLMForCausalLM.set_fast_path); CPU is eager
     cpu_threads: int | None = None  # intra-op threads on CPU; tiny models lose time to more than one
+    # Per family, config arguments that win over its width rule: {"new_llm": {"context_size": 512}} carries a
+    # 2 KiB context at any width, {"mamba2": {"state_size": 4}} shrinks Mamba-2's state. A TOML file's
+    # [options.<family>] tables; every run's row records them.
+    options: dict = dataclasses.field(default_factory=dict)
 
     def __post_init__(self):
         positive = ("layers", "vocab_size", "steps", "batch_size", "train_examples", "test_examples", "eval_every",
@@ -107,6 +111,22 @@ class RecallConfig:
             raise ConfigError(f"fast_path: unknown {self.fast_path!r}; choose from {', '.join(FAST_PATHS)}")
         if any(s < 0 for s in self.seeds):
             raise ConfigError(f"seeds must be non-negative, got {list(self.seeds)}")
+        for family, arguments in self.options.items():
+            if family not in FAMILIES:
+                raise ConfigError(f"options: unknown model {family!r}; choose from {', '.join(FAMILIES)}")
+            if not isinstance(arguments, dict):
+                raise ConfigError(f"options.{family}: expected a table of config arguments, got {arguments!r}")
+            if family not in self.models:
+                continue
+            try:  # the family's config refuses a value it does not take
+                built = model_config(family, self.widths[0], self, self.seq_lens[0])
+            except (TypeError, ValueError) as err:
+                raise ConfigError(f"options.{family}: {err}") from None
+            # and an argument it does not know, which a PretrainedConfig would keep as a stray attribute
+            known = set(type(built)().to_dict()) | set(type(built).attribute_map)
+            unknown = sorted(set(arguments) - known)
+            if unknown:
+                raise ConfigError(f"options.{family}: {type(built).__name__} has no argument {unknown[0]!r}")
 
     def settings(self) -> list[tuple[int, int]]:
         """The (seq_len, pairs) pairs that fit: the pairs and their queries need 4 × pairs tokens."""
@@ -129,9 +149,15 @@ def load_recall_config(path: str | Path | None, quick: bool = False, overrides: 
         if not path.is_file():
             raise ConfigError(f"config file {path} does not exist")
         try:
-            config = replace_fields(config, tomllib.loads(path.read_text(encoding="utf-8")))
+            values = tomllib.loads(path.read_text(encoding="utf-8"))
         except tomllib.TOMLDecodeError as err:
             raise ConfigError(f"{path}: not valid TOML ({err})") from None
+        options = values.pop("options", None)  # a table of tables, which replace_fields does not type
+        config = replace_fields(config, values)
+        if options is not None:
+            if not isinstance(options, dict):
+                raise ConfigError(f"options: expected [options.<model>] tables, got {options!r}")
+            config = dataclasses.replace(config, options=options)
     return replace_fields(config, overrides or {})
 
 
@@ -147,14 +173,16 @@ def study_options() -> dict:
 
 def model_config(family: str, width: int, config: RecallConfig, seq_len: int, options: dict | None = None):
     """The HF config of `family` at `width`: every model `config.layers` deep, no dropout, pad id 0 (each registry
-    entry's `at_width` rule)."""
+    entry's `at_width` rule), then the study's cell (`options`, read from configs/study.toml if None) for
+    new_llm_mlp, then `config.options[family]`."""
     name, _ = FAMILIES[family]
     special = {"bos_token_id": 0, "eos_token_id": 0, "pad_token_id": 0}
     cell = (options if options is not None else study_options()) if family == "new_llm_mlp" else {}
     rule = MODELS[name].at_width
     if rule is None:
         raise ValueError(f"model {name!r} has no width rule (ModelSpec.at_width) for the recall sweep")
-    return rule(config.vocab_size, width, config.layers, seq_len, **cell, **special)
+    fields = cell | config.options.get(family, {})  # the rules let these win over their own choices
+    return rule(config.vocab_size, width, config.layers, seq_len, **fields, **special)
 
 
 @torch.no_grad()

@@ -89,6 +89,46 @@ def test_gpt2_is_built_at_the_width_and_the_sequence_length():
     assert config.n_embd % config.n_head == 0
 
 
+def test_options_win_over_the_width_rule_and_set_the_state(tmp_path):
+    path = tmp_path / "equal_state.toml"
+    path.write_text(
+        'models = ["new_llm", "new_llm_mlp", "mamba2"]\nwidths = [32]\nseq_lens = [32]\npairs = [2]\nvocab_size = 64\n'
+        "[options.new_llm]\ncontext_size = 128\nforget_bias = 2.0\n[options.new_llm_mlp]\ncontext_size = 64\n"
+        "[options.mamba2]\nstate_size = 4\n"
+    )
+    config = load_recall_config(path)
+    new_llm = model_config("new_llm", 32, config, 32)
+    assert (new_llm.embedding_size, new_llm.context_size, new_llm.hidden_size, new_llm.forget_bias) == (32, 128, 32, 2.0)
+    assert state_bytes(build_model("new_llm", new_llm), 32, "cpu") == 128 * FLOAT32  # the context, not the width
+    mlp = model_config("new_llm_mlp", 32, config, 32)
+    assert (mlp.block, mlp.context_size) == ("mlp", 64)  # the study's cell, then the options
+    mamba2 = model_config("mamba2", 32, config, 32)
+    assert mamba2.state_size == 4 and mamba2.num_heads * mamba2.head_dim == 2 * 32
+    # per layer: the SSM state (2w × 4) and the convolution's last 4 inputs over x, B and C (2w + 2 × 4 channels)
+    expected = CONFIG.layers * (2 * 32 * 4 + 4 * (2 * 32 + 2 * 4)) * FLOAT32
+    assert state_bytes(build_model("mamba2", mamba2), 32, "cpu") == expected
+    # a family without options keeps its rule
+    assert model_config("new_llm", 32, CONFIG, 32).context_size == 32
+
+
+@pytest.mark.parametrize(
+    "table, message",
+    [
+        ("[options.new_llm]\ncontxt_size = 64\n", "options.new_llm: NewLLMConfig has no argument 'contxt_size'"),
+        ("[options.new_llm]\ncontext_size = 0\n", "options.new_llm: NewLLMConfig.context_size: must be at least 1"),
+        ("[options.mamba]\nstate_size = 4\n", "options: unknown model 'mamba'"),
+        ("options = 3\n", "options: expected [options.<model>] tables"),
+        ("[options.new_llm_mlp]\nresidual = true\n", "options.new_llm_mlp: NewLLMConfig.residual:"),
+    ],
+)
+def test_bad_options_are_one_line_errors(tmp_path, table, message):
+    path = tmp_path / "bad.toml"
+    path.write_text("vocab_size = 64\nseq_lens = [32]\npairs = [2]\n" + table)
+    with pytest.raises(ConfigError) as info:
+        load_recall_config(path)
+    assert message in str(info.value) and "\n" not in str(info.value)
+
+
 @pytest.fixture(scope="module")
 def task():
     return mqar(64, 3, 24, examples=20, seed=0)

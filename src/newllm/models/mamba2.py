@@ -21,24 +21,28 @@ EXPAND = 2  # inner width = EXPAND × hidden, Mamba's default
 
 
 def mamba2_config(vocab_size: int, hidden_size: int, num_layers: int, **config_kwargs) -> Mamba2Config:
-    """A Mamba-2 of width `hidden_size` (a multiple of 8) with the head tied to the embedding."""
-    inner = EXPAND * hidden_size
+    """A Mamba-2 of width `hidden_size` (a multiple of 8) with the head tied to the embedding. `config_kwargs` go to
+    `Mamba2Config` and win over the choices here (`state_size=4` shrinks the state, as the recall sweep does)."""
+    expand = config_kwargs.pop("expand", EXPAND)
+    inner = expand * hidden_size
     if hidden_size % 8:
         raise ValueError(f"Mamba-2's width must be a multiple of 8, got {hidden_size}")
-    head_dim = HEAD_DIM if inner % HEAD_DIM == 0 else HEAD_DIM // 2
-    return Mamba2Config(
+    head_dim = config_kwargs.pop("head_dim", HEAD_DIM if inner % HEAD_DIM == 0 else HEAD_DIM // 2)
+    if inner % head_dim:
+        raise ValueError(f"Mamba-2's inner width {inner} is not a multiple of head_dim {head_dim}")
+    arguments = dict(
         vocab_size=vocab_size,
         hidden_size=hidden_size,
         num_hidden_layers=num_layers,
-        expand=EXPAND,
+        expand=expand,
         head_dim=head_dim,
         num_heads=inner // head_dim,
         n_groups=1,
         state_size=STATE_SIZE,
         chunk_size=64,  # the training windows (64-128 tokens) are one or two chunks of the SSD scan
         tie_word_embeddings=True,
-        **config_kwargs,
     )
+    return Mamba2Config(**(arguments | config_kwargs))
 
 
 def mamba2_parameter_count(config: Mamba2Config) -> int:

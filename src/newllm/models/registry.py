@@ -146,9 +146,11 @@ def _sized_lstm(target: int, vocab_size: int, shape: BaselineShape, **special) -
                                   dropout=shape.dropout, **special)  # fmt: skip
 
 
+# The `at_width` rules: a model of `width` and `layers`, no dropout; `fields` win over the rule's own choices (a
+# recall sweep's wider context or smaller state).
 def _new_llm_at(vocab_size: int, width: int, layers: int, seq_len: int, **fields) -> PretrainedConfig:
-    return NewLLMConfig(vocab_size=vocab_size, embedding_size=width, context_size=width, hidden_size=width,
-                        num_hidden_layers=layers, dropout=0.0, **fields)  # fmt: skip
+    shape = dict(embedding_size=width, context_size=width, hidden_size=width, num_hidden_layers=layers, dropout=0.0)
+    return NewLLMConfig(vocab_size=vocab_size, **(shape | fields))
 
 
 def _gpt2_at(vocab_size: int, width: int, layers: int, seq_len: int, **fields) -> PretrainedConfig:
@@ -158,8 +160,8 @@ def _gpt2_at(vocab_size: int, width: int, layers: int, seq_len: int, **fields) -
 
 
 def _lstm_at(vocab_size: int, width: int, layers: int, seq_len: int, **fields) -> PretrainedConfig:
-    return LSTMLMConfig(vocab_size=vocab_size, embedding_size=width, hidden_size=width, num_hidden_layers=layers,
-                        dropout=0.0, **fields)  # fmt: skip
+    shape = dict(embedding_size=width, hidden_size=width, num_hidden_layers=layers, dropout=0.0)
+    return LSTMLMConfig(vocab_size=vocab_size, **(shape | fields))
 
 
 def _mamba2_at(vocab_size: int, width: int, layers: int, seq_len: int, **fields) -> PretrainedConfig:
