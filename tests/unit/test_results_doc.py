@@ -250,3 +250,21 @@ def test_the_full_size_stateful_table_is_its_json():
         matches = [run for run in runs.values() if [f"{r['val_ppl']:.1f}" for r in run["history"]] == val]
         assert len(matches) == 1, line  # one run per line, found by its validation curve
         assert (test, stream) == (round(matches[0]["test"]["token_ppl"], 2), round(matches[0]["test_stream"]["token_ppl"], 2))
+
+
+def test_the_3_seed_baselines_table_is_its_json():
+    # `newllm collect`'s JSON: each row's runs, mean ± sample std over seeds, as the table prints them
+    rows = json.loads((DOCS / "results" / "study_seeds_step1_baselines_h200.json").read_text(encoding="utf-8"))["rows"]
+    lines = table_after(RESULTS, "| preset | model | seeds | parameters | best val token PPL |")[2:]
+    assert len(lines) == len(rows) == 2
+    for line, row in zip(lines, rows):
+        runs = row["runs"]
+
+        def shown(key: str, digits: int) -> str:
+            values = [run[key] for run in runs]
+            return f"{statistics.fmean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
+
+        assert cells(line) == [f"`{row['preset']}`", MODEL_LABELS[row["model"]], str(len(runs)), f"{runs[0]['params']:,}",
+                               shown("wikitext_best_val_ppl", 2), shown("wikitext_test_word_ppl", 1),
+                               shown("wikitext_test_bits_per_byte", 3)]  # fmt: skip
+        assert sorted(run["seed"] for run in runs) == [0, 1, 2]
