@@ -238,6 +238,7 @@ def train_recall(model, train, test, config: RecallConfig, device, seed: int) ->
     model.to(device).train()
     order = torch.empty(0, dtype=torch.long)
     accuracy, loss, train_seconds = 0.0, float("nan"), 0.0
+    history = []  # [step, test accuracy, training loss] at each check: where a plateau ends
     for step in range(1, config.steps + 1):
         if len(order) < config.batch_size:  # a new shuffled pass over the training set
             order = torch.cat([order, torch.randperm(len(train.input_ids), generator=generator)])
@@ -254,10 +255,12 @@ def train_recall(model, train, test, config: RecallConfig, device, seed: int) ->
         train_seconds += time.perf_counter() - start
         if step % config.eval_every == 0 or step == config.steps:
             accuracy = query_accuracy(model, test.input_ids, test.labels, config.eval_batch_size, device)
+            history.append([step, accuracy, loss])
             if accuracy >= config.target:
                 break
     return {"accuracy": accuracy, "steps": step, "reached_target": accuracy >= config.target,
-            "final_loss": loss, "train_seconds": train_seconds, "ms_per_step": 1000 * train_seconds / step}  # fmt: skip
+            "final_loss": loss, "train_seconds": train_seconds, "ms_per_step": 1000 * train_seconds / step,
+            "history": history}  # fmt: skip
 
 
 # ---------------------------------------------------------------- the sweep

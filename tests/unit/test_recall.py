@@ -144,9 +144,12 @@ def test_training_stops_at_the_target(task):
     config = dataclasses.replace(CONFIG, steps=50, eval_every=5, batch_size=4)
     row = train_recall(Oracle(3, 64), task, task, config, "cpu", seed=0)
     assert row["steps"] == 5 and row["reached_target"] and row["accuracy"] == 1.0
+    assert [step for step, _, _ in row["history"]] == [5] and row["history"][0][1] == 1.0
     never = dataclasses.replace(config, steps=7)
     row = train_recall(Oracle(3, 64, late=True), task, task, never, "cpu", seed=0)
     assert row["steps"] == 7 and not row["reached_target"]  # ran to the end, evaluated at the last step
+    assert [step for step, _, _ in row["history"]] == [5, 7]  # every check, the last step's included
+    assert [accuracy for _, accuracy, _ in row["history"]] == [0.0, 0.0]
 
 
 def test_the_gpu_sweep_covers_three_or_more_state_sizes_per_model():
