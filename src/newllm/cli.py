@@ -106,6 +106,9 @@ def build_parser(script: str | None = None) -> argparse.ArgumentParser:
     collect.add_argument("--plot", help="draw validation perplexity per epoch of every run here (PNG)")
     collect.add_argument("--plot-test", help="draw WikiText-2 test word perplexity per row, a dot per seed, here (PNG)")
     _recall_options(command("recall", "multi-query associative recall: accuracy against the bytes of state carried"))
+    recall_collect = command("recall-collect", "several recall.json -> one, with its table and figures")
+    recall_collect.add_argument("files", nargs="+", metavar="RECALL_JSON", help="recall.json files of `newllm recall`")
+    recall_collect.add_argument("--out", required=True, help="where the merged recall.json and its figures go")
     gen = command("generate", "one prompt -> one response from a checkpoint")
     gen.add_argument("--checkpoint", required=True, help="a model folder, e.g. checkpoints/best_new_llm_dialog")
     gen.add_argument("prompt", help="what the first speaker says")
@@ -147,6 +150,28 @@ def _recall(args) -> int:
     command = ["newllm recall", *(["--quick"] if args.quick else [])]
     command += [f"--{key.replace('_', '-')} {value}" for key, value in given.items() if value is not None]
     results = run_recall(config, args.device, command=" ".join(command))
+    paths = write_recall_outputs(results, args.out)
+    print(format_recall_table(results))
+    print("wrote " + ", ".join(str(p) for p in paths))
+    return 0
+
+
+def _recall_collect(args) -> int:
+    import json
+    from pathlib import Path
+
+    from newllm.reporting.recall_plot import format_recall_table, merge_recall_results, write_recall_outputs
+
+    parts = []
+    for name in args.files:
+        path = Path(name)
+        if not path.is_file():
+            raise ValueError(f"{path}: no such recall.json")
+        try:
+            parts.append(json.loads(path.read_text(encoding="utf-8")))
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path}: not valid JSON ({err})") from None
+    results = merge_recall_results(parts)
     paths = write_recall_outputs(results, args.out)
     print(format_recall_table(results))
     print("wrote " + ", ".join(str(p) for p in paths))
@@ -306,6 +331,8 @@ def _collect(args) -> int:
 def _run(args) -> int:
     if args.command == "collect":  # reads JSON only: no torch
         return _collect(args)
+    if args.command == "recall-collect":
+        return _recall_collect(args)
     # a bad preset, setting or --models fails here, before seconds of importing torch and transformers
     config = _config_from_args(args) if args.command in STEP_COMMANDS else None
     import transformers

@@ -40,6 +40,7 @@ def summarize(results: Mapping[str, Any]) -> list[dict]:
             "model": model, "width": width, "seq_len": seq_len, "pairs": pairs, "seeds": len(runs),
             "parameters": runs[0]["parameters"], "state_bytes": runs[0]["state_bytes"],
             "accuracy": statistics.fmean(r["accuracy"] for r in runs),
+            "accuracy_std": statistics.stdev(r["accuracy"] for r in runs) if len(runs) > 1 else None,
             "accuracy_min": min(r["accuracy"] for r in runs), "accuracy_max": max(r["accuracy"] for r in runs),
             "steps": statistics.fmean(r["steps"] for r in runs), "chance": runs[0]["chance"],
         })  # fmt: skip
@@ -50,13 +51,14 @@ def format_recall_table(results: Mapping[str, Any]) -> str:
     """Markdown table: accuracy at the query positions against the state each model carries."""
     labels = results.get("labels") or {}
     seeds = len(results.get("seeds") or [None])
-    accuracy = "accuracy" if seeds == 1 else f"accuracy (mean of {seeds} seeds)"
+    accuracy = "accuracy" if seeds == 1 else f"accuracy (mean ± std of {seeds} seeds)"
     lines = [f"| seq_len | pairs | model | width | parameters | state | {accuracy} | steps |",
              "| ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: |"]  # fmt: skip
     for r in summarize(results):
         lines.append(
             f"| {r['seq_len']} | {r['pairs']} | {labels.get(r['model'], r['model'])} | {r['width']} | "
-            f"{r['parameters']:,} | {format_bytes(r['state_bytes'])} | {r['accuracy']:.3f} | {r['steps']:.0f} |"
+            f"{r['parameters']:,} | {format_bytes(r['state_bytes'])} | {r['accuracy']:.3f}"
+            + ("" if r["accuracy_std"] is None else f" ± {r['accuracy_std']:.3f}") + f" | {r['steps']:.0f} |"
         )
     chance = {r["chance"] for r in results["runs"]}
     if len(chance) == 1:
@@ -94,8 +96,60 @@ def plot_recall(results: Mapping[str, Any], path: str | os.PathLike) -> Path:
     return save_figure(fig, path)
 
 
+def plot_recall_history(results: Mapping[str, Any], path: str | os.PathLike) -> Path:
+    """Test accuracy against training step, one panel per (seq_len, pairs), a line per run (model colour, a
+    marker per width): where each model leaves chance, or does not."""
+    runs = [r for r in results["runs"] if r.get("history")]
+    if not runs:
+        raise ValueError("no run records its history (recall.json written before `history` was added)")
+    settings = _settings(runs)
+    labels = results.get("labels") or {}
+    fig = Figure(figsize=(4.6 * len(settings), 3.8), layout="constrained")
+    axes = fig.subplots(1, len(settings), sharey=True, squeeze=False)[0]
+    models = _models(results)
+    for ax, (seq_len, pairs) in zip(axes, settings):
+        shown = set()
+        for run in runs:
+            if (run["seq_len"], run["pairs"]) != (seq_len, pairs):
+                continue
+            i = models.index(run["model"])
+            steps, accuracy = zip(*((step, acc) for step, acc, *_ in run["history"]))
+            label = f"{labels.get(run['model'], run['model'])} ({format_bytes(run['state_bytes'])})"
+            ax.plot(steps, accuracy, color=model_color(run["model"], i), alpha=0.7, linewidth=1.2,
+                    marker=MARKERS[i % len(MARKERS)], markersize=3, label=None if label in shown else label)  # fmt: skip
+            shown.add(label)
+        chance = next(r["chance"] for r in runs if (r["seq_len"], r["pairs"]) == (seq_len, pairs))
+        ax.axhline(chance, color="grey", linestyle=":", linewidth=1, label="chance")
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_title(f"sequence {seq_len}, {pairs} pairs")
+        ax.set_xlabel("training step")
+        ax.grid(True, alpha=0.3)
+    axes[0].set_ylabel("MQAR accuracy at the queries")
+    axes[-1].legend(loc="best", fontsize="small")
+    return save_figure(fig, path)
+
+
+def merge_recall_results(parts: list[Mapping[str, Any]]) -> dict:
+    """Several recall.json as one (a sweep run a family at a time, each at its own width): the runs one after
+    another, the labels together, and each part's provenance (command, config, commit, date ...) under `parts`."""
+    if not parts:
+        raise ValueError("no recall.json to merge")
+    versions = {part.get("version") for part in parts}
+    if len(versions) != 1:
+        raise ValueError(f"recall.json files of different versions: {sorted(map(str, versions))}")
+    runs = [run for part in parts for run in part["runs"]]
+    labels = {}
+    for part in parts:
+        labels.update(part.get("labels") or {})
+    return {"version": versions.pop(), "labels": labels, "seeds": sorted({run["seed"] for run in runs}), "runs": runs,
+            "parts": [{key: value for key, value in part.items() if key != "runs"} for part in parts]}  # fmt: skip
+
+
 def write_recall_outputs(results: Mapping[str, Any], out_dir: str | os.PathLike) -> list[Path]:
     """recall.json and recall.png under `out_dir`."""
     out_dir = Path(out_dir)
     text = json.dumps(results, indent=2, allow_nan=False) + "\n"
-    return [write_atomic(out_dir / "recall.json", text.encode("utf-8")), plot_recall(results, out_dir / "recall.png")]
+    paths = [write_atomic(out_dir / "recall.json", text.encode("utf-8")), plot_recall(results, out_dir / "recall.png")]
+    if any(run.get("history") for run in results["runs"]):
+        paths.append(plot_recall_history(results, out_dir / "recall_history.png"))
+    return paths

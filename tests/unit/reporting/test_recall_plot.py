@@ -2,9 +2,14 @@
 
 import json
 
+import pytest
+
+from newllm.cli import main
 from newllm.reporting.recall_plot import (
     format_recall_table,
+    merge_recall_results,
     plot_recall,
+    plot_recall_history,
     summarize,
     write_recall_outputs,
 )
@@ -32,13 +37,16 @@ def test_seeds_are_averaged_and_rows_ordered_by_setting_model_width():
     assert keys == [(32, 2, "lstm", 32), (64, 4, "lstm", 32), (64, 4, "lstm", 64), (64, 4, "tinygpt2", 32)]
     gpt2 = rows[-1]
     assert (gpt2["accuracy"], gpt2["accuracy_min"], gpt2["accuracy_max"], gpt2["seeds"]) == (0.75, 0.5, 1.0, 2)
+    assert gpt2["accuracy_std"] == pytest.approx(0.5**0.5 / 2)  # sample std of 1.0 and 0.5
+    assert rows[0]["accuracy_std"] is None  # one seed: no spread
     assert gpt2["steps"] == 100.5
 
 
 def test_table_names_models_by_label_with_state_in_binary_units():
     table = format_recall_table(RESULTS)
-    assert "| 64 | 4 | TinyGPT2 | 32 | 32,000 | 32 KiB | 0.750 | 100 |" in table
-    assert "accuracy (mean of 2 seeds)" in table and "0.250" in table
+    assert "| 64 | 4 | TinyGPT2 | 32 | 32,000 | 32 KiB | 0.750 ± 0.354 | 100 |" in table
+    assert "| 64 | 4 | LSTM | 32 | 32,000 | 512 B | 0.100 | 100 |" in table  # one seed: no ± part
+    assert "accuracy (mean ± std of 2 seeds)" in table and "0.250" in table
 
 
 def test_outputs_are_strict_json_and_a_png(tmp_path):
@@ -47,3 +55,45 @@ def test_outputs_are_strict_json_and_a_png(tmp_path):
     assert json.loads(paths[0].read_text()) == RESULTS
     assert paths[1].read_bytes()[:4] == b"\x89PNG"
     assert plot_recall(RESULTS, tmp_path / "again.png").stat().st_size > 1000
+
+
+def _with_history(run, accuracies):
+    return {**run, "history": [[100 * (i + 1), a, 4.0 - a] for i, a in enumerate(accuracies)]}
+
+
+def test_merged_results_keep_every_run_and_each_parts_provenance():
+    a = {"version": 1, "labels": {"lstm": "LSTM"}, "seeds": [0], "commit": "abc", "command": "newllm recall --models lstm",
+         "runs": [_run("lstm", 128, 64, 4, 0, 0.5, 2048)]}
+    b = {"version": 1, "labels": {"mamba2": "Mamba-2"}, "seeds": [0, 1], "commit": "def", "command": "newllm recall ...",
+         "runs": [_run("mamba2", 32, 64, 4, 0, 0.7, 2304), _run("mamba2", 32, 64, 4, 1, 0.6, 2304)]}  # fmt: skip
+    merged = merge_recall_results([a, b])
+    assert merged["runs"] == a["runs"] + b["runs"] and merged["seeds"] == [0, 1]
+    assert merged["labels"] == {"lstm": "LSTM", "mamba2": "Mamba-2"}
+    assert [part["commit"] for part in merged["parts"]] == ["abc", "def"]
+    assert all("runs" not in part for part in merged["parts"])
+    assert [row["model"] for row in summarize(merged)] == ["lstm", "mamba2"]
+    with pytest.raises(ValueError, match="different versions"):
+        merge_recall_results([a, {**b, "version": 2}])
+
+
+def test_history_is_drawn_where_runs_record_it(tmp_path):
+    with pytest.raises(ValueError, match="no run records its history"):
+        plot_recall_history(RESULTS, tmp_path / "none.png")
+    results = {**RESULTS, "runs": [_with_history(r, [0.1, 0.4, r["accuracy"]]) for r in RESULTS["runs"]]}
+    paths = write_recall_outputs(results, tmp_path)
+    assert [p.name for p in paths] == ["recall.json", "recall.png", "recall_history.png"]
+    assert paths[2].read_bytes()[:4] == b"\x89PNG"
+
+
+def test_recall_collect_merges_files_and_refuses_a_missing_one(tmp_path, capsys):
+    first, second = tmp_path / "a.json", tmp_path / "b.json"
+    first.write_text(json.dumps({"version": 1, "labels": {"lstm": "LSTM"}, "runs": RESULTS["runs"][2:]}))
+    second.write_text(json.dumps({"version": 1, "labels": {"tinygpt2": "TinyGPT2"}, "runs": RESULTS["runs"][:2]}))
+    out = tmp_path / "out"
+    assert main(["recall-collect", str(first), str(second), "--out", str(out)]) == 0
+    merged = json.loads((out / "recall.json").read_text())
+    assert len(merged["runs"]) == 5 and (out / "recall.png").is_file()
+    assert "| 64 | 4 | TinyGPT2 | 32 |" in capsys.readouterr().out
+    assert main(["recall-collect", str(tmp_path / "missing.json"), "--out", str(tmp_path / "out2")]) == 1
+    assert "missing.json: no such recall.json" in capsys.readouterr().err
+    assert not (tmp_path / "out2").exists()
