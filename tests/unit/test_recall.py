@@ -234,3 +234,29 @@ def test_the_cpu_sweeps_tables_in_recall_md_are_their_json():
         row = next(line for line in text.splitlines() if re.fullmatch(
             rf"\| {re.escape(FAMILIES[model][1])} \| \d+ (B|KiB) \| {run['steps']:,} \| 0\.\d{{3}} \|", line))  # fmt: skip
         assert float(row.split("|")[-2]) == round(run["accuracy"], 3), model
+
+
+def test_the_equal_state_table_in_recall_md_is_its_json():
+    """docs/recall.md's equal-state table, every number against docs/results/recall_cpu_equal_state/recall.json."""
+    import json
+    import re
+    import statistics
+
+    docs = DEFAULT_CONFIG.parents[2] / "docs"
+    text = (docs / "recall.md").read_text(encoding="utf-8")
+    results = json.loads((docs / "results" / "recall_cpu_equal_state" / "recall.json").read_text(encoding="utf-8"))
+    assert results["seeds"] == [0, 1, 2]
+    for family, label in results["labels"].items():
+        runs = sorted((r for r in results["runs"] if r["model"] == family), key=lambda r: r["seed"])
+        accuracy = [r["accuracy"] for r in runs]
+        expected = (f"| {label} | {runs[0]['width']} | {runs[0]['parameters']:,} | {runs[0]['state_bytes']:,} B | "
+                    f"{statistics.fmean(accuracy):.3f} ± {statistics.stdev(accuracy):.3f} | "
+                    f"{', '.join(f'{a:.3f}' for a in accuracy)} |")  # fmt: skip
+        assert expected in text.splitlines(), family
+        assert all(r["steps"] == results["parts"][0]["config"]["steps"] for r in runs)
+    # the states the section compares are equal to within Mamba-2's convolution window
+    states = {r["model"]: r["state_bytes"] for r in results["runs"]}
+    assert states["new_llm"] == states["new_llm_mlp"] == states["lstm"] == 2048 < states["mamba2"] <= 2304
+    mean = {f: statistics.fmean(r["accuracy"] for r in results["runs"] if r["model"] == f) for f in results["labels"]}
+    distance = max(mean["lstm"], mean["mamba2"]) - max(mean["new_llm"], mean["new_llm_mlp"])
+    assert re.search(rf"missed\*\* by\s+{distance:.3f}", text)
