@@ -135,6 +135,9 @@ def _recall_options(parser: argparse.ArgumentParser) -> None:
                        ("seq-lens", "sequence lengths"), ("pairs", "key-value pairs per sequence"), ("seeds", "seeds")]:
         parser.add_argument(f"--{flag}", help=f"comma-separated {text}")
     parser.add_argument("--steps", help="most optimizer steps per run (fewer at the target accuracy)")
+    parser.add_argument("--option", action="append", default=[], metavar="MODEL.ARGUMENT=VALUE",
+                        help="a config argument of one family over its width rule, e.g. new_llm.context_size=512 "
+                             "(repeatable; over the config file's [options.<model>])")  # fmt: skip
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (default: auto)")
     parser.add_argument("--out", default="benchmarks/results/recall", help="where recall.json and recall.png go")
 
@@ -145,9 +148,10 @@ def _recall(args) -> int:
 
     flags = {key: getattr(args, key) for key in ("models", "widths", "seq_lens", "pairs", "seeds", "steps")}
     path = args.config or (None if args.quick else DEFAULT_CONFIG)
-    config = load_recall_config(path, quick=args.quick, overrides={k: v for k, v in flags.items() if v is not None})
+    config = load_recall_config(path, quick=args.quick, overrides={k: v for k, v in flags.items() if v is not None},
+                                options=args.option)  # fmt: skip
     given = {"config": args.config, **flags, "device": args.device, "out": args.out}
-    command = ["newllm recall", *(["--quick"] if args.quick else [])]
+    command = ["newllm recall", *(["--quick"] if args.quick else []), *(f"--option {o}" for o in args.option)]
     command += [f"--{key.replace('_', '-')} {value}" for key, value in given.items() if value is not None]
     results = run_recall(config, args.device, command=" ".join(command))
     paths = write_recall_outputs(results, args.out)

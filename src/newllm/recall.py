@@ -141,8 +141,24 @@ def quick_recall_config() -> RecallConfig:
     )  # fmt: skip
 
 
-def load_recall_config(path: str | Path | None, quick: bool = False, overrides: dict | None = None) -> RecallConfig:
-    """The quick settings, or the defaults with a TOML file (configs/recall/sweep.toml) over them; then `overrides`."""
+def parse_option(text: str) -> tuple[str, str, object]:
+    """`family.argument=value` (an --option flag) as its three parts, the value read as a TOML value (3, 0.5, true,
+    "tanh"), a bare word as a string."""
+    key, sep, raw = text.partition("=")
+    family, dot, argument = key.strip().partition(".")
+    if not (sep and dot and family and argument.strip() and raw.strip()):
+        raise ConfigError(f"--option {text!r}: expected MODEL.ARGUMENT=VALUE, e.g. new_llm.context_size=512")
+    try:
+        value = tomllib.loads(f"value = {raw.strip()}")["value"]
+    except tomllib.TOMLDecodeError:
+        value = raw.strip()
+    return family.strip(), argument.strip(), value
+
+
+def load_recall_config(path: str | Path | None, quick: bool = False, overrides: dict | None = None,
+                       options: list[str] | tuple[str, ...] = ()) -> RecallConfig:  # fmt: skip
+    """The quick settings, or the defaults with a TOML file (configs/recall/sweep.toml) over them; then `overrides`
+    (RecallConfig fields) and `options` (`family.argument=value`, over the file's [options.<family>] tables)."""
     config = quick_recall_config() if quick else RecallConfig()
     if path is not None:
         path = Path(path)
@@ -152,13 +168,20 @@ def load_recall_config(path: str | Path | None, quick: bool = False, overrides: 
             values = tomllib.loads(path.read_text(encoding="utf-8"))
         except tomllib.TOMLDecodeError as err:
             raise ConfigError(f"{path}: not valid TOML ({err})") from None
-        options = values.pop("options", None)  # a table of tables, which replace_fields does not type
+        tables = values.pop("options", None)  # a table of tables, which replace_fields does not type
         config = replace_fields(config, values)
-        if options is not None:
-            if not isinstance(options, dict):
-                raise ConfigError(f"options: expected [options.<model>] tables, got {options!r}")
-            config = dataclasses.replace(config, options=options)
-    return replace_fields(config, overrides or {})
+        if tables is not None:
+            if not isinstance(tables, dict):
+                raise ConfigError(f"options: expected [options.<model>] tables, got {tables!r}")
+            config = dataclasses.replace(config, options=tables)
+    config = replace_fields(config, overrides or {})
+    if options:
+        merged = {family: dict(arguments) for family, arguments in config.options.items()}
+        for text in options:
+            family, argument, value = parse_option(text)
+            merged.setdefault(family, {})[argument] = value
+        config = dataclasses.replace(config, options=merged)
+    return config
 
 
 # ---------------------------------------------------------------- models

@@ -17,6 +17,7 @@ from newllm.recall import (
     FAMILIES,
     load_recall_config,
     model_config,
+    parse_option,
     query_accuracy,
     quick_recall_config,
     state_bytes,
@@ -127,6 +128,29 @@ def test_bad_options_are_one_line_errors(tmp_path, table, message):
     with pytest.raises(ConfigError) as info:
         load_recall_config(path)
     assert message in str(info.value) and "\n" not in str(info.value)
+
+
+def test_option_flags_go_over_the_files_tables(tmp_path):
+    path = tmp_path / "base.toml"
+    path.write_text('vocab_size = 64\nseq_lens = [32]\npairs = [2]\n[options.new_llm]\ncontext_size = 128\n')
+    config = load_recall_config(path, options=["new_llm.forget_bias=3", "new_llm_mlp.candidate=linear",
+                                               'new_llm.context_size = 256'])  # fmt: skip
+    assert config.options == {"new_llm": {"context_size": 256, "forget_bias": 3},
+                              "new_llm_mlp": {"candidate": "linear"}}  # fmt: skip
+    assert model_config("new_llm", 32, config, 32).forget_bias == 3.0
+    assert parse_option("new_llm.residual=true") == ("new_llm", "residual", True)
+    assert parse_option('new_llm.cell="parallel"') == parse_option("new_llm.cell=parallel") == ("new_llm", "cell", "parallel")
+    for bad in ("new_llm=3", "forget_bias=3", "new_llm.forget_bias", ".x=1"):
+        with pytest.raises(ConfigError, match="expected MODEL.ARGUMENT=VALUE"):
+            parse_option(bad)
+
+
+def test_a_bad_option_flag_exits_1_before_any_work(capsys, tmp_path):
+    out = tmp_path / "out"
+    assert main(["recall", "--quick", "--option", "new_llm.contxt_size=64", "--out", str(out)]) == 1
+    assert capsys.readouterr().err.strip().splitlines()[-1] == \
+        "newllm: error: options.new_llm: NewLLMConfig has no argument 'contxt_size'"  # fmt: skip
+    assert not out.exists()
 
 
 @pytest.fixture(scope="module")
