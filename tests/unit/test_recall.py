@@ -284,3 +284,9 @@ def test_the_equal_state_table_in_recall_md_is_its_json():
     mean = {f: statistics.fmean(r["accuracy"] for r in results["runs"] if r["model"] == f) for f in results["labels"]}
     distance = max(mean["lstm"], mean["mamba2"]) - max(mean["new_llm"], mean["new_llm_mlp"])
     assert re.search(rf"missed\*\* by\s+{distance:.3f}", text)
+    # results.md repeats the four means with their spreads, and the distance
+    summary = (docs / "results.md").read_text(encoding="utf-8")
+    for family in results["labels"]:
+        accuracy = [r["accuracy"] for r in results["runs"] if r["model"] == family]
+        assert f"{statistics.fmean(accuracy):.3f} ± {statistics.stdev(accuracy):.3f}" in summary, family
+    assert re.search(rf"missed by\s+{distance:.3f}", summary)
