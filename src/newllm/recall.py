@@ -105,6 +105,11 @@ class RecallConfig:
         most = max(n for _, n in self.settings())
         if self.vocab_size // 2 - 1 < most:  # keys are tokens 1 … V/2 - 1 (data/mqar.py)
             raise ConfigError(f"vocab_size {self.vocab_size} has too few keys for {most} pairs")
+        if not (self.lr > 0 and self.grad_clip > 0):
+            raise ConfigError(f"lr and grad_clip must be positive, got {self.lr!r} and {self.grad_clip!r}")
+        if not (self.weight_decay >= 0 and 0 <= self.warmup < 1):
+            raise ConfigError(f"weight_decay must be >= 0 and warmup in [0, 1), got {self.weight_decay!r} and "
+                              f"{self.warmup!r}")  # fmt: skip
         if not 0 < self.target <= 1:
             raise ConfigError(f"target must be in (0, 1], got {self.target!r}")
         if self.fast_path not in FAST_PATHS:
