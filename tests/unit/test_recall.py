@@ -200,7 +200,7 @@ def test_the_cpu_sweep_covers_every_family_at_three_state_sizes_on_one_thread():
         ({"fast_path": "fast"}, "fast_path: unknown 'fast'"),
         ({"seq_lens": "x"}, "seq_lens: expected an integer"),
         ({"lr": "0"}, "lr and grad_clip must be positive, got 0.0"),
-        ({"warmup": "1"}, "warmup in [0, 1), got 1.0"),
+        ({"warmup": "1"}, "warmup in [0, 1), got 0.1 and 1.0"),
     ],
 )
 def test_bad_settings_are_one_line_errors(overrides, message):
