@@ -315,7 +315,9 @@ def run_recall(config: RecallConfig, device: str = "cpu", command: str | None = 
                     model.set_fast_path(config.fast_path)
                 row = {"model": family, "width": width, "seq_len": seq_len, "pairs": pairs, "seed": seed,
                        "parameters": count_parameters(model), "state_bytes": state_bytes(model, seq_len, device),
-                       "chance": 1 / (config.vocab_size - config.vocab_size // 2)}  # fmt: skip
+                       "chance": 1 / (config.vocab_size - config.vocab_size // 2),
+                       # what sets this run apart from another of its family in a merged sweep (recall-collect)
+                       "options": config.options.get(family, {}), "lr": config.lr}  # fmt: skip
                 row.update(train_recall(model, train, test, config, device, seed))
                 logger.info("%s width %d, T=%d, %d pairs, seed %d: accuracy %.3f after %d steps",
                             family, width, seq_len, pairs, seed, row["accuracy"], row["steps"])  # fmt: skip

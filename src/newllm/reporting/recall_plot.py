@@ -16,6 +16,7 @@ from newllm.reporting.bench_report import format_bytes
 from newllm.reporting.plots import model_color, save_figure, write_atomic
 
 MARKERS = "osD^vP"
+LINESTYLES = ("-", "--", ":", "-.")  # variants of one model (recall-collect): its colour, another line
 
 
 def _settings(runs) -> list[tuple[int, int]]:
@@ -27,17 +28,33 @@ def _models(results: Mapping[str, Any]) -> list[str]:
     return list(dict.fromkeys([*(results.get("labels") or {}), *(r["model"] for r in results["runs"])]))
 
 
+def variant(run: Mapping[str, Any], runs: list[Mapping[str, Any]]) -> str:
+    """What sets `run` apart from the others of its model in `runs`: its config options (`forget_bias=3`) and, where
+    the runs differ in it, its learning rate; "" for none (a sweep's only variant)."""
+    parts = [f"{key}={value}" for key, value in sorted((run.get("options") or {}).items())]
+    if len({r.get("lr") for r in runs if r["model"] == run["model"]}) > 1:
+        parts.append(f"lr={run.get('lr'):g}")
+    return ", ".join(parts)
+
+
+def run_label(run: Mapping[str, Any], runs: list[Mapping[str, Any]], labels: Mapping[str, str]) -> str:
+    name, extra = labels.get(run["model"], run["model"]), variant(run, runs)
+    return f"{name}, {extra}" if extra else name
+
+
 def summarize(results: Mapping[str, Any]) -> list[dict]:
-    """One row per model × width × setting: state bytes, parameters, and accuracy and steps averaged over seeds."""
+    """One row per model × variant × width × setting: state bytes, parameters, and accuracy and steps averaged over
+    seeds."""
     groups: dict[tuple, list[Mapping[str, Any]]] = {}
-    for run in results["runs"]:
-        groups.setdefault((run["model"], run["width"], run["seq_len"], run["pairs"]), []).append(run)
+    all_runs = results["runs"]
+    for run in all_runs:
+        groups.setdefault((run["model"], variant(run, all_runs), run["width"], run["seq_len"], run["pairs"]), []).append(run)
     order = {name: i for i, name in enumerate(_models(results))}
     rows = []
-    for model, width, seq_len, pairs in sorted(groups, key=lambda k: (k[2], k[3], order[k[0]], k[1])):
-        runs = groups[model, width, seq_len, pairs]
+    for model, kind, width, seq_len, pairs in sorted(groups, key=lambda k: (k[3], k[4], order[k[0]], k[1], k[2])):
+        runs = groups[model, kind, width, seq_len, pairs]
         rows.append({
-            "model": model, "width": width, "seq_len": seq_len, "pairs": pairs, "seeds": len(runs),
+            "model": model, "variant": kind, "width": width, "seq_len": seq_len, "pairs": pairs, "seeds": len(runs),
             "parameters": runs[0]["parameters"], "state_bytes": runs[0]["state_bytes"],
             "accuracy": statistics.fmean(r["accuracy"] for r in runs),
             "accuracy_std": statistics.stdev(r["accuracy"] for r in runs) if len(runs) > 1 else None,
@@ -55,8 +72,9 @@ def format_recall_table(results: Mapping[str, Any]) -> str:
     lines = [f"| seq_len | pairs | model | width | parameters | state | {accuracy} | steps |",
              "| ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: |"]  # fmt: skip
     for r in summarize(results):
+        name = labels.get(r["model"], r["model"]) + (f", {r['variant']}" if r["variant"] else "")
         lines.append(
-            f"| {r['seq_len']} | {r['pairs']} | {labels.get(r['model'], r['model'])} | {r['width']} | "
+            f"| {r['seq_len']} | {r['pairs']} | {name} | {r['width']} | "
             f"{r['parameters']:,} | {format_bytes(r['state_bytes'])} | {r['accuracy']:.3f}"
             + ("" if r["accuracy_std"] is None else f" ± {r['accuracy_std']:.3f}") + f" | {r['steps']:.0f} |"
         )
@@ -74,14 +92,17 @@ def plot_recall(results: Mapping[str, Any], path: str | os.PathLike) -> Path:
     fig = Figure(figsize=(4.2 * len(settings), 3.8), layout="constrained")
     axes = fig.subplots(1, len(settings), sharey=True, squeeze=False)[0]
     for ax, (seq_len, pairs) in zip(axes, settings):
-        for i, model in enumerate(_models(results)):
+        lines = list(dict.fromkeys((r["model"], r["variant"]) for r in rows))
+        for n, (model, kind) in enumerate(lines):
+            i = _models(results).index(model)
             points = sorted((r["state_bytes"], r["accuracy"]) for r in rows
-                            if (r["model"], r["seq_len"], r["pairs"]) == (model, seq_len, pairs))  # fmt: skip
+                            if (r["model"], r["variant"], r["seq_len"], r["pairs"]) == (model, kind, seq_len, pairs))  # fmt: skip
             if points:
                 xs, ys = zip(*points)
                 # translucent: two New-LLM cells of one width carry the same state and often overlap
-                ax.plot(xs, ys, marker=MARKERS[i % len(MARKERS)], color=model_color(model, i), alpha=0.8,
-                        label=labels.get(model, model))  # fmt: skip
+                name = labels.get(model, model) + (f", {kind}" if kind else "")
+                ax.plot(xs, ys, marker=MARKERS[n % len(MARKERS)], color=model_color(model, i), alpha=0.8,
+                        label=name)  # fmt: skip
         chance = next(r["chance"] for r in rows if (r["seq_len"], r["pairs"]) == (seq_len, pairs))
         ax.axhline(chance, color="grey", linestyle=":", linewidth=1, label="chance")
         ax.set_xscale("log", base=4)  # ticks at 256 B, 1 KiB, 4 KiB ...: round binary sizes
@@ -113,10 +134,13 @@ def plot_recall_history(results: Mapping[str, Any], path: str | os.PathLike) -> 
             if (run["seq_len"], run["pairs"]) != (seq_len, pairs):
                 continue
             i = models.index(run["model"])
+            kinds = list(dict.fromkeys(variant(r, runs) for r in runs if r["model"] == run["model"]))
+            k = kinds.index(variant(run, runs))
             steps, accuracy = zip(*((step, acc) for step, acc, *_ in run["history"]))
-            label = f"{labels.get(run['model'], run['model'])} ({format_bytes(run['state_bytes'])})"
+            label = f"{run_label(run, runs, labels)} ({format_bytes(run['state_bytes'])})"
             ax.plot(steps, accuracy, color=model_color(run["model"], i), alpha=0.7, linewidth=1.2,
-                    marker=MARKERS[i % len(MARKERS)], markersize=3, label=None if label in shown else label)  # fmt: skip
+                    linestyle=LINESTYLES[k % len(LINESTYLES)], marker=MARKERS[(i + k) % len(MARKERS)], markersize=3,
+                    label=None if label in shown else label)  # fmt: skip
             shown.add(label)
         chance = next(r["chance"] for r in runs if (r["seq_len"], r["pairs"]) == (seq_len, pairs))
         ax.axhline(chance, color="grey", linestyle=":", linewidth=1, label="chance")
@@ -137,7 +161,14 @@ def merge_recall_results(parts: list[Mapping[str, Any]]) -> dict:
     versions = {part.get("version") for part in parts}
     if len(versions) != 1:
         raise ValueError(f"recall.json files of different versions: {sorted(map(str, versions))}")
-    runs = [run for part in parts for run in part["runs"]]
+    runs = []
+    for part in parts:  # runs written before rows recorded their options and lr take them from their part's config
+        config = part.get("config") or {}
+        for run in part["runs"]:
+            stamped = dict(run)
+            stamped.setdefault("options", (config.get("options") or {}).get(run["model"], {}))
+            stamped.setdefault("lr", config.get("lr"))
+            runs.append(stamped)
     labels = {}
     for part in parts:
         labels.update(part.get("labels") or {})

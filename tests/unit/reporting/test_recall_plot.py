@@ -67,7 +67,9 @@ def test_merged_results_keep_every_run_and_each_parts_provenance():
     b = {"version": 1, "labels": {"mamba2": "Mamba-2"}, "seeds": [0, 1], "commit": "def", "command": "newllm recall ...",
          "runs": [_run("mamba2", 32, 64, 4, 0, 0.7, 2304), _run("mamba2", 32, 64, 4, 1, 0.6, 2304)]}  # fmt: skip
     merged = merge_recall_results([a, b])
-    assert merged["runs"] == a["runs"] + b["runs"] and merged["seeds"] == [0, 1]
+    # the runs, each stamped with its part's options and learning rate (none recorded in these parts' configs)
+    assert merged["runs"] == [{**run, "options": {}, "lr": None} for run in a["runs"] + b["runs"]]
+    assert merged["seeds"] == [0, 1]
     assert merged["labels"] == {"lstm": "LSTM", "mamba2": "Mamba-2"}
     assert [part["commit"] for part in merged["parts"]] == ["abc", "def"]
     assert all("runs" not in part for part in merged["parts"])
@@ -97,3 +99,22 @@ def test_recall_collect_merges_files_and_refuses_a_missing_one(tmp_path, capsys)
     assert main(["recall-collect", str(tmp_path / "missing.json"), "--out", str(tmp_path / "out2")]) == 1
     assert "missing.json: no such recall.json" in capsys.readouterr().err
     assert not (tmp_path / "out2").exists()
+
+
+def test_variants_of_one_model_are_rows_and_lines_of_their_own(tmp_path):
+    def part(lr, options, accuracies):
+        runs = [_with_history(_run("new_llm", 128, 32, 2, seed, a, 512), [0.02, a]) for seed, a in enumerate(accuracies)]
+        return {"version": 1, "labels": {"new_llm": "New-LLM"}, "config": {"lr": lr, "options": {"new_llm": options}},
+                "runs": runs}  # fmt: skip
+
+    merged = merge_recall_results([part(3e-3, {}, [0.1, 0.2]), part(3e-3, {"forget_bias": 3}, [0.4, 0.6]),
+                                   part(1e-2, {}, [0.3, 0.3])])  # fmt: skip
+    rows = summarize(merged)
+    assert [(r["variant"], r["accuracy"]) for r in rows] == [
+        pytest.approx(("forget_bias=3, lr=0.003", 0.5)), pytest.approx(("lr=0.003", 0.15)), pytest.approx(("lr=0.01", 0.3))]
+    table = format_recall_table(merged)
+    assert "| 32 | 2 | New-LLM, forget_bias=3, lr=0.003 | 128 |" in table and "| New-LLM, lr=0.01 |" in table
+    # one learning rate throughout: only the options set a run apart
+    same_lr = merge_recall_results([part(3e-3, {}, [0.1, 0.2]), part(3e-3, {"forget_bias": 3}, [0.4, 0.6])])
+    assert [r["variant"] for r in summarize(same_lr)] == ["", "forget_bias=3"]
+    assert len(write_recall_outputs(merged, tmp_path)) == 3
