@@ -292,3 +292,26 @@ def test_the_equal_state_table_in_recall_md_is_its_json():
         accuracy = [r["accuracy"] for r in results["runs"] if r["model"] == family]
         assert f"{statistics.fmean(accuracy):.3f} ± {statistics.stdev(accuracy):.3f}" in summary, family
     assert re.search(rf"missed by\s+{distance:.3f}", summary)
+
+
+def test_the_two_pair_table_in_recall_md_is_its_json():
+    """docs/recall.md's two-pair table: one row per model, learning rate and option, every number from its JSON."""
+    import json
+    import statistics
+
+    docs = DEFAULT_CONFIG.parents[2] / "docs"
+    lines = (docs / "recall.md").read_text(encoding="utf-8").splitlines()
+    results = json.loads((docs / "results" / "recall_cpu_two_pairs" / "recall.json").read_text(encoding="utf-8"))
+    change = {(): "none", (("forget_bias", 3),): "forget-gate bias 3"}
+    variants = {}
+    for run in results["runs"]:
+        variants.setdefault((run["model"], run["lr"], tuple(sorted(run["options"].items()))), []).append(run)
+    assert len(variants) == 5
+    for (model, lr, options), runs in variants.items():
+        runs.sort(key=lambda r: r["seed"])
+        assert [r["seed"] for r in runs] == [0, 1, 2], (model, lr, options)
+        accuracy = [r["accuracy"] for r in runs]
+        expected = (f"| {results['labels'][model]} | {lr:.0e} | {change[options]} | {runs[0]['state_bytes']:,} B | "
+                    f"{statistics.fmean(accuracy):.3f} ± {statistics.stdev(accuracy):.3f} | "
+                    f"{', '.join(f'{a:.3f}' for a in accuracy)} |").replace("e-0", "e-")  # fmt: skip
+        assert expected in lines, expected
