@@ -149,7 +149,11 @@ def plot_recall_history(results: Mapping[str, Any], path: str | os.PathLike) -> 
         ax.set_xlabel("training step")
         ax.grid(True, alpha=0.3)
     axes[0].set_ylabel("MQAR accuracy at the queries")
-    axes[-1].legend(loc="best", fontsize="small")
+    # below the panels, not on them: the lines of a slow learner run through every corner
+    handles, names = axes[-1].get_legend_handles_labels()
+    ncols = len(settings)  # one column per panel keeps the legend as wide as the figure
+    fig.set_figheight(3.8 + 0.2 * -(-len(names) // ncols))
+    fig.legend(handles, names, loc="outside lower center", ncols=ncols, fontsize="small")
     return save_figure(fig, path)
 
 
