@@ -108,8 +108,10 @@ def test_mlp_kernel_scan_draws_the_masks_of_the_autograd_scan():
         results.append((hidden, last, torch.autograd.grad(loss, [embeddings, *cell.parameters()])))
     torch.testing.assert_close(results[1][0], results[0][0], rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(results[1][1], results[0][1], rtol=1e-5, atol=1e-5)
+    # the gradients' absolute tolerance is the other MLP-kernel tests' 5e-5: on the H200 one weight-gradient entry
+    # of 2,048 (about 2e-2 in size) summed in another order differed by 1.3e-5
     for reference, fast in zip(results[0][2], results[1][2]):
-        torch.testing.assert_close(fast, reference, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(fast, reference, rtol=1e-4, atol=5e-5)
 
 
 def test_the_study_cells_training_step_takes_the_kernel_and_equals_eager(monkeypatch):
