@@ -317,7 +317,7 @@ def test_the_two_pair_table_in_recall_md_is_its_json():
     variants = {}
     for run in results["runs"]:
         variants.setdefault((run["model"], run["lr"], tuple(sorted(run["options"].items()))), []).append(run)
-    assert len(variants) == 5
+    assert len(variants) == 7
     for (model, lr, options), runs in variants.items():
         runs.sort(key=lambda r: r["seed"])
         assert [r["seed"] for r in runs] == [0, 1, 2], (model, lr, options)
