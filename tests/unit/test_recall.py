@@ -2,6 +2,8 @@
 
 import dataclasses
 import json
+import re
+import statistics
 from types import SimpleNamespace
 
 import pytest
@@ -239,9 +241,6 @@ def test_quick_runs_end_to_end(capsys, tmp_path):
 
 def test_the_cpu_sweeps_tables_in_recall_md_are_their_json():
     """docs/recall.md's CPU tables, number by number, against the committed recall.json files."""
-    import json
-    import re
-
     docs = DEFAULT_CONFIG.parents[2] / "docs"
     text = (docs / "recall.md").read_text(encoding="utf-8")
     for name in ("recall_cpu_small", "recall_cpu_one_pair"):
@@ -262,16 +261,28 @@ def test_the_cpu_sweeps_tables_in_recall_md_are_their_json():
         assert float(row.split("|")[-2]) == round(run["accuracy"], 3), model
 
 
+def _recall_doc(results_folder):
+    """docs/recall.md's lines and the recall.json of docs/results/<results_folder>."""
+    docs = DEFAULT_CONFIG.parents[2] / "docs"
+    lines = (docs / "recall.md").read_text(encoding="utf-8").splitlines()
+    return lines, json.loads((docs / "results" / results_folder / "recall.json").read_text(encoding="utf-8"))
+
+
+def _seed_cells(runs):
+    """A table's last two cells for one variant's runs, seeds in order: "mean ± std | acc0, acc1, acc2"."""
+    accuracy = [r["accuracy"] for r in sorted(runs, key=lambda r: r["seed"])]
+    return (f"{statistics.fmean(accuracy):.3f} ± {statistics.stdev(accuracy):.3f} | "
+            f"{', '.join(f'{a:.3f}' for a in accuracy)}")  # fmt: skip
+
+
+def _rate(lr):
+    return f"{lr:.0e}".replace("e-0", "e-")  # 3e-3, as the tables write it
+
+
 def test_the_equal_state_table_in_recall_md_is_its_json():
     """docs/recall.md's equal-state table, one row per family and learning rate, every number against
     docs/results/recall_cpu_equal_state/recall.json; the target's distance takes each family at its best rate."""
-    import json
-    import re
-    import statistics
-
-    docs = DEFAULT_CONFIG.parents[2] / "docs"
-    lines = (docs / "recall.md").read_text(encoding="utf-8").splitlines()
-    results = json.loads((docs / "results" / "recall_cpu_equal_state" / "recall.json").read_text(encoding="utf-8"))
+    lines, results = _recall_doc("recall_cpu_equal_state")
     assert results["seeds"] == [0, 1, 2]
     groups = {}
     for run in results["runs"]:
@@ -280,49 +291,37 @@ def test_the_equal_state_table_in_recall_md_is_its_json():
     assert {model for model, _ in groups} == set(results["labels"])
     mean = {}
     for (family, lr), runs in groups.items():
-        runs.sort(key=lambda r: r["seed"])
-        assert [r["seed"] for r in runs] == [0, 1, 2], (family, lr)
+        assert sorted(r["seed"] for r in runs) == [0, 1, 2], (family, lr)
         assert all(r["steps"] == results["parts"][0]["config"]["steps"] for r in runs)
-        accuracy = [r["accuracy"] for r in runs]
-        mean[family, lr] = statistics.fmean(accuracy)
-        expected = (f"| {results['labels'][family]} | {lr:.0e} | {runs[0]['width']} | {runs[0]['parameters']:,} | "
-                    f"{runs[0]['state_bytes']:,} B | {mean[family, lr]:.3f} ± {statistics.stdev(accuracy):.3f} | "
-                    f"{', '.join(f'{a:.3f}' for a in accuracy)} |").replace("e-0", "e-")  # fmt: skip
+        mean[family, lr] = statistics.fmean(r["accuracy"] for r in runs)
+        run = runs[0]
+        expected = (f"| {results['labels'][family]} | {_rate(lr)} | {run['width']} | {run['parameters']:,} | "
+                    f"{run['state_bytes']:,} B | {_seed_cells(runs)} |")  # fmt: skip
         assert expected in lines, expected
     # the states the section compares are equal to within Mamba-2's convolution window
     states = {r["model"]: r["state_bytes"] for r in results["runs"]}
     assert states["new_llm"] == states["new_llm_mlp"] == states["lstm"] == 2048 < states["mamba2"] <= 2304
-    best = {f: max(m for (family, _), m in mean.items() if family == f) for f in results["labels"]}
+    best_lr = {f: max((lr for family, lr in groups if family == f), key=lambda lr: mean[f, lr]) for f in results["labels"]}
+    best = {f: mean[f, lr] for f, lr in best_lr.items()}
     distance = max(best["lstm"], best["mamba2"]) - max(best["new_llm"], best["new_llm_mlp"])
-    text = "\n".join(lines)
-    assert re.search(rf"missed\*\* by\s+{distance:.3f}", text)
+    assert re.search(rf"missed\*\* by\s+{distance:.3f}", "\n".join(lines))
     # results.md repeats each family's best mean with its spread, and the distance
-    summary = (docs / "results.md").read_text(encoding="utf-8")
-    for family in results["labels"]:
-        (lr,) = [lr for (f, lr), m in mean.items() if f == family and m == best[family]][:1]
-        accuracy = [r["accuracy"] for r in groups[family, lr]]
-        assert f"{statistics.fmean(accuracy):.3f} ± {statistics.stdev(accuracy):.3f}" in summary, family
+    summary = (DEFAULT_CONFIG.parents[2] / "docs" / "results.md").read_text(encoding="utf-8")
+    for family, lr in best_lr.items():
+        assert _seed_cells(groups[family, lr]).split(" | ")[0] in summary, family
     assert re.search(rf"missed by\s+{distance:.3f}", summary)
 
 
 def test_the_two_pair_table_in_recall_md_is_its_json():
     """docs/recall.md's two-pair table: one row per model, learning rate and option, every number from its JSON."""
-    import json
-    import statistics
-
-    docs = DEFAULT_CONFIG.parents[2] / "docs"
-    lines = (docs / "recall.md").read_text(encoding="utf-8").splitlines()
-    results = json.loads((docs / "results" / "recall_cpu_two_pairs" / "recall.json").read_text(encoding="utf-8"))
+    lines, results = _recall_doc("recall_cpu_two_pairs")
     change = {(): "none", (("forget_bias", 3),): "forget-gate bias 3"}
     variants = {}
     for run in results["runs"]:
         variants.setdefault((run["model"], run["lr"], tuple(sorted(run["options"].items()))), []).append(run)
     assert len(variants) == 7
     for (model, lr, options), runs in variants.items():
-        runs.sort(key=lambda r: r["seed"])
-        assert [r["seed"] for r in runs] == [0, 1, 2], (model, lr, options)
-        accuracy = [r["accuracy"] for r in runs]
-        expected = (f"| {results['labels'][model]} | {lr:.0e} | {change[options]} | {runs[0]['state_bytes']:,} B | "
-                    f"{statistics.fmean(accuracy):.3f} ± {statistics.stdev(accuracy):.3f} | "
-                    f"{', '.join(f'{a:.3f}' for a in accuracy)} |").replace("e-0", "e-")  # fmt: skip
+        assert sorted(r["seed"] for r in runs) == [0, 1, 2], (model, lr, options)
+        expected = (f"| {results['labels'][model]} | {_rate(lr)} | {change[options]} | "
+                    f"{runs[0]['state_bytes']:,} B | {_seed_cells(runs)} |")  # fmt: skip
         assert expected in lines, expected
