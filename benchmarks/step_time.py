@@ -1,7 +1,7 @@
 """Training-step time of a preset's models, side by side in one process: what one epoch of a schedule costs.
 
     python benchmarks/step_time.py --preset study [--preset full] [--steps 20] [--out step_time.json]
-        [--new-llm-modes graphed,kernel] [--batch-size 256 --block-size 64]
+        [--new-llm-modes graphed,kernel] [--batch-size 256 --block-size 64] [--set model.names=new_llm,mamba2]
 
 Each model of each preset (the baselines sized to its New-LLM, as in the experiment) runs full
 optimizer steps (forward, backward, AdamW) on random (batch_size, block_size) token windows under
@@ -76,6 +76,8 @@ def main(argv=None) -> int:
                         help=f"comma-separated New-LLM fast paths, of: {', '.join(FAST_PATHS)}")
     parser.add_argument("--batch-size", type=int, default=None, help="instead of the preset's pretrain.batch_size")
     parser.add_argument("--block-size", type=int, default=None, help="instead of the preset's data.block_size")
+    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                        help="a preset override, e.g. --set model.names=new_llm,mamba2 to time the peer")
     args = parser.parse_args(argv)
     new_llm_modes = tuple(args.new_llm_modes.split(","))
     unknown = [mode for mode in new_llm_modes if mode not in FAST_PATHS]
@@ -87,7 +89,7 @@ def main(argv=None) -> int:
     torch.set_float32_matmul_precision("high")
     rows = []
     for preset in args.preset or ["study"]:
-        config = load_config(preset)
+        config = load_config(preset, args.set)
         vocab = config.data.vocab_size
         configs = model_configs(config, _Vocabulary(vocab))
         batch = args.batch_size or config.pretrain.batch_size
