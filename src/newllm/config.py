@@ -101,7 +101,7 @@ POSITIVE_INT = Bound(1)
 FRACTION = Bound(0, 1)  # [0, 1): dropout probabilities and such
 # models/new_llm/modeling.py's FAST_PATHS but "eager" (which `compile = false` means), repeated here so that a
 # TrainConfig is checked without importing the model (a test ties them)
-NEW_LLM_FAST_PATHS = ("compiled", "graphed", "compiled+graphed", "kernel")
+NEW_LLM_FAST_PATHS = ("compiled", "graphed", "compiled+graphed", "kernel", "auto")
 # transformers' SchedulerType values that need no scheduler arguments beyond warmup and the step count
 SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup", "inverse_sqrt")
 
@@ -258,8 +258,8 @@ class TrainConfig:
     # CUDA speed: New-LLM's fast path (compiled steps + CUDA-graphed scan), torch.compile for the baselines;
     # ignored on CPU
     compile: bool = False
-    # with compile: which of New-LLM's fast paths ("kernel": the Triton window kernels, not yet timed, so not the
-    # default). It changes the speed, not the function: a resume may change it.
+    # with compile: which of New-LLM's fast paths ("kernel": the Triton window kernels; "auto": those kernels where
+    # they apply, else "compiled+graphed"). It changes the speed, not the function: a resume may change it.
     fast_path: str = "compiled+graphed"
     save_steps: int = 0  # > 0 also checkpoints (and logs) every N optimizer steps; eval stays per epoch
     # Truncated BPTT (pre-training, recurrent models): batch rows are lanes of the stream read in order,

@@ -128,7 +128,7 @@ def _loss_and_grads(model, ids):
 
 
 @cuda
-@pytest.mark.parametrize("mode", ["compiled", "graphed", "compiled+graphed"])
+@pytest.mark.parametrize("mode", ["compiled", "graphed", "compiled+graphed", "auto"])  # auto: kernel, then graphed
 @pytest.mark.parametrize("options", [{}, {"residual": True, "ffn_norm": True}], ids=["prototype", "residual+norm"])
 def test_cuda_fast_paths_match_eager_forward_and_gradients(mode, options):
     torch.manual_seed(0)
@@ -149,7 +149,7 @@ MLP_CELL = dict(block="mlp", embedding_size=32, hidden_size=32, context_size=32,
 
 
 @cuda
-@pytest.mark.parametrize("mode", ["compiled", "graphed", "compiled+graphed"])
+@pytest.mark.parametrize("mode", ["compiled", "graphed", "compiled+graphed", "auto"])  # auto: kernel_mlp.py
 def test_cuda_autograd_scan_matches_eager_for_the_mlp_cell(mode):
     torch.manual_seed(0)
     model = NewLLMForCausalLM(tiny_new_llm_config(**MLP_CELL)).cuda()

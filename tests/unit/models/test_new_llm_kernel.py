@@ -187,6 +187,18 @@ def test_cells_the_kernel_does_not_cover_are_refused_and_fall_back(name, kernel_
                            torch.zeros(2, model.config.context_size, device=DEVICE))  # fmt: skip
 
 
+@pytest.mark.parametrize("name", ["covered", *REFUSED])
+def test_auto_takes_the_kernel_where_it_applies_and_the_other_scans_silently_elsewhere(name, kernel_calls, recwarn):
+    # On a GPU a refused cell runs the compiled, graphed scan without the warning "kernel" gives; the
+    # interpreter (CPU) runs every path eagerly and warns in neither mode.
+    overrides = REFUSED.get(name, {})
+    ids = random_ids(2, 6).to(DEVICE)
+    losses = [_model(mode, **overrides)(ids, labels=ids).loss for mode in ("eager", "auto")]
+    torch.testing.assert_close(losses[1], losses[0], rtol=1e-5, atol=1e-6)
+    assert kernel_calls == ([1] if name == "covered" else [])
+    assert not [w for w in recwarn if "not taken" in str(w.message)]
+
+
 def test_shapes_and_dtypes_the_kernel_cannot_take_are_refused():
     cell = _cell()
     assert kernel.unsupported_reason(cell, 4, 8) is None

@@ -22,7 +22,7 @@ from newllm.models.new_llm.scan import autograd_scan, fused_scan
 from newllm.models.recurrent import RecurrentGenerationMixin, needs_state_mask
 
 
-FAST_PATHS = ("eager", "compiled", "graphed", "compiled+graphed", "kernel")
+FAST_PATHS = ("eager", "compiled", "graphed", "compiled+graphed", "kernel", "auto")
 
 
 def triton_refusal(device: torch.device) -> str | None:
@@ -105,7 +105,8 @@ class NewLLMModel(NewLLMPreTrainedModel):
                     from newllm.models.new_llm.kernel import kernel_scan
 
                     return kernel_scan(cell, embeddings, context)
-                if embeddings.is_cuda:  # on CPU every fast path runs eagerly, as documented; on a GPU say why
+                if embeddings.is_cuda and not cell.auto_fast_path:  # "kernel" on a GPU says why; "auto" falls
+                    # back to the compiled, graphed scan below without a word; on CPU every path runs eagerly
                     warnings.warn(f"fast path 'kernel' not taken: {reason}; running the eager scan", stacklevel=2)
             if cell.has_handwritten_backward:
                 return fused_scan(cell, embeddings, context)
@@ -148,22 +149,24 @@ class NewLLMForCausalLM(RecurrentGenerationMixin, NewLLMPreTrainedModel, Generat
         return self.output_logits(hidden), (context,)  # (B, T, V)
 
     def set_fast_path(self, mode: str) -> NewLLMForCausalLM:
-        """How training runs the recurrence on CUDA: "eager", "compiled", "graphed", "compiled+graphed" or "kernel".
+        """How training runs the recurrence on CUDA: "eager", "compiled", "graphed", "compiled+graphed", "kernel" or "auto".
 
         "compiled" fuses each step's kernels with torch.compile; "graphed" captures the whole scan,
         forward and backward, as CUDA graphs per input shape (scan.py). "kernel" runs the whole
         window in one Triton launch forward and one backward (kernel.py, kernel_mlp.py) where that applies
         (CUDA, triton installed, the prototype cell without residual or ffn_norm or the MLP-block cell, one
         context scale, float32 parameters) and
-        otherwise, with a warning on CUDA, the eager hand-written scan; not yet the default, being
-        unmeasured. The function is the same in every mode; on CPU every mode runs eagerly.
+        otherwise, with a warning on CUDA, the eager hand-written scan. "auto" takes the kernels where they
+        apply and "compiled+graphed" where they do not, silently. The function is the same in every mode; on
+        CPU every mode runs eagerly.
         """
         if mode not in FAST_PATHS:
             raise ValueError(f"unknown fast path {mode!r}; choose from {', '.join(FAST_PATHS)}")
         cell = self.model.cell
-        cell.compile_steps = "compiled" in mode
-        cell.cuda_graphs = "graphed" in mode
-        cell.kernel = mode == "kernel"
+        cell.compile_steps = "compiled" in mode or mode == "auto"
+        cell.cuda_graphs = "graphed" in mode or mode == "auto"
+        cell.kernel = mode in ("kernel", "auto")
+        cell.auto_fast_path = mode == "auto"
         cell.__dict__.pop("_scan_graphs", None)  # captures of the previous mode hold GPU memory
         return self
 
