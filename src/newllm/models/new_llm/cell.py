@@ -86,7 +86,6 @@ class BaseCell(nn.Module):
         self.compile_steps = False
         self.cuda_graphs = False
         self.kernel = False  # the Triton kernels of kernel.py, where they apply (modeling.kernel_refusal)
-        self.auto_fast_path = False  # "auto": where the kernels do not apply, the compiled, graphed scan, silently
 
     def forward(self, token_embeddings: torch.Tensor, context: torch.Tensor, mask: torch.Tensor | None = None):
         """`scan`: what `torch.func.functional_call` runs when a CUDA graph captures the cell (scan.py)."""

@@ -105,7 +105,7 @@ class NewLLMModel(NewLLMPreTrainedModel):
                     from newllm.models.new_llm.kernel import kernel_scan
 
                     return kernel_scan(cell, embeddings, context)
-                if embeddings.is_cuda and not cell.auto_fast_path:  # "kernel" on a GPU says why; "auto" falls
+                if embeddings.is_cuda and not cell.cuda_graphs:  # "kernel" on a GPU says why; "auto" falls
                     # back to the compiled, graphed scan below without a word; on CPU every path runs eagerly
                     warnings.warn(f"fast path 'kernel' not taken: {reason}; running the eager scan", stacklevel=2)
             if cell.has_handwritten_backward:
@@ -166,7 +166,6 @@ class NewLLMForCausalLM(RecurrentGenerationMixin, NewLLMPreTrainedModel, Generat
         cell.compile_steps = "compiled" in mode or mode == "auto"
         cell.cuda_graphs = "graphed" in mode or mode == "auto"
         cell.kernel = mode in ("kernel", "auto")
-        cell.auto_fast_path = mode == "auto"
         cell.__dict__.pop("_scan_graphs", None)  # captures of the previous mode hold GPU memory
         return self
 
