@@ -1,14 +1,17 @@
 """Training-step time of a preset's models, side by side in one process: what one epoch of a schedule costs.
 
     python benchmarks/step_time.py --preset study [--preset full] [--steps 20] [--out step_time.json]
-        [--new-llm-modes graphed,kernel] [--batch-size 256 --block-size 64] [--set model.names=new_llm,mamba2]
+        [--new-llm-modes graphed,kernel,compiled+graphed/autograd] [--baseline-modes eager,compiled,reduce-overhead]
+        [--batch-size 256 --block-size 64] [--set model.names=new_llm,mamba2]
 
 Each model of each preset (the baselines sized to its New-LLM, as in the experiment) runs full
 optimizer steps (forward, backward, AdamW) on random (batch_size, block_size) token windows under
 bf16 autocast, in each fast path a training run can take: New-LLM's `set_fast_path` modes (by
 default "graphed" and "compiled+graphed"; `--new-llm-modes` names others, such as "kernel", the
-Triton scan, whose row is an error if the model fell back), the baselines eagerly and through
-torch.compile; `--batch-size` and `--block-size` replace the preset's window shape. It prints
+Triton scan, whose row is an error if the model fell back; a mode ending in "/autograd" trains the cell
+through autograd instead of its hand-written backward, to compare the two), the baselines eagerly and
+through torch.compile (`--baseline-modes`: also "reduce-overhead", torch.compile with CUDA graphs);
+`--batch-size` and `--block-size` replace the preset's window shape. It prints
 milliseconds a step (median of `--steps` after warm-up) and tokens a second, and the seconds one
 WikiText-2 epoch of 2,688,768 training tokens would take at that speed.
 """
@@ -31,6 +34,7 @@ from newllm.models.new_llm.modeling import FAST_PATHS
 from newllm.models.registry import count_parameters
 from newllm.pipeline import model_configs
 
+BASELINE_MODES = ("eager", "compiled", "reduce-overhead")
 WIKITEXT_TRAIN_TOKENS = 2_688_768  # WikiText-2 train in the 8,192-entry BPE
 
 
@@ -74,15 +78,22 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default=None)
     parser.add_argument("--new-llm-modes", default="graphed,compiled+graphed",
                         help=f"comma-separated New-LLM fast paths, of: {', '.join(FAST_PATHS)}")
+    parser.add_argument("--baseline-modes", default="eager,compiled",
+                        help="comma-separated, of: eager, compiled, reduce-overhead (torch.compile with CUDA graphs)")
     parser.add_argument("--batch-size", type=int, default=None, help="instead of the preset's pretrain.batch_size")
     parser.add_argument("--block-size", type=int, default=None, help="instead of the preset's data.block_size")
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                         help="a preset override, e.g. --set model.names=new_llm,mamba2 to time the peer")
     args = parser.parse_args(argv)
     new_llm_modes = tuple(args.new_llm_modes.split(","))
-    unknown = [mode for mode in new_llm_modes if mode not in FAST_PATHS]
+    unknown = [mode for mode in new_llm_modes if mode.removesuffix("/autograd") not in FAST_PATHS]
     if unknown:
-        parser.error(f"--new-llm-modes: unknown {', '.join(unknown)}; choose from {', '.join(FAST_PATHS)}")
+        parser.error(f"--new-llm-modes: unknown {', '.join(unknown)}; choose from {', '.join(FAST_PATHS)}"
+                     " (each may end in /autograd)")
+    baseline_modes = tuple(args.baseline_modes.split(","))
+    unknown = [mode for mode in baseline_modes if mode not in BASELINE_MODES]
+    if unknown:
+        parser.error(f"--baseline-modes: unknown {', '.join(unknown)}; choose from {', '.join(BASELINE_MODES)}")
     if not torch.cuda.is_available():
         print("step_time.py: needs a CUDA device", file=sys.stderr)
         return 2
@@ -97,14 +108,15 @@ def main(argv=None) -> int:
         for name, model_config in configs.items():
             if args.models and name not in args.models.split(","):
                 continue
-            modes = new_llm_modes if name == "new_llm" else ("eager", "compiled")
+            modes = new_llm_modes if name == "new_llm" else baseline_modes
             for mode in modes:
                 torch.manual_seed(0)
                 model = build_model(name, model_config).cuda().train()
                 if name == "new_llm":
-                    model.set_fast_path(mode)
-                elif mode == "compiled":
-                    model = torch.compile(model)
+                    model.set_fast_path(mode.removesuffix("/autograd"))
+                    model.model.cell.handwritten_backward = not mode.endswith("/autograd")
+                elif mode != "eager":
+                    model = torch.compile(model, mode=None if mode == "compiled" else mode)
                 try:
                     with warnings.catch_warnings():
                         # a "kernel" row that silently timed the fallback would be a wrong number: make it an error row

@@ -143,17 +143,19 @@ def test_cuda_fast_paths_match_eager_forward_and_gradients(mode, options):
             torch.testing.assert_close(fast, ref, rtol=1e-4, atol=1e-5)
 
 
-# The MLP-block cell (block="mlp" with the options it is used with): autograd, captured as a CUDA graph
+# The MLP-block cell (block="mlp" with the options it is used with): scan_mlp.py's hand-written backward or
+# autograd, compiled and captured as CUDA graphs
 MLP_CELL = dict(block="mlp", embedding_size=32, hidden_size=32, context_size=32, mlp_ratio=2, tie_embeddings=True,
                 final_norm=True, candidate="tanh", context_clamp=0.0, forget_bias=1.0)  # fmt: skip
 
 
 @cuda
+@pytest.mark.parametrize("handwritten", [True, False], ids=["scan_mlp", "autograd"])
 @pytest.mark.parametrize("mode", ["compiled", "graphed", "compiled+graphed", "auto"])  # auto: kernel_mlp.py
-def test_cuda_autograd_scan_matches_eager_for_the_mlp_cell(mode):
+def test_cuda_fast_paths_match_eager_for_the_mlp_cell(mode, handwritten):
     torch.manual_seed(0)
     model = NewLLMForCausalLM(tiny_new_llm_config(**MLP_CELL)).cuda()
-    assert not model.model.cell.has_handwritten_backward
+    model.model.cell.handwritten_backward = handwritten
     ids = random_ids(4, 16).cuda()
     with torch.no_grad():
         logits_ref = model(ids).logits
@@ -214,8 +216,8 @@ def test_cell_step_draws_each_layers_dropout_mask_where_the_reference_drops():
 
 
 @cuda
-def test_cuda_autograd_scan_under_bf16_and_its_dropout_masks():
-    # Under bf16 autocast the scan still runs in fp32 (as fused_scan does): the loss stays within bf16's
+def test_cuda_mlp_cell_under_bf16_and_its_dropout_masks():
+    # Under bf16 autocast the scan still runs in fp32 (as every fast path does): the loss stays within bf16's
     # rounding of eager's; with dropout on, each replay draws new masks.
     torch.manual_seed(0)
     model = NewLLMForCausalLM(tiny_new_llm_config(**MLP_CELL)).cuda()

@@ -86,6 +86,8 @@ class BaseCell(nn.Module):
         self.compile_steps = False
         self.cuda_graphs = False
         self.kernel = False  # the Triton kernels of kernel.py, where they apply (modeling.kernel_refusal)
+        # False trains every cell through autograd (scan.autograd_scan), to compare that with the hand-written backward
+        self.handwritten_backward = True
 
     def forward(self, token_embeddings: torch.Tensor, context: torch.Tensor, mask: torch.Tensor | None = None):
         """`scan`: what `torch.func.functional_call` runs when a CUDA graph captures the cell (scan.py)."""
@@ -149,8 +151,9 @@ class NewLLMCell(BaseCell):
     @property
     def has_handwritten_backward(self) -> bool:
         """Whether scan.py's hand-written backward covers this cell: the prototype's Linear+ReLU stack (with
-        residuals, pre-norms and dropouts), a linear candidate, a clamp, one context scale. Other cells
-        train through autograd (compiled and CUDA-graphed on the fast path, scan.autograd_scan)."""
+        residuals, pre-norms and dropouts), a linear candidate, a clamp, one context scale. MLP-block cells
+        have their own (`has_mlp_backward`); the rest train through autograd (compiled and CUDA-graphed on
+        the fast path, scan.autograd_scan)."""
         return (
             self.context_scales == 1
             and self.blocks is None
@@ -158,6 +161,12 @@ class NewLLMCell(BaseCell):
             and self.candidate == "linear"
             and self.context_clamp > 0
         )
+
+    @property
+    def has_mlp_backward(self) -> bool:
+        """Whether scan_mlp.py's hand-written backward covers this cell: MLP blocks and one context scale
+        (with or without the final norm, either candidate, a clamp or none)."""
+        return self.context_scales == 1 and self.blocks is not None
 
     @property
     def fast_validation(self) -> bool:

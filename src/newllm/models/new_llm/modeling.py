@@ -19,6 +19,7 @@ from newllm.models.new_llm.cell import NewLLMCell, init_gate_biases
 from newllm.models.new_llm.parallel import ParallelNewLLMCell
 from newllm.models.new_llm.configuration import NewLLMConfig
 from newllm.models.new_llm.scan import autograd_scan, fused_scan
+from newllm.models.new_llm.scan_mlp import mlp_scan
 from newllm.models.recurrent import RecurrentGenerationMixin, needs_state_mask
 
 
@@ -96,7 +97,7 @@ class NewLLMModel(NewLLMPreTrainedModel):
             attention_mask = None  # no left padding: skip the per-step select
         cell = self.cell
         if attention_mask is None and isinstance(cell, NewLLMCell) and (torch.is_grad_enabled() or cell.fast_validation):
-            # Training: the same function with a hand-written backward (scan.py), several times faster.
+            # Training: the same function with a hand-written backward (scan.py, scan_mlp.py), several times faster.
             # Its validation too, once `set_fast_path` chose a CUDA fast path; other no_grad calls
             # (evaluation, generation) keep the reference loop, which runs under autocast.
             if cell.kernel:
@@ -108,8 +109,10 @@ class NewLLMModel(NewLLMPreTrainedModel):
                 if embeddings.is_cuda and not cell.cuda_graphs:  # "kernel" on a GPU says why; "auto" falls
                     # back to the compiled, graphed scan below without a word; on CPU every path runs eagerly
                     warnings.warn(f"fast path 'kernel' not taken: {reason}; running the eager scan", stacklevel=2)
-            if cell.has_handwritten_backward:
+            if cell.handwritten_backward and cell.has_handwritten_backward:
                 return fused_scan(cell, embeddings, context)
+            if cell.handwritten_backward and cell.has_mlp_backward:
+                return mlp_scan(cell, embeddings, context)
             if (cell.cuda_graphs or cell.compile_steps) and embeddings.is_cuda:
                 # a cell the hand-written backward does not cover: autograd, compiled and captured as set
                 return autograd_scan(cell, embeddings, context)

@@ -22,10 +22,11 @@ cell trade set-up time for speed (`NewLLMForCausalLM.set_fast_path`):
     cuda_graphs: the whole scan, forward and backward, is captured once per input shape
         (`CapturedScan`) and then replayed, with no Python or launch cost per token.
 
-Cells the hand-written backward does not cover (the MLP block, a tanh candidate, a final norm, no
-clamp, a multi-scale context) train through autograd on `cell_step`, a pure function of the
-parameters: `compile_steps` fuses each step with torch.compile (AOTAutograd compiles its backward
-too), and `cuda_graphs` captures the whole scan, backward included, the same way (`autograd_scan`).
+The MLP-block cell has a hand-written backward of its own (scan_mlp.py, through `run_scan` below).
+Cells neither covers (a tanh candidate, a final norm or no clamp on the Linear stack, a multi-scale
+context) train through autograd on `cell_step`, a pure function of the parameters: `compile_steps`
+fuses each step with torch.compile (AOTAutograd compiles its backward too), and `cuda_graphs`
+captures the whole scan, backward included, the same way (`autograd_scan`).
 """
 
 from __future__ import annotations
@@ -51,14 +52,14 @@ class ScanOptions(NamedTuple):
     ffn_norm: bool  # LayerNorm (with its own γ, β) before each of layers 2..L
 
 
-def _layer_norm(x, eps: float):
+def layer_norm_stats(x, eps: float):
     """(x̂, 1/σ) over the last dim, the two things LayerNorm's backward needs."""
     var, mean = torch.var_mean(x, dim=1, unbiased=False, keepdim=True)
     rstd = torch.rsqrt(var + eps)
     return (x - mean) * rstd, rstd
 
 
-def _layer_norm_backward(d_xhat, x_hat, rstd):
+def layer_norm_backward(d_xhat, x_hat, rstd):
     """dL/dx from dL/dx̂: rstd · (dx̂ - mean(dx̂) - x̂ · mean(dx̂ ⊙ x̂))."""
     return rstd * (d_xhat - d_xhat.mean(1, keepdim=True) - x_hat * (d_xhat * x_hat).mean(1, keepdim=True))
 
@@ -75,7 +76,7 @@ def forward_step(token_part, context, masks, context_mask, context_weight, weigh
     for layer, (weight, bias) in enumerate(zip(weights, biases), start=1):
         x = hidden
         if options.ffn_norm:
-            x_hat, rstd = _layer_norm(hidden, options.eps)
+            x_hat, rstd = layer_norm_stats(hidden, options.eps)
             gamma, beta = ffn_norms[2 * layer - 2], ffn_norms[2 * layer - 1]
             x = torch.addcmul(beta, x_hat, gamma)
             input_hats.append(x_hat)
@@ -92,7 +93,7 @@ def forward_step(token_part, context, masks, context_mask, context_weight, weigh
     delta, gates = proj.split([size_c, 2 * size_c], dim=1)
     forget, inp = torch.sigmoid(gates).chunk(2, dim=1)
     mixed = torch.addcmul(inp * delta, forget, context)
-    x_hat, rstd = _layer_norm(mixed, options.eps)
+    x_hat, rstd = layer_norm_stats(mixed, options.eps)
     new_context = torch.addcmul(norm_bias, x_hat, norm_weight).clamp(-options.clamp, options.clamp)
     return hidden, new_context, pre_acts, inputs, input_hats, input_rstds, x_hat, rstd, proj
 
@@ -107,7 +108,7 @@ def backward_step(d_context, grad_hidden, prev, out, x_hat, rstd, proj, pre_acts
     """
     size_c = prev.shape[1]
     d_out = d_context * (out.abs() < options.clamp)  # clamp: gradient only inside ±K
-    d_mixed = _layer_norm_backward(d_out * norm_weight, x_hat, rstd)
+    d_mixed = layer_norm_backward(d_out * norm_weight, x_hat, rstd)
     delta, gates = proj.split([size_c, 2 * size_c], dim=1)
     gate = torch.sigmoid(gates)
     forget, inp = gate.chunk(2, dim=1)
@@ -127,7 +128,7 @@ def backward_step(d_context, grad_hidden, prev, out, x_hat, rstd, proj, pre_acts
         if options.ffn_norm:
             d_norm_outs[layer - 1] = d_input
             gamma = ffn_norms[2 * layer - 2]
-            d_input = _layer_norm_backward(d_input * gamma, input_hats[layer - 1], input_rstds[layer - 1])
+            d_input = layer_norm_backward(d_input * gamma, input_hats[layer - 1], input_rstds[layer - 1])
         d_hidden = d_input + d_hidden if options.residual else d_input  # dL/dh_{layer}
     if context_mask is None:
         d_prev = torch.addmm(d_prev, d_pre_acts[0], context_weight)
@@ -328,29 +329,36 @@ def fused_scan(cell, token_embeddings: torch.Tensor, context: torch.Tensor) -> t
 
     Under no_grad (validation during training) the same forward runs, compiled and graphed as set,
     and no backward is captured."""
-    first = cell.layers[0]
-    token_weight, context_weight = first.weight.split([cell.embedding_size, cell.context_size], dim=1)
     params = [p for layer in cell.layers[1:] for p in (layer.weight, layer.bias)]
     if cell.norms is not None:
         params += [p for norm in cell.norms for p in (norm.weight, norm.bias)]
     dropout_p = cell.dropout.p if cell.training else 0.0
     context_dropout_p = cell.context_dropout.p if cell.training else 0.0
-    on_cuda = token_embeddings.is_cuda
-    steps = compiled_steps() if cell.compile_steps and on_cuda else EAGER_STEPS
+    steps = compiled_steps() if cell.compile_steps and token_embeddings.is_cuda else EAGER_STEPS
     options = ScanOptions(cell.context_norm.eps, cell.context_clamp, cell.residual, cell.norms is not None)
     scan = functools.partial(_scan, steps=steps, options=options, n_layers=len(cell.layers), dropout_p=dropout_p,
                              context_dropout_p=context_dropout_p)
-    # The recurrence runs in the parameters' dtype (fp32) even under bf16 autocast: it is bound by launches, not by
-    # arithmetic, and the hand-written backward needs one dtype. The casts are ordinary autograd
-    # ops, so the gradients come back in the caller's dtype.
+    rest = (cell.context_norm.weight, cell.context_norm.bias, cell.context_proj.weight, cell.context_proj.bias, *params)
+    return run_scan(cell, scan, token_embeddings, context, rest, (options, dropout_p, context_dropout_p, steps is not EAGER_STEPS))
+
+
+def run_scan(cell, scan, token_embeddings: torch.Tensor, context: torch.Tensor, rest: tuple, key: tuple):
+    """What the hand-written scans (this file's and scan_mlp.py's) share around `scan`: (B, T, E), (B, C) → (B, T, H), (B, C).
+
+    The token half of the first layer for all positions at once, then `scan(token_part, context,
+    context_weight, *rest)`, captured as CUDA graphs per input shape (and `key`) with `cell.cuda_graphs`
+    on CUDA. The recurrence runs in the parameters' dtype (fp32) even under bf16 autocast: it is bound
+    by launches, not by arithmetic, and a hand-written backward needs one dtype. The casts are
+    ordinary autograd ops, so the gradients come back in the caller's dtype."""
+    first = cell.layers[0]
+    token_weight, context_weight = first.weight.split([cell.embedding_size, cell.context_size], dim=1)
     with torch.autocast(token_embeddings.device.type, enabled=False):
         dtype = first.weight.dtype  # the parameters' dtype (fp32 under autocast)
         token_part = F.linear(token_embeddings.to(dtype), token_weight, first.bias)
         token_part = token_part.transpose(0, 1).contiguous()  # (T, B, H)
-        tensors = (token_part, context.to(dtype), context_weight, cell.context_norm.weight, cell.context_norm.bias,
-                   cell.context_proj.weight, cell.context_proj.bias, *params)  # fmt: skip
-        if cell.cuda_graphs and on_cuda:
-            scan = _graphed(cell, scan, tensors, (options, dropout_p, context_dropout_p, steps is not EAGER_STEPS))
+        tensors = (token_part, context.to(dtype), context_weight, *rest)
+        if cell.cuda_graphs and token_embeddings.is_cuda:
+            scan = _graphed(cell, scan, tensors, key)
         hidden, context = scan(*tensors)
     return hidden.transpose(0, 1), context
 
