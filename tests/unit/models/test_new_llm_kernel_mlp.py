@@ -93,8 +93,8 @@ def _model(mode, **overrides):
 
 
 def test_mlp_kernel_scan_draws_the_masks_of_the_autograd_scan():
-    # scan.autograd_scan (the MLP cell's training scan on the GPU's other fast paths) and mlp_kernel_scan draw
-    # their dropout masks alike: one seed, the same hidden states, last context and gradients.
+    # scan.autograd_scan (which draws the masks as scan_mlp.mlp_scan, the MLP cell's training scan, does) and
+    # mlp_kernel_scan draw their dropout masks alike: one seed, the same hidden states, last context and gradients.
     from newllm.models.new_llm.scan import autograd_scan
 
     cell = _cell(**STUDY, dropout=0.3, context_dropout=0.2).train()

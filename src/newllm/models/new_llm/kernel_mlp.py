@@ -400,8 +400,8 @@ class MLPKernelScan(torch.autograd.Function):
 
 
 def mlp_kernel_scan(cell, token_embeddings: torch.Tensor, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """`scan.autograd_scan` of an MLP-block cell through the kernels: (B, T, E), (B, C) → hidden (B, T, D), last
-    context. The masks are drawn as scan.py draws them, so one seed gives both paths the same masks."""
+    """`scan_mlp.mlp_scan` through the kernels: (B, T, E), (B, C) → hidden (B, T, D), last context. The masks
+    are drawn as scan_mlp.py and scan.autograd_scan draw them, so one seed gives every path the same masks."""
     reason = mlp_unsupported_reason(cell, token_embeddings.shape[0], token_embeddings.shape[1])
     if reason is not None:
         raise ValueError(reason)
