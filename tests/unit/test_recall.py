@@ -315,11 +315,14 @@ def test_the_equal_state_table_in_recall_md_is_its_json():
 def test_the_two_pair_table_in_recall_md_is_its_json():
     """docs/recall.md's two-pair table: one row per model, learning rate and option, every number from its JSON."""
     lines, results = _recall_doc("recall_cpu_two_pairs")
+    _, mlp = _recall_doc("recall_cpu_two_pairs_mlp")  # the study's MLP cell, run later with the same config
+    assert mlp["parts"][0]["config"] | {"models": None} == results["parts"][0]["config"] | {"models": None}
+    results["labels"].update(mlp["labels"])
     change = {(): "none", (("forget_bias", 3),): "forget-gate bias 3"}
     variants = {}
-    for run in results["runs"]:
+    for run in results["runs"] + mlp["runs"]:
         variants.setdefault((run["model"], run["lr"], tuple(sorted(run["options"].items()))), []).append(run)
-    assert len(variants) == 7
+    assert len(variants) == 10
     for (model, lr, options), runs in variants.items():
         assert sorted(r["seed"] for r in runs) == [0, 1, 2], (model, lr, options)
         expected = (f"| {results['labels'][model]} | {_rate(lr)} | {change[options]} | "
