@@ -1,5 +1,8 @@
 """scan_mlp.py: the MLP-block cell's hand-written backward computes `cell.step` along T and its gradients."""
 
+import shutil
+from unittest.mock import patch
+
 import pytest
 import torch
 
@@ -7,6 +10,7 @@ from newllm.models.new_llm import NewLLMConfig, NewLLMForCausalLM
 from newllm.models.new_llm import modeling
 from newllm.models.new_llm.cell import NewLLMCell
 from newllm.models.new_llm.scan import autograd_scan
+from newllm.models.new_llm import scan_mlp
 from newllm.models.new_llm.scan_mlp import mlp_scan
 from tests.unit.models.conftest import random_ids, tiny_new_llm_config
 
@@ -128,3 +132,24 @@ def test_mlp_scan_trains_under_bf16_autocast_in_fp32():
     assert torch.isfinite(out.loss)
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
     assert model.model.cell.blocks[0].up.weight.grad.dtype == torch.float32
+
+
+@pytest.mark.skipif(shutil.which("cc") is None and shutil.which("gcc") is None,
+                    reason="torch.compile on CPU needs a C compiler")  # fmt: skip
+def test_compiled_step_functions_equal_the_eager_ones():
+    """The fast path compiles `forward_step` and `backward_step` on CUDA only. Patched in here, inductor's CPU
+    backend checks that both trace and compute what the eager functions compute (dropout on, the same masks)."""
+    cell = mlp_cell(final_norm=True, candidate="tanh", context_clamp=0.0, dropout=0.2).float().train()
+    inputs = torch.randn(3, 5, cell.embedding_size, requires_grad=True)
+    context0 = torch.randn(3, cell.context_size)
+    results = []
+    for compiled in (False, True):
+        torch.manual_seed(2)
+        with patch.object(scan_mlp, "EAGER_STEPS", scan_mlp.compiled_steps() if compiled else scan_mlp.EAGER_STEPS):
+            hidden, context = mlp_scan(cell, inputs, context0)
+        results.append((hidden, context, torch.autograd.grad(_loss(hidden, context), [inputs, *cell.parameters()])))
+    (hidden, context, grads), (hidden_c, context_c, grads_c) = results
+    torch.testing.assert_close(hidden_c, hidden, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(context_c, context, rtol=1e-5, atol=1e-5)
+    for fast, ref in zip(grads_c, grads):
+        torch.testing.assert_close(fast, ref, rtol=1e-4, atol=1e-5)
