@@ -315,14 +315,21 @@ def test_the_equal_state_table_in_recall_md_is_its_json():
 def test_the_two_pair_table_in_recall_md_is_its_json():
     """docs/recall.md's two-pair table: one row per model, learning rate and option, every number from its JSON."""
     lines, results = _recall_doc("recall_cpu_two_pairs")
-    _, mlp = _recall_doc("recall_cpu_two_pairs_mlp")  # the study's MLP cell, run later with the same config
-    assert mlp["parts"][0]["config"] | {"models": None} == results["parts"][0]["config"] | {"models": None}
-    results["labels"].update(mlp["labels"])
-    change = {(): "none", (("forget_bias", 3),): "forget-gate bias 3"}
+    # the study's MLP cell, run later with the same config: as it is, then one lever changed at a time
+    later = [_recall_doc(folder)[1] for folder in ("recall_cpu_two_pairs_mlp", "recall_cpu_two_pairs_mlp_levers")]
+    runs = list(results["runs"])
+    for part in later:
+        varied = {"models": None, "lr": None, "options": None}  # what the commands set per run; each row records them
+        assert part["parts"][0]["config"] | varied == results["parts"][0]["config"] | varied
+        results["labels"].update(part["labels"])
+        runs += part["runs"]
+    change = {(): "none", (("forget_bias", 3),): "forget-gate bias 3",
+              (("candidate", "linear"), ("context_clamp", 10)): "the prototype's update: linear Δ, clamp 10",
+              (("final_norm", False),): "no final norm", (("tie_embeddings", False),): "its own head, not tied"}
     variants = {}
-    for run in results["runs"] + mlp["runs"]:
+    for run in runs:
         variants.setdefault((run["model"], run["lr"], tuple(sorted(run["options"].items()))), []).append(run)
-    assert len(variants) == 10
+    assert len(variants) == 13
     for (model, lr, options), runs in variants.items():
         assert sorted(r["seed"] for r in runs) == [0, 1, 2], (model, lr, options)
         expected = (f"| {results['labels'][model]} | {_rate(lr)} | {change[options]} | "
