@@ -238,16 +238,27 @@ def test_training_forward_uses_the_fused_path_and_equals_eval_forward():
     torch.testing.assert_close(fused.loss, reference.loss, rtol=1e-5, atol=1e-5)
 
 
-def test_fused_path_trains_under_bf16_autocast():
+# the cell each hand-written scan covers (scan.py, scan_mlp.py), and a weight its backward computes in fp32
+BF16_CELLS = {
+    "prototype": ({}, lambda cell: cell.context_proj.weight),
+    "mlp": (dict(block="mlp", embedding_size=32, hidden_size=32, context_size=32, mlp_ratio=2, tie_embeddings=True,
+                 final_norm=True, candidate="tanh", context_clamp=0.0, forget_bias=1.0, dropout=0.2),
+            lambda cell: cell.blocks[0].up.weight),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", BF16_CELLS)
+def test_fused_path_trains_under_bf16_autocast(name):
+    fields, weight = BF16_CELLS[name]
     torch.manual_seed(0)
-    model = NewLLMForCausalLM(tiny_new_llm_config()).train()
+    model = NewLLMForCausalLM(tiny_new_llm_config(**fields)).train()
     ids = random_ids(2, 10)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = model(ids, labels=ids)
     out.loss.backward()
     assert torch.isfinite(out.loss)
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
-    assert model.model.cell.context_proj.weight.grad.dtype == torch.float32
+    assert weight(model.model.cell).grad.dtype == torch.float32
 
 
 def test_fused_scan_with_context_dropout_equals_the_reference_with_the_same_masks(monkeypatch):

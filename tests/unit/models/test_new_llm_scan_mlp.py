@@ -122,18 +122,6 @@ def test_training_takes_the_mlp_scan_unless_told_not_to(monkeypatch, handwritten
     torch.testing.assert_close(loss, reference, rtol=1e-5, atol=1e-5)
 
 
-def test_mlp_scan_trains_under_bf16_autocast_in_fp32():
-    torch.manual_seed(0)
-    model = NewLLMForCausalLM(tiny_new_llm_config(**MLP_MODEL, dropout=0.2)).train()
-    ids = random_ids(2, 10)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        out = model(ids, labels=ids)
-    out.loss.backward()
-    assert torch.isfinite(out.loss)
-    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
-    assert model.model.cell.blocks[0].up.weight.grad.dtype == torch.float32
-
-
 @pytest.mark.skipif(shutil.which("cc") is None and shutil.which("gcc") is None,
                     reason="torch.compile on CPU needs a C compiler")  # fmt: skip
 def test_compiled_step_functions_equal_the_eager_ones():
