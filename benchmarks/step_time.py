@@ -113,8 +113,7 @@ def main(argv=None) -> int:
                 torch.manual_seed(0)
                 model = build_model(name, model_config).cuda().train()
                 if name == "new_llm":
-                    model.set_fast_path(mode.removesuffix("/autograd"))
-                    model.model.cell.handwritten_backward = not mode.endswith("/autograd")
+                    model.set_fast_path(mode)
                 elif mode != "eager":
                     model = torch.compile(model, mode=None if mode == "compiled" else mode)
                 try:

@@ -100,8 +100,9 @@ BPE_SMALLEST_VOCAB = 260  # data/tokenizer.py's floor, checked here before any d
 POSITIVE_INT = Bound(1)
 FRACTION = Bound(0, 1)  # [0, 1): dropout probabilities and such
 # models/new_llm/modeling.py's FAST_PATHS but "eager" (which `compile = false` means), repeated here so that a
-# TrainConfig is checked without importing the model (a test ties them)
-NEW_LLM_FAST_PATHS = ("compiled", "graphed", "compiled+graphed", "kernel", "auto")
+# TrainConfig is checked without importing the model (a test ties them); "compiled+graphed/autograd" trains the
+# cell through autograd instead of its hand-written backward (the same function, a fallback and a comparison)
+NEW_LLM_FAST_PATHS = ("compiled", "graphed", "compiled+graphed", "kernel", "auto", "compiled+graphed/autograd")
 # transformers' SchedulerType values that need no scheduler arguments beyond warmup and the step count
 SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup", "inverse_sqrt")
 

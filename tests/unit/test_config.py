@@ -225,7 +225,7 @@ def test_config_knows_the_fast_paths_and_the_trainers_schedulers():
     from newllm.config import NEW_LLM_FAST_PATHS, SCHEDULERS
     from newllm.models.new_llm.modeling import FAST_PATHS
 
-    assert set(NEW_LLM_FAST_PATHS) == set(FAST_PATHS) - {"eager"}
+    assert set(NEW_LLM_FAST_PATHS) == set(FAST_PATHS) - {"eager"} | {"compiled+graphed/autograd"}
     assert set(SCHEDULERS) <= {s.value for s in SchedulerType}
 
 

@@ -22,6 +22,15 @@ def test_set_fast_path_rejects_unknown_modes():
     model = NewLLMForCausalLM(tiny_new_llm_config())
     with pytest.raises(ValueError, match="unknown fast path 'graph'"):
         model.set_fast_path("graph")
+    with pytest.raises(ValueError, match="unknown fast path 'graph'"):
+        model.set_fast_path("graph/autograd")
+
+
+def test_a_fast_path_ending_in_autograd_turns_the_handwritten_backward_off_and_back_on():
+    model = NewLLMForCausalLM(tiny_new_llm_config())
+    assert model.set_fast_path("compiled+graphed/autograd").model.cell.handwritten_backward is False
+    assert model.model.cell.cuda_graphs and model.model.cell.compile_steps
+    assert model.set_fast_path("compiled+graphed").model.cell.handwritten_backward is True
 
 
 @pytest.mark.parametrize("mode", FAST_PATHS)

@@ -160,12 +160,17 @@ class NewLLMForCausalLM(RecurrentGenerationMixin, NewLLMPreTrainedModel, Generat
         (CUDA, triton installed, the prototype cell without residual or ffn_norm or the MLP-block cell, one
         context scale, float32 parameters) and
         otherwise, with a warning on CUDA, the eager hand-written scan. "auto" takes the kernels where they
-        apply and "compiled+graphed" where they do not, silently. The function is the same in every mode; on
-        CPU every mode runs eagerly.
+        apply and "compiled+graphed" where they do not, silently. A mode ending in "/autograd"
+        ("compiled+graphed/autograd") trains the cell through autograd instead of its hand-written backward
+        (scan.py, scan_mlp.py), to compare the two. The function is the same in every mode; on CPU every mode
+        runs eagerly.
         """
+        autograd = mode.endswith("/autograd")
+        mode = mode.removesuffix("/autograd")
         if mode not in FAST_PATHS:
-            raise ValueError(f"unknown fast path {mode!r}; choose from {', '.join(FAST_PATHS)}")
+            raise ValueError(f"unknown fast path {mode!r}; choose from {', '.join(FAST_PATHS)} (each may end in /autograd)")
         cell = self.model.cell
+        cell.handwritten_backward = not autograd
         cell.compile_steps = "compiled" in mode or mode == "auto"
         cell.cuda_graphs = "graphed" in mode or mode == "auto"
         cell.kernel = mode in ("kernel", "auto")
