@@ -1,7 +1,7 @@
 """The tuning grid: every model family trained on the same grid of settings, chosen on validation only.
 
     python benchmarks/tune.py run RUNS_DIR [--grid configs/grids/study.toml] [--only new_llm] [--gpus 0,1] [--mps] [--deadline UNIX]
-        [--pretrained STEP1_RUNS]
+        [--pretrained STEP1_RUNS] [--seed N] [--set FIELD=VALUE]
     python benchmarks/tune.py collect RUNS_DIR [--previous SUMMARY.json] [--commit SHA] --out docs/results/study_grid.json
     python benchmarks/tune.py plot SUMMARY.json --out docs/results/study_grid_val_ppl.png
 
@@ -102,13 +102,16 @@ def points(grid: dict, only: str | None = None) -> list[dict]:
     return out
 
 
-def command(grid: dict, point: dict, runs_dir: Path, python: str, time_limit: float | None) -> list[str]:
+def command(grid: dict, point: dict, runs_dir: Path, python: str, time_limit: float | None,
+            overrides: tuple[str, ...] = ()) -> list[str]:
     step = step_of(grid)
     cmd = [python, "-m", "newllm.cli", step, "--preset", family_preset(grid, point["family"]), "--models",
            point["family"], "--output-dir", str(runs_dir / point["name"]), "--no-progress", "--set",
            f"{step}.seed={grid.get('seed', 0)}"]  # fmt: skip
     for key, value in point["settings"].items():
         cmd += ["--set", f"{key}={value}"]
+    for override in overrides:  # the same for every point: how it runs, not what is tuned
+        cmd += ["--set", override]
     if time_limit is not None:
         cmd += ["--set", f"{step}.time_limit={max(time_limit, 1):.0f}"]
     return cmd
@@ -152,6 +155,8 @@ def train_tokenizer(grid: dict, runs_dir: Path) -> Path:
 
 def run(args) -> int:
     grid = load_grid(Path(args.grid))
+    if args.seed is not None:  # the same grid at another seed: each point's seed and, step 2, its step-1 run
+        grid["seed"] = args.seed
     runs_dir = Path(args.runs_dir)
     runs_dir.mkdir(parents=True, exist_ok=True)
     grid_points = points(grid, args.only)
@@ -159,7 +164,7 @@ def run(args) -> int:
     if args.dry_run:
         for i, point in enumerate(grid_points):
             gpu = f"GPU {gpus[i % len(gpus)]}: " if gpus else ""
-            print(gpu + " ".join(command(grid, point, runs_dir, args.python, None)))
+            print(gpu + " ".join(command(grid, point, runs_dir, args.python, None, args.overrides)))
         return 0
     env = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false", PYTHONUNBUFFERED="1")
     mps = None
@@ -189,7 +194,7 @@ def run(args) -> int:
             point_env["CUDA_VISIBLE_DEVICES"] = uuids[int(gpu)] if gpu.isdigit() and int(gpu) < len(uuids) else gpu
         limit = None if args.deadline is None else args.deadline - time.time() - MARGIN
         log = open(runs_dir / f"{point['name']}.log", "w")
-        cmd = command(grid, point, runs_dir, args.python, limit)
+        cmd = command(grid, point, runs_dir, args.python, limit, args.overrides)
         launches.append((point, subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=point_env), log))
         print(f"started {point['name']}", flush=True)
     codes = {}
@@ -331,6 +336,9 @@ def main(argv=None) -> int:
     run_p.add_argument("--python", default=sys.executable)
     run_p.add_argument("--dry-run", action="store_true", help="print the commands and exit")
     run_p.add_argument("--pretrained", default=None, help="step-2 grids: the folder of the step-1 runs they start from")
+    run_p.add_argument("--seed", type=int, default=None, help="instead of the grid file's seed")
+    run_p.add_argument("--set", action="append", default=[], dest="overrides", metavar="FIELD=VALUE",
+                       help="added to every point's command, as full_schedule.sh's EXTRA (e.g. finetune.fast_path=...)")
     collect_p = sub.choices["collect"]
     collect_p.add_argument("--out", default=None)
     collect_p.add_argument("--previous", default=None, help="an earlier summary whose points stand where RUNS_DIR has none")

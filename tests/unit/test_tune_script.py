@@ -214,3 +214,14 @@ def test_the_studys_step_2_grid_starts_from_the_chosen_presets(tune):
     assert {family: tune.family_preset(grid, family) for family in grid["families"]} == {
         "new_llm": "study_new_llm", "tinygpt2": "study_tinygpt2", "lstm": "study_lstm"}  # fmt: skip
     assert len(tune.points(grid)) == 9
+
+
+def test_run_takes_another_seed_and_settings_for_every_point(tune, grid_file, tmp_path, capsys):
+    runs = tmp_path / "runs"
+    assert tune.main(["run", str(runs), "--grid", str(grid_file), "--only", "lstm", "--seed", "7",
+                      "--set", "pretrain.fast_path=compiled", "--dry-run"]) == 0  # fmt: skip
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 4
+    for line in lines:
+        sets = line.split("--set ")[1:]
+        assert sets[0].strip() == "pretrain.seed=7" and sets[-1].strip() == "pretrain.fast_path=compiled"
