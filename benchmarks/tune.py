@@ -1,7 +1,7 @@
 """The tuning grid: every model family trained on the same grid of settings, chosen on validation only.
 
     python benchmarks/tune.py run RUNS_DIR [--grid configs/grids/study.toml] [--only new_llm] [--gpus 0,1] [--mps] [--deadline UNIX]
-        [--pretrained STEP1_RUNS] [--seed N] [--set FIELD=VALUE]
+        [--pretrained STEP1_RUNS] [--seed N] [NEWLLM OPTIONS, e.g. --set FIELD=VALUE]
     python benchmarks/tune.py collect RUNS_DIR [--previous SUMMARY.json] [--commit SHA] --out docs/results/study_grid.json
     python benchmarks/tune.py plot SUMMARY.json --out docs/results/study_grid_val_ppl.png
 
@@ -103,15 +103,14 @@ def points(grid: dict, only: str | None = None) -> list[dict]:
 
 
 def command(grid: dict, point: dict, runs_dir: Path, python: str, time_limit: float | None,
-            overrides: tuple[str, ...] = ()) -> list[str]:
+            extra: tuple[str, ...] = ()) -> list[str]:
     step = step_of(grid)
     cmd = [python, "-m", "newllm.cli", step, "--preset", family_preset(grid, point["family"]), "--models",
            point["family"], "--output-dir", str(runs_dir / point["name"]), "--no-progress", "--set",
            f"{step}.seed={grid.get('seed', 0)}"]  # fmt: skip
     for key, value in point["settings"].items():
         cmd += ["--set", f"{key}={value}"]
-    for override in overrides:  # the same for every point: how it runs, not what is tuned
-        cmd += ["--set", override]
+    cmd += extra  # the same for every point: how it runs, not what is tuned
     if time_limit is not None:
         cmd += ["--set", f"{step}.time_limit={max(time_limit, 1):.0f}"]
     return cmd
@@ -337,8 +336,6 @@ def main(argv=None) -> int:
     run_p.add_argument("--dry-run", action="store_true", help="print the commands and exit")
     run_p.add_argument("--pretrained", default=None, help="step-2 grids: the folder of the step-1 runs they start from")
     run_p.add_argument("--seed", type=int, default=None, help="instead of the grid file's seed")
-    run_p.add_argument("--set", action="append", default=[], dest="overrides", metavar="FIELD=VALUE",
-                       help="added to every point's command, as full_schedule.sh's EXTRA (e.g. finetune.fast_path=...)")
     collect_p = sub.choices["collect"]
     collect_p.add_argument("--out", default=None)
     collect_p.add_argument("--previous", default=None, help="an earlier summary whose points stand where RUNS_DIR has none")
@@ -346,7 +343,11 @@ def main(argv=None) -> int:
     plot_p = sub.add_parser("plot", help="validation perplexity per epoch of every point of a summary")
     plot_p.add_argument("summary")
     plot_p.add_argument("--out", required=True)
-    args = parser.parse_args(argv)
+    # run: options it does not know go to every point's newllm command, as full_schedule.sh's EXTRA
+    # (`--set finetune.fast_path=compiled+graphed/autograd`, `--device cpu`)
+    args, args.overrides = parser.parse_known_args(argv)
+    if args.overrides and args.action != "run":
+        parser.error(f"unrecognized arguments: {' '.join(args.overrides)}")
     return {"run": run, "collect": collect, "plot": plot}[args.action](args)
 
 

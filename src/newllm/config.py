@@ -271,6 +271,12 @@ class TrainConfig:
     # with stateful: false reads the lanes in the same order but starts every window from a reset state
     # (a diagnostic: what the batch order alone costs, without the carried context)
     stateful_carry: bool = True
+    # Each batch drawn from dialogues of similar length (transformers' group_by_length: a random permutation cut
+    # into megabatches of 50 batches, each sorted by length), in an order fixed by (seed, epoch) so that a resumed
+    # run reads the same batches (data/batching.py). DailyDialog's windows run from 2 to 257 tokens: a batch
+    # padded to its longest is 48 % padding at random and 2 % grouped, and a recurrent model steps through every
+    # padded position. Step 2 only (WikiText windows are all one length).
+    group_by_length: bool = False
     on_nonfinite: str = "stop"  # NaN/inf loss: "stop" the run, or "skip" that optimizer step
     # > 0: seconds this process may train the stage (like Lightning's max_time). It stops after the epoch
     # whose successor would not end in time and keeps the best model so far, marked "stopped": "time_limit".
@@ -291,6 +297,8 @@ class TrainConfig:
             raise ConfigError("stateful_rotate: rotates the lanes of stateful training; set stateful = true too")
         if not self.stateful_carry and not self.stateful:
             raise ConfigError("stateful_carry: applies to stateful training; set stateful = true too")
+        if self.group_by_length and self.stateful:
+            raise ConfigError("group_by_length: stateful training reads its lanes in order; set one of them to false")
 
 
 @dataclass(frozen=True)

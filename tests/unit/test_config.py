@@ -484,3 +484,9 @@ def test_a_device_name_is_checked_when_the_config_is_built(device):
     with pytest.raises(ConfigError, match=f"device: unknown device {device!r}: use auto, cpu, cuda or cuda:N"):
         load_config("quick", [f"device={device}"])
     assert load_config("quick", ["device=cuda:1"]).device == "cuda:1"  # whether it exists is the step's check
+
+
+def test_grouping_by_length_and_stateful_lanes_are_refused_together():
+    assert load_config("quick", ["finetune.group_by_length=true"]).finetune.group_by_length is True
+    with pytest.raises(ConfigError, match="pretrain.group_by_length: stateful training reads its lanes in order"):
+        load_config("quick", ["pretrain.stateful=true", "pretrain.group_by_length=true"])

@@ -216,12 +216,14 @@ def test_the_studys_step_2_grid_starts_from_the_chosen_presets(tune):
     assert len(tune.points(grid)) == 9
 
 
-def test_run_takes_another_seed_and_settings_for_every_point(tune, grid_file, tmp_path, capsys):
+def test_run_takes_another_seed_and_passes_other_options_to_every_point(tune, grid_file, tmp_path, capsys):
     runs = tmp_path / "runs"
     assert tune.main(["run", str(runs), "--grid", str(grid_file), "--only", "lstm", "--seed", "7",
-                      "--set", "pretrain.fast_path=compiled", "--dry-run"]) == 0  # fmt: skip
+                      "--set", "pretrain.fast_path=compiled", "--device", "cpu", "--dry-run"]) == 0  # fmt: skip
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 4
     for line in lines:
-        sets = line.split("--set ")[1:]
-        assert sets[0].strip() == "pretrain.seed=7" and sets[-1].strip() == "pretrain.fast_path=compiled"
+        assert " --set pretrain.seed=7 " in line
+        assert line.endswith(" --set pretrain.fast_path=compiled --device cpu")
+    with pytest.raises(SystemExit):  # collect takes no newllm options
+        tune.main(["collect", str(runs), "--grid", str(grid_file), "--device", "cpu"])

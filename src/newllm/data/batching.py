@@ -5,7 +5,8 @@ from __future__ import annotations
 import itertools
 
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Sampler
+from transformers.trainer_pt_utils import get_length_grouped_indices
 
 from newllm.data.errors import DataFormatError
 
@@ -157,6 +158,11 @@ class DialogWindows(Dataset):
     def __len__(self) -> int:
         return len(self._spans)
 
+    @property
+    def lengths(self) -> list[int]:
+        """Tokens of each item, in item order (what TrainConfig.group_by_length groups batches by)."""
+        return [stop - start for start, stop in self._spans]
+
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         start, stop = self._spans[index]
         window = self._ids[start:stop].clone()
@@ -164,13 +170,57 @@ class DialogWindows(Dataset):
         return {"input_ids": window, "labels": window, "response_mask": self._mask[start:stop].clone()}
 
 
-def collate(batch: list[dict], pad_id: int, keep_response_mask: bool = False) -> dict[str, torch.Tensor]:
-    """Right-pad items to the longest: input_ids with pad_id, labels with -100, attention_mask 1 on real tokens."""
+class LengthGroupedSampler(Sampler[int]):
+    """Every item once per epoch, in batches of similar length: transformers' get_length_grouped_indices (a
+    random permutation cut into megabatches of up to 50 batches, each sorted by length, the longest batch
+    first), drawn from (seed, epoch) alone.
+
+    transformers' own LengthGroupedSampler draws from the global random state when an epoch starts, and a
+    run resumed in the middle of an epoch restores that state as it was at the checkpoint, not at the
+    epoch's start: it would read other batches (tests/unit/training/test_resume.py). The Trainer calls
+    set_epoch at the start of every epoch.
+    """
+
+    def __init__(self, lengths: list[int], batch_size: int, seed: int = 0):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.lengths = list(lengths)
+        self.batch_size = batch_size
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        return iter(get_length_grouped_indices(self.lengths, self.batch_size, generator=generator))
+
+
+def collate(
+    batch: list[dict],
+    pad_id: int,
+    keep_response_mask: bool = False,
+    pad_to_multiple_of: int | None = None,
+    max_length: int | None = None,
+) -> dict[str, torch.Tensor]:
+    """Right-pad items to the longest: input_ids with pad_id, labels with -100, attention_mask 1 on real tokens.
+
+    pad_to_multiple_of rounds the width up (at most to max_length, never below the longest item), so
+    that batches of many lengths come in few shapes: the CUDA-graphed scan captures one graph per shape.
+    """
     if not batch:
         raise ValueError("cannot collate an empty batch")
     if keep_response_mask and any("response_mask" not in item for item in batch):
         raise ValueError("keep_response_mask=True but an item has no response_mask (DialogWindows provides it)")
-    shape = (len(batch), max(len(item["input_ids"]) for item in batch))
+    width = max(len(item["input_ids"]) for item in batch)
+    if pad_to_multiple_of:
+        rounded = -(-width // pad_to_multiple_of) * pad_to_multiple_of
+        width = max(width, min(rounded, max_length)) if max_length else rounded
+    shape = (len(batch), width)
     out = {
         "input_ids": torch.full(shape, pad_id, dtype=torch.long),
         "labels": torch.full(shape, IGNORE_INDEX, dtype=torch.long),

@@ -28,6 +28,7 @@ from transformers.trainer_callback import ExportableState, PrinterCallback, Prog
 from transformers.trainer_utils import get_last_checkpoint
 
 from newllm.config import TrainConfig
+from newllm.data.batching import LengthGroupedSampler
 from newllm.training.checkpoint import check_trainer_checkpoint, write_json_atomic
 from newllm.models.recurrent import RecurrentCache
 from newllm.models.registry import carries_state
@@ -262,6 +263,15 @@ class FiniteEvalTrainer(Trainer):
     the validation set could still be kept as the best.
     """
 
+    group_by_length: bool = False  # TrainConfig.group_by_length: batches of similar length
+
+    def _get_train_sampler(self, *args, **kwargs):
+        if not self.group_by_length:
+            return super()._get_train_sampler(*args, **kwargs)
+        # the megabatch unit is one optimizer step's items, as transformers' own group_by_length uses
+        batch = self.args.train_batch_size * self.args.gradient_accumulation_steps
+        return LengthGroupedSampler(self.train_dataset.lengths, batch, seed=self.args.seed)
+
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         loss, logits, labels = super().prediction_step(model, inputs, prediction_loss_only, ignore_keys=ignore_keys)
         if loss is not None and not torch.isfinite(loss).all():
@@ -345,6 +355,9 @@ def train(
     skip_nonfinite = config.on_nonfinite == "skip"
     if config.stateful:
         _check_stateful(model, train_dataset, config)
+    if config.group_by_length and not hasattr(train_dataset, "lengths"):
+        raise ValueError(f"group_by_length groups items by their lengths, which {type(train_dataset).__name__} does not "
+                         "give: it applies to dialogues (DialogWindows), not to equal-length windows")  # fmt: skip
     if _has_checkpoints(run_dir) and not resume:
         if not overwrite:
             raise RunExistsError(
@@ -425,6 +438,7 @@ def train(
     # Our models take **kwargs and return a mean loss; without this the Trainer assumes they divide
     # by num_items_in_batch and multiplies the loss by the world size (and skips the grad_accum division).
     trainer.model_accepts_loss_kwargs = False
+    trainer.group_by_length = config.group_by_length
     if config.stateful:
         trainer.carry = config.stateful_carry
         trainer.add_callback(ResetStateCallback(trainer))

@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 from torch.utils.data import DataLoader
 
 from newllm.data import DialogWindows, StreamWindows, collate, count_targets, encode_dialogue, special_ids
+from newllm.data.batching import LengthGroupedSampler
 
 
 def scored(item):
@@ -186,3 +187,51 @@ def test_stream_lanes_rejects_bad_shapes(kwargs, message):
 
     with pytest.raises(ValueError, match=message):
         StreamLanes(torch.arange(100), **kwargs)
+
+
+def test_dialog_windows_give_each_items_length(encoded):
+    windows = DialogWindows(encoded, block_size=5)
+    assert windows.lengths == [len(item["input_ids"]) for item in windows]
+
+
+def test_collate_pads_up_to_a_multiple_at_most_to_the_window():
+    items = [{"input_ids": torch.arange(n), "labels": torch.arange(n)} for n in (3, 5)]
+    assert collate(items, pad_id=0)["input_ids"].shape == (2, 5)
+    assert collate(items, pad_id=0, pad_to_multiple_of=4)["input_ids"].shape == (2, 8)
+    padded = collate(items, pad_id=0, pad_to_multiple_of=4, max_length=6)
+    assert padded["input_ids"].shape == (2, 6)
+    assert padded["labels"][1, 5:].tolist() == [-100] and padded["attention_mask"].sum().item() == 8
+    # never narrower than the longest item, whatever max_length says
+    assert collate(items, pad_id=0, pad_to_multiple_of=4, max_length=2)["input_ids"].shape == (2, 5)
+
+
+def _padded_steps(order, lengths, batch):
+    """Positions a padded batch steps through, summed over the epoch's batches (a recurrent model's cost)."""
+    return sum(max(lengths[i] for i in order[k : k + batch]) for k in range(0, len(order), batch))
+
+
+def test_length_grouped_batches_cover_every_item_once_and_pad_less_than_random_ones():
+    lengths = torch.randint(2, 258, (2000,), generator=torch.Generator().manual_seed(0)).tolist()
+    sampler = LengthGroupedSampler(lengths, batch_size=32, seed=3)
+    order = list(sampler)
+    assert sorted(order) == list(range(2000)) and len(sampler) == 2000
+    random_order = torch.randperm(2000, generator=torch.Generator().manual_seed(3)).tolist()
+    assert _padded_steps(order, lengths, 32) < 0.7 * _padded_steps(random_order, lengths, 32)
+    second = [lengths[i] for i in order[32:64]]  # inside a batch the lengths are close: sorted megabatches
+    assert max(second) - min(second) < 20
+
+
+def test_length_grouped_order_depends_on_seed_and_epoch_alone():
+    lengths = list(range(2, 300))
+    a, b = LengthGroupedSampler(lengths, 8, seed=1), LengthGroupedSampler(lengths, 8, seed=1)
+    torch.manual_seed(123)  # the global random state plays no part (a resumed run has another)
+    first = list(a)
+    torch.manual_seed(456)
+    assert list(b) == first
+    a.set_epoch(1)
+    assert list(a) != first
+    b.set_epoch(1)
+    assert list(a) == list(b)
+    assert list(LengthGroupedSampler(lengths, 8, seed=2)) != first
+    with pytest.raises(ValueError, match="batch_size must be >= 1"):
+        LengthGroupedSampler(lengths, 0)

@@ -9,6 +9,8 @@ import pytest
 import torch
 
 from newllm.config import TrainConfig
+from newllm.data import DialogWindows
+from newllm.data import collate as pad_collate
 from newllm.models import build_model
 from newllm.training.loop import RunExistsError, TrainingDivergedError, history_from_log, train
 
@@ -298,3 +300,37 @@ def test_a_resumed_runs_time_adds_up_the_earlier_processes_epochs(tmp_path):
                    progress=False, resume=True)  # fmt: skip
     assert result.history[0]["seconds"] == 1000.0
     assert 1000.0 + result.history[1]["seconds"] <= result.seconds < 1000.0 + 60
+
+
+def _dialogues(n, seed):
+    """Counting sequences of 2 to 40 tokens, as DialogWindows items (the mask is all responses)."""
+    g = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(2, 41, (n,), generator=g).tolist()
+    starts = torch.randint(0, 20, (n,), generator=g).tolist()
+    return DialogWindows([([(s + i) % VOCAB for i in range(k)], [1] * k) for s, k in zip(starts, lengths)], 64)
+
+
+def test_group_by_length_trains_on_batches_of_similar_length_drawn_anew_each_epoch(tmp_path):
+    widths = {}
+    for grouped in (False, True):
+        seen = widths[grouped] = []
+
+        def padded(batch):
+            seen.append(max(len(item["input_ids"]) for item in batch))
+            return pad_collate(batch, pad_id=0)
+
+        torch.manual_seed(0)
+        config = TrainConfig(epochs=2, batch_size=8, lr=1e-2, group_by_length=grouped)
+        result = train(build_model("new_llm", tiny_new_llm_config()), _dialogues(160, 0), _dialogues(16, 1), padded,
+                       config, tmp_path / f"run_{grouped}", progress=False)  # fmt: skip
+        assert result.epochs_run == 2
+    # each epoch: 20 training batches, then one validation batch (the same either way)
+    assert len(widths[True]) == len(widths[False]) == 42
+    assert sum(widths[True]) < 0.8 * sum(widths[False])
+    assert widths[True][:20] != widths[True][21:41]  # another grouping every epoch
+
+
+def test_group_by_length_refuses_a_dataset_without_lengths(tmp_path):
+    with pytest.raises(ValueError, match="group_by_length groups items by their lengths, which CountingSequences"):
+        train(build_model("new_llm", tiny_new_llm_config()), CountingSequences(16), CountingSequences(8), collate,
+              TrainConfig(epochs=1, batch_size=8, group_by_length=True), tmp_path / "run", progress=False)  # fmt: skip

@@ -80,7 +80,16 @@ def _install_kill(kill: str) -> None:
         TrainerState.save_to_json = save_to_json
 
 
-def _child(run_dir, out_dir, kill, resume):
+class _Sized(CountingSequences):
+    """The same windows with their lengths given, what group_by_length needs (all 10: the sampler's order is
+    still its own, a permutation cut into sorted megabatches)."""
+
+    @property
+    def lengths(self):
+        return [len(ids) for ids in self.ids]
+
+
+def _child(run_dir, out_dir, kill, resume, grouped=False):
     """One training run in a fresh process; writes its best weights and result to `out_dir`."""
     torch.set_num_threads(1)  # one thread: the same reduction order in every run
     _install_kill(kill)
@@ -88,11 +97,13 @@ def _child(run_dir, out_dir, kill, resume):
     config = NewLLMConfig(vocab_size=V, embedding_size=16, context_size=8, hidden_size=32, num_hidden_layers=1,
                           dropout=0.1, pad_token_id=0)  # dropout: the restored RNG state matters
     train = TrainConfig(
-        epochs=8, patience=2, batch_size=8, eval_batch_size=32, lr=3e-2, warmup=0.1, save_steps=3, seed=7
+        epochs=8, patience=2, batch_size=8, eval_batch_size=32, lr=3e-2, warmup=0.1, save_steps=3, seed=7,
+        group_by_length=grouped,
     )
+    data = _Sized(48, length=10, seed=0, starts=V, vocab=V) if grouped else counting(48, 0)
     # validation counts in steps of 3: fitting the training task (steps of 1) soon hurts it, so early
     # stopping fires (epoch 5 of 8) and its counter must survive the kills
-    result = loop.train(build_model("new_llm", config), counting(48, 0), counting(16, 1, step=3), collate, train,
+    result = loop.train(build_model("new_llm", config), data, counting(16, 1, step=3), collate, train,
                         run_dir, resume=resume, progress=False)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -106,13 +117,13 @@ _STEPS_PER_EPOCH = 6  # 48 windows, batches of 8
 _TIMING_KEYS = ("runtime", "per_second")  # eval_runtime, eval_samples_per_second, ...
 
 
-def _run_child(run_dir, out_dir, kill="none", resume=False) -> int:
+def _run_child(run_dir, out_dir, kill="none", resume=False, grouped=False) -> int:
     """The child's exit code: 0, or -9 when it was SIGKILLed."""
     # forkserver: torch and transformers are imported once (seconds each), every run forks from a
     # process that never ran a thread pool, and nothing of pytest's state leaks into the child
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload(["torch", "transformers", "newllm.training.loop", __name__])
-    process = context.Process(target=_child, args=(str(run_dir), str(out_dir), kill, resume))
+    process = context.Process(target=_child, args=(str(run_dir), str(out_dir), kill, resume, grouped))
     process.start()
     process.join(timeout=120)
     if process.exitcode is None:
@@ -138,10 +149,12 @@ def _strip_seconds(history):
     return [{k: v for k, v in row.items() if k != "seconds"} for row in history]
 
 
-def test_killed_and_resumed_run_equals_uninterrupted_run(tmp_path):
+@pytest.mark.parametrize("grouped", [False, True], ids=["shuffled", "grouped_by_length"])
+def test_killed_and_resumed_run_equals_uninterrupted_run(tmp_path, grouped):
+    """grouped: batches from LengthGroupedSampler (group_by_length), whose order comes from (seed, epoch)."""
     seed = int(os.environ.get("NEWLLM_KILL_SEED", time.time_ns() % 100_000))
     rng = random.Random(seed)
-    assert _run_child(tmp_path / "ref", tmp_path / "ref_out") == 0
+    assert _run_child(tmp_path / "ref", tmp_path / "ref_out", grouped=grouped) == 0
     ref_last = _latest(tmp_path / "ref")
     last_step = int(ref_last.name.split("-")[1])
     ref_result = json.loads((tmp_path / "ref_out" / "result.json").read_text())
@@ -157,9 +170,9 @@ def test_killed_and_resumed_run_equals_uninterrupted_run(tmp_path):
     run_dir, out_dir = tmp_path / "run", tmp_path / "run_out"
     where = f"(NEWLLM_KILL_SEED={seed}: kills at step {step_kill}, optimizer {optimizer_kill}, state {state_kill})"
     for n, kill in enumerate([f"step:{step_kill}", f"optimizer:{optimizer_kill}", f"state:{state_kill}"]):
-        assert _run_child(run_dir, out_dir, kill=kill, resume=n > 0) == -signal.SIGKILL, f"{kill} {where}"
+        assert _run_child(run_dir, out_dir, kill=kill, resume=n > 0, grouped=grouped) == -signal.SIGKILL, f"{kill} {where}"
     assert not (run_dir / f"checkpoint-{state_kill}" / "trainer_state.json").read_text().endswith("}\n")
-    assert _run_child(run_dir, out_dir, resume=True) == 0, where
+    assert _run_child(run_dir, out_dir, resume=True, grouped=grouped) == 0, where
 
     result = json.loads((out_dir / "result.json").read_text())
     assert _strip_seconds(result["history"]) == _strip_seconds(ref_result["history"]), where

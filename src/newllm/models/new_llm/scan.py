@@ -40,7 +40,10 @@ from torch.nn import functional as F
 
 from newllm.models.cuda_graphs import capture_stream
 
-MAX_GRAPHS = 6  # captures kept per cell: training and validation see one or two shapes each (a short last batch)
+# captures kept per cell: training and validation see one or two shapes each (a short last batch), or, with
+# step 2's batches grouped by length and padded in steps of 32 (pipeline/stage.py), about ten. A capture's
+# memory grows with its window, so the short ones cost little.
+MAX_GRAPHS = 16
 
 
 class ScanOptions(NamedTuple):

@@ -1,0 +1,58 @@
+"""benchmarks/study.sh end to end on a slice of the real data: step 1 of two seeds, step 2's grid at both,
+the choice made at seed 0 alone, and only the chosen point of each seed evaluated."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.integration.test_full_schedule_script import EXTRA
+
+REPO = Path(__file__).resolve().parents[2]
+GRID = """
+step = "finetune"
+seed = 0
+[axes]
+"finetune.dropout" = [0.1, 0.3]
+[families.lstm]
+preset = "study_lstm"
+"""
+
+
+def test_the_study_runs_the_grid_at_every_seed_and_evaluates_the_choice_of_seed_0(real_data_dir, tmp_path):
+    grid = tmp_path / "grid.toml"
+    grid.write_text(GRID)
+    root = tmp_path / "runs"
+    env = {**os.environ, "NEWLLM_DATA_DIR": str(real_data_dir), "PYTHON": sys.executable, "FAMILIES": "lstm",
+           "SEEDS": "0 1", "GRID": str(grid), "EXTRA": EXTRA}  # fmt: skip
+    subprocess.run(["bash", str(REPO / "benchmarks" / "study.sh"), str(root)], env=env, check=True, timeout=900)
+    log = (root / "study.log").read_text()
+    assert log.splitlines()[-1].endswith(" done"), log
+
+    # step 1 of both seeds, each evaluated in its folder
+    for seed in (0, 1):
+        step1 = (root / "step1" / f"study_lstm_lstm_s{seed}.log").read_text()
+        assert "pretrain_done" in step1 and "evaluate_done" in step1 and "exit 0" in step1, step1
+    # the grid at both seeds, each from its own seed's step-1 model
+    for seed in (0, 1):
+        for point in ("lstm_dropout0.1", "lstm_dropout0.3"):
+            folder = root / f"step2_s{seed}" / point
+            assert (folder / "best_lstm_dialog").is_dir()
+            assert (folder / "best_lstm_wikitext").resolve() == (root / "step1" / f"study_lstm_lstm_s{seed}" /
+                                                                  "best_lstm_wikitext").resolve()  # fmt: skip
+            settings = json.loads((folder / "experiment.json").read_text())["config"]
+            assert settings["finetune"]["seed"] == seed and settings["finetune"]["dropout"] == float(point[-3:])
+    # chosen on seed 0's validation loss alone; that point evaluated at both seeds, the other never
+    choice = json.loads((root / "step2_s0" / "choice_lstm.json").read_text())
+    losses = {p["name"]: p["val_loss"] for p in choice["points"] if p["family"] == "lstm"}
+    chosen = min(losses, key=losses.get)
+    assert choice["chosen"]["lstm"] == chosen
+    assert sorted((root / "chosen.txt").read_text().split()) == [str(root / f"step2_s{s}" / chosen) for s in (0, 1)]
+    for seed in (0, 1):
+        results = json.loads((root / f"step2_s{seed}" / chosen / "results.json").read_text())
+        assert results["provenance"]["changed_settings"]["finetune.dropout"] == float(chosen[-3:])
+        other = next(p for p in losses if p != chosen)
+        assert not (root / f"step2_s{seed}" / other / "results.json").exists()  # its test split was not read
