@@ -335,3 +335,32 @@ def test_the_two_pair_table_in_recall_md_is_its_json():
         expected = (f"| {results['labels'][model]} | {_rate(lr)} | {change[options]} | "
                     f"{runs[0]['state_bytes']:,} B | {_seed_cells(runs)} |")  # fmt: skip
         assert expected in lines, expected
+
+
+def test_the_levers_together_table_in_recall_md_is_its_json():
+    """docs/recall.md's table of the MLP cell's levers together: the two-pair task's config, one row per change,
+    every number from docs/results/recall_cpu_two_pairs_mlp_combined/recall.json, and the summary's gap."""
+    lines, results = _recall_doc("recall_cpu_two_pairs_mlp_combined")
+    _, two_pairs = _recall_doc("recall_cpu_two_pairs")
+    varied = {"models": None, "lr": None, "options": None}
+    assert results["parts"][0]["config"] | varied == two_pairs["parts"][0]["config"] | varied
+    update = (("candidate", "linear"), ("context_clamp", 10))
+    change = {(("block", "linear"),): "Linear → ReLU blocks",
+              (*update, ("final_norm", False)): "the prototype's update, no final norm",
+              (*update, ("tie_embeddings", False)): "the prototype's update, its own head",
+              (("final_norm", False), ("tie_embeddings", False)): "no final norm, its own head",
+              (*update, ("final_norm", False), ("tie_embeddings", False)):
+                  "all three: the prototype's update, no final norm, its own head"}  # fmt: skip
+    variants = {}
+    for run in results["runs"]:
+        assert (run["model"], run["lr"]) == ("new_llm_mlp", 1e-3)
+        variants.setdefault(tuple(sorted(run["options"].items())), []).append(run)
+    assert set(variants) == set(change)
+    for options, runs in variants.items():
+        assert sorted(r["seed"] for r in runs) == [0, 1, 2], options
+        expected = (f"| {results['labels']['new_llm_mlp']} | 1e-3 | {change[options]} | {runs[0]['parameters']:,} | "
+                    f"{runs[0]['state_bytes']:,} B | {_seed_cells(runs)} |")  # fmt: skip
+        assert expected in lines, expected
+    pair = [r["accuracy"] for r in variants[(("final_norm", False), ("tie_embeddings", False))]]
+    text = "\n".join(lines)
+    assert f"reaches {statistics.fmean(pair):.3f} ± {statistics.stdev(pair):.3f}" in text
