@@ -430,6 +430,9 @@ ABLATIONS = {  # configs/study_without_<lever>.toml: the settings in which it di
     "mlp_blocks": {"model.block": "linear", **{f"model.{k}_size": 600 for k in ("embedding", "context", "hidden")}},
     "final_norm": {"model.final_norm": False},
     "tied_head": {"model.tie_embeddings": False, **{f"model.{k}_size": 296 for k in ("embedding", "context", "hidden")}},
+    # the one pair: each alone keeps the cell at chance on MQAR, together they make it recall (docs/recall.md)
+    "final_norm_and_tied_head": {"model.final_norm": False, "model.tie_embeddings": False,
+                                 **{f"model.{k}_size": 296 for k in ("embedding", "context", "hidden")}},
     "tanh": {"model.candidate": "linear", "model.context_clamp": 10.0},
     "forget_bias": {"model.forget_bias": 0.0},
     "weight_decay": {"pretrain.weight_decay": 0.0, "finetune.weight_decay": 0.0},
