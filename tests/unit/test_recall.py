@@ -364,3 +364,30 @@ def test_the_levers_together_table_in_recall_md_is_its_json():
     pair = [r["accuracy"] for r in variants[(("final_norm", False), ("tie_embeddings", False))]]
     text = "\n".join(lines)
     assert f"reaches {statistics.fmean(pair):.3f} ± {statistics.stdev(pair):.3f}" in text
+
+
+def test_the_pair_at_equal_state_table_in_recall_md_is_its_json():
+    """The MLP cell without final norm and with its own head on the equal-state task: its rows and the target's
+    distance against the best peer of the equal-state table (each at its better rate)."""
+    lines, results = _recall_doc("recall_cpu_equal_state_mlp_pair")
+    _, equal = _recall_doc("recall_cpu_equal_state")
+    varied = {"models": None, "lr": None, "options": None}
+    assert results["parts"][0]["config"] | varied == equal["parts"][0]["config"] | varied
+    by_lr = {}
+    for run in results["runs"]:
+        assert run["model"] == "new_llm_mlp" and run["state_bytes"] == 2048
+        assert run["options"] == {"context_size": 512, "final_norm": False, "tie_embeddings": False}
+        by_lr.setdefault(run["lr"], []).append(run)
+    assert sorted(by_lr) == [1e-3, 3e-3]
+    for lr, runs in by_lr.items():
+        assert sorted(r["seed"] for r in runs) == [0, 1, 2]
+        expected = (f"| {results['labels']['new_llm_mlp']} | {_rate(lr)} | no final norm, its own head | "
+                    f"{runs[0]['parameters']:,} | 2,048 B | {_seed_cells(runs)} |")  # fmt: skip
+        assert expected in lines, expected
+    mean = lambda runs: statistics.fmean(r["accuracy"] for r in runs)  # noqa: E731
+    peers = {}
+    for run in equal["runs"]:
+        peers.setdefault((run["model"], run["lr"]), []).append(run)
+    best_peer = max(mean(runs) for (model, _), runs in peers.items() if model in ("lstm", "mamba2"))
+    distance = best_peer - max(mean(runs) for runs in by_lr.values())
+    assert f"still **missed**, by {distance:.3f}" in "\n".join(lines)
