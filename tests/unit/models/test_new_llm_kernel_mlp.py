@@ -137,6 +137,7 @@ def test_mlp_cells_the_kernel_cannot_take_are_refused():
     cell = _cell(**STUDY)
     assert kernel.unsupported_reason(cell, 4, 8) is None
     assert "MLP-block cell with one context scale" in kernel.unsupported_reason(_cell(**STUDY, context_scales=2), 4, 8)
+    assert "its update reading the head's input" in kernel.unsupported_reason(_cell(**STUDY, update_input="stream"), 4, 8)
     assert "int32" in kernel.unsupported_reason(cell, 2**12, 2**16)
     assert "float32" in kernel.unsupported_reason(cell.to(torch.bfloat16), 4, 8)
 

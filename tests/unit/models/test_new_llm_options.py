@@ -26,6 +26,8 @@ OPTIONS = {
     "mlp cell": dict(block="mlp", mlp_ratio=3, embedding_size=48, context_size=48, tie_embeddings=True,
                      final_norm=True, candidate="tanh", context_clamp=0.0, forget_bias=1.0, embedding_dropout=0.1),
     "parallel, mlp": dict(cell="parallel", block="mlp", final_norm=True, candidate="tanh"),
+    "update reads the stream": dict(block="mlp", embedding_size=48, tie_embeddings=True, final_norm=True,
+                                    candidate="tanh", update_input="stream"),
 }
 
 
@@ -54,7 +56,8 @@ def test_option_trains_generates_and_round_trips(name, tmp_path):
 
 
 @pytest.mark.parametrize("name", ["residual + norm", "multi-scale", "parallel", "parallel, everything", "mlp block",
-                                  "final norm", "tanh candidate, no clamp", "mlp cell", "parallel, mlp"])
+                                  "final norm", "tanh candidate, no clamp", "mlp cell", "parallel, mlp",
+                                  "update reads the stream"])
 def test_training_forward_equals_step_by_step_reference(name):
     """Whatever path training takes (fused scan, autograd scan, parallel scan), it is `cell.step` along T."""
     model = build(**OPTIONS[name]).eval()  # dropout off: the paths must agree exactly
@@ -167,6 +170,9 @@ def test_parallel_cell_carries_the_context_through_left_padding():
         (dict(mlp_ratio=0), "mlp_ratio: must be at least 1, got 0"),
         (dict(context_clamp=-1.0), r"context_clamp: must be at least 0 \(0: no clamp\), got -1.0"),
         (dict(block="mlp", residual=True), "the mlp block has both built in"),
+        (dict(update_input="stream"), "needs final_norm and the prototype cell"),
+        (dict(update_input="stream", final_norm=True, cell="parallel"), "needs final_norm and the prototype cell"),
+        (dict(update_input="hidden"), "update_input: must be 'output' or 'stream', got 'hidden'"),
     ],
 )
 def test_contradictory_options_are_refused(bad, message):
@@ -196,6 +202,25 @@ def test_mlp_block_stack_is_additive_input_then_pre_norm_residual_mlps():
     expected = torch.nn.functional.layer_norm(hidden, (48,), cell.final_norm.weight, cell.final_norm.bias)
     with torch.no_grad():
         torch.testing.assert_close(cell.feed_forward(embedding, context), expected)
+
+
+def test_stream_update_reads_h_L_before_the_final_norm_and_the_head_reads_the_norm():
+    """update_input="stream": the same h_L as the default cell, the head still reads LN(h_L), the context update
+    reads h_L itself; the hand-written backward and the kernels refuse it (they implement the default)."""
+    options = OPTIONS["update reads the stream"]
+    cell = build(**options).model.cell.eval()
+    default = build(**{**options, "update_input": "output"}).model.cell.eval()
+    default.load_state_dict(cell.state_dict())  # the same weights: only what the update reads differs
+    embedding, context = torch.randn(4, 48), torch.randn(4, 16)
+    with torch.no_grad():
+        hidden, updated = cell.step(embedding, context)
+        default_hidden, default_updated = default.step(embedding, context)
+        first = cell.layers[0](torch.cat([embedding, context], dim=-1))
+        stream = cell.stream(first)
+        torch.testing.assert_close(hidden, default_hidden)  # what the head reads is unchanged
+        torch.testing.assert_close(updated, default.update_context(stream, context))
+        assert not torch.allclose(updated, default_updated, atol=1e-3)
+    assert not cell.has_mlp_backward and default.has_mlp_backward  # kernels: test_new_llm_kernel_mlp.py
 
 
 def test_tanh_candidate_is_bounded_and_no_clamp_lets_the_context_past_ten():

@@ -17,7 +17,8 @@ With `block="mlp"` the stack is a Transformer's MLP sublayers without the attent
     h_0 = W_in [e; c] + b = W_tok e + W_ctx c + b       (the context enters additively)
     h_l = h_{l-1} + Dropout(W_2 GELU(W_1 LN(h_{l-1})))   W_1: d → k·d, W_2: k·d → d, l = 1..L
 
-and `final_norm` puts a LayerNorm on h_L before the head and the context update read it.
+and `final_norm` puts a LayerNorm on h_L before the head and the context update read it
+(`update_input="stream"`: the update reads h_L itself, the head alone reads the norm).
 `candidate="tanh"` bounds Δ by tanh, and `context_clamp=0` drops the clamp.
 """
 
@@ -82,6 +83,7 @@ class BaseCell(nn.Module):
         self.context_proj.is_context_projection = True  # its gate biases have their own init (modeling.py)
         self.context_norm = nn.LayerNorm(context_size, eps=eps)
         self.candidate = config.candidate
+        self.update_from_stream = config.update_input == "stream"
         # How the training scan runs on CUDA (scan.py); not part of the function, so not in the config.
         self.compile_steps = False
         self.cuda_graphs = False
@@ -103,6 +105,11 @@ class BaseCell(nn.Module):
 
     def after_first_layer(self, hidden: torch.Tensor) -> torch.Tensor:
         """Everything after the first layer: layers 2..L (or the MLP blocks), then the final norm."""
+        stream = self.stream(hidden)
+        return stream if self.final_norm is None else self.final_norm(stream)
+
+    def stream(self, hidden: torch.Tensor) -> torch.Tensor:
+        """h_L: layers 2..L (or the MLP blocks) after the first layer, before the final norm."""
         if self.blocks is not None:
             for block in self.blocks:
                 hidden = block(hidden)
@@ -111,7 +118,7 @@ class BaseCell(nn.Module):
                 x = hidden if self.norms is None else self.norms[i](hidden)
                 out = self.dropout(F.relu(layer(x)))
                 hidden = hidden + out if self.residual else out
-        return hidden if self.final_norm is None else self.final_norm(hidden)
+        return hidden
 
     def feed_forward(self, token_embedding: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         """h = FFN([e; c]) for any leading shape: (..., E), (..., C) → (..., H)."""
@@ -156,6 +163,7 @@ class NewLLMCell(BaseCell):
         the fast path, scan.autograd_scan)."""
         return (
             self.context_scales == 1
+            and not self.update_from_stream
             and self.blocks is None
             and self.final_norm is None
             and self.candidate == "linear"
@@ -165,8 +173,8 @@ class NewLLMCell(BaseCell):
     @property
     def has_mlp_backward(self) -> bool:
         """Whether scan_mlp.py's hand-written backward covers this cell: MLP blocks and one context scale
-        (with or without the final norm, either candidate, a clamp or none)."""
-        return self.context_scales == 1 and self.blocks is not None
+        (with or without the final norm, either candidate, a clamp or none), the update reading the head's input."""
+        return self.context_scales == 1 and self.blocks is not None and not self.update_from_stream
 
     @property
     def fast_validation(self) -> bool:
@@ -186,8 +194,12 @@ class NewLLMCell(BaseCell):
 
     def step(self, token_embedding: torch.Tensor, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Reference step: (B, E), (B, C) → hidden (B, H), next context (B, C)."""
-        hidden = self.feed_forward(token_embedding, context)
-        return hidden, self.update_context(hidden, context)
+        if not self.update_from_stream:
+            hidden = self.feed_forward(token_embedding, context)
+            return hidden, self.update_context(hidden, context)
+        first = self.layers[0](torch.cat([token_embedding, self.context_dropout(context)], dim=-1))
+        stream = self.stream(self.first_activation(first))
+        return self.final_norm(stream), self.update_context(stream, context)
 
     def scan(
         self,
@@ -209,8 +221,9 @@ class NewLLMCell(BaseCell):
         hiddens = []
         for t in range(token_part.shape[0]):
             read = self.context_dropout(context)
-            hidden = self.after_first_layer(self.first_activation(torch.addmm(token_part[t], read, context_weight_t)))
-            new_context = self._fused_update(hidden, context)
+            stream = self.stream(self.first_activation(torch.addmm(token_part[t], read, context_weight_t)))
+            hidden = stream if self.final_norm is None else self.final_norm(stream)
+            new_context = self._fused_update(stream if self.update_from_stream else hidden, context)
             if mask is not None:
                 new_context = torch.where(mask[:, t, None].bool(), new_context, context)
             context = new_context

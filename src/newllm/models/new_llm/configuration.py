@@ -19,6 +19,7 @@ CELLS = ("prototype", "parallel")
 CELL_ALIASES = {"seed": "prototype"}
 BLOCKS = ("linear", "mlp")
 CANDIDATES = ("linear", "tanh")
+UPDATE_INPUTS = ("output", "stream")
 
 
 class Option(typing.NamedTuple):
@@ -97,6 +98,9 @@ class NewLLMConfig(PretrainedConfig):
         mlp_ratio: k, the MLP blocks' inner width k · hidden_size.
         final_norm: a LayerNorm on the FFN output, read by the head and by the context update.
         candidate: "linear" (Δ = W_Δ h) or "tanh" (Δ = tanh(W_Δ h), bounded like an LSTM's candidate).
+        update_input: what the context update reads: "output" (the vector the head reads) or "stream" (h_L
+            before the final norm, so that the head's LayerNorm does not shape what the context keeps;
+            needs final_norm and the prototype cell).
 
     Every argument with a default but FIXED_ARGUMENTS is an option an experiment sets, in a preset's `[model]` table
     or with `--set model.<name>=` (`options()`): adding one here, with its check and its line above, is all the
@@ -134,6 +138,7 @@ class NewLLMConfig(PretrainedConfig):
         final_norm: bool = False,
         candidate: str = "linear",
         context_clamp: float = 10.0,
+        update_input: str = "output",
         **kwargs,
     ):
         for name, value in [
@@ -162,6 +167,10 @@ class NewLLMConfig(PretrainedConfig):
         _check_choice("cell", cell, CELLS)
         _check_choice("block", block, BLOCKS)
         _check_choice("candidate", candidate, CANDIDATES)
+        _check_choice("update_input", update_input, UPDATE_INPUTS)
+        if update_input == "stream" and not (final_norm and cell == "prototype"):
+            reason = "the update reads h_L before the final norm: needs final_norm and the prototype cell"
+            raise OptionError("update_input", reason)
         if block == "mlp" and (residual or ffn_norm):
             reason = "residual and ffn_norm shape the linear block; the mlp block has both built in"
             raise OptionError("residual" if residual else "ffn_norm", reason)
@@ -194,6 +203,7 @@ class NewLLMConfig(PretrainedConfig):
         self.mlp_ratio = mlp_ratio
         self.final_norm = final_norm
         self.candidate = candidate
+        self.update_input = update_input
         # Hugging Face's tying machinery stays off: `tie_embeddings` shares the matrix in the model itself.
         kwargs.setdefault("tie_word_embeddings", False)
         super().__init__(**kwargs)

@@ -144,9 +144,11 @@ def unsupported_reason(model) -> str | None:
     cell = model.model.cell
     prototype = getattr(cell, "has_handwritten_backward", False) and not cell.residual and cell.norms is None
     mlp = cell.blocks is not None and cell.context_scales == 1 and hasattr(cell, "context_clamp")
+    mlp = mlp and not cell.update_from_stream
     if not (prototype or mlp):
         return ("the decode kernels cover the prototype cell (Linear → ReLU layers without residual or ffn_norm, "
-                "a linear candidate, a clamp, one context scale) and the MLP-block cell with one context scale")  # fmt: skip
+                "a linear candidate, a clamp, one context scale) and the MLP-block cell with one context scale, "
+                "its update reading the head's input")  # fmt: skip
     if {p.dtype for p in model.parameters()} != {torch.float32}:
         return "the decode kernels run in float32"
     if model.training:

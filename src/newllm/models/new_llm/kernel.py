@@ -378,7 +378,8 @@ def _precision() -> str:
 
 
 COVERED = ("the kernels cover the prototype cell (Linear → ReLU layers without residual or ffn_norm, a linear "
-           "candidate, a clamp, one context scale) and the MLP-block cell with one context scale")
+           "candidate, a clamp, one context scale) and the MLP-block cell with one context scale, "
+           "its update reading the head's input")
 
 
 def unsupported_reason(cell, batch: int, steps: int) -> str | None:

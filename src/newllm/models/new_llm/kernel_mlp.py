@@ -305,7 +305,7 @@ def _mlp_backward_kernel(
 
 def mlp_unsupported_reason(cell, batch: int, steps: int) -> str | None:
     """Why these kernels cannot run this MLP-block cell on a (batch, steps) window, or None when they can."""
-    if cell.blocks is None or cell.context_scales != 1 or not hasattr(cell, "context_clamp"):
+    if cell.blocks is None or cell.context_scales != 1 or not hasattr(cell, "context_clamp") or cell.update_from_stream:
         return COVERED
     dtypes = {p.dtype for p in cell.parameters()}
     if dtypes != {torch.float32}:

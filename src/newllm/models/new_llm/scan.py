@@ -459,7 +459,7 @@ def autograd_scan(cell, token_embeddings: torch.Tensor, context: torch.Tensor) -
     loop is bound by launches, not by arithmetic."""
     names, params = zip(*cell.named_parameters())
     on_cuda = token_embeddings.is_cuda
-    if cell.context_scales > 1:
+    if cell.context_scales > 1 or cell.update_from_stream:  # options cell_step leaves to the reference scan
         scan, key = functools.partial(_cell_scan, cell=cell, names=names), ("reference", cell.training)
     else:
         shape = CellShape(cell.blocks is not None, len(cell.blocks if cell.blocks is not None else cell.layers),
