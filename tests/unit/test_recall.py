@@ -374,6 +374,26 @@ def test_the_levers_together_table_in_recall_md_is_its_json():
     assert f"reaches {_seed_cells(pair).split(' | ')[0]}" in "\n".join(lines)
 
 
+def test_the_stream_update_table_in_recall_md_is_its_json():
+    """The MLP cell whose update reads h_L before the final norm (update_input="stream"), tied and untied: the
+    two-pair task's config, every number from docs/results/recall_cpu_two_pairs_mlp_stream/recall.json."""
+    lines, results = _recall_doc("recall_cpu_two_pairs_mlp_stream")
+    assert _same_task(results, _recall_doc("recall_cpu_two_pairs")[1])
+    stream = (("update_input", "stream"),)
+    change = {stream: "the update reads h_L, the head LN(h_L)",
+              (("tie_embeddings", False), *stream): "the update reads h_L, the head LN(h_L), its own head"}  # fmt: skip
+    assert all((run["model"], run["lr"]) == ("new_llm_mlp", 1e-3) for run in results["runs"])
+    variants = _by(results["runs"], lambda r: tuple(sorted(r["options"].items())))
+    assert set(variants) == set(change)
+    for options, runs in variants.items():
+        assert sorted(r["seed"] for r in runs) == [0, 1, 2], options
+        expected = (f"| {results['labels']['new_llm_mlp']} | 1e-3 | {change[options]} | {runs[0]['parameters']:,} | "
+                    f"{runs[0]['state_bytes']:,} B | {_seed_cells(runs)} |")  # fmt: skip
+        assert expected in lines, expected
+    untied = variants[(("tie_embeddings", False), *stream)]
+    assert f"it falls to {_seed_cells(untied).split(' | ')[0]}" in " ".join(lines)
+
+
 def test_the_pair_at_equal_state_table_in_recall_md_is_its_json():
     """The MLP cell without final norm and with its own head on the equal-state task: its rows and the target's
     distance against the best peer of the equal-state table (each at its better rate)."""
