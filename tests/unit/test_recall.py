@@ -374,6 +374,29 @@ def test_the_levers_together_table_in_recall_md_is_its_json():
     assert f"reaches {_seed_cells(pair).split(' | ')[0]}" in "\n".join(lines)
 
 
+def test_the_pair_rates_table_in_recall_md_is_its_json():
+    """The MLP cell without final norm and with its own head at the LSTM's other two rates: the two-pair task's
+    config, its rows, and the gap to the LSTM at its best rate that the text states."""
+    lines, results = _recall_doc("recall_cpu_two_pairs_mlp_pair_rates")
+    _, two_pairs = _recall_doc("recall_cpu_two_pairs")
+    assert _same_task(results, two_pairs)
+    by_lr = _by(results["runs"], lambda r: r["lr"])
+    assert sorted(by_lr) == [3e-3, 1e-2]
+    for lr, runs in by_lr.items():
+        assert all(r["options"] == {"final_norm": False, "tie_embeddings": False} for r in runs)
+        assert sorted(r["seed"] for r in runs) == [0, 1, 2]
+        expected = (f"| {results['labels']['new_llm_mlp']} | {_rate(lr)} | no final norm, its own head | "
+                    f"{runs[0]['parameters']:,} | {runs[0]['state_bytes']:,} B | {_seed_cells(runs)} |")  # fmt: skip
+        assert expected in lines, expected
+    lstm = _by([r for r in two_pairs["runs"] if r["model"] == "lstm"], lambda r: r["lr"])
+    best_lstm = max(lstm.values(), key=_mean)
+    best = max(by_lr.values(), key=_mean)
+    text = " ".join(" ".join(lines).split())  # the sentences as read, line breaks and indents gone
+    assert f"reaches {_seed_cells(best).split(' | ')[0]}; the LSTM at its best" in text
+    assert f"{_seed_cells(best_lstm).split(' | ')[0]} with 2 KiB" in text
+    assert f"The gap, {_mean(best_lstm) - _mean(best):.3f}" in text
+
+
 def test_the_stream_update_table_in_recall_md_is_its_json():
     """The MLP cell whose update reads h_L before the final norm (update_input="stream"), tied and untied: the
     two-pair task's config, every number from docs/results/recall_cpu_two_pairs_mlp_stream/recall.json."""
