@@ -297,6 +297,20 @@ def _same_task(part, base):
     return part["parts"][0]["config"] | varied == base["parts"][0]["config"] | varied
 
 
+def _change_rows(lines, results, change):
+    """A table of the MLP cell at 1e-3, one row per set of options (`change` names each): every row against the
+    JSON's runs, 3 seeds each. Returns the runs grouped by their options."""
+    assert all((run["model"], run["lr"]) == ("new_llm_mlp", 1e-3) for run in results["runs"])
+    variants = _by(results["runs"], lambda r: tuple(sorted(r["options"].items())))
+    assert set(variants) == set(change)
+    for options, runs in variants.items():
+        assert sorted(r["seed"] for r in runs) == [0, 1, 2], options
+        expected = (f"| {results['labels']['new_llm_mlp']} | 1e-3 | {change[options]} | {runs[0]['parameters']:,} | "
+                    f"{runs[0]['state_bytes']:,} B | {_seed_cells(runs)} |")  # fmt: skip
+        assert expected in lines, expected
+    return variants
+
+
 def test_the_equal_state_table_in_recall_md_is_its_json():
     """docs/recall.md's equal-state table, one row per family and learning rate, every number against
     docs/results/recall_cpu_equal_state/recall.json; the target's distance takes each family at its best rate."""
@@ -362,14 +376,7 @@ def test_the_levers_together_table_in_recall_md_is_its_json():
               (("final_norm", False), ("tie_embeddings", False)): "no final norm, its own head",
               (*update, ("final_norm", False), ("tie_embeddings", False)):
                   "all three: the prototype's update, no final norm, its own head"}  # fmt: skip
-    assert all((run["model"], run["lr"]) == ("new_llm_mlp", 1e-3) for run in results["runs"])
-    variants = _by(results["runs"], lambda r: tuple(sorted(r["options"].items())))
-    assert set(variants) == set(change)
-    for options, runs in variants.items():
-        assert sorted(r["seed"] for r in runs) == [0, 1, 2], options
-        expected = (f"| {results['labels']['new_llm_mlp']} | 1e-3 | {change[options]} | {runs[0]['parameters']:,} | "
-                    f"{runs[0]['state_bytes']:,} B | {_seed_cells(runs)} |")  # fmt: skip
-        assert expected in lines, expected
+    variants = _change_rows(lines, results, change)
     pair = variants[(("final_norm", False), ("tie_embeddings", False))]
     assert f"reaches {_seed_cells(pair).split(' | ')[0]}" in "\n".join(lines)
 
@@ -405,14 +412,7 @@ def test_the_stream_update_table_in_recall_md_is_its_json():
     stream = (("update_input", "stream"),)
     change = {stream: "the update reads h_L, the head LN(h_L)",
               (("tie_embeddings", False), *stream): "the update reads h_L, the head LN(h_L), its own head"}  # fmt: skip
-    assert all((run["model"], run["lr"]) == ("new_llm_mlp", 1e-3) for run in results["runs"])
-    variants = _by(results["runs"], lambda r: tuple(sorted(r["options"].items())))
-    assert set(variants) == set(change)
-    for options, runs in variants.items():
-        assert sorted(r["seed"] for r in runs) == [0, 1, 2], options
-        expected = (f"| {results['labels']['new_llm_mlp']} | 1e-3 | {change[options]} | {runs[0]['parameters']:,} | "
-                    f"{runs[0]['state_bytes']:,} B | {_seed_cells(runs)} |")  # fmt: skip
-        assert expected in lines, expected
+    variants = _change_rows(lines, results, change)
     untied = variants[(("tie_embeddings", False), *stream)]
     assert f"it falls to {_seed_cells(untied).split(' | ')[0]}" in " ".join(lines)
 

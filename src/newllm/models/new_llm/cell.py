@@ -105,7 +105,10 @@ class BaseCell(nn.Module):
 
     def after_first_layer(self, hidden: torch.Tensor) -> torch.Tensor:
         """Everything after the first layer: layers 2..L (or the MLP blocks), then the final norm."""
-        stream = self.stream(hidden)
+        return self.head_input(self.stream(hidden))
+
+    def head_input(self, stream: torch.Tensor) -> torch.Tensor:
+        """What the head reads: h_L, through the final norm where there is one."""
         return stream if self.final_norm is None else self.final_norm(stream)
 
     def stream(self, hidden: torch.Tensor) -> torch.Tensor:
@@ -122,8 +125,12 @@ class BaseCell(nn.Module):
 
     def feed_forward(self, token_embedding: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         """h = FFN([e; c]) for any leading shape: (..., E), (..., C) → (..., H)."""
+        return self.head_input(self.stream_of(token_embedding, context))
+
+    def stream_of(self, token_embedding: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        """h_L = the stack on [e; c], before the final norm, for any leading shape."""
         hidden = torch.cat([token_embedding, self.context_dropout(context)], dim=-1)
-        return self.after_first_layer(self.first_activation(self.layers[0](hidden)))
+        return self.stream(self.first_activation(self.layers[0](hidden)))
 
     def normalize_context(self, mixed: torch.Tensor) -> torch.Tensor:
         """The context LayerNorm over the whole context, or over each of `context_scales` blocks (shared affine)."""
@@ -194,12 +201,9 @@ class NewLLMCell(BaseCell):
 
     def step(self, token_embedding: torch.Tensor, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Reference step: (B, E), (B, C) → hidden (B, H), next context (B, C)."""
-        if not self.update_from_stream:
-            hidden = self.feed_forward(token_embedding, context)
-            return hidden, self.update_context(hidden, context)
-        first = self.layers[0](torch.cat([token_embedding, self.context_dropout(context)], dim=-1))
-        stream = self.stream(self.first_activation(first))
-        return self.final_norm(stream), self.update_context(stream, context)
+        stream = self.stream_of(token_embedding, context)
+        hidden = self.head_input(stream)
+        return hidden, self.update_context(stream if self.update_from_stream else hidden, context)
 
     def scan(
         self,
@@ -222,7 +226,7 @@ class NewLLMCell(BaseCell):
         for t in range(token_part.shape[0]):
             read = self.context_dropout(context)
             stream = self.stream(self.first_activation(torch.addmm(token_part[t], read, context_weight_t)))
-            hidden = stream if self.final_norm is None else self.final_norm(stream)
+            hidden = self.head_input(stream)
             new_context = self._fused_update(stream if self.update_from_stream else hidden, context)
             if mask is not None:
                 new_context = torch.where(mask[:, t, None].bool(), new_context, context)
