@@ -23,7 +23,8 @@ and its best step-1 checkpoint are linked into the point's folder, then `newllm 
 A grid larger than one GPU lease runs in parts (`--only FAMILY,...`). A lease's run folders go with
 its machine, so collect into the lease's output in every call, and start the next part's collect
 from the last summary (`--previous`): its points stand wherever the new folders hold none. The
-device copy's git metadata may be older than the code it runs: pass `--commit` there.
+device copy's git metadata may be older than the code it runs: pass `--commit` there. Collected on another
+machine than the one that ran (runs copied back), pass `--ran-on` too: the default is this machine's.
 """
 
 from __future__ import annotations
@@ -240,18 +241,19 @@ def read_point(runs_dir: Path, point: dict, step: str = "pretrain") -> dict:
     return row
 
 
-def provenance(commit: str | None = None) -> dict:
+def provenance(commit: str | None = None, device: str | None = None) -> dict:
     if commit is None:
         from newllm.pipeline.setup import git_commit
 
         commit = git_commit()
-    device = ""
-    try:
-        import torch
+    if device is None:
+        device = ""
+        try:
+            import torch
 
-        device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else platform.processor() or "cpu"
-    except ImportError:
-        pass
+            device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else platform.processor() or "cpu"
+        except ImportError:
+            pass
     return {"date": datetime.date.today().isoformat(), "commit": commit or None, "device": device}
 
 
@@ -271,7 +273,7 @@ def collect(args) -> int:
         done = [r for r in rows if r["family"] == family and "val_loss" in r]
         if done:
             chosen[family] = min(done, key=lambda r: r["val_loss"])["name"]
-    summary = {"grid": grid, "provenance": provenance(args.commit), "points": rows, "chosen": chosen}
+    summary = {"grid": grid, "provenance": provenance(args.commit, args.ran_on), "points": rows, "chosen": chosen}
     text = json.dumps(summary, indent=1)
     if args.out:
         Path(args.out).write_text(text + "\n", encoding="utf-8")
@@ -340,6 +342,7 @@ def main(argv=None) -> int:
     collect_p.add_argument("--out", default=None)
     collect_p.add_argument("--previous", default=None, help="an earlier summary whose points stand where RUNS_DIR has none")
     collect_p.add_argument("--commit", default=None, help="the commit that ran (default: git rev-parse HEAD here)")
+    collect_p.add_argument("--ran-on", default=None, help="the device that ran the points (default: this machine's GPU or CPU)")
     plot_p = sub.add_parser("plot", help="validation perplexity per epoch of every point of a summary")
     plot_p.add_argument("summary")
     plot_p.add_argument("--out", required=True)

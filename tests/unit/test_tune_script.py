@@ -87,10 +87,11 @@ def test_collect_chooses_each_familys_lowest_validation_loss_and_keeps_earlier_p
     _history(runs / lstm[0] / "lstm_wikitext", [90.0, 60.0, 70.0])
     _history(runs / lstm[1] / "lstm_wikitext", [80.0, 65.0], stopped=True)
     out = tmp_path / "part1.json"
-    tune.main(["collect", str(runs), "--grid", str(grid_file), "--out", str(out), "--commit", "abc"])
+    tune.main(["collect", str(runs), "--grid", str(grid_file), "--out", str(out), "--commit", "abc", "--ran-on", "H100"])
     summary = json.loads(out.read_text())
     rows = {r["name"]: r for r in summary["points"]}
     assert summary["chosen"] == {"lstm": lstm[0]} and summary["provenance"]["commit"] == "abc"
+    assert summary["provenance"]["device"] == "H100"  # where the runs ran, not the machine collecting them
     assert rows[lstm[0]]["best_epoch"] == 2 and rows[lstm[0]]["complete"] is True
     assert rows[lstm[0]]["val_ppl"] == pytest.approx(60.0)
     assert rows[lstm[1]]["complete"] is False and rows[lstm[1]]["stopped"] == "time_limit"
