@@ -252,19 +252,97 @@ def test_the_full_size_stateful_table_is_its_json():
         assert (test, stream) == (round(matches[0]["test"]["token_ppl"], 2), round(matches[0]["test_stream"]["token_ppl"], 2))
 
 
-def test_the_3_seed_baselines_table_is_its_json():
-    # `newllm collect`'s JSON: each row's runs, mean ± sample std over seeds, as the table prints them
-    rows = json.loads((DOCS / "results" / "study_seeds_step1_baselines_h200.json").read_text(encoding="utf-8"))["rows"]
-    lines = table_after(RESULTS, "| preset | model | seeds | parameters | best val token PPL |")[2:]
-    assert len(lines) == len(rows) == 2
-    for line, row in zip(lines, rows):
+def _study(name: str) -> list[dict]:
+    return json.loads((DOCS / "results" / name).read_text(encoding="utf-8"))["rows"]
+
+
+def _over_seeds(runs: list[dict], key, digits: int) -> str:
+    """'mean ± sample std' of a value of every run, recomputed from the runs (a hand-edited summary fails)."""
+    values = [key(run) if callable(key) else run[key] for run in runs]
+    return f"{statistics.fmean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
+
+
+def _span(values: list[int]) -> str:
+    return f"{min(values)}" if min(values) == max(values) else f"{min(values)}–{max(values)}"
+
+
+def _by_model(lines: list[str], rows: list[dict]) -> list[tuple[list[str], dict]]:
+    """Each table line (bold marks dropped) with the JSON row of its preset: every row shown once."""
+    shown = [[cell.strip("*") for cell in cells(line)] for line in lines]
+    by_preset = {f"`{row['preset']}`": row for row in rows}
+    assert sorted(line[0] for line in shown) == sorted(by_preset)
+    return [(line, by_preset[line[0]]) for line in shown]
+
+
+def test_the_study_step_1_table_is_its_json():
+    lines = table_after(RESULTS, "| preset | model | seeds | parameters | epochs run (best) | val token PPL | test word PPL |")
+    for line, row in _by_model(lines[2:], _study("study_seeds_step1_h100.json")):
         runs = row["runs"]
-
-        def shown(key: str, digits: int) -> str:
-            values = [run[key] for run in runs]
-            return f"{statistics.fmean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
-
-        assert cells(line) == [f"`{row['preset']}`", MODEL_LABELS[row["model"]], str(len(runs)), f"{runs[0]['params']:,}",
-                               shown("wikitext_best_val_ppl", 2), shown("wikitext_test_word_ppl", 1),
-                               shown("wikitext_test_bits_per_byte", 3)]  # fmt: skip
         assert sorted(run["seed"] for run in runs) == [0, 1, 2]
+        epochs = f"{_span([r['wikitext_epochs_run'] for r in runs])} ({_span([r['wikitext_best_epoch'] for r in runs])})"
+        assert line[1:] == [MODEL_LABELS[row["model"]], "3", f"{row['params']:,}", epochs,
+                            _over_seeds(runs, "wikitext_best_val_ppl", 2), _over_seeds(runs, "wikitext_test_word_ppl", 1),
+                            _over_seeds(runs, "wikitext_test_token_ppl", 2),
+                            _over_seeds(runs, "wikitext_test_bits_per_byte", 3)]  # fmt: skip
+
+
+def test_the_study_step_2_table_is_its_json_and_marks_the_stopped_row():
+    lines = table_after(RESULTS, "| preset | model | seeds | epochs run (best) | val token PPL | test token PPL |")
+    for line, row in _by_model(lines[2:], _study("study_seeds_h100.json")):
+        runs = row["runs"]
+        assert sorted(run["seed"] for run in runs) == [0, 1, 2]
+        # a row whose step 2 a time limit stopped says so in its label
+        assert ("stopped" in line[1]) == ("dailydialog" in row["stopped"]) and MODEL_LABELS[row["model"]] in line[1]
+        epochs = f"{_span([r['dailydialog_epochs_run'] for r in runs])} ({_span([r['dailydialog_best_epoch'] for r in runs])})"
+        assert line[2:] == ["3", epochs, _over_seeds(runs, "dailydialog_best_val_ppl", 2),
+                            _over_seeds(runs, "dailydialog_test_token_ppl", 2),
+                            _over_seeds(runs, "dailydialog_test_response_ppl", 2)]  # fmt: skip
+
+
+def test_the_study_equal_epochs_table_is_the_step_2_curves():
+    # validation after epochs 1 and 2, which every family ran; the lowest of each column in bold
+    rows = {MODEL_LABELS[row["model"]]: row for row in _study("study_seeds_h100.json")}
+    lines = [cells(line) for line in table_after(RESULTS, "| model | val token PPL after epoch 1 | after epoch 2 |")[2:]]
+    assert sorted(line[0] for line in lines) == sorted(rows)
+    for epoch in (1, 2):
+        shown = {}
+        for line in lines:
+            runs = rows[line[0]]["runs"]
+
+            def val(run, epoch=epoch):
+                return next(e["val_ppl"] for e in run["per_epoch"]["dailydialog"] if e["epoch"] == epoch)
+
+            assert line[epoch].strip("*") == _over_seeds(runs, val, 2), (line, epoch)
+            shown[line[0]] = (statistics.fmean(map(val, runs)), line[epoch].startswith("**"))
+        assert [bold for _, bold in sorted(shown.values())] == [True] + [False] * (len(shown) - 1)
+
+
+def test_the_study_step_2_grid_table_is_its_json():
+    summary = json.loads((DOCS / "results" / "study_finetune_grid_h100.json").read_text(encoding="utf-8"))
+    lines = [cells(line) for line in table_after(RESULTS, "| step-2 dropout | New-LLM | TinyGPT2 | LSTM |")[2:]]
+    families = ["new_llm", "tinygpt2", "lstm"]
+    points = {(p["family"], p["settings"]["finetune.dropout"]): p for p in summary["points"]}
+    assert len(lines) * len(families) == len(points)
+    for line in lines:
+        for family, cell in zip(families, line[1:]):
+            point = points[(family, float(line[0]))]
+            stopped = "" if point["complete"] else ", stopped"
+            text = f"{point['val_ppl']:.2f} ({point['epochs_run']}{stopped})"
+            chosen = summary["chosen"][family] == point["name"]
+            assert cell == (f"**{text}**" if chosen else text), (family, line[0])
+
+
+def test_the_readme_table_is_the_study_json():
+    # the README's summary: step 1's test numbers and step 2's validation after epoch 2, the best of each column bold
+    rows = {MODEL_LABELS[row["model"]]: row for row in _study("study_seeds_h100.json")}
+    lines = [cells(line) for line in table_after(DOCS.parent / "README.md", "| model | WikiText-2 test word PPL |")[2:]]
+    assert len(lines) == len(rows)
+    for label, word, bpb, dialog in lines:
+        runs = next(row for name, row in rows.items() if label.startswith(name))["runs"]
+
+        def epoch_2(run):
+            return next(e["val_ppl"] for e in run["per_epoch"]["dailydialog"] if e["epoch"] == 2)
+
+        assert [word.strip("*"), bpb.strip("*"), dialog.strip("*")] == [
+            _over_seeds(runs, "wikitext_test_word_ppl", 1), _over_seeds(runs, "wikitext_test_bits_per_byte", 3),
+            _over_seeds(runs, epoch_2, 2)]  # fmt: skip
