@@ -250,6 +250,32 @@ def query_accuracy(model, input_ids: torch.Tensor, labels: torch.Tensor, batch_s
     return correct / total
 
 
+def accuracy_by_pair(model, input_ids: torch.Tensor, labels: torch.Tensor, batch_size: int, device) -> dict:
+    """Query accuracy split two ways, each a list over i = 1 … N: "pair", the queries of the i-th pair in
+    the order the pairs were given; "query", the i-th query of each sequence. Where a model stalls, these say
+    what it holds: all of the last pair and none of the first, or the first answer but not the later ones."""
+    was_training = model.training
+    model.eval()
+    pairs = int((labels[0] != IGNORE_INDEX).sum())  # every key is queried once
+    by_pair, by_query = torch.zeros(pairs), torch.zeros(pairs)
+    try:
+        for start in range(0, len(input_ids), batch_size):
+            ids = input_ids[start : start + batch_size].to(device)
+            target = labels[start : start + batch_size, 1:].to(device)
+            hit = (model(input_ids=ids).logits[:, :-1].argmax(-1) == target).cpu()
+            scored = (target != IGNORE_INDEX).cpu()
+            keys = ids[:, 0 : 2 * pairs : 2].cpu()  # (B, N), in the order given
+            for row in range(len(ids)):
+                positions = scored[row].nonzero().squeeze(1)  # in query order
+                which = (ids[row, positions].cpu()[:, None] == keys[row][None, :]).int().argmax(1)
+                by_pair.index_add_(0, which, hit[row, positions].float())
+                by_query += hit[row, positions].float()
+    finally:
+        model.train(was_training)
+    count = len(input_ids)
+    return {"pair": (by_pair / count).tolist(), "query": (by_query / count).tolist()}
+
+
 def _schedule(step: int, steps: int, warmup: int) -> float:
     """Linear warm-up, then cosine decay to zero: the learning rate's factor at `step` (0-based)."""
     if step < warmup:
@@ -288,7 +314,8 @@ def train_recall(model, train, test, config: RecallConfig, device, seed: int) ->
                 break
     return {"accuracy": accuracy, "steps": step, "reached_target": accuracy >= config.target,
             "final_loss": loss, "train_seconds": train_seconds, "ms_per_step": 1000 * train_seconds / step,
-            "history": history}  # fmt: skip
+            "history": history,
+            "accuracy_by": accuracy_by_pair(model, test.input_ids, test.labels, config.eval_batch_size, device)}  # fmt: skip
 
 
 # ---------------------------------------------------------------- the sweep

@@ -20,6 +20,7 @@ from newllm.recall import (
     load_recall_config,
     model_config,
     parse_option,
+    accuracy_by_pair,
     query_accuracy,
     quick_recall_config,
     state_bytes,
@@ -34,20 +35,24 @@ CONFIG = dataclasses.replace(quick_recall_config(), widths=(32,), layers=2, voca
 class Oracle(torch.nn.Module):
     """Reads the pairs of each sequence and puts all its mass on the value of the key it has just read.
 
-    `late` moves every prediction one position on, the off-by-one that the scoring must not reward."""
+    `late` moves every prediction one position on, the off-by-one that the scoring must not reward;
+    `knows` (indices in the order the pairs were given) keeps only those pairs, `answers` only those queries."""
 
-    def __init__(self, pairs: int, vocab_size: int, late: bool = False):
+    def __init__(self, pairs: int, vocab_size: int, late: bool = False, knows=None, answers=None):
         super().__init__()
         self.pairs, self.vocab_size, self.late = pairs, vocab_size, late
+        self.knows, self.answers = knows or range(pairs), answers or range(pairs)
         self.scale = torch.nn.Parameter(torch.tensor(5.0))  # something for the optimizer to step
 
     def forward(self, input_ids, labels=None):
         hits = torch.zeros(*input_ids.shape, self.vocab_size)  # (B, T, V)
         for b, ids in enumerate(input_ids.tolist()):
-            table = dict(zip(ids[0 : 2 * self.pairs : 2], ids[1 : 2 * self.pairs : 2]))
-            for t, token in enumerate(ids[2 * self.pairs :], start=2 * self.pairs):
-                if token in table and t + self.late < len(ids):
-                    hits[b, t + self.late, table[token]] = 1.0
+            pairs = list(zip(ids[0 : 2 * self.pairs : 2], ids[1 : 2 * self.pairs : 2]))
+            table = {key: value for i, (key, value) in enumerate(pairs) if i in self.knows}
+            queries = [t for t, token in enumerate(ids) if t >= 2 * self.pairs and token in dict(pairs)]
+            for t in (queries[i] for i in self.answers):
+                if ids[t] in table and t + self.late < len(ids):
+                    hits[b, t + self.late, table[ids[t]]] = 1.0
         logits = self.scale * hits
         loss = None if labels is None else F.cross_entropy(logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten())
         return SimpleNamespace(logits=logits, loss=loss)
@@ -164,6 +169,17 @@ def test_only_the_answers_are_scored(task):
     assert query_accuracy(Oracle(3, 64), *task, batch_size=8, device="cpu") == 1.0
     # the right values, one position late: every answer missed
     assert query_accuracy(Oracle(3, 64, late=True), *task, batch_size=8, device="cpu") == 0.0
+
+
+def test_accuracy_by_pair_tells_which_pair_and_which_query_a_model_answers(task):
+    # three pairs, each queried once: knowing only the last pair answers a third of the queries, all of them
+    # that pair's, spread over whichever query slot it fell in; answering only the first query is the other split
+    last = accuracy_by_pair(Oracle(3, 64, knows=[2]), *task, batch_size=8, device="cpu")
+    assert last["pair"] == [0.0, 0.0, 1.0] and sum(last["query"]) == pytest.approx(1.0)
+    first = accuracy_by_pair(Oracle(3, 64, answers=[0]), *task, batch_size=8, device="cpu")
+    assert first["query"] == [1.0, 0.0, 0.0] and sum(first["pair"]) == pytest.approx(1.0)
+    assert accuracy_by_pair(Oracle(3, 64), *task, batch_size=7, device="cpu") == {"pair": [1.0] * 3, "query": [1.0] * 3}
+    assert query_accuracy(Oracle(3, 64, knows=[2]), *task, batch_size=8, device="cpu") == pytest.approx(1 / 3)
 
 
 def test_training_stops_at_the_target(task):
