@@ -346,3 +346,18 @@ def test_the_readme_table_is_the_study_json():
         assert [word.strip("*"), bpb.strip("*"), dialog.strip("*")] == [
             _over_seeds(runs, "wikitext_test_word_ppl", 1), _over_seeds(runs, "wikitext_test_bits_per_byte", 3),
             _over_seeds(runs, epoch_2, 2)]  # fmt: skip
+
+
+def test_the_study_targets_table_is_its_json():
+    # each target's distance is the 3-seed mean's, New-LLM's and TinyGPT2's means as the step-1 table gives them
+    rows = {row["model"]: row for row in _study("study_seeds_step1_h100.json")}
+    new_llm, gpt2 = (rows[m]["runs"] for m in ("new_llm", "tinygpt2"))
+    word = statistics.fmean(run["wikitext_test_word_ppl"] for run in new_llm)
+    lines = {cells(line)[0]: cells(line)[1:] for line in table_after(RESULTS, "| target | measured | met? |\n| --- | --- | --- |\n| parameters")[2:]}
+    assert lines["parameters ≤ TinyGPT2's"] == [f"{new_llm[0]['params']:,} against {gpt2[0]['params']:,}", "yes"]
+    base = statistics.fmean(run["wikitext_test_word_ppl"] for run in gpt2)
+    assert lines["test word PPL below the tuned TinyGPT2, beyond the spread"] == [
+        f"{_over_seeds(new_llm, 'wikitext_test_word_ppl', 1)} against {_over_seeds(gpt2, 'wikitext_test_word_ppl', 1)}",
+        f"no, +{word - base:.1f} (+{100 * (word / base - 1):.1f} %)"]  # fmt: skip
+    for target, bound in [("test word PPL ≤ 110 (stretch)", 110), ("test word PPL ≤ 96 (moonshot)", 96)]:
+        assert lines[target] == [_over_seeds(new_llm, "wikitext_test_word_ppl", 1), f"no, +{word - bound:.1f}"]
