@@ -26,7 +26,7 @@ import tomllib
 import torch
 
 from newllm.config import CONFIG_DIR, ConfigError, load_config, replace_fields
-from newllm.data.mqar import IGNORE_INDEX, mqar
+from newllm.data.mqar import IGNORE_INDEX, elimination_accuracy, mqar
 from newllm.evaluation.decoding import cache_bytes, output_cache
 from newllm.evaluation.speed import environment
 from newllm.models.new_llm.modeling import FAST_PATHS
@@ -343,6 +343,7 @@ def run_recall(config: RecallConfig, device: str = "cpu", command: str | None = 
                 row = {"model": family, "width": width, "seq_len": seq_len, "pairs": pairs, "seed": seed,
                        "parameters": count_parameters(model), "state_bytes": state_bytes(model, seq_len, device),
                        "chance": 1 / (config.vocab_size - config.vocab_size // 2),
+                       "elimination": elimination_accuracy(pairs),
                        # what sets this run apart from another of its family in a merged sweep (recall-collect)
                        "options": config.options.get(family, {}), "lr": config.lr}  # fmt: skip
                 row.update(train_recall(model, train, test, config, device, seed))

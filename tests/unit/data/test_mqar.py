@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from newllm.data.mqar import FIRST_KEY, IGNORE_INDEX, mqar
+from newllm.data.mqar import FIRST_KEY, IGNORE_INDEX, elimination_accuracy, mqar
 
 VOCAB, PAIRS, SEQ = 64, 6, 40
 
@@ -79,3 +79,17 @@ def test_bad_arguments_are_one_line_errors(kwargs, message):
     with pytest.raises(ValueError) as info:
         mqar(**args)
     assert message in str(info.value) and "\n" not in str(info.value)
+
+
+def test_elimination_is_what_guessing_among_the_values_not_yet_asked_for_scores(batch):
+    # from the sequences themselves: at each query, the chance of picking its value among the pair values
+    # whose answers have not appeared since the pairs; no key is read
+    scores = []
+    for ids, labels in zip(batch.input_ids.tolist(), batch.labels.tolist()):
+        left = set(ids[1 : 2 * PAIRS : 2])
+        for value in (label for label in labels if label != IGNORE_INDEX):
+            scores.append(1 / len(left))
+            left.discard(value)
+    assert sum(scores) / len(scores) == pytest.approx(elimination_accuracy(PAIRS))
+    assert elimination_accuracy(1) == 1.0 and elimination_accuracy(2) == 0.75
+    assert elimination_accuracy(4) == pytest.approx(25 / 48)

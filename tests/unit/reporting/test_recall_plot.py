@@ -47,6 +47,14 @@ def test_table_names_models_by_label_with_state_in_binary_units():
     assert "| 64 | 4 | TinyGPT2 | 32 | 32,000 | 32 KiB | 0.750 ± 0.354 | 100 |" in table
     assert "| 64 | 4 | LSTM | 32 | 32,000 | 512 B | 0.100 | 100 |" in table  # one seed: no ± part
     assert "accuracy (mean ± std of 2 seeds)" in table and "0.250" in table
+    assert "Values without" not in table  # results written before the score was recorded: no line
+
+
+def test_table_gives_the_elimination_score_of_each_pair_count(tmp_path):
+    results = {**RESULTS, "runs": [{**run, "elimination": {2: 0.75, 4: 25 / 48}[run["pairs"]]} for run in RESULTS["runs"]]}
+    assert format_recall_table(results).endswith("(guessing among the values not yet asked for): 0.750 at 2 pairs, "
+                                                 "0.521 at 4 pairs.")  # fmt: skip
+    assert plot_recall(results, tmp_path / "lines.png").stat().st_size > 1000
 
 
 def test_outputs_are_strict_json_and_a_png(tmp_path):
