@@ -26,7 +26,7 @@ import tomllib
 import torch
 
 from newllm.config import CONFIG_DIR, ConfigError, load_config, replace_fields
-from newllm.data.mqar import IGNORE_INDEX, elimination_accuracy, mqar
+from newllm.data.mqar import IGNORE_INDEX, keyless_accuracy, mqar
 from newllm.evaluation.decoding import cache_bytes, output_cache
 from newllm.evaluation.speed import environment
 from newllm.models.new_llm.modeling import FAST_PATHS
@@ -64,6 +64,7 @@ class RecallConfig:
     pairs: tuple[int, ...] = (4, 16)  # every seq_len × pairs with seq_len >= 4 × pairs is run
     vocab_size: int = 8192  # Zoology's: a large vocabulary keeps the keys from being memorised
     power_a: float = 0.01  # Zoology's query gaps (data/mqar.py)
+    hide_answers: bool = False  # filler after each query instead of its value, as Zoology (data/mqar.py)
     steps: int = 1000  # the most optimizer steps; fewer once `target` is reached
     batch_size: int = 64
     train_examples: int = 20_000  # drawn once per setting and seed, cycled through in shuffled passes
@@ -331,9 +332,10 @@ def run_recall(config: RecallConfig, device: str = "cpu", command: str | None = 
     runs = []
     try:
         for seed, (seq_len, pairs) in itertools.product(config.seeds, config.settings()):
-            train = mqar(config.vocab_size, pairs, seq_len, config.train_examples, seed, config.power_a)
+            train = mqar(config.vocab_size, pairs, seq_len, config.train_examples, seed, config.power_a,
+                         config.hide_answers)  # fmt: skip
             test = mqar(config.vocab_size, pairs, seq_len, config.test_examples, seed + TEST_SEED_OFFSET,
-                        config.power_a)  # fmt: skip
+                        config.power_a, config.hide_answers)  # fmt: skip
             for family, width in itertools.product(config.models, config.widths):
                 torch.manual_seed(seed)
                 name = FAMILIES[family][0]
@@ -343,7 +345,7 @@ def run_recall(config: RecallConfig, device: str = "cpu", command: str | None = 
                 row = {"model": family, "width": width, "seq_len": seq_len, "pairs": pairs, "seed": seed,
                        "parameters": count_parameters(model), "state_bytes": state_bytes(model, seq_len, device),
                        "chance": 1 / (config.vocab_size - config.vocab_size // 2),
-                       "elimination": elimination_accuracy(pairs),
+                       "keyless": keyless_accuracy(pairs, config.hide_answers),
                        # what sets this run apart from another of its family in a merged sweep (recall-collect)
                        "options": config.options.get(family, {}), "lr": config.lr}  # fmt: skip
                 row.update(train_recall(model, train, test, config, device, seed))

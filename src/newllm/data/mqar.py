@@ -11,9 +11,9 @@ Every key is queried once, in a random slot; the value that follows a query is i
 model's prediction after reading the key is scored (labels are shifted inside the models, as for text).
 Keys come from the lower half of the vocabulary and values from the upper half; the filler from the
 value half too, so that any key-half token after the pairs is a scored query. (Zoology's filler is drawn
-from the whole vocabulary and puts filler, not the value, after a query.) Query slots follow Zoology's
-power law in their distance from the pairs: `power_a` = 1 is uniform, 0.01 (Zoology's default) puts
-most queries close to the pairs.
+from the whole vocabulary and puts filler, not the value, after a query; `hide_answers` does the latter.)
+Query slots follow Zoology's power law in their distance from the pairs: `power_a` = 1 is uniform, 0.01
+(Zoology's default) puts most queries close to the pairs.
 """
 
 from __future__ import annotations
@@ -53,17 +53,24 @@ def _check(vocab_size, pairs, seq_len, examples, seed, power_a) -> None:
         raise ValueError(f"MQAR seq_len must be at least 4 × pairs = {4 * pairs}, got {seq_len}")
 
 
-def elimination_accuracy(pairs: int) -> float:
-    """What a model scores that holds which values were given but not which key each belongs to: it
-    guesses among the values not yet asked for, so the i-th of N queries is right with chance 1/(N-i+1),
-    and the mean is H_N / N (0.75 at 2 pairs, 0.52 at 4). Well above chance, with no recall at all."""
+def keyless_accuracy(pairs: int, hide_answers: bool = False) -> float:
+    """The most a model scores that holds which values were given but not which key each belongs to. With the
+    answers shown it guesses among the values not yet asked for, so the i-th of N queries is right with
+    chance 1/(N-i+1) and the mean is H_N / N (0.75 at 2 pairs, 0.52 at 4); with them hidden, 1/N."""
+    if hide_answers:
+        return 1 / pairs
     return sum(1 / k for k in range(1, pairs + 1)) / pairs
 
 
 def mqar(
-    vocab_size: int, pairs: int, seq_len: int, examples: int, seed: int, power_a: float = 0.01
+    vocab_size: int, pairs: int, seq_len: int, examples: int, seed: int, power_a: float = 0.01,
+    hide_answers: bool = False,
 ) -> MQARBatch:
-    """`examples` MQAR sequences, the same for the same arguments; train and test sets take different seeds."""
+    """`examples` MQAR sequences, the same for the same arguments; train and test sets take different seeds.
+
+    `hide_answers` puts filler after each query instead of its value (the label stays), as Zoology does: a
+    shown answer tells every later query which value is taken, so a model can score keyless_accuracy without
+    binding a single key to its value."""
     _check(vocab_size, pairs, seq_len, examples, seed, power_a)
     rng = np.random.default_rng(seed)
     half = vocab_size // 2
@@ -87,4 +94,6 @@ def mqar(
         ids[row, starts] = keys[order]
         ids[row, starts + 1] = values[order]
         labels[row, starts + 1] = values[order]
+        if hide_answers:  # drawn only here, so the shown-answer sequences stay what they were
+            ids[row, starts + 1] = rng.integers(half, vocab_size, size=pairs)
     return MQARBatch(torch.from_numpy(ids), torch.from_numpy(labels))

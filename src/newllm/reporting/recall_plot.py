@@ -60,7 +60,7 @@ def summarize(results: Mapping[str, Any]) -> list[dict]:
             "accuracy_std": statistics.stdev(r["accuracy"] for r in runs) if len(runs) > 1 else None,
             "accuracy_min": min(r["accuracy"] for r in runs), "accuracy_max": max(r["accuracy"] for r in runs),
             "steps": statistics.fmean(r["steps"] for r in runs), "chance": runs[0]["chance"],
-            "elimination": runs[0].get("elimination"),  # absent from results written before it was recorded
+            "keyless": runs[0].get("keyless"),  # absent from results written before it was recorded
         })  # fmt: skip
     return rows
 
@@ -82,15 +82,15 @@ def format_recall_table(results: Mapping[str, Any]) -> str:
     chance = {r["chance"] for r in results["runs"]}
     if len(chance) == 1:
         lines.append(f"\nChance (a uniform guess among the values): {chance.pop():.3f}.")
-    elimination = {(r["pairs"], r.get("elimination")) for r in results["runs"] if r.get("elimination") is not None}
-    if elimination:
-        scores = ", ".join(f"{score:.3f} at {pairs} pairs" for pairs, score in sorted(elimination))
+    keyless = {(r["pairs"], r.get("keyless")) for r in results["runs"] if r.get("keyless") is not None}
+    if keyless:
+        scores = ", ".join(f"{score:.3f} at {pairs} pairs" for pairs, score in sorted(keyless))
         lines.append(f"Values without their keys (guessing among the values not yet asked for): {scores}.")
     return "\n".join(lines)
 
 
-def _elimination_line(ax, score: float | None) -> None:
-    """Where a model lands that holds the values but not their keys (mqar.elimination_accuracy)."""
+def _keyless_line(ax, score: float | None) -> None:
+    """Where a model lands that holds the values but not their keys (mqar.keyless_accuracy)."""
     if score is not None:
         ax.axhline(score, color="grey", linestyle="--", linewidth=1, label="values without keys")
 
@@ -116,7 +116,7 @@ def plot_recall(results: Mapping[str, Any], path: str | os.PathLike) -> Path:
                         label=name)  # fmt: skip
         chance = next(r["chance"] for r in rows if (r["seq_len"], r["pairs"]) == (seq_len, pairs))
         ax.axhline(chance, color="grey", linestyle=":", linewidth=1, label="chance")
-        _elimination_line(ax, next(r["elimination"] for r in rows if (r["seq_len"], r["pairs"]) == (seq_len, pairs)))
+        _keyless_line(ax, next(r["keyless"] for r in rows if (r["seq_len"], r["pairs"]) == (seq_len, pairs)))
         ax.set_xscale("log", base=4)  # ticks at 256 B, 1 KiB, 4 KiB ...: round binary sizes
         ax.xaxis.set_minor_locator(NullLocator())
         ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: format_bytes(x)))
@@ -156,7 +156,7 @@ def plot_recall_history(results: Mapping[str, Any], path: str | os.PathLike) -> 
             shown.add(label)
         chance = next(r["chance"] for r in runs if (r["seq_len"], r["pairs"]) == (seq_len, pairs))
         ax.axhline(chance, color="grey", linestyle=":", linewidth=1, label="chance")
-        _elimination_line(ax, next(r.get("elimination") for r in runs if (r["seq_len"], r["pairs"]) == (seq_len, pairs)))
+        _keyless_line(ax, next(r.get("keyless") for r in runs if (r["seq_len"], r["pairs"]) == (seq_len, pairs)))
         ax.set_ylim(-0.02, 1.02)
         ax.set_title(f"sequence {seq_len}, {pairs} pairs")
         ax.set_xlabel("training step")

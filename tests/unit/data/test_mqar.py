@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from newllm.data.mqar import FIRST_KEY, IGNORE_INDEX, elimination_accuracy, mqar
+from newllm.data.mqar import FIRST_KEY, IGNORE_INDEX, keyless_accuracy, mqar
 
 VOCAB, PAIRS, SEQ = 64, 6, 40
 
@@ -90,6 +90,21 @@ def test_elimination_is_what_guessing_among_the_values_not_yet_asked_for_scores(
         for value in (label for label in labels if label != IGNORE_INDEX):
             scores.append(1 / len(left))
             left.discard(value)
-    assert sum(scores) / len(scores) == pytest.approx(elimination_accuracy(PAIRS))
-    assert elimination_accuracy(1) == 1.0 and elimination_accuracy(2) == 0.75
-    assert elimination_accuracy(4) == pytest.approx(25 / 48)
+    assert sum(scores) / len(scores) == pytest.approx(keyless_accuracy(PAIRS))
+    assert keyless_accuracy(1) == 1.0 and keyless_accuracy(2) == 0.75
+    assert keyless_accuracy(4) == pytest.approx(25 / 48)
+
+
+def test_hidden_answers_keep_the_labels_and_show_filler_instead(batch):
+    hidden = mqar(VOCAB, PAIRS, SEQ, examples=50, seed=3, hide_answers=True)
+    scored = hidden.labels != IGNORE_INDEX
+    assert int(scored.sum()) == 50 * PAIRS  # every key still queried once
+    # shown: the value sits at its label's position; hidden: a filler token of the value half, rarely the value
+    assert torch.equal(batch.input_ids[batch.labels != IGNORE_INDEX], batch.labels[batch.labels != IGNORE_INDEX])
+    assert (hidden.input_ids[scored] >= VOCAB // 2).all()
+    assert (hidden.input_ids[scored] == hidden.labels[scored]).float().mean() < 0.1
+    # the pairs and which key each query asks for are drawn as before; only the rows after the first differ
+    shown = mqar(VOCAB, PAIRS, SEQ, examples=1, seed=3)
+    first = mqar(VOCAB, PAIRS, SEQ, examples=1, seed=3, hide_answers=True)
+    assert torch.equal(shown.labels, first.labels) and torch.equal(shown.input_ids[0, : 2 * PAIRS], first.input_ids[0, : 2 * PAIRS])
+    assert keyless_accuracy(PAIRS, hide_answers=True) == pytest.approx(1 / PAIRS)

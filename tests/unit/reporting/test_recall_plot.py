@@ -51,7 +51,7 @@ def test_table_names_models_by_label_with_state_in_binary_units():
 
 
 def test_table_gives_the_elimination_score_of_each_pair_count(tmp_path):
-    results = {**RESULTS, "runs": [{**run, "elimination": {2: 0.75, 4: 25 / 48}[run["pairs"]]} for run in RESULTS["runs"]]}
+    results = {**RESULTS, "runs": [{**run, "keyless": {2: 0.75, 4: 25 / 48}[run["pairs"]]} for run in RESULTS["runs"]]}
     assert format_recall_table(results).endswith("(guessing among the values not yet asked for): 0.750 at 2 pairs, "
                                                  "0.521 at 4 pairs.")  # fmt: skip
     assert plot_recall(results, tmp_path / "lines.png").stat().st_size > 1000
