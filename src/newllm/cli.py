@@ -145,7 +145,7 @@ def _recall_options(parser: argparse.ArgumentParser) -> None:
 
 def _recall(args) -> int:
     from newllm.recall import DEFAULT_CONFIG, load_recall_config, run_recall
-    from newllm.reporting.recall_plot import format_recall_table, write_recall_outputs
+    from newllm.reporting.recall_plot import format_recall_splits, format_recall_table, write_recall_outputs
 
     flags = {key: getattr(args, key) for key in ("models", "widths", "seq_lens", "pairs", "seeds", "steps", "lr")}
     path = args.config or (None if args.quick else DEFAULT_CONFIG)
@@ -157,6 +157,8 @@ def _recall(args) -> int:
     results = run_recall(config, args.device, command=" ".join(command))
     paths = write_recall_outputs(results, args.out)
     print(format_recall_table(results))
+    if splits := format_recall_splits(results):
+        print("\n" + splits)
     print("wrote " + ", ".join(str(p) for p in paths))
     return 0
 
@@ -165,7 +167,12 @@ def _recall_collect(args) -> int:
     import json
     from pathlib import Path
 
-    from newllm.reporting.recall_plot import format_recall_table, merge_recall_results, write_recall_outputs
+    from newllm.reporting.recall_plot import (
+        format_recall_splits,
+        format_recall_table,
+        merge_recall_results,
+        write_recall_outputs,
+    )
 
     parts = []
     for name in args.files:
@@ -179,6 +186,8 @@ def _recall_collect(args) -> int:
     results = merge_recall_results(parts)
     paths = write_recall_outputs(results, args.out)
     print(format_recall_table(results))
+    if splits := format_recall_splits(results):
+        print("\n" + splits)
     print("wrote " + ", ".join(str(p) for p in paths))
     return 0
 

@@ -42,6 +42,13 @@ def run_label(run: Mapping[str, Any], runs: list[Mapping[str, Any]], labels: Map
     return f"{name}, {extra}" if extra else name
 
 
+def _mean_split(runs: list[Mapping[str, Any]], split: str) -> list[float] | None:
+    """The seeds' mean accuracy at each query (split "query") or of each pair ("pair"); None where a run lacks it."""
+    if not all(run.get("accuracy_by") for run in runs):
+        return None
+    return [statistics.fmean(values) for values in zip(*(run["accuracy_by"][split] for run in runs))]
+
+
 def summarize(results: Mapping[str, Any]) -> list[dict]:
     """One row per model × variant × width × setting: state bytes, parameters, and accuracy and steps averaged over
     seeds."""
@@ -61,6 +68,7 @@ def summarize(results: Mapping[str, Any]) -> list[dict]:
             "accuracy_min": min(r["accuracy"] for r in runs), "accuracy_max": max(r["accuracy"] for r in runs),
             "steps": statistics.fmean(r["steps"] for r in runs), "chance": runs[0]["chance"],
             "keyless": runs[0].get("keyless"),  # absent from results written before it was recorded
+            "by_query": _mean_split(runs, "query"), "by_pair": _mean_split(runs, "pair"),
         })  # fmt: skip
     return rows
 
@@ -86,6 +94,24 @@ def format_recall_table(results: Mapping[str, Any]) -> str:
     if keyless:
         scores = ", ".join(f"{score:.3f} at {pairs} pairs" for pairs, score in sorted(keyless))
         lines.append(f"Values without their keys (guessing among the values not yet asked for): {scores}.")
+    return "\n".join(lines)
+
+
+def format_recall_splits(results: Mapping[str, Any]) -> str:
+    """Markdown table of where each model's answers are right: by the order the queries come in and by the order
+    the pairs were given, each the mean over seeds; "" where no run records it (results written before)."""
+    labels = results.get("labels") or {}
+    rows = [r for r in summarize(results) if r["by_query"] is not None]
+    if not rows:
+        return ""
+    lines = ["| seq_len | pairs | model | width | accuracy | by query (first … last) | by pair (first given … last) | "
+             "values without keys |", "| ---: | ---: | --- | ---: | ---: | --- | --- | ---: |"]  # fmt: skip
+    for r in rows:
+        name = labels.get(r["model"], r["model"]) + (f", {r['variant']}" if r["variant"] else "")
+        keyless = "—" if r["keyless"] is None else f"{r['keyless']:.3f}"
+        lines.append(f"| {r['seq_len']} | {r['pairs']} | {name} | {r['width']} | {r['accuracy']:.3f} | "
+                     f"{' / '.join(f'{a:.3f}' for a in r['by_query'])} | {' / '.join(f'{a:.3f}' for a in r['by_pair'])} | "
+                     f"{keyless} |")  # fmt: skip
     return "\n".join(lines)
 
 

@@ -6,6 +6,7 @@ import pytest
 
 from newllm.cli import main
 from newllm.reporting.recall_plot import (
+    format_recall_splits,
     format_recall_table,
     merge_recall_results,
     plot_recall,
@@ -55,6 +56,15 @@ def test_table_gives_the_elimination_score_of_each_pair_count(tmp_path):
     assert format_recall_table(results).endswith("(guessing among the values not yet asked for): 0.750 at 2 pairs, "
                                                  "0.521 at 4 pairs.")  # fmt: skip
     assert plot_recall(results, tmp_path / "lines.png").stat().st_size > 1000
+
+
+def test_splits_table_averages_each_query_and_pair_over_seeds():
+    assert format_recall_splits(RESULTS) == ""  # no run records its splits
+    split = {0: {"query": [0.5, 1.0], "pair": [0.7, 0.8]}, 1: {"query": [0.4, 1.0], "pair": [0.8, 0.6]}}
+    runs = [{**run, "accuracy_by": split[run["seed"]], "keyless": 0.75} for run in RESULTS["runs"] if run["model"] == "tinygpt2"]
+    table = format_recall_splits({**RESULTS, "runs": runs}).splitlines()
+    assert table[2] == "| 64 | 4 | TinyGPT2 | 32 | 0.750 | 0.450 / 1.000 | 0.750 / 0.700 | 0.750 |"
+    assert len(table) == 3
 
 
 def test_outputs_are_strict_json_and_a_png(tmp_path):
