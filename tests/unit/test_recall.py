@@ -453,3 +453,11 @@ def test_the_pair_at_equal_state_table_in_recall_md_is_its_json():
     best_peer = max(_mean(runs) for (model, _), runs in peers.items() if model in ("lstm", "mamba2"))
     distance = best_peer - max(_mean(runs) for runs in by_lr.values())
     assert f"still **missed**, by {distance:.3f}" in "\n".join(lines)
+
+
+@pytest.mark.parametrize("name", ["cpu_two_pairs", "cpu_equal_state"])
+def test_each_hidden_answer_config_is_its_shown_one_with_the_answers_hidden(name):
+    shown = load_recall_config(DEFAULT_CONFIG.parent / f"{name}.toml")
+    hidden = load_recall_config(DEFAULT_CONFIG.parent / f"{name}_hidden.toml")
+    assert not shown.hide_answers and hidden.hide_answers
+    assert dataclasses.replace(hidden, hide_answers=False) == shown  # the same task and training otherwise
