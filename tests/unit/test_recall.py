@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from newllm.cli import main
 from newllm.config import ConfigError, load_config
-from newllm.data.mqar import mqar
+from newllm.data.mqar import keyless_accuracy, mqar
 from newllm.models.registry import build_model
 from newllm.recall import (
     DEFAULT_CONFIG,
@@ -461,3 +461,43 @@ def test_each_hidden_answer_config_is_its_shown_one_with_the_answers_hidden(name
     hidden = load_recall_config(DEFAULT_CONFIG.parent / f"{name}_hidden.toml")
     assert not shown.hide_answers and hidden.hide_answers
     assert dataclasses.replace(hidden, hide_answers=False) == shown  # the same task and training otherwise
+
+
+def _variant_label(run, labels):
+    """The tables' model cell: the family, and the pair of levers where a run took them off."""
+    return labels[run["model"]] + (", no final norm, its own head" if run["options"].get("final_norm") is False else "")
+
+
+def _variants(results):
+    return _by(results["runs"], lambda r: (r["seq_len"], r["pairs"], r["model"], tuple(sorted(r["options"].items())), r["lr"]))
+
+
+def test_the_splits_table_in_recall_md_is_its_json():
+    # accuracy by query, the seeds' mean, beside the keyless score of each task: every row from its JSON
+    lines, results = _recall_doc("recall_cpu_splits")
+    variants = _variants(results)
+    assert len(variants) == 4
+    for (seq_len, pairs, _, _, lr), runs in variants.items():
+        assert sorted(r["seed"] for r in runs) == [0, 1, 2]
+        by_query = " / ".join(f"{statistics.fmean(v):.3f}" for v in zip(*(r["accuracy_by"]["query"] for r in runs)))
+        expected = (f"| {pairs} pairs in {seq_len} | {_variant_label(runs[0], results['labels'])} | {_rate(lr)} | "
+                    f"{_seed_cells(runs).split(' | ')[0]} | {by_query} | {keyless_accuracy(pairs):.3f} |")  # fmt: skip
+        assert expected in lines, expected
+
+
+def test_the_hidden_answers_table_in_recall_md_is_its_json():
+    lines, two = _recall_doc("recall_cpu_two_pairs_hidden")
+    equal = _recall_doc("recall_cpu_equal_state_hidden")[1]
+    rows = 0
+    for results in (two, equal):
+        assert all(part["config"]["hide_answers"] for part in results["parts"])
+        for (seq_len, pairs, _, _, lr), runs in _variants(results).items():
+            assert sorted(r["seed"] for r in runs) == [0, 1, 2]
+            expected = (f"| {pairs} pairs in {seq_len} | {_variant_label(runs[0], results['labels'])} | {_rate(lr)} | "
+                        f"{runs[0]['state_bytes']:,} B | {_seed_cells(runs)} | {1 / pairs:.3f} |")  # fmt: skip
+            assert expected in lines, expected
+            rows += 1
+    assert rows == 7
+    # the target's distance: the best recurrent peer's mean at equal state against the cell's
+    mean = {run_model: _mean(runs) for (_, _, run_model, _, _), runs in _variants(equal).items()}
+    assert re.search(rf"missed,\s+by\s+{mean['mamba2'] - mean['new_llm_mlp']:.3f}", "\n".join(lines))
