@@ -167,6 +167,7 @@ def _recall_collect(args) -> int:
     import json
     from pathlib import Path
 
+    from newllm.recall import with_keyless
     from newllm.reporting.recall_plot import (
         format_recall_splits,
         format_recall_table,
@@ -180,7 +181,7 @@ def _recall_collect(args) -> int:
         if not path.is_file():
             raise ValueError(f"{path}: no such recall.json")
         try:
-            parts.append(json.loads(path.read_text(encoding="utf-8")))
+            parts.append(with_keyless(json.loads(path.read_text(encoding="utf-8"))))
         except json.JSONDecodeError as err:
             raise ValueError(f"{path}: not valid JSON ({err})") from None
     results = merge_recall_results(parts)

@@ -26,6 +26,7 @@ from newllm.recall import (
     state_bytes,
     study_options,
     train_recall,
+    with_keyless,
 )
 
 FLOAT32 = 4
@@ -180,6 +181,13 @@ def test_accuracy_by_pair_tells_which_pair_and_which_query_a_model_answers(task)
     assert first["query"] == [1.0, 0.0, 0.0] and sum(first["pair"]) == pytest.approx(1.0)
     assert accuracy_by_pair(Oracle(3, 64), *task, batch_size=7, device="cpu") == {"pair": [1.0] * 3, "query": [1.0] * 3}
     assert query_accuracy(Oracle(3, 64, knows=[2]), *task, batch_size=8, device="cpu") == pytest.approx(1 / 3)
+
+
+def test_runs_written_before_the_keyless_score_get_their_tasks():
+    shown = {"config": {}, "runs": [{"pairs": 4}, {"pairs": 2, "keyless": 0.1}]}
+    assert [r["keyless"] for r in with_keyless(shown)["runs"]] == [pytest.approx(25 / 48), 0.1]  # a recorded one stays
+    hidden = {"config": {"hide_answers": True}, "runs": [{"pairs": 4}]}
+    assert with_keyless(hidden)["runs"][0]["keyless"] == 0.25
 
 
 def test_training_stops_at_the_target(task):

@@ -12,7 +12,6 @@ from typing import Any
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, NullLocator
 
-from newllm.data.mqar import keyless_accuracy
 from newllm.reporting.bench_report import format_bytes
 from newllm.reporting.plots import model_color, save_figure, write_atomic
 
@@ -206,13 +205,12 @@ def merge_recall_results(parts: list[Mapping[str, Any]]) -> dict:
     if len(versions) != 1:
         raise ValueError(f"recall.json files of different versions: {sorted(map(str, versions))}")
     runs = []
-    for part in parts:  # runs written before rows recorded these fields take them from their part's config
+    for part in parts:  # runs written before rows recorded their options and lr take them from their part's config
         config = part.get("config") or {}
         for run in part["runs"]:
             stamped = dict(run)
             stamped.setdefault("options", (config.get("options") or {}).get(run["model"], {}))
             stamped.setdefault("lr", config.get("lr"))
-            stamped.setdefault("keyless", keyless_accuracy(run["pairs"], bool(config.get("hide_answers", False))))
             runs.append(stamped)
     labels = {}
     for part in parts:
