@@ -233,21 +233,27 @@ def state_bytes(model, seq_len: int, device) -> int:
 
 
 @torch.no_grad()
-def query_accuracy(model, input_ids: torch.Tensor, labels: torch.Tensor, batch_size: int, device) -> float:
-    """Share of answer positions whose argmax prediction (after reading the query key) is the value."""
+def _answers(model, input_ids: torch.Tensor, labels: torch.Tensor, batch_size: int, device):
+    """Per batch, in eval mode: the token ids and, at each position t (which predicts t+1), whether the argmax
+    prediction is the label and whether t is scored (a query key whose value follows)."""
     was_training = model.training
     model.eval()
-    correct = total = 0
     try:
         for start in range(0, len(input_ids), batch_size):
             ids = input_ids[start : start + batch_size].to(device)
             target = labels[start : start + batch_size, 1:].to(device)  # (B, T-1): position t predicts t+1
-            predicted = model(input_ids=ids).logits[:, :-1].argmax(-1)  # (B, T-1)
-            scored = target != IGNORE_INDEX
-            correct += (predicted[scored] == target[scored]).sum().item()
-            total += scored.sum().item()
+            hit = model(input_ids=ids).logits[:, :-1].argmax(-1) == target  # (B, T-1)
+            yield ids, hit, target != IGNORE_INDEX
     finally:
         model.train(was_training)
+
+
+def query_accuracy(model, input_ids: torch.Tensor, labels: torch.Tensor, batch_size: int, device) -> float:
+    """Share of answer positions whose argmax prediction (after reading the query key) is the value."""
+    correct = total = 0
+    for _, hit, scored in _answers(model, input_ids, labels, batch_size, device):
+        correct += hit[scored].sum().item()
+        total += scored.sum().item()
     return correct / total
 
 
@@ -255,24 +261,14 @@ def accuracy_by_pair(model, input_ids: torch.Tensor, labels: torch.Tensor, batch
     """Query accuracy split two ways, each a list over i = 1 … N: "pair", the queries of the i-th pair in
     the order the pairs were given; "query", the i-th query of each sequence. Where a model stalls, these say
     what it holds: all of the last pair and none of the first, or the first answer but not the later ones."""
-    was_training = model.training
-    model.eval()
     pairs = int((labels[0] != IGNORE_INDEX).sum())  # every key is queried once
     by_pair, by_query = torch.zeros(pairs), torch.zeros(pairs)
-    try:
-        for start in range(0, len(input_ids), batch_size):
-            ids = input_ids[start : start + batch_size].to(device)
-            target = labels[start : start + batch_size, 1:].to(device)
-            hit = (model(input_ids=ids).logits[:, :-1].argmax(-1) == target).cpu()
-            scored = (target != IGNORE_INDEX).cpu()
-            keys = ids[:, 0 : 2 * pairs : 2].cpu()  # (B, N), in the order given
-            for row in range(len(ids)):
-                positions = scored[row].nonzero().squeeze(1)  # in query order
-                which = (ids[row, positions].cpu()[:, None] == keys[row][None, :]).int().argmax(1)
-                by_pair.index_add_(0, which, hit[row, positions].float())
-                by_query += hit[row, positions].float()
-    finally:
-        model.train(was_training)
+    for ids, hit, scored in _answers(model, input_ids, labels, batch_size, device):
+        keys = ids[:, 0 : 2 * pairs : 2]  # (B, N), in the order given
+        pair = (ids[:, :-1, None] == keys[:, None, :]).int().argmax(-1)  # (B, T-1): the pair a query key asks for
+        query = scored.cumsum(1) - 1  # (B, T-1): the how-many-th query of its sequence
+        by_pair.index_add_(0, pair[scored].cpu(), hit[scored].float().cpu())
+        by_query.index_add_(0, query[scored].cpu(), hit[scored].float().cpu())
     count = len(input_ids)
     return {"pair": (by_pair / count).tolist(), "query": (by_query / count).tolist()}
 

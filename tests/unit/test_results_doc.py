@@ -73,11 +73,12 @@ def _epochs(runs: dict, names: list[str], stage: str, stopped: bool) -> str:
     done = [runs[n][stage] for n in names if runs[n][stage] and (stopped or runs[n][stage]["complete"])]
     if not done:
         return "—"
+    return f"{_span([d['epochs_run'] for d in done])} ({_span([d['best_epoch'] for d in done])})"
 
-    def span(values):
-        return f"{min(values)}" if min(values) == max(values) else f"{min(values)}–{max(values)}"
 
-    return f"{span([d['epochs_run'] for d in done])} ({span([d['best_epoch'] for d in done])})"
+def _span(values: list[int]) -> str:
+    """'13' or '13–14': the range of epochs a cell gives."""
+    return f"{min(values)}" if min(values) == max(values) else f"{min(values)}–{max(values)}"
 
 
 def _params(row: dict) -> str:
@@ -260,10 +261,6 @@ def _over_seeds(runs: list[dict], key, digits: int) -> str:
     """'mean ± sample std' of a value of every run, recomputed from the runs (a hand-edited summary fails)."""
     values = [key(run) if callable(key) else run[key] for run in runs]
     return f"{statistics.fmean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
-
-
-def _span(values: list[int]) -> str:
-    return f"{min(values)}" if min(values) == max(values) else f"{min(values)}–{max(values)}"
 
 
 def _by_model(lines: list[str], rows: list[dict]) -> list[tuple[list[str], dict]]:

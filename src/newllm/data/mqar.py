@@ -92,8 +92,7 @@ def mqar(
         order = rng.permutation(pairs)
         starts = context + 2 * chosen
         ids[row, starts] = keys[order]
-        ids[row, starts + 1] = values[order]
         labels[row, starts + 1] = values[order]
-        if hide_answers:  # drawn only here, so the shown-answer sequences stay what they were
-            ids[row, starts + 1] = rng.integers(half, vocab_size, size=pairs)
+        # filler drawn only when hidden, so the shown-answer sequences stay what they were
+        ids[row, starts + 1] = rng.integers(half, vocab_size, size=pairs) if hide_answers else values[order]
     return MQARBatch(torch.from_numpy(ids), torch.from_numpy(labels))

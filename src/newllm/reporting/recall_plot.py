@@ -73,6 +73,11 @@ def summarize(results: Mapping[str, Any]) -> list[dict]:
     return rows
 
 
+def _row_label(row: Mapping[str, Any], labels: Mapping[str, str]) -> str:
+    """A summary row's model cell: its label, and its variant where it has one."""
+    return labels.get(row["model"], row["model"]) + (f", {row['variant']}" if row["variant"] else "")
+
+
 def format_recall_table(results: Mapping[str, Any]) -> str:
     """Markdown table: accuracy at the query positions against the state each model carries."""
     labels = results.get("labels") or {}
@@ -81,7 +86,7 @@ def format_recall_table(results: Mapping[str, Any]) -> str:
     lines = [f"| seq_len | pairs | model | width | parameters | state | {accuracy} | steps |",
              "| ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: |"]  # fmt: skip
     for r in summarize(results):
-        name = labels.get(r["model"], r["model"]) + (f", {r['variant']}" if r["variant"] else "")
+        name = _row_label(r, labels)
         lines.append(
             f"| {r['seq_len']} | {r['pairs']} | {name} | {r['width']} | "
             f"{r['parameters']:,} | {format_bytes(r['state_bytes'])} | {r['accuracy']:.3f}"
@@ -107,7 +112,7 @@ def format_recall_splits(results: Mapping[str, Any]) -> str:
     lines = ["| seq_len | pairs | model | width | accuracy | by query (first … last) | by pair (first given … last) | "
              "values without keys |", "| ---: | ---: | --- | ---: | ---: | --- | --- | ---: |"]  # fmt: skip
     for r in rows:
-        name = labels.get(r["model"], r["model"]) + (f", {r['variant']}" if r["variant"] else "")
+        name = _row_label(r, labels)
         keyless = "—" if r["keyless"] is None else f"{r['keyless']:.3f}"
         lines.append(f"| {r['seq_len']} | {r['pairs']} | {name} | {r['width']} | {r['accuracy']:.3f} | "
                      f"{' / '.join(f'{a:.3f}' for a in r['by_query'])} | {' / '.join(f'{a:.3f}' for a in r['by_pair'])} | "
