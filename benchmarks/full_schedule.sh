@@ -27,6 +27,10 @@
 # command. MPS=1 starts a CUDA MPS daemon for the runs (and stops it after), so that the processes share
 # the GPU's SMs instead of taking turns: six runs under MPS each went nearly as fast per epoch as three
 # without it (docs/performance.md).
+# JOBS=N runs at most N at once, the next starting as one ends: every process holds its own CUDA context,
+# compiled graphs and activations (3-5 GB each for the study's cells), and 27 of them overran an 80 GB H100,
+# 13 ending in CUDA out-of-memory (docs/results/run_history.json). A deadline counts from the launch, so a
+# run that starts late gets less time.
 # On a machine with several GPUs, one launch per GPU: CUDA_VISIBLE_DEVICES=1 MPS=1 benchmarks/full_schedule.sh
 # RUNS_DIR (each launch its own daemon; the index is turned into the GPU's UUID, which MPS needs).
 set -euo pipefail
@@ -114,11 +118,13 @@ with tempfile.TemporaryDirectory() as out:
     shutil.copy(f"{out}/tokenizer.json", sys.argv[2])
 PY
 done
+jobs_max=${JOBS:-0}  # at most this many runs at once (0: all at once); the rest start as runs end
+throttle() { while [ "$jobs_max" -gt 0 ] && [ "$(jobs -rp | wc -l)" -ge "$jobs_max" ]; do wait -n || true; done; }
 for entry in $plan; do
   IFS=: read -r row model own <<< "$entry"
   own=${own//,/ }
-  for seed in ${own:-$seeds}; do run "$row" "$model" "$seed" & done
+  for seed in ${own:-$seeds}; do throttle; run "$row" "$model" "$seed" & done
 done
-for entry in $prototype_plan; do IFS=: read -r row model _ <<< "$entry"; run "$row" "$model" 0 & done
+for entry in $prototype_plan; do IFS=: read -r row model _ <<< "$entry"; throttle; run "$row" "$model" 0 & done
 wait
 echo "all_done $(date +%s)" >> "$root/launch.log"

@@ -100,7 +100,10 @@ def build_parser(script: str | None = None) -> argparse.ArgumentParser:
     )
     bench.add_argument("--no-progress", action="store_true", help="no progress bars")
     collect = command("collect", "many runs' results.json -> one table, mean ± std over seeds per preset and model")
-    collect.add_argument("runs", nargs="+", metavar="RUN", help="run folders (holding results.json) or results.json files")
+    collect.add_argument("runs", nargs="+", metavar="RUN",
+                         help="run folders (holding results.json), results.json files, or summaries of --out")
+    collect.add_argument("--replace", action="store_true",
+                         help="a run named later replaces an earlier one of the same preset, model and seed")
     collect.add_argument("--out", help="write the summary JSON here")
     collect.add_argument("--markdown", help="write the Markdown tables here (they are printed either way)")
     collect.add_argument("--plot", help="draw validation perplexity per epoch of every run here (PNG)")
@@ -331,7 +334,9 @@ def _collect(args) -> int:
         plot_validation,
     )
 
-    summary = collect(args.runs)
+    summary = collect(args.runs, replace=args.replace)
+    for entry in summary.get("replaced", []):
+        print(f"replaced {entry['run']}: {entry['path']} by {entry['by']}")
     table = markdown_table(summary)
     print(table, end="")
     for path, text in ((args.out, json.dumps(summary, indent=1) + "\n"), (args.markdown, table)):

@@ -230,3 +230,30 @@ def test_the_prototype_plan_runs_the_prototype_preset_under_its_earlier_names_to
     subprocess.run(["bash", str(REPO / "benchmarks" / "full_schedule.sh"), str(tmp_path / "old")], env=env, check=True,
                    timeout=60)  # fmt: skip
     assert (tmp_path / "old" / "seed_lstm_s0.calls").read_text().split() == ["pretrain", "finetune", "evaluate"]
+
+
+def test_jobs_caps_how_many_runs_are_at_once(tmp_path):
+    """JOBS=N: never more than N runs' commands at once; without it every run starts together."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    python = bin_dir / "fake-python"  # the tokenizer step writes its file; every newllm command logs its span
+    python.write_text('#!/bin/sh\nif [ "$1" = "-" ]; then cat > /dev/null; touch "$3"; exit 0; fi\n'
+                      f'echo "+" >> {tmp_path}/spans; sleep 0.4; echo "-" >> {tmp_path}/spans\n')  # fmt: skip
+    python.chmod(0o755)
+
+    def most_at_once(jobs: str) -> int:
+        (tmp_path / "spans").unlink(missing_ok=True)
+        env = {**os.environ, "PYTHON": str(python), "PLAN": "full:lstm", "SEEDS": "0 1 2 3", "SEED_PLAN": "",
+               "FINETUNE": "0", "JOBS": jobs}  # fmt: skip
+        subprocess.run(["bash", str(REPO / "benchmarks" / "full_schedule.sh"), str(tmp_path / f"runs{jobs}")], env=env,
+                       check=True, timeout=60)  # fmt: skip
+        now = peak = 0
+        for line in (tmp_path / "spans").read_text().split():
+            now += 1 if line == "+" else -1
+            peak = max(peak, now)
+        logs = sorted((tmp_path / f"runs{jobs}").glob("full_lstm_s*.log"))
+        assert len(logs) == 4 and all("exit 0 " in log.read_text() for log in logs)  # every run still ran
+        return peak
+
+    assert most_at_once("2") == 2
+    assert most_at_once("0") == 4

@@ -296,21 +296,27 @@ def test_the_study_step_2_table_is_its_json_and_marks_the_stopped_row():
                             _over_seeds(runs, "dailydialog_test_response_ppl", 2)]  # fmt: skip
 
 
+def _dialog_val(epoch: int):
+    def val(run):
+        return next(e["val_ppl"] for e in run["per_epoch"]["dailydialog"] if e["epoch"] == epoch)
+
+    return val
+
+
 def test_the_study_equal_epochs_table_is_the_step_2_curves():
-    # validation after epochs 1 and 2, which every family ran; the lowest of each column in bold
+    # validation after epochs that every family ran (the header names them); the lowest of each column in bold
     rows = {MODEL_LABELS[row["model"]]: row for row in _study("study_seeds_h100.json")}
-    lines = [cells(line) for line in table_after(RESULTS, "| model | val token PPL after epoch 1 | after epoch 2 |")[2:]]
+    table = table_after(RESULTS, "| model | val token PPL after epoch 1 | after epoch 2 |")
+    epochs = [int(header.split()[-1]) for header in cells(table[0])[1:]]
+    assert epochs[-1] == min(len(run["per_epoch"]["dailydialog"]) for row in rows.values() for run in row["runs"])
+    lines = [cells(line) for line in table[2:]]
     assert sorted(line[0] for line in lines) == sorted(rows)
-    for epoch in (1, 2):
+    for column, epoch in enumerate(epochs, start=1):
         shown = {}
         for line in lines:
             runs = rows[line[0]]["runs"]
-
-            def val(run, epoch=epoch):
-                return next(e["val_ppl"] for e in run["per_epoch"]["dailydialog"] if e["epoch"] == epoch)
-
-            assert line[epoch].strip("*") == _over_seeds(runs, val, 2), (line, epoch)
-            shown[line[0]] = (statistics.fmean(map(val, runs)), line[epoch].startswith("**"))
+            assert line[column].strip("*") == _over_seeds(runs, _dialog_val(epoch), 2), (line, epoch)
+            shown[line[0]] = (statistics.fmean(map(_dialog_val(epoch), runs)), line[column].startswith("**"))
         assert [bold for _, bold in sorted(shown.values())] == [True] + [False] * (len(shown) - 1)
 
 
@@ -330,19 +336,18 @@ def test_the_study_step_2_grid_table_is_its_json():
 
 
 def test_the_readme_table_is_the_study_json():
-    # the README's summary: step 1's test numbers and step 2's validation after epoch 2, the best of each column bold
+    # the README's summary: step 1's test numbers and step 2's validation after epochs 2 and 6, the best of each
+    # column bold
     rows = {MODEL_LABELS[row["model"]]: row for row in _study("study_seeds_h100.json")}
     lines = [cells(line) for line in table_after(DOCS.parent / "README.md", "| model | WikiText-2 test word PPL |")[2:]]
     assert len(lines) == len(rows)
-    for label, word, bpb, dialog in lines:
-        runs = next(row for name, row in rows.items() if label.startswith(name))["runs"]
-
-        def epoch_2(run):
-            return next(e["val_ppl"] for e in run["per_epoch"]["dailydialog"] if e["epoch"] == 2)
-
-        assert [word.strip("*"), bpb.strip("*"), dialog.strip("*")] == [
-            _over_seeds(runs, "wikitext_test_word_ppl", 1), _over_seeds(runs, "wikitext_test_bits_per_byte", 3),
-            _over_seeds(runs, epoch_2, 2)]  # fmt: skip
+    keys = [("wikitext_test_word_ppl", 1), ("wikitext_test_bits_per_byte", 3), (_dialog_val(2), 2), (_dialog_val(6), 2)]
+    for line in lines:
+        runs = next(row for name, row in rows.items() if line[0].startswith(name))["runs"]
+        assert [cell.strip("*") for cell in line[1:]] == [_over_seeds(runs, key, digits) for key, digits in keys]
+    for column in range(1, len(keys) + 1):  # the lowest mean of each column, and only it, in bold
+        means = [float(line[column].strip("*").split()[0]) for line in lines]
+        assert [line[column].startswith("**") for line in lines] == [m == min(means) for m in means]
 
 
 def test_the_study_targets_table_is_its_json():
@@ -358,3 +363,26 @@ def test_the_study_targets_table_is_its_json():
         f"no, +{word - base:.1f} (+{100 * (word / base - 1):.1f} %)"]  # fmt: skip
     for target, bound in [("test word PPL ≤ 110 (stretch)", 110), ("test word PPL ≤ 96 (moonshot)", 96)]:
         assert lines[target] == [_over_seeds(new_llm, "wikitext_test_word_ppl", 1), f"no, +{word - bound:.1f}"]
+
+
+def test_the_ablation_table_is_its_json():
+    lines = table_after(RESULTS, "| preset | lever removed | seeds | parameters |")
+    rows = {f"`{row['preset']}`": row for row in _study("study_ablation_h100.json")}
+    shown = [[cell.strip("*") for cell in cells(line)] for line in lines[2:]]
+    assert sorted(line[0] for line in shown) == sorted(rows)
+    means = []
+    for line in shown:
+        runs = rows[line[0]]["runs"]
+
+        def stat(key, digits, runs=runs):  # a single seed shows its value alone
+            return _over_seeds(runs, key, digits) if len(runs) > 1 else f"{runs[0][key]:.{digits}f}"
+
+        epochs = f"{_span([r['wikitext_epochs_run'] for r in runs])} ({_span([r['wikitext_best_epoch'] for r in runs])})"
+        assert line[2:] == [str(len(runs)), f"{rows[line[0]]['params']:,}", epochs, stat("wikitext_best_val_ppl", 2),
+                            stat("wikitext_test_word_ppl", 1), stat("wikitext_test_bits_per_byte", 3)]  # fmt: skip
+        means.append(statistics.fmean(r["wikitext_test_word_ppl"] for r in runs))
+    assert means == sorted(means)  # best first
+    # the text's count of the runs that ran is the JSON's (8 ablations × 3 seeds were launched)
+    ran = sum(len(row["runs"]) for preset, row in rows.items() if preset != "`study_new_llm`")
+    text = RESULTS.read_text(encoding="utf-8")
+    assert f"and {24 - ran} ran out of GPU memory" in text and f"the {ran} that ran are complete" in text

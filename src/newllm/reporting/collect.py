@@ -2,7 +2,7 @@
 
     newllm collect RUNS/*/ --out summary.json [--markdown tables.md] [--plot val.png] [--plot-test test.png]
 
-Reads nothing but results.json: which preset, seed and commit a run was is in its "provenance" (schema 2;
+Reads nothing but results.json, or the summaries this writes (`--out`), whose runs it takes as recorded: which preset, seed and commit a run was is in its "provenance" (schema 2;
 older files give their config's preset and seed), what each training stage did (epochs run, best epoch, best
 validation PPL, each epoch's perplexities) in the model's stage sections. Two runs of one row with the same seed
 are an error, not an average: the row would count one seed twice. A run whose stage its time limit ended is a
@@ -11,6 +11,7 @@ row of its own, so that no mean mixes shortened schedules with whole ones.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import statistics
@@ -97,35 +98,71 @@ def _stat(values: list[float]) -> dict:
     }
 
 
-def collect(paths) -> dict:
-    """The summary of the runs at `paths` (run folders or results.json files)."""
+def _summary_rows(path: Path) -> list | None:
+    """The rows of a summary that `collect --out` wrote, or None where `path` is a run's results.json."""
+    if path.is_dir() or path.suffix != ".json" or not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None  # load_results gives the error its own words
+    rows = data.get("rows") if isinstance(data, dict) and "models" not in data else None
+    return rows if isinstance(rows, list) else None
+
+
+def _entries(path: str | os.PathLike):
+    """(preset, model, stopped stages, run record) of each model of one run, or of each run of a summary."""
+    rows = _summary_rows(Path(path))
+    if rows is not None:  # an earlier collection: its runs as they were recorded
+        for row in rows:
+            for record in row["runs"]:
+                yield row["preset"], row["model"], list(row["stopped"]), dict(record)
+        return
+    run = _run(_results_path(path))
+    for model, entry in run["models"].items():
+        stopped = [stage for stage in STAGES if _stage(entry, stage).get("stopped")]
+        numbers = {name: _dig(entry, dig) for name, dig, _ in METRICS}
+        yield run["preset"], model, stopped, {
+            "path": run["path"], "seed": run["seed"], "commit": run["commit"], "date": run["date"],
+            "device": run["device"], "params": entry.get("params"), **numbers, "per_epoch": _per_epoch(entry),
+        }  # fmt: skip
+
+
+def collect(paths, replace: bool = False) -> dict:
+    """The summary of the runs at `paths`: run folders, results.json files, or summaries `collect --out` wrote
+    (their runs are taken as recorded, e.g. from machines whose run folders are gone).
+
+    Two runs of one preset, model and seed are an error, unless `replace`: then the run named later replaces
+    the earlier one (a family rerun after an earlier summary), and the summary lists what it replaced.
+    """
     if not paths:
-        raise ValueError("collect: name at least one run folder or results.json")
-    runs = [_run(_results_path(p)) for p in paths]
+        raise ValueError("collect: name at least one run folder, results.json or summary")
     rows: dict[tuple, dict] = {}
-    seen: dict[str, str] = {}  # "preset/model seed N" → the run's path
-    for run in runs:
-        for model, entry in run["models"].items():
-            run_name = f"{run['preset']}/{model} seed {run['seed']}"
+    seen: dict[str, tuple] = {}  # "preset/model seed N" → (its row's key, its record)
+    replaced = []
+    for path in paths:
+        for preset, model, stopped, record in _entries(path):
+            run_name = f"{preset}/{model} seed {record['seed']}"
             if run_name in seen:  # stopped or not: one seed is one run
-                raise ValueError(f"collect: {run['path']} and {seen[run_name]} are both {run_name}")
-            seen[run_name] = run["path"]
-            stopped = [stage for stage in STAGES if _stage(entry, stage).get("stopped")]
-            empty = {"preset": run["preset"], "model": model, "stopped": stopped, "runs": []}
-            row = rows.setdefault((run["preset"], model, *stopped), empty)
-            numbers = {name: _dig(entry, path) for name, path, _ in METRICS}
-            row["runs"].append({"path": run["path"], "seed": run["seed"], "commit": run["commit"], "date": run["date"],
-                                "device": run["device"], "params": entry.get("params"), **numbers,
-                                "per_epoch": _per_epoch(entry)})  # fmt: skip
+                key, earlier = seen[run_name]
+                if not replace:
+                    raise ValueError(f"collect: {record['path']} and {earlier['path']} are both {run_name}")
+                rows[key]["runs"].remove(earlier)
+                replaced.append({"run": run_name, "path": earlier["path"], "by": record["path"]})
+            key = (preset, model, *stopped)
+            rows.setdefault(key, {"preset": preset, "model": model, "stopped": stopped, "runs": []})
+            rows[key]["runs"].append(record)
+            seen[run_name] = (key, record)
+    rows = {key: row for key, row in rows.items() if row["runs"]}
     for row in rows.values():
         row["runs"].sort(key=lambda r: (r["seed"] is None, r["seed"]))
         row["seeds"] = [r["seed"] for r in row["runs"]]
         row["params"] = row["runs"][0]["params"]
         for name, _, _ in METRICS:
-            values = [r[name] for r in row["runs"] if r[name] is not None]
+            values = [r[name] for r in row["runs"] if r.get(name) is not None]
             if values:
                 row[name] = _stat(values)
-    return {"rows": list(rows.values())}
+    return {"rows": list(rows.values()), **({"replaced": replaced} if replaced else {})}
 
 
 def row_label(row: dict, preset: bool = False) -> str:

@@ -126,3 +126,28 @@ def test_a_validation_figure_without_any_training_record_is_a_one_line_error(tmp
     assert "no run's results.json has a per-epoch record" in capsys.readouterr().err
     assert not (tmp_path / "val.png").exists()
     assert plot_test(collect([run]), tmp_path / "test.png").stat().st_size > 0  # its test number still is
+
+
+def test_an_earlier_summary_is_read_back_and_a_rerun_replaces_its_seeds_only_when_asked(tmp_path, capsys):
+    # an earlier collection whose run folders are gone: a baseline and a family whose step 2 was cut short
+    earlier = [_results(tmp_path / f"g{seed}", "study_g", seed, 115.0 + seed, model="tinygpt2",
+                        wikitext=_stage([50, 40]), dialog=_stage([20, 15])) for seed in (0, 1)]  # fmt: skip
+    earlier += [_results(tmp_path / f"n{seed}", "study_n", seed, 121.0 + seed, wikitext=_stage([52, 41]),
+                         dialog=_stage([22], stopped=True)) for seed in (0, 1)]  # fmt: skip
+    summary_path = tmp_path / "summary.json"
+    assert main(["collect", *map(str, earlier), "--out", str(summary_path)]) == 0
+    rerun = [_results(tmp_path / f"r{seed}", "study_n", seed, 122.0 + seed, wikitext=_stage([52, 41]),
+                      dialog=_stage([22, 16, 14])) for seed in (0, 1)]  # fmt: skip
+    with pytest.raises(ValueError, match="both study_n/new_llm seed 0"):
+        collect([summary_path, *rerun])
+    summary = collect([summary_path, *rerun], replace=True)
+    rows = {(row["model"], tuple(row["stopped"])): row for row in summary["rows"]}
+    assert sorted(rows) == [("new_llm", ()), ("tinygpt2", ())]  # the cut row is gone, not averaged in
+    assert rows[("tinygpt2", ())]["wikitext_test_word_ppl"]["mean"] == pytest.approx(115.5)  # as recorded
+    assert rows[("tinygpt2", ())]["runs"][1]["per_epoch"]["dailydialog"][-1]["val_ppl"] == 15
+    assert rows[("new_llm", ())]["dailydialog_best_val_ppl"]["mean"] == 14
+    assert [(entry["run"], entry["by"]) for entry in summary["replaced"]] == [
+        ("study_n/new_llm seed 0", str(rerun[0] / "results.json")),
+        ("study_n/new_llm seed 1", str(rerun[1] / "results.json"))]  # fmt: skip
+    assert main(["collect", str(summary_path), *map(str, rerun), "--replace"]) == 0
+    assert "replaced study_n/new_llm seed 1" in capsys.readouterr().out
