@@ -207,6 +207,7 @@ def test_the_gpu_sweep_covers_three_or_more_state_sizes_per_model():
     assert set(config.models) == set(FAMILIES)
     assert len(config.widths) >= 3 and min(config.widths) >= 64 and max(config.widths) <= 512
     assert config.settings() and all(t >= 4 * n for t, n in config.settings())
+    assert config.hide_answers  # no query answerable by elimination (docs/recall.md)
 
 
 def test_the_cpu_sweep_covers_every_family_at_three_state_sizes_on_one_thread():
