@@ -473,8 +473,10 @@ def test_each_hidden_answer_config_is_its_shown_one_with_the_answers_hidden(name
 
 
 def _variant_label(run, labels):
-    """The tables' model cell: the family, and the pair of levers where a run took them off."""
-    return labels[run["model"]] + (", no final norm, its own head" if run["options"].get("final_norm") is False else "")
+    """The tables' model cell: the family, and the levers a run took off (the final norm, the tied head)."""
+    off = [text for option, text in (("final_norm", "no final norm"), ("tie_embeddings", "its own head"))
+           if run["options"].get(option) is False]  # fmt: skip
+    return ", ".join([labels[run["model"]], *off])
 
 
 def _variants(results):
@@ -506,7 +508,7 @@ def test_the_hidden_answers_table_in_recall_md_is_its_json():
                         f"{runs[0]['state_bytes']:,} B | {_seed_cells(runs)} | {1 / pairs:.3f} |")  # fmt: skip
             assert expected in lines, expected
             rows += 1
-    assert rows == 7
+    assert rows == 10
     # the target's distance: the best recurrent peer's mean at equal state against the cell's
     mean = {run_model: _mean(runs) for (_, _, run_model, _, _), runs in _variants(equal).items()}
     assert re.search(rf"missed,\s+by\s+{mean['mamba2'] - mean['new_llm_mlp']:.3f}", "\n".join(lines))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import statistics
 from collections.abc import Mapping
@@ -131,10 +132,13 @@ def plot_recall(results: Mapping[str, Any], path: str | os.PathLike) -> Path:
     rows = summarize(results)
     settings = _settings(rows)
     labels = results.get("labels") or {}
-    fig = Figure(figsize=(4.2 * len(settings), 3.8), layout="constrained")
+    lines = list(dict.fromkeys((r["model"], r["variant"]) for r in rows))
+    ncols = max(1, len(settings) // 2)
+    # the legend below the panels, as tall as its entries (the lines, chance, values without keys) need
+    fig = Figure(figsize=(max(6.4, 4.2 * len(settings)), 3.8 + 0.22 * math.ceil((len(lines) + 2) / ncols)),
+                 layout="constrained")  # fmt: skip
     axes = fig.subplots(1, len(settings), sharey=True, squeeze=False)[0]
     for ax, (seq_len, pairs) in zip(axes, settings):
-        lines = list(dict.fromkeys((r["model"], r["variant"]) for r in rows))
         for n, (model, kind) in enumerate(lines):
             i = _models(results).index(model)
             points = sorted((r["state_bytes"], r["accuracy"]) for r in rows
@@ -156,7 +160,11 @@ def plot_recall(results: Mapping[str, Any], path: str | os.PathLike) -> Path:
         ax.set_xlabel("state carried per sequence")
         ax.grid(True, which="major", alpha=0.3)
     axes[0].set_ylabel("MQAR accuracy at the queries")
-    axes[-1].legend(loc="best", fontsize="small")
+    entries = {}  # every panel's lines, each name once
+    for ax in axes:
+        for handle, name in zip(*ax.get_legend_handles_labels()):
+            entries.setdefault(name, handle)
+    fig.legend(list(entries.values()), list(entries), loc="outside lower center", ncols=ncols, fontsize="small")
     return save_figure(fig, path)
 
 
@@ -203,7 +211,8 @@ def plot_recall_history(results: Mapping[str, Any], path: str | os.PathLike) -> 
 
 def merge_recall_results(parts: list[Mapping[str, Any]]) -> dict:
     """Several recall.json as one (a sweep run a family at a time, each at its own width): the runs one after
-    another, the labels together, and each part's provenance (command, config, commit, date ...) under `parts`."""
+    another, the labels together, and each part's provenance (command, config, commit, date ...) under `parts`.
+    A part may itself be a merged recall.json: its runs and its parts join the others'."""
     if not parts:
         raise ValueError("no recall.json to merge")
     versions = {part.get("version") for part in parts}
@@ -220,8 +229,11 @@ def merge_recall_results(parts: list[Mapping[str, Any]]) -> dict:
     labels = {}
     for part in parts:
         labels.update(part.get("labels") or {})
+    provenance = []  # a merged file's parts stand as they are: more runs added to it later nest nothing
+    for part in parts:
+        provenance += part["parts"] if "parts" in part else [{key: value for key, value in part.items() if key != "runs"}]
     return {"version": versions.pop(), "labels": labels, "seeds": sorted({run["seed"] for run in runs}), "runs": runs,
-            "parts": [{key: value for key, value in part.items() if key != "runs"} for part in parts]}  # fmt: skip
+            "parts": provenance}
 
 
 def write_recall_outputs(results: Mapping[str, Any], out_dir: str | os.PathLike) -> list[Path]:

@@ -94,6 +94,12 @@ def test_merged_results_keep_every_run_and_each_parts_provenance():
     assert [row["model"] for row in summarize(merged)] == ["lstm", "mamba2"]
     with pytest.raises(ValueError, match="different versions"):
         merge_recall_results([a, {**b, "version": 2}])
+    # a merged file merged again with one more part: its parts join flat, its runs as they were
+    c = {"version": 1, "labels": {"lstm": "LSTM"}, "seeds": [1], "commit": "ghi", "config": {"lr": 0.01},
+         "runs": [_run("lstm", 128, 64, 4, 1, 0.6, 2048)]}  # fmt: skip
+    again = merge_recall_results([merged, c])
+    assert [part["commit"] for part in again["parts"]] == ["abc", "def", "ghi"]
+    assert again["runs"] == merged["runs"] + [{**c["runs"][0], "options": {}, "lr": 0.01}]
 
 
 def test_history_is_drawn_where_runs_record_it(tmp_path):
