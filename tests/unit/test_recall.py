@@ -512,3 +512,10 @@ def test_the_hidden_answers_table_in_recall_md_is_its_json():
     # the target's distance: the best recurrent peer's mean at equal state against the cell's
     mean = {run_model: _mean(runs) for (_, _, run_model, _, _), runs in _variants(equal).items()}
     assert re.search(rf"missed,\s+by\s+{mean['mamba2'] - mean['new_llm_mlp']:.3f}", "\n".join(lines))
+
+
+def test_the_longer_equal_state_run_in_recall_md_is_its_json():
+    lines, results = _recall_doc("recall_cpu_equal_state_hidden_8000")
+    assert {run["steps"] for run in results["runs"]} == {8000} and results["parts"][0]["config"]["hide_answers"]
+    text = " ".join(line.strip() for line in lines)
+    assert f"(8,000), the cell without final norm and with its own head scores {_seed_cells(results['runs']).replace(' | ', ' (')})" in text
