@@ -114,6 +114,9 @@ def _entries(path: str | os.PathLike):
     """(preset, model, stopped stages, run record) of each model of one run, or of each run of a summary."""
     rows = _summary_rows(Path(path))
     if rows is not None:  # an earlier collection: its runs as they were recorded
+        keys = ("preset", "model", "stopped", "runs")
+        if not all(isinstance(row, dict) and all(key in row for key in keys) for row in rows):
+            raise ValueError(f"collect: {path} has rows but is not a summary of `newllm collect --out`")
         for row in rows:
             for record in row["runs"]:
                 yield row["preset"], row["model"], list(row["stopped"]), dict(record)

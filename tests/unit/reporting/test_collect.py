@@ -151,3 +151,11 @@ def test_an_earlier_summary_is_read_back_and_a_rerun_replaces_its_seeds_only_whe
         ("study_n/new_llm seed 1", str(rerun[1] / "results.json"))]  # fmt: skip
     assert main(["collect", str(summary_path), *map(str, rerun), "--replace"]) == 0
     assert "replaced study_n/new_llm seed 1" in capsys.readouterr().out
+
+
+def test_a_json_with_rows_that_is_no_summary_is_a_one_line_error(tmp_path, capsys):
+    bad = tmp_path / "other.json"
+    bad.write_text(json.dumps({"rows": [{"name": "not a summary row"}]}))
+    assert main(["collect", str(bad)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "is not a summary of `newllm collect --out`" in err and "\n" not in err
