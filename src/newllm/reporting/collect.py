@@ -2,16 +2,16 @@
 
     newllm collect RUNS/*/ --out summary.json [--markdown tables.md] [--plot val.png] [--plot-test test.png]
 
-Reads nothing but results.json, or the summaries this writes (`--out`), whose runs it takes as recorded: which preset, seed and commit a run was is in its "provenance" (schema 2;
-older files give their config's preset and seed), what each training stage did (epochs run, best epoch, best
-validation PPL, each epoch's perplexities) in the model's stage sections. Two runs of one row with the same seed
-are an error, not an average: the row would count one seed twice. A run whose stage its time limit ended is a
-row of its own, so that no mean mixes shortened schedules with whole ones.
+Reads nothing but results.json, or the summaries this writes (`--out`), whose runs it takes as recorded.
+Which preset, seed and commit a run was is in its "provenance" (schema 2; older files give their config's
+preset and seed), what each training stage did (epochs run, best epoch, best validation PPL, each epoch's
+perplexities) in the model's stage sections. Two runs of one row with the same seed are an error, not an
+average: the row would count one seed twice. A run whose stage its time limit ended is a row of its own, so
+that no mean mixes shortened schedules with whole ones.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import statistics
@@ -63,8 +63,7 @@ def _results_path(path: str | os.PathLike) -> Path:
     return path / "results.json" if path.is_dir() else path
 
 
-def _run(path: Path) -> dict:
-    results = load_results(path)
+def _run(path: Path, results: dict) -> dict:
     provenance = results.get("provenance") if isinstance(results.get("provenance"), dict) else {}
     config = results.get("config") if isinstance(results.get("config"), dict) else {}
     seed = (provenance.get("seeds") or {}).get("pretrain", (config.get("pretrain") or {}).get("seed"))
@@ -98,30 +97,19 @@ def _stat(values: list[float]) -> dict:
     }
 
 
-def _summary_rows(path: Path) -> list | None:
-    """The rows of a summary that `collect --out` wrote, or None where `path` is a run's results.json."""
-    if path.is_dir() or path.suffix != ".json" or not path.is_file():
-        return None
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None  # load_results gives the error its own words
-    rows = data.get("rows") if isinstance(data, dict) and "models" not in data else None
-    return rows if isinstance(rows, list) else None
-
-
 def _entries(path: str | os.PathLike):
     """(preset, model, stopped stages, run record) of each model of one run, or of each run of a summary."""
-    rows = _summary_rows(Path(path))
-    if rows is not None:  # an earlier collection: its runs as they were recorded
-        keys = ("preset", "model", "stopped", "runs")
-        if not all(isinstance(row, dict) and all(key in row for key in keys) for row in rows):
+    path = _results_path(path)
+    results = load_results(path)  # a run's results.json or a summary: one read either way
+    if "rows" in results and "models" not in results:  # an earlier collection: its runs as they were recorded
+        rows, keys = results["rows"], ("preset", "model", "stopped", "runs")
+        if not isinstance(rows, list) or not all(isinstance(row, dict) and all(k in row for k in keys) for row in rows):
             raise ValueError(f"collect: {path} has rows but is not a summary of `newllm collect --out`")
         for row in rows:
             for record in row["runs"]:
                 yield row["preset"], row["model"], list(row["stopped"]), dict(record)
         return
-    run = _run(_results_path(path))
+    run = _run(path, results)
     for model, entry in run["models"].items():
         stopped = [stage for stage in STAGES if _stage(entry, stage).get("stopped")]
         numbers = {name: _dig(entry, dig) for name, dig, _ in METRICS}
