@@ -1,6 +1,7 @@
 """The tuning grid: every model family trained on the same grid of settings, chosen on validation only.
 
-    python benchmarks/tune.py run RUNS_DIR [--grid configs/grids/study.toml] [--only new_llm] [--gpus 0,1] [--mps] [--deadline UNIX]
+    python benchmarks/tune.py run RUNS_DIR [--grid configs/grids/study.toml] [--only new_llm] [--points NAME,...]
+        [--gpus 0,1] [--mps] [--deadline UNIX]
         [--pretrained STEP1_RUNS] [--seed N] [NEWLLM OPTIONS, e.g. --set FIELD=VALUE]
     python benchmarks/tune.py collect RUNS_DIR [--previous SUMMARY.json] [--commit SHA] --out docs/results/study_grid.json
     python benchmarks/tune.py plot SUMMARY.json --out docs/results/study_grid_val_ppl.png
@@ -82,8 +83,9 @@ def family_preset(grid: dict, family: str) -> str:
     return grid["families"][family].get("preset", grid.get("preset"))
 
 
-def points(grid: dict, only: str | None = None) -> list[dict]:
-    """Every (family, settings) of the grid (of the families in `only`, comma-separated), named by its settings."""
+def points(grid: dict, only: str | None = None, names: str | None = None) -> list[dict]:
+    """Every (family, settings) of the grid (of the families in `only`, comma-separated), named by its settings;
+    with `names` (comma-separated point names) only those points."""
     families = grid["families"]
     wanted = [f for f in only.split(",") if f] if only else list(families)
     unknown = sorted(set(wanted) - set(families))
@@ -100,6 +102,13 @@ def points(grid: dict, only: str | None = None) -> list[dict]:
                 settings[target] = settings[source]
             name = "_".join([family] + [f"{key.rsplit('.', 1)[-1]}{value}" for key, value in zip(axes, values)])
             out.append({"name": name, "family": family, "settings": settings})
+    if names:
+        wanted_names = [n for n in names.split(",") if n]
+        missing = sorted(set(wanted_names) - {p["name"] for p in out})
+        if missing:
+            raise SystemExit(f"tune.py: --points names {', '.join(missing)}, not a point of the grid here "
+                             f"({', '.join(p['name'] for p in out)})")
+        out = [p for p in out if p["name"] in wanted_names]
     return out
 
 
@@ -159,7 +168,7 @@ def run(args) -> int:
         grid["seed"] = args.seed
     runs_dir = Path(args.runs_dir)
     runs_dir.mkdir(parents=True, exist_ok=True)
-    grid_points = points(grid, args.only)
+    grid_points = points(grid, args.only, args.points)
     gpus = [g for g in args.gpus.split(",") if g] if args.gpus else []
     if args.dry_run:
         for i, point in enumerate(grid_points):
@@ -331,6 +340,9 @@ def main(argv=None) -> int:
         p.add_argument("--grid", default=str(ROOT / "configs" / "grids" / "study.toml"))
     run_p = sub.choices["run"]
     run_p.add_argument("--only", default=None, help="comma-separated families: run only their points")
+    run_p.add_argument("--points", default=None,
+                       help="comma-separated point names (e.g. new_llm_dropout0.1): run only those, e.g. the point "
+                            "seed 0 chose at the other seeds")
     run_p.add_argument("--gpus", default="", help="comma-separated GPU indices, points spread round-robin")
     run_p.add_argument("--mps", action="store_true")
     run_p.add_argument("--deadline", type=float, default=None, help="Unix time by which every run must have ended")

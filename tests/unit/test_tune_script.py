@@ -228,3 +228,13 @@ def test_run_takes_another_seed_and_passes_other_options_to_every_point(tune, gr
         assert line.endswith(" --set pretrain.fast_path=compiled --device cpu")
     with pytest.raises(SystemExit):  # collect takes no newllm options
         tune.main(["collect", str(runs), "--grid", str(grid_file), "--device", "cpu"])
+
+
+def test_run_points_runs_only_the_named_points_and_refuses_unknown_names(tune, grid_file, tmp_path, capsys):
+    runs = tmp_path / "runs"
+    chosen = "lstm_dropout0.1_weight_decay0.1"
+    assert tune.main(["run", str(runs), "--grid", str(grid_file), "--points", chosen, "--seed", "1", "--dry-run"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 1 and f"--output-dir {runs / chosen} " in lines[0] and " --set pretrain.seed=1 " in lines[0]
+    with pytest.raises(SystemExit, match="--points names lstm_dropout0.5"):
+        tune.main(["run", str(runs), "--grid", str(grid_file), "--points", "lstm_dropout0.5", "--dry-run"])
