@@ -9,6 +9,7 @@ where it gives one in backticks).
 from __future__ import annotations
 
 import json
+import math
 import re
 import statistics
 from collections import Counter
@@ -367,7 +368,9 @@ def test_the_study_targets_table_is_its_json():
 
 def test_the_ablation_table_is_its_json():
     lines = table_after(RESULTS, "| preset | lever removed | seeds | parameters |")
-    rows = {f"`{row['preset']}`": row for row in _study("study_ablation_h100.json")}
+    every = {f"`{row['preset']}`": row for row in _study("study_ablation_h100.json")}
+    rows = {preset: row for preset, row in every.items() if not row["stopped"]}  # stopped runs: equal epochs only
+    assert len(rows) < len(every)
     shown = [[cell.strip("*") for cell in cells(line)] for line in lines[2:]]
     assert sorted(line[0] for line in shown) == sorted(rows)
     means = []
@@ -385,4 +388,30 @@ def test_the_ablation_table_is_its_json():
     # the text's count of the runs that ran is the JSON's (8 ablations × 3 seeds were launched)
     ran = sum(len(row["runs"]) for preset, row in rows.items() if preset != "`study_new_llm`")
     text = RESULTS.read_text(encoding="utf-8")
-    assert f"and {24 - ran} ran out of GPU memory" in text and f"the {ran} that ran are complete" in text
+    assert f"{24 - ran} ran out of GPU memory" in text and f"the {ran} that ran are complete" in text
+
+
+def test_the_ablations_equal_epoch_table_is_its_jsons_per_epoch_curves():
+    # every preset of the JSON, stopped or not, its validation after epochs 11, 14 and 16 over the seeds that got
+    # there (a dash where none did), best first at epoch 11, the lowest of each column in bold
+    lines = table_after(RESULTS, "| preset | lever removed | seeds | val token PPL after epoch 11 |")
+    rows = {f"`{row['preset']}`": row for row in _study("study_ablation_h100.json")}
+    shown = [cells(line) for line in lines[2:]]
+    assert sorted(line[0] for line in shown) == sorted(rows)
+    for line in shown:
+        runs = rows[line[0]]["runs"]
+        expected = [str(len(runs))]
+        for epoch in (11, 14, 16):
+            values = [r["per_epoch"]["wikitext"][epoch - 1]["val_ppl"] for r in runs
+                      if len(r["per_epoch"]["wikitext"]) >= epoch]  # fmt: skip
+            if not values:
+                expected.append("–")
+            elif len(values) == 1:
+                expected.append(f"{values[0]:.2f}")
+            else:
+                expected.append(f"{statistics.fmean(values):.2f} ± {statistics.stdev(values):.2f}")
+        assert [cell.strip("*") for cell in line[2:]] == expected
+    for column in (3, 4, 5):
+        means = [float(line[column].strip("*").split()[0]) if line[column] != "–" else math.inf for line in shown]
+        assert [line[column].startswith("**") for line in shown] == [m == min(means) for m in means]
+    assert [line[3] for line in shown] == sorted((line[3] for line in shown), key=lambda c: float(c.strip("*").split()[0]))
