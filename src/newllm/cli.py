@@ -139,6 +139,7 @@ def _recall_options(parser: argparse.ArgumentParser) -> None:
         parser.add_argument(f"--{flag}", help=f"comma-separated {text}")
     parser.add_argument("--steps", help="most optimizer steps per run (fewer at the target accuracy)")
     parser.add_argument("--lr", help="peak learning rate of every family")
+    parser.add_argument("--weight-decay", help="AdamW's weight decay for every family (default: the config's, 0.1)")
     parser.add_argument("--option", action="append", default=[], metavar="MODEL.ARGUMENT=VALUE",
                         help="a config argument of one family over its width rule, e.g. new_llm.context_size=512 "
                              "(repeatable; over the config file's [options.<model>])")  # fmt: skip
@@ -150,7 +151,8 @@ def _recall(args) -> int:
     from newllm.recall import DEFAULT_CONFIG, load_recall_config, run_recall
     from newllm.reporting.recall_plot import format_recall_splits, format_recall_table, write_recall_outputs
 
-    flags = {key: getattr(args, key) for key in ("models", "widths", "seq_lens", "pairs", "seeds", "steps", "lr")}
+    flags = {key: getattr(args, key) for key in ("models", "widths", "seq_lens", "pairs", "seeds", "steps", "lr",
+                                               "weight_decay")}
     path = args.config or (None if args.quick else DEFAULT_CONFIG)
     config = load_recall_config(path, quick=args.quick, overrides={k: v for k, v in flags.items() if v is not None},
                                 options=args.option)  # fmt: skip

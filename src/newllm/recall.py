@@ -351,7 +351,8 @@ def run_recall(config: RecallConfig, device: str = "cpu", command: str | None = 
                        "chance": 1 / (config.vocab_size - config.vocab_size // 2),
                        "keyless": keyless_accuracy(pairs, config.hide_answers),
                        # what sets this run apart from another of its family in a merged sweep (recall-collect)
-                       "options": config.options.get(family, {}), "lr": config.lr}  # fmt: skip
+                       "options": config.options.get(family, {}), "lr": config.lr,
+                       "weight_decay": config.weight_decay}  # fmt: skip
                 row.update(train_recall(model, train, test, config, device, seed))
                 logger.info("%s width %d, T=%d, %d pairs, seed %d: accuracy %.3f after %d steps",
                             family, width, seq_len, pairs, seed, row["accuracy"], row["steps"])  # fmt: skip

@@ -240,15 +240,19 @@ def test_bad_flag_exits_1_before_any_work(capsys, tmp_path):
     out = tmp_path / "out"
     assert main(["recall", "--quick", "--widths", "32,40", "--out", str(out)]) == 1
     assert capsys.readouterr().err.strip().splitlines()[-1] == "newllm: error: widths must be multiples of 16, got 40"
+    assert main(["recall", "--quick", "--weight-decay", "-0.1", "--out", str(out)]) == 1
+    assert "weight_decay must be >= 0" in capsys.readouterr().err.strip().splitlines()[-1]
     assert not out.exists()
 
 
 def test_quick_runs_end_to_end(capsys, tmp_path):
     # --widths 32 halves the quick mode's time; every family still trains, is scored and is plotted
-    assert main(["recall", "--quick", "--widths", "32", "--device", "cpu", "--out", str(tmp_path)]) == 0
+    assert main(["recall", "--quick", "--widths", "32", "--weight-decay", "0.05", "--device", "cpu",
+                 "--out", str(tmp_path)]) == 0  # fmt: skip
     results = json.loads((tmp_path / "recall.json").read_text())
     assert (tmp_path / "recall.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert results["command"] == f"newllm recall --quick --widths 32 --device cpu --out {tmp_path}"
+    assert results["command"] == f"newllm recall --quick --widths 32 --weight-decay 0.05 --device cpu --out {tmp_path}"
+    assert results["config"]["weight_decay"] == 0.05 and {r["weight_decay"] for r in results["runs"]} == {0.05}
     assert {"commit", "date", "device", "environment", "config", "seeds"} <= set(results)
     assert results["environment"]["torch"] == torch.__version__
     runs = results["runs"]

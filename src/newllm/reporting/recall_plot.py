@@ -31,10 +31,11 @@ def _models(results: Mapping[str, Any]) -> list[str]:
 
 def variant(run: Mapping[str, Any], runs: list[Mapping[str, Any]]) -> str:
     """What sets `run` apart from the others of its model in `runs`: its config options (`forget_bias=3`) and, where
-    the runs differ in it, its learning rate; "" for none (a sweep's only variant)."""
+    the runs differ in them, its learning rate and weight decay; "" for none (a sweep's only variant)."""
     parts = [f"{key}={value}" for key, value in sorted((run.get("options") or {}).items())]
-    if len({r.get("lr") for r in runs if r["model"] == run["model"]}) > 1:
-        parts.append(f"lr={run.get('lr'):g}")
+    for key, name in (("lr", "lr"), ("weight_decay", "weight decay")):
+        if len({r.get(key) for r in runs if r["model"] == run["model"]}) > 1:
+            parts.append(f"{name}={run.get(key):g}")
     return ", ".join(parts)
 
 
@@ -219,12 +220,13 @@ def merge_recall_results(parts: list[Mapping[str, Any]]) -> dict:
     if len(versions) != 1:
         raise ValueError(f"recall.json files of different versions: {sorted(map(str, versions))}")
     runs = []
-    for part in parts:  # runs written before rows recorded their options and lr take them from their part's config
+    for part in parts:  # runs written before rows recorded their options, lr and weight decay: from their part's config
         config = part.get("config") or {}
         for run in part["runs"]:
             stamped = dict(run)
             stamped.setdefault("options", (config.get("options") or {}).get(run["model"], {}))
             stamped.setdefault("lr", config.get("lr"))
+            stamped.setdefault("weight_decay", config.get("weight_decay"))
             runs.append(stamped)
     labels = {}
     for part in parts:

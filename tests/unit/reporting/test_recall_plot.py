@@ -85,8 +85,8 @@ def test_merged_results_keep_every_run_and_each_parts_provenance():
     b = {"version": 1, "labels": {"mamba2": "Mamba-2"}, "seeds": [0, 1], "commit": "def", "command": "newllm recall ...",
          "runs": [_run("mamba2", 32, 64, 4, 0, 0.7, 2304), _run("mamba2", 32, 64, 4, 1, 0.6, 2304)]}  # fmt: skip
     merged = merge_recall_results([a, b])
-    # the runs, each stamped with its part's options and learning rate (none recorded in these parts' configs)
-    assert merged["runs"] == [{**run, "options": {}, "lr": None} for run in a["runs"] + b["runs"]]
+    # the runs, each stamped with its part's options, learning rate and weight decay (none in these parts' configs)
+    assert merged["runs"] == [{**run, "options": {}, "lr": None, "weight_decay": None} for run in a["runs"] + b["runs"]]
     assert merged["seeds"] == [0, 1]
     assert merged["labels"] == {"lstm": "LSTM", "mamba2": "Mamba-2"}
     assert [part["commit"] for part in merged["parts"]] == ["abc", "def"]
@@ -99,7 +99,7 @@ def test_merged_results_keep_every_run_and_each_parts_provenance():
          "runs": [_run("lstm", 128, 64, 4, 1, 0.6, 2048)]}  # fmt: skip
     again = merge_recall_results([merged, c])
     assert [part["commit"] for part in again["parts"]] == ["abc", "def", "ghi"]
-    assert again["runs"] == merged["runs"] + [{**c["runs"][0], "options": {}, "lr": 0.01}]
+    assert again["runs"] == merged["runs"] + [{**c["runs"][0], "options": {}, "lr": 0.01, "weight_decay": None}]
 
 
 def test_history_is_drawn_where_runs_record_it(tmp_path):
@@ -141,4 +141,11 @@ def test_variants_of_one_model_are_rows_and_lines_of_their_own(tmp_path):
     # one learning rate throughout: only the options set a run apart
     same_lr = merge_recall_results([part(3e-3, {}, [0.1, 0.2]), part(3e-3, {"forget_bias": 3}, [0.4, 0.6])])
     assert [r["variant"] for r in summarize(same_lr)] == ["", "forget_bias=3"]
+    # runs recorded with their own weight decay: a row of their own where it differs
+    no_decay = part(3e-3, {}, [0.7, 0.9])
+    no_decay["runs"] = [{**run, "weight_decay": 0.0} for run in no_decay["runs"]]
+    decayed = {**part(3e-3, {}, [0.1, 0.2]), "config": {"lr": 3e-3, "weight_decay": 0.1}}
+    rows = summarize(merge_recall_results([decayed, no_decay]))
+    assert [(r["variant"], r["accuracy"]) for r in rows] == [
+        pytest.approx(("weight decay=0", 0.8)), pytest.approx(("weight decay=0.1", 0.15))]
     assert len(write_recall_outputs(merged, tmp_path)) == 3
