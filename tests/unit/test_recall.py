@@ -525,27 +525,35 @@ def test_the_longer_equal_state_run_in_recall_md_is_its_json():
     assert f"(8,000), the cell without final norm and with its own head scores {_seed_cells(results['runs']).replace(' | ', ' (')})" in text
 
 
-def test_the_hidden_answer_stream_update_table_in_recall_md_is_its_json():
-    """The MLP cell with its own head whose update reads h_L before the final norm, the answers hidden: the
-    hidden two-pair task's config, its row and the two means the text sets it against from their JSON."""
-    lines, results = _recall_doc("recall_cpu_two_pairs_hidden_stream")
+def test_the_hidden_answer_norm_table_in_recall_md_is_its_json():
+    """The final norm's two guesses, the answers hidden: the MLP cell with its own head whose update reads h_L
+    before the norm, and the same head without weight decay. The hidden two-pair task's config, each row, and
+    the means the text sets them against from their JSON."""
+    lines, results = _recall_doc("recall_cpu_two_pairs_hidden_norm")
     hidden = _recall_doc("recall_cpu_two_pairs_hidden")[1]
-    varied = {"seeds": None, "options": None, "models": None, "lr": None}  # the seeds ran in two processes
+    varied = {"seeds": None, "options": None, "models": None, "lr": None, "weight_decay": None}  # what each row records
     base = hidden["parts"][0]["config"] | varied
-    assert [part["config"] | varied == base for part in results["parts"]] == [True, True]
-    assert base["hide_answers"]
-    runs = results["runs"]
-    assert {(r["model"], r["lr"]) for r in runs} == {("new_llm_mlp", 3e-3)}
-    assert all(r["options"] == {"update_input": "stream", "tie_embeddings": False} for r in runs)
-    assert sorted(r["seed"] for r in runs) == [0, 1, 2]
-    expected = (f"| {results['labels']['new_llm_mlp']} | 3e-3 | the update reads h_L, the head LN(h_L), its own head | "
-                f"{runs[0]['parameters']:,} | 512 B | {_seed_cells(runs)} |")  # fmt: skip
-    assert expected in lines, expected
+    assert [part["config"] | varied == base for part in results["parts"]] == [True] * 4  # two processes a variant
+    assert base["hide_answers"] and {(r["model"], r["lr"]) for r in results["runs"]} == {("new_llm_mlp", 3e-3)}
+    variants = _by(results["runs"], lambda r: (tuple(sorted(r["options"].items())), r["weight_decay"]))
+    change = {((("tie_embeddings", False), ("update_input", "stream")), 0.1):
+              "the update reads h_L, the head LN(h_L), its own head",
+              ((("tie_embeddings", False),), 0.0): "its own head, no weight decay"}  # fmt: skip
+    assert set(variants) == set(change)
+    for key, runs in variants.items():
+        assert sorted(r["seed"] for r in runs) == [0, 1, 2]
+        expected = (f"| {results['labels']['new_llm_mlp']} | 3e-3 | {change[key]} | {runs[0]['parameters']:,} | 512 B | "
+                    f"{_seed_cells(runs)} |")  # fmt: skip
+        assert expected in lines, expected
     text = " ".join(" ".join(lines).split())
-    losses = sorted(r["final_loss"] for r in runs)
+    stream, no_decay = (variants[key] for key in change)
+    losses = sorted(r["final_loss"] for r in stream)
     assert f"ln 64 ({losses[0]:.3f}–{losses[-1]:.3f})" in text
-    variants = _variants(hidden)
-    norm_own_head = variants[(32, 2, "new_llm_mlp", (("tie_embeddings", False),), 3e-3)]
-    pair = variants[(32, 2, "new_llm_mlp", (("final_norm", False), ("tie_embeddings", False)), 3e-3)]
+    left = max(no_decay, key=lambda r: r["accuracy"])
+    assert f"(loss {left['final_loss']:.2f} at step {left['steps']:,}, accuracy {left['accuracy']:.3f})" in text
+    shown = _variants(hidden)
+    norm_own_head = shown[(32, 2, "new_llm_mlp", (("tie_embeddings", False),), 3e-3)]
+    pair = shown[(32, 2, "new_llm_mlp", (("final_norm", False), ("tie_embeddings", False)), 3e-3)]
     assert f"norm in both paths ({_seed_cells(norm_own_head).split(' | ')[0]})" in text
     assert f"both paths gives {_seed_cells(pair).split(' | ')[0]}" in text
+    assert f"the pair's {_mean(pair):.3f}" in text
