@@ -29,8 +29,9 @@
 # without it (docs/performance.md).
 # JOBS=N runs at most N at once, the next starting as one ends: every process holds its own CUDA context,
 # compiled graphs and activations (3-5 GB each for the study's cells), and 27 of them overran an 80 GB H100,
-# 13 ending in CUDA out-of-memory (docs/results/run_history.json). A deadline counts from the launch, so a
-# run that starts late gets less time.
+# 13 ending in CUDA out-of-memory (docs/results/run_history.json). Without JOBS, a machine with an NVIDIA GPU
+# runs as many at once as its free memory holds at GB_PER_RUN (6) GB each (launch.log says how many); JOBS=0
+# starts all at once. A deadline counts from the launch, so a run that starts late gets less time.
 # On a machine with several GPUs, one launch per GPU: CUDA_VISIBLE_DEVICES=1 MPS=1 benchmarks/full_schedule.sh
 # RUNS_DIR (each launch its own daemon; the index is turned into the GPU's UUID, which MPS needs).
 set -euo pipefail
@@ -118,7 +119,19 @@ with tempfile.TemporaryDirectory() as out:
     shutil.copy(f"{out}/tokenizer.json", sys.argv[2])
 PY
 done
-jobs_max=${JOBS:-0}  # at most this many runs at once (0: all at once); the rest start as runs end
+# at most this many runs at once (0: all at once); the rest start as runs end. Unset on a machine with an
+# NVIDIA GPU: as many as the (first visible) GPU's free memory holds at GB_PER_RUN (6) GB each
+gpu=${CUDA_VISIBLE_DEVICES:-}
+if [ -n "${JOBS:-}" ]; then
+  jobs_max=$JOBS
+elif free=$(nvidia-smi ${gpu:+-i "${gpu%%,*}"} --query-gpu=memory.free --format=csv,noheader,nounits 2> /dev/null |
+            head -n 1) && [[ $free =~ ^[0-9]+$ ]]; then
+  jobs_max=$(( free / (${GB_PER_RUN:-6} * 1024) ))
+  [ "$jobs_max" -ge 1 ] || jobs_max=1
+  echo "jobs $jobs_max at once: $free MiB of GPU memory free, ${GB_PER_RUN:-6} GB a run (JOBS=N sets it)" >> "$root/launch.log"
+else
+  jobs_max=0
+fi
 throttle() { while [ "$jobs_max" -gt 0 ] && [ "$(jobs -rp | wc -l)" -ge "$jobs_max" ]; do wait -n || true; done; }
 for entry in $plan; do
   IFS=: read -r row model own <<< "$entry"

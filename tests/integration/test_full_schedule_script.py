@@ -241,10 +241,13 @@ def test_jobs_caps_how_many_runs_are_at_once(tmp_path):
                       f'echo "+" >> {tmp_path}/spans; sleep 0.4; echo "-" >> {tmp_path}/spans\n')  # fmt: skip
     python.chmod(0o755)
 
-    def most_at_once(jobs: str) -> int:
+    def most_at_once(jobs: str | None, **more: str) -> int:
         (tmp_path / "spans").unlink(missing_ok=True)
         env = {**os.environ, "PYTHON": str(python), "PLAN": "full:lstm", "SEEDS": "0 1 2 3", "SEED_PLAN": "",
-               "FINETUNE": "0", "JOBS": jobs}  # fmt: skip
+               "FINETUNE": "0", **more}  # fmt: skip
+        env.pop("JOBS", None)
+        if jobs is not None:
+            env["JOBS"] = jobs
         subprocess.run(["bash", str(REPO / "benchmarks" / "full_schedule.sh"), str(tmp_path / f"runs{jobs}")], env=env,
                        check=True, timeout=60)  # fmt: skip
         now = peak = 0
@@ -257,3 +260,15 @@ def test_jobs_caps_how_many_runs_are_at_once(tmp_path):
 
     assert most_at_once("2") == 2
     assert most_at_once("0") == 4
+    # no JOBS and no GPU (an nvidia-smi that fails, as where no driver is): all at once
+    smi = bin_dir / "nvidia-smi"
+    smi.write_text("#!/bin/sh\nexit 9\n")
+    smi.chmod(0o755)
+    path = f"{bin_dir}:{os.environ['PATH']}"
+    assert most_at_once(None, PATH=path) == 4
+    # no JOBS, a GPU with 13,000 MiB free: two runs of 6 GB at once, said in launch.log
+    smi.write_text("#!/bin/sh\necho 13000\n")
+    (tmp_path / "runsNone" / "launch.log").unlink()
+    assert most_at_once(None, PATH=path, GB_PER_RUN="6") == 2
+    launch = (tmp_path / "runsNone" / "launch.log").read_text()
+    assert "jobs 2 at once: 13000 MiB of GPU memory free, 6 GB a run" in launch
