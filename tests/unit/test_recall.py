@@ -468,7 +468,7 @@ def test_the_pair_at_equal_state_table_in_recall_md_is_its_json():
     assert f"still **missed**, by {distance:.3f}" in "\n".join(lines)
 
 
-@pytest.mark.parametrize("name", ["cpu_two_pairs", "cpu_equal_state"])
+@pytest.mark.parametrize("name", ["cpu_two_pairs", "cpu_equal_state", "cpu_small"])
 def test_each_hidden_answer_config_is_its_shown_one_with_the_answers_hidden(name):
     shown = load_recall_config(DEFAULT_CONFIG.parent / f"{name}.toml")
     hidden = load_recall_config(DEFAULT_CONFIG.parent / f"{name}_hidden.toml")
