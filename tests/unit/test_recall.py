@@ -28,6 +28,7 @@ from newllm.recall import (
     train_recall,
     with_keyless,
 )
+from newllm.reporting.bench_report import format_bytes
 
 FLOAT32 = 4
 CONFIG = dataclasses.replace(quick_recall_config(), widths=(32,), layers=2, vocab_size=64)
@@ -557,3 +558,30 @@ def test_the_hidden_answer_norm_table_in_recall_md_is_its_json():
     assert f"norm in both paths ({_seed_cells(norm_own_head).split(' | ')[0]})" in text
     assert f"both paths gives {_seed_cells(pair).split(' | ')[0]}" in text
     assert f"the pair's {_mean(pair):.3f}" in text
+
+
+def test_the_hidden_answer_small_sweep_table_in_recall_md_is_its_json():
+    """The small CPU sweep with the answers hidden: every family at three widths and 3 seeds, each row's widths,
+    parameters, state and accuracy (mean ± std per width) against docs/results/recall_cpu_small_hidden."""
+    lines, results = _recall_doc("recall_cpu_small_hidden")
+    assert all(part["config"]["hide_answers"] for part in results["parts"])
+    header = "| model | width | parameters | state | accuracy, mean ± std (3 seeds) |"
+    table = lines[lines.index(header) + 2:]
+    table = table[:next(i for i, line in enumerate(table) if not line.startswith("|"))]
+    families = _by(results["runs"], lambda r: r["model"])
+    assert len(table) == len(families) == 5
+    for model, runs in families.items():
+        widths = _by(runs, lambda r: r["width"])
+        assert sorted(widths) == [32, 64, 128] and all(sorted(r["seed"] for r in w) == [0, 1, 2] for w in widths.values())
+        cells = [" / ".join(map(str, sorted(widths))),
+                 " / ".join(f"{widths[w][0]['parameters']:,}" for w in sorted(widths)),
+                 " / ".join(format_bytes(widths[w][0]["state_bytes"]) for w in sorted(widths)),
+                 " / ".join(_seed_cells(widths[w]).split(" | ")[0] for w in sorted(widths))]
+        assert f"| {results['labels'][model]} | {' | '.join(cells)} |" in table, model
+    # the text's Mamba-2 numbers: its smallest and largest state, and the lone seed that stays at the keyless score
+    text = " ".join(" ".join(lines).split())
+    mamba = _by(families["mamba2"], lambda r: r["width"])
+    for width in (32, 128):
+        runs = mamba[width]
+        assert f"{_seed_cells(runs).split(' | ')[0]} with {format_bytes(runs[0]['state_bytes'])}" in text, width
+    assert f"the third stays at the keyless {min(r['accuracy'] for r in mamba[64]):.3f}" in text
