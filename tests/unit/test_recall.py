@@ -532,14 +532,17 @@ def test_the_hidden_answer_norm_table_in_recall_md_is_its_json():
     the means the text sets them against from their JSON."""
     lines, results = _recall_doc("recall_cpu_two_pairs_hidden_norm")
     hidden = _recall_doc("recall_cpu_two_pairs_hidden")[1]
-    varied = {"seeds": None, "options": None, "models": None, "lr": None, "weight_decay": None}  # what each row records
+    # what each row records, and the steps (the longer run's)
+    varied = {"seeds": None, "options": None, "models": None, "lr": None, "weight_decay": None, "steps": None}
     base = hidden["parts"][0]["config"] | varied
-    assert [part["config"] | varied == base for part in results["parts"]] == [True] * 4  # two processes a variant
+    assert [part["config"] | varied == base for part in results["parts"]] == [True] * 6  # two processes a variant
     assert base["hide_answers"] and {(r["model"], r["lr"]) for r in results["runs"]} == {("new_llm_mlp", 3e-3)}
-    variants = _by(results["runs"], lambda r: (tuple(sorted(r["options"].items())), r["weight_decay"]))
-    change = {((("tie_embeddings", False), ("update_input", "stream")), 0.1):
+    variants = _by(results["runs"], lambda r: (tuple(sorted(r["options"].items())), r["weight_decay"], r["steps"]))
+    six = hidden["parts"][0]["config"]["steps"]
+    change = {((("tie_embeddings", False), ("update_input", "stream")), 0.1, six):
               "the update reads h_L, the head LN(h_L), its own head",
-              ((("tie_embeddings", False),), 0.0): "its own head, no weight decay"}  # fmt: skip
+              ((("tie_embeddings", False),), 0.0, six): "its own head, no weight decay",
+              ((("tie_embeddings", False),), 0.1, 12000): "its own head, 12,000 steps"}  # fmt: skip
     assert set(variants) == set(change)
     for key, runs in variants.items():
         assert sorted(r["seed"] for r in runs) == [0, 1, 2]
@@ -547,9 +550,11 @@ def test_the_hidden_answer_norm_table_in_recall_md_is_its_json():
                     f"{_seed_cells(runs)} |")  # fmt: skip
         assert expected in lines, expected
     text = " ".join(" ".join(lines).split())
-    stream, no_decay = (variants[key] for key in change)
+    stream, no_decay, longer = (variants[key] for key in change)
     losses = sorted(r["final_loss"] for r in stream)
     assert f"ln 64 ({losses[0]:.3f}–{losses[-1]:.3f})" in text
+    losses = sorted(r["final_loss"] for r in longer)
+    assert f"in every seed (loss {losses[0]:.2f}–{losses[-1]:.2f})" in text
     left = max(no_decay, key=lambda r: r["accuracy"])
     assert f"(loss {left['final_loss']:.2f} at step {left['steps']:,}, accuracy {left['accuracy']:.3f})" in text
     shown = _variants(hidden)
