@@ -301,8 +301,13 @@ def _recall_doc(results_folder):
 def _seed_cells(runs):
     """A table's last two cells for one variant's runs, seeds in order: "mean ± std | acc0, acc1, acc2"."""
     accuracy = [r["accuracy"] for r in sorted(runs, key=lambda r: r["seed"])]
-    return (f"{statistics.fmean(accuracy):.3f} ± {statistics.stdev(accuracy):.3f} | "
-            f"{', '.join(f'{a:.3f}' for a in accuracy)}")  # fmt: skip
+    return f"{_mean_std(runs)} | {', '.join(f'{a:.3f}' for a in accuracy)}"
+
+
+def _mean_std(runs):
+    """A variant's accuracy over its seeds as the docs write it: "mean ± std"."""
+    accuracy = [r["accuracy"] for r in runs]
+    return f"{statistics.fmean(accuracy):.3f} ± {statistics.stdev(accuracy):.3f}"
 
 
 def _rate(lr):
@@ -321,9 +326,10 @@ def _mean(runs):
     return statistics.fmean(r["accuracy"] for r in runs)
 
 
-def _same_task(part, base):
-    """Whether two recall.json files ran one task: configs equal but for what the commands set per run."""
-    varied = {"models": None, "lr": None, "options": None}  # each row records these
+def _same_task(part, base, also=()):
+    """Whether two recall.json files ran one task: configs equal but for what the commands set per run (and the
+    config fields in `also`)."""
+    varied = dict.fromkeys(("models", "lr", "options", *also))  # each row records these
     return part["parts"][0]["config"] | varied == base["parts"][0]["config"] | varied
 
 
@@ -368,7 +374,7 @@ def test_the_equal_state_table_in_recall_md_is_its_json():
     # results.md repeats each family's best mean with its spread, and the distance
     summary = (DEFAULT_CONFIG.parents[2] / "docs" / "results.md").read_text(encoding="utf-8")
     for family, lr in best_lr.items():
-        assert _seed_cells(groups[family, lr]).split(" | ")[0] in summary, family
+        assert _mean_std(groups[family, lr]) in summary, family
     assert re.search(rf"missed by\s+{distance:.3f}", summary)
 
 
@@ -408,7 +414,7 @@ def test_the_levers_together_table_in_recall_md_is_its_json():
                   "all three: the prototype's update, no final norm, its own head"}  # fmt: skip
     variants = _change_rows(lines, results, change)
     pair = variants[(("final_norm", False), ("tie_embeddings", False))]
-    assert f"reaches {_seed_cells(pair).split(' | ')[0]}" in "\n".join(lines)
+    assert f"reaches {_mean_std(pair)}" in "\n".join(lines)
 
 
 def test_the_pair_rates_table_in_recall_md_is_its_json():
@@ -429,8 +435,8 @@ def test_the_pair_rates_table_in_recall_md_is_its_json():
     best_lstm = max(lstm.values(), key=_mean)
     best = max(by_lr.values(), key=_mean)
     text = " ".join(" ".join(lines).split())  # the sentences as read, line breaks and indents gone
-    assert f"reaches {_seed_cells(best).split(' | ')[0]}; the LSTM at its best" in text
-    assert f"{_seed_cells(best_lstm).split(' | ')[0]} with 2 KiB" in text
+    assert f"reaches {_mean_std(best)}; the LSTM at its best" in text
+    assert f"{_mean_std(best_lstm)} with 2 KiB" in text
     assert f"The gap, {_mean(best_lstm) - _mean(best):.3f}" in text
 
 
@@ -444,7 +450,7 @@ def test_the_stream_update_table_in_recall_md_is_its_json():
               (("tie_embeddings", False), *stream): "the update reads h_L, the head LN(h_L), its own head"}  # fmt: skip
     variants = _change_rows(lines, results, change)
     untied = variants[(("tie_embeddings", False), *stream)]
-    assert f"it falls to {_seed_cells(untied).split(' | ')[0]}" in " ".join(lines)
+    assert f"it falls to {_mean_std(untied)}" in " ".join(lines)
 
 
 def test_the_pair_at_equal_state_table_in_recall_md_is_its_json():
@@ -497,7 +503,7 @@ def test_the_splits_table_in_recall_md_is_its_json():
         assert sorted(r["seed"] for r in runs) == [0, 1, 2]
         by_query = " / ".join(f"{statistics.fmean(v):.3f}" for v in zip(*(r["accuracy_by"]["query"] for r in runs)))
         expected = (f"| {pairs} pairs in {seq_len} | {_variant_label(runs[0], results['labels'])} | {_rate(lr)} | "
-                    f"{_seed_cells(runs).split(' | ')[0]} | {by_query} | {keyless_accuracy(pairs):.3f} |")  # fmt: skip
+                    f"{_mean_std(runs)} | {by_query} | {keyless_accuracy(pairs):.3f} |")  # fmt: skip
         assert expected in lines, expected
 
 
@@ -532,11 +538,10 @@ def test_the_hidden_answer_norm_table_in_recall_md_is_its_json():
     the means the text sets them against from their JSON."""
     lines, results = _recall_doc("recall_cpu_two_pairs_hidden_norm")
     hidden = _recall_doc("recall_cpu_two_pairs_hidden")[1]
-    # what each row records, and the steps (the longer run's)
-    varied = {"seeds": None, "options": None, "models": None, "lr": None, "weight_decay": None, "steps": None}
-    base = hidden["parts"][0]["config"] | varied
-    assert [part["config"] | varied == base for part in results["parts"]] == [True] * 6  # two processes a variant
-    assert base["hide_answers"] and {(r["model"], r["lr"]) for r in results["runs"]} == {("new_llm_mlp", 3e-3)}
+    also = ("seeds", "weight_decay", "steps")  # two processes a variant, each row its weight decay and steps
+    assert [_same_task({"parts": [part]}, hidden, also) for part in results["parts"]] == [True] * 6
+    assert hidden["parts"][0]["config"]["hide_answers"]
+    assert {(r["model"], r["lr"]) for r in results["runs"]} == {("new_llm_mlp", 3e-3)}
     variants = _by(results["runs"], lambda r: (tuple(sorted(r["options"].items())), r["weight_decay"], r["steps"]))
     six = hidden["parts"][0]["config"]["steps"]
     change = {((("tie_embeddings", False), ("update_input", "stream")), 0.1, six):
@@ -560,8 +565,8 @@ def test_the_hidden_answer_norm_table_in_recall_md_is_its_json():
     shown = _variants(hidden)
     norm_own_head = shown[(32, 2, "new_llm_mlp", (("tie_embeddings", False),), 3e-3)]
     pair = shown[(32, 2, "new_llm_mlp", (("final_norm", False), ("tie_embeddings", False)), 3e-3)]
-    assert f"norm in both paths ({_seed_cells(norm_own_head).split(' | ')[0]})" in text
-    assert f"both paths gives {_seed_cells(pair).split(' | ')[0]}" in text
+    assert f"norm in both paths ({_mean_std(norm_own_head)})" in text
+    assert f"both paths gives {_mean_std(pair)}" in text
     assert f"the pair's {_mean(pair):.3f}" in text
 
 
@@ -581,12 +586,12 @@ def test_the_hidden_answer_small_sweep_table_in_recall_md_is_its_json():
         cells = [" / ".join(map(str, sorted(widths))),
                  " / ".join(f"{widths[w][0]['parameters']:,}" for w in sorted(widths)),
                  " / ".join(format_bytes(widths[w][0]["state_bytes"]) for w in sorted(widths)),
-                 " / ".join(_seed_cells(widths[w]).split(" | ")[0] for w in sorted(widths))]
+                 " / ".join(_mean_std(widths[w]) for w in sorted(widths))]
         assert f"| {results['labels'][model]} | {' | '.join(cells)} |" in table, model
     # the text's Mamba-2 numbers: its smallest and largest state, and the lone seed that stays at the keyless score
     text = " ".join(" ".join(lines).split())
     mamba = _by(families["mamba2"], lambda r: r["width"])
     for width in (32, 128):
         runs = mamba[width]
-        assert f"{_seed_cells(runs).split(' | ')[0]} with {format_bytes(runs[0]['state_bytes'])}" in text, width
+        assert f"{_mean_std(runs)} with {format_bytes(runs[0]['state_bytes'])}" in text, width
     assert f"the third stays at the keyless {min(r['accuracy'] for r in mamba[64]):.3f}" in text

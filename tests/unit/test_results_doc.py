@@ -402,14 +402,13 @@ def test_the_ablations_equal_epoch_table_is_its_jsons_per_epoch_curves():
         runs = rows[line[0]]["runs"]
         expected = [str(len(runs))]
         for epoch in (11, 14, 16):
-            values = [r["per_epoch"]["wikitext"][epoch - 1]["val_ppl"] for r in runs
-                      if len(r["per_epoch"]["wikitext"]) >= epoch]  # fmt: skip
-            if not values:
-                expected.append("–")
-            elif len(values) == 1:
-                expected.append(f"{values[0]:.2f}")
-            else:
-                expected.append(f"{statistics.fmean(values):.2f} ± {statistics.stdev(values):.2f}")
+            reached = [r for r in runs if len(r["per_epoch"]["wikitext"]) >= epoch]
+
+            def val(run, epoch=epoch):
+                return run["per_epoch"]["wikitext"][epoch - 1]["val_ppl"]
+
+            expected.append("–" if not reached else f"{val(reached[0]):.2f}" if len(reached) == 1
+                            else _over_seeds(reached, val, 2))  # fmt: skip
         assert [cell.strip("*") for cell in line[2:]] == expected
     for column in (3, 4, 5):
         means = [float(line[column].strip("*").split()[0]) if line[column] != "–" else math.inf for line in shown]

@@ -219,20 +219,15 @@ def merge_recall_results(parts: list[Mapping[str, Any]]) -> dict:
     versions = {part.get("version") for part in parts}
     if len(versions) != 1:
         raise ValueError(f"recall.json files of different versions: {sorted(map(str, versions))}")
-    runs = []
-    for part in parts:  # runs written before rows recorded their options, lr and weight decay: from their part's config
+    runs, labels, provenance = [], {}, []
+    for part in parts:
         config = part.get("config") or {}
-        for run in part["runs"]:
-            stamped = dict(run)
-            stamped.setdefault("options", (config.get("options") or {}).get(run["model"], {}))
-            stamped.setdefault("lr", config.get("lr"))
-            stamped.setdefault("weight_decay", config.get("weight_decay"))
-            runs.append(stamped)
-    labels = {}
-    for part in parts:
+        for run in part["runs"]:  # runs written before rows recorded their options, lr and weight decay: the config's
+            recorded = {"options": (config.get("options") or {}).get(run["model"], {}), "lr": config.get("lr"),
+                        "weight_decay": config.get("weight_decay")}  # fmt: skip
+            runs.append(run | {key: value for key, value in recorded.items() if key not in run})
         labels.update(part.get("labels") or {})
-    provenance = []  # a merged file's parts stand as they are: more runs added to it later nest nothing
-    for part in parts:
+        # a merged file's parts stand as they are: more runs added to it later nest nothing
         provenance += part["parts"] if "parts" in part else [{key: value for key, value in part.items() if key != "runs"}]
     return {"version": versions.pop(), "labels": labels, "seeds": sorted({run["seed"] for run in runs}), "runs": runs,
             "parts": provenance}
