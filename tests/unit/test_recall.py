@@ -147,6 +147,10 @@ def test_option_flags_go_over_the_files_tables(tmp_path):
     assert config.options == {"new_llm": {"context_size": 256, "forget_bias": 3},
                               "new_llm_mlp": {"candidate": "linear"}}  # fmt: skip
     assert model_config("new_llm", 32, config, 32).forget_bias == 3.0
+    # a string reaches the study cell's config (whose final norm is on), bare or quoted
+    for flag in ("new_llm_mlp.final_norm_type=rms", 'new_llm_mlp.final_norm_type="rms"'):
+        rms = load_recall_config(path, options=[flag])
+        assert model_config("new_llm_mlp", 32, rms, 32).final_norm_type == "rms"
     assert parse_option("new_llm.residual=true") == ("new_llm", "residual", True)
     assert parse_option('new_llm.cell="parallel"') == parse_option("new_llm.cell=parallel") == ("new_llm", "cell", "parallel")
     for bad in ("new_llm=3", "forget_bias=3", "new_llm.forget_bias", ".x=1"):

@@ -83,6 +83,8 @@ def test_cells_and_settings_the_decode_kernels_cannot_take_are_refused():
         GreedyDecoder(_model(residual=True), 2, 4, kernels=True)
     with pytest.raises(ValueError, match="MLP-block cell with one context scale"):
         GreedyDecoder(_model(block="mlp", context_scales=2), 2, 4, kernels=True)
+    with pytest.raises(ValueError, match="the decode kernels compute the final norm as a LayerNorm, not final_norm_type 'rms'"):
+        GreedyDecoder(_model(block="mlp", final_norm=True, final_norm_type="rms"), 2, 4, kernels=True)
     with pytest.raises(ValueError, match="float32"):
         GreedyDecoder(_model(), 2, 4, dtype=torch.bfloat16, kernels=True)
 

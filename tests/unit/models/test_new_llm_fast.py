@@ -186,6 +186,8 @@ AUTOGRAD_CELLS = {
     "mlp, dropouts": {**MLP_CELL, "dropout": 0.2, "context_dropout": 0.1},
     "linear, tanh, final norm": dict(candidate="tanh", final_norm=True, residual=True, ffn_norm=True, num_hidden_layers=3),
     "linear, no clamp": dict(context_clamp=0.0, dropout=0.2),
+    "mlp, rms final norm": {**MLP_CELL, "final_norm_type": "rms"},
+    "linear, centring final norm": dict(final_norm=True, final_norm_type="center", residual=True),
 }
 
 

@@ -52,7 +52,7 @@ def _run_kernel(cell, token_part, context, masks, context_masks):
 def _run_reference(cell, token_part, context, masks, context_masks):
     """scan.cell_step along T under autograd: the step written with torch ops, masks given."""
     p = dict(cell.named_parameters())
-    shape = CellShape(False, len(cell.layers), False, False, False, False, cell.context_clamp, cell.context_norm.eps,
+    shape = CellShape(False, len(cell.layers), False, False, None, False, cell.context_clamp, cell.context_norm.eps,
                       masks is not None, context_masks is not None)  # fmt: skip
     context_weight = p["layers.0.weight"][:, cell.embedding_size :]
     hiddens = []

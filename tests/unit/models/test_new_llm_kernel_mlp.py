@@ -54,7 +54,8 @@ def _run_kernel(cell, token_part, context, masks, context_masks):
 def _run_reference(cell, token_part, context, masks, context_masks):
     """scan.cell_step along T under autograd, the masks given."""
     p = dict(cell.named_parameters())
-    shape = CellShape(True, len(cell.blocks), False, False, cell.final_norm is not None, cell.candidate == "tanh",
+    final_norm = cell.final_norm_type if cell.final_norm is not None else None
+    shape = CellShape(True, len(cell.blocks), False, False, final_norm, cell.candidate == "tanh",
                       float(cell.context_clamp), cell.context_norm.eps, masks is not None, context_masks is not None)  # fmt: skip
     context_weight = p["layers.0.weight"][:, cell.embedding_size :]
     hiddens = []
@@ -138,6 +139,9 @@ def test_mlp_cells_the_kernel_cannot_take_are_refused():
     assert kernel.unsupported_reason(cell, 4, 8) is None
     assert "MLP-block cell with one context scale" in kernel.unsupported_reason(_cell(**STUDY, context_scales=2), 4, 8)
     assert "its update reading the head's input" in kernel.unsupported_reason(_cell(**STUDY, update_input="stream"), 4, 8)
+    for kind in ("rms", "center"):
+        reason = kernel.unsupported_reason(_cell(**STUDY, final_norm_type=kind), 4, 8)
+        assert reason == f"the kernels compute the final norm as a LayerNorm, not final_norm_type {kind!r}"
     assert "int32" in kernel.unsupported_reason(cell, 2**12, 2**16)
     assert "float32" in kernel.unsupported_reason(cell.to(torch.bfloat16), 4, 8)
 

@@ -7,7 +7,9 @@ import torch
 
 from newllm.models.new_llm import NewLLMConfig, NewLLMForCausalLM
 from newllm.models.new_llm.configuration import OptionError
+from newllm.models.new_llm.cell import CenterNorm
 from newllm.models.new_llm.parallel import ParallelNewLLMCell, chunked_linear_scan
+from newllm.models.new_llm.scan_mlp import mlp_scan
 from tests.unit.models.conftest import random_ids, tiny_new_llm_config
 
 OPTIONS = {
@@ -28,6 +30,9 @@ OPTIONS = {
     "parallel, mlp": dict(cell="parallel", block="mlp", final_norm=True, candidate="tanh"),
     "update reads the stream": dict(block="mlp", embedding_size=48, tie_embeddings=True, final_norm=True,
                                     candidate="tanh", update_input="stream"),
+    "rms final norm": dict(block="mlp", final_norm=True, final_norm_type="rms", candidate="tanh"),
+    "centring final norm": dict(block="mlp", final_norm=True, final_norm_type="center"),
+    "rms final norm, update reads the stream": dict(final_norm=True, final_norm_type="rms", update_input="stream"),
 }
 
 
@@ -57,7 +62,8 @@ def test_option_trains_generates_and_round_trips(name, tmp_path):
 
 @pytest.mark.parametrize("name", ["residual + norm", "multi-scale", "parallel", "parallel, everything", "mlp block",
                                   "final norm", "tanh candidate, no clamp", "mlp cell", "parallel, mlp",
-                                  "update reads the stream"])
+                                  "update reads the stream", "rms final norm", "centring final norm",
+                                  "rms final norm, update reads the stream"])
 def test_training_forward_equals_step_by_step_reference(name):
     """Whatever path training takes (fused scan, autograd scan, parallel scan), it is `cell.step` along T."""
     model = build(**OPTIONS[name]).eval()  # dropout off: the paths must agree exactly
@@ -173,6 +179,9 @@ def test_parallel_cell_carries_the_context_through_left_padding():
         (dict(update_input="stream"), "needs final_norm and the prototype cell"),
         (dict(update_input="stream", final_norm=True, cell="parallel"), "needs final_norm and the prototype cell"),
         (dict(update_input="hidden"), "update_input: must be 'output' or 'stream', got 'hidden'"),
+        (dict(final_norm=True, final_norm_type="batch"),
+         "final_norm_type: must be 'layer', 'rms' or 'center', got 'batch'"),
+        (dict(final_norm_type="rms"), "final_norm_type: 'rms' is the final norm's type: needs final_norm"),
     ],
 )
 def test_contradictory_options_are_refused(bad, message):
@@ -221,6 +230,36 @@ def test_stream_update_reads_h_L_before_the_final_norm_and_the_head_reads_the_no
         torch.testing.assert_close(updated, default.update_context(stream, context))
         assert not torch.allclose(updated, default_updated, atol=1e-3)
     assert not cell.has_mlp_backward and default.has_mlp_backward  # kernels: test_new_llm_kernel_mlp.py
+
+
+@pytest.mark.parametrize("kind, module, parameters", [("layer", torch.nn.LayerNorm, {"weight", "bias"}),
+                                                      ("rms", torch.nn.RMSNorm, {"weight"}),
+                                                      ("center", CenterNorm, {"weight", "bias"})])  # fmt: skip
+def test_final_norm_type_builds_its_norm_and_only_a_layer_norm_takes_the_hand_written_paths(kind, module, parameters):
+    cell = build(block="mlp", final_norm=True, final_norm_type=kind).model.cell
+    assert type(cell.final_norm) is module
+    assert {n for n, _ in cell.final_norm.named_parameters()} == parameters
+    assert cell.has_mlp_backward is (kind == "layer")  # the kernels' refusals: test_new_llm_kernel_mlp.py
+    if kind != "layer":  # scan_mlp.py computes a LayerNorm: it refuses rather than compute another function
+        with pytest.raises(ValueError, match=r"a LayerNorm final norm or none.*\(cell.has_mlp_backward\)"):
+            mlp_scan(cell, torch.randn(2, 3, 24), torch.zeros(2, 16))
+
+
+def test_rms_final_norm_scales_without_centring_and_centre_norm_centres_without_scaling():
+    """What the head reads, with γ = 1 and β = 0 as initialised: RMSNorm gives rows of RMS 1 that keep their offset;
+    CenterNorm gives rows of mean 0 that keep their spread."""
+    stream = 3 * torch.randn(6, 48) + 5  # rows with a clear offset and a spread far from 1
+    rms_cell = build(**OPTIONS["rms final norm"]).model.cell
+    centre_cell = build(**OPTIONS["centring final norm"]).model.cell
+    assert (rms_cell.final_norm.weight == 1).all() and (centre_cell.final_norm.weight == 1).all()
+    assert (centre_cell.final_norm.bias == 0).all()
+    with torch.no_grad():
+        scaled, centred = rms_cell.head_input(stream), centre_cell.head_input(stream)
+    torch.testing.assert_close(scaled.pow(2).mean(-1).sqrt(), torch.ones(6))
+    assert (scaled.mean(-1) > 0.5).all()  # about 5 / √(5² + 3²): not centred
+    torch.testing.assert_close(centred.mean(-1), torch.zeros(6), atol=1e-5, rtol=0)
+    torch.testing.assert_close(centred.std(-1), stream.std(-1))
+    assert (centred.std(-1) > 2).all()  # not scaled to 1
 
 
 def test_tanh_candidate_is_bounded_and_no_clamp_lets_the_context_past_ten():

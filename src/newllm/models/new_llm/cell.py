@@ -18,7 +18,8 @@ With `block="mlp"` the stack is a Transformer's MLP sublayers without the attent
     h_l = h_{l-1} + Dropout(W_2 GELU(W_1 LN(h_{l-1})))   W_1: d → k·d, W_2: k·d → d, l = 1..L
 
 and `final_norm` puts a LayerNorm on h_L before the head and the context update read it
-(`update_input="stream"`: the update reads h_L itself, the head alone reads the norm).
+(`update_input="stream"`: the update reads h_L itself, the head alone reads the norm); `final_norm_type`
+makes it an RMSNorm (scale only) or a `CenterNorm` (centre only).
 `candidate="tanh"` bounds Δ by tanh, and `context_clamp=0` drops the clamp.
 """
 
@@ -45,6 +46,32 @@ class MLPBlock(nn.Module):
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         return hidden + self.dropout(self.down(F.gelu(self.up(self.norm(hidden)))))
+
+
+def center_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """γ ⊙ (x - mean(x)) + β over the last dim."""
+    return (x - x.mean(-1, keepdim=True)) * weight + bias
+
+
+class CenterNorm(nn.Module):
+    """A LayerNorm without the division by σ: each row is centred but keeps its scale."""
+
+    def __init__(self, width: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(width))
+        self.bias = nn.Parameter(torch.zeros(width))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return center_norm(x, self.weight, self.bias)
+
+
+def make_final_norm(kind: str, width: int, eps: float) -> nn.Module:
+    """The final norm `kind` names: LayerNorm (centre and scale), RMSNorm (scale only) or CenterNorm (centre only)."""
+    if kind == "rms":
+        return nn.RMSNorm(width, eps=eps)
+    if kind == "center":
+        return CenterNorm(width)
+    return nn.LayerNorm(width, eps=eps)
 
 
 class BaseCell(nn.Module):
@@ -76,8 +103,10 @@ class BaseCell(nn.Module):
             self.norms = (
                 nn.ModuleList(nn.LayerNorm(hidden_size, eps=eps) for _ in range(num_layers - 1)) if config.ffn_norm else None
             )
-        # A LayerNorm on the FFN output, read by the head and (prototype cell) the context update
-        self.final_norm = nn.LayerNorm(hidden_size, eps=eps) if config.final_norm else None
+        # A norm on the FFN output, read by the head and (prototype cell) the context update; the hand-written
+        # backwards and the kernels compute it as a LayerNorm, so they check the type ("layer" without one)
+        self.final_norm_type = config.final_norm_type
+        self.final_norm = make_final_norm(config.final_norm_type, hidden_size, eps) if config.final_norm else None
         # W_Δ, W_f, W_i as one matmul: rows [0:C) give Δ, [C:2C) give f, [2C:3C) give i.
         self.context_proj = nn.Linear(gate_input_size, 3 * context_size)
         self.context_proj.is_context_projection = True  # its gate biases have their own init (modeling.py)
@@ -180,8 +209,14 @@ class NewLLMCell(BaseCell):
     @property
     def has_mlp_backward(self) -> bool:
         """Whether scan_mlp.py's hand-written backward covers this cell: MLP blocks and one context scale
-        (with or without the final norm, either candidate, a clamp or none), the update reading the head's input."""
-        return self.context_scales == 1 and self.blocks is not None and not self.update_from_stream
+        (with or without the final norm, a LayerNorm; either candidate, a clamp or none), the update reading the
+        head's input."""
+        return (
+            self.context_scales == 1
+            and self.blocks is not None
+            and not self.update_from_stream
+            and self.final_norm_type == "layer"
+        )
 
     @property
     def fast_validation(self) -> bool:

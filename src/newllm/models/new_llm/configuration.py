@@ -20,6 +20,7 @@ CELL_ALIASES = {"seed": "prototype"}
 BLOCKS = ("linear", "mlp")
 CANDIDATES = ("linear", "tanh")
 UPDATE_INPUTS = ("output", "stream")
+FINAL_NORM_TYPES = ("layer", "rms", "center")
 
 
 class Option(typing.NamedTuple):
@@ -97,6 +98,9 @@ class NewLLMConfig(PretrainedConfig):
             then L pre-norm Transformer MLP blocks h ← h + Dropout(W_2 GELU(W_1 LN(h))) of width hidden_size).
         mlp_ratio: k, the MLP blocks' inner width k · hidden_size.
         final_norm: a LayerNorm on the FFN output, read by the head and by the context update.
+        final_norm_type: what that final norm is: "layer" (LayerNorm: centre and scale), "rms" (RMSNorm: scale
+            only) or "center" (γ ⊙ (h - mean(h)) + β: centre only), to tell which half of it shapes what the
+            model can recall; needs final_norm for any but "layer".
         candidate: "linear" (Δ = W_Δ h) or "tanh" (Δ = tanh(W_Δ h), bounded like an LSTM's candidate).
         update_input: what the context update reads: "output" (the vector the head reads) or "stream" (h_L
             before the final norm, so that the head's LayerNorm does not shape what the context keeps;
@@ -136,6 +140,7 @@ class NewLLMConfig(PretrainedConfig):
         block: str = "linear",
         mlp_ratio: int = 4,
         final_norm: bool = False,
+        final_norm_type: str = "layer",
         candidate: str = "linear",
         context_clamp: float = 10.0,
         update_input: str = "output",
@@ -168,6 +173,9 @@ class NewLLMConfig(PretrainedConfig):
         _check_choice("block", block, BLOCKS)
         _check_choice("candidate", candidate, CANDIDATES)
         _check_choice("update_input", update_input, UPDATE_INPUTS)
+        _check_choice("final_norm_type", final_norm_type, FINAL_NORM_TYPES)
+        if final_norm_type != "layer" and not final_norm:
+            raise OptionError("final_norm_type", f"{final_norm_type!r} is the final norm's type: needs final_norm")
         if update_input == "stream" and not (final_norm and cell == "prototype"):
             reason = "the update reads h_L before the final norm: needs final_norm and the prototype cell"
             raise OptionError("update_input", reason)
@@ -202,6 +210,7 @@ class NewLLMConfig(PretrainedConfig):
         self.block = block
         self.mlp_ratio = mlp_ratio
         self.final_norm = final_norm
+        self.final_norm_type = final_norm_type
         self.candidate = candidate
         self.update_input = update_input
         # Hugging Face's tying machinery stays off: `tie_embeddings` shares the matrix in the model itself.

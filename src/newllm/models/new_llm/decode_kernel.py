@@ -149,6 +149,8 @@ def unsupported_reason(model) -> str | None:
         return ("the decode kernels cover the prototype cell (Linear → ReLU layers without residual or ffn_norm, "
                 "a linear candidate, a clamp, one context scale) and the MLP-block cell with one context scale, "
                 "its update reading the head's input")  # fmt: skip
+    if cell.final_norm_type != "layer":
+        return f"the decode kernels compute the final norm as a LayerNorm, not final_norm_type {cell.final_norm_type!r}"
     if {p.dtype for p in model.parameters()} != {torch.float32}:
         return "the decode kernels run in float32"
     if model.training:

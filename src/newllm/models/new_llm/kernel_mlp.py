@@ -307,6 +307,8 @@ def mlp_unsupported_reason(cell, batch: int, steps: int) -> str | None:
     """Why these kernels cannot run this MLP-block cell on a (batch, steps) window, or None when they can."""
     if cell.blocks is None or cell.context_scales != 1 or not hasattr(cell, "context_clamp") or cell.update_from_stream:
         return COVERED
+    if cell.final_norm_type != "layer":
+        return f"the kernels compute the final norm as a LayerNorm, not final_norm_type {cell.final_norm_type!r}"
     dtypes = {p.dtype for p in cell.parameters()}
     if dtypes != {torch.float32}:
         return f"the kernel runs in float32; the cell's parameters are {', '.join(sorted(map(str, dtypes)))}"

@@ -157,8 +157,8 @@ class NewLLMForCausalLM(RecurrentGenerationMixin, NewLLMPreTrainedModel, Generat
         "compiled" fuses each step's kernels with torch.compile; "graphed" captures the whole scan,
         forward and backward, as CUDA graphs per input shape (scan.py). "kernel" runs the whole
         window in one Triton launch forward and one backward (kernel.py, kernel_mlp.py) where that applies
-        (CUDA, triton installed, the prototype cell without residual or ffn_norm or the MLP-block cell, one
-        context scale, float32 parameters) and
+        (CUDA, triton installed, the prototype cell without residual or ffn_norm or the MLP-block cell with a
+        LayerNorm final norm or none, one context scale, float32 parameters) and
         otherwise, with a warning on CUDA, the eager hand-written scan. "auto" takes the kernels where they
         apply and "compiled+graphed" where they do not, silently. A mode ending in "/autograd"
         ("compiled+graphed/autograd") trains the cell through autograd instead of its hand-written backward

@@ -23,10 +23,11 @@ cell trade set-up time for speed (`NewLLMForCausalLM.set_fast_path`):
         (`CapturedScan`) and then replayed, with no Python or launch cost per token.
 
 The MLP-block cell has a hand-written backward of its own (scan_mlp.py, through `run_scan` below).
-Cells neither covers (a tanh candidate, a final norm or no clamp on the Linear stack, a multi-scale
-context) train through autograd on `cell_step`, a pure function of the parameters: `compile_steps`
-fuses each step with torch.compile (AOTAutograd compiles its backward too), and `cuda_graphs`
-captures the whole scan, backward included, the same way (`autograd_scan`).
+Cells neither covers (a tanh candidate, a final norm or no clamp on the Linear stack, a final norm
+other than a LayerNorm, a multi-scale context) train through autograd on `cell_step`, a pure function
+of the parameters: `compile_steps` fuses each step with torch.compile (AOTAutograd compiles its
+backward too), and `cuda_graphs` captures the whole scan, backward included, the same way
+(`autograd_scan`).
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ import torch
 from torch.nn import functional as F
 
 from newllm.models.cuda_graphs import capture_stream
+from newllm.models.new_llm.cell import center_norm
 
 # captures kept per cell: training and validation see one or two shapes each (a short last batch), or, with
 # step 2's batches grouped by length and padded in steps of 32 (pipeline/stage.py), about ten. A capture's
@@ -373,7 +375,7 @@ class CellShape(NamedTuple):
     layers: int  # L: blocks, or Linear layers
     residual: bool  # linear layers 2..L add their output to their input
     ffn_norm: bool  # LayerNorm before linear layers 2..L
-    final_norm: bool
+    final_norm: str | None  # its type (NewLLMConfig.final_norm_type), None without one
     tanh: bool  # Δ through tanh
     clamp: float  # 0: no clamp
     eps: float
@@ -405,8 +407,12 @@ def cell_step(token_part, context, masks, context_mask, context_weight, p: dict,
             out = F.relu(F.linear(x, p[f"layers.{layer}.weight"], p[f"layers.{layer}.bias"]))
             out = out if masks is None else out * masks[layer]
             hidden = hidden + out if shape.residual else out
-    if shape.final_norm:
+    if shape.final_norm == "layer":
         hidden = F.layer_norm(hidden, size, p["final_norm.weight"], p["final_norm.bias"], shape.eps)
+    elif shape.final_norm == "rms":
+        hidden = F.rms_norm(hidden, size, p["final_norm.weight"], shape.eps)
+    elif shape.final_norm == "center":
+        hidden = center_norm(hidden, p["final_norm.weight"], p["final_norm.bias"])
     delta, gates = F.linear(hidden, p["context_proj.weight"], p["context_proj.bias"]).split(
         [context.shape[1], 2 * context.shape[1]], dim=1
     )
@@ -462,8 +468,9 @@ def autograd_scan(cell, token_embeddings: torch.Tensor, context: torch.Tensor) -
     if cell.context_scales > 1 or cell.update_from_stream:  # options cell_step leaves to the reference scan
         scan, key = functools.partial(_cell_scan, cell=cell, names=names), ("reference", cell.training)
     else:
+        final_norm = cell.final_norm_type if cell.final_norm is not None else None
         shape = CellShape(cell.blocks is not None, len(cell.blocks if cell.blocks is not None else cell.layers),
-                          cell.residual, cell.norms is not None, cell.final_norm is not None, cell.candidate == "tanh",
+                          cell.residual, cell.norms is not None, final_norm, cell.candidate == "tanh",
                           float(cell.context_clamp), cell.context_norm.eps, cell.dropout.p > 0 and cell.training,
                           cell.context_dropout.p > 0 and cell.training)  # fmt: skip
         compiled = cell.compile_steps and on_cuda

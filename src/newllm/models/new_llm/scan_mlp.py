@@ -227,6 +227,9 @@ def _scan(token_part, context, context_weight, proj_weight, proj_bias, norm_weig
 
 def mlp_scan(cell, token_embeddings: torch.Tensor, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """`cell.scan` of an MLP-block cell without a mask, through `MLPScan`: (B, T, E), (B, C) → y (B, T, D), last context."""
+    if not cell.has_mlp_backward:  # it would compute another function (or fail on a missing parameter)
+        raise ValueError("mlp_scan covers MLP-block cells with one context scale, a LayerNorm final norm or none, "
+                         "the update reading the head's input (cell.has_mlp_backward)")  # fmt: skip
     params = [p for block in cell.blocks for p in (block.norm.weight, block.norm.bias, block.up.weight, block.up.bias,
                                                    block.down.weight, block.down.bias)]  # fmt: skip
     if cell.final_norm is not None:
