@@ -437,3 +437,18 @@ def test_the_ablations_equal_epoch_table_is_its_jsons_per_epoch_curves():
         means = [float(line[column].strip("*").split()[0]) if line[column] != "–" else math.inf for line in shown]
         assert [line[column].startswith("**") for line in shown] == [m == min(means) for m in means]
     assert [line[3] for line in shown] == sorted((line[3] for line in shown), key=lambda c: float(c.strip("*").split()[0]))
+
+
+def test_the_mamba2_step_time_table_is_its_json():
+    # performance.md's table of the peer's training step: every row of the JSON, in its order, with its numbers
+    text = (DOCS / "performance.md").read_text(encoding="utf-8")
+    link = "(performance/study_step_time_mamba2_h100.json)):\n\n"
+    assert text.count(link) == 1
+    table = text[text.index(link) + len(link) :].split("\n\n")[0].splitlines()[2:]
+    rows = json.loads((DOCS / "performance" / "study_step_time_mamba2_h100.json").read_text(encoding="utf-8"))["rows"]
+    assert len(table) == len(rows)
+    for line, row in zip(table, rows):
+        model, path, ms, tokens, epoch = cells(line)
+        assert model.startswith({"new_llm": "New-LLM", "tinygpt2": "TinyGPT2", "mamba2": "Mamba-2"}[row["model"]])
+        assert ("compile" in path) == ("compiled" in row["mode"]), (path, row["mode"])
+        assert [ms, tokens, epoch] == [f"{row['ms_per_step']:.2f}", f"{row['tokens_per_s'] / 1e6:.2f} M", f"{row['epoch_s']:.1f}"]
