@@ -10,7 +10,9 @@ A grid file names a preset, a seed, the axes every family shares and, per family
 settings that follow another (configs/grids/study.toml). `run` trains the tokenizer once, then runs
 step 1 (`newllm pretrain`) of every point side by side, one process each, spread over the GPUs
 (`--mps` starts a CUDA MPS daemon so that the processes share each GPU's SMs instead of taking turns;
-`--deadline` gives every run a time limit, after which it ends with its best model, marked stopped).
+`--deadline` gives every run a time limit, after which it ends with its best model, marked stopped;
+`--jobs` caps how many run at once, by default as many as the GPUs' free memory holds at `--gb-per-run`
+GB each, counted when `run` starts: two launches side by side each count only their own points).
 `collect` reads each point's history and writes one JSON: the points with their best validation
 loss and perplexity, and the chosen point of each family (lowest validation loss). The test split is
 never read: the chosen settings are run with 3 seeds through all three steps afterwards.
@@ -51,6 +53,7 @@ except ModuleNotFoundError:  # Python 3.10
 
 ROOT = Path(__file__).resolve().parents[1]
 MARGIN = 60  # seconds before --deadline left to each run for its last evaluation and save
+POLL_S = 2.0  # seconds between looks at the running points
 STAGE_OF_STEP = {"pretrain": "wikitext", "finetune": "dialog"}  # the run folder's stage each step trains
 
 
@@ -150,6 +153,34 @@ def gpu_uuids() -> list[str]:
     return [line.strip() for line in listing.splitlines() if line.strip()]
 
 
+def free_gpu_mib(gpus: list[str]) -> int | None:
+    """The least free memory (MiB) of the GPUs the points run on (the first GPU without --gpus), or None without
+    nvidia-smi."""
+    try:
+        listing = subprocess.run(["nvidia-smi", "--query-gpu=memory.free", "--format=csv,noheader,nounits"],
+                                 capture_output=True, text=True, check=True).stdout  # fmt: skip
+        free = [int(line) for line in listing.split()]
+    except (OSError, subprocess.CalledProcessError, ValueError):
+        return None
+    picked = [free[int(g)] for g in gpus if g.isdigit() and int(g) < len(free)] or free[:1]
+    return min(picked) if picked else None
+
+
+def jobs_at_once(args, n_points: int, gpus: list[str]) -> int:
+    """How many points run at once: --jobs (0: all), else as many as the GPUs' free memory holds at --gb-per-run
+    each (every process holds its own CUDA context, compiled graphs and activations: step-2 points started beside
+    other runs ran out of memory), else all."""
+    if args.jobs is not None:
+        return args.jobs or n_points
+    free = free_gpu_mib(gpus)
+    if free is None or args.gb_per_run <= 0:
+        return n_points
+    jobs = max(1, free // int(args.gb_per_run * 1024)) * max(1, len(gpus))
+    print(f"jobs {min(jobs, n_points)} at once: {free} MiB of GPU memory free, {args.gb_per_run:g} GB a run "
+          f"(--jobs sets it)", flush=True)  # fmt: skip
+    return min(jobs, n_points)
+
+
 def train_tokenizer(grid: dict, runs_dir: Path) -> Path:
     """One tokenizer for every point, trained as the preset says (the pipeline reuses a tokenizer.json it finds)."""
     path = runs_dir / "tokenizer.json"
@@ -189,32 +220,43 @@ def run(args) -> int:
     if finetuning and not args.pretrained:
         raise SystemExit("tune.py: a step-2 grid starts from step-1 runs: pass --pretrained DIR")
     tokenizer = None if finetuning else train_tokenizer(grid, runs_dir)
-    launches = []
-    for i, point in enumerate(grid_points):
-        out = runs_dir / point["name"]
-        out.mkdir(exist_ok=True)
-        if finetuning:
-            link_pretrained(grid, point, Path(args.pretrained), out)
-        else:
-            shutil.copy(tokenizer, out / "tokenizer.json")
-        point_env = dict(env)
-        if gpus:
-            gpu = gpus[i % len(gpus)]
-            point_env["CUDA_VISIBLE_DEVICES"] = uuids[int(gpu)] if gpu.isdigit() and int(gpu) < len(uuids) else gpu
-        limit = None if args.deadline is None else args.deadline - time.time() - MARGIN
-        log = open(runs_dir / f"{point['name']}.log", "w")
-        cmd = command(grid, point, runs_dir, args.python, limit, args.overrides)
-        launches.append((point, subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=point_env), log))
-        print(f"started {point['name']}", flush=True)
-    codes = {}
-    for point, process, log in launches:
-        timeout = None if args.deadline is None else max(args.deadline - time.time(), 1)
-        try:
-            codes[point["name"]] = process.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            codes[point["name"]] = "killed at the deadline"
-        log.close()
+    jobs = jobs_at_once(args, len(grid_points), gpus)
+    waiting = list(enumerate(grid_points))
+    running, codes = [], {}
+    while waiting or running:
+        # start points while fewer than `jobs` run: the next starts as one ends, so none waits for the slowest
+        while waiting and len(running) < jobs:
+            i, point = waiting.pop(0)
+            limit = None if args.deadline is None else args.deadline - time.time() - MARGIN
+            if limit is not None and limit <= 0:
+                codes[point["name"]] = "not started before the deadline"
+                continue
+            out = runs_dir / point["name"]
+            out.mkdir(exist_ok=True)
+            if finetuning:
+                link_pretrained(grid, point, Path(args.pretrained), out)
+            else:
+                shutil.copy(tokenizer, out / "tokenizer.json")
+            point_env = dict(env)
+            if gpus:
+                gpu = gpus[i % len(gpus)]
+                point_env["CUDA_VISIBLE_DEVICES"] = uuids[int(gpu)] if gpu.isdigit() and int(gpu) < len(uuids) else gpu
+            log = open(runs_dir / f"{point['name']}.log", "w")
+            cmd = command(grid, point, runs_dir, args.python, limit, args.overrides)
+            running.append((point, subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=point_env), log))
+            print(f"started {point['name']}", flush=True)
+        for entry in list(running):
+            point, process, log = entry
+            code = process.poll()
+            if code is None and args.deadline is not None and time.time() >= args.deadline:
+                process.kill()
+                process.wait()
+                code = "killed at the deadline"
+            if code is not None:
+                codes[point["name"]] = code
+                log.close()
+                running.remove(entry)
+        time.sleep(POLL_S if running else 0)
     (runs_dir / "exit_codes.json").write_text(json.dumps(codes, indent=2))
     if mps:
         subprocess.run(["nvidia-cuda-mps-control"], input="quit\n", text=True, env=env)
@@ -345,6 +387,11 @@ def main(argv=None) -> int:
                             "seed 0 chose at the other seeds")
     run_p.add_argument("--gpus", default="", help="comma-separated GPU indices, points spread round-robin")
     run_p.add_argument("--mps", action="store_true")
+    run_p.add_argument("--jobs", type=int, default=None,
+                       help="at most this many points at once, the next starting as one ends (0: all); default: as "
+                            "many as the GPUs' free memory holds at --gb-per-run each, all without a GPU")
+    run_p.add_argument("--gb-per-run", type=float, default=float(os.environ.get("GB_PER_RUN", 6)),
+                       help="GPU memory a point needs, for the default --jobs (default 6, or $GB_PER_RUN)")
     run_p.add_argument("--deadline", type=float, default=None, help="Unix time by which every run must have ended")
     run_p.add_argument("--python", default=sys.executable)
     run_p.add_argument("--dry-run", action="store_true", help="print the commands and exit")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 
 import pytest
@@ -238,3 +239,42 @@ def test_run_points_runs_only_the_named_points_and_refuses_unknown_names(tune, g
     assert len(lines) == 1 and f"--output-dir {runs / chosen} " in lines[0] and " --set pretrain.seed=1 " in lines[0]
     with pytest.raises(SystemExit, match="--points names lstm_dropout0.5"):
         tune.main(["run", str(runs), "--grid", str(grid_file), "--points", "lstm_dropout0.5", "--dry-run"])
+
+
+def test_run_starts_at_most_jobs_points_at_once_from_the_gpus_free_memory(tune, grid_file, tmp_path, monkeypatch):
+    # a fake nvidia-smi reports 13,000 MiB free: at 6 GB a run two points fit, so the four LSTM points run two at a
+    # time, the next starting as one ends; a fake interpreter logs each point's start and end
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    smi = bin_dir / "nvidia-smi"
+    smi.write_text('#!/bin/sh\necho 13000\n')
+    smi.chmod(0o755)
+    events = tmp_path / "events"
+    python = bin_dir / "fake-python"
+    python.write_text(f'#!/bin/sh\necho "start $$" >> {events}\nsleep 0.6\necho "end $$" >> {events}\n')
+    python.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    monkeypatch.setattr(tune, "POLL_S", 0.05)
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    (runs / "tokenizer.json").write_text("{}")  # the grid's tokenizer, so that run trains none
+    assert tune.main(["run", str(runs), "--grid", str(grid_file), "--only", "lstm", "--python", str(python)]) == 0
+    assert _most_at_once(events) == 2 and events.read_text().count("start") == 4
+    assert json.loads((runs / "exit_codes.json").read_text()) == {name: 0 for name in (
+        "lstm_dropout0.1_weight_decay0.0", "lstm_dropout0.1_weight_decay0.1", "lstm_dropout0.3_weight_decay0.0",
+        "lstm_dropout0.3_weight_decay0.1")}  # fmt: skip
+    # --jobs 0 runs all at once; --jobs 1 one at a time
+    for jobs, expected in [("0", 4), ("1", 1)]:
+        events.unlink()
+        assert tune.main(["run", str(runs), "--grid", str(grid_file), "--only", "lstm", "--python", str(python),
+                          "--jobs", jobs]) == 0  # fmt: skip
+        assert _most_at_once(events) == expected
+
+
+def _most_at_once(events: Path) -> int:
+    """The most points running at once, from a log of their starts and ends."""
+    at_once = most = 0
+    for line in events.read_text().splitlines():
+        at_once += 1 if line.startswith("start") else -1
+        most = max(most, at_once)
+    return most
