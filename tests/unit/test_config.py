@@ -493,3 +493,9 @@ def test_grouping_by_length_and_stateful_lanes_are_refused_together():
     assert load_config("quick", ["finetune.group_by_length=true"]).finetune.group_by_length is True
     with pytest.raises(ConfigError, match="pretrain.group_by_length: stateful training reads its lanes in order"):
         load_config("quick", ["pretrain.stateful=true", "pretrain.group_by_length=true"])
+
+
+def test_the_center_norm_study_is_the_best_cell_with_its_final_norm_centring_alone():
+    expected = load_config("study_without_tanh", ["model.final_norm_type=center"])
+    assert load_config("study_center_norm") == dataclasses.replace(expected, preset="study_center_norm")
+    assert load_config("study_center_norm") != dataclasses.replace(load_config("study_without_tanh"), preset="study_center_norm")

@@ -543,7 +543,7 @@ def test_the_hidden_answer_norm_table_in_recall_md_is_its_json():
     lines, results = _recall_doc("recall_cpu_two_pairs_hidden_norm")
     hidden = _recall_doc("recall_cpu_two_pairs_hidden")[1]
     also = ("seeds", "weight_decay", "steps")  # two processes a variant, each row its weight decay and steps
-    assert [_same_task({"parts": [part]}, hidden, also) for part in results["parts"]] == [True] * 6
+    assert [_same_task({"parts": [part]}, hidden, also) for part in results["parts"]] == [True] * 10
     assert hidden["parts"][0]["config"]["hide_answers"]
     assert {(r["model"], r["lr"]) for r in results["runs"]} == {("new_llm_mlp", 3e-3)}
     variants = _by(results["runs"], lambda r: (tuple(sorted(r["options"].items())), r["weight_decay"], r["steps"]))
@@ -551,7 +551,13 @@ def test_the_hidden_answer_norm_table_in_recall_md_is_its_json():
     change = {((("tie_embeddings", False), ("update_input", "stream")), 0.1, six):
               "the update reads h_L, the head LN(h_L), its own head",
               ((("tie_embeddings", False),), 0.0, six): "its own head, no weight decay",
-              ((("tie_embeddings", False),), 0.1, 12000): "its own head, 12,000 steps"}  # fmt: skip
+              ((("tie_embeddings", False),), 0.1, 12000): "its own head, 12,000 steps",
+              ((("final_norm_type", "rms"), ("tie_embeddings", False)), 0.1, six):
+              "the norm an RMSNorm (no centring), its own head",
+              ((("final_norm_type", "center"), ("tie_embeddings", False)), 0.1, six):
+              "the norm centring alone (no division), its own head",
+              ((("final_norm_type", "center"), ("tie_embeddings", False)), 0.1, 12000):
+              "the norm centring alone, its own head, 12,000 steps"}  # fmt: skip
     assert set(variants) == set(change)
     for key, runs in variants.items():
         assert sorted(r["seed"] for r in runs) == [0, 1, 2]
@@ -559,13 +565,19 @@ def test_the_hidden_answer_norm_table_in_recall_md_is_its_json():
                     f"{_seed_cells(runs)} |")  # fmt: skip
         assert expected in lines, expected
     text = " ".join(" ".join(lines).split())
-    stream, no_decay, longer = (variants[key] for key in change)
+    stream, no_decay, longer, rms, center, center_longer = (variants[key] for key in change)
     losses = sorted(r["final_loss"] for r in stream)
     assert f"ln 64 ({losses[0]:.3f}–{losses[-1]:.3f})" in text
     losses = sorted(r["final_loss"] for r in longer)
     assert f"in every seed (loss {losses[0]:.2f}–{losses[-1]:.2f})" in text
     left = max(no_decay, key=lambda r: r["accuracy"])
     assert f"(loss {left['final_loss']:.2f} at step {left['steps']:,}, accuracy {left['accuracy']:.3f})" in text
+    # which half of the norm: the RMSNorm at ln 64, centring alone at the keyless 0.5 (loss near ln 2)
+    losses = sorted(r["final_loss"] for r in rms)
+    assert f"its loss at ln 64 ({losses[0]:.3f}–{losses[-1]:.3f})" in text
+    losses = sorted(r["final_loss"] for r in center)
+    assert f"given ({_mean_std(center)}, loss {losses[0]:.2f}–{losses[-1]:.2f}, near ln 2" in text
+    assert f"centring alone at 12,000 steps: {_mean_std(center_longer)}" in text
     shown = _variants(hidden)
     norm_own_head = shown[(32, 2, "new_llm_mlp", (("tie_embeddings", False),), 3e-3)]
     pair = shown[(32, 2, "new_llm_mlp", (("final_norm", False), ("tie_embeddings", False)), 3e-3)]
