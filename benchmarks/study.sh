@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# The context-vector study (docs/results.md): every family's chosen preset (configs/study_<family>.toml)
-# through all three steps with each seed, step 2's tuning grid included, in one launch on one GPU.
+# The context-vector study (docs/results.md): every family's chosen preset through all three steps with each
+# seed, step 2's tuning grid included, in one launch on one GPU. The step-2 grid names each family's preset
+# (configs/grids/study_finetune.toml: configs/study_<family>.toml); another grid runs another cell, e.g.
+# GRID=configs/grids/study_finetune_best_cell.toml FAMILIES=new_llm, the ablation's best New-LLM cell.
 #
 #   MPS=1 DEADLINE=$(( $(date +%s) + 22 * 60 )) benchmarks/study.sh RUNS      # returns when all has ended
 #   FAMILIES="new_llm tinygpt2 lstm" SEEDS="0 1 2" GRID=configs/grids/study_finetune.toml EXTRA="--set ..." \
@@ -44,13 +46,15 @@ log start
 source benchmarks/mps.sh
 if [ "${MPS:-0}" = 1 ]; then start_mps >> "$root/study.log" 2>&1; fi
 
+preset_of() { $python benchmarks/tune.py preset --grid "$grid" "$1"; }  # the family's preset, as the grid names it
 plan=""
-for family in $families; do plan+="study_$family:$family "; done
+for family in $families; do plan+="$(preset_of "$family"):$family "; done
 ( FINETUNE=0 SEEDS="$seeds" PLAN="$plan" PROTOTYPE_PLAN="" MPS=0 PYTHON=$python DEADLINE=$deadline \
   EXTRA="${EXTRA:-}" benchmarks/full_schedule.sh "$root/step1" > "$root/step1.out" 2>&1; log "step 1 ended" ) &
 
 grid_at() {  # family seed: step 2's grid from this seed's step-1 model, once it is saved
-  local family=$1 seed=$2 step1=$root/step1/study_$1_$1_s$2.log
+  local family=$1 seed=$2 step1
+  step1=$root/step1/$(preset_of "$1")_$1_s$2.log
   until grep -q '^pretrain_done' "$step1" 2> /dev/null; do
     if grep -q '^exit' "$step1" 2> /dev/null || { [ -n "$deadline" ] && [ "$(date +%s)" -ge "$deadline" ]; }; then
       log "$family seed $seed: no step-1 model, no step 2"; return 0
@@ -84,7 +88,7 @@ print(' '.join(f'--set {k}={v}' for p in points if p['name'] == sys.argv[2] for 
     if [ ! -d "$dir/best_${family}_dialog" ]; then log "$family seed $seed: no step-2 model in $dir"; continue; fi
     (
       code=0
-      $python -m newllm.cli evaluate --preset "study_$family" --models "$family" --output-dir "$dir" --no-progress \
+      $python -m newllm.cli evaluate --preset "$(preset_of "$family")" --models "$family" --output-dir "$dir" --no-progress \
         --set pretrain.seed="$seed" --set finetune.seed="$seed" "${settings[@]}" "${extra[@]}" \
         > "$dir/evaluate.log" 2>&1 || code=$?
       log "$family seed $seed: evaluated $point ($code)"

@@ -5,6 +5,7 @@
         [--pretrained STEP1_RUNS] [--seed N] [NEWLLM OPTIONS, e.g. --set FIELD=VALUE]
     python benchmarks/tune.py collect RUNS_DIR [--previous SUMMARY.json] [--commit SHA] --out docs/results/study_grid.json
     python benchmarks/tune.py plot SUMMARY.json --out docs/results/study_grid_val_ppl.png
+    python benchmarks/tune.py preset new_llm --grid configs/grids/study_finetune.toml    # study_new_llm
 
 A grid file names a preset, a seed, the axes every family shares and, per family, axes of its own and
 settings that follow another (configs/grids/study.toml). `run` trains the tokenizer once, then runs
@@ -373,6 +374,14 @@ def plot(args) -> int:
     return 0
 
 
+def print_preset(args) -> int:
+    grid = load_grid(Path(args.grid))
+    if args.family not in grid["families"]:
+        raise SystemExit(f"tune.py: {args.grid} has no family {args.family} (it has {', '.join(grid['families'])})")
+    print(family_preset(grid, args.family))
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="action", required=True)
@@ -402,6 +411,9 @@ def main(argv=None) -> int:
     collect_p.add_argument("--previous", default=None, help="an earlier summary whose points stand where RUNS_DIR has none")
     collect_p.add_argument("--commit", default=None, help="the commit that ran (default: git rev-parse HEAD here)")
     collect_p.add_argument("--ran-on", default=None, help="the device that ran the points (default: this machine's GPU or CPU)")
+    preset_p = sub.add_parser("preset", help="print the preset a family of the grid starts from (benchmarks/study.sh)")
+    preset_p.add_argument("family")
+    preset_p.add_argument("--grid", default=str(ROOT / "configs" / "grids" / "study_finetune.toml"))
     plot_p = sub.add_parser("plot", help="validation perplexity per epoch of every point of a summary")
     plot_p.add_argument("summary")
     plot_p.add_argument("--out", required=True)
@@ -410,7 +422,7 @@ def main(argv=None) -> int:
     args, args.overrides = parser.parse_known_args(argv)
     if args.overrides and args.action != "run":
         parser.error(f"unrecognized arguments: {' '.join(args.overrides)}")
-    return {"run": run, "collect": collect, "plot": plot}[args.action](args)
+    return {"run": run, "collect": collect, "plot": plot, "preset": print_preset}[args.action](args)
 
 
 if __name__ == "__main__":

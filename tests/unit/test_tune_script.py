@@ -278,3 +278,16 @@ def _most_at_once(events: Path) -> int:
         at_once += 1 if line.startswith("start") else -1
         most = max(most, at_once)
     return most
+
+
+def test_the_best_cells_step_2_grid_is_the_studys_from_the_ablations_best_cell(tune, capsys):
+    study = tune.load_grid(ROOT / "configs" / "grids" / "study_finetune.toml")
+    best = tune.load_grid(ROOT / "configs" / "grids" / "study_finetune_best_cell.toml")
+    assert tune.step_of(best) == "finetune" and best["axes"] == study["axes"] and best["seed"] == study["seed"]
+    assert list(best["families"]) == ["new_llm"] and tune.family_preset(best, "new_llm") == "study_without_tanh"
+    # what benchmarks/study.sh reads for each family's step 1 and evaluation
+    assert tune.main(["preset", "new_llm", "--grid", str(ROOT / "configs" / "grids" / "study_finetune_best_cell.toml")]) == 0
+    assert tune.main(["preset", "lstm"]) == 0
+    assert capsys.readouterr().out.split() == ["study_without_tanh", "study_lstm"]
+    with pytest.raises(SystemExit, match="has no family lstm"):
+        tune.main(["preset", "lstm", "--grid", str(ROOT / "configs" / "grids" / "study_finetune_best_cell.toml")])
