@@ -341,13 +341,18 @@ def test_the_readme_table_is_the_study_json():
     # column bold
     rows = {MODEL_LABELS[row["model"]]: row for row in _study("study_seeds_h100.json")}
     lines = [cells(line) for line in table_after(DOCS.parent / "README.md", "| model | WikiText-2 test word PPL |")[2:]]
-    assert len(lines) == len(rows)
+    best = "New-LLM, the ablation's best cell (linear candidate)"  # step 1 only, from the ablation's JSON
+    assert len(lines) == len(rows) + 1 and [line[0] for line in lines].count(best) == 1
     keys = [("wikitext_test_word_ppl", 1), ("wikitext_test_bits_per_byte", 3), (_dialog_val(2), 2), (_dialog_val(6), 2)]
     for line in lines:
+        if line[0] == best:
+            runs = next(r for r in _study("study_ablation_h100.json") if r["preset"] == "study_without_tanh")["runs"]
+            assert line[1:] == [_over_seeds(runs, key, digits) for key, digits in keys[:2]] + ["–", "–"]
+            continue
         runs = next(row for name, row in rows.items() if line[0].startswith(name))["runs"]
         assert [cell.strip("*") for cell in line[1:]] == [_over_seeds(runs, key, digits) for key, digits in keys]
     for column in range(1, len(keys) + 1):  # the lowest mean of each column, and only it, in bold
-        means = [float(line[column].strip("*").split()[0]) for line in lines]
+        means = [float(line[column].strip("*").split()[0]) if line[column] != "–" else math.inf for line in lines]
         assert [line[column].startswith("**") for line in lines] == [m == min(means) for m in means]
 
 
