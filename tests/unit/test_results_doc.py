@@ -457,3 +457,17 @@ def test_the_mamba2_step_time_table_is_its_json():
         assert model.startswith({"new_llm": "New-LLM", "tinygpt2": "TinyGPT2", "mamba2": "Mamba-2"}[row["model"]])
         assert ("compile" in path) == ("compiled" in row["mode"]), (path, row["mode"])
         assert [ms, tokens, epoch] == [f"{row['ms_per_step']:.2f}", f"{row['tokens_per_s'] / 1e6:.2f} M", f"{row['epoch_s']:.1f}"]
+
+
+def test_the_linear_candidate_leads_the_chosen_cell_at_every_epoch_and_in_every_seed():
+    # results.md: ahead in validation at every epoch (the mean over seeds) and in every seed's best
+    rows = {row["preset"]: row["runs"] for row in _study("study_ablation_h100.json")}
+    best, chosen = rows["study_without_tanh"], rows["study_new_llm"]
+
+    def mean_at(runs, epoch):
+        return statistics.fmean(r["per_epoch"]["wikitext"][epoch - 1]["val_ppl"] for r in runs)
+
+    assert all(mean_at(best, e) < mean_at(chosen, e) for e in range(1, 17))
+    worst, first = max(r["wikitext_best_val_ppl"] for r in best), min(r["wikitext_best_val_ppl"] for r in chosen)
+    assert worst < first
+    assert f"its worst seed, {worst:.2f}, below the chosen cell's best, {first:.2f}" in RESULTS.read_text(encoding="utf-8")
