@@ -611,3 +611,16 @@ def test_the_hidden_answer_small_sweep_table_in_recall_md_is_its_json():
         runs = mamba[width]
         assert f"{_mean_std(runs)} with {format_bytes(runs[0]['state_bytes'])}" in text, width
     assert f"the third stays at the keyless {min(r['accuracy'] for r in mamba[64]):.3f}" in text
+
+
+def test_the_longer_tinygpt2_probe_in_recall_md_is_its_json():
+    # TinyGPT2 at 4,000 steps, width 64, one seed at each of two rates: still the keyless guess, as recall.md says
+    lines, results = _recall_doc("recall_cpu_small_hidden_tinygpt2_4000")
+    runs = {r["lr"]: r for r in results["runs"]}
+    assert sorted(runs) == [1e-3, 3e-3]
+    assert all(r["model"] == "tinygpt2" and r["width"] == 64 and r["steps"] == 4000 and r["seed"] == 0 for r in runs.values())
+    text = " ".join(" ".join(lines).split())
+    assert f"{runs[3e-3]['accuracy']:.3f} at 3e-3 and {runs[1e-3]['accuracy']:.3f} at 1e-3" in text
+    losses = sorted(r["final_loss"] for r in runs.values())
+    assert f"its loss {losses[0]:.2f}–{losses[-1]:.2f} near ln 4" in text
+    assert all(abs(r["accuracy"] - 0.25) < 0.05 for r in runs.values())  # at the keyless level, not above it
