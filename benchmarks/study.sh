@@ -46,15 +46,17 @@ log start
 source benchmarks/mps.sh
 if [ "${MPS:-0}" = 1 ]; then start_mps >> "$root/study.log" 2>&1; fi
 
-preset_of() { $python benchmarks/tune.py preset --grid "$grid" "$1"; }  # the family's preset, as the grid names it
+declare -A preset  # each family's preset, as the grid names it
 plan=""
-for family in $families; do plan+="$(preset_of "$family"):$family "; done
+for family in $families; do
+  preset[$family]=$($python benchmarks/tune.py preset --grid "$grid" "$family")
+  plan+="${preset[$family]}:$family "
+done
 ( FINETUNE=0 SEEDS="$seeds" PLAN="$plan" PROTOTYPE_PLAN="" MPS=0 PYTHON=$python DEADLINE=$deadline \
   EXTRA="${EXTRA:-}" benchmarks/full_schedule.sh "$root/step1" > "$root/step1.out" 2>&1; log "step 1 ended" ) &
 
 grid_at() {  # family seed: step 2's grid from this seed's step-1 model, once it is saved
-  local family=$1 seed=$2 step1
-  step1=$root/step1/$(preset_of "$1")_$1_s$2.log
+  local family=$1 seed=$2 step1=$root/step1/${preset[$1]}_$1_s$2.log
   until grep -q '^pretrain_done' "$step1" 2> /dev/null; do
     if grep -q '^exit' "$step1" 2> /dev/null || { [ -n "$deadline" ] && [ "$(date +%s)" -ge "$deadline" ]; }; then
       log "$family seed $seed: no step-1 model, no step 2"; return 0
@@ -88,7 +90,7 @@ print(' '.join(f'--set {k}={v}' for p in points if p['name'] == sys.argv[2] for 
     if [ ! -d "$dir/best_${family}_dialog" ]; then log "$family seed $seed: no step-2 model in $dir"; continue; fi
     (
       code=0
-      $python -m newllm.cli evaluate --preset "$(preset_of "$family")" --models "$family" --output-dir "$dir" --no-progress \
+      $python -m newllm.cli evaluate --preset "${preset[$family]}" --models "$family" --output-dir "$dir" --no-progress \
         --set pretrain.seed="$seed" --set finetune.seed="$seed" "${settings[@]}" "${extra[@]}" \
         > "$dir/evaluate.log" 2>&1 || code=$?
       log "$family seed $seed: evaluated $point ($code)"

@@ -144,27 +144,29 @@ def link_pretrained(grid: dict, point: dict, pretrained: Path, out: Path) -> Non
         link.symlink_to(checkpoint.resolve(), target_is_directory=True)
 
 
+def query_gpus(field: str) -> list[str] | None:
+    """One nvidia-smi field of every GPU, in index order, or None without nvidia-smi."""
+    try:
+        listing = subprocess.run(["nvidia-smi", f"--query-gpu={field}", "--format=csv,noheader,nounits"],
+                                 capture_output=True, text=True, check=True).stdout  # fmt: skip
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return [line.strip() for line in listing.splitlines() if line.strip()]
+
+
 def gpu_uuids() -> list[str]:
     """The GPUs' UUIDs in index order (what an MPS client's CUDA_VISIBLE_DEVICES must name), or []."""
-    try:
-        listing = subprocess.run(["nvidia-smi", "--query-gpu=uuid", "--format=csv,noheader"], capture_output=True,
-                                 text=True, check=True).stdout  # fmt: skip
-    except (OSError, subprocess.CalledProcessError):
-        return []
-    return [line.strip() for line in listing.splitlines() if line.strip()]
+    return query_gpus("uuid") or []
 
 
 def free_gpu_mib(gpus: list[str]) -> int | None:
     """The least free memory (MiB) of the GPUs the points run on (the first GPU without --gpus), or None without
     nvidia-smi."""
-    try:
-        listing = subprocess.run(["nvidia-smi", "--query-gpu=memory.free", "--format=csv,noheader,nounits"],
-                                 capture_output=True, text=True, check=True).stdout  # fmt: skip
-        free = [int(line) for line in listing.split()]
-    except (OSError, subprocess.CalledProcessError, ValueError):
+    listing = query_gpus("memory.free")
+    if not listing or not all(line.isdigit() for line in listing):
         return None
-    picked = [free[int(g)] for g in gpus if g.isdigit() and int(g) < len(free)] or free[:1]
-    return min(picked) if picked else None
+    free = [int(line) for line in listing]
+    return min([free[int(g)] for g in gpus if g.isdigit() and int(g) < len(free)] or free[:1])
 
 
 def jobs_at_once(args, n_points: int, gpus: list[str]) -> int:

@@ -258,6 +258,11 @@ def _study(name: str) -> list[dict]:
     return json.loads((DOCS / "results" / name).read_text(encoding="utf-8"))["rows"]
 
 
+def _ablation_runs(preset: str) -> list[dict]:
+    """The runs of one preset of the ablation's JSON."""
+    return next(row["runs"] for row in _study("study_ablation_h100.json") if row["preset"] == preset)
+
+
 def _over_seeds(runs: list[dict], key, digits: int) -> str:
     """'mean ± sample std' of a value of every run, recomputed from the runs (a hand-edited summary fails)."""
     values = [key(run) if callable(key) else run[key] for run in runs]
@@ -346,7 +351,7 @@ def test_the_readme_table_is_the_study_json():
     keys = [("wikitext_test_word_ppl", 1), ("wikitext_test_bits_per_byte", 3), (_dialog_val(2), 2), (_dialog_val(6), 2)]
     for line in lines:
         if line[0] == best:
-            runs = next(r for r in _study("study_ablation_h100.json") if r["preset"] == "study_without_tanh")["runs"]
+            runs = _ablation_runs("study_without_tanh")
             assert line[1:] == [_over_seeds(runs, key, digits) for key, digits in keys[:2]] + ["–", "–"]
             continue
         runs = next(row for name, row in rows.items() if line[0].startswith(name))["runs"]
@@ -370,7 +375,7 @@ def test_the_study_targets_table_is_its_json():
     for target, bound in [("test word PPL ≤ 110 (stretch)", 110), ("test word PPL ≤ 96 (moonshot)", 96)]:
         assert lines[target] == [_over_seeds(new_llm, "wikitext_test_word_ppl", 1), f"no, +{word - bound:.1f}"]
     # the ablation's best cell, from its own JSON
-    best = next(row for row in _study("study_ablation_h100.json") if row["preset"] == "study_without_tanh")["runs"]
+    best = _ablation_runs("study_without_tanh")
     best_word = statistics.fmean(run["wikitext_test_word_ppl"] for run in best)
     cell = "the same, the ablation's best cell"
     assert lines[f"{cell} (linear candidate): below the tuned TinyGPT2"] == [
@@ -407,8 +412,7 @@ def test_the_ablation_table_is_its_json():
 
 def test_the_chosen_cells_rerun_reproduced_its_step_1_exactly():
     # results.md calls training deterministic: the rerun at a later commit gives the same numbers, epoch by epoch
-    cell = next(row for row in _study("study_ablation_h100.json") if row["preset"] == "study_new_llm")
-    first = {run["seed"]: run for run in cell["runs"]}
+    first = {run["seed"]: run for run in _ablation_runs("study_new_llm")}
     rerun = _study("study_new_llm_step1_rerun_h100.json")[0]["runs"]
     assert sorted(run["seed"] for run in rerun) == sorted(first) == [0, 1, 2]
     for run in rerun:
@@ -461,8 +465,7 @@ def test_the_mamba2_step_time_table_is_its_json():
 
 def test_the_linear_candidate_leads_the_chosen_cell_at_every_epoch_and_in_every_seed():
     # results.md: ahead in validation at every epoch (the mean over seeds) and in every seed's best
-    rows = {row["preset"]: row["runs"] for row in _study("study_ablation_h100.json")}
-    best, chosen = rows["study_without_tanh"], rows["study_new_llm"]
+    best, chosen = _ablation_runs("study_without_tanh"), _ablation_runs("study_new_llm")
 
     def mean_at(runs, epoch):
         return statistics.fmean(r["per_epoch"]["wikitext"][epoch - 1]["val_ppl"] for r in runs)
