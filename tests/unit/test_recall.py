@@ -614,23 +614,33 @@ def test_the_hidden_answer_small_sweep_table_in_recall_md_is_its_json():
 
 
 def test_the_longer_tinygpt2_probe_in_recall_md_is_its_json():
-    # TinyGPT2 at width 64, one seed, two rates on two schedule lengths: each row's accuracy and final loss, and the
-    # step where the run that binds leaves the plateau
+    # TinyGPT2 at width 64, two rates on two schedule lengths, 3 seeds each: each row's mean ± std, accuracy and
+    # final loss per seed, and the steps where each seed of the run that binds stops and leaves the plateau
     lines, results = _recall_doc("recall_cpu_small_hidden_tinygpt2_longer")
-    assert all(r["model"] == "tinygpt2" and r["width"] == 64 and r["seed"] == 0 for r in results["runs"])
-    table = [line.strip() for line in lines if line.strip().startswith("| 3e-3 |") or line.strip().startswith("| 1e-3 |")]
-    assert len(table) == len(results["runs"]) == 4
-    schedule = {}  # the schedule each run was given: its steps, or (stopped early) its history's length says no more
+    assert all(r["model"] == "tinygpt2" and r["width"] == 64 for r in results["runs"])
+    # one run per part (one seed, model and width each), in order: its part's config says the schedule it had
+    assert len(results["parts"]) == len(results["runs"]) == 12
+    schedules = {}
+    for part, run in zip(results["parts"], results["runs"]):
+        assert part["seeds"] == [run["seed"]] and part["config"]["lr"] == run["lr"]
+        schedules.setdefault((_rate(run["lr"]), f"{part['config']['steps']:,}"), []).append(run)
+    table = [line.strip() for line in lines if line.strip().startswith(("| 3e-3 |", "| 1e-3 |"))]
+    assert len(table) == len(schedules) == 4
     for line in table:
-        rate, steps, accuracy, loss = (cell.strip() for cell in line.strip("|").split("|"))
-        run = next(r for r in results["runs"] if _rate(r["lr"]) == rate and
-                   (r["steps"] == int(steps.replace(",", "")) or r["reached_target"] and steps == "12,000"))  # fmt: skip
-        schedule[(rate, steps)] = run
-        shown = accuracy.replace("**", "").split(",")[0]
-        assert shown == f"{run['accuracy']:.3f}" and loss == f"{run['final_loss']:.2f}"
-        assert (accuracy.startswith("**")) == run["reached_target"]
-    bound = schedule[("1e-3", "12,000")]
-    assert f"stopped at 99 % after {bound['steps']:,} steps" in " ".join(table)
-    before, after = next((a, b) for a, b in zip(bound["history"], bound["history"][1:]) if b[1] > 0.5)
+        rate, steps, mean_std, accuracy, losses = (cell.strip() for cell in line.strip("|").split("|"))
+        runs = sorted(schedules[(rate, steps)], key=lambda r: r["seed"])
+        assert [r["seed"] for r in runs] == [0, 1, 2]
+        assert mean_std.replace("**", "") == _mean_std(runs)
+        assert mean_std.startswith("**") == all(r["reached_target"] for r in runs)
+        assert accuracy == ", ".join(f"{r['accuracy']:.3f}" for r in runs)
+        assert losses == ", ".join(f"{r['final_loss']:.2f}" for r in runs)
+    bound = sorted(schedules[("1e-3", "12,000")], key=lambda r: r["seed"])
+    assert all(r["reached_target"] for r in bound)
+    assert not any(r["reached_target"] for key, runs in schedules.items() if key != ("1e-3", "12,000") for r in runs)
     text = " ".join(" ".join(lines).split())
-    assert f"between steps {before[0]:,} and {after[0]:,} ({before[1]:.3f} to {after[1]:.3f})" in text
+    assert f"(after {bound[0]['steps']:,}, {bound[1]['steps']:,} and {bound[2]['steps']:,} steps)" in text
+    for run in bound:
+        before, after = next((a, b) for a, b in zip(run["history"], run["history"][1:]) if b[1] > 0.5)
+        steps = "steps " if run["seed"] == 0 else ""
+        expected = f"seed {run['seed']} between {steps}{before[0]:,} and {after[0]:,} ({before[1]:.3f} to {after[1]:.3f})"
+        assert expected in text, run["seed"]
