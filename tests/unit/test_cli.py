@@ -233,14 +233,20 @@ def test_scripts_name_themselves_in_their_usage(script):
     assert child.stdout.startswith(f"usage: {script} [-h]")
 
 
-def test_bench_quick_writes_json_plots_and_prints_the_table(capsys, tmp_path):
+def test_bench_quick_writes_json_plots_and_prints_the_table(capsys, tmp_path, monkeypatch):
+    import datetime
     import json
 
-    assert main(["bench", "--quick", "--device", "cpu", "--output-dir", str(tmp_path), "--no-progress"]) == 0
+    args = ["bench", "--quick", "--device", "cpu", "--output-dir", str(tmp_path), "--no-progress"]
+    monkeypatch.setattr(sys, "argv", ["/site-packages/newllm/cli.py", *args])  # as `python -m newllm.cli` leaves it
+    assert main(args) == 0
     out = capsys.readouterr().out
     assert "New-LLM/TinyGPT2" in out and "ms_per_token" in out
     results = json.loads((tmp_path / "bench.json").read_text())
     assert {row["model"] for row in results["training"]} == {"new_llm", "tinygpt2", "lstm"}
+    # provenance: the command as typed (its subcommand included), the commit key and when it ran
+    assert results["command"] == "newllm " + " ".join(args)
+    assert "commit" in results and datetime.datetime.fromisoformat(results["date"]).tzinfo is not None
     assert (tmp_path / "bench_throughput.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

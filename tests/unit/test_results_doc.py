@@ -474,3 +474,36 @@ def test_the_linear_candidate_leads_the_chosen_cell_at_every_epoch_and_in_every_
     worst, first = max(r["wikitext_best_val_ppl"] for r in best), min(r["wikitext_best_val_ppl"] for r in chosen)
     assert worst < first
     assert f"its worst seed, {worst:.2f}, below the chosen cell's best, {first:.2f}" in RESULTS.read_text(encoding="utf-8")
+
+
+def test_the_decode_kernel_table_is_its_json():
+    # performance.md's decoding table: every New-LLM graphed row of both JSONs, with the kernel's and TinyGPT2's time
+    # beside it (a dash where that row was skipped), and the ratios the text draws from them
+    text = (DOCS / "performance.md").read_text(encoding="utf-8")
+    header = "| cell | precision | batch | context | New-LLM graphed | New-LLM decode kernels | TinyGPT2 graphed |"
+    lines = [line.strip() for line in text[text.index(header) :].split("\n\n")[0].splitlines()[2:]]
+    expected = []
+    times = {}
+    for cell, name in (("prototype", "decode_kernel_bench_h100.json"), ("study (MLP blocks)", "decode_kernel_bench_study_h100.json")):
+        results = json.loads((DOCS / "performance" / name).read_text(encoding="utf-8"))
+        assert results["environment"]["gpu"].startswith("NVIDIA H100") and results["commit"]
+        ms = {(r["model"], r["precision"], r["mode"], r["batch_size"], r["context_len"]): r.get("ms_per_token")
+              for r in results["generation"]}  # fmt: skip
+        times[cell] = ms
+        for (model, precision, mode, batch, context), value in ms.items():
+            if model == "new_llm" and mode == "graphed":
+                others = [ms[("new_llm", precision, "kernel", batch, context)], ms[("tinygpt2", precision, "graphed", batch, context)]]
+                shown = ["–" if v is None else f"{v:.3f}" for v in (value, *others)]
+                expected.append(f"| {cell} | {precision} | {batch} | {context:,} | {' | '.join(shown)} |")
+    assert sorted(lines) == sorted(expected)
+    flat = " ".join(text.replace("**", "").split())
+    proto, study = times["prototype"], times["study (MLP blocks)"]
+    key = ("fp32", 1, 128)
+    for cell, ms in (("prototype's", proto), ("study's", study)):
+        graphed, kernel = ms[("new_llm", *key[:1], "graphed", *key[1:])], ms[("new_llm", *key[:1], "kernel", *key[1:])]
+        assert kernel > graphed  # what the text says: the kernels lose
+        assert f"{kernel / graphed:.1f} times slower" in flat or f"{kernel / graphed:.1f} times for the {cell}" in flat, cell
+        assert f"({kernel:.3f} against {graphed:.3f} ms)" in flat, cell
+    graphed, gpt2 = proto[("new_llm", "fp32", "graphed", 1, 128)], proto[("tinygpt2", "fp32", "graphed", 1, 128)]
+    assert f"{gpt2 / graphed:.1f} times faster at batch 1 in fp32 ({graphed:.3f} against {gpt2:.3f} ms)" in flat
+    assert f"missed by {graphed / 0.02:.1f} times ({graphed:.3f} ms" in flat
