@@ -644,3 +644,29 @@ def test_the_longer_tinygpt2_probe_in_recall_md_is_its_json():
         steps = "steps " if run["seed"] == 0 else ""
         expected = f"seed {run['seed']} between {steps}{before[0]:,} and {after[0]:,} ({before[1]:.3f} to {after[1]:.3f})"
         assert expected in text, run["seed"]
+
+
+def test_the_recurrent_models_on_attentions_schedule_in_recall_md_are_their_json():
+    # every family at width 64 on the 1e-3, 12,000-step schedule, 3 seeds: parameters, state, mean ± std, each seed,
+    # and the same width's 3-seed score of the 1,500-step sweep beside it
+    lines, results = _recall_doc("recall_cpu_small_hidden_1e-3_12000")
+    _, sweep = _recall_doc("recall_cpu_small_hidden")
+    assert all(p["config"]["lr"] == 1e-3 and p["config"]["steps"] == 12000 and p["config"]["hide_answers"]
+               for p in results["parts"])  # fmt: skip
+    header = "| model | parameters | state | accuracy, mean ± std | seeds 0, 1, 2 | at 3e-3 in 1,500 steps (the table above) |"
+    table = [line.strip() for line in lines[lines.index("  " + header) + 2:]]
+    table = table[:next(i for i, line in enumerate(table) if not line.startswith("|"))]
+    families = _by(results["runs"], lambda r: r["model"])
+    assert len(table) == len(families) == 4
+    for model, runs in families.items():
+        assert all(r["width"] == 64 for r in runs) and sorted(r["seed"] for r in runs) == [0, 1, 2]
+        before = [r for r in sweep["runs"] if r["model"] == model and r["width"] == 64]
+        mean_std = _mean_std(runs)
+        if all(r["reached_target"] for r in runs):
+            mean_std = f"**{mean_std}**"
+        row = (f"| {results['labels'][model]} | {runs[0]['parameters']:,} | {format_bytes(runs[0]['state_bytes'])} | "
+               f"{mean_std} | {_seed_cells(runs).split(' | ')[1]} | {_mean_std(before)} |")  # fmt: skip
+        assert row in table, row
+    text = " ".join(" ".join(lines).split())
+    losses = {f"{r['final_loss']:.2f}" for r in families["new_llm_mlp"]}
+    assert losses == {"4.16"} and "its loss at ln 64 (4.16) in every seed" in text
