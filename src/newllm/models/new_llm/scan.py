@@ -185,19 +185,20 @@ class NewLLMScan(torch.autograd.Function):
             projs.append(proj)
         hidden_seq = torch.stack(hiddens)  # (T, B, H)
         pre_acts, inputs, input_hats, input_rstds = (_stack(part) for part in zip(*record))
-        ctx.save_for_backward(context_weight, norm_weight, proj_weight, *weights, *ffn_norms)
+        # hidden_seq is an output: only save_for_backward may hold it. A plain ctx attribute would make a reference
+        # cycle (output -> its grad_fn, this ctx -> output) that only Python's cycle collector frees, so every
+        # step's activations would stay alive until a full collection
+        ctx.save_for_backward(hidden_seq, context_weight, norm_weight, proj_weight, *weights, *ffn_norms)
         ctx.saved = (torch.stack(contexts), pre_acts, inputs, input_hats, input_rstds, masks, context_masks,
-                     torch.stack(normed), torch.stack(rstds), torch.stack(projs), hidden_seq)  # fmt: skip
+                     torch.stack(normed), torch.stack(rstds), torch.stack(projs))  # fmt: skip
         ctx.steps, ctx.options, ctx.n_layers = steps, options, n_layers
         return hidden_seq, context
 
     @staticmethod
     def backward(ctx, grad_hidden, grad_context):
-        context_weight, norm_weight, proj_weight, *per_layer = ctx.saved_tensors  # layers 2.., weights then FFN norms
+        hidden_seq, context_weight, norm_weight, proj_weight, *per_layer = ctx.saved_tensors  # then layers 2.., FFN norms
         weights, ffn_norms = per_layer[: ctx.n_layers - 1], per_layer[ctx.n_layers - 1 :]
-        contexts, pre_acts, inputs, input_hats, input_rstds, masks, context_masks, normed, rstds, projs, hidden_seq = (
-            ctx.saved
-        )
+        contexts, pre_acts, inputs, input_hats, input_rstds, masks, context_masks, normed, rstds, projs = ctx.saved
         grad_hidden = torch.zeros_like(hidden_seq) if grad_hidden is None else grad_hidden
         d_context = torch.zeros_like(contexts[-1]) if grad_context is None else grad_context
         d_outs, d_projs, d_pre_acts, d_norm_outs = [], [], [], []

@@ -168,19 +168,20 @@ class MLPScan(torch.autograd.Function):
         x_hats, rstds, pre_acts = (_time_major(part) for part in zip(*per_block))  # (L, T, B, ·)
         final_hats, final_rstds = (torch.stack(part) if options.final_norm else None for part in zip(*final_stats))
         context_hats, context_rstds = (torch.stack(part) for part in zip(*context_stats))
-        ctx.save_for_backward(context_weight, proj_weight, norm_weight, *params)
-        ctx.saved = (torch.stack(contexts), hidden_seq, x_hats, rstds, pre_acts, final_hats, final_rstds, context_hats,
+        # hidden_seq is an output: through save_for_backward, not a ctx attribute (scan.py says why)
+        ctx.save_for_backward(hidden_seq, context_weight, proj_weight, norm_weight, *params)
+        ctx.saved = (torch.stack(contexts), x_hats, rstds, pre_acts, final_hats, final_rstds, context_hats,
                      context_rstds, torch.stack(projs), masks, context_masks)  # fmt: skip
         ctx.steps, ctx.options, ctx.n_blocks = steps, options, n_blocks
         return hidden_seq, context
 
     @staticmethod
     def backward(ctx, grad_hidden, grad_context):
-        context_weight, proj_weight, norm_weight, *params = ctx.saved_tensors
+        hidden_seq, context_weight, proj_weight, norm_weight, *params = ctx.saved_tensors
         n_blocks, options = ctx.n_blocks, ctx.options
         blocks, final = _blocks(params[: PARAMS_PER_BLOCK * n_blocks]), params[PARAMS_PER_BLOCK * n_blocks :]
-        (contexts, hidden_seq, x_hats, rstds, pre_acts, final_hats, final_rstds, context_hats, context_rstds, projs,
-         masks, context_masks) = ctx.saved  # fmt: skip
+        (contexts, x_hats, rstds, pre_acts, final_hats, final_rstds, context_hats, context_rstds, projs, masks,
+         context_masks) = ctx.saved  # fmt: skip
         grad_hidden = torch.zeros_like(hidden_seq) if grad_hidden is None else grad_hidden
         d_context = torch.zeros_like(contexts[-1]) if grad_context is None else grad_context
         collected = []
