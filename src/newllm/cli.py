@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import datetime
 import errno
 import logging
 import os
@@ -313,7 +312,7 @@ def _bench(args) -> int:
     from newllm.config import parse_overrides, replace_fields
     from newllm.evaluation.bench import BenchConfig, quick_bench_config, run_bench
     from newllm.pipeline import device_from_name
-    from newllm.pipeline.setup import command_line, git_commit
+    from newllm.pipeline.setup import command_line, git_commit, utc_now
     from newllm.reporting.bench_report import format_bench_table, write_bench_outputs
 
     config = quick_bench_config() if args.quick else BenchConfig()
@@ -321,8 +320,7 @@ def _bench(args) -> int:
     device = device_from_name(args.device)
     results = run_bench(config, device, progress=not args.no_progress)
     # provenance beside the numbers, as every results JSON carries it
-    results |= {"command": command_line(), "commit": git_commit(),
-                "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+    results |= {"command": command_line(), "commit": git_commit(), "date": utc_now()}
     paths = write_bench_outputs(results, args.output_dir)
     print(format_bench_table(results))
     print("wrote " + ", ".join(str(p) for p in paths))

@@ -14,7 +14,6 @@ own classes, built through the registry.
 from __future__ import annotations
 
 import dataclasses
-import datetime
 import itertools
 import logging
 import math
@@ -32,7 +31,7 @@ from newllm.evaluation.speed import environment
 from newllm.models.new_llm.modeling import FAST_PATHS
 from newllm.models.registry import MODELS, build_model, count_parameters
 from newllm.pipeline import device_from_name
-from newllm.pipeline.setup import git_commit
+from newllm.pipeline.setup import git_commit, utc_now
 
 logger = logging.getLogger(__name__)
 
@@ -368,7 +367,7 @@ def run_recall(config: RecallConfig, device: str = "cpu", command: str | None = 
         "labels": {family: FAMILIES[family][1] for family in config.models},
         "seeds": list(config.seeds),
         "commit": git_commit(),
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "date": utc_now(),
         "device": device,
         "environment": environment(),
         "runs": runs,

@@ -304,8 +304,12 @@ def _recall_doc(results_folder):
 
 def _seed_cells(runs):
     """A table's last two cells for one variant's runs, seeds in order: "mean ± std | acc0, acc1, acc2"."""
-    accuracy = [r["accuracy"] for r in sorted(runs, key=lambda r: r["seed"])]
-    return f"{_mean_std(runs)} | {', '.join(f'{a:.3f}' for a in accuracy)}"
+    return f"{_mean_std(runs)} | {_per_seed(runs, 'accuracy')}"
+
+
+def _per_seed(runs, key, digits=3):
+    """One value of every run, seeds in order, as the tables write them: "acc0, acc1, acc2"."""
+    return ", ".join(f"{r[key]:.{digits}f}" for r in sorted(runs, key=lambda r: r["seed"]))
 
 
 def _mean_std(runs):
@@ -632,8 +636,8 @@ def test_the_longer_tinygpt2_probe_in_recall_md_is_its_json():
         assert [r["seed"] for r in runs] == [0, 1, 2]
         assert mean_std.replace("**", "") == _mean_std(runs)
         assert mean_std.startswith("**") == all(r["reached_target"] for r in runs)
-        assert accuracy == ", ".join(f"{r['accuracy']:.3f}" for r in runs)
-        assert losses == ", ".join(f"{r['final_loss']:.2f}" for r in runs)
+        assert accuracy == _per_seed(runs, "accuracy")
+        assert losses == _per_seed(runs, "final_loss", 2)
     bound = sorted(schedules[("1e-3", "12,000")], key=lambda r: r["seed"])
     assert all(r["reached_target"] for r in bound)
     assert not any(r["reached_target"] for key, runs in schedules.items() if key != ("1e-3", "12,000") for r in runs)
@@ -665,7 +669,7 @@ def test_the_recurrent_models_on_attentions_schedule_in_recall_md_are_their_json
         if all(r["reached_target"] for r in runs):
             mean_std = f"**{mean_std}**"
         row = (f"| {results['labels'][model]} | {runs[0]['parameters']:,} | {format_bytes(runs[0]['state_bytes'])} | "
-               f"{mean_std} | {_seed_cells(runs).split(' | ')[1]} | {_mean_std(before)} |")  # fmt: skip
+               f"{mean_std} | {_per_seed(runs, 'accuracy')} | {_mean_std(before)} |")  # fmt: skip
         assert row in table, row
     text = " ".join(" ".join(lines).split())
     losses = {f"{r['final_loss']:.2f}" for r in families["new_llm_mlp"]}

@@ -292,6 +292,11 @@ def command_line() -> str:
 # --- provenance ------------------------------------------------------------------------------------------------
 
 
+def utc_now() -> str:
+    """The time a result was made, as results JSONs record it: UTC, ISO 8601, whole seconds."""
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
 def git_commit() -> str | None:
     """The commit of the newllm checkout running, with "+changes" where its tracked files differ; None where newllm
     is not a checkout's tracked source (an installed copy, even one inside somebody else's repository)."""
