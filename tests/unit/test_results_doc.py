@@ -342,23 +342,74 @@ def test_the_study_step_2_grid_table_is_its_json():
 
 
 def test_the_readme_table_is_the_study_json():
-    # the README's summary: step 1's test numbers and step 2's validation after epochs 2 and 6, the best of each
-    # column bold
+    # the README's summary: step 1's test numbers, step 2's validation after epochs 2 and 6 and its test after 8, the
+    # best of each column bold; a stopped step 2 has no test cell
     rows = {MODEL_LABELS[row["model"]]: row for row in _study("study_seeds_h100.json")}
     lines = [cells(line) for line in table_after(DOCS.parent / "README.md", "| model | WikiText-2 test word PPL |")[2:]]
-    best = "New-LLM, the ablation's best cell (linear candidate)"  # step 1 only, from the ablation's JSON
+    best = "New-LLM, the ablation's best cell (linear candidate)"
     assert len(lines) == len(rows) + 1 and [line[0] for line in lines].count(best) == 1
-    keys = [("wikitext_test_word_ppl", 1), ("wikitext_test_bits_per_byte", 3), (_dialog_val(2), 2), (_dialog_val(6), 2)]
+    keys = [("wikitext_test_word_ppl", 1), ("wikitext_test_bits_per_byte", 3), (_dialog_val(2), 2), (_dialog_val(6), 2),
+            ("dailydialog_test_token_ppl", 2)]  # fmt: skip
     for line in lines:
         if line[0] == best:
-            runs = _ablation_runs("study_without_tanh")
-            assert line[1:] == [_over_seeds(runs, key, digits) for key, digits in keys[:2]] + ["–", "–"]
-            continue
-        runs = next(row for name, row in rows.items() if line[0].startswith(name))["runs"]
-        assert [cell.strip("*") for cell in line[1:]] == [_over_seeds(runs, key, digits) for key, digits in keys]
+            runs = _study("study_best_cell_h100.json")[0]["runs"]
+        else:
+            row = next(row for name, row in rows.items() if line[0].startswith(name))
+            runs = row["runs"]
+            if "dailydialog" in row["stopped"]:
+                assert line[-1] == f"– (stopped at {runs[0]['dailydialog_epochs_run']})"
+                line = line[:-1]
+        expected = [_over_seeds(runs, key, digits) for key, digits in keys]
+        assert [cell.strip("*") for cell in line[1:]] == expected[: len(line) - 1]
     for column in range(1, len(keys) + 1):  # the lowest mean of each column, and only it, in bold
-        means = [float(line[column].strip("*").split()[0]) if line[column] != "–" else math.inf for line in lines]
+        means = [float(line[column].strip("*").split()[0]) if not line[column].startswith("–") else math.inf for line in lines]
         assert [line[column].startswith("**") for line in lines] == [m == min(means) for m in means]
+
+
+def test_the_best_cell_through_step_2_is_its_jsons():
+    # results.md's best-cell section: its step-2 grid, its 3-seed row beside TinyGPT2's, the equal-epoch validation
+    grid = json.loads((DOCS / "results" / "study_best_cell_finetune_grid_h100.json").read_text(encoding="utf-8"))
+    assert grid["provenance"]["device"].startswith("NVIDIA H100")
+    lines = [cells(line) for line in table_after(RESULTS, "| step-2 dropout | best cell:")[2:]]
+    assert len(lines) == len(grid["points"]) == 3
+    for line in lines:
+        point = next(p for p in grid["points"] if p["settings"]["finetune.dropout"] == float(line[0]))
+        text = f"{point['val_ppl']:.2f} ({point['epochs_run']})"
+        assert point["complete"] and line[1] == (f"**{text}**" if grid["chosen"]["new_llm"] == point["name"] else text)
+    [best] = _study("study_best_cell_h100.json")
+    assert best["preset"] == "study_without_tanh" and not best["stopped"]
+    chosen = next(p for p in grid["points"] if p["name"] == grid["chosen"]["new_llm"])
+    assert all(f"/{chosen['name']}/" in run["path"] for run in best["runs"])  # each seed's run of the chosen point
+    gpt2 = next(row for row in _study("study_seeds_h100.json") if row["model"] == "tinygpt2")
+    keys = [("dailydialog_best_val_ppl", 2), ("dailydialog_test_token_ppl", 2), ("dailydialog_test_response_ppl", 2)]
+    table = [cells(line) for line in table_after(RESULTS, "| model | preset | seeds | epochs run (best) |")[2:]]
+    assert [line[1] for line in table] == [f"`{best['preset']}`", f"`{gpt2['preset']}`"]
+    for line, row in zip(table, (best, gpt2)):
+        runs = row["runs"]
+        assert sorted(run["seed"] for run in runs) == [0, 1, 2]
+        epochs = f"{_span([r['dailydialog_epochs_run'] for r in runs])} ({_span([r['dailydialog_best_epoch'] for r in runs])})"
+        assert [cell.strip("*") for cell in line[2:]] == ["3", epochs] + [_over_seeds(runs, k, d) for k, d in keys]
+    curves = [cells(line) for line in table_after(RESULTS, "| model (8 epochs each) |")]
+    epochs = [int(header.split()[-1]) for header in curves[0][1:]]
+    for line, row in zip(curves[2:], (best, gpt2)):
+        assert [cell.strip("*") for cell in line[1:]] == [_over_seeds(row["runs"], _dialog_val(e), 2) for e in epochs]
+    # the targets table's line for the best cell, and the answer's claim of a tie within the spread on test
+    stat = {name: [run["dailydialog_test_token_ppl"] for run in row["runs"]] for name, row in (("best", best), ("gpt2", gpt2))}
+    gap = statistics.fmean(stat["best"]) - statistics.fmean(stat["gpt2"])
+    assert abs(gap) < max(statistics.stdev(v) for v in stat.values())
+    targets = {cells(line)[0]: cells(line)[1:] for line in table_after(RESULTS, "| target | measured | met? |\n| --- | --- | --- |\n| parameters")[2:]}
+    assert targets["the same, the ablation's best cell"][1].startswith(f"level: {gap:+.2f}".replace("-", "−"))
+
+
+def test_the_best_cells_step_1_reproduced_the_ablation_exactly():
+    first = {run["seed"]: run for run in _ablation_runs("study_without_tanh")}
+    rerun = _study("study_best_cell_step1_h100.json")[0]["runs"]
+    assert sorted(run["seed"] for run in rerun) == sorted(first) == [0, 1, 2]
+    for run in rerun:
+        before = first[run["seed"]]
+        assert run["commit"] != before["commit"]
+        assert [e["val_ppl"] for e in run["per_epoch"]["wikitext"]] == [e["val_ppl"] for e in before["per_epoch"]["wikitext"]]
+        assert run["wikitext_test_word_ppl"] == before["wikitext_test_word_ppl"]
 
 
 def test_the_study_targets_table_is_its_json():
