@@ -13,7 +13,8 @@ step 1 (`newllm pretrain`) of every point side by side, one process each, spread
 (`--mps` starts a CUDA MPS daemon so that the processes share each GPU's SMs instead of taking turns;
 `--deadline` gives every run a time limit, after which it ends with its best model, marked stopped;
 `--jobs` caps how many run at once, by default as many as the GPUs' free memory holds at `--gb-per-run`
-GB each, counted when `run` starts: two launches side by side each count only their own points).
+GB each, counted when `run` starts: two launches side by side each count only their own points; a point
+that runs out of GPU memory all the same runs again, from the start, once every other point has ended).
 `collect` reads each point's history and writes one JSON: the points with their best validation
 loss and perplexity, and the chosen point of each family (lowest validation loss). The test split is
 never read: the chosen settings are run with 3 seeds through all three steps afterwards.
@@ -184,6 +185,11 @@ def jobs_at_once(args, n_points: int, gpus: list[str]) -> int:
     return min(jobs, n_points)
 
 
+def ran_out_of_memory(log: Path) -> bool:
+    """Whether a point's run ended on CUDA running out of memory (its log's last lines say so)."""
+    return "CUDA out of memory" in log.read_text(encoding="utf-8", errors="replace")[-4000:]
+
+
 def train_tokenizer(grid: dict, runs_dir: Path) -> Path:
     """One tokenizer for every point, trained as the preset says (the pipeline reuses a tokenizer.json it finds)."""
     path = runs_dir / "tokenizer.json"
@@ -225,8 +231,12 @@ def run(args) -> int:
     tokenizer = None if finetuning else train_tokenizer(grid, runs_dir)
     jobs = jobs_at_once(args, len(grid_points), gpus)
     waiting = list(enumerate(grid_points))
-    running, codes = [], {}
-    while waiting or running:
+    running, codes, out_of_memory, retried = [], {}, [], set()
+    while waiting or running or out_of_memory:
+        if not waiting and not running:
+            # points that ran out of GPU memory (others' runs held it: study.sh starts step 2 beside step 1's last
+            # evaluations) run again once every other point has ended, one at a time
+            waiting, out_of_memory, jobs = out_of_memory, [], 1
         # start points while fewer than `jobs` run: the next starts as one ends, so none waits for the slowest
         while waiting and len(running) < jobs:
             i, point = waiting.pop(0)
@@ -246,6 +256,8 @@ def run(args) -> int:
                 point_env["CUDA_VISIBLE_DEVICES"] = uuids[int(gpu)] if gpu.isdigit() and int(gpu) < len(uuids) else gpu
             log = open(runs_dir / f"{point['name']}.log", "w")
             cmd = command(grid, point, runs_dir, args.python, limit, args.overrides)
+            if point["name"] in retried:
+                cmd.append("--overwrite")  # from the start, not from whatever the failed run left
             running.append((point, subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=point_env), log))
             print(f"started {point['name']}", flush=True)
         for entry in list(running):
@@ -259,6 +271,11 @@ def run(args) -> int:
                 codes[point["name"]] = code
                 log.close()
                 running.remove(entry)
+                if code != 0 and point["name"] not in retried and ran_out_of_memory(Path(log.name)):
+                    retried.add(point["name"])
+                    out_of_memory.append((grid_points.index(point), point))
+                    Path(log.name).rename(runs_dir / f"{point['name']}.out_of_memory.log")
+                    print(f"{point['name']} ran out of GPU memory: it runs again once the others end", flush=True)
         time.sleep(POLL_S if running else 0)
     (runs_dir / "exit_codes.json").write_text(json.dumps(codes, indent=2))
     if mps:

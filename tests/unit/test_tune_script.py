@@ -271,6 +271,44 @@ def test_run_starts_at_most_jobs_points_at_once_from_the_gpus_free_memory(tune, 
         assert _most_at_once(events) == expected
 
 
+def test_a_point_that_ran_out_of_gpu_memory_runs_again_alone_once_the_others_end(tune, grid_file, tmp_path, monkeypatch):
+    # a fake interpreter: every point's first run fails as CUDA does when other runs hold the memory, the second
+    # succeeds; the rerun starts from scratch (--overwrite) after the first runs have all ended, one at a time
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    events = tmp_path / "events"
+    python = bin_dir / "fake-python"
+    python.write_text(
+        "#!/bin/sh\n"
+        'out=$(echo "$@" | sed "s/.*--output-dir \\([^ ]*\\).*/\\1/")\n'
+        f'echo "start $$ $*" >> {events}\n'
+        'if [ -e "$out/tried" ]; then sleep 0.2; code=0; else touch "$out/tried"; sleep 0.2; '
+        'echo "newllm: error: CUDA out of memory. Tried to allocate 256.00 MiB."; code=1; fi\n'
+        f'echo "end $$" >> {events}\nexit $code\n'
+    )
+    python.chmod(0o755)
+    monkeypatch.setattr(tune, "POLL_S", 0.05)
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    (runs / "tokenizer.json").write_text("{}")
+    assert tune.main(["run", str(runs), "--grid", str(grid_file), "--only", "lstm", "--python", str(python),
+                      "--jobs", "0"]) == 0  # fmt: skip
+    lines = events.read_text().splitlines()
+    assert [line.split()[0] for line in lines] == ["start"] * 4 + ["end"] * 4 + ["start", "end"] * 4
+    assert all("--overwrite" not in line for line in lines[:4]) and all("--overwrite" in line for line in lines[8::2])
+    codes = json.loads((runs / "exit_codes.json").read_text())
+    assert len(codes) == 4 and set(codes.values()) == {0}
+    assert len(list(runs.glob("*.out_of_memory.log"))) == 4  # the failed runs' logs are kept beside the reruns'
+    # a point that runs out of memory again is not tried a third time: run fails
+    for tried in runs.glob("*/tried"):
+        tried.unlink()
+    python.write_text(f'#!/bin/sh\necho "start $$" >> {events}\necho "CUDA out of memory"\nexit 1\n')
+    events.unlink()
+    assert tune.main(["run", str(runs), "--grid", str(grid_file), "--only", "lstm", "--python", str(python),
+                      "--jobs", "0"]) == 1  # fmt: skip
+    assert events.read_text().count("start") == 8
+
+
 def _most_at_once(events: Path) -> int:
     """The most points running at once, from a log of their starts and ends."""
     at_once = most = 0
