@@ -10,7 +10,7 @@ if not torch.cuda.is_available() and not triton.knobs.runtime.interpret:
     pytest.skip("no GPU and TRITON_INTERPRET is not 1: the kernels cannot run", allow_module_level=True)
 
 from newllm.models.new_llm import NewLLMForCausalLM  # noqa: E402
-from newllm.models.new_llm.decode_kernel import BLOCK_V, DecodeKernels  # noqa: E402
+from newllm.models.new_llm.decode_kernel import BLOCK_V, ROW_K, ROW_V, DecodeKernels  # noqa: E402
 from newllm.models.new_llm.decoding import GreedyDecoder  # noqa: E402
 from newllm.models.recurrent import RecurrentCache  # noqa: E402
 from tests.unit.models.conftest import order_one_, tiny_new_llm_config  # noqa: E402
@@ -27,6 +27,13 @@ def _model(**overrides):
 CASES = {
     # name: model overrides, batch
     "batch 1": ({}, 1),
+    # batch 1 runs as products summed (ROW_N columns a program): widths not a multiple of its tiles, a vocabulary
+    # over ragged head tiles, a layer wider than one ROW_K load
+    "batch 1, ragged": ({"vocab_size": 3 * ROW_V + 5, "hidden_size": ROW_K + 24, "context_size": 70,
+                         "context_clamp": 1.2, "num_hidden_layers": 3}, 1),  # fmt: skip
+    "study cell, batch 1": ({"block": "mlp", "embedding_size": 40, "hidden_size": 40, "context_size": 24,
+                             "mlp_ratio": 2, "tie_embeddings": True, "final_norm": True, "candidate": "tanh",
+                             "context_clamp": 0.0, "forget_bias": 1.0}, 1),  # fmt: skip
     # 18 rows: two row blocks; a vocabulary over three head tiles, the last one ragged; a clamp that binds
     "two row blocks, ragged tiles": ({"vocab_size": 2 * BLOCK_V + 37, "hidden_size": 72, "context_size": 70,
                                       "context_clamp": 1.2, "num_hidden_layers": 3}, 18),  # fmt: skip

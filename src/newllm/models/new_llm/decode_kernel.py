@@ -38,11 +38,33 @@ from newllm.models.new_llm.kernel import BLOCK_B, BLOCK_K, BLOCK_N, _context_upd
 from newllm.models.new_llm.kernel_mlp import SQRT_HALF, _norm_rows
 
 BLOCK_V = 128  # vocabulary columns per program of the head
+# One row (batch 1) is a matrix-vector product: tl.dot would pad it to 16 rows and walk K in 32-column steps, one
+# dependent load after another (16 for a 512-wide layer). Instead each program reads its columns' whole rows of W
+# at once (up to ROW_K of K a load) and sums products, and the columns are cut finer so that more programs share
+# the weights: 32 programs a 512-wide layer instead of 8, 256 for an 8,192-token head instead of 64.
+ROW_N, ROW_V, ROW_K = 16, 32, 512
+
+
+@triton.jit
+def _times_w(acc, x_ptr, x_row, rows, row_ok, K, w_ptr, w_k, w_n, n, n_ok, ONE_ROW: tl.constexpr,
+             BLOCK_K: tl.constexpr, PRECISION: tl.constexpr):  # fmt: skip
+    """acc + X[rows] · W[:, n] (W's (k, n) at k·w_k + n·w_n): through tl.dot, or for ONE_ROW as products summed."""
+    if ONE_ROW:
+        cols = tl.arange(0, BLOCK_K)
+        for k0 in range(0, K, BLOCK_K):
+            k = k0 + cols
+            k_ok = k < K
+            x = tl.load(x_ptr + rows[:, None] * x_row + k[None, :], mask=row_ok[:, None] & k_ok[None, :], other=0.0)
+            w = tl.load(w_ptr + k[:, None] * w_k + n[None, :] * w_n, mask=k_ok[:, None] & n_ok[None, :], other=0.0)
+            acc += tl.sum(x[:, :, None] * w[None, :, :], axis=1)
+    else:
+        acc = _dot_rows(acc, x_ptr, x_row, x_ptr, False, rows, row_ok, K, w_ptr, w_k, w_n, n, n_ok, BLOCK_K, PRECISION)
+    return acc
 
 
 @triton.jit
 def _first_layer_kernel(token, table, context, context_weight, stride_cw, out, B, H, C, RELU: tl.constexpr,
-                        BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                        ONE_ROW: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                         PRECISION: tl.constexpr):  # fmt: skip
     """h_1 = P[token] + c W_cᵀ on a (rows, n) tile, relu'd with RELU (the prototype's layer; the MLP cell's
     residual stream starts without one)."""
@@ -53,8 +75,8 @@ def _first_layer_kernel(token, table, context, context_weight, stride_cw, out, B
     tile = row_ok[:, None] & n_ok[None, :]
     ids = tl.load(token + rows, mask=row_ok, other=0)
     acc = tl.load(table + ids[:, None] * H + n[None, :], mask=tile, other=0.0)
-    acc = _dot_rows(acc, context, C, context, False, rows, row_ok, C, context_weight, 1, stride_cw, n, n_ok, BLOCK_K,
-                    PRECISION)  # fmt: skip
+    acc = _times_w(acc, context, C, rows, row_ok, C, context_weight, 1, stride_cw, n, n_ok, ONE_ROW, BLOCK_K,
+                   PRECISION)  # fmt: skip
     if RELU:
         acc = tl.maximum(acc, 0.0)
     tl.store(out + rows[:, None] * H + n[None, :], acc, mask=tile)
@@ -62,7 +84,7 @@ def _first_layer_kernel(token, table, context, context_weight, stride_cw, out, B
 
 @triton.jit
 def _linear_kernel(x, weight, bias, out, residual, B, N, K, ACTIVATION: tl.constexpr, RESIDUAL: tl.constexpr,
-                   BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr):  # fmt: skip
+                   ONE_ROW: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr):  # fmt: skip
     """out = act(x Wᵀ + b) (+ residual) on a (rows, n) tile; W is (N, K), row-major. ACTIVATION: 0 none, 1 relu,
     2 GELU (exact, as F.gelu)."""
     rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
@@ -71,7 +93,7 @@ def _linear_kernel(x, weight, bias, out, residual, B, N, K, ACTIVATION: tl.const
     n_ok = n < N
     tile = row_ok[:, None] & n_ok[None, :]
     acc = tl.zeros((BLOCK_B, BLOCK_N), tl.float32) + tl.load(bias + n, mask=n_ok, other=0.0)[None, :]
-    acc = _dot_rows(acc, x, K, x, False, rows, row_ok, K, weight, 1, K, n, n_ok, BLOCK_K, PRECISION)
+    acc = _times_w(acc, x, K, rows, row_ok, K, weight, 1, K, n, n_ok, ONE_ROW, BLOCK_K, PRECISION)
     if ACTIVATION == 1:
         acc = tl.maximum(acc, 0.0)
     elif ACTIVATION == 2:
@@ -101,7 +123,7 @@ def _context_kernel(proj, contexts, norm_weight, norm_bias, x_hat, rstd, B, C, e
 
 @triton.jit
 def _head_kernel(hidden, weight, bias, best, best_id, logits, B, V, H, TILES, WRITE_LOGITS: tl.constexpr,
-                 BLOCK_B: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr):  # fmt: skip
+                 ONE_ROW: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr):  # fmt: skip
     """One tile of logits = h Wᵀ + b (W is (V, H)): per row, its largest logit and where (the first on a tie)."""
     rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
     row_ok = rows < B
@@ -109,7 +131,7 @@ def _head_kernel(hidden, weight, bias, best, best_id, logits, B, V, H, TILES, WR
     v = tile_id * BLOCK_V + tl.arange(0, BLOCK_V)
     v_ok = v < V
     acc = tl.zeros((BLOCK_B, BLOCK_V), tl.float32) + tl.load(bias + v, mask=v_ok, other=0.0)[None, :]
-    acc = _dot_rows(acc, hidden, H, hidden, False, rows, row_ok, H, weight, 1, H, v, v_ok, BLOCK_K, PRECISION)
+    acc = _times_w(acc, hidden, H, rows, row_ok, H, weight, 1, H, v, v_ok, ONE_ROW, BLOCK_K, PRECISION)
     if WRITE_LOGITS:
         tl.store(logits + rows[:, None] * V + v[None, :], acc, mask=row_ok[:, None] & v_ok[None, :])
     acc = tl.where(v_ok[None, :], acc, float("-inf"))
@@ -195,54 +217,66 @@ class DecodeKernels:
         self.contexts = new(2, batch_size, size_c).zero_()
         self.context = self.contexts[0]
         self.context_hat, self.context_rstd = new(batch_size, size_c), new(batch_size)  # what training would keep
-        self.tiles = triton.cdiv(vocab, BLOCK_V)
+        self.one_row = batch_size == 1
+        self.block_v = ROW_V if self.one_row else BLOCK_V
+        self.tiles = triton.cdiv(vocab, self.block_v)
         self.best = new(batch_size, self.tiles)
         self.best_id = torch.empty(batch_size, self.tiles, dtype=torch.long, device=self.table.device)
         self.precision = _precision()
+
+    def _matmul(self, n: int, k: int) -> tuple[tuple[int, int], dict]:
+        """A matmul kernel's grid (row blocks, column tiles) and blocks, for n output columns over k inputs."""
+        if self.one_row:
+            blocks = dict(ONE_ROW=True, BLOCK_B=1, BLOCK_N=ROW_N, BLOCK_K=min(triton.next_power_of_2(k), ROW_K),
+                          num_warps=8)  # fmt: skip
+        else:
+            blocks = dict(ONE_ROW=False, BLOCK_B=BLOCK_B, BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K)
+        rows = triton.cdiv(self.batch_size, blocks["BLOCK_B"])
+        return (rows, triton.cdiv(n, blocks["BLOCK_N"])), dict(blocks, PRECISION=self.precision)
 
     def step(self, token, tokens, position, logits: torch.Tensor | None = None) -> None:
         """Feed `token` (B,) on top of `self.context` (B, C): the next token into `token` and tokens[:, position],
         c' into `self.context` (position is advanced by the caller). `logits` (B, V), if given, receives the
         logits (tests)."""
         context = self.context
-        rows = triton.cdiv(self.batch_size, BLOCK_B)
-        blocks = dict(BLOCK_B=BLOCK_B, BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K, PRECISION=self.precision)
+        rows = triton.cdiv(self.batch_size, BLOCK_B)  # the row-wise kernels' (norms, update, pick): 16 whole rows each
         hidden, size_c, batch = self.hidden, self.size_c, self.batch_size
         eps = self.norm[2]
         x = self.hiddens[0]
-        _first_layer_kernel[(rows, triton.cdiv(hidden, BLOCK_N))](
-            token, self.table, context, self.context_weight, self.context_weight.stride(0), x, batch, hidden, size_c,
-            not self.blocks, **blocks,
-        )  # fmt: skip
+        grid, blocks = self._matmul(hidden, size_c)
+        _first_layer_kernel[grid](token, self.table, context, self.context_weight, self.context_weight.stride(0), x,
+                                  batch, hidden, size_c, not self.blocks, **blocks)  # fmt: skip
         for i, (weight, bias) in enumerate(self.layers):  # the prototype's layers 2..L
             out = self.hiddens[(i + 1) % 2]
-            _linear_kernel[(rows, triton.cdiv(hidden, BLOCK_N))](x, weight, bias, out, x, batch, hidden, hidden, 1,
-                                                                False, **blocks)  # fmt: skip
+            grid, blocks = self._matmul(hidden, hidden)
+            _linear_kernel[grid](x, weight, bias, out, x, batch, hidden, hidden, 1, False, **blocks)
             x = out
         for i, (norm_w, norm_b, up_w, up_b, down_w, down_b) in enumerate(self.blocks):  # h + W_2 GELU(W_1 LN(h))
             inner = up_w.shape[0]
             _norm_kernel[(rows,)](x, norm_w, norm_b, self.x_hat, self.normed, self.rstd, batch, hidden, eps,
                                   BLOCK_B=BLOCK_B, BLOCK_N=BLOCK_N)  # fmt: skip
-            _linear_kernel[(rows, triton.cdiv(inner, BLOCK_N))](self.normed, up_w, up_b, self.act, x, batch, inner,
-                                                               hidden, 2, False, **blocks)  # fmt: skip
+            grid, blocks = self._matmul(inner, hidden)
+            _linear_kernel[grid](self.normed, up_w, up_b, self.act, x, batch, inner, hidden, 2, False, **blocks)
             out = self.hiddens[(i + 1) % 2]
-            _linear_kernel[(rows, triton.cdiv(hidden, BLOCK_N))](self.act, down_w, down_b, out, x, batch, hidden,
-                                                                inner, 0, True, **blocks)  # fmt: skip
+            grid, blocks = self._matmul(hidden, inner)
+            _linear_kernel[grid](self.act, down_w, down_b, out, x, batch, hidden, inner, 0, True, **blocks)
             x = out
         if self.final is not None:  # the head and the context update read the final norm's output
             _norm_kernel[(rows,)](x, *self.final, self.x_hat, self.normed, self.rstd, batch, hidden, eps,
                                   BLOCK_B=BLOCK_B, BLOCK_N=BLOCK_N)  # fmt: skip
             x = self.normed
         weight, bias = self.proj
-        _linear_kernel[(rows, triton.cdiv(3 * size_c, BLOCK_N))](x, weight, bias, self.projected, x, batch, 3 * size_c,
-                                                                 hidden, 0, False, **blocks)  # fmt: skip
+        grid, blocks = self._matmul(3 * size_c, hidden)
+        _linear_kernel[grid](x, weight, bias, self.projected, x, batch, 3 * size_c, hidden, 0, False, **blocks)
         gamma, beta, _ = self.norm
         _context_kernel[(rows,)](self.projected, self.contexts, gamma, beta, self.context_hat, self.context_rstd, batch,
                                  size_c, eps, self.clamp, self.tanh, self.clamp > 0, BLOCK_B=BLOCK_B, BLOCK_N=BLOCK_N)  # fmt: skip
         weight, bias = self.head
-        _head_kernel[(rows, self.tiles)](
+        (head_rows, _), blocks = self._matmul(self.vocab, hidden)
+        blocks.pop("BLOCK_N")
+        _head_kernel[(head_rows, self.tiles)](
             x, weight, bias, self.best, self.best_id, x if logits is None else logits, batch, self.vocab, hidden,
-            self.tiles, logits is not None, BLOCK_B=BLOCK_B, BLOCK_V=BLOCK_V, BLOCK_K=BLOCK_K, PRECISION=self.precision,
+            self.tiles, logits is not None, BLOCK_V=self.block_v, **blocks,
         )  # fmt: skip
         _pick_kernel[(rows,)](
             self.best, self.best_id, token, tokens, position, self.contexts[1], context, batch, size_c, self.tiles,
