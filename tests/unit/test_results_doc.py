@@ -533,14 +533,17 @@ def test_the_decode_kernel_table_is_its_json():
     text = (DOCS / "performance.md").read_text(encoding="utf-8")
     header = "| cell | precision | batch | context | New-LLM graphed | New-LLM decode kernels | TinyGPT2 graphed |"
     lines = [line.strip() for line in text[text.index(header) :].split("\n\n")[0].splitlines()[2:]]
-    expected = []
-    times = {}
-    for cell, name in (("prototype", "decode_kernel_bench_h100.json"), ("study (MLP blocks)", "decode_kernel_bench_study_h100.json")):
-        results = json.loads((DOCS / "performance" / name).read_text(encoding="utf-8"))
+
+    def timings(name):
+        results = json.loads((DOCS / "performance" / f"{name}_h100.json").read_text(encoding="utf-8"))
         assert results["environment"]["gpu"].startswith("NVIDIA H100") and results["commit"]
-        ms = {(r["model"], r["precision"], r["mode"], r["batch_size"], r["context_len"]): r.get("ms_per_token")
-              for r in results["generation"]}  # fmt: skip
-        times[cell] = ms
+        return {(r["model"], r["precision"], r["mode"], r["batch_size"], r["context_len"]): r.get("ms_per_token")
+                for r in results["generation"]}  # fmt: skip
+
+    expected, times, first = [], {}, {}
+    for cell, name in (("prototype", "decode_kernel_bench"), ("study (MLP blocks)", "decode_kernel_bench_study")):
+        ms = times[cell] = timings(name.replace("decode_kernel_bench", "decode_kernel_bench_one_row"))
+        first[cell] = timings(name)  # the first version's: tl.dot tiles at every batch size
         for (model, precision, mode, batch, context), value in ms.items():
             if model == "new_llm" and mode == "graphed":
                 others = [ms[("new_llm", precision, "kernel", batch, context)], ms[("tinygpt2", precision, "graphed", batch, context)]]
@@ -548,12 +551,19 @@ def test_the_decode_kernel_table_is_its_json():
                 expected.append(f"| {cell} | {precision} | {batch} | {context:,} | {' | '.join(shown)} |")
     assert sorted(lines) == sorted(expected)
     flat = " ".join(text.replace("**", "").split())
-    proto, study = times["prototype"], times["study (MLP blocks)"]
-    for cell, ms in (("prototype's", proto), ("study's", study)):  # fp32, batch 1, 128 tokens of context
+    for cell, ms in times.items():  # fp32, 128 tokens of context
         graphed, kernel = ms[("new_llm", "fp32", "graphed", 1, 128)], ms[("new_llm", "fp32", "kernel", 1, 128)]
-        assert kernel > graphed  # what the text says: the kernels lose
-        assert f"{kernel / graphed:.1f} times slower" in flat or f"{kernel / graphed:.1f} times for the {cell}" in flat, cell
-        assert f"({kernel:.3f} against {graphed:.3f} ms)" in flat, cell
-    graphed, gpt2 = proto[("new_llm", "fp32", "graphed", 1, 128)], proto[("tinygpt2", "fp32", "graphed", 1, 128)]
+        assert kernel < graphed  # batch 1: the kernels win
+        assert f"({kernel:.3f} against {graphed:.3f} ms)" in flat and f"{graphed / kernel:.1f} times" in flat, cell
+        old = first[cell][("new_llm", "fp32", "kernel", 1, 128)]
+        assert f"{old:.3f}" in flat and f"{old / kernel:.1f}" in flat.split("reading each row at once gave")[1][:12], cell
+        graphed, kernel = ms[("new_llm", "fp32", "graphed", 32, 128)], ms[("new_llm", "fp32", "kernel", 32, 128)]
+        assert kernel > graphed  # batch 32: they lose
+        assert f"({kernel:.3f} against {graphed:.3f} ms)" in flat and f"{kernel / graphed:.1f} times" in flat, cell
+    proto = times["prototype"]
+    graphed, kernel = proto[("new_llm", "fp32", "graphed", 1, 128)], proto[("new_llm", "fp32", "kernel", 1, 128)]
+    gpt2 = proto[("tinygpt2", "fp32", "graphed", 1, 128)]
     assert f"{gpt2 / graphed:.1f} times faster at batch 1 in fp32 ({graphed:.3f} against {gpt2:.3f} ms)" in flat
-    assert f"missed by {graphed / 0.02:.1f} times ({graphed:.3f} ms" in flat
+    assert f"{gpt2 / kernel:.1f} times faster than TinyGPT2 ({kernel:.3f} against {gpt2:.3f} ms)" in flat
+    assert f"missed by {kernel / 0.02:.1f} times ({kernel:.3f} ms" in flat
+    assert f"{1000 * kernel / 8:.1f} µs each on average" in flat
