@@ -401,17 +401,6 @@ def test_the_best_cell_through_step_2_is_its_jsons():
     assert targets["the same, the ablation's best cell"][1].startswith(f"level: {gap:+.2f}".replace("-", "−"))
 
 
-def test_the_best_cells_step_1_reproduced_the_ablation_exactly():
-    first = {run["seed"]: run for run in _ablation_runs("study_without_tanh")}
-    rerun = _study("study_best_cell_step1_h100.json")[0]["runs"]
-    assert sorted(run["seed"] for run in rerun) == sorted(first) == [0, 1, 2]
-    for run in rerun:
-        before = first[run["seed"]]
-        assert run["commit"] != before["commit"]
-        assert [e["val_ppl"] for e in run["per_epoch"]["wikitext"]] == [e["val_ppl"] for e in before["per_epoch"]["wikitext"]]
-        assert run["wikitext_test_word_ppl"] == before["wikitext_test_word_ppl"]
-
-
 def test_the_study_targets_table_is_its_json():
     # each target's distance is the 3-seed mean's, New-LLM's and TinyGPT2's means as the step-1 table gives them
     rows = {row["model"]: row for row in _study("study_seeds_step1_h100.json")}
@@ -461,10 +450,12 @@ def test_the_ablation_table_is_its_json():
     assert "Every lever has three\ncomplete runs but the MLP blocks" in RESULTS.read_text(encoding="utf-8")
 
 
-def test_the_chosen_cells_rerun_reproduced_its_step_1_exactly():
-    # results.md calls training deterministic: the rerun at a later commit gives the same numbers, epoch by epoch
-    first = {run["seed"]: run for run in _ablation_runs("study_new_llm")}
-    rerun = _study("study_new_llm_step1_rerun_h100.json")[0]["runs"]
+@pytest.mark.parametrize("preset, rerun_json", [("study_new_llm", "study_new_llm_step1_rerun_h100.json"),
+                                                ("study_without_tanh", "study_best_cell_step1_h100.json")])
+def test_a_rerun_of_an_ablation_cell_reproduced_its_step_1_exactly(preset, rerun_json):
+    # results.md calls training deterministic: a rerun at a later commit gives the same numbers, epoch by epoch
+    first = {run["seed"]: run for run in _ablation_runs(preset)}
+    rerun = _study(rerun_json)[0]["runs"]
     assert sorted(run["seed"] for run in rerun) == sorted(first) == [0, 1, 2]
     for run in rerun:
         before = first[run["seed"]]
