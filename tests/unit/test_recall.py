@@ -540,6 +540,19 @@ def test_the_longer_equal_state_run_in_recall_md_is_its_json():
     assert f"(8,000), the cell without final norm and with its own head scores {_seed_cells(results['runs']).replace(' | ', ' (')})" in text
 
 
+def test_the_prototype_cell_at_equal_state_on_attentions_schedule_in_recall_md_is_its_json():
+    lines, results = _recall_doc("recall_cpu_equal_state_hidden_1e-3_12000")
+    equal = _recall_doc("recall_cpu_equal_state_hidden")[1]
+    runs = results["runs"]
+    assert {(r["model"], r["lr"], r["steps"], r["state_bytes"]) for r in runs} == {("new_llm", 1e-3, 12000, 2048)}
+    assert _same_task(results, equal, ("seeds", "lr", "steps", "models")) and results["parts"][0]["config"]["hide_answers"]
+    text = " ".join(line.strip() for line in lines)
+    assert f"2 KiB of state) scores {_seed_cells(runs).replace(' | ', ' (')})" in text
+    mamba2 = _mean([r for r in equal["runs"] if r["model"] == "mamba2"])
+    assert all(r["accuracy"] < r["keyless"] for r in runs)  # "under the keyless 0.25"
+    assert f"stays {mamba2 - _mean(runs):.3f} under Mamba-2's {mamba2:.3f}" in text
+
+
 def test_the_hidden_answer_norm_table_in_recall_md_is_its_json():
     """The final norm's two guesses, the answers hidden: the MLP cell with its own head whose update reads h_L
     before the norm, and the same head without weight decay. The hidden two-pair task's config, each row, and
