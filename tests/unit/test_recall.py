@@ -542,10 +542,13 @@ def test_the_longer_equal_state_run_in_recall_md_is_its_json():
 
 def test_every_family_at_equal_state_on_attentions_schedule_in_recall_md_is_its_json():
     # the table: each family's runs at 1e-3 and 12,000 steps, beside its mean at 3e-3 and 4,000 from the equal-state
-    # table's JSON (the prototype's cell was not run there); the target's distance on this schedule
+    # table's JSON (the prototype's cell from its own); the target's distance on this schedule
     lines, results = _recall_doc("recall_cpu_equal_state_hidden_1e-3_12000")
     equal = _recall_doc("recall_cpu_equal_state_hidden")[1]
+    prototype = _recall_doc("recall_cpu_equal_state_hidden_prototype")[1]  # the prototype's cell on the table's schedule
     assert {(r["lr"], r["steps"]) for r in results["runs"]} == {(1e-3, 12000)}
+    assert _same_task(prototype, equal, ("seeds",)) and {r["model"] for r in prototype["runs"]} == {"new_llm"}
+    assert {(r["lr"], r["steps"]) for r in prototype["runs"]} == {(3e-3, 4000)}
     assert all(_same_task({"parts": [part]}, equal, ("seeds", "steps", "widths")) for part in results["parts"])
     assert results["parts"][0]["config"]["hide_answers"]
     header = "| model | parameters | state | accuracy, mean ± std | seeds 0, 1, 2 | at 3e-3 in 4,000 steps"
@@ -554,7 +557,7 @@ def test_every_family_at_equal_state_on_attentions_schedule_in_recall_md_is_its_
     expected, means = [], {}
     for model, runs in _by(results["runs"], lambda r: r["model"]).items():
         assert sorted(r["seed"] for r in runs) == [0, 1, 2] and len({r["state_bytes"] for r in runs}) == 1
-        before = [r for r in equal["runs"] if r["model"] == model]
+        before = [r for r in equal["runs"] + prototype["runs"] if r["model"] == model]
         means[model] = _mean(runs)
         expected.append(f"| {results['labels'][model]} | {runs[0]['parameters']:,} | {runs[0]['state_bytes']:,} B | "
                         f"{_seed_cells(runs)} | {_mean_std(before) if before else 'not run'} |")  # fmt: skip
