@@ -258,10 +258,10 @@ def run(args) -> int:
             cmd = command(grid, point, runs_dir, args.python, limit, args.overrides)
             if point["name"] in retried:
                 cmd.append("--overwrite")  # from the start, not from whatever the failed run left
-            running.append((point, subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=point_env), log))
+            running.append((i, point, subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=point_env), log))
             print(f"started {point['name']}", flush=True)
         for entry in list(running):
-            point, process, log = entry
+            i, point, process, log = entry
             code = process.poll()
             if code is None and args.deadline is not None and time.time() >= args.deadline:
                 process.kill()
@@ -273,7 +273,7 @@ def run(args) -> int:
                 running.remove(entry)
                 if code != 0 and point["name"] not in retried and ran_out_of_memory(Path(log.name)):
                     retried.add(point["name"])
-                    out_of_memory.append((grid_points.index(point), point))
+                    out_of_memory.append((i, point))
                     Path(log.name).rename(runs_dir / f"{point['name']}.out_of_memory.log")
                     print(f"{point['name']} ran out of GPU memory: it runs again once the others end", flush=True)
         time.sleep(POLL_S if running else 0)
