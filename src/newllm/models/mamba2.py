@@ -6,14 +6,26 @@ machine) transformers runs its pure-PyTorch path: the chunked state-space scan i
 recurrent step per token in decoding. Its state is fixed-size like New-LLM's: per layer a
 (heads × head_dim × state_size) SSM state plus a short convolution window.
 
+One piece of that path is replaced, the chunked scan (`ssd_chunk_scan`), and only where `mamba_ssm` is
+absent. Some transformers releases (5.17, on our GPU machine) write its contractions as broadcast products
+summed afterwards: a (batch, chunk, l, s, heads, state) tensor of 3 GB in fp32 at the study's sizes, so a
+training step took 70 ms compiled against 17 ms for TinyGPT2, and the six-point grid could not finish in a
+30-minute lease. `ssd_chunk_scan` is the same computation written as matrix products (the SSD algorithm's
+minimal form, Dao & Gu 2024, listing 1), in fp32 as transformers' path is; tests hold it to a step-by-step
+recurrence and to the installed transformers' own scan.
+
 The architecture has no dropout: the experiment's dropout setting does not reach it (`dropout_fields`
 is empty in the registry), and weight decay is its only regulariser.
 """
 
 from __future__ import annotations
 
+import importlib.util
+
 import torch
+import torch.nn.functional as F
 from transformers import Mamba2Config, Mamba2ForCausalLM
+from transformers.models.mamba2 import modeling_mamba2
 
 HEAD_DIM = 32  # narrow heads, so that a 7 M-parameter model still has a dozen or more of them (16 where 32 won't divide)
 STATE_SIZE = 64  # Mamba-2's default N
@@ -79,3 +91,73 @@ def mamba2_config_for_budget(
 
 def build_mamba2(config: Mamba2Config) -> Mamba2ForCausalLM:
     return Mamba2ForCausalLM(config)
+
+
+def _segment_sum(steps: torch.Tensor) -> torch.Tensor:
+    """[..., n] → [..., n, n]: out[..., i, j] = steps[j+1] + … + steps[i] for j ≤ i, −inf above the diagonal, so
+    that its exp is the decay from position j to i. Summing masked steps, rather than subtracting two cumulative
+    sums, keeps long chunks exact in fp32."""
+    n = steps.size(-1)
+    ones = torch.ones(n, n, dtype=torch.bool, device=steps.device)
+    summed = steps[..., None].expand(*steps.shape, n).masked_fill(~ones.tril(-1), 0).cumsum(dim=-2)
+    return summed.masked_fill(~ones.tril(), -torch.inf)
+
+
+def ssd_chunk_scan(hidden_states, dt, A, B, C, chunk_size, D=None, dt_bias=None, initial_states=None,
+                   dt_softplus=False, dt_limit=(0.0, float("inf")), return_final_states=False, **kwargs):  # fmt: skip
+    """Mamba-2's selective scan over a whole sequence, in chunks: transformers' `mamba2_chunk_scan` contract
+    (hidden_states (b, t, heads, head_dim), dt (b, t, heads), A (heads,), B and C (b, t, groups, state)),
+    returning y (b, t, heads, head_dim) in fp32, and the final state (b, heads, head_dim, state) when asked.
+
+    Per head the recurrence is state_t = exp(A dt_t) state_{t-1} + dt_t x_t ⊗ B_t, y_t = state_t · C_t + D x_t.
+    Inside a chunk it is computed like masked attention (scores C_l · B_s, decayed from s to l); between
+    chunks through the state each chunk leaves at its end."""
+    batch, length, heads, head_dim = hidden_states.shape
+    with torch.autocast(hidden_states.device.type, enabled=False):  # fp32, as transformers' own path
+        if dt_bias is not None:
+            dt = dt + dt_bias.to(dt.dtype)
+        if dt_softplus:
+            dt = F.softplus(dt)
+        dt = dt.clamp(*dt_limit).float()
+        x = hidden_states.float()
+        per_group = heads // B.shape[2]
+        B, C = (t.float().repeat_interleave(per_group, dim=2) for t in (B, C))  # (b, t, heads, state)
+
+        pad = -length % chunk_size
+
+        def chunked(t):  # (b, t, ...) → (b, chunks, chunk_size, ...), zero-padded at the end
+            return F.pad(t, (0, 0) * (t.dim() - 2) + (0, pad)).unflatten(1, (-1, chunk_size))
+
+        xdt, B, C = chunked(x * dt[..., None]), chunked(B), chunked(C)
+        log_decay = chunked(A.float() * dt).permute(0, 3, 1, 2)  # (b, heads, chunks, l), ≤ 0
+        log_decay_sum = log_decay.cumsum(dim=-1)
+
+        # 1. within each chunk, as masked attention
+        scores = torch.einsum("bclhn,bcshn->bhcls", C, B) * _segment_sum(log_decay).exp()
+        y = torch.einsum("bhcls,bcshp->bclhp", scores, xdt)
+
+        # 2. what each chunk adds to the state by its last position
+        to_end = (log_decay_sum[..., -1:] - log_decay_sum).exp()
+        states = torch.einsum("bclhn,bhcl,bclhp->bchpn", B, to_end, xdt)
+
+        # 3. the state entering each chunk: the chunks' additions, each decayed to that chunk's start
+        start = states.new_zeros(states[:, 0].shape) if initial_states is None else initial_states.float()
+        states = torch.cat([start[:, None], states], dim=1)
+        between = _segment_sum(F.pad(log_decay_sum[..., -1], (1, 0))).exp()  # (b, heads, chunks + 1, chunks + 1)
+        states = torch.einsum("bhzc,bchpn->bzhpn", between, states)
+        states, final_state = states[:, :-1], states[:, -1]
+
+        # 4. that entering state, read by C and decayed to each position of its chunk
+        y = y + torch.einsum("bclhn,bchpn,bhcl->bclhp", C, states, log_decay_sum.exp())
+        y = y.reshape(batch, -1, heads, head_dim)[:, :length]
+        if D is not None:
+            y = y + D.float()[:, None] * x
+    return (y, final_state) if return_final_states else y
+
+
+# transformers' scan as installed (its pure-PyTorch path, or mamba_ssm's kernel where that package exists)
+LIBRARY_CHUNK_SCAN = modeling_mamba2.mamba2_chunk_scan
+if importlib.util.find_spec("mamba_ssm") is None:
+    # the mixer looks the scan up in its module at every call: every Mamba-2 of this process, built here or
+    # loaded with `from_pretrained`, runs `ssd_chunk_scan`
+    modeling_mamba2.mamba2_chunk_scan = ssd_chunk_scan
