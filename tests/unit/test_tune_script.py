@@ -148,6 +148,19 @@ def test_the_peers_grid_gives_mamba2_the_breadth_of_every_other_family(tune):
     assert {p["settings"]["pretrain.weight_decay"] for p in peers} == {0.0, 0.1}
 
 
+def test_the_peers_step_2_grid_gives_mamba2_three_points_on_the_learning_rate(tune):
+    study = tune.points(tune.load_grid(ROOT / "configs" / "grids" / "study_finetune.toml"))
+    grid = tune.load_grid(ROOT / "configs" / "grids" / "study_finetune_peers.toml")
+    peers = tune.points(grid)
+    assert tune.step_of(grid) == "finetune" and tune.family_preset(grid, "mamba2") == "study_mamba2"
+    assert len(peers) == sum(p["family"] == "new_llm" for p in study) == 3
+    # half, once and twice the study's step-2 rate
+    from newllm.config import load_config
+
+    rate = load_config("study").finetune.lr
+    assert sorted(p["settings"]["finetune.lr"] for p in peers) == [rate / 2, rate, rate * 2]
+
+
 def test_plot_draws_every_point_of_the_committed_grid_and_refuses_other_json(tune, tmp_path):
     out = tmp_path / "grid.png"
     assert tune.main(["plot", str(ROOT / "docs" / "results" / "study_grid_h200.json"), "--out", str(out)]) == 0

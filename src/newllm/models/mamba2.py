@@ -1,5 +1,5 @@
 """Mamba-2 (Dao & Gu 2024), the attention-free peer: `transformers.Mamba2ForCausalLM`, sized to a parameter
-budget. Nothing is re-implemented.
+budget. The model is transformers'; one function of its pure-PyTorch path is ours (below).
 
 Without the optional `mamba_ssm` / `causal_conv1d` CUDA packages (absent on CPU, in CI and on our GPU
 machine) transformers runs its pure-PyTorch path: the chunked state-space scan in training, one
@@ -8,7 +8,7 @@ recurrent step per token in decoding. Its state is fixed-size like New-LLM's: pe
 
 One piece of that path is replaced, the chunked scan (`ssd_chunk_scan`), and only where `mamba_ssm` is
 absent. Some transformers releases (5.17, on our GPU machine) write its contractions as broadcast products
-summed afterwards: a (batch, chunk, l, s, heads, state) tensor of 3 GB in fp32 at the study's sizes, so a
+summed afterwards: a (batch, chunk, l, s, heads, state) tensor of 5.8 GB in fp32 at the study's sizes, so a
 training step took 70 ms compiled against 17 ms for TinyGPT2, and the six-point grid could not finish in a
 30-minute lease. `ssd_chunk_scan` is the same computation written as matrix products (the SSD algorithm's
 minimal form, Dao & Gu 2024, listing 1), in fp32 as transformers' path is; tests hold it to a step-by-step
