@@ -41,6 +41,7 @@ export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} TOKENIZERS_PARALLELISM=false PYTHON
 t0=$(date +%s)
 log() { echo "$(( $(date +%s) - t0 )) $*" >> "$root/study.log"; }
 : > "$root/chosen.txt"
+rm -f "$root/step1.ended"
 log start
 
 source benchmarks/mps.sh
@@ -52,13 +53,17 @@ for family in $families; do
   preset[$family]=$($python benchmarks/tune.py preset --grid "$grid" "$family")
   plan+="${preset[$family]}:$family "
 done
-( FINETUNE=0 SEEDS="$seeds" PLAN="$plan" PROTOTYPE_PLAN="" MPS=0 PYTHON=$python DEADLINE=$deadline \
-  EXTRA="${EXTRA:-}" benchmarks/full_schedule.sh "$root/step1" > "$root/step1.out" 2>&1; log "step 1 ended" ) &
+( code=0
+  FINETUNE=0 SEEDS="$seeds" PLAN="$plan" PROTOTYPE_PLAN="" MPS=0 PYTHON=$python DEADLINE=$deadline \
+    EXTRA="${EXTRA:-}" benchmarks/full_schedule.sh "$root/step1" > "$root/step1.out" 2>&1 || code=$?
+  log "step 1 ended ($code)"
+  touch "$root/step1.ended" ) &  # what grid_at waits for where a run never started (a bad preset, a failed tokenizer)
 
 grid_at() {  # family seed: step 2's grid from this seed's step-1 model, once it is saved
   local family=$1 seed=$2 step1=$root/step1/${preset[$1]}_$1_s$2.log
   until grep -q '^pretrain_done' "$step1" 2> /dev/null; do
-    if grep -q '^exit' "$step1" 2> /dev/null || { [ -n "$deadline" ] && [ "$(date +%s)" -ge "$deadline" ]; }; then
+    if grep -q '^exit' "$step1" 2> /dev/null || { [ -f "$root/step1.ended" ] && ! grep -q '^pretrain_done' "$step1" 2> /dev/null; } \
+      || { [ -n "$deadline" ] && [ "$(date +%s)" -ge "$deadline" ]; }; then
       log "$family seed $seed: no step-1 model, no step 2"; return 0
     fi
     sleep 5
@@ -102,4 +107,5 @@ print(' '.join(f'--set {k}={v}' for p in points if p['name'] == sys.argv[2] for 
 
 for family in $families; do family_study "$family" & done
 wait
+if [ ! -s "$root/chosen.txt" ]; then log "failed: nothing was evaluated (see step1.out and the runs' logs)"; exit 1; fi
 log done

@@ -57,3 +57,16 @@ def test_the_study_runs_the_grid_at_every_seed_and_evaluates_the_choice_of_seed_
         assert results["provenance"]["changed_settings"]["finetune.dropout"] == float(chosen[-3:])
         other = next(p for p in losses if p != chosen)
         assert not (root / f"step2_s{seed}" / other / "results.json").exists()  # its test split was not read
+
+
+def test_a_step_1_that_never_starts_ends_the_study_with_an_error_instead_of_waiting(real_data_dir, tmp_path):
+    grid = tmp_path / "grid.toml"
+    grid.write_text(GRID.replace('preset = "quick"', 'preset = "no_such_preset"'))
+    root = tmp_path / "runs"
+    env = {**os.environ, "NEWLLM_DATA_DIR": str(real_data_dir), "PYTHON": sys.executable, "FAMILIES": "lstm",
+           "SEEDS": "0", "GRID": str(grid), "EXTRA": EXTRA}  # fmt: skip
+    done = subprocess.run(["bash", str(REPO / "benchmarks" / "study.sh"), str(root)], env=env, timeout=120,
+                          capture_output=True)  # fmt: skip
+    assert done.returncode != 0
+    log = (root / "study.log").read_text()
+    assert "lstm seed 0: no step-1 model, no step 2" in log and "failed: nothing was evaluated" in log, log
