@@ -45,7 +45,8 @@ BLOCK_V = 128  # vocabulary columns per program of the head
 # the weights: 32 programs a 512-wide layer instead of 8, 256 for an 8,192-token head instead of 64.
 ROW_N, ROW_V, ROW_K = 16, 32, 512
 # Several rows (batch 32) keep tl.dot, but with narrower, deeper tiles than training's 64 × 32: a 512-wide layer at
-# batch 32 is then 64 programs of 4 dependent loads instead of 16 programs of 16.
+# batch 32 is then 64 programs of 4 dependent loads instead of 16 programs of 16. (tl.dot needs K ≥ 16; a
+# narrower layer keeps training's 32 and masks the rest.)
 ROWS_N, ROWS_K = 16, 128
 
 
@@ -234,7 +235,8 @@ class DecodeKernels:
             blocks = dict(ONE_ROW=True, BLOCK_B=1, BLOCK_N=ROW_N, BLOCK_K=min(triton.next_power_of_2(k), ROW_K),
                           num_warps=8)  # fmt: skip
         else:
-            blocks = dict(ONE_ROW=False, BLOCK_B=BLOCK_B, BLOCK_N=ROWS_N, BLOCK_K=min(triton.next_power_of_2(k), ROWS_K))
+            depth = min(max(triton.next_power_of_2(k), 32), ROWS_K)
+            blocks = dict(ONE_ROW=False, BLOCK_B=BLOCK_B, BLOCK_N=ROWS_N, BLOCK_K=depth)
         rows = triton.cdiv(self.batch_size, blocks["BLOCK_B"])
         return (rows, triton.cdiv(n, blocks["BLOCK_N"])), dict(blocks, PRECISION=self.precision)
 
