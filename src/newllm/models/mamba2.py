@@ -112,6 +112,8 @@ def ssd_chunk_scan(hidden_states, dt, A, B, C, chunk_size, D=None, dt_bias=None,
     Per head the recurrence is state_t = exp(A dt_t) state_{t-1} + dt_t x_t ⊗ B_t, y_t = state_t · C_t + D x_t.
     Inside a chunk it is computed like masked attention (scores C_l · B_s, decayed from s to l); between
     chunks through the state each chunk leaves at its end."""
+    if kwargs.get("z") is not None or kwargs.get("seq_idx") is not None:
+        raise NotImplementedError("ssd_chunk_scan: a gate z or packed sequences (seq_idx) inside the scan")
     batch, length, heads, head_dim = hidden_states.shape
     with torch.autocast(hidden_states.device.type, enabled=False):  # fp32, as transformers' own path
         if dt_bias is not None:

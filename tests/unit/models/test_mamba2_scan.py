@@ -99,3 +99,9 @@ def test_every_mamba2_model_runs_this_scan_and_matches_the_library(monkeypatch):
     monkeypatch.setattr(modeling_mamba2, "mamba2_chunk_scan", LIBRARY_CHUNK_SCAN)
     with torch.no_grad():
         torch.testing.assert_close(model(ids).logits, logits, rtol=1e-5, atol=1e-5)
+
+
+def test_scan_refuses_what_it_does_not_compute():
+    inputs = scan_inputs(length=8)
+    with pytest.raises(NotImplementedError, match="gate z"):
+        ssd_chunk_scan(**inputs, chunk_size=8, z=torch.ones(1))
