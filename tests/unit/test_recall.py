@@ -541,30 +541,39 @@ def test_the_longer_equal_state_run_in_recall_md_is_its_json():
 
 
 def test_every_family_at_equal_state_on_attentions_schedule_in_recall_md_is_its_json():
-    # the table: each family's runs at 1e-3 and 12,000 steps, beside its mean at 3e-3 and 4,000 from the equal-state
-    # table's JSON (the prototype's cell from its own); the target's distance on this schedule
+    # the table: each family's runs at 1e-3 and 12,000 steps (the MLP cell's pair from a JSON of its own), beside its
+    # mean at 3e-3 and 4,000 from the equal-state table's JSON (the prototype's cell from its own); the target's
+    # distance on this schedule
     lines, results = _recall_doc("recall_cpu_equal_state_hidden_1e-3_12000")
+    pair = _recall_doc("recall_cpu_equal_state_hidden_pair_1e-3_12000")[1]
     equal = _recall_doc("recall_cpu_equal_state_hidden")[1]
     prototype = _recall_doc("recall_cpu_equal_state_hidden_prototype")[1]  # the prototype's cell on the table's schedule
-    assert {(r["lr"], r["steps"]) for r in results["runs"]} == {(1e-3, 12000)}
     assert _same_task(prototype, equal, ("seeds",)) and {r["model"] for r in prototype["runs"]} == {"new_llm"}
     assert {(r["lr"], r["steps"]) for r in prototype["runs"]} == {(3e-3, 4000)}
-    assert all(_same_task({"parts": [part]}, equal, ("seeds", "steps", "widths")) for part in results["parts"])
-    assert results["parts"][0]["config"]["hide_answers"]
+    for longer in (results, pair):
+        assert {(r["lr"], r["steps"]) for r in longer["runs"]} == {(1e-3, 12000)}
+        assert all(_same_task({"parts": [part]}, equal, ("seeds", "steps", "widths")) for part in longer["parts"])
+        assert longer["parts"][0]["config"]["hide_answers"]
+    assert {(r["model"], r["options"]["final_norm"], r["options"]["tie_embeddings"]) for r in pair["runs"]} == {
+        ("new_llm_mlp", False, False)}  # fmt: skip
     header = "| model | parameters | state | accuracy, mean ± std | seeds 0, 1, 2 | at 3e-3 in 4,000 steps"
     start = next(i for i, line in enumerate(lines) if line.strip().startswith(header))
-    shown = [line.strip() for line in lines[start + 2 : start + 5]]
+    shown = [line.strip() for line in lines[start + 2 : start + 6]]
+    labels = results["labels"] | pair["labels"]
+    variant = lambda r: (r["model"], tuple(sorted(r["options"].items())))  # noqa: E731
     expected, means = [], {}
-    for model, runs in _by(results["runs"], lambda r: r["model"]).items():
+    for (model, options), runs in _by(results["runs"] + pair["runs"], variant).items():
         assert sorted(r["seed"] for r in runs) == [0, 1, 2] and len({r["state_bytes"] for r in runs}) == 1
-        before = [r for r in equal["runs"] + prototype["runs"] if r["model"] == model]
-        means[model] = _mean(runs)
-        expected.append(f"| {results['labels'][model]} | {runs[0]['parameters']:,} | {runs[0]['state_bytes']:,} B | "
+        before = [r for r in equal["runs"] + prototype["runs"] if variant(r) == (model, options)]
+        means[_variant_label(runs[0], labels)] = _mean(runs)
+        expected.append(f"| {_variant_label(runs[0], labels)} | {runs[0]['parameters']:,} | {runs[0]['state_bytes']:,} B | "
                         f"{_seed_cells(runs)} | {_mean_std(before) if before else 'not run'} |")  # fmt: skip
-    assert sorted(shown) == sorted(expected) and set(means) == {"new_llm", "lstm", "mamba2"}
-    assert all(r["accuracy"] < r["keyless"] for r in results["runs"] if r["model"] == "new_llm")  # under the keyless
+    assert sorted(shown) == sorted(expected) and len(means) == 4
+    assert all(r["accuracy"] < r["keyless"] for r in results["runs"] + pair["runs"] if r["model"].startswith("new_llm"))
+    new_llm = max(v for k, v in means.items() if k.startswith("New-LLM"))  # New-LLM's best mean: the prototype's cell
+    assert new_llm == means[labels["new_llm"]]
     text = " ".join(line.strip() for line in lines)
-    assert f"missed by {means['mamba2'] - means['new_llm']:.3f} on this schedule ({means['new_llm']:.3f} against Mamba-2's {means['mamba2']:.3f})" in text.replace("**", "")
+    assert f"missed by {means['Mamba-2'] - new_llm:.3f} on this schedule ({new_llm:.3f} against Mamba-2's {means['Mamba-2']:.3f})" in text.replace("**", "")
 
 
 def test_the_hidden_answer_norm_table_in_recall_md_is_its_json():
