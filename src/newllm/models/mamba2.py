@@ -93,16 +93,6 @@ def build_mamba2(config: Mamba2Config) -> Mamba2ForCausalLM:
     return Mamba2ForCausalLM(config)
 
 
-def _segment_sum(steps: torch.Tensor) -> torch.Tensor:
-    """[..., n] → [..., n, n]: out[..., i, j] = steps[j+1] + … + steps[i] for j ≤ i, −inf above the diagonal, so
-    that its exp is the decay from position j to i. Summing masked steps, rather than subtracting two cumulative
-    sums, keeps long chunks exact in fp32."""
-    n = steps.size(-1)
-    ones = torch.ones(n, n, dtype=torch.bool, device=steps.device)
-    summed = steps[..., None].expand(*steps.shape, n).masked_fill(~ones.tril(-1), 0).cumsum(dim=-2)
-    return summed.masked_fill(~ones.tril(), -torch.inf)
-
-
 def ssd_chunk_scan(hidden_states, dt, A, B, C, chunk_size, D=None, dt_bias=None, initial_states=None,
                    dt_softplus=False, dt_limit=(0.0, float("inf")), return_final_states=False, **kwargs):  # fmt: skip
     """Mamba-2's selective scan over a whole sequence, in chunks: transformers' `mamba2_chunk_scan` contract
@@ -125,17 +115,15 @@ def ssd_chunk_scan(hidden_states, dt, A, B, C, chunk_size, D=None, dt_bias=None,
         per_group = heads // B.shape[2]
         B, C = (t.float().repeat_interleave(per_group, dim=2) for t in (B, C))  # (b, t, heads, state)
 
-        pad = -length % chunk_size
-
-        def chunked(t):  # (b, t, ...) → (b, chunks, chunk_size, ...), zero-padded at the end
-            return F.pad(t, (0, 0) * (t.dim() - 2) + (0, pad)).unflatten(1, (-1, chunk_size))
-
-        xdt, B, C = chunked(x * dt[..., None]), chunked(B), chunked(C)
-        log_decay = chunked(A.float() * dt).permute(0, 3, 1, 2)  # (b, heads, chunks, l), ≤ 0
+        # (b, t, ...) → (b, chunks, chunk_size, ...), zero-padded at the end
+        pad, chunked = -length % chunk_size, modeling_mamba2.reshape_into_chunks
+        xdt, B, C, log_decay = (chunked(t, pad, chunk_size) for t in (x * dt[..., None], B, C, A.float() * dt))
+        log_decay = log_decay.permute(0, 3, 1, 2)  # (b, heads, chunks, l), ≤ 0
         log_decay_sum = log_decay.cumsum(dim=-1)
 
         # 1. within each chunk, as masked attention
-        scores = torch.einsum("bclhn,bcshn->bhcls", C, B) * _segment_sum(log_decay).exp()
+        # transformers' segment_sum: [i, j] = the log-decay from position j to i (−inf above the diagonal)
+        scores = torch.einsum("bclhn,bcshn->bhcls", C, B) * modeling_mamba2.segment_sum(log_decay).exp()
         y = torch.einsum("bhcls,bcshp->bclhp", scores, xdt)
 
         # 2. what each chunk adds to the state by its last position
@@ -145,7 +133,8 @@ def ssd_chunk_scan(hidden_states, dt, A, B, C, chunk_size, D=None, dt_bias=None,
         # 3. the state entering each chunk: the chunks' additions, each decayed to that chunk's start
         start = states.new_zeros(states[:, 0].shape) if initial_states is None else initial_states.float()
         states = torch.cat([start[:, None], states], dim=1)
-        between = _segment_sum(F.pad(log_decay_sum[..., -1], (1, 0))).exp()  # (b, heads, chunks + 1, chunks + 1)
+        # (b, heads, chunks + 1, chunks + 1): the decay from one chunk boundary to a later one
+        between = modeling_mamba2.segment_sum(F.pad(log_decay_sum[..., -1], (1, 0))).exp()
         states = torch.einsum("bhzc,bchpn->bzhpn", between, states)
         states, final_state = states[:, :-1], states[:, -1]
 

@@ -26,7 +26,7 @@ the context update with tanh and without a clamp where the cell says so.
 
 Float32 only, eval mode only (no dropout), one context scale; the prototype cell without residual or
 ffn_norm. Tested in Triton's CPU interpreter against `model.step`; timed in docs/performance.md (faster than the
-graphed `model.step` at batch 1, slower at 32).
+graphed `model.step` at batch 1; slower at 32 with training's tiles, the finer tiles below untimed).
 """
 
 from __future__ import annotations
