@@ -347,20 +347,26 @@ def test_the_readme_table_is_the_study_json():
     rows = {MODEL_LABELS[row["model"]]: row for row in _study("study_seeds_h100.json")}
     lines = [cells(line) for line in table_after(DOCS.parent / "README.md", "| model | WikiText-2 test word PPL |")[2:]]
     best = "New-LLM, the ablation's best cell (linear candidate)"
-    assert len(lines) == len(rows) + 1 and [line[0] for line in lines].count(best) == 1
+    peer = "Mamba-2, the attention-free peer (step 1 only, on an H200)"
+    assert len(lines) == len(rows) + 2 and [line[0] for line in lines].count(best) == 1
+    [peer_line] = [line for line in lines if line[0] == peer]  # step 1 alone: step 2's cells empty
+    assert peer_line[3:] == ["–"] * 3
     keys = [("wikitext_test_word_ppl", 1), ("wikitext_test_bits_per_byte", 3), (_dialog_val(2), 2), (_dialog_val(6), 2),
             ("dailydialog_test_token_ppl", 2)]  # fmt: skip
     for line in lines:
         if line[0] == best:
             runs = _study("study_best_cell_h100.json")[0]["runs"]
+        elif line[0] == peer:
+            runs = _study("study_peers_step1_h200.json")[0]["runs"]
+            line = line[:3]
         else:
             row = next(row for name, row in rows.items() if line[0].startswith(name))
             runs = row["runs"]
             if "dailydialog" in row["stopped"]:
                 assert line[-1] == f"– (stopped at {runs[0]['dailydialog_epochs_run']})"
                 line = line[:-1]
-        expected = [_over_seeds(runs, key, digits) for key, digits in keys]
-        assert [cell.strip("*") for cell in line[1:]] == expected[: len(line) - 1]
+        expected = [_over_seeds(runs, key, digits) for key, digits in keys[: len(line) - 1]]
+        assert [cell.strip("*") for cell in line[1:]] == expected
     for column in range(1, len(keys) + 1):  # the lowest mean of each column, and only it, in bold
         means = [float(line[column].strip("*").split()[0]) if not line[column].startswith("–") else math.inf for line in lines]
         assert [line[column].startswith("**") for line in lines] == [m == min(means) for m in means]
@@ -423,6 +429,43 @@ def test_the_study_targets_table_is_its_json():
         f"no, +{best_word - base:.1f} (+{100 * (best_word / base - 1):.1f} %)"]  # fmt: skip
     for target, bound in [("≤ 110 (stretch)", 110), ("≤ 96 (moonshot)", 96)]:
         assert lines[f"{cell}: {target}"] == [_over_seeds(best, "wikitext_test_word_ppl", 1), f"no, +{best_word - bound:.1f}"]
+
+
+def test_the_peer_grid_table_is_its_json():
+    summary = json.loads((DOCS / "results" / "study_peers_grid_h200.json").read_text(encoding="utf-8"))
+    points = {(p["settings"]["pretrain.lr"], p["settings"]["pretrain.weight_decay"]): p for p in summary["points"]}
+    assert all(p["complete"] for p in points.values()) and len(points) == 6
+    lines = table_after(RESULTS, "| learning rate | weight decay 0 | weight decay 0.1 |")[2:]
+    for line in lines:
+        lr, *by_decay = cells(line)
+        for decay, cell in zip((0.0, 0.1), by_decay):
+            point = points[(float(lr), decay)]
+            bold = point["name"] == summary["chosen"]["mamba2"]
+            assert cell == ("**{}**" if bold else "{}").format(f"{point['val_ppl']:.2f} ({point['best_epoch']})")
+    assert len(lines) == 3
+
+
+def test_the_peer_step_1_table_is_the_three_jsons():
+    # Mamba-2 from its own JSON; the others from the study's and the ablation's, as their own tables give them
+    rows = {row["preset"]: row["runs"] for row in _study("study_seeds_step1_h100.json")}
+    rows["study_mamba2"] = _study("study_peers_step1_h200.json")[0]["runs"]
+    rows["study_without_tanh"] = _ablation_runs("study_without_tanh")
+    lines = table_after(RESULTS, "| model | preset | epochs run (best) | val token PPL | test word PPL | test bits/byte |")[2:]
+    shown = {cells(line)[1].strip("`"): [cell.strip("*") for cell in cells(line)[2:]] for line in lines}
+    assert sorted(shown) == ["study_mamba2", "study_new_llm", "study_tinygpt2", "study_without_tanh"]
+    for preset, line in shown.items():
+        runs = rows[preset]
+        assert sorted(run["seed"] for run in runs) == [0, 1, 2]
+        epochs = f"{_span([r['wikitext_epochs_run'] for r in runs])} ({_span([r['wikitext_best_epoch'] for r in runs])})"
+        assert line == [epochs, _over_seeds(runs, "wikitext_best_val_ppl", 2), _over_seeds(runs, "wikitext_test_word_ppl", 1),
+                        _over_seeds(runs, "wikitext_test_bits_per_byte", 3)]  # fmt: skip
+    # the prose's distances: New-LLM's two cells against Mamba-2, in word PPL and per cent
+    text = RESULTS.read_text(encoding="utf-8")
+    peer = statistics.fmean(run["wikitext_test_word_ppl"] for run in rows["study_mamba2"])
+    for preset in ("study_without_tanh", "study_new_llm"):
+        word = statistics.fmean(run["wikitext_test_word_ppl"] for run in rows[preset])
+        assert f"{peer - word:.1f} word PPL ({100 * (1 - word / peer):.1f} % lower)" in text or \
+            f"{peer - word:.1f} ({100 * (1 - word / peer):.1f} %)" in text  # fmt: skip
 
 
 def test_the_ablation_table_is_its_json():

@@ -31,7 +31,7 @@ from newllm.config import TrainConfig
 from newllm.data.batching import LengthGroupedSampler
 from newllm.training.checkpoint import check_trainer_checkpoint, write_json_atomic
 from newllm.models.recurrent import RecurrentCache
-from newllm.models.registry import carries_state
+from newllm.models.registry import carries_state, compiles_any_length
 from newllm.training.distributed import any_rank, barrier, is_main_process, world_size
 
 logger = logging.getLogger(__name__)
@@ -336,6 +336,20 @@ def _check_stateful(model, train_dataset, config: TrainConfig) -> None:
         raise ValueError("stateful training checkpoints at epoch ends only: set save_steps = 0")
 
 
+def use_torch_compile(model, train_dataset, config: TrainConfig, device: str) -> bool:
+    """Whether the Trainer compiles `model`: the baselines on CUDA when `compile` is set (New-LLM runs its own fast
+    path; on CPU inductor needs a C++ toolchain and gains these small models little), except a model that does not
+    compile with a symbolic length (Mamba-2) on batches whose width varies: DialogWindows, padded to their longest
+    item. That model trains eagerly there, as fast as it can without torch.compile, and says so."""
+    if not config.compile or hasattr(model, "set_fast_path") or device == "cpu":
+        return False
+    if hasattr(train_dataset, "lengths") and not compiles_any_length(model):
+        logger.info("%s trains without torch.compile here: its batches change width and it does not compile with a "
+                    "symbolic length", type(model).__name__)  # fmt: skip
+        return False
+    return True
+
+
 def train(
     model: PreTrainedModel,
     train_dataset: Dataset,
@@ -397,8 +411,7 @@ def train(
         seed=config.seed,
         bf16=bf16,
         use_cpu=device == "cpu",
-        # CUDA only: on CPU inductor needs a C++ toolchain and gains these small models little
-        torch_compile=config.compile and not own_fast_path and device != "cpu",
+        torch_compile=use_torch_compile(model, train_dataset, config, device),
         eval_strategy="epoch",
         save_strategy="epoch",
         logging_strategy="epoch",

@@ -116,6 +116,27 @@ def test_compile_is_ignored_on_cpu_for_the_baselines(tmp_path, monkeypatch):
     assert seen["torch_compile"] is False
 
 
+def test_torch_compile_skips_a_model_that_cannot_trace_a_symbolic_length_on_varying_batches(caplog):
+    from newllm.models.mamba2 import mamba2_config
+    from newllm.models.registry import matched_configs
+    from newllm.training.loop import use_torch_compile
+
+    gpt2 = build_model("tinygpt2", matched_configs(tiny_new_llm_config(), names=("new_llm", "tinygpt2"))["tinygpt2"])
+    mamba2 = build_model("mamba2", mamba2_config(vocab_size=VOCAB, hidden_size=32, num_layers=1))
+    new_llm = build_model("new_llm", tiny_new_llm_config())
+    dialogues, windows = _dialogues(8, seed=0), CountingSequences(8)
+    on = TrainConfig(compile=True)
+    # step 1's equal windows: every baseline compiles on CUDA; step 2's dialogues: all but Mamba-2
+    assert use_torch_compile(mamba2, windows, on, "cuda") and use_torch_compile(gpt2, dialogues, on, "cuda")
+    with caplog.at_level(logging.INFO, logger="newllm.training.loop"):
+        assert not use_torch_compile(mamba2, dialogues, on, "cuda")
+    assert "Mamba2ForCausalLM trains without torch.compile" in caplog.text
+    # never on CPU, never without compile, never for New-LLM (its own fast path)
+    assert not use_torch_compile(gpt2, windows, on, "cpu")
+    assert not use_torch_compile(gpt2, windows, TrainConfig(compile=False), "cuda")
+    assert not use_torch_compile(new_llm, windows, on, "cuda")
+
+
 def _stateful_run(tmp_path, model, epochs=2, batch_size=4, rotation_seed=None, inputs=None, carry=True):
     from newllm.data.batching import StreamLanes
 
