@@ -6,6 +6,8 @@
     python benchmarks/tune.py collect RUNS_DIR [--previous SUMMARY.json] [--commit SHA] --out docs/results/study_grid.json
     python benchmarks/tune.py plot SUMMARY.json --out docs/results/study_grid_val_ppl.png
     python benchmarks/tune.py preset new_llm --grid configs/grids/study_finetune.toml    # study_new_llm
+    python benchmarks/tune.py write-preset docs/results/study_peers_grid_h200.json mamba2 --name study_mamba2 \
+        --out configs/study_mamba2.toml       # a family's chosen step-1 point as the preset its seeds run
 
 A grid file names a preset, a seed, the axes every family shares and, per family, axes of its own and
 settings that follow another (configs/grids/study.toml). `run` trains the tokenizer once, then runs
@@ -401,6 +403,59 @@ def print_preset(args) -> int:
     return 0
 
 
+def toml_value(value) -> str:
+    """A setting as TOML writes it (the grid's values: numbers, booleans, strings)."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, (int, float)):
+        return repr(value)
+    return json.dumps(value)  # a TOML basic string is a JSON string
+
+
+def preset_text(summary: dict, family: str, name: str, source: str) -> str:
+    """A step-1 summary's chosen point of `family` as a preset over the grid's: the point's settings, and step 1's
+    weight decay kept by step 2, as every family's preset keeps it; step 2's learning rate stays its own (a step-2
+    grid tunes it where the family has no dropout)."""
+    grid = summary["grid"]
+    if step_of(grid) != "pretrain":
+        raise SystemExit(f"tune.py: {source} is a step-2 grid's summary; a preset is written from step 1's choice")
+    chosen = summary["chosen"].get(family)
+    point = next((p for p in summary["points"] if p["name"] == chosen), None)
+    if point is None:
+        raise SystemExit(f"tune.py: {source} chose no point of {family} (it chose {', '.join(summary['chosen']) or 'none'})")
+    if not point["complete"]:
+        raise SystemExit(f"tune.py: {source}: {family}'s chosen point {chosen} did not finish; a stopped point is no choice")
+    sections: dict[str, dict] = {}
+    for key, value in point["settings"].items():
+        section, field = key.split(".", 1)
+        sections.setdefault(section, {})[field] = value
+    if "weight_decay" in sections.get("pretrain", {}):
+        sections.setdefault("finetune", {})["weight_decay"] = sections["pretrain"]["weight_decay"]
+    described = ", ".join(f"{key} = {toml_value(value)}" for key, value in point["settings"].items())
+    lines = [f"# {family}'s point of the step-1 grid, chosen on validation ({source}):",
+             f"# the grid's preset with {described}.", "# Step 2 keeps step 1's weight decay, as it does for every family.",
+             f'base = "{grid["preset"]}"', f'preset = "{name}"']  # fmt: skip
+    for section, fields in sections.items():
+        lines += ["", f"[{section}]", *(f"{field} = {toml_value(value)}" for field, value in fields.items())]
+    return "\n".join(lines) + "\n"
+
+
+def write_preset(args) -> int:
+    try:
+        summary = json.loads(Path(args.summary).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise SystemExit(f"tune.py: {args.summary}: not a readable summary ({err})") from None
+    if not isinstance(summary, dict) or not {"grid", "points", "chosen"} <= set(summary):
+        raise SystemExit(f"tune.py: {args.summary}: not a summary of `tune.py collect` (it needs grid, points and chosen)")
+    text = preset_text(summary, args.family, args.name, args.summary)
+    out = Path(args.out) if args.out else ROOT / "configs" / f"{args.name}.toml"
+    if out.exists() and out.read_text(encoding="utf-8") != text and not args.overwrite:
+        raise SystemExit(f"tune.py: {out} exists and differs: pass --overwrite to replace it")
+    out.write_text(text, encoding="utf-8")
+    print(f"wrote {out}")
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="action", required=True)
@@ -433,6 +488,12 @@ def main(argv=None) -> int:
     preset_p = sub.add_parser("preset", help="print the preset a family of the grid starts from (benchmarks/study.sh)")
     preset_p.add_argument("family")
     preset_p.add_argument("--grid", default=str(ROOT / "configs" / "grids" / "study_finetune.toml"))
+    write_p = sub.add_parser("write-preset", help="a family's chosen step-1 point as a preset (configs/NAME.toml)")
+    write_p.add_argument("summary")
+    write_p.add_argument("family")
+    write_p.add_argument("--name", required=True, help="the preset's name, e.g. study_mamba2")
+    write_p.add_argument("--out", default=None, help="default: configs/NAME.toml")
+    write_p.add_argument("--overwrite", action="store_true", help="replace an existing, different file")
     plot_p = sub.add_parser("plot", help="validation perplexity per epoch of every point of a summary")
     plot_p.add_argument("summary")
     plot_p.add_argument("--out", required=True)
@@ -441,7 +502,8 @@ def main(argv=None) -> int:
     args, args.overrides = parser.parse_known_args(argv)
     if args.overrides and args.action != "run":
         parser.error(f"unrecognized arguments: {' '.join(args.overrides)}")
-    return {"run": run, "collect": collect, "plot": plot, "preset": print_preset}[args.action](args)
+    actions = {"run": run, "collect": collect, "plot": plot, "preset": print_preset, "write-preset": write_preset}
+    return actions[args.action](args)
 
 
 if __name__ == "__main__":

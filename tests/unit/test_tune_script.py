@@ -342,3 +342,45 @@ def test_the_best_cells_step_2_grid_is_the_studys_from_the_ablations_best_cell(t
     assert capsys.readouterr().out.split() == ["study_without_tanh", "study_lstm"]
     with pytest.raises(SystemExit, match="has no family lstm"):
         tune.main(["preset", "lstm", "--grid", str(ROOT / "configs" / "grids" / "study_finetune_best_cell.toml")])
+
+
+@pytest.mark.parametrize("family, summary", [("new_llm", "study_grid_h200.json"), ("tinygpt2", "study_grid_h200.json"),
+                                             ("lstm", "study_grid_h200.json"), ("mamba2", "study_peers_grid_h200.json")])
+def test_each_study_preset_holds_the_settings_its_grid_chose(tune, family, summary):
+    # the committed presets against what write-preset derives from the committed grid summaries; the peer's file is
+    # that command's output, byte for byte
+    tomllib = tune.tomllib  # tomli on Python 3.10
+    path = ROOT / "docs" / "results" / summary
+    text = tune.preset_text(json.loads(path.read_text()), family, f"study_{family}", f"docs/results/{summary}")
+    committed = (ROOT / "configs" / f"study_{family}.toml").read_text()
+    assert tomllib.loads(text) == tomllib.loads(committed)
+    if family == "mamba2":
+        assert text == committed
+
+
+def test_write_preset_refuses_a_stopped_choice_a_step_2_summary_and_overwriting(tune, tmp_path):
+    summary = json.loads((ROOT / "docs" / "results" / "study_peers_grid_h200.json").read_text())
+    out = tmp_path / "study_peer.toml"
+    args = ["write-preset", str(tmp_path / "summary.json"), "mamba2", "--name", "study_peer", "--out", str(out)]
+    stopped = json.loads(json.dumps(summary))
+    next(p for p in stopped["points"] if p["name"] == stopped["chosen"]["mamba2"])["complete"] = False
+    (tmp_path / "summary.json").write_text(json.dumps(stopped))
+    with pytest.raises(SystemExit, match="did not finish"):
+        tune.main(args)
+    step2 = json.loads(json.dumps(summary))
+    step2["grid"]["step"] = "finetune"
+    (tmp_path / "summary.json").write_text(json.dumps(step2))
+    with pytest.raises(SystemExit, match="step-2 grid"):
+        tune.main(args)
+    assert not out.exists()
+    (tmp_path / "summary.json").write_text(json.dumps(summary))
+    assert tune.main(args) == 0
+    from newllm.config import load_config
+
+    written = out.read_text()
+    assert 'preset = "study_peer"' in written and 'base = "study"' in written
+    out.write_text(written + "# edited by hand\n")
+    with pytest.raises(SystemExit, match="exists and differs"):
+        tune.main(args)
+    assert out.read_text().endswith("# edited by hand\n")  # nothing destroyed
+    assert load_config("study_mamba2").pretrain.lr == 2e-3  # the committed preset resolves over study's
