@@ -181,8 +181,8 @@ MODELS = {
         ModelSpec("lstm", "LSTM", "newllm_lstm", LSTMForCausalLM, ("dropout",), _sized_lstm, carries_state=True,
                   at_width=_lstm_at),  # fmt: skip
         # its cache is transformers' own (`cache` / `cache_params`), not `state`; the architecture has no dropout
-        # transformers' scan (and ours) does not compile with a symbolic length: inductor raises on torch 2.13 and
-        # ran 11 minutes without finishing an epoch on torch 2.11, so on DailyDialog it trains eagerly
+        # it does not compile with a symbolic length, with transformers' scan or ours: inductor's stride sorting raises
+        # on torch 2.13 (pytorch/pytorch#185510) and ran 11 minutes without an epoch on 2.11; DailyDialog trains eagerly
         ModelSpec("mamba2", "Mamba-2", "mamba2", build_mamba2, (), _sized_mamba2, carries_state=False,
                   at_width=_mamba2_at, in_default_run=False, compiles_any_length=False),  # fmt: skip
     )
