@@ -201,16 +201,20 @@ def spec(name: str) -> ModelSpec:
     return MODELS[name]
 
 
+def _specs_of(model) -> list[ModelSpec]:
+    """The registry entries of a built model, found by its config's `model_type` (none for a foreign model)."""
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    return [s for s in MODELS.values() if s.model_type == model_type]
+
+
 def carries_state(model) -> bool:
     """Whether `model` is one of the recurrent families (its forward takes and returns `state`)."""
-    model_type = getattr(getattr(model, "config", None), "model_type", None)
-    return any(s.carries_state for s in MODELS.values() if s.model_type == model_type)
+    return any(s.carries_state for s in _specs_of(model))
 
 
 def compiles_any_length(model) -> bool:
     """Whether torch.compile can trace `model` with a symbolic sequence length (ModelSpec.compiles_any_length)."""
-    model_type = getattr(getattr(model, "config", None), "model_type", None)
-    return all(s.compiles_any_length for s in MODELS.values() if s.model_type == model_type)
+    return all(s.compiles_any_length for s in _specs_of(model))
 
 
 def build_model(name: str, config: PretrainedConfig) -> PreTrainedModel:
