@@ -33,6 +33,7 @@ from newllm.models import build_model
 from newllm.models.new_llm.modeling import FAST_PATHS
 from newllm.models.registry import count_parameters
 from newllm.pipeline import model_configs
+from newllm.pipeline.setup import git_commit
 
 BASELINE_MODES = ("eager", "compiled", "reduce-overhead")
 WIKITEXT_TRAIN_TOKENS = 2_688_768  # WikiText-2 train in the 8,192-entry BPE
@@ -135,8 +136,8 @@ def main(argv=None) -> int:
                 del model
                 torch.cuda.empty_cache()
     if args.out:
-        env = {"torch": torch.__version__, "gpu": torch.cuda.get_device_name(0),
-               "date": time.strftime("%Y-%m-%d")}  # fmt: skip
+        env = {"torch": torch.__version__, "gpu": torch.cuda.get_device_name(0), "date": time.strftime("%Y-%m-%d"),
+               "commit": git_commit(), "command": " ".join(["python", *sys.argv])}  # fmt: skip
         with open(args.out, "w") as f:
             json.dump({"environment": env, "rows": rows}, f, indent=1)
     return 0

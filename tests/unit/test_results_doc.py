@@ -533,19 +533,33 @@ def test_the_ablations_equal_epoch_table_is_its_jsons_per_epoch_curves():
     assert [line[3] for line in shown] == sorted((line[3] for line in shown), key=lambda c: float(c.strip("*").split()[0]))
 
 
-def test_the_mamba2_step_time_table_is_its_json():
-    # performance.md's table of the peer's training step: every row of the JSON, in its order, with its numbers
+@pytest.mark.parametrize("name", ["study_step_time_mamba2_scan_h100.json", "study_step_time_mamba2_h100.json"])
+def test_the_mamba2_step_time_tables_are_their_jsons(name):
+    # performance.md's tables of the peer's training step (our scan, transformers' scan): every row of the JSON, in
+    # its order, with its numbers
     text = (DOCS / "performance.md").read_text(encoding="utf-8")
-    link = "(performance/study_step_time_mamba2_h100.json)):\n\n"
+    link = f"(performance/{name})):\n\n"
     assert text.count(link) == 1
-    table = text[text.index(link) + len(link) :].split("\n\n")[0].splitlines()[2:]
-    rows = json.loads((DOCS / "performance" / "study_step_time_mamba2_h100.json").read_text(encoding="utf-8"))["rows"]
+    table = [line.strip() for line in text[text.index(link) + len(link) :].split("\n\n")[0].splitlines()[2:]]
+    rows = json.loads((DOCS / "performance" / name).read_text(encoding="utf-8"))["rows"]
     assert len(table) == len(rows)
     for line, row in zip(table, rows):
         model, path, ms, tokens, epoch = cells(line)
         assert model.startswith({"new_llm": "New-LLM", "tinygpt2": "TinyGPT2", "mamba2": "Mamba-2"}[row["model"]])
         assert ("compile" in path) == ("compiled" in row["mode"]), (path, row["mode"])
         assert [ms, tokens, epoch] == [f"{row['ms_per_step']:.2f}", f"{row['tokens_per_s'] / 1e6:.2f} M", f"{row['epoch_s']:.1f}"]
+
+
+def test_the_mamba2_scan_speedup_is_its_jsons():
+    def step(name, model, mode):
+        rows = json.loads((DOCS / "performance" / name).read_text(encoding="utf-8"))["rows"]
+        return next(r["ms_per_step"] for r in rows if r["model"] == model and r["mode"] == mode)
+
+    ours, theirs = step("study_step_time_mamba2_scan_h100.json", "mamba2", "compiled"), step("study_step_time_mamba2_h100.json", "mamba2", "compiled")
+    new_llm = step("study_step_time_mamba2_scan_h100.json", "new_llm", "compiled+graphed")
+    text = (DOCS / "performance.md").read_text(encoding="utf-8")
+    assert f"our scan's step is {theirs / ours:.1f} times shorter ({ours:.2f} against {theirs:.2f} ms)" in text
+    assert f"Mamba-2 trains {new_llm / ours:.2f} times faster than New-LLM here** ({ours:.2f} against {new_llm:.2f} ms" in text
 
 
 def test_the_linear_candidate_leads_the_chosen_cell_at_every_epoch_and_in_every_seed():
@@ -601,3 +615,24 @@ def test_the_decode_kernel_table_is_its_json():
     assert f"{gpt2 / kernel:.1f} times faster than TinyGPT2 ({kernel:.3f} against {gpt2:.3f} ms)" in flat
     assert f"missed by {kernel / 0.02:.1f} times ({kernel:.3f} ms" in flat
     assert f"{1000 * kernel / 8:.1f} µs each on average" in flat
+
+
+def test_the_batch_32_tiles_are_their_jsons():
+    # performance.md's sentence on the finer batch-32 tiles: both cells' kernel and graphed times from one run each
+    flat = " ".join((DOCS / "performance.md").read_text(encoding="utf-8").replace("**", "").split())
+    kernel, graphed, slower, one_kernel, one_graphed = {}, {}, {}, {}, {}
+    for cell, name in (("prototype", "decode_kernel_bench_tiles_h100.json"), ("study", "decode_kernel_bench_tiles_study_h100.json")):
+        results = json.loads((DOCS / "performance" / name).read_text(encoding="utf-8"))
+        assert results["environment"]["gpu"].startswith("NVIDIA H100") and results["commit"]
+        ms = {(r["mode"], r["batch_size"], r["context_len"]): r["ms_per_token"] for r in results["generation"]
+              if r["model"] == "new_llm"}  # fmt: skip
+        kernel[cell], graphed[cell] = ms[("kernel", 32, 128)], ms[("graphed", 32, 128)]
+        one_kernel[cell], one_graphed[cell] = ms[("kernel", 1, 128)], ms[("graphed", 1, 128)]
+        assert kernel[cell] > graphed[cell]  # the text says they still lose
+        slower[cell] = f"{kernel[cell] / graphed[cell]:.1f}"
+    p, s = "prototype", "study"
+    assert (f"they cut batch 32 to {kernel[p]:.3f} ms for the prototype's cell and {kernel[s]:.3f} ms for the study's, "
+            f"and still lose: {slower[p]} and {slower[s]} times slower than the graph there ({graphed[p]:.3f} and "
+            f"{graphed[s]:.3f} ms)") in flat  # fmt: skip
+    assert (f"Batch 1 reads the same as above ({one_kernel[p]:.3f} and {one_kernel[s]:.3f} ms against the graph's "
+            f"{one_graphed[p]:.3f} and {one_graphed[s]:.3f})") in flat  # fmt: skip
