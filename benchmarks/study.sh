@@ -47,6 +47,8 @@ log start
 source benchmarks/mps.sh
 if [ "${MPS:-0}" = 1 ]; then start_mps >> "$root/study.log" 2>&1; fi
 
+read -r -a _f <<< "$families"; read -r -a _s <<< "$seeds"
+grids=$(( ${#_f[@]} * ${#_s[@]} ))  # step-2 grids side by side, one per family and seed
 declare -A preset  # each family's preset, as the grid names it
 plan=""
 for family in $families; do
@@ -70,8 +72,9 @@ grid_at() {  # family seed: step 2's grid from this seed's step-1 model, once it
   done
   log "$family seed $seed: step 2 grid started"
   local code=0
+  # every family's grid at every seed starts about together: each counts its share of the free memory
   $python benchmarks/tune.py run "$root/step2_s$seed" --grid "$grid" --only "$family" --seed "$seed" \
-    --pretrained "$root/step1" --python "$python" ${deadline:+--deadline "$deadline"} "${extra[@]}" \
+    --share "$grids" --pretrained "$root/step1" --python "$python" ${deadline:+--deadline "$deadline"} "${extra[@]}" \
     > "$root/step2_s${seed}_$family.out" 2>&1 || code=$?
   log "$family seed $seed: step 2 grid ended ($code)"
 }

@@ -15,8 +15,9 @@ step 1 (`newllm pretrain`) of every point side by side, one process each, spread
 (`--mps` starts a CUDA MPS daemon so that the processes share each GPU's SMs instead of taking turns;
 `--deadline` gives every run a time limit, after which it ends with its best model, marked stopped;
 `--jobs` caps how many run at once, by default as many as the GPUs' free memory holds at `--gb-per-run`
-GB each, counted when `run` starts: two launches side by side each count only their own points; a point
-that runs out of GPU memory all the same runs again, from the start, once every other point has ended).
+GB each (else the grid's `gb_per_run`, else 6), counted when `run` starts: launches started side by side
+split it with `--share N`, since none sees what the others' points will take; a point that runs out of
+GPU memory all the same runs again, from the start, once every other point has ended).
 `collect` reads each point's history and writes one JSON: the points with their best validation
 loss and perplexity, and the chosen point of each family (lowest validation loss). The test split is
 never read: the chosen settings are run with 3 seeds through all three steps afterwards.
@@ -64,9 +65,10 @@ STAGE_OF_STEP = {"pretrain": "wikitext", "finetune": "dialog"}  # the run folder
 def load_grid(path: Path) -> dict:
     """The grid file, checked: a preset, a seed, shared axes and a table per family."""
     grid = tomllib.loads(path.read_text(encoding="utf-8"))
-    unknown = set(grid) - {"preset", "seed", "step", "axes", "families"}
+    unknown = set(grid) - {"preset", "seed", "step", "axes", "families", "gb_per_run"}
     if unknown or "families" not in grid:
-        raise SystemExit(f"{path}: a grid needs families (and may have preset, seed, step, axes); unknown: {sorted(unknown)}")
+        raise SystemExit(f"{path}: a grid needs families (and may have preset, seed, step, axes, gb_per_run); unknown: "
+                         f"{sorted(unknown)}")  # fmt: skip
     if step_of(grid) not in STAGE_OF_STEP:
         raise SystemExit(f"{path}: step must be pretrain or finetune, got {grid['step']!r}")
     if step_of(grid) == "pretrain" and "preset" not in grid:
@@ -172,17 +174,28 @@ def free_gpu_mib(gpus: list[str]) -> int | None:
     return min([free[int(g)] for g in gpus if g.isdigit() and int(g) < len(free)] or free[:1])
 
 
-def jobs_at_once(args, n_points: int, gpus: list[str]) -> int:
-    """How many points run at once: --jobs (0: all), else as many as the GPUs' free memory holds at --gb-per-run
-    each (every process holds its own CUDA context, compiled graphs and activations: step-2 points started beside
-    other runs ran out of memory), else all."""
+def gb_per_run(args, grid: dict) -> float:
+    """GPU memory a point needs: --gb-per-run, else the grid's `gb_per_run` (what its family was measured to take),
+    else $GB_PER_RUN, else 6."""
+    if args.gb_per_run is not None:
+        return args.gb_per_run
+    return float(grid.get("gb_per_run", os.environ.get("GB_PER_RUN", 6)))
+
+
+def jobs_at_once(args, n_points: int, gpus: list[str], gb: float = 6.0) -> int:
+    """How many points run at once: --jobs (0: all), else as many as this launch's share of the GPUs' free memory
+    holds at `gb` each (every process holds its own CUDA context, compiled graphs and activations: step-2 points
+    started beside other runs ran out of memory), else all. `--share N`: N launches started side by side (study.sh's
+    grid at each seed) split the free memory, since none of them sees what the others' points will take."""
     if args.jobs is not None:
         return args.jobs or n_points
     free = free_gpu_mib(gpus)
-    if free is None or args.gb_per_run <= 0:
+    if free is None or gb <= 0:
         return n_points
-    jobs = max(1, free // int(args.gb_per_run * 1024)) * max(1, len(gpus))
-    print(f"jobs {min(jobs, n_points)} at once: {free} MiB of GPU memory free, {args.gb_per_run:g} GB a run "
+    share = free // max(1, args.share)
+    jobs = max(1, share // int(gb * 1024)) * max(1, len(gpus))
+    split = f" (1/{args.share} of {free})" if args.share > 1 else ""
+    print(f"jobs {min(jobs, n_points)} at once: {share} MiB of GPU memory free{split}, {gb:g} GB a run "
           f"(--jobs sets it)", flush=True)  # fmt: skip
     return min(jobs, n_points)
 
@@ -231,7 +244,7 @@ def run(args) -> int:
     if finetuning and not args.pretrained:
         raise SystemExit("tune.py: a step-2 grid starts from step-1 runs: pass --pretrained DIR")
     tokenizer = None if finetuning else train_tokenizer(grid, runs_dir)
-    jobs = jobs_at_once(args, len(grid_points), gpus)
+    jobs = jobs_at_once(args, len(grid_points), gpus, gb_per_run(args, grid))
     waiting = list(enumerate(grid_points))
     running, codes, out_of_memory, retried = [], {}, [], set()
     while waiting or running or out_of_memory:
@@ -304,6 +317,11 @@ def read_point(runs_dir: Path, point: dict, step: str = "pretrain") -> dict:
                 "val_ppl_by_epoch": [round(math.exp(r["val_loss"]), 3) for r in history],
                 "seconds_per_epoch": [r.get("seconds") for r in history],
             }
+    experiment = runs_dir / point["name"] / "experiment.json"
+    if experiment.is_file():  # the seed the point ran with: `run --seed` overrides the grid's
+        seed = json.loads(experiment.read_text(encoding="utf-8")).get("config", {}).get(step, {}).get("seed")
+        if seed is not None:
+            row["seed"] = seed
     marker = stage / "complete.json"
     if marker.is_file():
         meta = json.loads(marker.read_text(encoding="utf-8"))
@@ -473,8 +491,11 @@ def main(argv=None) -> int:
     run_p.add_argument("--jobs", type=int, default=None,
                        help="at most this many points at once, the next starting as one ends (0: all); default: as "
                             "many as the GPUs' free memory holds at --gb-per-run each, all without a GPU")
-    run_p.add_argument("--gb-per-run", type=float, default=float(os.environ.get("GB_PER_RUN", 6)),
-                       help="GPU memory a point needs, for the default --jobs (default 6, or $GB_PER_RUN)")
+    run_p.add_argument("--gb-per-run", type=float, default=None,
+                       help="GPU memory a point needs, for the default --jobs (default: the grid's gb_per_run, else "
+                            "$GB_PER_RUN, else 6)")
+    run_p.add_argument("--share", type=int, default=1,
+                       help="this many launches start side by side on the GPUs: each counts 1/N of the free memory")
     run_p.add_argument("--deadline", type=float, default=None, help="Unix time by which every run must have ended")
     run_p.add_argument("--python", default=sys.executable)
     run_p.add_argument("--dry-run", action="store_true", help="print the commands and exit")

@@ -343,22 +343,27 @@ def test_the_study_step_2_grid_table_is_its_json():
 
 def test_the_readme_table_is_the_study_json():
     # the README's summary: step 1's test numbers, step 2's validation after epochs 2 and 6 and its test after 8, the
-    # best of each column bold; a stopped step 2 has no test cell
+    # best of each column bold; a stopped step 2 has no test cell, except the peer's, which says after how many epochs
     rows = {MODEL_LABELS[row["model"]]: row for row in _study("study_seeds_h100.json")}
     lines = [cells(line) for line in table_after(DOCS.parent / "README.md", "| model | WikiText-2 test word PPL |")[2:]]
     best = "New-LLM, the ablation's best cell (linear candidate)"
-    peer = "Mamba-2, the attention-free peer (step 1 only, on an H200)"
+    [peer] = _study("study_peers_h100.json")
+    epochs = {run["dailydialog_epochs_run"] for run in peer["runs"]}
+    assert "dailydialog" in peer["stopped"] and len(epochs) == 1
+    peer_label = f"Mamba-2, the attention-free peer (step 2: {len(peer['runs'])} seeds, stopped at {epochs.pop()})"
     assert len(lines) == len(rows) + 2 and [line[0] for line in lines].count(best) == 1
-    [peer_line] = [line for line in lines if line[0] == peer]  # step 1 alone: step 2's cells empty
-    assert peer_line[3:] == ["–"] * 3
     keys = [("wikitext_test_word_ppl", 1), ("wikitext_test_bits_per_byte", 3), (_dialog_val(2), 2), (_dialog_val(6), 2),
             ("dailydialog_test_token_ppl", 2)]  # fmt: skip
     for line in lines:
         if line[0] == best:
             runs = _study("study_best_cell_h100.json")[0]["runs"]
-        elif line[0] == peer:
-            runs = _study("study_peers_step1_h200.json")[0]["runs"]
-            line = line[:3]
+        elif line[0] == peer_label:
+            # step 1 from all three seeds' step-1 runs (the models step 2 started from), step 2 from its two
+            step1 = _study("study_peers_step1_h100.json")[0]["runs"]
+            assert line[1:3] == [_over_seeds(step1, key, digits) for key, digits in keys[:2]]
+            assert line[-1] == f"{_over_seeds(peer['runs'], 'dailydialog_test_token_ppl', 2)} (after {len(peer['runs'][0]['per_epoch']['dailydialog'])})"
+            assert [cell.strip("*") for cell in line[3:5]] == [_over_seeds(peer["runs"], key, d) for key, d in keys[2:4]]
+            continue
         else:
             row = next(row for name, row in rows.items() if line[0].startswith(name))
             runs = row["runs"]
@@ -367,9 +372,45 @@ def test_the_readme_table_is_the_study_json():
                 line = line[:-1]
         expected = [_over_seeds(runs, key, digits) for key, digits in keys[: len(line) - 1]]
         assert [cell.strip("*") for cell in line[1:]] == expected
+    assert [line[0] for line in lines].count(peer_label) == 1
     for column in range(1, len(keys) + 1):  # the lowest mean of each column, and only it, in bold
         means = [float(line[column].strip("*").split()[0]) if not line[column].startswith("–") else math.inf for line in lines]
         assert [line[column].startswith("**") for line in lines] == [m == min(means) for m in means]
+
+
+def test_the_peers_step_2_section_is_its_jsons():
+    # results.md's step-2 grid of the peer (a column per seed) and its 3-step rows beside TinyGPT2's and the best cell's
+    lines = [cells(line) for line in table_after(RESULTS, "| step-2 learning rate | seed 0 | seed 1 | seed 2 |")[2:]]
+    grids = [json.loads((DOCS / "results" / name).read_text(encoding="utf-8")) for name in
+             ("study_peers_finetune_grid_h100.json", "study_peers_finetune_grid_s1_h100.json",
+              "study_peers_finetune_grid_s2_h100.json")]  # fmt: skip
+    for seed, grid in enumerate(grids):
+        assert grid["provenance"]["device"].startswith("NVIDIA H100")
+        assert all(p.get("seed", seed) == seed for p in grid["points"])
+    assert len(lines) == len(grids[0]["points"])
+    for line in lines:
+        for seed, (cell, grid) in enumerate(zip(line[1:], grids)):
+            point = next(p for p in grid["points"] if p["settings"]["finetune.lr"] == float(line[0]))
+            text = f"{point['val_ppl']:.2f} ({point['epochs_run']})" if "val_ppl" in point else "–"
+            chosen = seed == 0 and grids[0]["chosen"]["mamba2"] == point["name"]
+            assert cell == (f"**{text}**" if chosen else text), (line[0], seed)
+    peer = _study("study_peers_h100.json")[0]["runs"]
+    best = _study("study_best_cell_h100.json")[0]["runs"]
+    table = [cells(line) for line in table_after(RESULTS, "| model | seeds | DailyDialog epochs | val token PPL after epoch 2 |")[2:]]
+    by_model = {line[0]: line for line in table}
+    tiny = next(row for row in _study("study_seeds_h100.json") if row["model"] == "tinygpt2")["runs"]
+    keys = [(_dialog_val(2), 2), (_dialog_val(6), 2), ("dailydialog_test_token_ppl", 2), ("dailydialog_test_response_ppl", 2)]
+    for label, runs in (("TinyGPT2", tiny), ("New-LLM, the ablation's best cell", best), ("Mamba-2", peer)):
+        line = by_model[label]
+        assert line[1] == str(len(runs))
+        assert [cell.strip("*") for cell in line[3:]] == [_over_seeds(runs, key, d) for key, d in keys], label
+    for column in range(3, 7):  # the lowest mean of each column in bold
+        means = [float(line[column].strip("*").split()[0]) for line in table]
+        assert [line[column].startswith("**") for line in table] == [m == min(means) for m in means]
+    # the prose's distance
+    gap = statistics.fmean(r["dailydialog_test_token_ppl"] for r in peer) - statistics.fmean(r["dailydialog_test_token_ppl"] for r in best)
+    percent = 100 * gap / statistics.fmean(r["dailydialog_test_token_ppl"] for r in peer)
+    assert f"0.20 test token PPL, {gap:.2f} lower ({percent:.1f} %)" in " ".join(RESULTS.read_text(encoding="utf-8").split())
 
 
 def test_the_best_cell_through_step_2_is_its_jsons():

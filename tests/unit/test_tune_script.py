@@ -108,6 +108,47 @@ def test_collect_chooses_each_familys_lowest_validation_loss_and_keeps_earlier_p
         tune.main(["collect", str(later), "--grid", str(grid_file), "--previous", str(grid_file)])
 
 
+def test_collect_records_the_seed_each_point_ran_with(tune, grid_file, tmp_path):
+    # `run --seed 2` overrides the grid's seed 3: the summary says which seed its numbers are from
+    runs = tmp_path / "runs"
+    name = next(p["name"] for p in tune.points(tune.load_grid(grid_file)) if p["family"] == "lstm")
+    _history(runs / name / "lstm_wikitext", [90.0, 60.0])
+    (runs / name / "experiment.json").write_text(json.dumps({"config": {"pretrain": {"seed": 2}}}))
+    out = tmp_path / "summary.json"
+    tune.main(["collect", str(runs), "--grid", str(grid_file), "--out", str(out), "--commit", "abc", "--ran-on", "H100"])
+    rows = {r["name"]: r for r in json.loads(out.read_text())["points"]}
+    assert rows[name]["seed"] == 2
+    assert all("seed" not in row for other, row in rows.items() if other != name)  # no experiment.json, no claim
+
+
+def test_launches_side_by_side_split_the_free_memory_and_a_grid_names_what_a_point_takes(tune, monkeypatch, tmp_path):
+    # three seeds' step-2 grids, each of three points, on one 80 GB GPU: at 12 GB a point, 9 at once would take 108
+    monkeypatch.setattr(tune, "free_gpu_mib", lambda gpus: 72 * 1024)
+    args = argparse_namespace(jobs=None, share=1, gb_per_run=None)
+    assert tune.jobs_at_once(args, 3, [], 12.0) == 3
+    args.share = 3  # 24 GB each: two points of 12 GB at once, the third after
+    assert tune.jobs_at_once(args, 3, [], 12.0) == 2
+    args.jobs = 0  # --jobs wins: all at once
+    assert tune.jobs_at_once(args, 3, [], 12.0) == 3
+    # what a point takes: --gb-per-run, else the grid's, else $GB_PER_RUN, else 6
+    monkeypatch.delenv("GB_PER_RUN", raising=False)
+    assert tune.gb_per_run(argparse_namespace(gb_per_run=None), {"gb_per_run": 12}) == 12
+    assert tune.gb_per_run(argparse_namespace(gb_per_run=4.0), {"gb_per_run": 12}) == 4
+    assert tune.gb_per_run(argparse_namespace(gb_per_run=None), {}) == 6
+    monkeypatch.setenv("GB_PER_RUN", "9")
+    assert tune.gb_per_run(argparse_namespace(gb_per_run=None), {}) == 9
+    grid = tmp_path / "grid.toml"
+    grid.write_text('step = "finetune"\ngb_per_run = 12\n[families.lstm]\npreset = "quick"\n')
+    assert tune.load_grid(grid)["gb_per_run"] == 12
+    assert tune.load_grid(ROOT / "configs" / "grids" / "study_finetune_peers.toml")["gb_per_run"] >= 11  # measured 10.7
+
+
+def argparse_namespace(**kwargs):
+    import argparse
+
+    return argparse.Namespace(**kwargs)
+
+
 def test_the_studys_grid_gives_every_family_dropout_and_weight_decay_and_tinygpt2_two_shapes(tune):
     grid = tune.load_grid(ROOT / "configs" / "grids" / "study.toml")
     points = tune.points(grid)
