@@ -16,7 +16,7 @@ Two questions, each over a grid:
   Both run through the shared decoding path (decoding.py). Modes: "forward" (the model's forward,
   one token per call, for every model) and "graphed" (one CUDA graph replay per token, CUDA only:
   New-LLM's `GreedyDecoder`, and TinyGPT2's `StaticCacheDecoder` over a static key/value cache, so
-  that both get their fastest fair setup) and "kernel" (New-LLM's graphed decoder on its eight Triton
+  that both get their fastest fair setup) and "kernel" (New-LLM's graphed decoder on its few Triton
   kernels per step, decode_kernel.py; fp32, CUDA only, opt-in).
 
 Every number is a median over `repeats` after `warmup` untimed runs; CUDA is synchronised around

@@ -139,7 +139,7 @@ class Decoder:
     """Prefill → step → sample for one batch of sequences of an eval-mode `model` (see the module docstring).
 
     dtype: autocast for every forward (float32: none). graphed: greedy runs without stop tokens go
-    through New-LLM's `GreedyDecoder` or GPT-2's `StaticCacheDecoder`; kernels: New-LLM's on its eight
+    through New-LLM's `GreedyDecoder` or GPT-2's `StaticCacheDecoder`; kernels: New-LLM's on its few
     Triton kernels per step (decode_kernel.py). keep: for a model with learned positions, a feed that would go
     past them restarts the cache from the last `keep` tokens instead (chat's sliding window).
     """

@@ -68,6 +68,7 @@ def test_one_kernel_step_equals_model_step(name):
         assert (expected_context.abs() == model.config.context_clamp).any()
     assert torch.equal(fed, expected_logits.argmax(-1))
     assert torch.equal(tokens[:, 2], fed) and not tokens[:, [0, 1, 3]].any()
+    assert position.item() == 3  # the step advances it, in the kernel where one program runs (batch ≤ 16)
 
 
 @pytest.mark.parametrize("name", CASES)
@@ -108,3 +109,34 @@ def test_the_shared_decoding_path_takes_the_kernels_and_gives_the_forward_paths_
     assert fast.backend.kernels is not None
     with pytest.raises(ValueError, match="kernels"):
         Decoder(model, greedy, kernels=True)  # not graphed
+
+
+@pytest.mark.parametrize("name", ["batch 1", "batch 1, ragged", "study cell, batch 1", "two row blocks, ragged tiles"])
+def test_a_step_launches_one_kernel_per_dependent_phase(name, monkeypatch):
+    # one launch per prototype layer, or two per MLP block (its norm read inside W_1's matmul), then the two matmuls
+    # on h_L together (the final norm read inside) and the row-wise end (context update, token, position) together
+    import newllm.models.new_llm.decode_kernel as decode_kernel
+
+    counts = {}
+
+    class Counted:
+        def __init__(self, kernel, name):
+            self.kernel, self.name = kernel, name
+
+        def __getitem__(self, grid):
+            counts[self.name] = counts.get(self.name, 0) + 1
+            return self.kernel[grid]
+
+    for attribute in [a for a in dir(decode_kernel) if a.endswith("_kernel")]:
+        monkeypatch.setattr(decode_kernel, attribute, Counted(getattr(decode_kernel, attribute), attribute))
+    overrides, batch = CASES[name]
+    model = _model(**overrides)
+    cell = model.model.cell
+    launches = (len(cell.layers) if cell.blocks is None else 1 + 2 * len(cell.blocks)) + 2
+    kernels = DecodeKernels(model, batch)
+    tokens = torch.zeros(batch, 2, dtype=torch.long, device=DEVICE)
+    position = torch.zeros(1, dtype=torch.long, device=DEVICE)
+    kernels.step(torch.ones(batch, dtype=torch.long, device=DEVICE), tokens, position)
+    assert sum(counts.values()) == launches, counts
+    assert counts["_proj_head_kernel"] == counts["_update_pick_kernel"] == 1
+    assert position.item() == 1

@@ -1,4 +1,4 @@
-"""Greedy decoding of New-LLM in a few kernels per token: eight for the prototype cell instead of about 45.
+"""Greedy decoding of New-LLM in a few kernels per token: five for the prototype cell instead of about 45.
 
 `GreedyDecoder` replays one CUDA graph per token, but the graph still holds the ~45 small kernels of
 `model.step` (performance.md: 0.066 ms per token on an H200, about 20 times what reading the weights
@@ -7,27 +7,30 @@ costs), and the GPU waits on each one's launch and completion. Here a step is:
     1. h_1 = relu(P[token] + c W_cᵀ)      P = E W_eᵀ + b_1 for every token id, computed once: the token
                                           half of layer 1 is a row lookup, not a matmul
     2. h_l = relu(h_{l-1} W_lᵀ + b_l)     one kernel per layer 2..L
-    3. [Δ, g_f, g_i] = h_L W_gᵀ + b_g
-    4. c' = clamp(γ ⊙ LN(σ(g_f) ⊙ c + σ(g_i) ⊙ Δ) + β, ±K)     one program per 16 rows (the row is whole)
-    5. logits = h_L W_outᵀ + b_out, each program keeping only its tile's (max, argmax) per row
-    6. the token: the best of those per row (the first on a tie, as torch.argmax), written to the
-       output, and c' copied into the context
-    7. position += 1
+    3. in one launch, the two matmuls that read h_L and not each other:
+       [Δ, g_f, g_i] = h_L W_gᵀ + b_g, and
+       logits = h_L W_outᵀ + b_out, each program keeping only its tile's (max, argmax) per row
+    4. in one launch, one program per 16 rows (the row is whole):
+       c' = clamp(γ ⊙ LN(σ(g_f) ⊙ c + σ(g_i) ⊙ Δ) + β, ±K), copied into the context;
+       the token: the best tile per row (the first on a tie, as torch.argmax), written to the output;
+       position += 1 (in the kernel when one program runs, batch ≤ 16; after it otherwise)
 
 Each matmul kernel spreads its output columns over many programs, so the weights (30 MB in float32 at
-full size) stream through every SM instead of one. The issue asked for one kernel per token: that needs a
-grid-wide barrier between the dependent phases, which Triton offers only as a spin on a global
-counter that deadlocks unless every program is resident at once (and always in the CPU interpreter,
-which runs programs one after another), so the phases stay separate launches inside the graph.
+full size) stream through every SM instead of one. One kernel per token would need a grid-wide barrier
+between the dependent phases, which Triton offers only as a spin on a global counter that deadlocks
+unless every program is resident at once (and always in the CPU interpreter, which runs programs one
+after another), so the dependent phases stay separate launches inside the graph, and the independent
+ones share a launch.
 
-The MLP-block cell (the study's) takes three kernels per block instead of step 2: the block's LayerNorm
-(16 whole rows per program), W_1 with GELU, and W_2 with the residual add; then its final norm, and
-the context update with tanh and without a clamp where the cell says so.
+The MLP-block cell (the study's) takes two kernels per block instead of step 2: W_1 with GELU, reading
+the block's LayerNorm of h as it loads h (each program computes its rows' mean and variance first), and
+W_2 with the residual add; step 3 reads h_L through the final norm the same way, and step 4 takes tanh
+and no clamp where the cell says so.
 
 Float32 only, eval mode only (no dropout), one context scale; the prototype cell without residual or
-ffn_norm. Tested in Triton's CPU interpreter against `model.step`; timed in docs/performance.md (faster than the
-graphed `model.step` at batch 1; slower at 32 with training's tiles, the finer tiles below untimed).
-"""
+ffn_norm. Tested in Triton's CPU interpreter against `model.step`. docs/performance.md times an earlier
+version with a launch for each phase (eight for the prototype cell): faster than the graphed `model.step`
+at batch 1, slower at 32."""
 
 from __future__ import annotations
 
@@ -36,7 +39,7 @@ import triton
 import triton.language as tl
 
 from newllm.models.new_llm.kernel import BLOCK_B, BLOCK_N, _context_update, _dot_rows, _precision
-from newllm.models.new_llm.kernel_mlp import SQRT_HALF, _norm_rows
+from newllm.models.new_llm.kernel_mlp import SQRT_HALF
 
 BLOCK_V = 128  # vocabulary columns per program of the head
 # One row (batch 1) is a matrix-vector product: tl.dot would pad it to 16 rows and walk K in 32-column steps, one
@@ -68,6 +71,43 @@ def _times_w(acc, x_ptr, x_row, rows, row_ok, K, w_ptr, w_k, w_n, n, n_ok, ONE_R
 
 
 @triton.jit
+def _times_normed_w(acc, x_ptr, x_row, rows, row_ok, K, gamma, beta, eps, w_ptr, w_k, w_n, n, n_ok,
+                    ONE_ROW: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr):  # fmt: skip
+    """acc + LN(X[rows]) · W[:, n] with LN(x) = γ ⊙ (x - μ)/σ + β over X's K columns: the norm applied as X is loaded,
+    its statistics computed first by every program for its own rows (K values a row, two passes as `_norm_rows`
+    takes them), so the norm needs no launch of its own."""
+    cols = tl.arange(0, BLOCK_K)
+    total = tl.zeros((BLOCK_B,), tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        k = k0 + cols
+        tile = row_ok[:, None] & (k < K)[None, :]
+        total += tl.sum(tl.load(x_ptr + rows[:, None] * x_row + k[None, :], mask=tile, other=0.0), axis=1)
+    mean = total / K
+    spread = tl.zeros((BLOCK_B,), tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        k = k0 + cols
+        tile = row_ok[:, None] & (k < K)[None, :]
+        x = tl.load(x_ptr + rows[:, None] * x_row + k[None, :], mask=tile, other=0.0)
+        centred = tl.where(tile, x - mean[:, None], 0.0)
+        spread += tl.sum(centred * centred, axis=1)
+    inv = 1.0 / tl.sqrt_rn(spread / K + eps)
+    for k0 in range(0, K, BLOCK_K):
+        k = k0 + cols
+        k_ok = k < K
+        tile = row_ok[:, None] & k_ok[None, :]
+        x = tl.load(x_ptr + rows[:, None] * x_row + k[None, :], mask=tile, other=0.0)
+        g = tl.load(gamma + k, mask=k_ok, other=0.0)
+        b = tl.load(beta + k, mask=k_ok, other=0.0)
+        x = tl.where(tile, (x - mean[:, None]) * inv[:, None] * g[None, :] + b[None, :], 0.0)
+        w = tl.load(w_ptr + k[:, None] * w_k + n[None, :] * w_n, mask=k_ok[:, None] & n_ok[None, :], other=0.0)
+        if ONE_ROW:
+            acc += tl.sum(x[:, :, None] * w[None, :, :], axis=1)
+        else:
+            acc = tl.dot(x, w, acc, input_precision=PRECISION)
+    return acc
+
+
+@triton.jit
 def _first_layer_kernel(token, table, context, context_weight, stride_cw, out, B, H, C, RELU: tl.constexpr,
                         ONE_ROW: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                         PRECISION: tl.constexpr):  # fmt: skip
@@ -88,17 +128,22 @@ def _first_layer_kernel(token, table, context, context_weight, stride_cw, out, B
 
 
 @triton.jit
-def _linear_kernel(x, weight, bias, out, residual, B, N, K, ACTIVATION: tl.constexpr, RESIDUAL: tl.constexpr,
-                   ONE_ROW: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr):  # fmt: skip
+def _linear_kernel(x, weight, bias, out, residual, gamma, beta, eps, B, N, K, ACTIVATION: tl.constexpr,
+                   RESIDUAL: tl.constexpr, NORM: tl.constexpr, ONE_ROW: tl.constexpr, BLOCK_B: tl.constexpr,
+                   BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr):  # fmt: skip
     """out = act(x Wᵀ + b) (+ residual) on a (rows, n) tile; W is (N, K), row-major. ACTIVATION: 0 none, 1 relu,
-    2 GELU (exact, as F.gelu)."""
+    2 GELU (exact, as F.gelu). NORM: LN(x) = γ ⊙ (x - μ)/σ + β in place of x (the MLP block's W_1)."""
     rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
     row_ok = rows < B
     n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
     n_ok = n < N
     tile = row_ok[:, None] & n_ok[None, :]
     acc = tl.zeros((BLOCK_B, BLOCK_N), tl.float32) + tl.load(bias + n, mask=n_ok, other=0.0)[None, :]
-    acc = _times_w(acc, x, K, rows, row_ok, K, weight, 1, K, n, n_ok, ONE_ROW, BLOCK_K, PRECISION)
+    if NORM:
+        acc = _times_normed_w(acc, x, K, rows, row_ok, K, gamma, beta, eps, weight, 1, K, n, n_ok, ONE_ROW, BLOCK_B,
+                              BLOCK_K, PRECISION)  # fmt: skip
+    else:
+        acc = _times_w(acc, x, K, rows, row_ok, K, weight, 1, K, n, n_ok, ONE_ROW, BLOCK_K, PRECISION)
     if ACTIVATION == 1:
         acc = tl.maximum(acc, 0.0)
     elif ACTIVATION == 2:
@@ -110,33 +155,19 @@ def _linear_kernel(x, weight, bias, out, residual, B, N, K, ACTIVATION: tl.const
 
 
 @triton.jit
-def _norm_kernel(src, gamma, beta, x_hat, out, rstd, B, D, eps, BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr):
-    """out = γ ⊙ LN(src) + β for 16 whole rows (kernel_mlp.py's row norm)."""
-    rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
-    _norm_rows(src, gamma, beta, x_hat, out, rstd, rows, rows < B, D, eps, BLOCK_B, BLOCK_N)
-
-
-@triton.jit
-def _context_kernel(proj, contexts, norm_weight, norm_bias, x_hat, rstd, B, C, eps, clamp, TANH: tl.constexpr,
-                    HAS_CLAMP: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr):  # fmt: skip
-    """c' = γ ⊙ LN(σ(g_f) ⊙ c + σ(g_i) ⊙ Δ) + β (Δ through tanh with TANH, clamped to ±K with HAS_CLAMP) for 16
-    whole rows: kernel.py's context update, from contexts[0] into contexts[1]."""
-    rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
-    _context_update(proj, contexts, 0, norm_weight, norm_bias, x_hat, rstd, rows, rows < B, B, C, eps, clamp, TANH,
-                    HAS_CLAMP, BLOCK_B, BLOCK_N)  # fmt: skip
-
-
-@triton.jit
-def _head_kernel(hidden, weight, bias, best, best_id, logits, B, V, H, TILES, WRITE_LOGITS: tl.constexpr,
-                 ONE_ROW: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr):  # fmt: skip
-    """One tile of logits = h Wᵀ + b (W is (V, H)): per row, its largest logit and where (the first on a tie)."""
-    rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
-    row_ok = rows < B
-    tile_id = tl.program_id(1)
+def _head_tile(hidden, gamma, beta, eps, weight, bias, best, best_id, logits, rows, row_ok, tile_id, V, H, TILES,
+               NORM: tl.constexpr, WRITE_LOGITS: tl.constexpr, ONE_ROW: tl.constexpr, BLOCK_B: tl.constexpr,
+               BLOCK_V: tl.constexpr, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr):  # fmt: skip
+    """One tile of logits = h Wᵀ + b (W is (V, H); h through the final norm with NORM): per row, its largest logit
+    and where (the first on a tie)."""
     v = tile_id * BLOCK_V + tl.arange(0, BLOCK_V)
     v_ok = v < V
     acc = tl.zeros((BLOCK_B, BLOCK_V), tl.float32) + tl.load(bias + v, mask=v_ok, other=0.0)[None, :]
-    acc = _times_w(acc, hidden, H, rows, row_ok, H, weight, 1, H, v, v_ok, ONE_ROW, BLOCK_K, PRECISION)
+    if NORM:
+        acc = _times_normed_w(acc, hidden, H, rows, row_ok, H, gamma, beta, eps, weight, 1, H, v, v_ok, ONE_ROW,
+                              BLOCK_B, BLOCK_K, PRECISION)  # fmt: skip
+    else:
+        acc = _times_w(acc, hidden, H, rows, row_ok, H, weight, 1, H, v, v_ok, ONE_ROW, BLOCK_K, PRECISION)
     if WRITE_LOGITS:
         tl.store(logits + rows[:, None] * V + v[None, :], acc, mask=row_ok[:, None] & v_ok[None, :])
     acc = tl.where(v_ok[None, :], acc, float("-inf"))
@@ -145,25 +176,62 @@ def _head_kernel(hidden, weight, bias, best, best_id, logits, B, V, H, TILES, WR
 
 
 @triton.jit
-def _pick_kernel(best, best_id, token, tokens, position, next_context, context, B, C, TILES, MAX_NEW,
-                 BLOCK_B: tl.constexpr, BLOCK_TILES: tl.constexpr, BLOCK_N: tl.constexpr):  # fmt: skip
-    """Each row's token: the tile with the largest logit (the first on a tie); written to `token` and to
-    tokens[:, position]; and c' copied into the context for the next step."""
+def _proj_head_kernel(hidden, gamma, beta, eps, proj_weight, proj_bias, projected, weight, bias, best, best_id, logits,
+                      B, P, V, H, PROJ_TILES, TILES, NORM: tl.constexpr, WRITE_LOGITS: tl.constexpr,
+                      ONE_ROW: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr,
+                      BLOCK_K: tl.constexpr, PRECISION: tl.constexpr):  # fmt: skip
+    """Both matmuls that read h_L (through the final norm with NORM), in one launch: the first PROJ_TILES column
+    programs compute [Δ, g_f, g_i] = h W_gᵀ + b_g (P columns), the rest one head tile each (`_head_tile`). Neither
+    needs the other, so one launch saves the GPU a dependent kernel per token."""
     rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
     row_ok = rows < B
+    column = tl.program_id(1)
+    if column < PROJ_TILES:
+        n = column * BLOCK_N + tl.arange(0, BLOCK_N)
+        n_ok = n < P
+        acc = tl.zeros((BLOCK_B, BLOCK_N), tl.float32) + tl.load(proj_bias + n, mask=n_ok, other=0.0)[None, :]
+        if NORM:
+            acc = _times_normed_w(acc, hidden, H, rows, row_ok, H, gamma, beta, eps, proj_weight, 1, H, n, n_ok,
+                                  ONE_ROW, BLOCK_B, BLOCK_K, PRECISION)  # fmt: skip
+        else:
+            acc = _times_w(acc, hidden, H, rows, row_ok, H, proj_weight, 1, H, n, n_ok, ONE_ROW, BLOCK_K, PRECISION)
+        tl.store(projected + rows[:, None] * P + n[None, :], acc, mask=row_ok[:, None] & n_ok[None, :])
+    else:
+        _head_tile(hidden, gamma, beta, eps, weight, bias, best, best_id, logits, rows, row_ok, column - PROJ_TILES, V,
+                   H, TILES, NORM, WRITE_LOGITS, ONE_ROW, BLOCK_B, BLOCK_V, BLOCK_K, PRECISION)  # fmt: skip
+
+
+@triton.jit
+def _update_pick_kernel(proj, contexts, norm_weight, norm_bias, x_hat, rstd, best, best_id, token, tokens, position,
+                        B, C, eps, clamp, TILES, MAX_NEW, TANH: tl.constexpr, HAS_CLAMP: tl.constexpr,
+                        ADVANCE: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_TILES: tl.constexpr, BLOCK_N: tl.constexpr):  # fmt: skip
+    """The step's row-wise end for 16 whole rows, in one launch: the context update into contexts[1], c' = γ ⊙
+    LN(σ(g_f) ⊙ c + σ(g_i) ⊙ Δ) + β (Δ through tanh with TANH, clamped to ±K with HAS_CLAMP: kernel.py's), then c'
+    copied into contexts[0] for the next step; each row's token, the tile with the largest
+    logit (the first on a tie), written to `token` and to tokens[:, position]; and with ADVANCE (one program, so
+    nothing else reads it) position + 1."""
+    rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
+    row_ok = rows < B
+    _context_update(proj, contexts, 0, norm_weight, norm_bias, x_hat, rstd, rows, row_ok, B, C, eps, clamp, TANH,
+                    HAS_CLAMP, BLOCK_B, BLOCK_N)  # fmt: skip
     tiles = tl.arange(0, BLOCK_TILES)
     found = tl.load(best + rows[:, None] * TILES + tiles[None, :], mask=row_ok[:, None] & (tiles < TILES)[None, :],
                     other=float("-inf"))  # fmt: skip
     winner = tl.argmax(found, axis=1)
     picked = tl.load(best_id + rows * TILES + winner, mask=row_ok, other=0)
     tl.store(token + rows, picked, mask=row_ok)
-    tl.store(tokens + rows * MAX_NEW + tl.load(position), picked, mask=row_ok)
+    at = tl.load(position)
+    tl.store(tokens + rows * MAX_NEW + at, picked, mask=row_ok)
+    tl.debug_barrier()  # c' of these rows is written by every thread of the program before any copies it back
     cols = tl.arange(0, BLOCK_N)
     for j0 in range(0, C, BLOCK_N):
         j = j0 + cols
         tile = row_ok[:, None] & (j < C)[None, :]
         offsets = rows[:, None] * C + j[None, :]
-        tl.store(context + offsets, tl.load(next_context + offsets, mask=tile, other=0.0), mask=tile)
+        tl.store(contexts + offsets, tl.load(contexts + B * C + offsets, mask=tile, other=0.0), mask=tile)
+    if ADVANCE:
+        tl.debug_barrier()  # every thread has read the position before one writes it
+        tl.store(position, at + 1)
 
 
 def unsupported_reason(model) -> str | None:
@@ -198,10 +266,10 @@ class DecodeKernels:
         with torch.no_grad():  # the token half of layer 1 for every id: (V, H), a lookup per step
             self.table = (model.model.embed_tokens.weight @ token_weight.t() + first.bias).contiguous()
         self.layers = [(layer.weight.detach(), layer.bias.detach()) for layer in cell.layers[1:]]
-        self.blocks = [tuple(p.detach() for p in (b.norm.weight, b.norm.bias, b.up.weight, b.up.bias, b.down.weight,
-                                                  b.down.bias)) for b in cell.blocks or []]  # fmt: skip
+        self.blocks = [(b.norm.weight.detach(), b.norm.bias.detach(), b.norm.eps, b.up.weight.detach(),
+                        b.up.bias.detach(), b.down.weight.detach(), b.down.bias.detach()) for b in cell.blocks or []]  # fmt: skip
         final = cell.final_norm
-        self.final = None if final is None else (final.weight.detach(), final.bias.detach())
+        self.final = None if final is None else (final.weight.detach(), final.bias.detach(), final.eps)
         self.proj = (cell.context_proj.weight.detach(), cell.context_proj.bias.detach())
         self.norm = (cell.context_norm.weight.detach(), cell.context_norm.bias.detach(), cell.context_norm.eps)
         self.clamp = float(cell.context_clamp)
@@ -214,9 +282,8 @@ class DecodeKernels:
         self.batch_size, self.vocab, self.hidden, self.size_c = batch_size, vocab, hidden, size_c
         new = self.table.new_empty
         self.hiddens = [new(batch_size, hidden), new(batch_size, hidden)]  # ping-pong between layers
-        # the MLP cell's: a block's normed input (and the final norm's output), its LN by-products, its GELU(u)
-        self.normed, self.x_hat, self.rstd = new(batch_size, hidden), new(batch_size, hidden), new(batch_size)
-        self.act = new(batch_size, self.blocks[0][2].shape[0]) if self.blocks else None
+        # the MLP cell's GELU(u); its norms are applied inside the matmuls that read them
+        self.act = new(batch_size, self.blocks[0][3].shape[0]) if self.blocks else None
         self.projected = new(batch_size, 3 * size_c)
         # [c, c']: the decoder's context is the first half (`context`), the step writes c' into the second
         self.contexts = new(2, batch_size, size_c).zero_()
@@ -242,12 +309,11 @@ class DecodeKernels:
 
     def step(self, token, tokens, position, logits: torch.Tensor | None = None) -> None:
         """Feed `token` (B,) on top of `self.context` (B, C): the next token into `token` and tokens[:, position],
-        c' into `self.context` (position is advanced by the caller). `logits` (B, V), if given, receives the
-        logits (tests)."""
+        c' into `self.context`, and position advanced by one. `logits` (B, V), if given, receives the logits
+        (tests)."""
         context = self.context
-        rows = triton.cdiv(self.batch_size, BLOCK_B)  # the row-wise kernels' (norms, update, pick): 16 whole rows each
+        rows = triton.cdiv(self.batch_size, BLOCK_B)  # the row-wise kernel's (update, pick): 16 whole rows each
         hidden, size_c, batch = self.hidden, self.size_c, self.batch_size
-        eps = self.norm[2]
         x = self.hiddens[0]
         grid, blocks = self._matmul(hidden, size_c)
         _first_layer_kernel[grid](token, self.table, context, self.context_weight, self.context_weight.stride(0), x,
@@ -255,36 +321,35 @@ class DecodeKernels:
         for i, (weight, bias) in enumerate(self.layers):  # the prototype's layers 2..L
             out = self.hiddens[(i + 1) % 2]
             grid, blocks = self._matmul(hidden, hidden)
-            _linear_kernel[grid](x, weight, bias, out, x, batch, hidden, hidden, 1, False, **blocks)
+            _linear_kernel[grid](x, weight, bias, out, x, bias, bias, 0.0, batch, hidden, hidden, 1, False, False,
+                                 **blocks)  # fmt: skip
             x = out
-        for i, (norm_w, norm_b, up_w, up_b, down_w, down_b) in enumerate(self.blocks):  # h + W_2 GELU(W_1 LN(h))
+        for i, (norm_w, norm_b, eps, up_w, up_b, down_w, down_b) in enumerate(self.blocks):  # h + W_2 GELU(W_1 LN(h))
             inner = up_w.shape[0]
-            _norm_kernel[(rows,)](x, norm_w, norm_b, self.x_hat, self.normed, self.rstd, batch, hidden, eps,
-                                  BLOCK_B=BLOCK_B, BLOCK_N=BLOCK_N)  # fmt: skip
             grid, blocks = self._matmul(inner, hidden)
-            _linear_kernel[grid](self.normed, up_w, up_b, self.act, x, batch, inner, hidden, 2, False, **blocks)
+            _linear_kernel[grid](x, up_w, up_b, self.act, x, norm_w, norm_b, eps, batch, inner, hidden, 2, False, True,
+                                 **blocks)  # fmt: skip
             out = self.hiddens[(i + 1) % 2]
             grid, blocks = self._matmul(hidden, inner)
-            _linear_kernel[grid](self.act, down_w, down_b, out, x, batch, hidden, inner, 0, True, **blocks)
+            _linear_kernel[grid](self.act, down_w, down_b, out, x, up_b, up_b, 0.0, batch, hidden, inner, 0, True,
+                                 False, **blocks)  # fmt: skip
             x = out
-        if self.final is not None:  # the head and the context update read the final norm's output
-            _norm_kernel[(rows,)](x, *self.final, self.x_hat, self.normed, self.rstd, batch, hidden, eps,
-                                  BLOCK_B=BLOCK_B, BLOCK_N=BLOCK_N)  # fmt: skip
-            x = self.normed
+        # the head and the context update read h_L, through the final norm where the cell has one
+        final = self.final is not None
+        gamma, beta, eps = self.final if final else (*self.proj, 0.0)
         weight, bias = self.proj
-        grid, blocks = self._matmul(3 * size_c, hidden)
-        _linear_kernel[grid](x, weight, bias, self.projected, x, batch, 3 * size_c, hidden, 0, False, **blocks)
-        gamma, beta, _ = self.norm
-        _context_kernel[(rows,)](self.projected, self.contexts, gamma, beta, self.context_hat, self.context_rstd, batch,
-                                 size_c, eps, self.clamp, self.tanh, self.clamp > 0, BLOCK_B=BLOCK_B, BLOCK_N=BLOCK_N)  # fmt: skip
-        weight, bias = self.head
-        (head_rows, _), blocks = self._matmul(self.vocab, hidden)
-        blocks.pop("BLOCK_N")
-        _head_kernel[(head_rows, self.tiles)](
-            x, weight, bias, self.best, self.best_id, x if logits is None else logits, batch, self.vocab, hidden,
-            self.tiles, logits is not None, BLOCK_V=self.block_v, **blocks,
+        (head_rows, proj_tiles), blocks = self._matmul(3 * size_c, hidden)
+        _proj_head_kernel[(head_rows, proj_tiles + self.tiles)](
+            x, gamma, beta, eps, weight, bias, self.projected, *self.head, self.best, self.best_id,
+            x if logits is None else logits, batch, 3 * size_c, self.vocab, hidden, proj_tiles, self.tiles, final,
+            logits is not None, BLOCK_V=self.block_v, **blocks,
         )  # fmt: skip
-        _pick_kernel[(rows,)](
-            self.best, self.best_id, token, tokens, position, self.contexts[1], context, batch, size_c, self.tiles,
-            tokens.shape[1], BLOCK_B=BLOCK_B, BLOCK_TILES=triton.next_power_of_2(self.tiles), BLOCK_N=BLOCK_N,
+        gamma, beta, eps = self.norm
+        advance = rows == 1
+        _update_pick_kernel[(rows,)](
+            self.projected, self.contexts, gamma, beta, self.context_hat, self.context_rstd, self.best, self.best_id,
+            token, tokens, position, batch, size_c, eps, self.clamp, self.tiles, tokens.shape[1], self.tanh,
+            self.clamp > 0, advance, BLOCK_B=BLOCK_B, BLOCK_TILES=triton.next_power_of_2(self.tiles), BLOCK_N=BLOCK_N,
         )  # fmt: skip
+        if not advance:  # several programs read the position: it moves after all of them
+            position += 1

@@ -37,7 +37,8 @@ class GreedyDecoder:
         self.context = cell.initial_context(batch_size, device, model.dtype)
         self.tokens = torch.zeros(batch_size, max_new_tokens, dtype=torch.long, device=device)
         self.position = torch.zeros(1, dtype=torch.long, device=device)  # on the device: a replay needs no sync
-        # kernels: the step as decode_kernel.py's eight Triton kernels instead of model.step's ~45 (float32 only)
+        # kernels: the step as decode_kernel.py's few Triton kernels (five for the prototype cell) instead of model.step's
+        # ~45 (float32 only)
         self.kernels = None
         if kernels:
             if dtype != torch.float32:
@@ -56,8 +57,7 @@ class GreedyDecoder:
     @torch.no_grad()
     def _step(self) -> None:
         if self.kernels is not None:
-            self.kernels.step(self.token, self.tokens, self.position)
-            self.position += 1
+            self.kernels.step(self.token, self.tokens, self.position)  # advances the position too
             return
         with replay_autocast(self.model.device.type, self.dtype):
             logits, context = self.model.step(self.token, self.context)
