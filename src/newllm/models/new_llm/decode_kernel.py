@@ -39,7 +39,7 @@ import triton
 import triton.language as tl
 
 from newllm.models.new_llm.kernel import BLOCK_B, BLOCK_N, _context_update, _dot_rows, _precision
-from newllm.models.new_llm.kernel_mlp import SQRT_HALF
+from newllm.models.new_llm.kernel_mlp import SQRT_HALF, _row_stats
 
 BLOCK_V = 128  # vocabulary columns per program of the head
 # One row (batch 1) is a matrix-vector product: tl.dot would pad it to 16 rows and walk K in 32-column steps, one
@@ -74,23 +74,10 @@ def _times_w(acc, x_ptr, x_row, rows, row_ok, K, w_ptr, w_k, w_n, n, n_ok, ONE_R
 def _times_normed_w(acc, x_ptr, x_row, rows, row_ok, K, gamma, beta, eps, w_ptr, w_k, w_n, n, n_ok,
                     ONE_ROW: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr):  # fmt: skip
     """acc + LN(X[rows]) · W[:, n] with LN(x) = γ ⊙ (x - μ)/σ + β over X's K columns: the norm applied as X is loaded,
-    its statistics computed first by every program for its own rows (K values a row, two passes as `_norm_rows`
-    takes them), so the norm needs no launch of its own."""
+    its statistics computed first by every program for its own rows (`_row_stats`: K values a row), so the norm
+    needs no launch of its own."""
+    mean, inv = _row_stats(x_ptr, x_row, rows, row_ok, K, eps, BLOCK_B, BLOCK_K)
     cols = tl.arange(0, BLOCK_K)
-    total = tl.zeros((BLOCK_B,), tl.float32)
-    for k0 in range(0, K, BLOCK_K):
-        k = k0 + cols
-        tile = row_ok[:, None] & (k < K)[None, :]
-        total += tl.sum(tl.load(x_ptr + rows[:, None] * x_row + k[None, :], mask=tile, other=0.0), axis=1)
-    mean = total / K
-    spread = tl.zeros((BLOCK_B,), tl.float32)
-    for k0 in range(0, K, BLOCK_K):
-        k = k0 + cols
-        tile = row_ok[:, None] & (k < K)[None, :]
-        x = tl.load(x_ptr + rows[:, None] * x_row + k[None, :], mask=tile, other=0.0)
-        centred = tl.where(tile, x - mean[:, None], 0.0)
-        spread += tl.sum(centred * centred, axis=1)
-    inv = 1.0 / tl.sqrt_rn(spread / K + eps)
     for k0 in range(0, K, BLOCK_K):
         k = k0 + cols
         k_ok = k < K

@@ -66,23 +66,31 @@ def _copy_rows(src, dst, rows, row_ok, D, BLOCK_N: tl.constexpr):
 
 
 @triton.jit
-def _norm_rows(src, gamma, beta, x_hat, out, rstd, rows, row_ok, D, eps,
-               BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr):  # fmt: skip
-    """LayerNorm over the D columns of `rows` of src (rows D apart): writes x̂, γ ⊙ x̂ + β and 1/σ per row."""
+def _row_stats(src, row_stride, rows, row_ok, D, eps, BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Mean and 1/σ over the D columns of `rows` of src (rows row_stride apart): two passes, no cancellation."""
     cols = tl.arange(0, BLOCK_N)
     total = tl.zeros((BLOCK_B,), tl.float32)
     for n0 in range(0, D, BLOCK_N):
         n = n0 + cols
         tile = row_ok[:, None] & (n < D)[None, :]
-        total += tl.sum(tl.load(src + rows[:, None] * D + n[None, :], mask=tile, other=0.0), axis=1)
+        total += tl.sum(tl.load(src + rows[:, None] * row_stride + n[None, :], mask=tile, other=0.0), axis=1)
     mean = total / D
     spread = tl.zeros((BLOCK_B,), tl.float32)
     for n0 in range(0, D, BLOCK_N):
         n = n0 + cols
         tile = row_ok[:, None] & (n < D)[None, :]
-        centred = tl.where(tile, tl.load(src + rows[:, None] * D + n[None, :], mask=tile, other=0.0) - mean[:, None], 0.0)
+        x = tl.load(src + rows[:, None] * row_stride + n[None, :], mask=tile, other=0.0)
+        centred = tl.where(tile, x - mean[:, None], 0.0)
         spread += tl.sum(centred * centred, axis=1)
-    inv = 1.0 / tl.sqrt_rn(spread / D + eps)
+    return mean, 1.0 / tl.sqrt_rn(spread / D + eps)
+
+
+@triton.jit
+def _norm_rows(src, gamma, beta, x_hat, out, rstd, rows, row_ok, D, eps,
+               BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr):  # fmt: skip
+    """LayerNorm over the D columns of `rows` of src (rows D apart): writes x̂, γ ⊙ x̂ + β and 1/σ per row."""
+    cols = tl.arange(0, BLOCK_N)
+    mean, inv = _row_stats(src, D, rows, row_ok, D, eps, BLOCK_B, BLOCK_N)
     tl.store(rstd + rows, inv, mask=row_ok)
     for n0 in range(0, D, BLOCK_N):
         n = n0 + cols
