@@ -24,6 +24,7 @@ import importlib.util
 
 import torch
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 from transformers import Mamba2Config, Mamba2ForCausalLM
 from transformers.models.mamba2 import modeling_mamba2
 
@@ -93,6 +94,16 @@ def build_mamba2(config: Mamba2Config) -> Mamba2ForCausalLM:
     return Mamba2ForCausalLM(config)
 
 
+def _within_chunks(C, B, log_decay, xdt):
+    """The scan's output from inside each chunk: scores C_l · B_s, decayed from s to l, times x_s dt_s, summed over
+    s ≤ l. B, C (b, chunks, l, groups, state) once per group; log_decay (b, groups, k, chunks, l) and xdt (b, chunks,
+    l, groups, k, head_dim) per head, the k heads of each group."""
+    shared = torch.einsum("bclgn,bcsgn->bgcls", C, B)  # C_l · B_s, once per group and not once per head
+    # transformers' segment_sum: [i, j] = the log-decay from position j to i (−inf above the diagonal)
+    scores = shared[:, :, None] * modeling_mamba2.segment_sum(log_decay).exp()
+    return torch.einsum("bgkcls,bcsgkp->bclgkp", scores, xdt)
+
+
 def ssd_chunk_scan(hidden_states, dt, A, B, C, chunk_size, D=None, dt_bias=None, initial_states=None,
                    dt_softplus=False, dt_limit=(0.0, float("inf")), return_final_states=False, **kwargs):  # fmt: skip
     """Mamba-2's selective scan over a whole sequence, in chunks: transformers' `mamba2_chunk_scan` contract
@@ -101,10 +112,14 @@ def ssd_chunk_scan(hidden_states, dt, A, B, C, chunk_size, D=None, dt_bias=None,
 
     Per head the recurrence is state_t = exp(A dt_t) state_{t-1} + dt_t x_t ⊗ B_t, y_t = state_t · C_t + D x_t.
     Inside a chunk it is computed like masked attention (scores C_l · B_s, decayed from s to l); between
-    chunks through the state each chunk leaves at its end."""
+    chunks through the state each chunk leaves at its end. The heads are indexed as (group, head within it), as
+    transformers' repeat_interleave of B and C assigns them, so B and C stay once per group: at the study's sizes
+    (43 heads, one group) copying them to every head made them most of what backward kept."""
     if kwargs.get("z") is not None or kwargs.get("seq_idx") is not None:
         raise NotImplementedError("ssd_chunk_scan: a gate z or packed sequences (seq_idx) inside the scan")
     batch, length, heads, head_dim = hidden_states.shape
+    groups = B.shape[2]
+    per_group = heads // groups
     with torch.autocast(hidden_states.device.type, enabled=False):  # fp32, as transformers' own path
         if dt_bias is not None:
             dt = dt + dt_bias.to(dt.dtype)
@@ -112,37 +127,45 @@ def ssd_chunk_scan(hidden_states, dt, A, B, C, chunk_size, D=None, dt_bias=None,
             dt = F.softplus(dt)
         dt = dt.clamp(*dt_limit).float()
         x = hidden_states.float()
-        per_group = heads // B.shape[2]
-        B, C = (t.float().repeat_interleave(per_group, dim=2) for t in (B, C))  # (b, t, heads, state)
 
-        # (b, t, ...) → (b, chunks, chunk_size, ...), zero-padded at the end
+        # (b, t, ...) → (b, chunks, chunk_size, ...), zero-padded at the end; heads → (groups, k)
         pad, chunked = -length % chunk_size, modeling_mamba2.reshape_into_chunks
-        xdt, B, C, log_decay = (chunked(t, pad, chunk_size) for t in (x * dt[..., None], B, C, A.float() * dt))
-        log_decay = log_decay.permute(0, 3, 1, 2)  # (b, heads, chunks, l), ≤ 0
+        xdt, B, C, log_decay = (chunked(t, pad, chunk_size) for t in (x * dt[..., None], B.float(), C.float(),
+                                                                      A.float() * dt))  # fmt: skip
+        chunks = xdt.shape[1]
+        xdt = xdt.view(batch, chunks, chunk_size, groups, per_group, head_dim)
+        log_decay = log_decay.permute(0, 3, 1, 2).reshape(batch, groups, per_group, chunks, chunk_size)  # ≤ 0
         log_decay_sum = log_decay.cumsum(dim=-1)
 
-        # 1. within each chunk, as masked attention
-        # transformers' segment_sum: [i, j] = the log-decay from position j to i (−inf above the diagonal)
-        scores = torch.einsum("bclhn,bcshn->bhcls", C, B) * modeling_mamba2.segment_sum(log_decay).exp()
-        y = torch.einsum("bhcls,bcshp->bclhp", scores, xdt)
+        # 1. within each chunk, as masked attention. Its (chunk × chunk) matrices are most of what backward would
+        # keep: eager, they are recomputed in backward instead, which lets nine step-2 runs share a GPU; compiled
+        # (WikiText-2's windows), inductor plans the memory.
+        if torch.is_grad_enabled() and not torch.compiler.is_compiling():
+            y = checkpoint(_within_chunks, C, B, log_decay, xdt, use_reentrant=False)
+        else:
+            y = _within_chunks(C, B, log_decay, xdt)
 
         # 2. what each chunk adds to the state by its last position
         to_end = (log_decay_sum[..., -1:] - log_decay_sum).exp()
-        states = torch.einsum("bclhn,bhcl,bclhp->bchpn", B, to_end, xdt)
+        states = torch.einsum("bclgn,bgkcl,bclgkp->bcgkpn", B, to_end, xdt)
 
         # 3. the state entering each chunk: the chunks' additions, each decayed to that chunk's start
-        start = states.new_zeros(states[:, 0].shape) if initial_states is None else initial_states.float()
+        if initial_states is None:
+            start = states.new_zeros(states[:, 0].shape)
+        else:
+            start = initial_states.float().reshape(batch, groups, per_group, head_dim, -1)
         states = torch.cat([start[:, None], states], dim=1)
-        # (b, heads, chunks + 1, chunks + 1): the decay from one chunk boundary to a later one
+        # (b, groups, k, chunks + 1, chunks + 1): the decay from one chunk boundary to a later one
         between = modeling_mamba2.segment_sum(F.pad(log_decay_sum[..., -1], (1, 0))).exp()
-        states = torch.einsum("bhzc,bchpn->bzhpn", between, states)
+        states = torch.einsum("bgkzc,bcgkpn->bzgkpn", between, states)
         states, final_state = states[:, :-1], states[:, -1]
 
         # 4. that entering state, read by C and decayed to each position of its chunk
-        y = y + torch.einsum("bclhn,bchpn,bhcl->bclhp", C, states, log_decay_sum.exp())
-        y = y.reshape(batch, -1, heads, head_dim)[:, :length]
+        y = y + torch.einsum("bclgn,bcgkpn,bgkcl->bclgkp", C, states, log_decay_sum.exp())
+        y = y.reshape(batch, chunks * chunk_size, heads, head_dim)[:, :length]
         if D is not None:
             y = y + D.float()[:, None] * x
+    final_state = final_state.reshape(batch, heads, head_dim, -1)
     return (y, final_state) if return_final_states else y
 
 

@@ -2,6 +2,7 @@
 transformers' own scan, alone and inside `Mamba2ForCausalLM`."""
 
 import importlib.util
+import math
 
 import pytest
 import torch
@@ -105,3 +106,32 @@ def test_scan_refuses_what_it_does_not_compute():
     inputs = scan_inputs(length=8)
     with pytest.raises(NotImplementedError, match="gate z"):
         ssd_chunk_scan(**inputs, chunk_size=8, z=torch.ones(1))
+
+
+def _saved_and_grads(inputs, chunk_size):
+    """The shapes of what backward keeps of one scan, and the gradients of its inputs."""
+    leaves = {k: v.clone().requires_grad_() for k, v in inputs.items() if k in ("hidden_states", "B", "C", "dt")}
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(tuple(t.shape)) or t, lambda t: t):
+        y = ssd_chunk_scan(**(inputs | leaves), chunk_size=chunk_size, dt_softplus=True)
+    y.square().sum().backward()
+    return saved, {k: v.grad for k, v in leaves.items()}
+
+
+def test_eager_backward_recomputes_the_chunk_matrices_instead_of_keeping_them(monkeypatch):
+    # 8 heads in one group, as the study's 43 in one: every head's (chunk x chunk) matrices are recomputed in backward
+    # (at the study's sizes they were most of what it kept), with the same gradients
+    import newllm.models.mamba2 as mamba2
+
+    inputs = scan_inputs(batch=2, length=64, heads=8, head_dim=4, groups=1, state=5)
+    chunk = 16
+
+    def per_head_chunk_matrices(shapes):
+        return [s for s in shapes if s[-2:] == (chunk, chunk) and math.prod(s) >= 2 * 8 * 4 * chunk * chunk]
+
+    kept, grads = _saved_and_grads(inputs, chunk)
+    monkeypatch.setattr(mamba2, "checkpoint", lambda fn, *args, **kwargs: fn(*args))  # keep everything
+    kept_all, grads_all = _saved_and_grads(inputs, chunk)
+    assert per_head_chunk_matrices(kept_all) and not per_head_chunk_matrices(kept), kept
+    for name in grads:
+        torch.testing.assert_close(grads[name], grads_all[name], rtol=1e-5, atol=1e-6)
