@@ -192,7 +192,7 @@ def jobs_at_once(args, n_points: int, gpus: list[str], gb: float = 6.0) -> int:
     free = free_gpu_mib(gpus)
     if free is None or gb <= 0:
         return n_points
-    share = free // max(1, args.share)
+    share = free // args.share
     jobs = max(1, share // int(gb * 1024)) * max(1, len(gpus))
     split = f" (1/{args.share} of {free})" if args.share > 1 else ""
     print(f"jobs {min(jobs, n_points)} at once: {share} MiB of GPU memory free{split}, {gb:g} GB a run "
@@ -218,6 +218,8 @@ def train_tokenizer(grid: dict, runs_dir: Path) -> Path:
 
 
 def run(args) -> int:
+    if args.share < 1:
+        raise SystemExit(f"tune.py: --share counts the launches side by side, at least 1, got {args.share}")
     grid = load_grid(Path(args.grid))
     if args.seed is not None:  # the same grid at another seed: each point's seed and, step 2, its step-1 run
         grid["seed"] = args.seed
