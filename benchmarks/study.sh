@@ -47,8 +47,7 @@ log start
 source benchmarks/mps.sh
 if [ "${MPS:-0}" = 1 ]; then start_mps >> "$root/study.log" 2>&1; fi
 
-read -r -a _f <<< "$families"; read -r -a _s <<< "$seeds"
-grids=$(( ${#_f[@]} * ${#_s[@]} ))  # step-2 grids side by side, one per family and seed
+grids=$(( $(wc -w <<< "$families") * $(wc -w <<< "$seeds") ))  # step-2 grids side by side, one per family and seed
 declare -A preset  # each family's preset, as the grid names it
 plan=""
 for family in $families; do

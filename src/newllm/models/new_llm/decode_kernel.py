@@ -71,26 +71,29 @@ def _times_w(acc, x_ptr, x_row, rows, row_ok, K, w_ptr, w_k, w_n, n, n_ok, ONE_R
 
 
 @triton.jit
-def _times_normed_w(acc, x_ptr, x_row, rows, row_ok, K, gamma, beta, eps, w_ptr, w_k, w_n, n, n_ok,
+def _times_normed_w(acc, x_ptr, x_row, rows, row_ok, K, gamma, beta, eps, w_ptr, w_k, w_n, n, n_ok, NORM: tl.constexpr,
                     ONE_ROW: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr):  # fmt: skip
-    """acc + LN(X[rows]) · W[:, n] with LN(x) = γ ⊙ (x - μ)/σ + β over X's K columns: the norm applied as X is loaded,
-    its statistics computed first by every program for its own rows (`_row_stats`: K values a row), so the norm
-    needs no launch of its own."""
-    mean, inv = _row_stats(x_ptr, x_row, rows, row_ok, K, eps, BLOCK_B, BLOCK_K)
-    cols = tl.arange(0, BLOCK_K)
-    for k0 in range(0, K, BLOCK_K):
-        k = k0 + cols
-        k_ok = k < K
-        tile = row_ok[:, None] & k_ok[None, :]
-        x = tl.load(x_ptr + rows[:, None] * x_row + k[None, :], mask=tile, other=0.0)
-        g = tl.load(gamma + k, mask=k_ok, other=0.0)
-        b = tl.load(beta + k, mask=k_ok, other=0.0)
-        x = tl.where(tile, (x - mean[:, None]) * inv[:, None] * g[None, :] + b[None, :], 0.0)
-        w = tl.load(w_ptr + k[:, None] * w_k + n[None, :] * w_n, mask=k_ok[:, None] & n_ok[None, :], other=0.0)
-        if ONE_ROW:
-            acc += tl.sum(x[:, :, None] * w[None, :, :], axis=1)
-        else:
-            acc = tl.dot(x, w, acc, input_precision=PRECISION)
+    """acc + X'[rows] · W[:, n] with X' = LN(X) = γ ⊙ (X - μ)/σ + β over X's K columns where NORM, else X (`_times_w`).
+    The norm is applied as X is loaded, its statistics computed first by every program for its own rows
+    (`_row_stats`: K values a row), so the norm needs no launch of its own."""
+    if NORM:
+        mean, inv = _row_stats(x_ptr, x_row, rows, row_ok, K, eps, BLOCK_B, BLOCK_K)
+        cols = tl.arange(0, BLOCK_K)
+        for k0 in range(0, K, BLOCK_K):
+            k = k0 + cols
+            k_ok = k < K
+            tile = row_ok[:, None] & k_ok[None, :]
+            x = tl.load(x_ptr + rows[:, None] * x_row + k[None, :], mask=tile, other=0.0)
+            g = tl.load(gamma + k, mask=k_ok, other=0.0)
+            b = tl.load(beta + k, mask=k_ok, other=0.0)
+            x = tl.where(tile, (x - mean[:, None]) * inv[:, None] * g[None, :] + b[None, :], 0.0)
+            w = tl.load(w_ptr + k[:, None] * w_k + n[None, :] * w_n, mask=k_ok[:, None] & n_ok[None, :], other=0.0)
+            if ONE_ROW:
+                acc += tl.sum(x[:, :, None] * w[None, :, :], axis=1)
+            else:
+                acc = tl.dot(x, w, acc, input_precision=PRECISION)
+    else:
+        acc = _times_w(acc, x_ptr, x_row, rows, row_ok, K, w_ptr, w_k, w_n, n, n_ok, ONE_ROW, BLOCK_K, PRECISION)
     return acc
 
 
@@ -126,11 +129,8 @@ def _linear_kernel(x, weight, bias, out, residual, gamma, beta, eps, B, N, K, AC
     n_ok = n < N
     tile = row_ok[:, None] & n_ok[None, :]
     acc = tl.zeros((BLOCK_B, BLOCK_N), tl.float32) + tl.load(bias + n, mask=n_ok, other=0.0)[None, :]
-    if NORM:
-        acc = _times_normed_w(acc, x, K, rows, row_ok, K, gamma, beta, eps, weight, 1, K, n, n_ok, ONE_ROW, BLOCK_B,
-                              BLOCK_K, PRECISION)  # fmt: skip
-    else:
-        acc = _times_w(acc, x, K, rows, row_ok, K, weight, 1, K, n, n_ok, ONE_ROW, BLOCK_K, PRECISION)
+    acc = _times_normed_w(acc, x, K, rows, row_ok, K, gamma, beta, eps, weight, 1, K, n, n_ok, NORM, ONE_ROW, BLOCK_B,
+                          BLOCK_K, PRECISION)  # fmt: skip
     if ACTIVATION == 1:
         acc = tl.maximum(acc, 0.0)
     elif ACTIVATION == 2:
@@ -150,11 +150,8 @@ def _head_tile(hidden, gamma, beta, eps, weight, bias, best, best_id, logits, ro
     v = tile_id * BLOCK_V + tl.arange(0, BLOCK_V)
     v_ok = v < V
     acc = tl.zeros((BLOCK_B, BLOCK_V), tl.float32) + tl.load(bias + v, mask=v_ok, other=0.0)[None, :]
-    if NORM:
-        acc = _times_normed_w(acc, hidden, H, rows, row_ok, H, gamma, beta, eps, weight, 1, H, v, v_ok, ONE_ROW,
-                              BLOCK_B, BLOCK_K, PRECISION)  # fmt: skip
-    else:
-        acc = _times_w(acc, hidden, H, rows, row_ok, H, weight, 1, H, v, v_ok, ONE_ROW, BLOCK_K, PRECISION)
+    acc = _times_normed_w(acc, hidden, H, rows, row_ok, H, gamma, beta, eps, weight, 1, H, v, v_ok, NORM, ONE_ROW,
+                          BLOCK_B, BLOCK_K, PRECISION)  # fmt: skip
     if WRITE_LOGITS:
         tl.store(logits + rows[:, None] * V + v[None, :], acc, mask=row_ok[:, None] & v_ok[None, :])
     acc = tl.where(v_ok[None, :], acc, float("-inf"))
@@ -177,11 +174,8 @@ def _proj_head_kernel(hidden, gamma, beta, eps, proj_weight, proj_bias, projecte
         n = column * BLOCK_N + tl.arange(0, BLOCK_N)
         n_ok = n < P
         acc = tl.zeros((BLOCK_B, BLOCK_N), tl.float32) + tl.load(proj_bias + n, mask=n_ok, other=0.0)[None, :]
-        if NORM:
-            acc = _times_normed_w(acc, hidden, H, rows, row_ok, H, gamma, beta, eps, proj_weight, 1, H, n, n_ok,
-                                  ONE_ROW, BLOCK_B, BLOCK_K, PRECISION)  # fmt: skip
-        else:
-            acc = _times_w(acc, hidden, H, rows, row_ok, H, proj_weight, 1, H, n, n_ok, ONE_ROW, BLOCK_K, PRECISION)
+        acc = _times_normed_w(acc, hidden, H, rows, row_ok, H, gamma, beta, eps, proj_weight, 1, H, n, n_ok, NORM,
+                              ONE_ROW, BLOCK_B, BLOCK_K, PRECISION)  # fmt: skip
         tl.store(projected + rows[:, None] * P + n[None, :], acc, mask=row_ok[:, None] & n_ok[None, :])
     else:
         _head_tile(hidden, gamma, beta, eps, weight, bias, best, best_id, logits, rows, row_ok, column - PROJ_TILES, V,
