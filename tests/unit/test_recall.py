@@ -710,3 +710,27 @@ def test_the_recurrent_models_on_attentions_schedule_in_recall_md_are_their_json
     text = " ".join(" ".join(lines).split())
     losses = {f"{r['final_loss']:.2f}" for r in families["new_llm_mlp"]}
     assert losses == {"4.16"} and "its loss at ln 64 (4.16) in every seed" in text
+
+
+def test_the_wide_cell_at_equal_state_is_its_runs():
+    """recall.md's width-512 prototype cell: the committed config is the one seed 0 ran with, only its width and
+    CUDA graphs differ from the hidden equal-state task, and the bullet's accuracies are the seeds' printed ones."""
+    folder = DEFAULT_CONFIG.parents[2] / "docs" / "results" / "recall_gpu_equal_state_wide"
+    wide = load_recall_config(DEFAULT_CONFIG.parent / "gpu_equal_state_hidden_wide.toml")
+    hidden = load_recall_config(DEFAULT_CONFIG.parent / "cpu_equal_state_hidden.toml")
+    assert dataclasses.replace(wide, widths=hidden.widths, fast_path=hidden.fast_path) == hidden
+    ran = json.loads((folder / "recall_s0.json").read_text(encoding="utf-8"))
+    assert ran["device"] == "cuda" and ran["runs"][0]["state_bytes"] == 2048
+    committed = json.loads(json.dumps(dataclasses.asdict(wide)))  # tuples as the JSON's lists
+    assert {k: v for k, v in ran["config"].items() if k not in ("models", "seeds")} == {
+        k: v for k, v in committed.items() if k not in ("models", "seeds")}
+    accuracies = []
+    for seed in range(3):
+        line = (folder / f"s{seed}.log").read_text(encoding="utf-8").splitlines()[0]
+        found = re.fullmatch(rf"\[newllm\] new_llm width 512, T=64, 4 pairs, seed {seed}: accuracy (\S+) after 4000 steps", line)
+        accuracies.append(float(found.group(1)))
+    assert f"{ran['runs'][0]['accuracy']:.3f}" == f"{accuracies[0]:.3f}"
+    text = " ".join((DEFAULT_CONFIG.parents[2] / "docs" / "recall.md").read_text(encoding="utf-8").split())
+    cells = ", ".join(f"{a:.3f}" for a in accuracies)
+    assert f"scores {statistics.fmean(accuracies):.3f} ± {statistics.stdev(accuracies):.3f} ({cells})" in text
+    assert f"{ran['runs'][0]['parameters']:,} parameters" in text

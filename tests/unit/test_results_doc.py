@@ -677,3 +677,57 @@ def test_the_batch_32_tiles_are_their_jsons():
             f"{graphed[s]:.3f} ms)") in flat  # fmt: skip
     assert (f"Batch 1 reads the same as above ({one_kernel[p]:.3f} and {one_kernel[s]:.3f} ms against the graph's "
             f"{one_graphed[p]:.3f} and {one_graphed[s]:.3f})") in flat  # fmt: skip
+
+
+def test_the_five_launch_decode_table_is_its_jsons():
+    # performance.md's table of the fused decode kernels: each New-LLM graphed row of the fused run, with that run's
+    # kernel and TinyGPT2 times and the tiles run's kernel time beside it, and the sentences drawn from them
+    text = (DOCS / "performance.md").read_text(encoding="utf-8")
+    header = "| cell | batch | context | New-LLM graphed | decode kernels, 5 / 9 launches | before, 8 / 16 launches |"
+    lines = [line.strip() for line in text[text.index(header) :].split("\n\n")[0].splitlines()[2:]]
+
+    def timings(name):
+        results = json.loads((DOCS / "performance" / name).read_text(encoding="utf-8"))
+        assert results["environment"]["gpu"].startswith("NVIDIA H100") and "fp32" in results["command"]
+        return {(r["model"], r["mode"], r["batch_size"], r["context_len"]): r.get("ms_per_token")
+                for r in results["generation"]}  # fmt: skip
+
+    def shown(value):
+        return "–" if value is None else f"{value:.3f}"
+
+    expected, fused, before = [], {}, {}
+    for cell, suffix in (("prototype", ""), ("study (MLP blocks)", "_study")):
+        ms = fused[cell] = timings(f"decode_kernel_bench_fused{suffix}_h100.json")
+        old = before[cell] = timings(f"decode_kernel_bench_tiles{suffix}_h100.json")
+        for (model, mode, batch, context), value in ms.items():
+            if model == "new_llm" and mode == "graphed":
+                row = [value, ms[("new_llm", "kernel", batch, context)], old.get(("new_llm", "kernel", batch, context)),
+                       ms[("tinygpt2", "graphed", batch, context)]]  # fmt: skip
+                expected.append(f"| {cell} | {batch} | {context:,} | {' | '.join(shown(v) for v in row)} |")
+    assert sorted(lines) == sorted(expected)
+    flat = " ".join(text.replace("**", "").split())
+    p, s = fused["prototype"], fused["study (MLP blocks)"]
+    kernel, graphed, gpt2 = p[("new_llm", "kernel", 1, 128)], p[("new_llm", "graphed", 1, 128)], p[("tinygpt2", "graphed", 1, 128)]
+    assert kernel < graphed and max(p[("new_llm", "kernel", 1, c)] for c in (128, 4096, 65536)) < 1.05 * kernel  # flat
+    assert f"{graphed / kernel:.1f} times faster than the graph it replaces ({kernel:.3f} against {graphed:.3f} ms)" in flat
+    assert f"{gpt2 / kernel:.1f} times faster than TinyGPT2's static-cache graph ({kernel:.3f} against {gpt2:.3f} ms)" in flat
+    assert f"target is missed by {kernel / 0.02:.1f} times ({kernel:.3f} ms" in flat
+    assert f"five dependent launches take {1000 * kernel / 5:.1f} µs each" in flat
+    k32, g32, ks32, gs32 = (m[("new_llm", mode, 32, 128)] for m in (p, s) for mode in ("kernel", "graphed"))
+    assert k32 > g32 and ks32 > gs32  # the text says batch 32 still loses
+    assert f"{k32:.3f} against {g32:.3f} ms for the prototype's cell ({k32 / g32:.1f} times slower)" in flat
+    assert f"{ks32:.3f} against {gs32:.3f} for the study's ({ks32 / gs32:.1f} times)" in flat
+
+
+def test_the_peers_step_2_memory_is_its_json():
+    # performance.md's peak memory of a step-2 step, and the peer grid's gb_per_run, which allows twice Mamba-2's peak
+    results = json.loads((DOCS / "performance" / "step2_memory_mamba2_h100.json").read_text(encoding="utf-8"))
+    assert results["environment"]["gpu"].startswith("NVIDIA H100")
+    peak = {r["model"]: r["peak_mem_bytes"] / 1e9 for r in results["training"]
+            if (r["precision"], r["mode"], r["batch_size"], r["seq_len"]) == ("bf16", "eager", 32, 256)}  # fmt: skip
+    flat = " ".join((DOCS / "performance.md").read_text(encoding="utf-8").split())
+    assert (f"now peaks at {peak['mamba2']:.1f} GB of allocated memory, beside New-LLM's {peak['new_llm']:.1f} and "
+            f"TinyGPT2's {peak['tinygpt2']:.1f}") in flat  # fmt: skip
+    grid = (DOCS.parent / "configs" / "grids" / "study_finetune_peers.toml").read_text(encoding="utf-8")
+    gb_per_run = float(re.search(r"^gb_per_run = (\S+)", grid, re.M).group(1))
+    assert gb_per_run >= 2 * peak["mamba2"] and f"bf16 is {peak['mamba2']:.1f} GB" in grid

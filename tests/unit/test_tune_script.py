@@ -140,7 +140,6 @@ def test_launches_side_by_side_split_the_free_memory_and_a_grid_names_what_a_poi
     grid = tmp_path / "grid.toml"
     grid.write_text('step = "finetune"\ngb_per_run = 12\n[families.lstm]\npreset = "quick"\n')
     assert tune.load_grid(grid)["gb_per_run"] == 12
-    assert tune.load_grid(ROOT / "configs" / "grids" / "study_finetune_peers.toml")["gb_per_run"] >= 11  # measured 10.7
     with pytest.raises(SystemExit, match="--share counts the launches side by side, at least 1, got 0"):
         tune.main(["run", str(tmp_path / "runs"), "--grid", str(grid), "--share", "0", "--dry-run"])
 
