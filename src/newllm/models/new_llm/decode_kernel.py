@@ -28,9 +28,8 @@ W_2 with the residual add; step 3 reads h_L through the final norm the same way,
 and no clamp where the cell says so.
 
 Float32 only, eval mode only (no dropout), one context scale; the prototype cell without residual or
-ffn_norm. Tested in Triton's CPU interpreter against `model.step`. docs/performance.md times an earlier
-version with a launch for each phase (eight for the prototype cell): faster than the graphed `model.step`
-at batch 1, slower at 32."""
+ffn_norm. Tested against `model.step`, in Triton's CPU interpreter and on CUDA. docs/performance.md times
+it beside the graphed `model.step`: faster at batch 1, slower at 32."""
 
 from __future__ import annotations
 
