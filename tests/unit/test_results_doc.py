@@ -616,18 +616,23 @@ def test_the_linear_candidate_leads_the_chosen_cell_at_every_epoch_and_in_every_
     assert f"its worst seed, {worst:.2f}, below the chosen cell's best, {first:.2f}" in RESULTS.read_text(encoding="utf-8")
 
 
+def _decode_ms(name: str) -> dict:
+    """ms per token of a committed H100 decode bench, by (model, precision, mode, batch, context); None where skipped."""
+    results = json.loads((DOCS / "performance" / name).read_text(encoding="utf-8"))
+    assert results["environment"]["gpu"].startswith("NVIDIA H100") and results["commit"]
+    return {(r["model"], r["precision"], r["mode"], r["batch_size"], r["context_len"]): r.get("ms_per_token")
+            for r in results["generation"]}  # fmt: skip
+
+
 def test_the_decode_kernel_table_is_its_json():
     # performance.md's decoding table: every New-LLM graphed row of both JSONs, with the kernel's and TinyGPT2's time
     # beside it (a dash where that row was skipped), and the ratios the text draws from them
     text = (DOCS / "performance.md").read_text(encoding="utf-8")
     header = "| cell | precision | batch | context | New-LLM graphed | New-LLM decode kernels | TinyGPT2 graphed |"
-    lines = [line.strip() for line in text[text.index(header) :].split("\n\n")[0].splitlines()[2:]]
+    lines = [line.strip() for line in table_after(DOCS / "performance.md", header)[2:]]
 
     def timings(name):
-        results = json.loads((DOCS / "performance" / f"{name}_h100.json").read_text(encoding="utf-8"))
-        assert results["environment"]["gpu"].startswith("NVIDIA H100") and results["commit"]
-        return {(r["model"], r["precision"], r["mode"], r["batch_size"], r["context_len"]): r.get("ms_per_token")
-                for r in results["generation"]}  # fmt: skip
+        return _decode_ms(f"{name}_h100.json")
 
     expected, times, first = [], {}, {}
     for cell, name in (("prototype", "decode_kernel_bench"), ("study (MLP blocks)", "decode_kernel_bench_study")):
@@ -684,13 +689,12 @@ def test_the_five_launch_decode_table_is_its_jsons():
     # kernel and TinyGPT2 times and the tiles run's kernel time beside it, and the sentences drawn from them
     text = (DOCS / "performance.md").read_text(encoding="utf-8")
     header = "| cell | batch | context | New-LLM graphed | decode kernels, 5 / 9 launches | before, 8 / 16 launches |"
-    lines = [line.strip() for line in text[text.index(header) :].split("\n\n")[0].splitlines()[2:]]
+    lines = [line.strip() for line in table_after(DOCS / "performance.md", header)[2:]]
 
-    def timings(name):
-        results = json.loads((DOCS / "performance" / name).read_text(encoding="utf-8"))
-        assert results["environment"]["gpu"].startswith("NVIDIA H100") and "fp32" in results["command"]
-        return {(r["model"], r["mode"], r["batch_size"], r["context_len"]): r.get("ms_per_token")
-                for r in results["generation"]}  # fmt: skip
+    def timings(name):  # fp32 runs, the only precision the kernels run in
+        rows = _decode_ms(name)
+        assert {precision for _, precision, *_ in rows} == {"fp32"}
+        return {(model, mode, batch, context): ms for (model, _, mode, batch, context), ms in rows.items()}
 
     def shown(value):
         return "–" if value is None else f"{value:.3f}"
