@@ -48,14 +48,15 @@ CASES = {
 }
 
 
+@pytest.mark.parametrize("tail", [True, False], ids=["update in the head's launch", "update launched alone"])
 @pytest.mark.parametrize("name", CASES)
-def test_one_kernel_step_equals_model_step(name):
+def test_one_kernel_step_equals_model_step(name, tail):
     overrides, batch = CASES[name]
     model = _model(**overrides)
     token = torch.randint(1, model.config.vocab_size, (batch,), device=DEVICE)
     context = torch.randn(batch, model.config.context_size, device=DEVICE)
     expected_logits, expected_context = model.step(token, context)
-    kernels = DecodeKernels(model, batch)
+    kernels = DecodeKernels(model, batch, tail=tail)
     kernels.context.copy_(context)
     tokens = torch.zeros(batch, 4, dtype=torch.long, device=DEVICE)
     position = torch.tensor([2], device=DEVICE)
@@ -69,6 +70,7 @@ def test_one_kernel_step_equals_model_step(name):
     assert torch.equal(fed, expected_logits.argmax(-1))
     assert torch.equal(tokens[:, 2], fed) and not tokens[:, [0, 1, 3]].any()
     assert position.item() == 3  # the step advances it, in the kernel where one program runs (batch ≤ 16)
+    assert not kernels.counter.any()  # the last program of each row block reset its count for the next step
 
 
 @pytest.mark.parametrize("name", CASES)
@@ -111,10 +113,12 @@ def test_the_shared_decoding_path_takes_the_kernels_and_gives_the_forward_paths_
         Decoder(model, greedy, kernels=True)  # not graphed
 
 
+@pytest.mark.parametrize("tail", [True, False], ids=["update in the head's launch", "update launched alone"])
 @pytest.mark.parametrize("name", ["batch 1", "batch 1, ragged", "study cell, batch 1", "two row blocks, ragged tiles"])
-def test_a_step_launches_one_kernel_per_dependent_phase(name, monkeypatch):
+def test_a_step_launches_one_kernel_per_dependent_phase(name, tail, monkeypatch):
     # one launch per prototype layer, or two per MLP block (its norm read inside W_1's matmul), then the two matmuls
-    # on h_L together (the final norm read inside) and the row-wise end (context update, token, position) together
+    # on h_L together (the final norm read inside), the row-wise end (context update, token, position) in their
+    # launch's last program or, without the tail, in a launch of its own
     import newllm.models.new_llm.decode_kernel as decode_kernel
 
     counts = {}
@@ -132,11 +136,11 @@ def test_a_step_launches_one_kernel_per_dependent_phase(name, monkeypatch):
     overrides, batch = CASES[name]
     model = _model(**overrides)
     cell = model.model.cell
-    launches = (len(cell.layers) if cell.blocks is None else 1 + 2 * len(cell.blocks)) + 2
-    kernels = DecodeKernels(model, batch)
+    launches = (len(cell.layers) if cell.blocks is None else 1 + 2 * len(cell.blocks)) + (1 if tail else 2)
+    kernels = DecodeKernels(model, batch, tail=tail)
     tokens = torch.zeros(batch, 2, dtype=torch.long, device=DEVICE)
     position = torch.zeros(1, dtype=torch.long, device=DEVICE)
     kernels.step(torch.ones(batch, dtype=torch.long, device=DEVICE), tokens, position)
     assert sum(counts.values()) == launches, counts
-    assert counts["_proj_head_kernel"] == counts["_update_pick_kernel"] == 1
+    assert counts["_proj_head_kernel"] == 1 and counts.get("_update_pick_kernel", 0) == (0 if tail else 1)
     assert position.item() == 1

@@ -160,12 +160,21 @@ def _head_tile(hidden, gamma, beta, eps, weight, bias, best, best_id, logits, ro
 
 @triton.jit
 def _proj_head_kernel(hidden, gamma, beta, eps, proj_weight, proj_bias, projected, weight, bias, best, best_id, logits,
-                      B, P, V, H, PROJ_TILES, TILES, NORM: tl.constexpr, WRITE_LOGITS: tl.constexpr,
+                      B, P, V, H, PROJ_TILES, TILES, counter, contexts, norm_weight, norm_bias, x_hat, rstd, token,
+                      tokens, position, C, norm_eps, clamp, MAX_NEW, NORM: tl.constexpr, WRITE_LOGITS: tl.constexpr,
                       ONE_ROW: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr,
-                      BLOCK_K: tl.constexpr, PRECISION: tl.constexpr):  # fmt: skip
+                      BLOCK_K: tl.constexpr, PRECISION: tl.constexpr, TAIL: tl.constexpr, TANH: tl.constexpr,
+                      HAS_CLAMP: tl.constexpr, ADVANCE: tl.constexpr, BLOCK_TILES: tl.constexpr,
+                      BLOCK_C: tl.constexpr):  # fmt: skip
     """Both matmuls that read h_L (through the final norm with NORM), in one launch: the first PROJ_TILES column
     programs compute [Δ, g_f, g_i] = h W_gᵀ + b_g (P columns), the rest one head tile each (`_head_tile`). Neither
-    needs the other, so one launch saves the GPU a dependent kernel per token."""
+    needs the other, so one launch saves the GPU a dependent kernel per token.
+
+    With TAIL, the step's row-wise end (`_update_pick`) runs here too, in whichever program of a row block finishes
+    last: each program counts itself done on its row block's counter (an atomic, acquire-release at GPU scope, after
+    its stores), and the one that sees every other program counted reads their outputs, resets the counter for the
+    next step and ends the step. Only that program waits for nothing, so no program need be resident with another
+    (unlike a grid-wide barrier), and the update costs no launch of its own."""
     rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
     row_ok = rows < B
     column = tl.program_id(1)
@@ -179,19 +188,24 @@ def _proj_head_kernel(hidden, gamma, beta, eps, proj_weight, proj_bias, projecte
     else:
         _head_tile(hidden, gamma, beta, eps, weight, bias, best, best_id, logits, rows, row_ok, column - PROJ_TILES, V,
                    H, TILES, NORM, WRITE_LOGITS, ONE_ROW, BLOCK_B, BLOCK_V, BLOCK_K, PRECISION)  # fmt: skip
+    if TAIL:
+        tl.debug_barrier()  # every thread of this program has stored its outputs before the program counts itself
+        done = tl.atomic_add(counter + tl.program_id(0), 1, sem="acq_rel", scope="gpu")
+        if done == tl.num_programs(1) - 1:
+            tl.store(counter + tl.program_id(0), 0)
+            _update_pick(projected, contexts, norm_weight, norm_bias, x_hat, rstd, best, best_id, token, tokens,
+                         position, rows, row_ok, B, C, norm_eps, clamp, TILES, MAX_NEW, TANH, HAS_CLAMP, ADVANCE,
+                         BLOCK_B, BLOCK_TILES, BLOCK_C)  # fmt: skip
 
 
 @triton.jit
-def _update_pick_kernel(proj, contexts, norm_weight, norm_bias, x_hat, rstd, best, best_id, token, tokens, position,
-                        B, C, eps, clamp, TILES, MAX_NEW, TANH: tl.constexpr, HAS_CLAMP: tl.constexpr,
-                        ADVANCE: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_TILES: tl.constexpr, BLOCK_N: tl.constexpr):  # fmt: skip
-    """The step's row-wise end for 16 whole rows, in one launch: the context update into contexts[1], c' = γ ⊙
-    LN(σ(g_f) ⊙ c + σ(g_i) ⊙ Δ) + β (Δ through tanh with TANH, clamped to ±K with HAS_CLAMP: kernel.py's), then c'
-    copied into contexts[0] for the next step; each row's token, the tile with the largest
-    logit (the first on a tie), written to `token` and to tokens[:, position]; and with ADVANCE (one program, so
-    nothing else reads it) position + 1."""
-    rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
-    row_ok = rows < B
+def _update_pick(proj, contexts, norm_weight, norm_bias, x_hat, rstd, best, best_id, token, tokens, position, rows,
+                 row_ok, B, C, eps, clamp, TILES, MAX_NEW, TANH: tl.constexpr, HAS_CLAMP: tl.constexpr,
+                 ADVANCE: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_TILES: tl.constexpr, BLOCK_N: tl.constexpr):  # fmt: skip
+    """The step's row-wise end for whole rows: the context update into contexts[1], c' = γ ⊙ LN(σ(g_f) ⊙ c + σ(g_i)
+    ⊙ Δ) + β (Δ through tanh with TANH, clamped to ±K with HAS_CLAMP: kernel.py's), then c' copied into contexts[0]
+    for the next step; each row's token, the tile with the largest logit (the first on a tie), written to `token` and
+    to tokens[:, position]; and with ADVANCE (one program, so nothing else reads it) position + 1."""
     _context_update(proj, contexts, 0, norm_weight, norm_bias, x_hat, rstd, rows, row_ok, B, C, eps, clamp, TANH,
                     HAS_CLAMP, BLOCK_B, BLOCK_N)  # fmt: skip
     tiles = tl.arange(0, BLOCK_TILES)
@@ -212,6 +226,16 @@ def _update_pick_kernel(proj, contexts, norm_weight, norm_bias, x_hat, rstd, bes
     if ADVANCE:
         tl.debug_barrier()  # every thread has read the position before one writes it
         tl.store(position, at + 1)
+
+
+@triton.jit
+def _update_pick_kernel(proj, contexts, norm_weight, norm_bias, x_hat, rstd, best, best_id, token, tokens, position,
+                        B, C, eps, clamp, TILES, MAX_NEW, TANH: tl.constexpr, HAS_CLAMP: tl.constexpr,
+                        ADVANCE: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_TILES: tl.constexpr, BLOCK_N: tl.constexpr):  # fmt: skip
+    """`_update_pick` for 16 whole rows a program, as a launch of its own (`DecodeKernels(tail=False)`)."""
+    rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
+    _update_pick(proj, contexts, norm_weight, norm_bias, x_hat, rstd, best, best_id, token, tokens, position, rows,
+                 rows < B, B, C, eps, clamp, TILES, MAX_NEW, TANH, HAS_CLAMP, ADVANCE, BLOCK_B, BLOCK_TILES, BLOCK_N)  # fmt: skip
 
 
 def unsupported_reason(model) -> str | None:
@@ -236,7 +260,9 @@ def unsupported_reason(model) -> str | None:
 class DecodeKernels:
     """The kernels of one greedy step of `model` for `batch_size` rows, on the buffers of a `GreedyDecoder`."""
 
-    def __init__(self, model, batch_size: int):
+    def __init__(self, model, batch_size: int, tail: bool = True):
+        """tail: the context update and the token's pick at the end of the head's launch (one launch fewer a token);
+        False gives them a launch of their own, the earlier kernels, kept to time the two side by side."""
         reason = unsupported_reason(model)
         if reason is not None:
             raise ValueError(reason)
@@ -275,6 +301,10 @@ class DecodeKernels:
         self.best = new(batch_size, self.tiles)
         self.best_id = torch.empty(batch_size, self.tiles, dtype=torch.long, device=self.table.device)
         self.precision = _precision()
+        self.tail = tail
+        # per row block of the head's launch, how many of its programs are done (TAIL); the last one resets it to 0
+        self.counter = torch.zeros(triton.cdiv(batch_size, self._matmul(1, 1)[1]["BLOCK_B"]), dtype=torch.int32,
+                                   device=self.table.device)  # fmt: skip
 
     def _matmul(self, n: int, k: int) -> tuple[tuple[int, int], dict]:
         """A matmul kernel's grid (row blocks, column tiles) and blocks, for n output columns over k inputs."""
@@ -292,7 +322,6 @@ class DecodeKernels:
         c' into `self.context`, and position advanced by one. `logits` (B, V), if given, receives the logits
         (tests)."""
         context = self.context
-        rows = triton.cdiv(self.batch_size, BLOCK_B)  # the row-wise kernel's (update, pick): 16 whole rows each
         hidden, size_c, batch = self.hidden, self.size_c, self.batch_size
         x = self.hiddens[0]
         grid, blocks = self._matmul(hidden, size_c)
@@ -319,17 +348,23 @@ class DecodeKernels:
         gamma, beta, eps = self.final if final else (*self.proj, 0.0)
         weight, bias = self.proj
         (head_rows, proj_tiles), blocks = self._matmul(3 * size_c, hidden)
+        norm_w, norm_b, norm_eps = self.norm
+        # the row-wise end: in the head's launch (TAIL), where its row blocks are; else 16 whole rows a program
+        end_rows = head_rows if self.tail else triton.cdiv(batch, BLOCK_B)
+        advance = end_rows == 1
+        end = (self.contexts, norm_w, norm_b, self.context_hat, self.context_rstd, token, tokens, position)
+        end_sizes = dict(TANH=self.tanh, HAS_CLAMP=self.clamp > 0, ADVANCE=advance,
+                         BLOCK_TILES=triton.next_power_of_2(self.tiles))  # fmt: skip
         _proj_head_kernel[(head_rows, proj_tiles + self.tiles)](
             x, gamma, beta, eps, weight, bias, self.projected, *self.head, self.best, self.best_id,
-            x if logits is None else logits, batch, 3 * size_c, self.vocab, hidden, proj_tiles, self.tiles, final,
-            logits is not None, BLOCK_V=self.block_v, **blocks,
+            x if logits is None else logits, batch, 3 * size_c, self.vocab, hidden, proj_tiles, self.tiles,
+            self.counter, *end, size_c, norm_eps, self.clamp, tokens.shape[1], final, logits is not None,
+            BLOCK_V=self.block_v, TAIL=self.tail, BLOCK_C=BLOCK_N, **blocks, **end_sizes,
         )  # fmt: skip
-        gamma, beta, eps = self.norm
-        advance = rows == 1
-        _update_pick_kernel[(rows,)](
-            self.projected, self.contexts, gamma, beta, self.context_hat, self.context_rstd, self.best, self.best_id,
-            token, tokens, position, batch, size_c, eps, self.clamp, self.tiles, tokens.shape[1], self.tanh,
-            self.clamp > 0, advance, BLOCK_B=BLOCK_B, BLOCK_TILES=triton.next_power_of_2(self.tiles), BLOCK_N=BLOCK_N,
-        )  # fmt: skip
+        if not self.tail:
+            _update_pick_kernel[(end_rows,)](
+                self.projected, *end[:5], self.best, self.best_id, *end[5:], batch, size_c, norm_eps, self.clamp,
+                self.tiles, tokens.shape[1], BLOCK_B=BLOCK_B, BLOCK_N=BLOCK_N, **end_sizes,
+            )  # fmt: skip
         if not advance:  # several programs read the position: it moves after all of them
             position += 1

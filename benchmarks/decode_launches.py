@@ -1,0 +1,110 @@
+"""Greedy decoding per token on CUDA graphs, three ways side by side in one process (CUDA only):
+
+    graph  GreedyDecoder's default: model.step captured (about 45 kernels a token)
+    split  decode_kernel.py's kernels with the context update and the pick in a launch of their own (5 launches a
+           token for the prototype's cell)
+    tail   the same kernels with that update at the end of the head's launch, in its last program (4 launches)
+
+    PYTHONPATH=src python benchmarks/decode_launches.py --out decode_launches.json
+
+Each way is one step captured as a CUDA graph and replayed `--tokens` times a repeat, median of `--repeats`: ms a
+token with nothing else timed (newllm bench's decode rows also time the prompt's hand-over, so read a little
+higher). The model is newllm bench's at each preset, float32, eval mode, random weights: the time of a step does
+not depend on the weights. Before timing, each kernel variant's tokens are checked against the graph's.
+"""
+
+import argparse
+import json
+import platform
+import statistics
+import subprocess
+
+import torch
+
+from newllm.evaluation.bench import BenchConfig, bench_models
+from newllm.models.cuda_graphs import capture_step
+from newllm.models.new_llm.decode_kernel import DecodeKernels
+from newllm.models.new_llm.decoding import GreedyDecoder
+
+
+def replay_ms(graph: torch.cuda.CUDAGraph, restart, tokens: int, repeats: int) -> float:
+    """The median over `repeats` of ms a replay, `tokens` replays in a row, each run restarted first."""
+    times = []
+    for _ in range(repeats + 1):  # the first run warms up
+        restart()
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(tokens):
+            graph.replay()
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end) / tokens)
+    return statistics.median(times[1:])
+
+
+def measure(model, batch: int, tokens: int, repeats: int) -> dict:
+    device = model.device
+    generator = torch.Generator(device=device).manual_seed(0)
+    first = torch.randint(1, model.config.vocab_size, (batch,), device=device, generator=generator)
+    context = torch.randn(batch, model.config.context_size, device=device, generator=generator)
+    row = {"batch_size": batch}
+    graphed = GreedyDecoder(model, batch, tokens)
+
+    def restart_graph():
+        graphed.context.copy_(context)
+        graphed.token.copy_(first)
+        graphed.position.zero_()
+
+    row["graph"] = replay_ms(graphed.graph, restart_graph, tokens, repeats)
+    restart_graph()
+    for _ in range(tokens):
+        graphed.graph.replay()
+    expected = graphed.tokens.clone()
+    for name, tail in (("split", False), ("tail", True)):
+        kernels = DecodeKernels(model, batch, tail=tail)
+        token = torch.empty_like(first)
+        out = torch.zeros(batch, tokens, dtype=torch.long, device=device)
+        position = torch.zeros(1, dtype=torch.long, device=device)
+
+        def restart():
+            kernels.context.copy_(context)
+            token.copy_(first)
+            position.zero_()
+
+        graph = capture_step(lambda: kernels.step(token, out, position), restart, device.index)
+        restart()
+        for _ in range(tokens):
+            graph.replay()
+        row[f"{name}_same_tokens"] = bool(torch.equal(out, expected))
+        row[name] = replay_ms(graph, restart, tokens, repeats)
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--presets", default="full,study")
+    parser.add_argument("--batch-sizes", default="1,32")
+    parser.add_argument("--tokens", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--out", required=True)
+    args = parser.parse_args()
+    if not torch.cuda.is_available():
+        raise SystemExit("decode_launches.py times CUDA graphs: no CUDA device here")
+    rows = []
+    for preset in args.presets.split(","):
+        model = bench_models(BenchConfig(preset=preset, models=("new_llm",)))["new_llm"].cuda().eval()
+        with torch.no_grad():
+            for batch in map(int, args.batch_sizes.split(",")):
+                row = {"preset": preset, **measure(model, batch, args.tokens, args.repeats)}
+                print(json.dumps(row), flush=True)
+                rows.append(row)
+        del model
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip() or None
+    environment = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "python": platform.python_version(),
+                   "commit": commit, "tokens": args.tokens, "repeats": args.repeats, "unit": "ms per token"}  # fmt: skip
+    with open(args.out, "w", encoding="utf-8") as f:
+        json.dump({"environment": environment, "rows": rows}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
