@@ -16,7 +16,9 @@
 #    seed 0 is chosen (GRID's rule; RUNS/step2_s0/choice_<family>.json), and that point's folder of every seed
 #    is evaluated: all three steps' numbers. No other point's test split is read.
 # The grid runs at seeds 1 and 2 too instead of after the choice: more GPU time, no waiting. The chosen point's
-# runs there are the runs a launch after the choice would make (the same settings, the same seed).
+# runs there are the runs a launch after the choice would make (the same settings, the same seed). CHOICE_FIRST=1
+# waits instead: the grid at seed 0 alone, then only the chosen point at the other seeds (fewer runs in all, for
+# a GPU that the grid at every seed would keep busy longer than the wait costs).
 #
 # Progress: RUNS/study.log (seconds since the start, then the event) and each run's log. Then:
 #   newllm collect RUNS/step1/*/ ...                       step 1 of every seed
@@ -60,8 +62,8 @@ done
   log "step 1 ended ($code)"
   touch "$root/step1.ended" ) &  # what grid_at waits for where a run never started (a bad preset, a failed tokenizer)
 
-grid_at() {  # family seed: step 2's grid from this seed's step-1 model, once it is saved
-  local family=$1 seed=$2 step1=$root/step1/${preset[$1]}_$1_s$2.log
+grid_at() {  # family seed [point]: step 2's grid (or only that point of it) from this seed's step-1 model, once saved
+  local family=$1 seed=$2 points=${3:-} step1=$root/step1/${preset[$1]}_$1_s$2.log
   until grep -q '^pretrain_done' "$step1" 2> /dev/null; do
     if grep -q '^exit' "$step1" 2> /dev/null || { [ -f "$root/step1.ended" ] && ! grep -q '^pretrain_done' "$step1" 2> /dev/null; } \
       || { [ -n "$deadline" ] && [ "$(date +%s)" -ge "$deadline" ]; }; then
@@ -69,10 +71,10 @@ grid_at() {  # family seed: step 2's grid from this seed's step-1 model, once it
     fi
     sleep 5
   done
-  log "$family seed $seed: step 2 grid started"
+  log "$family seed $seed: step 2 grid started${points:+ ($points only)}"
   local code=0
   # every family's grid at every seed starts about together: each counts its share of the free memory
-  $python benchmarks/tune.py run "$root/step2_s$seed" --grid "$grid" --only "$family" --seed "$seed" \
+  $python benchmarks/tune.py run "$root/step2_s$seed" --grid "$grid" --only "$family" ${points:+--points "$points"} --seed "$seed" \
     --share "$grids" --pretrained "$root/step1" --python "$python" ${deadline:+--deadline "$deadline"} "${extra[@]}" \
     > "$root/step2_s${seed}_$family.out" 2>&1 || code=$?
   log "$family seed $seed: step 2 grid ended ($code)"
@@ -80,8 +82,12 @@ grid_at() {  # family seed: step 2's grid from this seed's step-1 model, once it
 
 family_study() {  # family: its grids at every seed, the choice at seed 0, the chosen point of each seed evaluated
   local family=$1 seed choice point settings
-  for seed in $seeds; do grid_at "$family" "$seed" & done
-  wait
+  if [ "${CHOICE_FIRST:-0}" = 1 ]; then
+    grid_at "$family" 0
+  else
+    for seed in $seeds; do grid_at "$family" "$seed" & done
+    wait
+  fi
   choice=$root/step2_s0/choice_$family.json
   $python benchmarks/tune.py collect "$root/step2_s0" --grid "$grid" --out "$choice" > /dev/null 2>&1 || true
   point=$($python -c "import json, sys; print(json.load(open(sys.argv[1]))['chosen'].get(sys.argv[2], ''))" \
@@ -92,6 +98,10 @@ family_study() {  # family: its grids at every seed, the choice at seed 0, the c
 points = json.load(open(sys.argv[1]))['points']
 print(' '.join(f'--set {k}={v}' for p in points if p['name'] == sys.argv[2] for k, v in p['settings'].items()))" "$choice" "$point")"
   log "$family: chose $point (${settings[*]})"
+  if [ "${CHOICE_FIRST:-0}" = 1 ]; then
+    for seed in $seeds; do if [ "$seed" != 0 ]; then grid_at "$family" "$seed" "$point" & fi; done
+    wait
+  fi
   for seed in $seeds; do
     local dir=$root/step2_s$seed/$point
     if [ ! -d "$dir/best_${family}_dialog" ]; then log "$family seed $seed: no step-2 model in $dir"; continue; fi
