@@ -88,6 +88,27 @@ def test_greedy_decoder_on_the_kernels_gives_the_reference_tokens(name):
     assert isinstance(fast_after, RecurrentCache) and fast_after.seen_tokens == after.seen_tokens
 
 
+@pytest.mark.parametrize("name", ["batch 1", "study cell", "two row blocks, ragged tiles"])
+def test_the_update_in_the_heads_launch_decodes_as_the_update_launched_alone(name):
+    # several steps in a row: the counters each step leaves must let the next step's last program find itself
+    overrides, batch = CASES[name]
+    model = _model(**overrides)
+    first = torch.randint(1, model.config.vocab_size, (batch,), device=DEVICE)
+    context = torch.randn(batch, model.config.context_size, device=DEVICE)
+    results = []
+    for tail in (False, True):
+        kernels = DecodeKernels(model, batch, tail=tail)
+        kernels.context.copy_(context)
+        token, tokens = first.clone(), torch.zeros(batch, 5, dtype=torch.long, device=DEVICE)
+        position = torch.zeros(1, dtype=torch.long, device=DEVICE)
+        for _ in range(5):
+            kernels.step(token, tokens, position)
+        results.append((tokens, kernels.context.clone(), position.item()))
+    (split, split_context, split_at), (tail, tail_context, tail_at) = results
+    assert torch.equal(tail, split) and split_at == tail_at == 5
+    torch.testing.assert_close(tail_context, split_context, rtol=1e-6, atol=1e-6)
+
+
 def test_cells_and_settings_the_decode_kernels_cannot_take_are_refused():
     with pytest.raises(ValueError, match="prototype cell"):
         GreedyDecoder(_model(residual=True), 2, 4, kernels=True)

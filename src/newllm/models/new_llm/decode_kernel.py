@@ -1,4 +1,4 @@
-"""Greedy decoding of New-LLM in a few kernels per token: four for the prototype cell instead of about 45.
+"""Greedy decoding of New-LLM in a few kernels per token: five for the prototype cell instead of about 45.
 
 `GreedyDecoder` replays one CUDA graph per token, but the graph still holds the ~45 small kernels of
 `model.step` (performance.md: 0.066 ms per token on an H200, about 20 times what reading the weights
@@ -9,25 +9,28 @@ costs), and the GPU waits on each one's launch and completion. Here a step is:
     2. h_l = relu(h_{l-1} W_lᵀ + b_l)     one kernel per layer 2..L
     3. in one launch, the two matmuls that read h_L and not each other:
        [Δ, g_f, g_i] = h_L W_gᵀ + b_g, and
-       logits = h_L W_outᵀ + b_out, each program keeping only its tile's (max, argmax) per row;
-       then, in the program of each row block that finishes last (a counter, see `_proj_head_kernel`):
+       logits = h_L W_outᵀ + b_out, each program keeping only its tile's (max, argmax) per row
+    4. in one launch, one program per 16 rows (the row is whole):
        c' = clamp(γ ⊙ LN(σ(g_f) ⊙ c + σ(g_i) ⊙ Δ) + β, ±K), copied into the context;
        the token: the best tile per row (the first on a tie, as torch.argmax), written to the output;
-       position += 1 (in the kernel when one row block runs, batch ≤ 16; after it otherwise)
+       position += 1 (in the kernel when one program runs, batch ≤ 16; after it otherwise)
 
-`DecodeKernels(tail=False)` gives the row-wise end of step 3 a launch of its own (16 whole rows a
-program), as the kernels had it before: kept to time the two side by side (benchmarks/decode_launches.py).
+`DecodeKernels(tail=True)` moves step 4 into step 3's launch, one launch fewer a token: the program
+of each row block that finishes step 3 last (a counter, see `_proj_head_kernel`) runs it. It is
+tested in Triton's CPU interpreter, which runs programs one after another and so cannot show a race
+between them; until it has passed on CUDA it is off by default (benchmarks/decode_launches.py times
+and checks both).
 
 Each matmul kernel spreads its output columns over many programs, so the weights (30 MB in float32 at
 full size) stream through every SM instead of one. One kernel per token would need a grid-wide barrier
 between the dependent phases, which Triton offers only as a spin on a global counter that deadlocks
 unless every program is resident at once (and always in the CPU interpreter, which runs programs one
-after another), so the dependent phases stay separate launches inside the graph, the independent ones
-share a launch, and the small row-wise end rides on the launch before it.
+after another), so the dependent phases stay separate launches inside the graph, and the independent
+ones share a launch.
 
 The MLP-block cell (the study's) takes two kernels per block instead of step 2: W_1 with GELU, reading
 the block's LayerNorm of h as it loads h (each program computes its rows' mean and variance first), and
-W_2 with the residual add; step 3 reads h_L through the final norm the same way, and its update takes tanh
+W_2 with the residual add; step 3 reads h_L through the final norm the same way, and step 4 takes tanh
 and no clamp where the cell says so.
 
 Float32 only, eval mode only (no dropout), one context scale; the prototype cell without residual or
@@ -235,7 +238,7 @@ def _update_pick(proj, contexts, norm_weight, norm_bias, x_hat, rstd, best, best
 def _update_pick_kernel(proj, contexts, norm_weight, norm_bias, x_hat, rstd, best, best_id, token, tokens, position,
                         B, C, eps, clamp, TILES, MAX_NEW, TANH: tl.constexpr, HAS_CLAMP: tl.constexpr,
                         ADVANCE: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_TILES: tl.constexpr, BLOCK_N: tl.constexpr):  # fmt: skip
-    """`_update_pick` for 16 whole rows a program, as a launch of its own (`DecodeKernels(tail=False)`)."""
+    """`_update_pick` for 16 whole rows a program, as a launch of its own (`DecodeKernels`' default)."""
     rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
     _update_pick(proj, contexts, norm_weight, norm_bias, x_hat, rstd, best, best_id, token, tokens, position, rows,
                  rows < B, B, C, eps, clamp, TILES, MAX_NEW, TANH, HAS_CLAMP, ADVANCE, BLOCK_B, BLOCK_TILES, BLOCK_N)  # fmt: skip
@@ -263,9 +266,9 @@ def unsupported_reason(model) -> str | None:
 class DecodeKernels:
     """The kernels of one greedy step of `model` for `batch_size` rows, on the buffers of a `GreedyDecoder`."""
 
-    def __init__(self, model, batch_size: int, tail: bool = True):
-        """tail: the context update and the token's pick at the end of the head's launch (one launch fewer a token);
-        False gives them a launch of their own, the earlier kernels, kept to time the two side by side."""
+    def __init__(self, model, batch_size: int, tail: bool = False):
+        """tail: the context update and the token's pick at the end of the head's launch (one launch fewer a token;
+        not yet run on CUDA, see the module's docstring); False gives them a launch of their own."""
         reason = unsupported_reason(model)
         if reason is not None:
             raise ValueError(reason)
