@@ -18,12 +18,12 @@ import json
 import platform
 import statistics
 import subprocess
+import sys
 
 import torch
 
 from newllm.evaluation.bench import BenchConfig, bench_models
 from newllm.models.cuda_graphs import capture_step
-from newllm.models.new_llm.decode_kernel import DecodeKernels
 from newllm.models.new_llm.decoding import GreedyDecoder
 
 
@@ -43,6 +43,8 @@ def replay_ms(graph: torch.cuda.CUDAGraph, restart, tokens: int, repeats: int) -
 
 
 def measure(model, batch: int, tokens: int, repeats: int) -> dict:
+    from newllm.models.new_llm.decode_kernel import DecodeKernels  # Triton: imported only where it can run
+
     device = model.device
     generator = torch.Generator(device=device).manual_seed(0)
     first = torch.randint(1, model.config.vocab_size, (batch,), device=device, generator=generator)
@@ -80,16 +82,17 @@ def measure(model, batch: int, tokens: int, repeats: int) -> dict:
     return row
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--presets", default="full,study")
     parser.add_argument("--batch-sizes", default="1,32")
     parser.add_argument("--tokens", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--out", required=True)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if not torch.cuda.is_available():
-        raise SystemExit("decode_launches.py times CUDA graphs: no CUDA device here")
+        print("decode_launches.py needs a CUDA device: it times CUDA graphs", file=sys.stderr)
+        return 2
     rows = []
     for preset in args.presets.split(","):
         model = bench_models(BenchConfig(preset=preset, models=("new_llm",)))["new_llm"].cuda().eval()
@@ -99,12 +102,16 @@ def main() -> None:
                 print(json.dumps(row), flush=True)
                 rows.append(row)
         del model
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip() or None
+    try:  # a copy of the tree without .git, or a machine without git, records none
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip() or None
+    except OSError:
+        commit = None
     environment = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "python": platform.python_version(),
                    "commit": commit, "tokens": args.tokens, "repeats": args.repeats, "unit": "ms per token"}  # fmt: skip
     with open(args.out, "w", encoding="utf-8") as f:
         json.dump({"environment": environment, "rows": rows}, f, indent=1)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

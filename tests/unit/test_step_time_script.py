@@ -1,4 +1,4 @@
-"""benchmarks/step_time.py: which modes it accepts, and that it refuses to time without a GPU."""
+"""benchmarks/step_time.py: the modes it accepts, and its refusal to time without a GPU (decode_launches.py too)."""
 
 from __future__ import annotations
 
@@ -29,3 +29,11 @@ def test_known_modes_pass_the_checks_and_then_need_a_gpu(step_time, capsys):
                            "--baseline-modes", "eager,compiled,reduce-overhead"])  # fmt: skip
     assert code == 2
     assert "needs a CUDA device" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without a GPU")
+def test_decode_launches_refuses_without_a_gpu_and_writes_nothing(capsys, tmp_path):
+    # benchmarks/decode_launches.py: a one-line refusal before it needs Triton (CI has none) or writes its JSON
+    out = tmp_path / "launches.json"
+    assert load_benchmark("decode_launches").main(["--out", str(out)]) == 2
+    assert "needs a CUDA device" in capsys.readouterr().err and not out.exists()
