@@ -15,16 +15,16 @@ not depend on the weights. Before timing, each kernel variant's tokens are check
 
 import argparse
 import json
-import platform
 import statistics
-import subprocess
 import sys
 
 import torch
 
 from newllm.evaluation.bench import BenchConfig, bench_models
+from newllm.evaluation.speed import environment
 from newllm.models.cuda_graphs import capture_step
 from newllm.models.new_llm.decoding import GreedyDecoder
+from newllm.pipeline.setup import git_commit
 
 
 def replay_ms(graph: torch.cuda.CUDAGraph, restart, tokens: int, repeats: int) -> float:
@@ -102,14 +102,9 @@ def main(argv: list[str] | None = None) -> int:
                 print(json.dumps(row), flush=True)
                 rows.append(row)
         del model
-    try:  # a copy of the tree without .git, or a machine without git, records none
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip() or None
-    except OSError:
-        commit = None
-    environment = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "python": platform.python_version(),
-                   "commit": commit, "tokens": args.tokens, "repeats": args.repeats, "unit": "ms per token"}  # fmt: skip
+    run = {"commit": git_commit(), "tokens": args.tokens, "repeats": args.repeats, "unit": "ms per token"}
     with open(args.out, "w", encoding="utf-8") as f:
-        json.dump({"environment": environment, "rows": rows}, f, indent=1)
+        json.dump({"environment": {**environment(), **run}, "rows": rows}, f, indent=1)
     return 0
 
 

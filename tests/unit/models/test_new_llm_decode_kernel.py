@@ -104,9 +104,9 @@ def test_the_update_in_the_heads_launch_decodes_as_the_update_launched_alone(nam
         for _ in range(5):
             kernels.step(token, tokens, position)
         results.append((tokens, kernels.context.clone(), position.item()))
-    (split, split_context, split_at), (tail, tail_context, tail_at) = results
-    assert torch.equal(tail, split) and split_at == tail_at == 5
-    torch.testing.assert_close(tail_context, split_context, rtol=1e-6, atol=1e-6)
+    (split, split_context, split_at), (fused, fused_context, fused_at) = results
+    assert torch.equal(fused, split) and split_at == fused_at == 5
+    torch.testing.assert_close(fused_context, split_context, rtol=1e-6, atol=1e-6)
 
 
 def test_cells_and_settings_the_decode_kernels_cannot_take_are_refused():

@@ -235,7 +235,7 @@ def _update_pick(proj, contexts, norm_weight, norm_bias, x_hat, rstd, best, best
 
 
 @triton.jit
-def _update_pick_kernel(proj, contexts, norm_weight, norm_bias, x_hat, rstd, best, best_id, token, tokens, position,
+def _update_pick_kernel(proj, best, best_id, contexts, norm_weight, norm_bias, x_hat, rstd, token, tokens, position,
                         B, C, eps, clamp, TILES, MAX_NEW, TANH: tl.constexpr, HAS_CLAMP: tl.constexpr,
                         ADVANCE: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_TILES: tl.constexpr, BLOCK_N: tl.constexpr):  # fmt: skip
     """`_update_pick` for 16 whole rows a program, as a launch of its own (`DecodeKernels`' default)."""
@@ -309,8 +309,8 @@ class DecodeKernels:
         self.precision = _precision()
         self.tail = tail
         # per row block of the head's launch, how many of its programs are done (TAIL); the last one resets it to 0
-        self.counter = torch.zeros(triton.cdiv(batch_size, self._matmul(1, 1)[1]["BLOCK_B"]), dtype=torch.int32,
-                                   device=self.table.device)  # fmt: skip
+        (head_rows, _), _ = self._matmul(3 * size_c, hidden)
+        self.counter = torch.zeros(head_rows, dtype=torch.int32, device=self.table.device)
 
     def _matmul(self, n: int, k: int) -> tuple[tuple[int, int], dict]:
         """A matmul kernel's grid (row blocks, column tiles) and blocks, for n output columns over k inputs."""
@@ -369,8 +369,8 @@ class DecodeKernels:
         )  # fmt: skip
         if not self.tail:
             _update_pick_kernel[(end_rows,)](
-                self.projected, *end[:5], self.best, self.best_id, *end[5:], batch, size_c, norm_eps, self.clamp,
-                self.tiles, tokens.shape[1], BLOCK_B=BLOCK_B, BLOCK_N=BLOCK_N, **end_sizes,
+                self.projected, self.best, self.best_id, *end, batch, size_c, norm_eps, self.clamp, self.tiles,
+                tokens.shape[1], BLOCK_B=BLOCK_B, BLOCK_N=BLOCK_N, **end_sizes,
             )  # fmt: skip
         if not advance:  # several programs read the position: it moves after all of them
             position += 1
