@@ -1,4 +1,4 @@
-"""Greedy decoding of New-LLM in a few kernels per token: five for the prototype cell instead of about 45.
+"""Greedy decoding of New-LLM in a few kernels per token: four for the prototype cell instead of about 45.
 
 `GreedyDecoder` replays one CUDA graph per token, but the graph still holds the ~45 small kernels of
 `model.step` (performance.md: 0.066 ms per token on an H200, about 20 times what reading the weights
@@ -15,11 +15,11 @@ costs), and the GPU waits on each one's launch and completion. Here a step is:
        the token: the best tile per row (the first on a tie, as torch.argmax), written to the output;
        position += 1 (in the kernel when one program runs, batch ≤ 16; after it otherwise)
 
-`DecodeKernels(tail=True)` moves step 4 into step 3's launch, one launch fewer a token: the program
-of each row block that finishes step 3 last (a counter, see `_proj_head_kernel`) runs it. It is
-tested in Triton's CPU interpreter, which runs programs one after another and so cannot show a race
-between them; until it has passed on CUDA it is off by default (benchmarks/decode_launches.py times
-and checks both).
+By default (`tail=True`) step 4 runs at the end of step 3's launch, one launch fewer a token: the
+program of each row block that finishes step 3 last (a counter, see `_proj_head_kernel`) runs it, so
+no program ever waits on another. Triton's CPU interpreter runs programs one after another and so
+cannot show a race between them; on CUDA, where they run at once, the tests pass (docs/performance.md). `tail=False`
+keeps step 4 a launch of its own (benchmarks/decode_launches.py times and checks both).
 
 Each matmul kernel spreads its output columns over many programs, so the weights (30 MB in float32 at
 full size) stream through every SM instead of one. One kernel per token would need a grid-wide barrier
@@ -238,7 +238,7 @@ def _update_pick(proj, contexts, norm_weight, norm_bias, x_hat, rstd, best, best
 def _update_pick_kernel(proj, best, best_id, contexts, norm_weight, norm_bias, x_hat, rstd, token, tokens, position,
                         B, C, eps, clamp, TILES, MAX_NEW, TANH: tl.constexpr, HAS_CLAMP: tl.constexpr,
                         ADVANCE: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_TILES: tl.constexpr, BLOCK_N: tl.constexpr):  # fmt: skip
-    """`_update_pick` for 16 whole rows a program, as a launch of its own (`DecodeKernels`' default)."""
+    """`_update_pick` for 16 whole rows a program, as a launch of its own (`DecodeKernels(tail=False)`)."""
     rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
     _update_pick(proj, contexts, norm_weight, norm_bias, x_hat, rstd, best, best_id, token, tokens, position, rows,
                  rows < B, B, C, eps, clamp, TILES, MAX_NEW, TANH, HAS_CLAMP, ADVANCE, BLOCK_B, BLOCK_TILES, BLOCK_N)  # fmt: skip
@@ -266,9 +266,9 @@ def unsupported_reason(model) -> str | None:
 class DecodeKernels:
     """The kernels of one greedy step of `model` for `batch_size` rows, on the buffers of a `GreedyDecoder`."""
 
-    def __init__(self, model, batch_size: int, tail: bool = False):
-        """tail: the context update and the token's pick at the end of the head's launch (one launch fewer a token;
-        not yet run on CUDA, see the module's docstring); False gives them a launch of their own."""
+    def __init__(self, model, batch_size: int, tail: bool = True):
+        """tail: the context update and the token's pick at the end of the head's launch (one launch fewer a token,
+        see the module's docstring); False gives them a launch of their own."""
         reason = unsupported_reason(model)
         if reason is not None:
             raise ValueError(reason)

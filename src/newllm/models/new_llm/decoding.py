@@ -37,7 +37,7 @@ class GreedyDecoder:
         self.context = cell.initial_context(batch_size, device, model.dtype)
         self.tokens = torch.zeros(batch_size, max_new_tokens, dtype=torch.long, device=device)
         self.position = torch.zeros(1, dtype=torch.long, device=device)  # on the device: a replay needs no sync
-        # kernels: the step as decode_kernel.py's few Triton kernels (five for the prototype cell) instead of model.step's
+        # kernels: the step as decode_kernel.py's few Triton kernels (four for the prototype cell) instead of model.step's
         # ~45 (float32 only)
         self.kernels = None
         if kernels:
