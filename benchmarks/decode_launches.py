@@ -1,16 +1,20 @@
-"""Greedy decoding per token on CUDA graphs, three ways side by side in one process (CUDA only):
+"""Greedy decoding per token on CUDA graphs, four ways side by side in one process (CUDA only):
 
     graph  GreedyDecoder's default: model.step captured (about 45 kernels a token)
     split  decode_kernel.py's kernels with the context update and the pick in a launch of their own (5 launches a
            token for the prototype's cell)
-    tail   the same kernels with that update at the end of the head's launch, in its last program (4 launches)
+    tail   the same kernels with that update at the end of the head's launch, in its last program (4 launches;
+           the default)
+    tail_bf16_head  the same with the output head's weights read in bf16 (head_dtype), half of a token's bytes at
+           full size; its tokens may differ from float32's where two logits are within bf16's rounding
 
     PYTHONPATH=src python benchmarks/decode_launches.py --out decode_launches.json
 
 Each way is one step captured as a CUDA graph and replayed `--tokens` times a repeat, median of `--repeats`: ms a
 token with nothing else timed (newllm bench's decode rows also time the prompt's hand-over, so read a little
 higher). The model is newllm bench's at each preset, float32, eval mode, random weights: the time of a step does
-not depend on the weights. Before timing, each kernel variant's tokens are checked against the graph's.
+not depend on the weights. Before timing, each kernel variant's tokens are compared with the graph's
+(`<variant>_same_tokens`).
 """
 
 import argparse
@@ -62,8 +66,9 @@ def measure(model, batch: int, tokens: int, repeats: int) -> dict:
     for _ in range(tokens):
         graphed.graph.replay()
     expected = graphed.tokens.clone()
-    for name, tail in (("split", False), ("tail", True)):
-        kernels = DecodeKernels(model, batch, tail=tail)
+    variants = {"split": dict(tail=False), "tail": dict(tail=True), "tail_bf16_head": dict(head_dtype=torch.bfloat16)}
+    for name, options in variants.items():
+        kernels = DecodeKernels(model, batch, **options)
         token = torch.empty_like(first)
         out = torch.zeros(batch, tokens, dtype=torch.long, device=device)
         position = torch.zeros(1, dtype=torch.long, device=device)

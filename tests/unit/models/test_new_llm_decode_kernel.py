@@ -109,6 +109,31 @@ def test_the_update_in_the_heads_launch_decodes_as_the_update_launched_alone(nam
     torch.testing.assert_close(fused_context, split_context, rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.parametrize("name", ["batch 1", "two row blocks, ragged tiles", "study cell"])
+def test_a_bf16_head_reads_bf16_weights_and_picks_the_best_of_its_own_logits(name):
+    # head_dtype=bf16: the head's weights are a bf16 copy, so the logits move by bf16's rounding and no further, the
+    # token is the argmax of those logits, and the context (which the head does not touch) is float32's exactly
+    overrides, batch = CASES[name]
+    model = _model(**overrides)
+    token = torch.randint(1, model.config.vocab_size, (batch,), device=DEVICE)
+    context = torch.randn(batch, model.config.context_size, device=DEVICE)
+    expected_logits, expected_context = model.step(token, context)
+    kernels = DecodeKernels(model, batch, head_dtype=torch.bfloat16)
+    assert kernels.head[0].dtype == torch.bfloat16 and kernels.head[1].dtype == torch.float32
+    kernels.context.copy_(context)
+    tokens = torch.zeros(batch, 2, dtype=torch.long, device=DEVICE)
+    logits = torch.empty(batch, model.config.vocab_size, device=DEVICE)
+    fed = token.clone()
+    kernels.step(fed, tokens, torch.zeros(1, dtype=torch.long, device=DEVICE), logits)
+    scale = expected_logits.abs().max().item()
+    torch.testing.assert_close(logits, expected_logits, rtol=0.0, atol=0.02 * scale)
+    assert (logits - expected_logits).abs().max() > 1e-6 * scale  # the rounding is there: bf16 weights were read
+    assert torch.equal(fed, logits.argmax(-1)) and torch.equal(tokens[:, 0], fed)
+    torch.testing.assert_close(kernels.context, expected_context, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="head_dtype must be torch.float32 or torch.bfloat16"):
+        DecodeKernels(model, batch, head_dtype=torch.float16)
+
+
 def test_cells_and_settings_the_decode_kernels_cannot_take_are_refused():
     with pytest.raises(ValueError, match="prototype cell"):
         GreedyDecoder(_model(residual=True), 2, 4, kernels=True)

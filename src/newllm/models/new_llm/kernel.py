@@ -78,7 +78,7 @@ def _dot_rows(acc, x_ptr, x_row, scale_ptr, HAS_SCALE: tl.constexpr, rows, row_o
         if HAS_SCALE:
             x = x * tl.load(scale_ptr + x_offsets, mask=x_mask, other=0.0)
         w = tl.load(w_ptr + k[:, None] * w_k + n[None, :] * w_n, mask=k_ok[:, None] & n_ok[None, :], other=0.0)
-        acc = tl.dot(x, w, acc, input_precision=PRECISION)
+        acc = tl.dot(x, w.to(tl.float32), acc, input_precision=PRECISION)  # a bf16 decode head: summed in float32
     return acc
 
 
