@@ -48,13 +48,18 @@ CASES = {
 }
 
 
-@pytest.mark.parametrize("tail", [True, False], ids=["update in the head's launch", "update launched alone"])
-@pytest.mark.parametrize("name", CASES)
-def test_one_kernel_step_equals_model_step(name, tail):
+def _case(name):
+    """CASES[name]'s model, its batch size, and a random token and context for each row."""
     overrides, batch = CASES[name]
     model = _model(**overrides)
     token = torch.randint(1, model.config.vocab_size, (batch,), device=DEVICE)
-    context = torch.randn(batch, model.config.context_size, device=DEVICE)
+    return model, batch, token, torch.randn(batch, model.config.context_size, device=DEVICE)
+
+
+@pytest.mark.parametrize("tail", [True, False], ids=["update in the head's launch", "update launched alone"])
+@pytest.mark.parametrize("name", CASES)
+def test_one_kernel_step_equals_model_step(name, tail):
+    model, batch, token, context = _case(name)
     expected_logits, expected_context = model.step(token, context)
     kernels = DecodeKernels(model, batch, tail=tail)
     kernels.context.copy_(context)
@@ -91,10 +96,7 @@ def test_greedy_decoder_on_the_kernels_gives_the_reference_tokens(name):
 @pytest.mark.parametrize("name", ["batch 1", "study cell", "two row blocks, ragged tiles"])
 def test_the_update_in_the_heads_launch_decodes_as_the_update_launched_alone(name):
     # several steps in a row: the counters each step leaves must let the next step's last program find itself
-    overrides, batch = CASES[name]
-    model = _model(**overrides)
-    first = torch.randint(1, model.config.vocab_size, (batch,), device=DEVICE)
-    context = torch.randn(batch, model.config.context_size, device=DEVICE)
+    model, batch, first, context = _case(name)
     results = []
     for tail in (False, True):
         kernels = DecodeKernels(model, batch, tail=tail)
@@ -113,10 +115,7 @@ def test_the_update_in_the_heads_launch_decodes_as_the_update_launched_alone(nam
 def test_a_bf16_head_reads_bf16_weights_and_picks_the_best_of_its_own_logits(name):
     # head_dtype=bf16: the head's weights are a bf16 copy, so the logits move by bf16's rounding and no further, the
     # token is the argmax of those logits, and the context (which the head does not touch) is float32's exactly
-    overrides, batch = CASES[name]
-    model = _model(**overrides)
-    token = torch.randint(1, model.config.vocab_size, (batch,), device=DEVICE)
-    context = torch.randn(batch, model.config.context_size, device=DEVICE)
+    model, batch, token, context = _case(name)
     expected_logits, expected_context = model.step(token, context)
     kernels = DecodeKernels(model, batch, head_dtype=torch.bfloat16)
     assert kernels.head[0].dtype == torch.bfloat16 and kernels.head[1].dtype == torch.float32
