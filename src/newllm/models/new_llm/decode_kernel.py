@@ -10,7 +10,7 @@ costs), and the GPU waits on each one's launch and completion. Here a step is:
     3. in one launch, the two matmuls that read h_L and not each other:
        [Δ, g_f, g_i] = h_L W_gᵀ + b_g, and
        logits = h_L W_outᵀ + b_out, each program keeping only its tile's (max, argmax) per row
-    4. in one launch, one program per 16 rows (the row is whole):
+    4. the row-wise end, for whole rows (by default at the end of step 3's launch, below):
        c' = clamp(γ ⊙ LN(σ(g_f) ⊙ c + σ(g_i) ⊙ Δ) + β, ±K), copied into the context;
        the token: the best tile per row (the first on a tie, as torch.argmax), written to the output;
        position += 1 (in the kernel when one program runs, batch ≤ 16; after it otherwise)
@@ -43,7 +43,7 @@ import torch
 import triton
 import triton.language as tl
 
-from newllm.models.new_llm.kernel import BLOCK_B, BLOCK_N, _context_update, _dot_rows, _precision
+from newllm.models.new_llm.kernel import BLOCK_B, BLOCK_N, _context_update, _dot_rows, _load_w, _precision
 from newllm.models.new_llm.kernel_mlp import SQRT_HALF, _row_stats
 
 BLOCK_V = 128  # vocabulary columns per program of the head
@@ -68,8 +68,7 @@ def _times_w(acc, x_ptr, x_row, rows, row_ok, K, w_ptr, w_k, w_n, n, n_ok, ONE_R
             k = k0 + cols
             k_ok = k < K
             x = tl.load(x_ptr + rows[:, None] * x_row + k[None, :], mask=row_ok[:, None] & k_ok[None, :], other=0.0)
-            w = tl.load(w_ptr + k[:, None] * w_k + n[None, :] * w_n, mask=k_ok[:, None] & n_ok[None, :],
-                        other=0.0).to(tl.float32)  # a bf16 head (head_dtype) is summed in float32 like the rest
+            w = _load_w(w_ptr, w_k, w_n, k, k_ok, n, n_ok)
             acc += tl.sum(x[:, :, None] * w[None, :, :], axis=1)
     else:
         acc = _dot_rows(acc, x_ptr, x_row, x_ptr, False, rows, row_ok, K, w_ptr, w_k, w_n, n, n_ok, BLOCK_K, PRECISION)
@@ -93,8 +92,7 @@ def _times_normed_w(acc, x_ptr, x_row, rows, row_ok, K, gamma, beta, eps, w_ptr,
             g = tl.load(gamma + k, mask=k_ok, other=0.0)
             b = tl.load(beta + k, mask=k_ok, other=0.0)
             x = tl.where(tile, (x - mean[:, None]) * inv[:, None] * g[None, :] + b[None, :], 0.0)
-            w = tl.load(w_ptr + k[:, None] * w_k + n[None, :] * w_n, mask=k_ok[:, None] & n_ok[None, :],
-                        other=0.0).to(tl.float32)  # a bf16 head (head_dtype) is summed in float32 like the rest
+            w = _load_w(w_ptr, w_k, w_n, k, k_ok, n, n_ok)
             if ONE_ROW:
                 acc += tl.sum(x[:, :, None] * w[None, :, :], axis=1)
             else:

@@ -77,9 +77,16 @@ def _dot_rows(acc, x_ptr, x_row, scale_ptr, HAS_SCALE: tl.constexpr, rows, row_o
         x = tl.load(x_ptr + x_offsets, mask=x_mask, other=0.0)
         if HAS_SCALE:
             x = x * tl.load(scale_ptr + x_offsets, mask=x_mask, other=0.0)
-        w = tl.load(w_ptr + k[:, None] * w_k + n[None, :] * w_n, mask=k_ok[:, None] & n_ok[None, :], other=0.0)
-        acc = tl.dot(x, w.to(tl.float32), acc, input_precision=PRECISION)  # a bf16 decode head: summed in float32
+        acc = tl.dot(x, _load_w(w_ptr, w_k, w_n, k, k_ok, n, n_ok), acc, input_precision=PRECISION)
     return acc
+
+
+@triton.jit
+def _load_w(w_ptr, w_k, w_n, k, k_ok, n, n_ok):
+    """The (k, n) tile of W at k·w_k + n·w_n, in float32 whatever W is stored in (a bf16 decode head is summed in
+    float32 like the rest; for float32 weights the cast is nothing)."""
+    tile = tl.load(w_ptr + k[:, None] * w_k + n[None, :] * w_n, mask=k_ok[:, None] & n_ok[None, :], other=0.0)
+    return tile.to(tl.float32)
 
 
 @triton.jit
