@@ -18,7 +18,10 @@
 # The grid runs at seeds 1 and 2 too instead of after the choice: more GPU time, no waiting. The chosen point's
 # runs there are the runs a launch after the choice would make (the same settings, the same seed). CHOICE_FIRST=1
 # waits instead: the grid at seed 0 alone, then only the chosen point at the other seeds (fewer runs in all, for
-# a GPU that the grid at every seed would keep busy longer than the wait costs).
+# a GPU that the grid at every seed would keep busy longer than the wait costs). GUESS=<point> (with CHOICE_FIRST=1)
+# starts that point at the other seeds beside seed 0's grid instead of after it; the choice is still seed 0's
+# validation alone, and where it picks another point, that point runs at the other seeds then and the guess's
+# runs are never evaluated.
 #
 # Progress: RUNS/study.log (seconds since the start, then the event) and each run's log. Then:
 #   newllm collect RUNS/step1/*/ ...                       step 1 of every seed
@@ -83,6 +86,9 @@ grid_at() {  # family seed [point]: step 2's grid (or only that point of it) fro
 family_study() {  # family: its grids at every seed, the choice at seed 0, the chosen point of each seed evaluated
   local family=$1 seed choice point settings
   if [ "${CHOICE_FIRST:-0}" = 1 ]; then
+    if [ -n "${GUESS:-}" ]; then  # the guessed point at the other seeds, side by side with seed 0's grid
+      for seed in $seeds; do if [ "$seed" != 0 ]; then grid_at "$family" "$seed" "$GUESS" & fi; done
+    fi
     grid_at "$family" 0
   else
     for seed in $seeds; do grid_at "$family" "$seed" & done
@@ -99,8 +105,11 @@ points = json.load(open(sys.argv[1]))['points']
 print(' '.join(f'--set {k}={v}' for p in points if p['name'] == sys.argv[2] for k, v in p['settings'].items()))" "$choice" "$point")"
   log "$family: chose $point (${settings[*]})"
   if [ "${CHOICE_FIRST:-0}" = 1 ]; then
-    for seed in $seeds; do if [ "$seed" != 0 ]; then grid_at "$family" "$seed" "$point" & fi; done
-    wait
+    wait  # the guess's runs, if any
+    if [ "$point" != "${GUESS:-}" ]; then
+      for seed in $seeds; do if [ "$seed" != 0 ]; then grid_at "$family" "$seed" "$point" & fi; done
+      wait
+    fi
   fi
   for seed in $seeds; do
     local dir=$root/step2_s$seed/$point
