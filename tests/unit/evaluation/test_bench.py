@@ -120,14 +120,19 @@ def test_kernel_training_rows_are_new_llms_and_say_why_they_were_skipped_on_cpu(
     }
 
 
-def test_kernel_decoding_rows_are_new_llms_in_fp32_and_say_why_they_were_skipped_on_cpu():
-    config = dataclasses.replace(quick_bench_config(), compile_modes=("eager",), gen_modes=("kernel",))
-    reasons = {r["model"]: r["skipped"] for r in run_bench(config, "cpu", progress=False)["generation"]}
+@pytest.mark.parametrize("mode", ["kernel", "kernel_bf16_head"])
+def test_kernel_decoding_rows_are_new_llms_in_fp32_and_say_why_they_were_skipped_on_cpu(mode):
+    config = dataclasses.replace(quick_bench_config(), compile_modes=("eager",), gen_modes=(mode,),
+                                 precisions=("fp32", "bf16"))  # fmt: skip
+    rows = run_bench(config, "cpu", progress=False)["generation"]
+    assert {r["mode"] for r in rows} == {mode}
+    reasons = {r["model"]: r["skipped"] for r in rows if r["precision"] == "fp32"}
     assert reasons == {
         "new_llm": "kernel decoding is timed on CUDA only (Triton, CUDA graphs)",
         "tinygpt2": "kernel decoding is New-LLM's (decode_kernel.py)",
         "lstm": "kernel decoding is New-LLM's (decode_kernel.py)",
     }
+    assert all("bf16" in r["skipped"] for r in rows if r["precision"] == "bf16")
 
 
 def test_graphed_decoding_runs_eagerly_on_cpu_and_reports_the_context_vector(tiny_models):
@@ -138,7 +143,7 @@ def test_graphed_decoding_runs_eagerly_on_cpu_and_reports_the_context_vector(tin
 
 
 def test_unknown_generation_mode_is_refused():
-    with pytest.raises(ValueError, match="gen_modes: must be 'forward', 'graphed' or 'kernel', got 'graph'"):
+    with pytest.raises(ValueError, match="gen_modes: must be 'forward', 'graphed', 'kernel' or 'kernel_bf16_head', got 'graph'"):
         BenchConfig(gen_modes=("graph",))
 
 

@@ -130,6 +130,8 @@ def test_graphed_backend_gives_the_forward_path_tokens_and_cache(models):
     torch.testing.assert_close(graphed.cache.states[0], plain.cache.states[0])
     with pytest.raises(ValueError, match="New-LLM's and GPT-2's"):
         Decoder(models["lstm"], GREEDY, graphed=True)
+    with pytest.raises(ValueError, match="head_dtype is the decode kernels' head"):  # the graphed step has no copy
+        Decoder(model, GREEDY, graphed=True, head_dtype=torch.bfloat16)
 
 
 def test_gpt2_static_cache_backend_gives_the_forward_path_tokens_and_cache(models):

@@ -111,7 +111,7 @@ def test_the_update_in_the_heads_launch_decodes_as_the_update_launched_alone(nam
     torch.testing.assert_close(fused_context, split_context, rtol=1e-6, atol=1e-6)
 
 
-@pytest.mark.parametrize("name", ["batch 1", "two row blocks, ragged tiles", "study cell"])
+@pytest.mark.parametrize("name", ["batch 1", "batch 1, ragged", "study cell, batch 1"])
 def test_a_bf16_head_reads_bf16_weights_and_picks_the_best_of_its_own_logits(name):
     # head_dtype=bf16: the head's weights are a bf16 copy, so the logits move by bf16's rounding and no further, the
     # token is the argmax of those logits, and the context (which the head does not touch) is float32's exactly
@@ -133,6 +133,20 @@ def test_a_bf16_head_reads_bf16_weights_and_picks_the_best_of_its_own_logits(nam
         DecodeKernels(model, batch, head_dtype=torch.float16)
 
 
+@pytest.mark.parametrize("name", ["two row blocks, ragged tiles", "study cell"])
+def test_a_bf16_head_asked_for_at_a_larger_batch_keeps_the_float32_head(name):
+    # above batch 1 the bf16 tiles slowed the step down (DecodeKernels' docstring): the float32 head, its logits exact
+    model, batch, token, context = _case(name)
+    expected_logits, _ = model.step(token, context)
+    kernels = DecodeKernels(model, batch, head_dtype=torch.bfloat16)
+    assert kernels.head_dtype == kernels.head[0].dtype == torch.float32
+    kernels.context.copy_(context)
+    logits = torch.empty(batch, model.config.vocab_size, device=DEVICE)
+    kernels.step(token.clone(), torch.zeros(batch, 2, dtype=torch.long, device=DEVICE),
+                 torch.zeros(1, dtype=torch.long, device=DEVICE), logits)  # fmt: skip
+    torch.testing.assert_close(logits, expected_logits, rtol=1e-5, atol=1e-5)
+
+
 def test_cells_and_settings_the_decode_kernels_cannot_take_are_refused():
     with pytest.raises(ValueError, match="prototype cell"):
         GreedyDecoder(_model(residual=True), 2, 4, kernels=True)
@@ -142,6 +156,8 @@ def test_cells_and_settings_the_decode_kernels_cannot_take_are_refused():
         GreedyDecoder(_model(block="mlp", final_norm=True, final_norm_type="rms"), 2, 4, kernels=True)
     with pytest.raises(ValueError, match="float32"):
         GreedyDecoder(_model(), 2, 4, dtype=torch.bfloat16, kernels=True)
+    with pytest.raises(ValueError, match="head_dtype is the decode kernels'"):
+        GreedyDecoder(_model(), 1, 4, head_dtype=torch.bfloat16)
 
 
 def test_the_shared_decoding_path_takes_the_kernels_and_gives_the_forward_paths_tokens():
@@ -154,6 +170,9 @@ def test_the_shared_decoding_path_takes_the_kernels_and_gives_the_forward_paths_
     expected = plain.generate(plain.prefill(prompt))
     assert torch.equal(fast.generate(fast.prefill(prompt)), expected)
     assert fast.backend.kernels is not None
+    # a bf16 head through the same path: batch 2 keeps the float32 head, so the same tokens
+    bf16 = Decoder(model, greedy, graphed=True, kernels=True, head_dtype=torch.bfloat16)
+    assert torch.equal(bf16.generate(bf16.prefill(prompt)), expected)
     with pytest.raises(ValueError, match="kernels"):
         Decoder(model, greedy, kernels=True)  # not graphed
 

@@ -271,7 +271,9 @@ class DecodeKernels:
         see the module's docstring); False gives them a launch of their own. head_dtype=torch.bfloat16 reads a bf16
         copy of the output head (half of the bytes a token reads at full size, summed in float32): a step faster
         where the head's read sets the time, at the cost of bf16's rounding in the logits, so a near-tie can pick
-        another token than float32 would."""
+        another token than float32 would. It applies at batch 1 only: at larger batches the head is a tl.dot over
+        row blocks, and there the bf16 tiles made the step slower, not faster (0.65 against 0.095 ms a token at
+        batch 32 on an H100, docs/performance.md), so those keep the float32 head (`self.head_dtype` says which)."""
         reason = unsupported_reason(model)
         if reason is not None:
             raise ValueError(reason)
@@ -295,7 +297,8 @@ class DecodeKernels:
             head_weight, head_bias = model.model.embed_tokens.weight.detach(), model.lm_head_bias.detach()
         else:
             head_weight, head_bias = model.lm_head.weight.detach(), model.lm_head.bias.detach()
-        self.head = (head_weight.to(head_dtype).contiguous(), head_bias)  # a copy only where head_dtype is bf16
+        self.head_dtype = head_dtype if batch_size == 1 else torch.float32
+        self.head = (head_weight.to(self.head_dtype).contiguous(), head_bias)  # a copy only where it is bf16
         vocab, hidden, size_c = self.table.shape[0], self.table.shape[1], cell.context_size
         self.batch_size, self.vocab, self.hidden, self.size_c = batch_size, vocab, hidden, size_c
         new = self.table.new_empty

@@ -22,7 +22,7 @@ class GreedyDecoder:
     """Greedy continuation of `batch_size` sequences by up to `max_new_tokens` tokens."""
 
     def __init__(self, model, batch_size: int, max_new_tokens: int, dtype: torch.dtype = torch.float32,
-                 kernels: bool = False):  # fmt: skip
+                 kernels: bool = False, head_dtype: torch.dtype = torch.float32):  # fmt: skip
         for name, value in (("batch_size", batch_size), ("max_new_tokens", max_new_tokens)):
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
@@ -39,7 +39,10 @@ class GreedyDecoder:
         self.position = torch.zeros(1, dtype=torch.long, device=device)  # on the device: a replay needs no sync
         # kernels: the step as decode_kernel.py's few Triton kernels (four for the prototype cell) instead of model.step's
         # ~45 (float32 only)
+        # head_dtype: the kernels' copy of the output head (DecodeKernels: bf16 at batch 1 reads half the bytes)
         self.kernels = None
+        if head_dtype != torch.float32 and not kernels:
+            raise ValueError("head_dtype is the decode kernels' (kernels=True); the graphed step reads the model's head")
         if kernels:
             if dtype != torch.float32:
                 raise ValueError("the decode kernels run in float32; decode with dtype=torch.float32")
@@ -48,7 +51,7 @@ class GreedyDecoder:
                 raise ValueError(f"decode kernels: {reason}")
             from newllm.models.new_llm.decode_kernel import DecodeKernels
 
-            self.kernels = DecodeKernels(model, batch_size)
+            self.kernels = DecodeKernels(model, batch_size, head_dtype=head_dtype)
             self.context = self.kernels.context  # the step reads and writes the kernels' own context buffer
         self.graph = None
         if device.type == "cuda":
