@@ -762,6 +762,36 @@ def test_the_four_launch_decode_table_is_its_jsons():
     assert f"{gpt2 / kernel[0]:.1f} times faster than TinyGPT2's static-cache graph and {kernel[0] / 0.02:.1f} times" in readme
 
 
+def test_the_bf16_head_table_is_its_jsons():
+    # performance.md's bf16-head table: decode_launches.py's rows, the repeat within the stated spread, the saving
+    # and the tie with the target as the text gives them
+    def rows(name):
+        results = json.loads((DOCS / "performance" / name).read_text(encoding="utf-8"))
+        assert results["environment"]["gpu"].startswith("NVIDIA H100") and results["environment"]["commit"]
+        return {(r["preset"], r["batch_size"]): r for r in results["rows"]}
+
+    first, repeat = rows("decode_launches_bf16_head_h100.json"), rows("decode_launches_bf16_head_repeat_h100.json")
+    header = "| cell | batch | graph | 4 / 8 launches, fp32 head | bf16 head | bf16 head's tokens = graph's |"
+    lines = [line.strip() for line in table_after(DOCS / "performance.md", header)[2:]]
+    cells = {"full": "prototype", "study": "study (MLP blocks)"}
+    expected = [f"| {cells[preset]} | {batch} | {r['graph']:.4f} | {r['tail']:.4f} | {r['tail_bf16_head']:.4f} | "
+                f"{'yes' if r['tail_bf16_head_same_tokens'] else 'no'} |" for (preset, batch), r in first.items()]  # fmt: skip
+    assert sorted(lines) == sorted(expected)
+    spread = max(abs(repeat[key][way] / r[way] - 1) for key, r in first.items()
+                 for way in ("graph", "tail", "tail_bf16_head"))  # fmt: skip
+    flat = " ".join((DOCS / "performance.md").read_text(encoding="utf-8").replace("**", "").split())
+    assert spread < 0.013 and "is within 1.3 % of it in every cell" in flat
+    p1, s1, p32 = first[("full", 1)], first[("study", 1)], first[("full", 32)]
+    assert p1["tail_bf16_head_same_tokens"] and s1["tail_bf16_head_same_tokens"]
+    assert (f"saves {1000 * (p1['tail'] - p1['tail_bf16_head']):.1f} µs a token for the prototype's cell "
+            f"({p1['tail'] / p1['tail_bf16_head']:.2f} times faster) and {1000 * (s1['tail'] - s1['tail_bf16_head']):.1f} "
+            f"µs for the study's ({s1['tail'] / s1['tail_bf16_head']:.2f} times)") in flat  # fmt: skip
+    under = 100 * (1 - p1["tail_bf16_head"] / 0.02)
+    assert 0 < under < 100 * spread  # under the target, by less than the runs' spread: a tie, as the text says
+    assert f"{p1['tail_bf16_head']:.4f} ms meets the ≤ 0.02 ms target, by {under:.1f} %" in flat
+    assert f"took {p32['tail_bf16_head'] / p32['tail']:.1f} times longer ({p32['tail_bf16_head']:.3f} against" in flat
+
+
 def test_the_peers_step_2_memory_is_its_json():
     # performance.md's peak memory of a step-2 step, and the peer grid's gb_per_run, which allows twice Mamba-2's peak
     results = json.loads((DOCS / "performance" / "step2_memory_mamba2_h100.json").read_text(encoding="utf-8"))
