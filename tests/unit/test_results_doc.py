@@ -790,6 +790,20 @@ def test_the_bf16_head_table_is_its_jsons():
     assert 0 < under < 100 * spread  # under the target, by less than the runs' spread: a tie, as the text says
     assert f"{p1['tail_bf16_head']:.4f} ms meets the ≤ 0.02 ms target, by {under:.1f} %" in flat
     assert f"took {p32['tail_bf16_head'] / p32['tail']:.1f} times longer ({p32['tail_bf16_head']:.3f} against" in flat
+    # the bench's rows: flat to 65,536, the fp32 head, the graph and TinyGPT2 beside it in the same run
+    bench = _decode_ms("decode_kernel_bench_bf16_head_h100.json")
+    bf16, fp32, graphed = ([bench[("new_llm", "fp32", mode, 1, c)] for c in (128, 4096, 65536)]
+                           for mode in ("kernel_bf16_head", "kernel", "graphed"))  # fmt: skip
+    gpt2 = bench[("tinygpt2", "fp32", "graphed", 1, 128)]
+    assert max(bf16) < 1.05 * min(bf16) and max(bf16) < min(fp32)
+    assert f"it misses, by {bf16[0] / 0.02:.1f} times: {bf16[0]:.4f}, {bf16[1]:.4f} and {bf16[2]:.4f} ms a token" in flat
+    assert f"the fp32 head took {fp32[0]:.4f}, {fp32[1]:.4f} and {fp32[2]:.4f} ms" in flat
+    assert f"the graphed decoder {graphed[0]:.4f}, {graphed[1]:.4f} and {graphed[2]:.4f}" in flat
+    assert f"TinyGPT2's static-cache graph {gpt2:.3f} at 128 ({gpt2 / bf16[0]:.1f} times the bf16 head's time)" in flat
+    readme = " ".join((DOCS.parent / "README.md").read_text(encoding="utf-8").split())
+    assert f"{bf16[0]:.3f} ms ({bf16[0] / 0.02:.1f} times) with its output head read in bf16" in readme
+    assert f"the bf16 head now gives the fp32 head's time ({bench[('new_llm', 'fp32', 'kernel_bf16_head', 32, 128)]:.3f} ms, against" in flat
+    assert abs(bench[("new_llm", "fp32", "kernel_bf16_head", 32, 128)] / bench[("new_llm", "fp32", "kernel", 32, 128)] - 1) < 0.1
 
 
 def test_the_peers_step_2_memory_is_its_json():
