@@ -723,16 +723,23 @@ def test_the_five_launch_decode_table_is_its_jsons():
     assert f"{ks32:.3f} against {gs32:.3f} for the study's ({ks32 / gs32:.1f} times)" in flat
 
 
+def _launch_rows(name: str) -> dict:
+    """A committed H100 run of benchmarks/decode_launches.py, its rows by (preset, batch size)."""
+    results = json.loads((DOCS / "performance" / name).read_text(encoding="utf-8"))
+    assert results["environment"]["gpu"].startswith("NVIDIA H100") and results["environment"]["commit"]
+    return {(r["preset"], r["batch_size"]): r for r in results["rows"]}
+
+
+def _flat_rows(bench: dict, mode: str) -> list:
+    """New-LLM's fp32 batch-1 ms per token in `mode` at 128, 4,096 and 65,536 tokens of context (_decode_ms's)."""
+    return [bench[("new_llm", "fp32", mode, 1, context)] for context in (128, 4096, 65536)]
+
+
 def test_the_four_launch_decode_table_is_its_jsons():
     # performance.md's four-launch table: decode_launches.py's rows (graph, five launches, four), the tokens of both
     # kernel variants equal to the graph's, the repeat run within the stated spread, and the bench's sentences
-    def rows(name):
-        results = json.loads((DOCS / "performance" / name).read_text(encoding="utf-8"))
-        assert results["environment"]["gpu"].startswith("NVIDIA H100") and results["environment"]["commit"]
-        assert all(r["split_same_tokens"] and r["tail_same_tokens"] for r in results["rows"])
-        return {(r["preset"], r["batch_size"]): r for r in results["rows"]}
-
-    first, repeat = rows("decode_launches_h100.json"), rows("decode_launches_repeat_h100.json")
+    first, repeat = _launch_rows("decode_launches_h100.json"), _launch_rows("decode_launches_repeat_h100.json")
+    assert all(r["split_same_tokens"] and r["tail_same_tokens"] for r in [*first.values(), *repeat.values()])
     header = "| cell | batch | graph | 5 / 9 launches | 4 / 8 launches |"
     lines = [line.strip() for line in table_after(DOCS / "performance.md", header)[2:]]
     cells = {"full": "prototype", "study": "study (MLP blocks)"}
@@ -749,8 +756,7 @@ def test_the_four_launch_decode_table_is_its_jsons():
     assert f"less than the {1000 * p1['split'] / 5:.1f} µs an average launch took at five" in flat
     assert f"Four dependent launches take {1000 * p1['tail'] / 4:.1f} µs each on average" in flat
     bench = _decode_ms("decode_kernel_bench_tail_h100.json")
-    kernel = [bench[("new_llm", "fp32", "kernel", 1, c)] for c in (128, 4096, 65536)]
-    graphed = [bench[("new_llm", "fp32", "graphed", 1, c)] for c in (128, 4096, 65536)]
+    kernel, graphed = _flat_rows(bench, "kernel"), _flat_rows(bench, "graphed")
     gpt2 = bench[("tinygpt2", "fp32", "graphed", 1, 128)]
     assert max(kernel) < 1.05 * min(kernel)  # flat to 65,536
     assert f"{kernel[0]:.4f}, {kernel[1]:.4f} and {kernel[2]:.4f} ms a token" in flat
@@ -765,12 +771,8 @@ def test_the_four_launch_decode_table_is_its_jsons():
 def test_the_bf16_head_table_is_its_jsons():
     # performance.md's bf16-head table: decode_launches.py's rows, the repeat within the stated spread, the saving
     # and the tie with the target as the text gives them
-    def rows(name):
-        results = json.loads((DOCS / "performance" / name).read_text(encoding="utf-8"))
-        assert results["environment"]["gpu"].startswith("NVIDIA H100") and results["environment"]["commit"]
-        return {(r["preset"], r["batch_size"]): r for r in results["rows"]}
-
-    first, repeat = rows("decode_launches_bf16_head_h100.json"), rows("decode_launches_bf16_head_repeat_h100.json")
+    first = _launch_rows("decode_launches_bf16_head_h100.json")
+    repeat = _launch_rows("decode_launches_bf16_head_repeat_h100.json")
     header = "| cell | batch | graph | 4 / 8 launches, fp32 head | bf16 head | bf16 head's tokens = graph's |"
     lines = [line.strip() for line in table_after(DOCS / "performance.md", header)[2:]]
     cells = {"full": "prototype", "study": "study (MLP blocks)"}
@@ -792,8 +794,7 @@ def test_the_bf16_head_table_is_its_jsons():
     assert f"took {p32['tail_bf16_head'] / p32['tail']:.1f} times longer ({p32['tail_bf16_head']:.3f} against" in flat
     # the bench's rows: flat to 65,536, the fp32 head, the graph and TinyGPT2 beside it in the same run
     bench = _decode_ms("decode_kernel_bench_bf16_head_h100.json")
-    bf16, fp32, graphed = ([bench[("new_llm", "fp32", mode, 1, c)] for c in (128, 4096, 65536)]
-                           for mode in ("kernel_bf16_head", "kernel", "graphed"))  # fmt: skip
+    bf16, fp32, graphed = (_flat_rows(bench, mode) for mode in ("kernel_bf16_head", "kernel", "graphed"))
     gpt2 = bench[("tinygpt2", "fp32", "graphed", 1, 128)]
     assert max(bf16) < 1.05 * min(bf16) and max(bf16) < min(fp32)
     assert f"it misses, by {bf16[0] / 0.02:.1f} times: {bf16[0]:.4f}, {bf16[1]:.4f} and {bf16[2]:.4f} ms a token" in flat
