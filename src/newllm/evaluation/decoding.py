@@ -140,8 +140,9 @@ class Decoder:
 
     dtype: autocast for every forward (float32: none). graphed: greedy runs without stop tokens go
     through New-LLM's `GreedyDecoder` or GPT-2's `StaticCacheDecoder`; kernels: New-LLM's on its few
-    Triton kernels per step (decode_kernel.py), their output head in head_dtype (bf16: at batch 1). keep: for a model with learned positions, a feed that would go
-    past them restarts the cache from the last `keep` tokens instead (chat's sliding window).
+    Triton kernels per step (decode_kernel.py), their output head in head_dtype (bf16: at batch 1).
+    keep: for a model with learned positions, a feed that would go past them restarts the cache from
+    the last `keep` tokens instead (chat's sliding window).
     """
 
     def __init__(
