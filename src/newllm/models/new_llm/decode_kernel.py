@@ -297,8 +297,8 @@ class DecodeKernels:
             head_weight, head_bias = model.model.embed_tokens.weight.detach(), model.lm_head_bias.detach()
         else:
             head_weight, head_bias = model.lm_head.weight.detach(), model.lm_head.bias.detach()
-        self.head_dtype = head_dtype if batch_size == 1 else torch.float32
-        self.head = (head_weight.to(self.head_dtype).contiguous(), head_bias)  # a copy only where it is bf16
+        head_dtype = head_dtype if batch_size == 1 else torch.float32
+        self.head = (head_weight.to(head_dtype).contiguous(), head_bias)  # a copy only where it is bf16
         vocab, hidden, size_c = self.table.shape[0], self.table.shape[1], cell.context_size
         self.batch_size, self.vocab, self.hidden, self.size_c = batch_size, vocab, hidden, size_c
         new = self.table.new_empty
@@ -320,6 +320,11 @@ class DecodeKernels:
         # per row block of the head's launch, how many of its programs are done (TAIL); the last one resets it to 0
         (head_rows, _), _ = self._matmul(3 * size_c, hidden)
         self.counter = torch.zeros(head_rows, dtype=torch.int32, device=self.table.device)
+
+    @property
+    def head_dtype(self) -> torch.dtype:
+        """The dtype the head's weights are read in: bf16 only where asked for at batch 1."""
+        return self.head[0].dtype
 
     def _matmul(self, n: int, k: int) -> tuple[tuple[int, int], dict]:
         """A matmul kernel's grid (row blocks, column tiles) and blocks, for n output columns over k inputs."""
