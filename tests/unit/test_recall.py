@@ -295,6 +295,27 @@ def test_the_cpu_sweeps_tables_in_recall_md_are_their_json():
         assert float(row.split("|")[-2]) == round(run["accuracy"], 3), model
 
 
+def test_the_gpu_sweep_in_recall_md_is_its_json():
+    """The GPU sweep's table (a cell per setting: accuracy at each width) and its loss and keyless claims."""
+    lines, results = _recall_doc("recall_gpu_sweep")
+    runs = results["runs"]
+    settings = [(64, 4), (64, 16), (128, 4)]
+    start = lines.index("| model | state | 64 tokens, 4 pairs | 64 tokens, 16 pairs | 128 tokens, 4 pairs |")
+    rows = {line.split(" | ")[0].lstrip("| "): line.strip("|").split(" | ")[2:] for line in lines[start + 2: start + 7]}
+    assert len(rows) == len(FAMILIES) and {r["seed"] for r in runs} == {0}
+    for family, (_, label) in FAMILIES.items():
+        for (seq_len, pairs), cell in zip(settings, rows[label]):
+            own = sorted((r for r in runs if (r["model"], r["seq_len"], r["pairs"]) == (family, seq_len, pairs)),
+                         key=lambda r: r["width"])  # fmt: skip
+            expected = " / ".join(f"{r['accuracy']:.3f}" for r in own) if own else "–"
+            assert cell.strip() == expected, (label, seq_len, pairs)
+            assert not own or [r["width"] for r in own] == [64, 128, 256, 512]
+    text = " ".join(lines)
+    recurrent = [r["final_loss"] for r in runs if r["model"] != "tinygpt2"]
+    assert f"loss of {min(recurrent):.2f}–{max(recurrent):.2f}" in text and max(r["accuracy"] for r in runs if r["model"] != "tinygpt2") < 0.01
+    assert f"13 of the 60 processes, {len(runs)} runs" in text
+
+
 def _recall_doc(results_folder):
     """docs/recall.md's lines and the recall.json of docs/results/<results_folder>."""
     docs = DEFAULT_CONFIG.parents[2] / "docs"

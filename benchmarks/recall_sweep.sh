@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# `newllm recall`'s sweep split into one process per family × sequence length × pairs × seed, JOBS of them side by
+# side (MPS=1: under one MPS daemon, so they share the GPU's SMs), every seed 0 process first; then one
+# recall.json and plot of all of them.
+#
+#   [CONFIG=configs/recall/sweep.toml] [MODELS="new_llm new_llm_mlp lstm mamba2 tinygpt2"] [SEQ_LENS="64 128"] [PAIRS="4 16"]
+#   [SEEDS="0 1 2"] [JOBS=12] [MPS=1] [DEVICE=cuda] [DEADLINE=<epoch seconds>] benchmarks/recall_sweep.sh RUNS OUT
+#
+# Why processes, not one `newllm recall`: New-LLM's scan is launch-bound, so one process leaves most of the
+# GPU idle; and a process killed at DEADLINE loses only its own runs (recall.json is written at its end).
+# RUNS/<model>_T<len>_p<pairs>_s<seed>/ holds each process's recall.json and log, RUNS/sweep.log what ran and how it
+# ended; OUT gets `newllm recall-collect` of every recall.json that was written.
+set -u
+RUNS=${1:?usage: benchmarks/recall_sweep.sh RUNS OUT}
+OUT=${2:?usage: benchmarks/recall_sweep.sh RUNS OUT}
+CONFIG=${CONFIG:-configs/recall/sweep.toml}
+MODELS=${MODELS:-new_llm new_llm_mlp lstm mamba2 tinygpt2}
+SEQ_LENS=${SEQ_LENS:-64 128}
+PAIRS=${PAIRS:-4 16}
+SEEDS=${SEEDS:-0 1 2}
+JOBS=${JOBS:-12}
+DEVICE=${DEVICE:-cuda}
+python=${PYTHON:-python}
+[ -f "$CONFIG" ] || { echo "recall_sweep.sh: no config $CONFIG" >&2; exit 2; }
+[[ "$JOBS" =~ ^[1-9][0-9]*$ ]] || { echo "recall_sweep.sh: JOBS must be a positive integer, got $JOBS" >&2; exit 2; }
+mkdir -p "$RUNS"
+log() { echo "$(date -u +%H:%M:%S) $*" | tee -a "$RUNS/sweep.log"; }
+if [ "${MPS:-0}" = 1 ]; then
+  source "$(dirname "$0")/mps.sh"
+  start_mps | tee -a "$RUNS/sweep.log"
+fi
+
+one() {  # model seq_len pairs seed: one process of the sweep, cut at DEADLINE
+  local name="$1_T$2_p$3_s$4" limit=""
+  if [ -n "${DEADLINE:-}" ]; then
+    limit=$(( DEADLINE - $(date +%s) ))
+    [ "$limit" -gt 0 ] || { log "$name: not started (deadline)"; return; }
+    limit="timeout $limit"
+  fi
+  log "$name: started"
+  $limit $python -m newllm.cli recall --device "$DEVICE" --config "$CONFIG" --models "$1" --seq-lens "$2" \
+    --pairs "$3" --seeds "$4" --out "$RUNS/$name" > "$RUNS/$name.log" 2>&1
+  log "$name: ended ($?)"
+}
+
+for seed in $SEEDS; do
+  for T in $SEQ_LENS; do
+    for n in $PAIRS; do
+      [ $(( T >= 4 * n )) = 1 ] || continue  # as RecallConfig runs only seq_len >= 4 × pairs
+      for model in $MODELS; do
+        while [ "$(jobs -rp | wc -l)" -ge "$JOBS" ]; do wait -n; done
+        one "$model" "$T" "$n" "$seed" &
+      done
+    done
+  done
+done
+wait
+written=("$RUNS"/*/recall.json)
+[ -f "${written[0]}" ] || { log "no process wrote a recall.json"; exit 1; }
+$python -m newllm.cli recall-collect "${written[@]}" --out "$OUT" > "$RUNS/collect.log" 2>&1
+log "collected ${#written[@]} recall.json into $OUT ($?)"

@@ -1,0 +1,66 @@
+"""benchmarks/recall_sweep.sh on CPU with a tiny config: one process per family × length × pairs × seed, every
+recall.json merged into one; a deadline already passed starts nothing and says so; bad input stops at once."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+SCRIPT = REPO / "benchmarks" / "recall_sweep.sh"
+TINY = """
+widths = [16]
+seq_lens = [16]
+pairs = [2]
+vocab_size = 32
+steps = 2
+batch_size = 4
+train_examples = 32
+test_examples = 8
+eval_every = 2
+eval_batch_size = 8
+cpu_threads = 1
+"""
+
+
+def _sweep(tmp_path, **env):
+    config = tmp_path / "tiny.toml"
+    config.write_text(TINY)
+    env = {**os.environ, "PYTHON": sys.executable, "DEVICE": "cpu", "CONFIG": str(config), "SEQ_LENS": "16 32",
+           "PAIRS": "2 8", **env}  # fmt: skip
+    args = ["bash", str(SCRIPT), str(tmp_path / "runs"), str(tmp_path / "out")]
+    return subprocess.run(args, env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
+
+
+def test_every_process_runs_and_their_results_are_merged(tmp_path):
+    done = _sweep(tmp_path, MODELS="new_llm lstm", SEEDS="0", JOBS="3")
+    assert done.returncode == 0, done.stderr
+    # 16 tokens hold 2 pairs but not 8 (seq_len >= 4 × pairs), so 2 models × 3 settings
+    names = sorted(p.name for p in (tmp_path / "runs").iterdir() if p.is_dir())
+    assert names == sorted(f"{m}_T{t}_p{n}_s{s}" for m in ("new_llm", "lstm") for t, n in ((16, 2), (32, 2), (32, 8))
+                           for s in (0,))  # fmt: skip
+    runs = json.loads((tmp_path / "out" / "recall.json").read_text())["runs"]
+    assert sorted((r["model"], r["seq_len"], r["pairs"], r["seed"]) for r in runs) == sorted(
+        (name.split("_T")[0], int(name.split("_T")[1].split("_")[0]), int(name.split("_p")[1].split("_")[0]),
+         int(name[-1])) for name in names)  # fmt: skip
+    assert (tmp_path / "out" / "recall.png").is_file()
+    log = (tmp_path / "runs" / "sweep.log").read_text()
+    assert log.count(": ended (0)") == len(names) and "collected 6 recall.json" in log
+
+
+def test_a_passed_deadline_starts_nothing(tmp_path):
+    done = _sweep(tmp_path, MODELS="lstm", SEEDS="0", DEADLINE="1")
+    assert done.returncode == 1
+    log = (tmp_path / "runs" / "sweep.log").read_text()
+    assert log.count("not started (deadline)") == 3 and "no process wrote a recall.json" in log
+    assert not (tmp_path / "out").exists()
+
+
+def test_bad_input_stops_before_anything_runs(tmp_path):
+    done = _sweep(tmp_path, JOBS="0")
+    assert done.returncode == 2 and "JOBS must be a positive integer" in done.stderr
+    done = _sweep(tmp_path, CONFIG=str(tmp_path / "missing.toml"))
+    assert done.returncode == 2 and "no config" in done.stderr and not (tmp_path / "runs").exists()
