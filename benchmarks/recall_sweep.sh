@@ -21,6 +21,9 @@ SEEDS=${SEEDS:-0 1 2}
 JOBS=${JOBS:-12}
 DEVICE=${DEVICE:-cuda}
 python=${PYTHON:-python}
+# One intra-op thread per process unless told otherwise, as torchrun sets for its workers: JOBS processes
+# with one thread per core each would oversubscribe the host.
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 [ -f "$CONFIG" ] || { echo "recall_sweep.sh: no config $CONFIG" >&2; exit 2; }
 [[ "$JOBS" =~ ^[1-9][0-9]*$ ]] || { echo "recall_sweep.sh: JOBS must be a positive integer, got $JOBS" >&2; exit 2; }
 mkdir -p "$RUNS"

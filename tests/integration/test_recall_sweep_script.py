@@ -1,5 +1,5 @@
-"""benchmarks/recall_sweep.sh on CPU with a tiny config: one process per family × length × pairs × seed, every
-recall.json merged into one; a deadline already passed starts nothing and says so; bad input stops at once."""
+"""benchmarks/recall_sweep.sh on CPU with a tiny config: one process per family × length × pairs × seed, each on one
+thread, every recall.json merged into one; a deadline already passed starts nothing and says so; bad input stops at once."""
 
 from __future__ import annotations
 
@@ -42,7 +42,9 @@ def test_every_process_runs_and_their_results_are_merged(tmp_path):
     names = sorted(p.name for p in (tmp_path / "runs").iterdir() if p.is_dir())
     assert names == sorted(f"{m}_T{t}_p{n}_s{s}" for m in ("new_llm", "lstm") for t, n in ((16, 2), (32, 2), (32, 8))
                            for s in (0,))  # fmt: skip
-    runs = json.loads((tmp_path / "out" / "recall.json").read_text())["runs"]
+    merged = json.loads((tmp_path / "out" / "recall.json").read_text())
+    runs = merged["runs"]
+    assert [part["environment"]["threads"] for part in merged["parts"]] == [1] * len(names)  # OMP_NUM_THREADS=1
     assert sorted((r["model"], r["seq_len"], r["pairs"], r["seed"]) for r in runs) == sorted(
         (name.split("_T")[0], int(name.split("_T")[1].split("_")[0]), int(name.split("_p")[1].split("_")[0]),
          int(name[-1])) for name in names)  # fmt: skip
