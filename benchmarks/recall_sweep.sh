@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # `newllm recall`'s sweep split into one process per family × sequence length × pairs × seed, JOBS of them side by
 # side (MPS=1: under one MPS daemon, so they share the GPU's SMs), every seed 0 process first; then one
-# recall.json and plot of all of them.
+# recall.json and plot of all of them. The (length, pairs) points are the config's (RecallConfig.settings), or
+# SEQ_LENS × PAIRS where either is given.
 #
-#   [CONFIG=configs/recall/sweep.toml] [MODELS="new_llm new_llm_mlp lstm mamba2 tinygpt2"] [SEQ_LENS="64 128"] [PAIRS="4 16"]
+#   [CONFIG=configs/recall/sweep.toml] [MODELS="new_llm new_llm_mlp lstm mamba2 tinygpt2"] [SEQ_LENS="64 128" PAIRS="4 16"]
 #   [SEEDS="0 1 2"] [JOBS=12] [MPS=1] [DEVICE=cuda] [DEADLINE=<epoch seconds>] benchmarks/recall_sweep.sh RUNS OUT
 #
 # Why processes, not one `newllm recall`: New-LLM's scan is launch-bound, so one process leaves most of the
@@ -15,8 +16,6 @@ RUNS=${1:?usage: benchmarks/recall_sweep.sh RUNS OUT}
 OUT=${2:?usage: benchmarks/recall_sweep.sh RUNS OUT}
 CONFIG=${CONFIG:-configs/recall/sweep.toml}
 MODELS=${MODELS:-new_llm new_llm_mlp lstm mamba2 tinygpt2}
-SEQ_LENS=${SEQ_LENS:-64 128}
-PAIRS=${PAIRS:-4 16}
 SEEDS=${SEEDS:-0 1 2}
 JOBS=${JOBS:-12}
 DEVICE=${DEVICE:-cuda}
@@ -26,6 +25,14 @@ python=${PYTHON:-python}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 [ -f "$CONFIG" ] || { echo "recall_sweep.sh: no config $CONFIG" >&2; exit 2; }
 [[ "$JOBS" =~ ^[1-9][0-9]*$ ]] || { echo "recall_sweep.sh: JOBS must be a positive integer, got $JOBS" >&2; exit 2; }
+if [ -n "${SEQ_LENS:-}${PAIRS:-}" ]; then
+  POINTS=$(for T in ${SEQ_LENS:-64}; do for n in ${PAIRS:-4}; do
+    [ $(( T >= 4 * n )) = 1 ] && echo "$T:$n"; done; done)  # as RecallConfig runs only seq_len >= 4 × pairs
+else
+  POINTS=$($python -c 'import sys; from newllm.recall import load_recall_config as load
+print(" ".join(f"{t}:{n}" for t, n in load(sys.argv[1]).settings()))' "$CONFIG") || {
+    echo "recall_sweep.sh: cannot read the points of $CONFIG" >&2; exit 2; }
+fi
 mkdir -p "$RUNS"
 log() { echo "$(date -u +%H:%M:%S) $*" | tee -a "$RUNS/sweep.log"; }
 if [ "${MPS:-0}" = 1 ]; then
@@ -47,13 +54,10 @@ one() {  # model seq_len pairs seed: one process of the sweep, cut at DEADLINE
 }
 
 for seed in $SEEDS; do
-  for T in $SEQ_LENS; do
-    for n in $PAIRS; do
-      [ $(( T >= 4 * n )) = 1 ] || continue  # as RecallConfig runs only seq_len >= 4 × pairs
-      for model in $MODELS; do
-        while [ "$(jobs -rp | wc -l)" -ge "$JOBS" ]; do wait -n; done
-        one "$model" "$T" "$n" "$seed" &
-      done
+  for point in $POINTS; do
+    for model in $MODELS; do
+      while [ "$(jobs -rp | wc -l)" -ge "$JOBS" ]; do wait -n; done
+      one "$model" "${point%:*}" "${point#*:}" "$seed" &
     done
   done
 done

@@ -61,6 +61,9 @@ class RecallConfig:
     layers: int = 2  # New-LLM's feed-forward layers, GPT-2's blocks, the LSTM's layers
     seq_lens: tuple[int, ...] = (64, 256)
     pairs: tuple[int, ...] = (4, 16)  # every seq_len × pairs with seq_len >= 4 × pairs is run
+    # (seq_len, pairs) points run instead of seq_lens × pairs: Zoology's diagonal, more pairs in longer sequences.
+    # --seq-lens and --pairs on the command line replace them with their product.
+    points: tuple[tuple[int, int], ...] = ()
     vocab_size: int = 8192  # Zoology's: a large vocabulary keeps the keys from being memorised
     power_a: float = 0.01  # Zoology's query gaps (data/mqar.py)
     hide_answers: bool = False  # filler after each query instead of its value, as Zoology (data/mqar.py)
@@ -93,6 +96,11 @@ class RecallConfig:
         for name in ("widths", "seq_lens", "pairs", "models", "seeds"):
             if not getattr(self, name):
                 raise ConfigError(f"{name}: none given")
+        for point in self.points:
+            if len(point) != 2 or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in point):
+                raise ConfigError(f"points: expected [seq_len, pairs] pairs of positive integers, got {list(point)}")
+            if point[0] < 4 * point[1]:
+                raise ConfigError(f"points: seq_len {point[0]} is less than 4 × pairs for {point[1]} pairs")
         unknown = [m for m in self.models if m not in FAMILIES]
         if unknown:
             raise ConfigError(f"models: unknown model {unknown[0]!r}; choose from {', '.join(FAMILIES)}")
@@ -134,7 +142,10 @@ class RecallConfig:
                 raise ConfigError(f"options.{family}: {type(built).__name__} has no argument {unknown[0]!r}")
 
     def settings(self) -> list[tuple[int, int]]:
-        """The (seq_len, pairs) pairs that fit: the pairs and their queries need 4 × pairs tokens."""
+        """The (seq_len, pairs) points of the sweep: `points` if given, else each seq_len × pairs that fits (the pairs and
+        their queries need 4 × pairs tokens)."""
+        if self.points:
+            return [(t, n) for t, n in self.points]
         return [(t, n) for t, n in itertools.product(self.seq_lens, self.pairs) if t >= 4 * n]
 
 
@@ -179,7 +190,10 @@ def load_recall_config(path: str | Path | None, quick: bool = False, overrides: 
             if not isinstance(tables, dict):
                 raise ConfigError(f"options: expected [options.<model>] tables, got {tables!r}")
             config = dataclasses.replace(config, options=tables)
-    config = replace_fields(config, overrides or {})
+    overrides = overrides or {}
+    if any(overrides.get(name) is not None for name in ("seq_lens", "pairs")):
+        config = dataclasses.replace(config, points=())  # the flags name the grid: their product
+    config = replace_fields(config, overrides)
     if options:
         merged = {family: dict(arguments) for family, arguments in config.options.items()}
         for text in options:
@@ -306,6 +320,8 @@ def train_recall(model, train, test, config: RecallConfig, device, seed: int) ->
         if step % config.eval_every == 0 or step == config.steps:
             accuracy = query_accuracy(model, test.input_ids, test.labels, config.eval_batch_size, device)
             history.append([step, accuracy, loss])
+            logger.info("step %d: query accuracy %.3f, training loss %.3f, %.1f ms a step", step, accuracy, loss,
+                        1000 * train_seconds / step)  # fmt: skip
             if accuracy >= config.target:
                 break
     return {"accuracy": accuracy, "steps": step, "reached_target": accuracy >= config.target,

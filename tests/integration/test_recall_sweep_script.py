@@ -26,11 +26,12 @@ cpu_threads = 1
 """
 
 
-def _sweep(tmp_path, **env):
+def _sweep(tmp_path, text=TINY, **env):
     config = tmp_path / "tiny.toml"
-    config.write_text(TINY)
+    config.write_text(text)
     env = {**os.environ, "PYTHON": sys.executable, "DEVICE": "cpu", "CONFIG": str(config), "SEQ_LENS": "16 32",
            "PAIRS": "2 8", **env}  # fmt: skip
+    env = {key: value for key, value in env.items() if value is not None}
     args = ["bash", str(SCRIPT), str(tmp_path / "runs"), str(tmp_path / "out")]
     return subprocess.run(args, env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
 
@@ -51,6 +52,17 @@ def test_every_process_runs_and_their_results_are_merged(tmp_path):
     assert (tmp_path / "out" / "recall.png").is_file()
     log = (tmp_path / "runs" / "sweep.log").read_text()
     assert log.count(": ended (0)") == len(names) and "collected 6 recall.json" in log
+
+
+def test_without_lengths_or_pairs_given_the_config_points_are_run(tmp_path):
+    # the config's own points (a diagonal), not the product of its seq_lens and pairs
+    done = _sweep(tmp_path, TINY + "points = [[32, 8], [16, 2]]\n", SEQ_LENS=None, PAIRS=None, MODELS="lstm",
+                  SEEDS="0")  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    names = sorted(p.name for p in (tmp_path / "runs").iterdir() if p.is_dir())
+    assert names == ["lstm_T16_p2_s0", "lstm_T32_p8_s0"]
+    runs = json.loads((tmp_path / "out" / "recall.json").read_text())["runs"]
+    assert sorted((r["seq_len"], r["pairs"]) for r in runs) == [(16, 2), (32, 8)]
 
 
 def test_a_passed_deadline_starts_nothing(tmp_path):

@@ -241,6 +241,20 @@ def test_bad_settings_are_one_line_errors(overrides, message):
     assert message in str(info.value) and "\n" not in str(info.value)
 
 
+def test_points_replace_the_product_until_the_flags_name_a_grid(tmp_path):
+    path = tmp_path / "diagonal.toml"
+    path.write_text("seq_lens = [64, 512]\npairs = [4, 64]\npoints = [[64, 4], [512, 64]]\nvocab_size = 256\n")
+    assert load_recall_config(path).settings() == [(64, 4), (512, 64)]  # not (512, 4)
+    flagged = load_recall_config(path, overrides={"seq_lens": "512", "pairs": "4"})
+    assert flagged.points == () and flagged.settings() == [(512, 4)]
+    path.write_text("points = [[64, 32]]\nvocab_size = 256\n")
+    with pytest.raises(ConfigError, match="points: seq_len 64 is less than 4 × pairs for 32 pairs"):
+        load_recall_config(path)
+    path.write_text("points = [[64]]\n")
+    with pytest.raises(ConfigError, match=r"points: expected \[seq_len, pairs\]"):
+        load_recall_config(path)
+
+
 def test_bad_flag_exits_1_before_any_work(capsys, tmp_path):
     out = tmp_path / "out"
     assert main(["recall", "--quick", "--widths", "32,40", "--out", str(out)]) == 1
