@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # `newllm recall`'s sweep split into one process per family × sequence length × pairs × seed, JOBS of them side by
-# side (MPS=1: under one MPS daemon, so they share the GPU's SMs), every seed 0 process first; then one
+# side (MPS=1: under one MPS daemon, so they share the GPU's SMs), every seed 0 process first (ORDER=points: point by point, every seed of one before the next); then one
 # recall.json and plot of all of them. The (length, pairs) points are the config's (RecallConfig.settings), or
 # SEQ_LENS × PAIRS where either is given.
 #
 #   [CONFIG=configs/recall/sweep.toml] [MODELS="new_llm new_llm_mlp lstm mamba2 tinygpt2"] [SEQ_LENS="64 128" PAIRS="4 16"]
-#   [SEEDS="0 1 2"] [JOBS=12] [MPS=1] [DEVICE=cuda] [DEADLINE=<epoch seconds>] benchmarks/recall_sweep.sh RUNS OUT
+#   [SEEDS="0 1 2"] [ORDER=seeds|points] [JOBS=12] [MPS=1] [DEVICE=cuda] [DEADLINE=<epoch seconds>] benchmarks/recall_sweep.sh RUNS OUT
 #
 # Why processes, not one `newllm recall`: New-LLM's scan is launch-bound, so one process leaves most of the
 # GPU idle; and a process killed at DEADLINE loses only its own runs (recall.json is written at its end).
@@ -33,8 +33,15 @@ else
 print(" ".join(f"{t}:{n}" for t, n in load(sys.argv[1]).settings()))' "$CONFIG") || {
     echo "recall_sweep.sh: cannot read the points of $CONFIG" >&2; exit 2; }
 fi
-# Within a seed the longest sequences start first, so that the slowest processes are not the last to begin.
-POINTS=$(tr ' ' '\n' <<< "$POINTS" | sort -t: -k1,1nr -k2,2nr)
+ORDER=${ORDER:-seeds}
+case "$ORDER" in
+  # seed by seed, and within a seed the longest sequences first, so the slowest processes do not begin last
+  seeds) POINTS=$(tr ' ' '\n' <<< "$POINTS" | sort -t: -k1,1nr -k2,2nr) ;;
+  # point by point, shortest first, every seed of a point before the next: a deadline then leaves whole
+  # points with all their seeds, and cuts the costliest
+  points) POINTS=$(tr ' ' '\n' <<< "$POINTS" | sort -t: -k1,1n -k2,2n) ;;
+  *) echo "recall_sweep.sh: ORDER must be seeds or points, got $ORDER" >&2; exit 2 ;;
+esac
 mkdir -p "$RUNS"
 log() { echo "$(date -u +%H:%M:%S) $*" | tee -a "$RUNS/sweep.log"; }
 if [ "${MPS:-0}" = 1 ]; then
@@ -55,12 +62,16 @@ one() {  # model seq_len pairs seed: one process of the sweep, cut at DEADLINE
   log "$name: ended ($?)"
 }
 
-for seed in $SEEDS; do
-  for point in $POINTS; do
-    for model in $MODELS; do
-      while [ "$(jobs -rp | wc -l)" -ge "$JOBS" ]; do wait -n; done
-      one "$model" "${point%:*}" "${point#*:}" "$seed" &
-    done
+if [ "$ORDER" = points ]; then
+  ORDERED=$(for point in $POINTS; do for seed in $SEEDS; do echo "$point:$seed"; done; done)
+else
+  ORDERED=$(for seed in $SEEDS; do for point in $POINTS; do echo "$point:$seed"; done; done)
+fi
+for job in $ORDERED; do  # seq_len:pairs:seed
+  IFS=: read -r T n seed <<< "$job"
+  for model in $MODELS; do
+    while [ "$(jobs -rp | wc -l)" -ge "$JOBS" ]; do wait -n; done
+    one "$model" "$T" "$n" "$seed" &
   done
 done
 wait

@@ -65,6 +65,16 @@ def test_without_lengths_or_pairs_given_the_config_points_are_run(tmp_path):
     assert sorted((r["seq_len"], r["pairs"]) for r in runs) == [(16, 2), (32, 8)]
 
 
+def test_points_order_runs_every_seed_of_a_point_before_the_next(tmp_path):
+    done = _sweep(tmp_path, TINY + "points = [[32, 8], [16, 2]]\n", SEQ_LENS=None, PAIRS=None, MODELS="lstm",
+                  SEEDS="0 1", JOBS="1", ORDER="points")  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    started = [line.split()[1].rstrip(":") for line in (tmp_path / "runs" / "sweep.log").read_text().splitlines()
+               if line.endswith("started")]  # fmt: skip
+    assert started == ["lstm_T16_p2_s0", "lstm_T16_p2_s1", "lstm_T32_p8_s0", "lstm_T32_p8_s1"]
+    assert _sweep(tmp_path, ORDER="random").returncode == 2
+
+
 def test_a_passed_deadline_starts_nothing(tmp_path):
     done = _sweep(tmp_path, MODELS="lstm", SEEDS="0", DEADLINE="1")
     assert done.returncode == 1
