@@ -330,6 +330,21 @@ def test_the_first_gpu_sweep_in_recall_md_is_its_json():
     assert f"13 of the 60 processes, {len(runs)} runs" in text
 
 
+def test_the_cpu_step_times_in_recall_md_are_their_jsons():
+    lines, _ = _recall_doc("recall_gpu_sweep_vocab8192")
+    text = " ".join(line.strip() for line in lines)
+    folder = DEFAULT_CONFIG.parents[2] / "docs" / "results" / "recall_step_times_cpu"
+    spans = []
+    for vocab in (8192, 256):
+        timed = json.loads((folder / f"vocab{vocab}.json").read_text(encoding="utf-8"))
+        assert timed["config"]["vocab_size"] == vocab and timed["device"] == "cpu"
+        assert {r["model"] for r in timed["rows"]} == set(FAMILIES) and {r["width"] for r in timed["rows"]} == {64}
+        spans.append(sorted(r["ms_per_step"] for r in timed["rows"]))
+    slow, fast = spans
+    assert f"costs {slow[0] / 1000:.2f}–{slow[-1] / 1000:.2f} s for every family at vocabulary 8,192" in text
+    assert f"against {fast[0]:.0f}–{fast[-1]:.0f} ms at 256" in text
+
+
 def _recall_doc(results_folder):
     """docs/recall.md's lines and the recall.json of docs/results/<results_folder>."""
     docs = DEFAULT_CONFIG.parents[2] / "docs"
