@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # `newllm recall`'s sweep split into one process per family × sequence length × pairs × seed, JOBS of them side by
-# side (MPS=1: under one MPS daemon, so they share the GPU's SMs), every seed 0 process first (ORDER=points: point by point, every seed of one before the next); then one
-# recall.json and plot of all of them. The (length, pairs) points are the config's (RecallConfig.settings), or
-# SEQ_LENS × PAIRS where either is given.
+# side (MPS=1: under one MPS daemon, so they share the GPU's SMs), every seed 0 process first (ORDER=points: point
+# by point, every seed of one before the next); then one recall.json and plot of all of them. The (length, pairs)
+# points are the config's (RecallConfig.settings), or SEQ_LENS × PAIRS where either is given.
 #
 #   [CONFIG=configs/recall/sweep.toml] [MODELS="new_llm new_llm_mlp lstm mamba2 tinygpt2"] [SEQ_LENS="64 128" PAIRS="4 16"]
 #   [SEEDS="0 1 2"] [ORDER=seeds|points] [JOBS=12] [MPS=1] [DEVICE=cuda] [DEADLINE=<epoch seconds>] benchmarks/recall_sweep.sh RUNS OUT
@@ -25,14 +25,13 @@ python=${PYTHON:-python}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 [ -f "$CONFIG" ] || { echo "recall_sweep.sh: no config $CONFIG" >&2; exit 2; }
 [[ "$JOBS" =~ ^[1-9][0-9]*$ ]] || { echo "recall_sweep.sh: JOBS must be a positive integer, got $JOBS" >&2; exit 2; }
-if [ -n "${SEQ_LENS:-}${PAIRS:-}" ]; then
-  POINTS=$(for T in ${SEQ_LENS:-64}; do for n in ${PAIRS:-4}; do
-    [ $(( T >= 4 * n )) = 1 ] && echo "$T:$n"; done; done)  # as RecallConfig runs only seq_len >= 4 × pairs
-else
-  POINTS=$($python -c 'import sys; from newllm.recall import load_recall_config as load
-print(" ".join(f"{t}:{n}" for t, n in load(sys.argv[1]).settings()))' "$CONFIG") || {
-    echo "recall_sweep.sh: cannot read the points of $CONFIG" >&2; exit 2; }
-fi
+# The config's points, or the product of SEQ_LENS and PAIRS where either is given (the other from the config)
+POINTS=$($python -c 'import sys; from newllm.recall import load_recall_config as load
+flags = {k: v.replace(" ", ",") for k, v in zip(("seq_lens", "pairs"), sys.argv[2:]) if v.strip()}
+try:
+    print(" ".join(f"{t}:{n}" for t, n in load(sys.argv[1], overrides=flags).settings()))
+except ValueError as err:
+    sys.exit(f"recall_sweep.sh: {err}")' "$CONFIG" "${SEQ_LENS:-}" "${PAIRS:-}") || exit 2
 ORDER=${ORDER:-seeds}
 case "$ORDER" in
   # seed by seed, and within a seed the longest sequences first, so the slowest processes do not begin last

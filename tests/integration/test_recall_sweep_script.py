@@ -86,5 +86,7 @@ def test_a_passed_deadline_starts_nothing(tmp_path):
 def test_bad_input_stops_before_anything_runs(tmp_path):
     done = _sweep(tmp_path, JOBS="0")
     assert done.returncode == 2 and "JOBS must be a positive integer" in done.stderr
+    done = _sweep(tmp_path, PAIRS="2 x")
+    assert done.returncode == 2 and done.stderr.strip() == "recall_sweep.sh: pairs: expected an integer, got 'x'"
     done = _sweep(tmp_path, CONFIG=str(tmp_path / "missing.toml"))
     assert done.returncode == 2 and "no config" in done.stderr and not (tmp_path / "runs").exists()
