@@ -54,24 +54,17 @@ def test_every_process_runs_and_their_results_are_merged(tmp_path):
     assert log.count(": ended (0)") == len(names) and "collected 6 recall.json" in log
 
 
-def test_without_lengths_or_pairs_given_the_config_points_are_run(tmp_path):
-    # the config's own points (a diagonal), not the product of its seq_lens and pairs
-    done = _sweep(tmp_path, TINY + "points = [[32, 8], [16, 2]]\n", SEQ_LENS=None, PAIRS=None, MODELS="lstm",
-                  SEEDS="0")  # fmt: skip
-    assert done.returncode == 0, done.stderr
-    names = sorted(p.name for p in (tmp_path / "runs").iterdir() if p.is_dir())
-    assert names == ["lstm_T16_p2_s0", "lstm_T32_p8_s0"]
-    runs = json.loads((tmp_path / "out" / "recall.json").read_text())["runs"]
-    assert sorted((r["seq_len"], r["pairs"]) for r in runs) == [(16, 2), (32, 8)]
-
-
-def test_points_order_runs_every_seed_of_a_point_before_the_next(tmp_path):
+def test_the_config_points_run_point_by_point_with_order_points(tmp_path):
+    # without SEQ_LENS or PAIRS the config's own points run (a diagonal, not the product of its seq_lens and
+    # pairs); ORDER=points runs every seed of a point before the next, shortest first
     done = _sweep(tmp_path, TINY + "points = [[32, 8], [16, 2]]\n", SEQ_LENS=None, PAIRS=None, MODELS="lstm",
                   SEEDS="0 1", JOBS="1", ORDER="points")  # fmt: skip
     assert done.returncode == 0, done.stderr
     started = [line.split()[1].rstrip(":") for line in (tmp_path / "runs" / "sweep.log").read_text().splitlines()
                if line.endswith("started")]  # fmt: skip
     assert started == ["lstm_T16_p2_s0", "lstm_T16_p2_s1", "lstm_T32_p8_s0", "lstm_T32_p8_s1"]
+    runs = json.loads((tmp_path / "out" / "recall.json").read_text())["runs"]
+    assert sorted((r["seq_len"], r["pairs"], r["seed"]) for r in runs) == [(16, 2, 0), (16, 2, 1), (32, 8, 0), (32, 8, 1)]
     assert _sweep(tmp_path, ORDER="random").returncode == 2
 
 
