@@ -3,7 +3,7 @@
     python benchmarks/recall_step_times.py [--config configs/recall/sweep.toml] [--models lstm,mamba2]
         [--widths 64,512] [--seq-lens 64,512] [--pairs 4] [--steps 30] [--device cuda] [--out times.json]
 
-For each family × width × sequence length (at the first pairs count that fits), the model is built as the
+For each family × width × sequence length of the config's points (at the first that has it), the model is built as the
 sweep builds it, takes a few warm-up steps (New-LLM captures its CUDA graphs there), then `--steps` timed
 optimizer steps of the sweep's batch through `train_recall`, the sweep's own loop. It prints milliseconds a
 step and the seconds the config's `steps` would take at that speed, the most a run costs before early stop.
@@ -50,19 +50,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--out", help="write the rows here as JSON")
     args = parser.parse_args(argv)
-    flags = {name: getattr(args, name.replace("-", "_")) for name in ("models", "widths", "seq-lens", "pairs")}
+    flags = {name: getattr(args, name) for name in ("models", "widths", "seq_lens", "pairs")}
     try:
-        config = load_recall_config(args.config, overrides={k.replace("-", "_"): v for k, v in flags.items() if v})
+        config = load_recall_config(args.config, overrides={k: v for k, v in flags.items() if v})
     except ValueError as err:
         print(f"recall_step_times.py: {err}", file=sys.stderr)
         return 2
     device = device_from_name(args.device)
     rows = []
+    lengths = {}  # each sequence length of the sweep at its first point: the step's cost is the length's
+    for seq_len, pairs in config.settings():
+        lengths.setdefault(seq_len, pairs)
     for family in config.models:
-        for seq_len in config.seq_lens:
-            pairs = next((n for n in config.pairs if seq_len >= 4 * n), None)
-            if pairs is None:
-                continue
+        for seq_len, pairs in lengths.items():
             for width in config.widths:
                 ms = time_steps(family, width, seq_len, pairs, config, args.steps, device)
                 rows.append({"model": family, "width": width, "seq_len": seq_len, "pairs": pairs,
