@@ -5,8 +5,11 @@
 # points are the config's (RecallConfig.settings), or SEQ_LENS × PAIRS where either is given.
 #
 #   [CONFIG=configs/recall/sweep.toml] [MODELS="new_llm new_llm_mlp lstm mamba2 tinygpt2"] [SEQ_LENS="64 128" PAIRS="4 16"]
-#   [SEEDS="0 1 2"] [ORDER=seeds|points] [JOBS=12] [MPS=1] [DEVICE=cuda] [DEADLINE=<epoch seconds>] benchmarks/recall_sweep.sh RUNS OUT
+#   [SEEDS="0 1 2"] [ORDER=seeds|points] [JOBS=12] [MPS=1] [DEVICE=cuda] [DEADLINE=<epoch seconds>]
+#   [RESUME=<an earlier sweep's recall.json>] benchmarks/recall_sweep.sh RUNS OUT
 #
+# RESUME continues a sweep that a deadline cut, on another day or machine: a process whose runs are all in that
+# file (every width of the config) is not run again, and OUT merges that file's runs with the new ones.
 # Why processes, not one `newllm recall`: New-LLM's scan is launch-bound, so one process leaves most of the
 # GPU idle; and a process killed at DEADLINE loses only its own runs (recall.json is written at its end).
 # RUNS/<model>_T<len>_p<pairs>_s<seed>/ holds each process's recall.json and log, RUNS/sweep.log what ran and how it
@@ -33,14 +36,37 @@ try:
 except ValueError as err:
     sys.exit(f"recall_sweep.sh: {err}")' "$CONFIG" "${SEQ_LENS:-}" "${PAIRS:-}") || exit 2
 ORDER=${ORDER:-seeds}
+points() { tr ' ' '\n' <<< "$POINTS" | sort -t: -k1,1n -k2,2n; }  # seq_len:pairs, shortest first
 case "$ORDER" in
   # seed by seed, and within a seed the longest sequences first, so the slowest processes do not begin last
-  seeds) POINTS=$(tr ' ' '\n' <<< "$POINTS" | sort -t: -k1,1nr -k2,2nr) ;;
+  seeds) ORDERED=$(for seed in $SEEDS; do points | tac | sed "s/\$/:$seed/"; done) ;;
   # point by point, shortest first, every seed of a point before the next: a deadline then leaves whole
   # points with all their seeds, and cuts the costliest
-  points) POINTS=$(tr ' ' '\n' <<< "$POINTS" | sort -t: -k1,1n -k2,2n) ;;
+  points) ORDERED=$(points | while read -r point; do for seed in $SEEDS; do echo "$point:$seed"; done; done) ;;
   *) echo "recall_sweep.sh: ORDER must be seeds or points, got $ORDER" >&2; exit 2 ;;
 esac
+# The processes RESUME already holds, as "<model>_T<len>_p<pairs>_s<seed>" names
+DONE=""
+if [ -n "${RESUME:-}" ]; then
+  DONE=$($python -c 'import json, sys; from newllm.recall import load_recall_config as load
+config, path = sys.argv[1:]
+try:
+    with open(path, encoding="utf-8") as file:
+        runs = json.load(file)["runs"]
+    widths = {}
+    for run in runs:
+        name = "{}_T{}_p{}_s{}".format(*(run[key] for key in ("model", "seq_len", "pairs", "seed")))
+        widths.setdefault(name, set()).add(run["width"])
+except (OSError, ValueError, KeyError, TypeError) as err:
+    sys.exit(f"recall_sweep.sh: RESUME={path} is not a readable recall.json ({type(err).__name__}: {err})")
+wanted = set(load(config).widths)
+for name, have in sorted(widths.items()):
+    if have != wanted:  # rerunning it would put some widths in twice
+        sys.exit(f"recall_sweep.sh: RESUME={path} has {name} at widths {sorted(have)}, the config asks {sorted(wanted)}")
+print(" ".join(sorted(widths)))' "$CONFIG" "$RESUME") || exit 2
+  # an earlier run's recall.json in RUNS would be merged along with RESUME's copy of it
+  if compgen -G "$RUNS/*/recall.json" > /dev/null; then echo "recall_sweep.sh: with RESUME, RUNS must hold no recall.json yet: $RUNS" >&2; exit 2; fi
+fi
 mkdir -p "$RUNS"
 log() { echo "$(date -u +%H:%M:%S) $*" | tee -a "$RUNS/sweep.log"; }
 if [ "${MPS:-0}" = 1 ]; then
@@ -61,20 +87,17 @@ one() {  # model seq_len pairs seed: one process of the sweep, cut at DEADLINE
   log "$name: ended ($?)"
 }
 
-if [ "$ORDER" = points ]; then
-  ORDERED=$(for point in $POINTS; do for seed in $SEEDS; do echo "$point:$seed"; done; done)
-else
-  ORDERED=$(for seed in $SEEDS; do for point in $POINTS; do echo "$point:$seed"; done; done)
-fi
 for job in $ORDERED; do  # seq_len:pairs:seed
   IFS=: read -r T n seed <<< "$job"
   for model in $MODELS; do
+    if [[ " $DONE " == *" ${model}_T${T}_p${n}_s$seed "* ]]; then log "${model}_T${T}_p${n}_s$seed: in RESUME, not run"; continue; fi
     while [ "$(jobs -rp | wc -l)" -ge "$JOBS" ]; do wait -n; done
     one "$model" "$T" "$n" "$seed" &
   done
 done
 wait
+shopt -s nullglob
 written=("$RUNS"/*/recall.json)
-[ -f "${written[0]}" ] || { log "no process wrote a recall.json"; exit 1; }
-$python -m newllm.cli recall-collect "${written[@]}" --out "$OUT" > "$RUNS/collect.log" 2>&1
-log "collected ${#written[@]} recall.json into $OUT ($?)"
+[ ${#written[@]} -gt 0 ] || [ -n "$DONE" ] || { log "no process wrote a recall.json"; exit 1; }
+$python -m newllm.cli recall-collect ${RESUME:+"$RESUME"} "${written[@]}" --out "$OUT" > "$RUNS/collect.log" 2>&1
+log "collected ${#written[@]} recall.json${RESUME:+ and $RESUME} into $OUT ($?)"

@@ -32,7 +32,8 @@ def _sweep(tmp_path, text=TINY, **env):
     env = {**os.environ, "PYTHON": sys.executable, "DEVICE": "cpu", "CONFIG": str(config), "SEQ_LENS": "16 32",
            "PAIRS": "2 8", **env}  # fmt: skip
     env = {key: value for key, value in env.items() if value is not None}
-    args = ["bash", str(SCRIPT), str(tmp_path / "runs"), str(tmp_path / "out")]
+    runs, out = env.pop("RUNS_DIR", "runs"), env.pop("OUT_DIR", "out")
+    args = ["bash", str(SCRIPT), str(tmp_path / runs), str(tmp_path / out)]
     return subprocess.run(args, env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
 
 
@@ -66,6 +67,28 @@ def test_the_config_points_run_point_by_point_with_order_points(tmp_path):
     runs = json.loads((tmp_path / "out" / "recall.json").read_text())["runs"]
     assert sorted((r["seq_len"], r["pairs"], r["seed"]) for r in runs) == [(16, 2, 0), (16, 2, 1), (32, 8, 0), (32, 8, 1)]
     assert _sweep(tmp_path, ORDER="random").returncode == 2
+
+
+def test_resume_runs_only_what_the_earlier_sweep_lacks(tmp_path):
+    first = _sweep(tmp_path, SEQ_LENS="16", PAIRS="2", MODELS="lstm", SEEDS="0", JOBS="1")
+    assert first.returncode == 0, first.stderr
+    earlier = tmp_path / "out" / "recall.json"
+    done = _sweep(tmp_path, SEQ_LENS="16", PAIRS="2", MODELS="lstm", SEEDS="0 1", JOBS="1", RESUME=str(earlier),
+                  RUNS_DIR="runs2", OUT_DIR="out2")  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    log = (tmp_path / "runs2" / "sweep.log").read_text()
+    assert "lstm_T16_p2_s0: in RESUME, not run" in log and "lstm_T16_p2_s1: started" in log and "s0: started" not in log
+    merged = json.loads((tmp_path / "out2" / "recall.json").read_text())
+    assert sorted(r["seed"] for r in merged["runs"]) == [0, 1] and len(merged["parts"]) == 2
+    # bad input: no such file; a file whose process lacks one of the config's widths; RUNS already written
+    missing = _sweep(tmp_path, RESUME=str(tmp_path / "missing.json"), RUNS_DIR="runs3")
+    assert missing.returncode == 2 and "is not a readable recall.json" in missing.stderr
+    (tmp_path / "narrow.json").write_text(json.dumps({"runs": [dict(merged["runs"][0], width=8)]}))
+    narrow = _sweep(tmp_path, RESUME=str(tmp_path / "narrow.json"), RUNS_DIR="runs3")
+    assert narrow.returncode == 2 and "at widths [8], the config asks [16]" in narrow.stderr
+    reused = _sweep(tmp_path, RESUME=str(earlier))  # "runs" holds the first sweep's recall.json
+    assert reused.returncode == 2 and "RUNS must hold no recall.json yet" in reused.stderr
+    assert not (tmp_path / "runs3").exists()
 
 
 def test_a_passed_deadline_starts_nothing(tmp_path):
