@@ -345,6 +345,73 @@ def test_the_cpu_step_times_in_recall_md_are_their_jsons():
     assert f"against {fast[0]:.0f}–{fast[-1]:.0f} ms at 256" in text
 
 
+def test_the_gpu_sweep_at_vocabulary_256_in_recall_md_is_its_json():
+    """Both tables of the vocabulary-256 GPU sweep, the MLP cell's rows from the logs of its cut processes, and
+    the counts, losses and step times the text states."""
+    lines, results = _recall_doc("recall_gpu_sweep")
+    folder = DEFAULT_CONFIG.parents[2] / "docs" / "results" / "recall_gpu_sweep"
+    runs, config = results["runs"], load_recall_config(DEFAULT_CONFIG.parent / "sweep.toml")
+    labels = {label: family for family, (_, label) in FAMILIES.items()}
+    logged = {}  # (width, seed) -> (accuracy, steps) of the MLP cell, which wrote no recall.json
+    for log in sorted((folder / "cut").glob("new_llm_mlp_T64_p4_s*.log")):
+        for width, seed, accuracy, steps in re.findall(r"width (\d+), T=64, 4 pairs, seed (\d+): accuracy ([\d.]+) after "
+                                                       r"(\d+) steps", log.read_text(encoding="utf-8")):  # fmt: skip
+            logged[int(width), int(seed)] = (float(accuracy), int(steps))
+    assert sorted(logged) == [(w, s) for w in (64, 256) for s in (0, 1, 2)]
+
+    start = lines.index("| model | width | state | parameters | accuracy | seeds 0, 1, 2 | steps |")
+    rows = lines[start + 2: lines.index("", start)]
+    assert len(rows) == 14
+    for row in rows:
+        label, width, state, parameters, mean_std, seeds, steps = _cells(row)
+        family, width = labels[label], int(width)
+        assert state == format_bytes(state_bytes(build_model(FAMILIES[family][0],
+                                                             model_config(family, width, config, 64)), 64, "cpu"))
+        if family == "new_llm_mlp":
+            model = build_model(FAMILIES[family][0], model_config(family, width, config, 64))
+            assert parameters == f"{sum(p.numel() for p in model.parameters()):,}"
+            own = [logged[width, seed] for seed in (0, 1, 2)]
+            accuracy = [a for a, _ in own]
+            assert mean_std == f"{statistics.fmean(accuracy):.3f} ± {statistics.stdev(accuracy):.3f}"
+            assert seeds == ", ".join(f"{a:.3f}" for a in accuracy) and steps == ", ".join(str(n) for _, n in own)
+            continue
+        own = sorted((r for r in runs if (r["model"], r["width"], r["seq_len"], r["pairs"]) == (family, width, 64, 4)),
+                     key=lambda r: r["seed"])  # fmt: skip
+        assert [r["seed"] for r in own] == [0, 1, 2] and state == format_bytes(own[0]["state_bytes"])
+        assert parameters == f"{own[0]['parameters']:,}" and f"{mean_std} | {seeds}" == _seed_cells(own)
+        assert steps == ", ".join(str(r["steps"]) for r in own)
+
+    start = lines.index("| model | width | state | accuracy | seeds | steps |")
+    rows = lines[start + 2: lines.index("", start)]
+    longer = [r for r in runs if (r["seq_len"], r["pairs"]) == (128, 8)]
+    assert len(rows) == len({(r["model"], r["width"]) for r in longer}) == 6
+    for row in rows:
+        label, width, state, accuracy, seeds, steps = _cells(row)
+        own = sorted((r for r in longer if (r["model"], r["width"]) == (labels[label], int(width))),
+                     key=lambda r: r["seed"])  # fmt: skip
+        assert state == format_bytes(own[0]["state_bytes"]) and accuracy == _per_seed(own, "accuracy")
+        assert seeds == ", ".join(str(r["seed"]) for r in own) and steps == ", ".join(str(r["steps"]) for r in own)
+
+    text = " ".join(line.strip() for line in lines)
+    assert f"({len(runs) - len(longer)} runs)" in text and f"({len(longer)} runs)" in text
+    assert {r["model"] for r in runs} == set(FAMILIES) - {"new_llm_mlp"}
+    losses = [r["final_loss"] for r in runs if r["model"] == "new_llm"]
+    assert f"final training loss is {min(losses):.2f}–{max(losses):.2f}" in text
+    alone = {(r["model"], r["seq_len"]): r["ms_per_step"] for r in
+             json.loads((folder / "step_times_alone.json").read_text(encoding="utf-8"))["rows"]}  # fmt: skip
+    slow = {family: [r["ms_per_step"] / alone[family, 64] for r in runs
+                     if (r["model"], r["width"], r["seq_len"]) == (family, 256, 64)] for family in ("mamba2", "tinygpt2")}  # fmt: skip
+    assert f"{min(slow['mamba2']):.1f} (Mamba-2) to {max(slow['tinygpt2']):.1f} (TinyGPT2) times slower" in text
+    fastest, slowest = (sorted((ms, family) for (family, seq_len), ms in alone.items() if seq_len == 64)[i] for i in (0, -1))
+    assert f"{fastest[0]:.1f} ms (TinyGPT2) to {slowest[0]:.1f} ms (Mamba-2)" in text
+    assert (fastest[1], slowest[1]) == ("tinygpt2", "mamba2")
+
+
+def _cells(row):
+    """A Markdown table row's cells, stripped."""
+    return [cell.strip() for cell in row.strip().strip("|").split("|")]
+
+
 def _recall_doc(results_folder):
     """docs/recall.md's lines and the recall.json of docs/results/<results_folder>."""
     docs = DEFAULT_CONFIG.parents[2] / "docs"
