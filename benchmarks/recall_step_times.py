@@ -37,8 +37,8 @@ def time_steps(family: str, width: int, seq_len: int, pairs: int, config, steps:
     # eval_every past the end: the only evaluation is the last step's, outside the timed part
     run = dataclasses.replace(config, eval_every=10**9, target=1.0, test_examples=config.eval_batch_size)
     test = mqar(config.vocab_size, pairs, seq_len, run.test_examples, 1, config.power_a, config.hide_answers)
-    train_recall(model, data, test, dataclasses.replace(run, steps=WARMUP_STEPS), device, seed=0)
-    return train_recall(model, data, test, dataclasses.replace(run, steps=steps), device, seed=0)["ms_per_step"]
+    train_recall(model, data, test, test, dataclasses.replace(run, steps=WARMUP_STEPS), device, seed=0)
+    return train_recall(model, data, test, test, dataclasses.replace(run, steps=steps), device, seed=0)["ms_per_step"]
 
 
 def main(argv: list[str] | None = None) -> int:

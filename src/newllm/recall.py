@@ -37,8 +37,10 @@ logger = logging.getLogger(__name__)
 
 RESULTS_VERSION = 1
 DEFAULT_CONFIG = CONFIG_DIR / "recall" / "sweep.toml"  # the GPU sweep
-# Test sets are drawn with seed + this, so no seed of a sweep draws a test set that is another's training set.
+# Test and validation sets are drawn with seed + these, so no seed of a sweep draws a test or validation set that
+# is another's training set, or one that is another's other held-out set.
 TEST_SEED_OFFSET = 1_000_003
+VALID_SEED_OFFSET = 2_000_003
 # The New-LLM cell of the context-vector study (configs/study.toml), run beside the prototype's default cell.
 STUDY_PRESET = "study"
 # New-LLM fields that the sweep sets itself: the width, the depth, and no dropout (MQAR has no noise to regularise).
@@ -71,9 +73,10 @@ class RecallConfig:
     batch_size: int = 64
     train_examples: int = 20_000  # drawn once per setting and seed, cycled through in shuffled passes
     test_examples: int = 1000
+    valid_examples: int | None = None  # what training checks and stops on; None: as many as test_examples
     eval_every: int = 100
     eval_batch_size: int = 250
-    target: float = 0.99  # early stop at this query accuracy on the test set
+    target: float = 0.99  # early stop at this query accuracy on the validation set
     lr: float = 1e-3
     weight_decay: float = 0.1
     warmup: float = 0.1  # fraction of `steps`
@@ -118,6 +121,9 @@ class RecallConfig:
         if not (self.weight_decay >= 0 and 0 <= self.warmup < 1):
             raise ConfigError(f"weight_decay must be >= 0 and warmup in [0, 1), got {self.weight_decay!r} and "
                               f"{self.warmup!r}")  # fmt: skip
+        if self.valid_examples is not None and (isinstance(self.valid_examples, bool)
+                                                or not isinstance(self.valid_examples, int) or self.valid_examples < 1):
+            raise ConfigError(f"valid_examples must be a positive integer, got {self.valid_examples!r}")
         if not 0 < self.target <= 1:
             raise ConfigError(f"target must be in (0, 1], got {self.target!r}")
         if self.fast_path not in FAST_PATHS:
@@ -293,16 +299,17 @@ def _schedule(step: int, steps: int, warmup: int) -> float:
     return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
 
 
-def train_recall(model, train, test, config: RecallConfig, device, seed: int) -> dict:
-    """Train on `train` until `config.target` test accuracy or `config.steps`; the last evaluation and its cost."""
+def train_recall(model, train, valid, test, config: RecallConfig, device, seed: int) -> dict:
+    """Train on `train` until `config.target` accuracy on `valid` or `config.steps`, then read `test` once: the
+    checks, the test accuracy and the cost. The test set decides nothing, not even when to stop."""
     generator = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     warmup = max(1, round(config.warmup * config.steps))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _schedule(s, config.steps, warmup))
     model.to(device).train()
     order = torch.empty(0, dtype=torch.long)
-    accuracy, loss, train_seconds = 0.0, float("nan"), 0.0
-    history = []  # [step, test accuracy, training loss] at each check: where a plateau ends
+    valid_accuracy, loss, train_seconds = 0.0, float("nan"), 0.0
+    history = []  # [step, validation accuracy, training loss] at each check: where a plateau ends
     for step in range(1, config.steps + 1):
         if len(order) < config.batch_size:  # a new shuffled pass over the training set
             order = torch.cat([order, torch.randperm(len(train.input_ids), generator=generator)])
@@ -318,13 +325,14 @@ def train_recall(model, train, test, config: RecallConfig, device, seed: int) ->
         loss = output.loss.item()  # also waits for the GPU, so the time below is the step's
         train_seconds += time.perf_counter() - start
         if step % config.eval_every == 0 or step == config.steps:
-            accuracy = query_accuracy(model, test.input_ids, test.labels, config.eval_batch_size, device)
-            history.append([step, accuracy, loss])
-            logger.info("step %d: query accuracy %.3f, training loss %.3f, %.1f ms a step", step, accuracy, loss,
-                        1000 * train_seconds / step)  # fmt: skip
-            if accuracy >= config.target:
+            valid_accuracy = query_accuracy(model, valid.input_ids, valid.labels, config.eval_batch_size, device)
+            history.append([step, valid_accuracy, loss])
+            logger.info("step %d: validation accuracy %.3f, training loss %.3f, %.1f ms a step", step,
+                        valid_accuracy, loss, 1000 * train_seconds / step)  # fmt: skip
+            if valid_accuracy >= config.target:
                 break
-    return {"accuracy": accuracy, "steps": step, "reached_target": accuracy >= config.target,
+    return {"accuracy": query_accuracy(model, test.input_ids, test.labels, config.eval_batch_size, device),
+            "valid_accuracy": valid_accuracy, "steps": step, "reached_target": valid_accuracy >= config.target,
             "final_loss": loss, "train_seconds": train_seconds, "ms_per_step": 1000 * train_seconds / step,
             "history": history,
             "accuracy_by": accuracy_by_pair(model, test.input_ids, test.labels, config.eval_batch_size, device)}  # fmt: skip
@@ -355,6 +363,8 @@ def run_recall(config: RecallConfig, device: str = "cpu", command: str | None = 
                          config.hide_answers)  # fmt: skip
             test = mqar(config.vocab_size, pairs, seq_len, config.test_examples, seed + TEST_SEED_OFFSET,
                         config.power_a, config.hide_answers)  # fmt: skip
+            valid = mqar(config.vocab_size, pairs, seq_len, config.valid_examples or config.test_examples,
+                         seed + VALID_SEED_OFFSET, config.power_a, config.hide_answers)  # fmt: skip
             for family, width in itertools.product(config.models, config.widths):
                 torch.manual_seed(seed)
                 name = FAMILIES[family][0]
@@ -368,9 +378,10 @@ def run_recall(config: RecallConfig, device: str = "cpu", command: str | None = 
                        # what sets this run apart from another of its family in a merged sweep (recall-collect)
                        "options": config.options.get(family, {}), "lr": config.lr,
                        "weight_decay": config.weight_decay}  # fmt: skip
-                row.update(train_recall(model, train, test, config, device, seed))
-                logger.info("%s width %d, T=%d, %d pairs, seed %d: accuracy %.3f after %d steps",
-                            family, width, seq_len, pairs, seed, row["accuracy"], row["steps"])  # fmt: skip
+                row.update(train_recall(model, train, valid, test, config, device, seed))
+                logger.info("%s width %d, T=%d, %d pairs, seed %d: accuracy %.3f after %d steps (validation %.3f)",
+                            family, width, seq_len, pairs, seed, row["accuracy"], row["steps"],
+                            row["valid_accuracy"])  # fmt: skip
                 runs.append(row)
                 del model
     finally:

@@ -14,6 +14,7 @@ from newllm.cli import main
 from newllm.config import ConfigError, load_config
 from newllm.data.mqar import keyless_accuracy, mqar
 from newllm.models.registry import build_model
+import newllm.recall as recall_module
 from newllm.recall import (
     DEFAULT_CONFIG,
     FAMILIES,
@@ -23,6 +24,7 @@ from newllm.recall import (
     accuracy_by_pair,
     query_accuracy,
     quick_recall_config,
+    run_recall,
     state_bytes,
     study_options,
     train_recall,
@@ -195,16 +197,33 @@ def test_runs_written_before_the_keyless_score_get_their_tasks():
     assert with_keyless(hidden)["runs"][0]["keyless"] == 0.25
 
 
-def test_training_stops_at_the_target(task):
+def test_training_stops_at_the_target_on_the_validation_set_and_reads_the_test_set_once(task):
     config = dataclasses.replace(CONFIG, steps=50, eval_every=5, batch_size=4)
-    row = train_recall(Oracle(3, 64), task, task, config, "cpu", seed=0)
-    assert row["steps"] == 5 and row["reached_target"] and row["accuracy"] == 1.0
+    # the test set's answers all shifted by one value: the oracle misses every one, and no check may see that
+    answers = task.labels != -100
+    shifted = task._replace(labels=torch.where(answers, (task.labels + 1) % 64, task.labels))
+    row = train_recall(Oracle(3, 64), task, task, shifted, config, "cpu", seed=0)
+    assert row["steps"] == 5 and row["reached_target"] and row["valid_accuracy"] == 1.0 and row["accuracy"] == 0.0
     assert [step for step, _, _ in row["history"]] == [5] and row["history"][0][1] == 1.0
+    assert row["accuracy_by"] == {"pair": [0.0] * 3, "query": [0.0] * 3}  # the test set's split
     never = dataclasses.replace(config, steps=7)
-    row = train_recall(Oracle(3, 64, late=True), task, task, never, "cpu", seed=0)
+    row = train_recall(Oracle(3, 64, late=True), task, task, task, never, "cpu", seed=0)
     assert row["steps"] == 7 and not row["reached_target"]  # ran to the end, evaluated at the last step
     assert [step for step, _, _ in row["history"]] == [5, 7]  # every check, the last step's included
     assert [accuracy for _, accuracy, _ in row["history"]] == [0.0, 0.0]
+
+
+def test_the_validation_set_is_drawn_apart_from_the_test_set(monkeypatch):
+    drawn = []
+    real = recall_module.mqar
+    monkeypatch.setattr(recall_module, "mqar", lambda *args: drawn.append(args) or real(*args))
+    config = dataclasses.replace(quick_recall_config(), models=("lstm",), widths=(32,), steps=2, valid_examples=16)
+    run = run_recall(config)["runs"][0]
+    train, test, valid = drawn  # vocab, pairs, seq_len, examples, seed, power_a, hide_answers
+    assert (test[3], valid[3]) == (config.test_examples, 16) and len({train[4], test[4], valid[4]}) == 3
+    assert 0 <= run["valid_accuracy"] <= 1 and run["history"][-1][1] == run["valid_accuracy"]
+    with pytest.raises(ConfigError, match="valid_examples must be a positive integer"):
+        dataclasses.replace(config, valid_examples=0)
 
 
 def test_the_gpu_sweep_covers_three_or_more_state_sizes_per_model():
@@ -840,6 +859,7 @@ def test_the_wide_cell_at_equal_state_is_its_runs():
     assert ran["device"] == "cuda" and ran["runs"][0]["state_bytes"] == 2048
     committed = json.loads(json.dumps(dataclasses.asdict(wide)))  # tuples as the JSON's lists
     assert committed.pop("points") == []  # a field added after the run: its default runs the product, as it ran
+    assert committed.pop("valid_examples") is None  # added after the run, which checked and stopped on its test set
     assert {k: v for k, v in ran["config"].items() if k not in ("models", "seeds")} == {
         k: v for k, v in committed.items() if k not in ("models", "seeds")}
     accuracies = []
