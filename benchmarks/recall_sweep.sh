@@ -6,13 +6,17 @@
 #
 #   [CONFIG=configs/recall/sweep.toml] [MODELS="new_llm new_llm_mlp lstm mamba2 tinygpt2"] [SEQ_LENS="64 128" PAIRS="4 16"]
 #   [SEEDS="0 1 2"] [ORDER=seeds|points] [JOBS=12] [MPS=1] [DEVICE=cuda] [DEADLINE=<epoch seconds>]
-#   [RESUME=<an earlier sweep's recall.json>] benchmarks/recall_sweep.sh RUNS OUT
+#   [RATES="1e-3 3e-3"] [RESUME=<an earlier sweep's recall.json>] benchmarks/recall_sweep.sh RUNS OUT
 #
+# RATES gives every family the same grid of learning rates (one process per rate, the config's lr otherwise):
+# OUT/all_rates/ merges every run, and OUT keeps, per model, width and point, the rate of best mean validation
+# accuracy over the seeds (`newllm recall-collect --best-rate`; the test set takes no part).
 # RESUME continues a sweep that a deadline cut, on another day or machine: a process whose runs are all in that
-# file (every width of the config) is not run again, and OUT merges that file's runs with the new ones.
+# file (every width of the config) is not run again, and OUT merges that file's runs with the new ones. With
+# RATES, RESUME is the earlier OUT/all_rates/recall.json, which holds every rate.
 # Why processes, not one `newllm recall`: New-LLM's scan is launch-bound, so one process leaves most of the
 # GPU idle; and a process killed at DEADLINE loses only its own runs (recall.json is written at its end).
-# RUNS/<model>_T<len>_p<pairs>_s<seed>/ holds each process's recall.json and log, RUNS/sweep.log what ran and how it
+# RUNS/<model>_T<len>_p<pairs>_s<seed>[_lr<rate>]/ holds each process's recall.json and log, RUNS/sweep.log what ran and how it
 # ended; OUT gets `newllm recall-collect` of every recall.json that was written.
 set -u
 RUNS=${1:?usage: benchmarks/recall_sweep.sh RUNS OUT}
@@ -28,13 +32,48 @@ python=${PYTHON:-python}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 [ -f "$CONFIG" ] || { echo "recall_sweep.sh: no config $CONFIG" >&2; exit 2; }
 [[ "$JOBS" =~ ^[1-9][0-9]*$ ]] || { echo "recall_sweep.sh: JOBS must be a positive integer, got $JOBS" >&2; exit 2; }
-# The config's points, or the product of SEQ_LENS and PAIRS where either is given (the other from the config)
-POINTS=$($python -c 'import sys; from newllm.recall import load_recall_config as load
-flags = {k: v.replace(" ", ",") for k, v in zip(("seq_lens", "pairs"), sys.argv[2:]) if v.strip()}
+if [ -n "${RATES:-}" ]; then  # as Python prints them (3e-3 -> 0.003), the spelling of the runs' "lr" in names
+  RATES=$($python -c 'import sys
 try:
-    print(" ".join(f"{t}:{n}" for t, n in load(sys.argv[1], overrides=flags).settings()))
+    rates = [float(rate) for rate in sys.argv[1:]]
 except ValueError as err:
-    sys.exit(f"recall_sweep.sh: {err}")' "$CONFIG" "${SEQ_LENS:-}" "${PAIRS:-}") || exit 2
+    sys.exit(f"recall_sweep.sh: RATES: {err}")
+if not all(rate > 0 for rate in rates):
+    sys.exit("recall_sweep.sh: RATES must be positive")
+print(" ".join(f"{rate:g}" for rate in rates))' $RATES) || exit 2
+fi
+# an earlier run's recall.json in RUNS would be merged along with RESUME's copy of it
+if [ -n "${RESUME:-}" ] && compgen -G "$RUNS/*/recall.json" > /dev/null; then
+  echo "recall_sweep.sh: with RESUME, RUNS must hold no recall.json yet: $RUNS" >&2; exit 2
+fi
+# One Python start (it imports torch) for two lines: the config's (seq_len, pairs) points, or the product of SEQ_LENS
+# and PAIRS where either is given (the other from the config); and the processes RESUME already holds, as
+# "<model>_T<len>_p<pairs>_s<seed>[_lr<rate>]" names
+PLAN=$($python -c 'import json, sys; from newllm.recall import load_recall_config as load
+config, seq_lens, pairs, resume, rates = sys.argv[1:]
+flags = {k: v.replace(" ", ",") for k, v in (("seq_lens", seq_lens), ("pairs", pairs)) if v.strip()}
+try:
+    settings = load(config, overrides=flags)
+except ValueError as err:
+    sys.exit(f"recall_sweep.sh: {err}")
+widths = {}
+if resume:
+    try:
+        with open(resume, encoding="utf-8") as file:
+            for run in json.load(file)["runs"]:
+                name = "{}_T{}_p{}_s{}".format(*(run[key] for key in ("model", "seq_len", "pairs", "seed")))
+                name += f"_lr{run['"'"'lr'"'"']:g}" if rates else ""
+                widths.setdefault(name, set()).add(run["width"])
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        sys.exit(f"recall_sweep.sh: RESUME={resume} is not a readable recall.json ({type(err).__name__}: {err})")
+for name, have in sorted(widths.items()):
+    if have != set(settings.widths):  # rerunning it would put some widths in twice
+        sys.exit(f"recall_sweep.sh: RESUME={resume} has {name} at widths {sorted(have)}, "
+                 f"the config asks {sorted(settings.widths)}")
+print(" ".join(f"{t}:{n}" for t, n in settings.settings()))
+print(" ".join(sorted(widths)))' "$CONFIG" "${SEQ_LENS:-}" "${PAIRS:-}" "${RESUME:-}" "${RATES:-}") || exit 2
+POINTS=$(sed -n 1p <<< "$PLAN")
+DONE=$(sed -n 2p <<< "$PLAN")
 ORDER=${ORDER:-seeds}
 points() { tr ' ' '\n' <<< "$POINTS" | sort -t: -k1,1n -k2,2n; }  # seq_len:pairs, shortest first
 case "$ORDER" in
@@ -45,28 +84,6 @@ case "$ORDER" in
   points) ORDERED=$(points | while read -r point; do for seed in $SEEDS; do echo "$point:$seed"; done; done) ;;
   *) echo "recall_sweep.sh: ORDER must be seeds or points, got $ORDER" >&2; exit 2 ;;
 esac
-# The processes RESUME already holds, as "<model>_T<len>_p<pairs>_s<seed>" names
-DONE=""
-if [ -n "${RESUME:-}" ]; then
-  DONE=$($python -c 'import json, sys; from newllm.recall import load_recall_config as load
-config, path = sys.argv[1:]
-try:
-    with open(path, encoding="utf-8") as file:
-        runs = json.load(file)["runs"]
-    widths = {}
-    for run in runs:
-        name = "{}_T{}_p{}_s{}".format(*(run[key] for key in ("model", "seq_len", "pairs", "seed")))
-        widths.setdefault(name, set()).add(run["width"])
-except (OSError, ValueError, KeyError, TypeError) as err:
-    sys.exit(f"recall_sweep.sh: RESUME={path} is not a readable recall.json ({type(err).__name__}: {err})")
-wanted = set(load(config).widths)
-for name, have in sorted(widths.items()):
-    if have != wanted:  # rerunning it would put some widths in twice
-        sys.exit(f"recall_sweep.sh: RESUME={path} has {name} at widths {sorted(have)}, the config asks {sorted(wanted)}")
-print(" ".join(sorted(widths)))' "$CONFIG" "$RESUME") || exit 2
-  # an earlier run's recall.json in RUNS would be merged along with RESUME's copy of it
-  if compgen -G "$RUNS/*/recall.json" > /dev/null; then echo "recall_sweep.sh: with RESUME, RUNS must hold no recall.json yet: $RUNS" >&2; exit 2; fi
-fi
 mkdir -p "$RUNS"
 log() { echo "$(date -u +%H:%M:%S) $*" | tee -a "$RUNS/sweep.log"; }
 if [ "${MPS:-0}" = 1 ]; then
@@ -74,8 +91,8 @@ if [ "${MPS:-0}" = 1 ]; then
   start_mps | tee -a "$RUNS/sweep.log"
 fi
 
-one() {  # model seq_len pairs seed: one process of the sweep, cut at DEADLINE
-  local name="$1_T$2_p$3_s$4" limit=""
+one() {  # model seq_len pairs seed [rate]: one process of the sweep, cut at DEADLINE
+  local name="$1_T$2_p$3_s$4${5:+_lr$5}" limit=""
   if [ -n "${DEADLINE:-}" ]; then
     limit=$(( DEADLINE - $(date +%s) ))
     [ "$limit" -gt 0 ] || { log "$name: not started (deadline)"; return; }
@@ -83,21 +100,24 @@ one() {  # model seq_len pairs seed: one process of the sweep, cut at DEADLINE
   fi
   log "$name: started"
   $limit $python -m newllm.cli recall --device "$DEVICE" --config "$CONFIG" --models "$1" --seq-lens "$2" \
-    --pairs "$3" --seeds "$4" --out "$RUNS/$name" > "$RUNS/$name.log" 2>&1
+    --pairs "$3" --seeds "$4" ${5:+--lr "$5"} --out "$RUNS/$name" > "$RUNS/$name.log" 2>&1
   log "$name: ended ($?)"
 }
 
 for job in $ORDERED; do  # seq_len:pairs:seed
   IFS=: read -r T n seed <<< "$job"
-  for model in $MODELS; do
-    if [[ " $DONE " == *" ${model}_T${T}_p${n}_s$seed "* ]]; then log "${model}_T${T}_p${n}_s$seed: in RESUME, not run"; continue; fi
+  for model in $MODELS; do for rate in ${RATES:-config}; do
+    [ "$rate" = config ] && rate=""  # the config's own lr
+    name="${model}_T${T}_p${n}_s$seed${rate:+_lr$rate}"
+    if [[ " $DONE " == *" $name "* ]]; then log "$name: in RESUME, not run"; continue; fi
     while [ "$(jobs -rp | wc -l)" -ge "$JOBS" ]; do wait -n; done
-    one "$model" "$T" "$n" "$seed" &
-  done
+    one "$model" "$T" "$n" "$seed" $rate &
+  done; done
 done
 wait
 shopt -s nullglob
 written=("$RUNS"/*/recall.json)
 [ ${#written[@]} -gt 0 ] || [ -n "$DONE" ] || { log "no process wrote a recall.json"; exit 1; }
-$python -m newllm.cli recall-collect ${RESUME:+"$RESUME"} "${written[@]}" --out "$OUT" > "$RUNS/collect.log" 2>&1
-log "collected ${#written[@]} recall.json${RESUME:+ and $RESUME} into $OUT ($?)"
+$python -m newllm.cli recall-collect ${RESUME:+"$RESUME"} "${written[@]}" ${RATES:+--best-rate} --out "$OUT" \
+  > "$RUNS/collect.log" 2>&1
+log "collected ${#written[@]} recall.json${RESUME:+ and $RESUME} into $OUT${RATES:+ (each rate chosen on validation; every run in $OUT/all_rates)} ($?)"

@@ -112,6 +112,10 @@ def build_parser(script: str | None = None) -> argparse.ArgumentParser:
     recall_collect = command("recall-collect", "several recall.json -> one, with its table and figures")
     recall_collect.add_argument("files", nargs="+", metavar="RECALL_JSON", help="recall.json files of `newllm recall`")
     recall_collect.add_argument("--out", required=True, help="where the merged recall.json and its figures go")
+    recall_collect.add_argument("--best-rate", action="store_true",
+                                help="keep, per model, width and point, the learning rate of best mean validation "
+                                     "accuracy over seeds (sweeps run at several --lr, merged); every run goes to "
+                                     "OUT/all_rates")  # fmt: skip
     gen = command("generate", "one prompt -> one response from a checkpoint")
     gen.add_argument("--checkpoint", required=True, help="a model folder, e.g. checkpoints/best_new_llm_dialog")
     gen.add_argument("prompt", help="what the first speaker says")
@@ -174,6 +178,8 @@ def _recall_collect(args) -> int:
 
     from newllm.recall import with_keyless
     from newllm.reporting.recall_plot import (
+        choose_rates,
+        format_rate_choice,
         format_recall_splits,
         format_recall_table,
         merge_recall_results,
@@ -190,7 +196,13 @@ def _recall_collect(args) -> int:
         except json.JSONDecodeError as err:
             raise ValueError(f"{path}: not valid JSON ({err})") from None
     results = merge_recall_results(parts)
-    paths = write_recall_outputs(results, args.out)
+    paths = []
+    if args.best_rate:  # every rate kept beside the choice: a later sweep resumes from it (benchmarks/recall_sweep.sh)
+        every, results = results, choose_rates(results)
+        paths += write_recall_outputs(every, Path(args.out) / "all_rates")
+    paths += write_recall_outputs(results, args.out)
+    if args.best_rate:
+        print("Learning rates chosen on validation accuracy (mean over seeds):\n" + format_rate_choice(results) + "\n")
     print(format_recall_table(results))
     if splits := format_recall_splits(results):
         print("\n" + splits)

@@ -69,25 +69,40 @@ def test_the_config_points_run_point_by_point_with_order_points(tmp_path):
     assert _sweep(tmp_path, ORDER="random").returncode == 2
 
 
-def test_resume_runs_only_what_the_earlier_sweep_lacks(tmp_path):
-    first = _sweep(tmp_path, SEQ_LENS="16", PAIRS="2", MODELS="lstm", SEEDS="0", JOBS="1")
+def test_rates_and_resume(tmp_path):
+    """RATES: one process per rate, every run in OUT/all_rates, the best rate on validation in OUT. RESUME from
+    OUT/all_rates: only the processes it lacks run, and the choice is made again over every seed."""
+    first = _sweep(tmp_path, SEQ_LENS="16", PAIRS="2", MODELS="lstm", SEEDS="0", JOBS="2", RATES="1e-3 3e-3")
     assert first.returncode == 0, first.stderr
-    earlier = tmp_path / "out" / "recall.json"
-    done = _sweep(tmp_path, SEQ_LENS="16", PAIRS="2", MODELS="lstm", SEEDS="0 1", JOBS="1", RESUME=str(earlier),
-                  RUNS_DIR="runs2", OUT_DIR="out2")  # fmt: skip
+    names = sorted(p.name for p in (tmp_path / "runs").iterdir() if p.is_dir())
+    assert names == ["lstm_T16_p2_s0_lr0.001", "lstm_T16_p2_s0_lr0.003"]
+    earlier = tmp_path / "out" / "all_rates" / "recall.json"
+    assert sorted(r["lr"] for r in json.loads(earlier.read_text())["runs"]) == [1e-3, 3e-3]
+
+    done = _sweep(tmp_path, SEQ_LENS="16", PAIRS="2", MODELS="lstm", SEEDS="0 1", JOBS="2", RATES="0.001 0.003",
+                  RESUME=str(earlier), RUNS_DIR="runs2", OUT_DIR="out2")  # fmt: skip
     assert done.returncode == 0, done.stderr
     log = (tmp_path / "runs2" / "sweep.log").read_text()
-    assert "lstm_T16_p2_s0: in RESUME, not run" in log and "lstm_T16_p2_s1: started" in log and "s0: started" not in log
-    merged = json.loads((tmp_path / "out2" / "recall.json").read_text())
-    assert sorted(r["seed"] for r in merged["runs"]) == [0, 1] and len(merged["parts"]) == 2
-    # bad input: no such file; a file whose process lacks one of the config's widths; RUNS already written
+    assert log.count("_s0_lr0.00") == 2 and log.count("in RESUME, not run") == 2 and log.count(": started") == 2
+    every = json.loads((tmp_path / "out2" / "all_rates" / "recall.json").read_text())["runs"]
+    assert sorted((r["seed"], r["lr"]) for r in every) == [(0, 1e-3), (0, 3e-3), (1, 1e-3), (1, 3e-3)]
+    kept = json.loads((tmp_path / "out2" / "recall.json").read_text())
+    (choice,) = kept["rates_chosen"]
+    score = {lr: sum(r["valid_accuracy"] for r in every if r["lr"] == lr) / 2 for lr in (1e-3, 3e-3)}
+    assert choice["lr"] == min(score, key=lambda lr: (-score[lr], lr))  # the best mean on validation, ties to the lower
+    assert sorted((r["seed"], r["lr"]) for r in kept["runs"]) == [(0, choice["lr"]), (1, choice["lr"])]
+
+    # bad input stops before anything runs: no such file; a process lacking one of the config's widths (named
+    # without a rate when RATES is not given); a RUNS already written; a rate that is not a number
     missing = _sweep(tmp_path, RESUME=str(tmp_path / "missing.json"), RUNS_DIR="runs3")
     assert missing.returncode == 2 and "is not a readable recall.json" in missing.stderr
-    (tmp_path / "narrow.json").write_text(json.dumps({"runs": [dict(merged["runs"][0], width=8)]}))
+    (tmp_path / "narrow.json").write_text(json.dumps({"runs": [dict(every[0], width=8)]}))
     narrow = _sweep(tmp_path, RESUME=str(tmp_path / "narrow.json"), RUNS_DIR="runs3")
-    assert narrow.returncode == 2 and "at widths [8], the config asks [16]" in narrow.stderr
+    assert narrow.returncode == 2 and "has lstm_T16_p2_s0 at widths [8], the config asks [16]" in narrow.stderr
     reused = _sweep(tmp_path, RESUME=str(earlier))  # "runs" holds the first sweep's recall.json
     assert reused.returncode == 2 and "RUNS must hold no recall.json yet" in reused.stderr
+    bad = _sweep(tmp_path, RATES="1e-3 fast", RUNS_DIR="runs3")
+    assert bad.returncode == 2 and "RATES: could not convert string to float: 'fast'" in bad.stderr
     assert not (tmp_path / "runs3").exists()
 
 

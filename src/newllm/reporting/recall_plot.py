@@ -34,6 +34,8 @@ def variant(run: Mapping[str, Any], runs: list[Mapping[str, Any]]) -> str:
     the runs differ in them, its learning rate and weight decay; "" for none (a sweep's only variant)."""
     parts = [f"{key}={value}" for key, value in sorted((run.get("options") or {}).items())]
     for key, name in (("lr", "lr"), ("weight_decay", "weight decay")):
+        if key == "lr" and run.get("rate_chosen"):  # chosen per width and point (choose_rates): not a variant
+            continue
         if len({r.get(key) for r in runs if r["model"] == run["model"]}) > 1:
             parts.append(f"{name}={run.get(key):g}")
     return ", ".join(parts)
@@ -231,6 +233,49 @@ def merge_recall_results(parts: list[Mapping[str, Any]]) -> dict:
         provenance += part["parts"] if "parts" in part else [{key: value for key, value in part.items() if key != "runs"}]
     return {"version": versions.pop(), "labels": labels, "seeds": sorted({run["seed"] for run in runs}), "runs": runs,
             "parts": provenance}
+
+
+def choose_rates(results: Mapping[str, Any]) -> dict:
+    """Equal tuning breadth: of the runs of a model (with its options and weight decay) at one width and point,
+    those at the learning rate whose seeds have the best mean validation accuracy; the test accuracy takes no part.
+    Ties go to the lower rate. Every rate must have run the same seeds, and every run must record valid_accuracy.
+    `rates_chosen` lists each choice and every rate's validation score."""
+    runs = results["runs"]
+    unchecked = sum("valid_accuracy" not in run for run in runs)
+    if unchecked:
+        raise ValueError(f"{unchecked} of {len(runs)} runs record no valid_accuracy (they checked the test set): "
+                         f"no rate can be chosen for them on validation")  # fmt: skip
+    groups: dict[tuple, dict[float, list]] = {}
+    for run in runs:
+        key = (run["model"], json.dumps(run.get("options") or {}, sort_keys=True), run.get("weight_decay"),
+               run["width"], run["seq_len"], run["pairs"])  # fmt: skip
+        groups.setdefault(key, {}).setdefault(run["lr"], []).append(run)
+    kept, chosen = set(), []
+    for (model, options, weight_decay, width, seq_len, pairs), by_rate in groups.items():
+        seeds = {lr: sorted(run["seed"] for run in rate_runs) for lr, rate_runs in by_rate.items()}
+        if len({tuple(s) for s in seeds.values()}) > 1:
+            raise ValueError(f"{model} at width {width}, {seq_len} tokens, {pairs} pairs: the rates ran different seeds "
+                             f"({', '.join(f'{lr:g}: {s}' for lr, s in sorted(seeds.items()))})")  # fmt: skip
+        scores = {lr: statistics.fmean(run["valid_accuracy"] for run in rate_runs) for lr, rate_runs in by_rate.items()}
+        best = max(sorted(scores), key=scores.__getitem__)  # the first maximum of the rates in rising order
+        kept.update(id(run) for run in by_rate[best])
+        chosen.append({"model": model, "options": json.loads(options), "weight_decay": weight_decay, "width": width,
+                       "seq_len": seq_len, "pairs": pairs, "lr": best,
+                       "valid_accuracy": {f"{lr:g}": scores[lr] for lr in sorted(scores)}})  # fmt: skip
+    return {**results, "runs": [run | {"rate_chosen": True} for run in runs if id(run) in kept], "rates_chosen": chosen}
+
+
+def format_rate_choice(results: Mapping[str, Any]) -> str:
+    """Markdown table of choose_rates' choices: each rate's mean validation accuracy, the chosen one in bold."""
+    labels = results.get("labels") or {}
+    lines = ["| seq_len | pairs | model | width | rate | validation accuracy at each rate |",
+             "| ---: | ---: | --- | ---: | ---: | --- |"]  # fmt: skip
+    for c in sorted(results["rates_chosen"], key=lambda c: (c["seq_len"], c["pairs"], c["model"], c["width"])):
+        name = labels.get(c["model"], c["model"]) + "".join(f", {k}={v}" for k, v in sorted(c["options"].items()))
+        scores = ", ".join((f"**{lr}: {a:.3f}**" if float(lr) == c["lr"] else f"{lr}: {a:.3f}")
+                           for lr, a in c["valid_accuracy"].items())  # fmt: skip
+        lines.append(f"| {c['seq_len']} | {c['pairs']} | {name} | {c['width']} | {c['lr']:g} | {scores} |")
+    return "\n".join(lines)
 
 
 def write_recall_outputs(results: Mapping[str, Any], out_dir: str | os.PathLike) -> list[Path]:

@@ -6,6 +6,8 @@ import pytest
 
 from newllm.cli import main
 from newllm.reporting.recall_plot import (
+    choose_rates,
+    format_rate_choice,
     format_recall_splits,
     format_recall_table,
     merge_recall_results,
@@ -149,3 +151,45 @@ def test_variants_of_one_model_are_rows_and_lines_of_their_own(tmp_path):
     assert [(r["variant"], r["accuracy"]) for r in rows] == [
         pytest.approx(("weight decay=0", 0.8)), pytest.approx(("weight decay=0.1", 0.15))]
     assert len(write_recall_outputs(merged, tmp_path)) == 3
+
+
+def _rated(lr, width, seed, valid, test):
+    return {**_run("lstm", width, 64, 4, seed, test, 1024), "lr": lr, "weight_decay": 0.1, "options": {},
+            "valid_accuracy": valid}  # fmt: skip
+
+
+def test_the_rate_is_chosen_on_validation_per_width_and_point_and_the_test_set_takes_no_part():
+    runs = [_rated(1e-3, 64, 0, 0.50, 0.90), _rated(1e-3, 64, 1, 0.60, 0.95),  # better on test, worse on validation
+            _rated(3e-3, 64, 0, 0.70, 0.20), _rated(3e-3, 64, 1, 0.80, 0.30),
+            _rated(1e-3, 128, 0, 0.40, 0.40), _rated(3e-3, 128, 0, 0.40, 0.90)]  # a tie: the lower rate
+    chosen = choose_rates({"version": 1, "labels": {"lstm": "LSTM"}, "seeds": [0, 1], "runs": runs})
+    assert [(r["width"], r["lr"], r["seed"]) for r in chosen["runs"]] == [(64, 3e-3, 0), (64, 3e-3, 1), (128, 1e-3, 0)]
+    assert [(c["width"], c["lr"]) for c in chosen["rates_chosen"]] == [(64, 3e-3), (128, 1e-3)]
+    assert chosen["rates_chosen"][0]["valid_accuracy"] == pytest.approx({"0.001": 0.55, "0.003": 0.75})
+    # one line per model although the chosen rates differ between widths
+    assert [r["variant"] for r in summarize(chosen)] == ["", ""]
+    table = format_rate_choice(chosen)
+    assert "| 64 | 4 | LSTM | 64 | 0.003 | 0.001: 0.550, **0.003: 0.750** |" in table
+    with pytest.raises(ValueError, match="1 of 6 runs record no valid_accuracy"):
+        choose_rates({"runs": runs[:-1] + [{k: v for k, v in runs[-1].items() if k != "valid_accuracy"}]})
+    with pytest.raises(ValueError, match=r"the rates ran different seeds \(0.001: \[0, 1\], 0.003: \[0\]\)"):
+        choose_rates({"runs": runs[:3]})
+
+
+def test_recall_collect_best_rate_writes_the_choice(tmp_path, capsys):
+    files = []
+    for lr, valid in ((1e-3, 0.2), (3e-3, 0.6)):
+        files.append(tmp_path / f"{lr:g}.json")
+        files[-1].write_text(json.dumps({"version": 1, "labels": {"lstm": "LSTM"},
+                                         "runs": [_rated(lr, 64, s, valid, 0.5) for s in (0, 1)]}))  # fmt: skip
+    out = tmp_path / "out"
+    assert main(["recall-collect", *map(str, files), "--out", str(out), "--best-rate"]) == 0
+    written = json.loads((out / "recall.json").read_text())
+    assert {r["lr"] for r in written["runs"]} == {3e-3} and written["rates_chosen"][0]["lr"] == 3e-3
+    every = json.loads((out / "all_rates" / "recall.json").read_text())  # what a later sweep resumes from
+    assert sorted(r["lr"] for r in every["runs"]) == [1e-3, 1e-3, 3e-3, 3e-3] and "rates_chosen" not in every
+    assert "**0.003: 0.600**" in capsys.readouterr().out
+    old = tmp_path / "old.json"
+    old.write_text(json.dumps({"version": 1, "runs": [_run("lstm", 64, 64, 4, 0, 0.5, 1024)]}))
+    assert main(["recall-collect", str(old), "--out", str(tmp_path / "out2"), "--best-rate"]) == 1
+    assert "record no valid_accuracy" in capsys.readouterr().err and not (tmp_path / "out2").exists()
