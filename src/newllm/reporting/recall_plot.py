@@ -171,9 +171,19 @@ def plot_recall(results: Mapping[str, Any], path: str | os.PathLike) -> Path:
     return save_figure(fig, path)
 
 
+def checked_set(runs: list[Mapping[str, Any]]) -> str:
+    """Which set the runs' history checked: the validation set, or the test set where a run records no
+    valid_accuracy (written before runs had a validation set)."""
+    validated = ["valid_accuracy" in run for run in runs]
+    if all(validated):
+        return "validation set"
+    return "validation or test set" if any(validated) else "test set"
+
+
 def plot_recall_history(results: Mapping[str, Any], path: str | os.PathLike) -> Path:
-    """Test accuracy against training step, one panel per (seq_len, pairs), a line per run (model colour, a
-    marker per width): where each model leaves chance, or does not."""
+    """Accuracy at each check against training step, one panel per (seq_len, pairs), a line per run (model colour,
+    a marker per width): where each model leaves chance, or does not. The checks read the validation set, or the
+    test set in runs recorded before they had one (no valid_accuracy)."""
     runs = [r for r in results["runs"] if r.get("history")]
     if not runs:
         raise ValueError("no run records its history (recall.json written before `history` was added)")
@@ -203,7 +213,7 @@ def plot_recall_history(results: Mapping[str, Any], path: str | os.PathLike) -> 
         ax.set_title(f"sequence {seq_len}, {pairs} pairs")
         ax.set_xlabel("training step")
         ax.grid(True, alpha=0.3)
-    axes[0].set_ylabel("MQAR accuracy at the queries")
+    axes[0].set_ylabel(f"MQAR accuracy at the queries ({checked_set(runs)})")
     # below the panels, not on them: the lines of a slow learner run through every corner
     handles, names = axes[-1].get_legend_handles_labels()
     ncols = len(settings)  # one column per panel keeps the legend as wide as the figure

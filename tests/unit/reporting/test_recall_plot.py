@@ -6,6 +6,7 @@ import pytest
 
 from newllm.cli import main
 from newllm.reporting.recall_plot import (
+    checked_set,
     choose_rates,
     format_rate_choice,
     format_recall_splits,
@@ -193,3 +194,9 @@ def test_recall_collect_best_rate_writes_the_choice(tmp_path, capsys):
     old.write_text(json.dumps({"version": 1, "runs": [_run("lstm", 64, 64, 4, 0, 0.5, 1024)]}))
     assert main(["recall-collect", str(old), "--out", str(tmp_path / "out2"), "--best-rate"]) == 1
     assert "record no valid_accuracy" in capsys.readouterr().err and not (tmp_path / "out2").exists()
+
+
+def test_the_history_says_which_set_its_checks_read():
+    old, new = _run("lstm", 64, 64, 4, 0, 0.5, 1024), _rated(1e-3, 64, 0, 0.5, 0.5)
+    assert (checked_set([new]), checked_set([old]), checked_set([old, new])) == (
+        "validation set", "test set", "validation or test set")
