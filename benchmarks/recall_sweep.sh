@@ -14,8 +14,10 @@
 # RESUME continues a sweep that a deadline cut, on another day or machine: a process whose runs are all in that
 # file (every width of the config) is not run again, and OUT merges that file's runs with the new ones. With
 # RATES, RESUME is the earlier OUT/all_rates/recall.json, which holds every rate.
+#
 # Why processes, not one `newllm recall`: New-LLM's scan is launch-bound, so one process leaves most of the
-# GPU idle; and a process killed at DEADLINE loses only its own runs (recall.json is written at its end).
+# GPU idle (on an H100, 14 side by side did about 1.5 times the work of one at a time: docs/recall.md); and a
+# process killed at DEADLINE loses only its own runs (recall.json is written at its end).
 # RUNS/<model>_T<len>_p<pairs>_s<seed>[_lr<rate>]/ holds each process's recall.json and log, RUNS/sweep.log what ran and how it
 # ended; OUT gets `newllm recall-collect` of every recall.json that was written.
 set -u
