@@ -63,6 +63,9 @@ if resume:
     try:
         with open(resume, encoding="utf-8") as file:
             for run in json.load(file)["runs"]:
+                if rates and "valid_accuracy" not in run:  # --best-rate would refuse it after the whole sweep
+                    sys.exit(f"recall_sweep.sh: RESUME={resume} has runs without valid_accuracy (checked on the "
+                             f"test set): with RATES each rate is chosen on validation, so they cannot join")
                 name = "{}_T{}_p{}_s{}".format(*(run[key] for key in ("model", "seq_len", "pairs", "seed")))
                 name += f"_lr{run['"'"'lr'"'"']:g}" if rates else ""
                 widths.setdefault(name, set()).add(run["width"])

@@ -93,12 +93,18 @@ def test_rates_and_resume(tmp_path):
     assert sorted((r["seed"], r["lr"]) for r in kept["runs"]) == [(0, choice["lr"]), (1, choice["lr"])]
 
     # bad input stops before anything runs: no such file; a process lacking one of the config's widths (named
-    # without a rate when RATES is not given); a RUNS already written; a rate that is not a number
+    # without a rate when RATES is not given); runs without valid_accuracy under RATES; a RUNS already written;
+    # a rate that is not a number
     missing = _sweep(tmp_path, RESUME=str(tmp_path / "missing.json"), RUNS_DIR="runs3")
     assert missing.returncode == 2 and "is not a readable recall.json" in missing.stderr
     (tmp_path / "narrow.json").write_text(json.dumps({"runs": [dict(every[0], width=8)]}))
     narrow = _sweep(tmp_path, RESUME=str(tmp_path / "narrow.json"), RUNS_DIR="runs3")
     assert narrow.returncode == 2 and "has lstm_T16_p2_s0 at widths [8], the config asks [16]" in narrow.stderr
+    # runs checked on the test set cannot join a choice made on validation: refused before the sweep, not after
+    unvalidated = {key: value for key, value in every[0].items() if key != "valid_accuracy"}
+    (tmp_path / "old.json").write_text(json.dumps({"runs": [unvalidated]}))
+    unchecked = _sweep(tmp_path, RESUME=str(tmp_path / "old.json"), RATES="1e-3", RUNS_DIR="runs3")
+    assert unchecked.returncode == 2 and "has runs without valid_accuracy" in unchecked.stderr
     reused = _sweep(tmp_path, RESUME=str(earlier))  # "runs" holds the first sweep's recall.json
     assert reused.returncode == 2 and "RUNS must hold no recall.json yet" in reused.stderr
     bad = _sweep(tmp_path, RATES="1e-3 fast", RUNS_DIR="runs3")
