@@ -8,6 +8,8 @@ sweep builds it, takes a few warm-up steps (New-LLM captures its CUDA graphs the
 optimizer steps of the sweep's batch through `train_recall`, the sweep's own loop. It prints milliseconds a
 step and the seconds the config's `steps` would take at that speed, the most a run costs before early stop.
 Run it alone on the GPU: processes side by side (benchmarks/recall_sweep.sh) share it and each runs slower.
+`--start-at` (epoch seconds) holds the timed steps until then, so that processes started together
+(benchmarks/recall_side_by_side.sh) time the same window.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import argparse
 import dataclasses
 import json
 import sys
+import time
 
 import torch
 
@@ -27,7 +30,8 @@ from newllm.recall import DEFAULT_CONFIG, FAMILIES, load_recall_config, model_co
 WARMUP_STEPS = 3
 
 
-def time_steps(family: str, width: int, seq_len: int, pairs: int, config, steps: int, device) -> float:
+def time_steps(family: str, width: int, seq_len: int, pairs: int, config, steps: int, device,
+               start_at: float | None = None) -> float:
     """Milliseconds a training step of `family` at `width` takes on (batch_size, seq_len) MQAR batches."""
     data = mqar(config.vocab_size, pairs, seq_len, config.batch_size * 4, 0, config.power_a, config.hide_answers)
     torch.manual_seed(0)
@@ -38,6 +42,8 @@ def time_steps(family: str, width: int, seq_len: int, pairs: int, config, steps:
     run = dataclasses.replace(config, eval_every=10**9, target=1.0, test_examples=config.eval_batch_size)
     test = mqar(config.vocab_size, pairs, seq_len, run.test_examples, 1, config.power_a, config.hide_answers)
     train_recall(model, data, test, test, dataclasses.replace(run, steps=WARMUP_STEPS), device, seed=0)
+    if start_at is not None:
+        time.sleep(max(0.0, start_at - time.time()))
     return train_recall(model, data, test, test, dataclasses.replace(run, steps=steps), device, seed=0)["ms_per_step"]
 
 
@@ -48,6 +54,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.add_argument(f"--{flag}", help="comma-separated; replaces the config's")
     parser.add_argument("--steps", type=int, default=30, help="timed steps per model (after warm-up)")
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--start-at", type=float, help="epoch seconds: each timed part waits for it (after warm-up)")
     parser.add_argument("--out", help="write the rows here as JSON")
     args = parser.parse_args(argv)
     flags = {name: getattr(args, name) for name in ("models", "widths", "seq_lens", "pairs")}
@@ -64,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     for family in config.models:
         for seq_len, pairs in lengths.items():
             for width in config.widths:
-                ms = time_steps(family, width, seq_len, pairs, config, args.steps, device)
+                ms = time_steps(family, width, seq_len, pairs, config, args.steps, device, args.start_at)
                 rows.append({"model": family, "width": width, "seq_len": seq_len, "pairs": pairs,
                              "batch_size": config.batch_size, "ms_per_step": ms,
                              "seconds_for_config_steps": ms * config.steps / 1000})  # fmt: skip

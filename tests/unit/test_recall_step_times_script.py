@@ -38,3 +38,17 @@ def test_a_bad_config_is_a_one_line_error(step_times, capsys, tmp_path):
     assert step_times.main(["--config", str(tmp_path / "missing.toml")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "does not exist" in err
+
+
+def test_start_at_holds_the_timed_steps_until_then(step_times, tmp_path, monkeypatch):
+    config = tmp_path / "small.toml"
+    config.write_text("widths = [16]\nseq_lens = [16]\npairs = [2]\nvocab_size = 64\nbatch_size = 4\n", encoding="utf-8")
+    waits = []
+    monkeypatch.setattr(step_times.time, "sleep", waits.append)
+    monkeypatch.setattr(step_times.time, "time", lambda: 1000.0)
+    args = ["--config", str(config), "--models", "lstm", "--steps", "1", "--device", "cpu"]
+    assert step_times.main([*args, "--start-at", "1012.5"]) == 0
+    assert waits == [12.5]  # after warm-up, once per timed model
+    assert step_times.main([*args, "--start-at", "990"]) == 0 and waits[-1] == 0.0  # already past: no wait
+    waits.clear()
+    assert step_times.main(args) == 0 and waits == []
