@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from newllm.cli import main
 from newllm.config import ConfigError, load_config
 from newllm.data.mqar import keyless_accuracy, mqar
-from newllm.models.registry import build_model
+from newllm.models.registry import build_model, count_parameters
 import newllm.recall as recall_module
 from newllm.recall import (
     DEFAULT_CONFIG,
@@ -384,11 +384,10 @@ def test_the_gpu_sweep_at_vocabulary_256_in_recall_md_is_its_json():
     for row in rows:
         label, width, state, parameters, mean_std, seeds, steps = _cells(row)
         family, width = labels[label], int(width)
-        assert state == format_bytes(state_bytes(build_model(FAMILIES[family][0],
-                                                             model_config(family, width, config, 64)), 64, "cpu"))
+        model = build_model(FAMILIES[family][0], model_config(family, width, config, 64))
+        assert state == format_bytes(state_bytes(model, 64, "cpu"))
         if family == "new_llm_mlp":
-            model = build_model(FAMILIES[family][0], model_config(family, width, config, 64))
-            assert parameters == f"{sum(p.numel() for p in model.parameters()):,}"
+            assert parameters == f"{count_parameters(model):,}"
             own = [logged[width, seed] for seed in (0, 1, 2)]
             accuracy = [a for a, _ in own]
             assert mean_std == f"{statistics.fmean(accuracy):.3f} ± {statistics.stdev(accuracy):.3f}"

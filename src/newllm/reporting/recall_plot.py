@@ -282,7 +282,8 @@ def format_rate_choice(results: Mapping[str, Any]) -> str:
              "| ---: | ---: | --- | ---: | ---: | --- |"]  # fmt: skip
     for c in sorted(results["rates_chosen"], key=lambda c: (c["seq_len"], c["pairs"], c["model"], c["width"])):
         name = labels.get(c["model"], c["model"]) + "".join(f", {k}={v}" for k, v in sorted(c["options"].items()))
-        scores = ", ".join((f"**{lr}: {a:.3f}**" if float(lr) == c["lr"] else f"{lr}: {a:.3f}")
+        chosen = f"{c['lr']:g}"  # valid_accuracy's keys are the rates written the same way
+        scores = ", ".join((f"**{lr}: {a:.3f}**" if lr == chosen else f"{lr}: {a:.3f}")
                            for lr, a in c["valid_accuracy"].items())  # fmt: skip
         lines.append(f"| {c['seq_len']} | {c['pairs']} | {name} | {c['width']} | {c['lr']:g} | {scores} |")
     return "\n".join(lines)
