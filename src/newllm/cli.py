@@ -153,7 +153,12 @@ def _recall_options(parser: argparse.ArgumentParser) -> None:
 
 def _recall(args) -> int:
     from newllm.recall import DEFAULT_CONFIG, load_recall_config, run_recall
-    from newllm.reporting.recall_plot import format_recall_splits, format_recall_table, write_recall_outputs
+    from newllm.reporting.recall_plot import (
+        format_recall_splits,
+        format_recall_table,
+        write_recall_json,
+        write_recall_outputs,
+    )
 
     flags = {key: getattr(args, key) for key in ("models", "widths", "seq_lens", "pairs", "seeds", "steps", "lr",
                                                "weight_decay")}
@@ -163,7 +168,9 @@ def _recall(args) -> int:
     given = {"config": args.config, **flags, "device": args.device, "out": args.out}
     command = ["newllm recall", *(["--quick"] if args.quick else []), *(f"--option {o}" for o in args.option)]
     command += [f"--{key.replace('_', '-')} {value}" for key, value in given.items() if value is not None]
-    results = run_recall(config, args.device, command=" ".join(command))
+    # each finished run is on disk at once (recall.json, "complete": false); the figures come at the end
+    results = run_recall(config, args.device, command=" ".join(command),
+                         on_run=lambda partial: write_recall_json(partial, args.out))
     paths = write_recall_outputs(results, args.out)
     print(format_recall_table(results))
     if splits := format_recall_splits(results):
@@ -446,7 +453,11 @@ def main(argv: list[str] | None = None, script: str | None = None) -> int:
         print(f"newllm: error: {describe_error(err)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("newllm: interrupted; continue with --resume", file=sys.stderr)
+        if args.command == "recall":  # no --resume: each finished run is already on disk
+            print(f"newllm: interrupted; the runs finished so far are in {PurePath(args.out) / 'recall.json'}",
+                  file=sys.stderr)  # fmt: skip
+        else:
+            print("newllm: interrupted; continue with --resume", file=sys.stderr)
         return 130
 
 

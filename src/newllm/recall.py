@@ -349,10 +349,25 @@ def with_keyless(results: dict) -> dict:
     return {**results, "runs": runs}
 
 
-def run_recall(config: RecallConfig, device: str = "cpu", command: str | None = None) -> dict:
-    """Every run of the sweep, as one JSON-ready results dict (provenance at the top, one row per run)."""
+def run_recall(config: RecallConfig, device: str = "cpu", command: str | None = None, on_run=None) -> dict:
+    """Every run of the sweep, as one JSON-ready results dict (provenance at the top, one row per run).
+
+    `on_run(results)` is called after each run but the last with the runs so far, marked "complete": false. The
+    CLI writes them, so a process that a deadline cuts keeps the runs it finished (benchmarks/recall_sweep.sh)."""
     device = device_from_name(device)
     options = study_options() if "new_llm_mlp" in config.models else {}
+    header = {
+        "version": RESULTS_VERSION,
+        "command": command,
+        "config": dataclasses.asdict(config),
+        "study_cell": options,
+        "labels": {family: FAMILIES[family][1] for family in config.models},
+        "seeds": list(config.seeds),
+        "commit": git_commit(),
+        "device": device,
+        "environment": environment(),
+    }
+    total = len(config.seeds) * len(config.settings()) * len(config.models) * len(config.widths)
     before = torch.get_num_threads()
     if config.cpu_threads is not None and torch.device(device).type == "cpu":
         torch.set_num_threads(config.cpu_threads)
@@ -384,18 +399,8 @@ def run_recall(config: RecallConfig, device: str = "cpu", command: str | None = 
                             row["valid_accuracy"])  # fmt: skip
                 runs.append(row)
                 del model
+                if on_run is not None and len(runs) < total:
+                    on_run({**header, "date": utc_now(), "complete": False, "runs": list(runs)})
     finally:
         torch.set_num_threads(before)
-    return {
-        "version": RESULTS_VERSION,
-        "command": command,
-        "config": dataclasses.asdict(config),
-        "study_cell": options,
-        "labels": {family: FAMILIES[family][1] for family in config.models},
-        "seeds": list(config.seeds),
-        "commit": git_commit(),
-        "date": utc_now(),
-        "device": device,
-        "environment": environment(),
-        "runs": runs,
-    }
+    return {**header, "date": utc_now(), "complete": True, "runs": runs}

@@ -112,6 +112,25 @@ def test_rates_and_resume(tmp_path):
     assert not (tmp_path / "runs3").exists()
 
 
+def test_resume_runs_only_the_widths_a_process_lacks(tmp_path):
+    # a process the deadline cut after its first width: its recall.json holds that width only
+    two = TINY.replace("widths = [16]", "widths = [16, 32]")
+    first = _sweep(tmp_path, two, SEQ_LENS="16", PAIRS="2", MODELS="lstm", SEEDS="0")
+    assert first.returncode == 0, first.stderr
+    earlier = json.loads((tmp_path / "runs" / "lstm_T16_p2_s0" / "recall.json").read_text())
+    cut = tmp_path / "cut.json"
+    cut.write_text(json.dumps({**earlier, "complete": False, "runs": [r for r in earlier["runs"] if r["width"] == 16]}))
+
+    done = _sweep(tmp_path, two, SEQ_LENS="16", PAIRS="2", MODELS="lstm", SEEDS="0", RESUME=str(cut),
+                  RUNS_DIR="runs2", OUT_DIR="out2")  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "lstm_T16_p2_s0: started (widths 32)" in (tmp_path / "runs2" / "sweep.log").read_text()
+    new = json.loads((tmp_path / "runs2" / "lstm_T16_p2_s0" / "recall.json").read_text())
+    assert [r["width"] for r in new["runs"]] == [32]
+    merged = json.loads((tmp_path / "out2" / "recall.json").read_text())["runs"]
+    assert sorted(r["width"] for r in merged) == [16, 32]
+
+
 def test_a_passed_deadline_starts_nothing(tmp_path):
     done = _sweep(tmp_path, MODELS="lstm", SEEDS="0", DEADLINE="1")
     assert done.returncode == 1

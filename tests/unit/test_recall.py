@@ -226,6 +226,35 @@ def test_the_validation_set_is_drawn_apart_from_the_test_set(monkeypatch):
         dataclasses.replace(config, valid_examples=0)
 
 
+def test_each_finished_run_is_handed_on_before_the_next_starts():
+    config = dataclasses.replace(quick_recall_config(), models=("lstm",), widths=(32, 48), steps=2)
+    seen = []
+    results = run_recall(config, on_run=seen.append)
+    (partial,) = seen  # after the first run; the last one's results are the return value
+    assert partial["complete"] is False and results["complete"] is True
+    assert [r["width"] for r in partial["runs"]] == [32] and partial["runs"][0] == results["runs"][0]
+    assert {k: v for k, v in partial.items() if k not in ("runs", "date", "complete")} == {
+        k: v for k, v in results.items() if k not in ("runs", "date", "complete")}  # fmt: skip
+
+
+def test_a_process_stopped_mid_sweep_keeps_its_finished_runs_on_disk(capsys, monkeypatch, tmp_path):
+    # as a deadline's `timeout` stops a sweep process: the runs it finished are in its recall.json
+    real, calls = recall_module.train_recall, []
+
+    def second_run_stops(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(recall_module, "train_recall", second_run_stops)
+    assert main(["recall", "--quick", "--models", "lstm", "--steps", "2", "--device", "cpu", "--out", str(tmp_path)]) == 130
+    assert f"the runs finished so far are in {tmp_path / 'recall.json'}" in capsys.readouterr().err
+    written = json.loads((tmp_path / "recall.json").read_text())
+    assert written["complete"] is False and [r["width"] for r in written["runs"]] == [32]
+    assert not list(tmp_path.glob("*.tmp")) and not (tmp_path / "recall.png").exists()
+
+
 def test_the_gpu_sweep_covers_three_or_more_state_sizes_per_model():
     config = load_recall_config(DEFAULT_CONFIG)
     assert set(config.models) == set(FAMILIES)
@@ -364,19 +393,30 @@ def test_the_cpu_step_times_in_recall_md_are_their_jsons():
     assert f"against {fast[0]:.0f}–{fast[-1]:.0f} ms at 256" in text
 
 
+def _logged_runs(folder, seq_len):
+    """(model, width, seed) -> (accuracy, steps) from the logs of sweep processes a deadline cut before they wrote a
+    recall.json: each finished run logs one line."""
+    logged = {}
+    for log in sorted(folder.glob(f"*_T{seq_len}_p*_s*.log")):
+        for model, width, seed, accuracy, steps in re.findall(rf"\] (\w+) width (\d+), T={seq_len}, \d+ pairs, seed (\d+): "
+                                                              r"accuracy ([\d.]+) after (\d+) steps",
+                                                              log.read_text(encoding="utf-8")):  # fmt: skip
+            logged[model, int(width), int(seed)] = (float(accuracy), int(steps))
+    return logged
+
+
 def test_the_gpu_sweep_at_vocabulary_256_in_recall_md_is_its_json():
-    """Both tables of the vocabulary-256 GPU sweep, the MLP cell's rows from the logs of its cut processes, and
+    """Both tables of the vocabulary-256 GPU sweep, the rows and seeds read from the logs of its cut processes, and
     the counts, losses and step times the text states."""
     lines, results = _recall_doc("recall_gpu_sweep")
     folder = DEFAULT_CONFIG.parents[2] / "docs" / "results" / "recall_gpu_sweep"
     runs, config = results["runs"], load_recall_config(DEFAULT_CONFIG.parent / "sweep.toml")
     labels = {label: family for family, (_, label) in FAMILIES.items()}
-    logged = {}  # (width, seed) -> (accuracy, steps) of the MLP cell, which wrote no recall.json
-    for log in sorted((folder / "cut").glob("new_llm_mlp_T64_p4_s*.log")):
-        for width, seed, accuracy, steps in re.findall(r"width (\d+), T=64, 4 pairs, seed (\d+): accuracy ([\d.]+) after "
-                                                       r"(\d+) steps", log.read_text(encoding="utf-8")):  # fmt: skip
-            logged[int(width), int(seed)] = (float(accuracy), int(steps))
-    assert sorted(logged) == [(w, s) for w in (64, 256) for s in (0, 1, 2)]
+    logged = _logged_runs(folder / "cut", 64)  # the MLP cell's, which wrote no recall.json
+    assert sorted(logged) == [("new_llm_mlp", w, s) for w in (64, 256) for s in (0, 1, 2)]
+    # the second lease ran those processes again and was cut at the same width, with the same accuracies
+    again = _logged_runs(folder / "cut_resumed", 64)
+    assert {key: accuracy for key, (accuracy, _) in again.items()} == {key: a for key, (a, _) in logged.items()}
 
     start = lines.index("| model | width | state | parameters | accuracy | seeds 0, 1, 2 | steps |")
     rows = lines[start + 2: lines.index("", start)]
@@ -388,7 +428,7 @@ def test_the_gpu_sweep_at_vocabulary_256_in_recall_md_is_its_json():
         assert state == format_bytes(state_bytes(model, 64, "cpu"))
         if family == "new_llm_mlp":
             assert parameters == f"{count_parameters(model):,}"
-            own = [logged[width, seed] for seed in (0, 1, 2)]
+            own = [logged[family, width, seed] for seed in (0, 1, 2)]
             accuracy = [a for a, _ in own]
             assert mean_std == f"{statistics.fmean(accuracy):.3f} ± {statistics.stdev(accuracy):.3f}"
             assert seeds == ", ".join(f"{a:.3f}" for a in accuracy) and steps == ", ".join(str(n) for _, n in own)
@@ -399,19 +439,35 @@ def test_the_gpu_sweep_at_vocabulary_256_in_recall_md_is_its_json():
         assert parameters == f"{own[0]['parameters']:,}" and f"{mean_std} | {seeds}" == _seed_cells(own)
         assert steps == ", ".join(str(r["steps"]) for r in own)
 
-    start = lines.index("| model | width | state | accuracy | seeds | steps |")
-    rows = lines[start + 2: lines.index("", start)]
+    # 128 tokens: each seed from the recall.json, else from a cut process's log (and then named in the last column)
     longer = [r for r in runs if (r["seq_len"], r["pairs"]) == (128, 8)]
-    assert len(rows) == len({(r["model"], r["width"]) for r in longer}) == 6
+    found = {(r["model"], r["width"], r["seed"]): (r["accuracy"], r["steps"]) for r in longer}
+    from_logs = {key: value for key, value in _logged_runs(folder / "cut_resumed", 128).items() if key not in found}
+    start = lines.index("| model | width | state | accuracy | seeds 0, 1, 2 | steps | read from logs |")
+    rows = lines[start + 2: lines.index("", start)]
+    assert len(rows) == len({(model, width) for model, width, _ in found | from_logs}) == 13
     for row in rows:
-        label, width, state, accuracy, seeds, steps = _cells(row)
-        own = sorted((r for r in longer if (r["model"], r["width"]) == (labels[label], int(width))),
-                     key=lambda r: r["seed"])  # fmt: skip
-        assert state == format_bytes(own[0]["state_bytes"]) and accuracy == _per_seed(own, "accuracy")
-        assert seeds == ", ".join(str(r["seed"]) for r in own) and steps == ", ".join(str(r["steps"]) for r in own)
+        label, width, state, mean_std, seeds, steps, logs = _cells(row)
+        family, width = labels[label], int(width)
+        own = [found.get((family, width, seed)) or from_logs.get((family, width, seed)) for seed in (0, 1, 2)]
+        accuracy = [seed[0] for seed in own if seed]
+        model = build_model(FAMILIES[family][0], model_config(family, width, config, 128))
+        assert state == format_bytes(state_bytes(model, 128, "cpu"))
+        assert mean_std == (f"{statistics.fmean(accuracy):.3f} ± {statistics.stdev(accuracy):.3f}" if len(accuracy) == 3
+                            else "–")  # fmt: skip
+        assert seeds == ", ".join(f"{seed[0]:.3f}" if seed else "–" for seed in own)
+        assert steps == ", ".join(str(seed[1]) if seed else "–" for seed in own)
+        assert logs == (", ".join(str(s) for s in (0, 1, 2) if (family, width, s) in from_logs) or "–")
 
     text = " ".join(line.strip() for line in lines)
-    assert f"({len(runs) - len(longer)} runs)" in text and f"({len(longer)} runs)" in text
+    second = sum("valid_accuracy" in r for r in runs)  # the second lease's runs check a validation set
+    assert f"({len(runs) - len(longer)} runs, the first lease)" in text
+    assert f"({len(longer)} runs, {second} of them in the second lease)" in text
+    assert f"The first lease's {len(runs) - second} runs" in text and f"the second lease's {second} check" in text
+    shortest = _logged_runs(folder / "cut_resumed", 256)
+    assert sorted(shortest) == [(m, 64, 0) for m in ("lstm", "mamba2", "new_llm")]
+    assert (f"the prototype cell {shortest['new_llm', 64, 0][0]:.3f}, the LSTM {shortest['lstm', 64, 0][0]:.3f}, "
+            f"Mamba-2 {shortest['mamba2', 64, 0][0]:.3f}") in text  # fmt: skip
     assert {r["model"] for r in runs} == set(FAMILIES) - {"new_llm_mlp"}
     losses = [r["final_loss"] for r in runs if r["model"] == "new_llm"]
     assert f"final training loss is {min(losses):.2f}–{max(losses):.2f}" in text

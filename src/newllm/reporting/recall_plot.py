@@ -289,11 +289,16 @@ def format_rate_choice(results: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def write_recall_json(results: Mapping[str, Any], out_dir: str | os.PathLike) -> Path:
+    """recall.json under `out_dir`, replaced whole (a reader never sees half a file)."""
+    text = json.dumps(results, indent=2, allow_nan=False) + "\n"
+    return write_atomic(Path(out_dir) / "recall.json", text.encode("utf-8"))
+
+
 def write_recall_outputs(results: Mapping[str, Any], out_dir: str | os.PathLike) -> list[Path]:
     """recall.json and recall.png under `out_dir`."""
     out_dir = Path(out_dir)
-    text = json.dumps(results, indent=2, allow_nan=False) + "\n"
-    paths = [write_atomic(out_dir / "recall.json", text.encode("utf-8")), plot_recall(results, out_dir / "recall.png")]
+    paths = [write_recall_json(results, out_dir), plot_recall(results, out_dir / "recall.png")]
     if any(run.get("history") for run in results["runs"]):
         paths.append(plot_recall_history(results, out_dir / "recall_history.png"))
     return paths
