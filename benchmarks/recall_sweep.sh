@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# `newllm recall`'s sweep split into one process per family × sequence length × pairs × seed, JOBS of them side by
-# side (MPS=1: under one MPS daemon, so they share the GPU's SMs), every seed 0 process first (ORDER=points: point
-# by point, every seed of one before the next); then one recall.json and plot of all of them. The (length, pairs)
+# `newllm recall`'s sweep split into one process per run (family × sequence length × pairs × seed × width), JOBS of
+# them side by side (MPS=1: under one MPS daemon, so they share the GPU's SMs), every seed 0 process first
+# (ORDER=points: point by point, every seed of one before the next), the widest first within a seed; then one
+# recall.json and plot of all of them. The (length, pairs)
 # points are the config's (RecallConfig.settings), or SEQ_LENS × PAIRS where either is given.
 #
 #   [CONFIG=configs/recall/sweep.toml] [MODELS="new_llm new_llm_mlp lstm mamba2 tinygpt2"] [SEQ_LENS="64 128" PAIRS="4 16"]
@@ -11,16 +12,16 @@
 # RATES gives every family the same grid of learning rates (one process per rate, the config's lr otherwise):
 # OUT/all_rates/ merges every run, and OUT keeps, per model, width and point, the rate of best mean validation
 # accuracy over the seeds (`newllm recall-collect --best-rate`; the test set takes no part).
-# RESUME continues a sweep that a deadline cut, on another day or machine: a process whose runs are all in that
-# file (every width of the config) is not run again, one with some of them runs only the widths it lacks, and OUT
-# merges that file's runs with the new ones. With RATES, RESUME is the earlier OUT/all_rates/recall.json, which
+# RESUME continues a sweep that a deadline cut, on another day or machine: a run that file holds is not run again,
+# and OUT merges that file's runs with the new ones. With RATES, RESUME is the earlier OUT/all_rates/recall.json, which
 # holds every rate.
 #
 # Why processes, not one `newllm recall`: New-LLM's scan is launch-bound, so one process leaves most of the
 # GPU idle (on an H100, 14 side by side did about 1.5 times the work of one at a time: docs/recall.md); and a
-# process killed at DEADLINE loses only the run it was in (`newllm recall` rewrites its recall.json after each run).
-# RUNS/<model>_T<len>_p<pairs>_s<seed>[_lr<rate>]/ holds each process's recall.json and log, RUNS/sweep.log what ran and how it
-# ended; OUT gets `newllm recall-collect` of every recall.json that was written.
+# process killed at DEADLINE loses only its own run. Why one run a process: a family's widths run side by side,
+# not one after another, so the slowest family's point ends sooner and a deadline's tail is one run long.
+# RUNS/<model>_T<len>_p<pairs>_s<seed>_w<width>[_lr<rate>]/ holds each process's recall.json and log, RUNS/sweep.log
+# what ran and how it ended; OUT gets `newllm recall-collect` of every recall.json that was written.
 set -u
 RUNS=${1:?usage: benchmarks/recall_sweep.sh RUNS OUT}
 OUT=${2:?usage: benchmarks/recall_sweep.sh RUNS OUT}
@@ -49,9 +50,9 @@ fi
 if [ -n "${RESUME:-}" ] && compgen -G "$RUNS/*/recall.json" > /dev/null; then
   echo "recall_sweep.sh: with RESUME, RUNS must hold no recall.json yet: $RUNS" >&2; exit 2
 fi
-# One Python start (it imports torch) for two lines: the config's (seq_len, pairs) points, or the product of SEQ_LENS
-# and PAIRS where either is given (the other from the config); and the processes RESUME already holds runs of, as
-# "<model>_T<len>_p<pairs>_s<seed>[_lr<rate>]=<the widths it lacks, comma-separated>"
+# One Python start (it imports torch) for three lines: the config's (seq_len, pairs) points, or the product of
+# SEQ_LENS and PAIRS where either is given (the other from the config); the runs RESUME already holds, by their
+# process names; and the config's widths, widest first
 PLAN=$($python -c 'import json, sys; from newllm.recall import load_recall_config as load
 config, seq_lens, pairs, resume, rates = sys.argv[1:]
 flags = {k: v.replace(" ", ",") for k, v in (("seq_lens", seq_lens), ("pairs", pairs)) if v.strip()}
@@ -59,7 +60,7 @@ try:
     settings = load(config, overrides=flags)
 except ValueError as err:
     sys.exit(f"recall_sweep.sh: {err}")
-widths = {}
+held = []  # process names of the runs RESUME holds
 if resume:
     try:
         with open(resume, encoding="utf-8") as file:
@@ -67,23 +68,19 @@ if resume:
                 if rates and "valid_accuracy" not in run:  # --best-rate would refuse it after the whole sweep
                     sys.exit(f"recall_sweep.sh: RESUME={resume} has runs without valid_accuracy (checked on the "
                              f"test set): with RATES each rate is chosen on validation, so they cannot join")
-                name = "{}_T{}_p{}_s{}".format(*(run[key] for key in ("model", "seq_len", "pairs", "seed")))
-                name += f"_lr{run['"'"'lr'"'"']:g}" if rates else ""
-                widths.setdefault(name, set()).add(run["width"])
+                name = "{}_T{}_p{}_s{}_w{}".format(*(run[k] for k in ("model", "seq_len", "pairs", "seed", "width")))
+                if run["width"] not in settings.widths:  # not this sweep: rerunning it would not replace it
+                    sys.exit(f"recall_sweep.sh: RESUME={resume} has {name}, the config asks widths "
+                             f"{sorted(settings.widths)}")
+                held.append(name + (f"_lr{run['"'"'lr'"'"']:g}" if rates else ""))
     except (OSError, ValueError, KeyError, TypeError) as err:
         sys.exit(f"recall_sweep.sh: RESUME={resume} is not a readable recall.json ({type(err).__name__}: {err})")
-for name, have in sorted(widths.items()):
-    if not have <= set(settings.widths):  # a width the config does not ask: not this sweep
-        sys.exit(f"recall_sweep.sh: RESUME={resume} has {name} at widths {sorted(have)}, "
-                 f"the config asks {sorted(settings.widths)}")
 print(" ".join(f"{t}:{n}" for t, n in settings.settings()))
-print(" ".join(f"{name}=" + ",".join(str(w) for w in settings.widths if w not in have)
-               for name, have in sorted(widths.items())))' "$CONFIG" "${SEQ_LENS:-}" "${PAIRS:-}" "${RESUME:-}" "${RATES:-}") || exit 2
+print(" ".join(sorted(held)))
+print(" ".join(str(w) for w in sorted(settings.widths, reverse=True)))' "$CONFIG" "${SEQ_LENS:-}" "${PAIRS:-}" "${RESUME:-}" "${RATES:-}") || exit 2
 POINTS=$(sed -n 1p <<< "$PLAN")
-# the processes RESUME holds runs of, each with the widths it still lacks (none: not run again)
-HELD=$(sed -n 2p <<< "$PLAN")
-declare -A LACKS
-for entry in $HELD; do LACKS[${entry%%=*}]=${entry#*=}; done
+DONE=$(sed -n 2p <<< "$PLAN")
+WIDTHS=$(sed -n 3p <<< "$PLAN")
 ORDER=${ORDER:-seeds}
 points() { tr ' ' '\n' <<< "$POINTS" | sort -t: -k1,1n -k2,2n; }  # seq_len:pairs, shortest first
 case "$ORDER" in
@@ -101,39 +98,33 @@ if [ "${MPS:-0}" = 1 ]; then
   start_mps | tee -a "$RUNS/sweep.log"
 fi
 
-one() {  # model seq_len pairs seed widths [rate]: one process of the sweep, cut at DEADLINE
-  local name="$1_T$2_p$3_s$4${6:+_lr$6}" limit=""
+one() {  # model seq_len pairs seed width [rate]: one process of the sweep, cut at DEADLINE
+  local name="$1_T$2_p$3_s$4_w$5${6:+_lr$6}" limit=""
   if [ -n "${DEADLINE:-}" ]; then
     limit=$(( DEADLINE - $(date +%s) ))
     [ "$limit" -gt 0 ] || { log "$name: not started (deadline)"; return; }
     limit="timeout $limit"
   fi
-  log "$name: started${5:+ (widths $5)}"
+  log "$name: started"
   $limit $python -m newllm.cli recall --device "$DEVICE" --config "$CONFIG" --models "$1" --seq-lens "$2" \
-    --pairs "$3" --seeds "$4" ${5:+--widths "$5"} ${6:+--lr "$6"} --out "$RUNS/$name" > "$RUNS/$name.log" 2>&1
-  local status=$?
-  # recall.json holds every run finished so far, so a process the deadline cut (124) keeps its finished widths
-  log "$name: ended ($status)$( [ "$status" = 124 ] && echo ", cut at the deadline")"
+    --pairs "$3" --seeds "$4" --widths "$5" ${6:+--lr "$6"} --out "$RUNS/$name" > "$RUNS/$name.log" 2>&1
+  log "$name: ended ($?)"
 }
 
 for job in $ORDERED; do  # seq_len:pairs:seed
   IFS=: read -r T n seed <<< "$job"
-  for model in $MODELS; do for rate in ${RATES:-config}; do
+  for width in $WIDTHS; do for model in $MODELS; do for rate in ${RATES:-config}; do
     [ "$rate" = config ] && rate=""  # the config's own lr
-    name="${model}_T${T}_p${n}_s$seed${rate:+_lr$rate}"
-    widths=""
-    if [ -n "${LACKS[$name]+set}" ]; then
-      widths=${LACKS[$name]}
-      [ -n "$widths" ] || { log "$name: in RESUME, not run"; continue; }
-    fi
+    name="${model}_T${T}_p${n}_s${seed}_w$width${rate:+_lr$rate}"
+    if [[ " $DONE " == *" $name "* ]]; then log "$name: in RESUME, not run"; continue; fi
     while [ "$(jobs -rp | wc -l)" -ge "$JOBS" ]; do wait -n; done
-    one "$model" "$T" "$n" "$seed" "$widths" $rate &
-  done; done
+    one "$model" "$T" "$n" "$seed" "$width" $rate &
+  done; done; done
 done
 wait
 shopt -s nullglob
 written=("$RUNS"/*/recall.json)
-[ ${#written[@]} -gt 0 ] || [ -n "$HELD" ] || { log "no process wrote a recall.json"; exit 1; }
+[ ${#written[@]} -gt 0 ] || [ -n "$DONE" ] || { log "no process wrote a recall.json"; exit 1; }
 $python -m newllm.cli recall-collect ${RESUME:+"$RESUME"} "${written[@]}" ${RATES:+--best-rate} --out "$OUT" \
   > "$RUNS/collect.log" 2>&1
 log "collected ${#written[@]} recall.json${RESUME:+ and $RESUME} into $OUT${RATES:+ (each rate chosen on validation; every run in $OUT/all_rates)} ($?)"

@@ -1,10 +1,11 @@
-"""benchmarks/recall_sweep.sh on CPU with a tiny config: one process per family × length × pairs × seed, each on one
-thread, every recall.json merged into one; a deadline already passed starts nothing and says so; bad input stops at once."""
+"""benchmarks/recall_sweep.sh on CPU with a tiny config: one process per family × length × pairs × seed × width, each on
+one thread, every recall.json merged into one; a deadline already passed starts nothing and says so; bad input stops at once."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -42,14 +43,13 @@ def test_every_process_runs_and_their_results_are_merged(tmp_path):
     assert done.returncode == 0, done.stderr
     # 16 tokens hold 2 pairs but not 8 (seq_len >= 4 × pairs), so 2 models × 3 settings
     names = sorted(p.name for p in (tmp_path / "runs").iterdir() if p.is_dir())
-    assert names == sorted(f"{m}_T{t}_p{n}_s{s}" for m in ("new_llm", "lstm") for t, n in ((16, 2), (32, 2), (32, 8))
-                           for s in (0,))  # fmt: skip
+    assert names == sorted(f"{m}_T{t}_p{n}_s0_w16" for m in ("new_llm", "lstm") for t, n in ((16, 2), (32, 2), (32, 8)))
     merged = json.loads((tmp_path / "out" / "recall.json").read_text())
     runs = merged["runs"]
     assert [part["environment"]["threads"] for part in merged["parts"]] == [1] * len(names)  # OMP_NUM_THREADS=1
-    assert sorted((r["model"], r["seq_len"], r["pairs"], r["seed"]) for r in runs) == sorted(
-        (name.split("_T")[0], int(name.split("_T")[1].split("_")[0]), int(name.split("_p")[1].split("_")[0]),
-         int(name[-1])) for name in names)  # fmt: skip
+    named = [re.fullmatch(r"(\w+)_T(\d+)_p(\d+)_s(\d+)_w(\d+)", name).groups() for name in names]
+    assert sorted((r["model"], r["seq_len"], r["pairs"], r["seed"], r["width"]) for r in runs) == sorted(
+        (model, *map(int, numbers)) for model, *numbers in named)  # fmt: skip
     assert (tmp_path / "out" / "recall.png").is_file()
     log = (tmp_path / "runs" / "sweep.log").read_text()
     assert log.count(": ended (0)") == len(names) and "collected 6 recall.json" in log
@@ -63,7 +63,7 @@ def test_the_config_points_run_point_by_point_with_order_points(tmp_path):
     assert done.returncode == 0, done.stderr
     started = [line.split()[1].rstrip(":") for line in (tmp_path / "runs" / "sweep.log").read_text().splitlines()
                if line.endswith("started")]  # fmt: skip
-    assert started == ["lstm_T16_p2_s0", "lstm_T16_p2_s1", "lstm_T32_p8_s0", "lstm_T32_p8_s1"]
+    assert started == ["lstm_T16_p2_s0_w16", "lstm_T16_p2_s1_w16", "lstm_T32_p8_s0_w16", "lstm_T32_p8_s1_w16"]
     runs = json.loads((tmp_path / "out" / "recall.json").read_text())["runs"]
     assert sorted((r["seq_len"], r["pairs"], r["seed"]) for r in runs) == [(16, 2, 0), (16, 2, 1), (32, 8, 0), (32, 8, 1)]
     assert _sweep(tmp_path, ORDER="random").returncode == 2
@@ -75,7 +75,7 @@ def test_rates_and_resume(tmp_path):
     first = _sweep(tmp_path, SEQ_LENS="16", PAIRS="2", MODELS="lstm", SEEDS="0", JOBS="2", RATES="1e-3 3e-3")
     assert first.returncode == 0, first.stderr
     names = sorted(p.name for p in (tmp_path / "runs").iterdir() if p.is_dir())
-    assert names == ["lstm_T16_p2_s0_lr0.001", "lstm_T16_p2_s0_lr0.003"]
+    assert names == ["lstm_T16_p2_s0_w16_lr0.001", "lstm_T16_p2_s0_w16_lr0.003"]
     earlier = tmp_path / "out" / "all_rates" / "recall.json"
     assert sorted(r["lr"] for r in json.loads(earlier.read_text())["runs"]) == [1e-3, 3e-3]
 
@@ -83,7 +83,7 @@ def test_rates_and_resume(tmp_path):
                   RESUME=str(earlier), RUNS_DIR="runs2", OUT_DIR="out2")  # fmt: skip
     assert done.returncode == 0, done.stderr
     log = (tmp_path / "runs2" / "sweep.log").read_text()
-    assert log.count("_s0_lr0.00") == 2 and log.count("in RESUME, not run") == 2 and log.count(": started") == 2
+    assert log.count("_s0_w16_lr0.00") == 2 and log.count("in RESUME, not run") == 2 and log.count(": started") == 2
     every = json.loads((tmp_path / "out2" / "all_rates" / "recall.json").read_text())["runs"]
     assert sorted((r["seed"], r["lr"]) for r in every) == [(0, 1e-3), (0, 3e-3), (1, 1e-3), (1, 3e-3)]
     kept = json.loads((tmp_path / "out2" / "recall.json").read_text())
@@ -92,14 +92,13 @@ def test_rates_and_resume(tmp_path):
     assert choice["lr"] == min(score, key=lambda lr: (-score[lr], lr))  # the best mean on validation, ties to the lower
     assert sorted((r["seed"], r["lr"]) for r in kept["runs"]) == [(0, choice["lr"]), (1, choice["lr"])]
 
-    # bad input stops before anything runs: no such file; a process lacking one of the config's widths (named
-    # without a rate when RATES is not given); runs without valid_accuracy under RATES; a RUNS already written;
+    # bad input stops before anything runs: no such file; a run at a width the config does not ask; runs without valid_accuracy under RATES; a RUNS already written;
     # a rate that is not a number
     missing = _sweep(tmp_path, RESUME=str(tmp_path / "missing.json"), RUNS_DIR="runs3")
     assert missing.returncode == 2 and "is not a readable recall.json" in missing.stderr
     (tmp_path / "narrow.json").write_text(json.dumps({"runs": [dict(every[0], width=8)]}))
     narrow = _sweep(tmp_path, RESUME=str(tmp_path / "narrow.json"), RUNS_DIR="runs3")
-    assert narrow.returncode == 2 and "has lstm_T16_p2_s0 at widths [8], the config asks [16]" in narrow.stderr
+    assert narrow.returncode == 2 and "has lstm_T16_p2_s0_w8, the config asks widths [16]" in narrow.stderr
     # runs checked on the test set cannot join a choice made on validation: refused before the sweep, not after
     unvalidated = {key: value for key, value in every[0].items() if key != "valid_accuracy"}
     (tmp_path / "old.json").write_text(json.dumps({"runs": [unvalidated]}))
@@ -112,23 +111,22 @@ def test_rates_and_resume(tmp_path):
     assert not (tmp_path / "runs3").exists()
 
 
-def test_resume_runs_only_the_widths_a_process_lacks(tmp_path):
-    # a process the deadline cut after its first width: its recall.json holds that width only
+def test_each_width_is_a_process_of_its_own_the_widest_first_and_resume_skips_the_runs_it_holds(tmp_path):
     two = TINY.replace("widths = [16]", "widths = [16, 32]")
-    first = _sweep(tmp_path, two, SEQ_LENS="16", PAIRS="2", MODELS="lstm", SEEDS="0")
+    first = _sweep(tmp_path, two, SEQ_LENS="16", PAIRS="2", MODELS="lstm", SEEDS="0", JOBS="1")
     assert first.returncode == 0, first.stderr
-    earlier = json.loads((tmp_path / "runs" / "lstm_T16_p2_s0" / "recall.json").read_text())
-    cut = tmp_path / "cut.json"
-    cut.write_text(json.dumps({**earlier, "complete": False, "runs": [r for r in earlier["runs"] if r["width"] == 16]}))
-
-    done = _sweep(tmp_path, two, SEQ_LENS="16", PAIRS="2", MODELS="lstm", SEEDS="0", RESUME=str(cut),
-                  RUNS_DIR="runs2", OUT_DIR="out2")  # fmt: skip
+    started = [line.split()[1].rstrip(":") for line in (tmp_path / "runs" / "sweep.log").read_text().splitlines()
+               if line.endswith("started")]  # fmt: skip
+    assert started == ["lstm_T16_p2_s0_w32", "lstm_T16_p2_s0_w16"]
+    # a sweep whose deadline came after width 32: RESUME runs width 16 alone
+    kept = json.loads((tmp_path / "runs" / "lstm_T16_p2_s0_w32" / "recall.json").read_text())
+    done = _sweep(tmp_path, two, SEQ_LENS="16", PAIRS="2", MODELS="lstm", SEEDS="0",
+                  RESUME=str(tmp_path / "runs" / "lstm_T16_p2_s0_w32" / "recall.json"), RUNS_DIR="runs2", OUT_DIR="out2")  # fmt: skip
     assert done.returncode == 0, done.stderr
-    assert "lstm_T16_p2_s0: started (widths 32)" in (tmp_path / "runs2" / "sweep.log").read_text()
-    new = json.loads((tmp_path / "runs2" / "lstm_T16_p2_s0" / "recall.json").read_text())
-    assert [r["width"] for r in new["runs"]] == [32]
+    log = (tmp_path / "runs2" / "sweep.log").read_text()
+    assert "lstm_T16_p2_s0_w32: in RESUME, not run" in log and "lstm_T16_p2_s0_w16: started" in log
     merged = json.loads((tmp_path / "out2" / "recall.json").read_text())["runs"]
-    assert sorted(r["width"] for r in merged) == [16, 32]
+    assert sorted(r["width"] for r in merged) == [16, 32] and kept["runs"][0] in merged
 
 
 def test_a_passed_deadline_starts_nothing(tmp_path):
