@@ -2,8 +2,8 @@
 # `newllm recall`'s sweep split into one process per run (family × sequence length × pairs × seed × width), JOBS of
 # them side by side (MPS=1: under one MPS daemon, so they share the GPU's SMs), every seed 0 process first
 # (ORDER=points: point by point, every seed of one before the next), the widest first within a seed; then one
-# recall.json and plot of all of them. The (length, pairs)
-# points are the config's (RecallConfig.settings), or SEQ_LENS × PAIRS where either is given.
+# recall.json and plot of all of them. The (length, pairs) points are the config's (RecallConfig.settings), or
+# SEQ_LENS × PAIRS where either is given.
 #
 #   [CONFIG=configs/recall/sweep.toml] [MODELS="new_llm new_llm_mlp lstm mamba2 tinygpt2"] [SEQ_LENS="64 128" PAIRS="4 16"]
 #   [SEEDS="0 1 2"] [ORDER=seeds|points] [JOBS=12] [MPS=1] [DEVICE=cuda] [DEADLINE=<epoch seconds>]

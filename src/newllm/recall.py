@@ -353,7 +353,7 @@ def run_recall(config: RecallConfig, device: str = "cpu", command: str | None = 
     """Every run of the sweep, as one JSON-ready results dict (provenance at the top, one row per run).
 
     `on_run(results)` is called after each run but the last with the runs so far, marked "complete": false. The
-    CLI writes them, so a process that a deadline cuts keeps the runs it finished (benchmarks/recall_sweep.sh)."""
+    CLI writes them, so a sweep that is stopped (Ctrl-C, a deadline's `timeout`) keeps the runs it finished."""
     device = device_from_name(device)
     options = study_options() if "new_llm_mlp" in config.models else {}
     header = {
