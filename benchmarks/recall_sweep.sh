@@ -6,7 +6,7 @@
 # SEQ_LENS × PAIRS where either is given.
 #
 #   [CONFIG=configs/recall/sweep.toml] [MODELS="new_llm new_llm_mlp lstm mamba2 tinygpt2"] [SEQ_LENS="64 128" PAIRS="4 16"]
-#   [SEEDS="0 1 2"] [ORDER=seeds|points] [JOBS=12] [MPS=1] [DEVICE=cuda] [DEADLINE=<epoch seconds>]
+#   [SEEDS="0 1 2"] [ORDER=seeds|points] [JOBS=12] [MPS=1] [DEVICE=cuda] [DEADLINE=<epoch seconds> [MIN_LEFT=0]]
 #   [RATES="1e-3 3e-3"] [RESUME=<an earlier sweep's recall.json>] benchmarks/recall_sweep.sh RUNS OUT
 #
 # RATES gives every family the same grid of learning rates (one process per rate, the config's lr otherwise):
@@ -18,7 +18,8 @@
 #
 # Why processes, not one `newllm recall`: New-LLM's scan is launch-bound, so one process leaves most of the
 # GPU idle (on an H100, 14 side by side did about 1.5 times the work of one at a time: docs/recall.md); and a
-# process killed at DEADLINE loses only its own run. Why one run a process: a family's widths run side by side,
+# process killed at DEADLINE loses only its own run. MIN_LEFT (seconds) starts no process with less than that left
+# before DEADLINE: one that would be killed anyway only slows the others. Why one run a process: a family's widths run side by side,
 # not one after another, so the slowest family's point ends sooner and a deadline's tail is one run long.
 # RUNS/<model>_T<len>_p<pairs>_s<seed>_w<width>[_lr<rate>]/ holds each process's recall.json and log, RUNS/sweep.log
 # what ran and how it ended; OUT gets `newllm recall-collect` of every recall.json that was written.
@@ -36,6 +37,8 @@ python=${PYTHON:-python}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 [ -f "$CONFIG" ] || { echo "recall_sweep.sh: no config $CONFIG" >&2; exit 2; }
 [[ "$JOBS" =~ ^[1-9][0-9]*$ ]] || { echo "recall_sweep.sh: JOBS must be a positive integer, got $JOBS" >&2; exit 2; }
+MIN_LEFT=${MIN_LEFT:-0}
+[[ "$MIN_LEFT" =~ ^[0-9]+$ ]] || { echo "recall_sweep.sh: MIN_LEFT must be a whole number of seconds, got $MIN_LEFT" >&2; exit 2; }
 if [ -n "${RATES:-}" ]; then  # as Python prints them (3e-3 -> 0.003), the spelling of the runs' "lr" in names
   RATES=$($python -c 'import sys
 try:
@@ -102,7 +105,7 @@ one() {  # model seq_len pairs seed width [rate]: one process of the sweep, cut 
   local name="$1_T$2_p$3_s$4_w$5${6:+_lr$6}" limit=""
   if [ -n "${DEADLINE:-}" ]; then
     limit=$(( DEADLINE - $(date +%s) ))
-    [ "$limit" -gt 0 ] || { log "$name: not started (deadline)"; return; }
+    [ "$limit" -gt "$MIN_LEFT" ] && [ "$limit" -gt 0 ] || { log "$name: not started (deadline)"; return; }
     limit="timeout $limit"
   fi
   log "$name: started"

@@ -8,6 +8,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
@@ -137,9 +138,17 @@ def test_a_passed_deadline_starts_nothing(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def test_min_left_starts_nothing_that_the_deadline_would_cut(tmp_path):
+    done = _sweep(tmp_path, MODELS="lstm", SEEDS="0", SEQ_LENS="16", PAIRS="2", DEADLINE=str(int(time.time()) + 600),
+                  MIN_LEFT="900")  # fmt: skip
+    assert done.returncode == 1 and "lstm_T16_p2_s0_w16: not started (deadline)" in done.stdout
+
+
 def test_bad_input_stops_before_anything_runs(tmp_path):
     done = _sweep(tmp_path, JOBS="0")
     assert done.returncode == 2 and "JOBS must be a positive integer" in done.stderr
+    done = _sweep(tmp_path, MIN_LEFT="5m")
+    assert done.returncode == 2 and "MIN_LEFT must be a whole number of seconds" in done.stderr
     done = _sweep(tmp_path, PAIRS="2 x")
     assert done.returncode == 2 and done.stderr.strip() == "recall_sweep.sh: pairs: expected an integer, got 'x'"
     done = _sweep(tmp_path, CONFIG=str(tmp_path / "missing.toml"))
