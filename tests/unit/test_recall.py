@@ -480,6 +480,17 @@ def test_the_gpu_sweep_at_vocabulary_256_in_recall_md_is_its_json():
     assert f"{fastest[0]:.1f} ms (TinyGPT2) to {slowest[0]:.1f} ms (Mamba-2)" in text
     assert (fastest[1], slowest[1]) == ("tinygpt2", "mamba2")
 
+    # what is left: every run of the config not in the recall.json, at the step alone (linear in the length)
+    def hours(keys):
+        return sum(alone[m, 64] + (alone[m, 512] - alone[m, 64]) * (t - 64) / 448 for m, t in keys) * 2 / 3600
+
+    every = [(m, t, w, s) for m in FAMILIES for t, _ in config.settings() for w in config.widths for s in (0, 1, 2)]
+    done = {(r["model"], r["seq_len"], r["width"], r["seed"]) for r in runs}
+    left = [(m, t) for m, t, w, s in every if (m, t, w, s) not in done]
+    assert f"What it leaves is {len(left)} of the sweep's {len(every)} runs" in text
+    assert f"about {hours(left):.1f} hours of one GPU alone" in text and f"{hours(left) / 1.5:.1f} hours at 1.5 times" in text
+    assert f"did about {hours([(m, t) for m, t, _, _ in every]) - hours(left):.1f} hours of that work" in text
+
 
 def _cells(row):
     """A Markdown table row's cells, stripped."""
