@@ -11,6 +11,8 @@ import sys
 import time
 from pathlib import Path
 
+from newllm.recall import load_recall_config, run_recall
+
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "benchmarks" / "recall_sweep.sh"
 TINY = """
@@ -56,17 +58,17 @@ def test_every_process_runs_and_their_results_are_merged(tmp_path):
     assert log.count(": ended (0)") == len(names) and "collected 6 recall.json" in log
 
 
-def test_the_config_points_run_point_by_point_with_order_points(tmp_path):
-    # without SEQ_LENS or PAIRS the config's own points run (a diagonal, not the product of its seq_lens and
-    # pairs); ORDER=points runs every seed of a point before the next, shortest first
-    done = _sweep(tmp_path, TINY + "points = [[32, 8], [16, 2]]\n", SEQ_LENS=None, PAIRS=None, MODELS="lstm",
-                  SEEDS="0 1", JOBS="1", ORDER="points")  # fmt: skip
-    assert done.returncode == 0, done.stderr
-    started = [line.split()[1].rstrip(":") for line in (tmp_path / "runs" / "sweep.log").read_text().splitlines()
-               if line.endswith("started")]  # fmt: skip
-    assert started == ["lstm_T16_p2_s0_w16", "lstm_T16_p2_s1_w16", "lstm_T32_p8_s0_w16", "lstm_T32_p8_s1_w16"]
-    runs = json.loads((tmp_path / "out" / "recall.json").read_text())["runs"]
-    assert sorted((r["seq_len"], r["pairs"], r["seed"]) for r in runs) == [(16, 2, 0), (16, 2, 1), (32, 8, 0), (32, 8, 1)]
+def test_a_passed_deadline_starts_nothing_and_logs_the_order_the_processes_would_run_in(tmp_path):
+    # the config's own points run (a diagonal, not the product of its seq_lens and pairs) with neither SEQ_LENS nor
+    # PAIRS given; ORDER=points runs every seed of a point before the next, shortest first; a run a process,
+    # the widest first. A deadline already passed starts none of them and says so, in that order.
+    config = TINY.replace("widths = [16]", "widths = [16, 32]") + "points = [[32, 8], [16, 2]]\n"
+    done = _sweep(tmp_path, config, SEQ_LENS=None, PAIRS=None, MODELS="lstm", SEEDS="0 1", ORDER="points", DEADLINE="1")
+    assert done.returncode == 1
+    log = (tmp_path / "runs" / "sweep.log").read_text()
+    planned = [line.split()[1].rstrip(":") for line in log.splitlines() if line.endswith("not started (deadline)")]
+    assert planned == [f"lstm_T{t}_p{n}_s{s}_w{w}" for t, n in ((16, 2), (32, 8)) for s in (0, 1) for w in (32, 16)]
+    assert "no process wrote a recall.json" in log and not (tmp_path / "out").exists()
     assert _sweep(tmp_path, ORDER="random").returncode == 2
 
 
@@ -112,30 +114,20 @@ def test_rates_and_resume(tmp_path):
     assert not (tmp_path / "runs3").exists()
 
 
-def test_each_width_is_a_process_of_its_own_the_widest_first_and_resume_skips_the_runs_it_holds(tmp_path):
-    two = TINY.replace("widths = [16]", "widths = [16, 32]")
-    first = _sweep(tmp_path, two, SEQ_LENS="16", PAIRS="2", MODELS="lstm", SEEDS="0", JOBS="1")
-    assert first.returncode == 0, first.stderr
-    started = [line.split()[1].rstrip(":") for line in (tmp_path / "runs" / "sweep.log").read_text().splitlines()
-               if line.endswith("started")]  # fmt: skip
-    assert started == ["lstm_T16_p2_s0_w32", "lstm_T16_p2_s0_w16"]
-    # a sweep whose deadline came after width 32: RESUME runs width 16 alone
-    kept = json.loads((tmp_path / "runs" / "lstm_T16_p2_s0_w32" / "recall.json").read_text())
-    done = _sweep(tmp_path, two, SEQ_LENS="16", PAIRS="2", MODELS="lstm", SEEDS="0",
-                  RESUME=str(tmp_path / "runs" / "lstm_T16_p2_s0_w32" / "recall.json"), RUNS_DIR="runs2", OUT_DIR="out2")  # fmt: skip
+def test_resume_skips_the_runs_its_file_holds(tmp_path):
+    # a sweep whose deadline came after width 32's process: RESUME runs width 16's alone
+    two = tmp_path / "two.toml"
+    two.write_text(TINY.replace("widths = [16]", "widths = [16, 32]"))
+    flags = {"models": "lstm", "widths": "32", "seq_lens": "16", "pairs": "2", "seeds": "0"}
+    kept = run_recall(load_recall_config(two, overrides=flags))
+    (tmp_path / "cut.json").write_text(json.dumps(kept))
+    done = _sweep(tmp_path, two.read_text(), SEQ_LENS="16", PAIRS="2", MODELS="lstm", SEEDS="0",
+                  RESUME=str(tmp_path / "cut.json"))  # fmt: skip
     assert done.returncode == 0, done.stderr
-    log = (tmp_path / "runs2" / "sweep.log").read_text()
-    assert "lstm_T16_p2_s0_w32: in RESUME, not run" in log and "lstm_T16_p2_s0_w16: started" in log
-    merged = json.loads((tmp_path / "out2" / "recall.json").read_text())["runs"]
-    assert sorted(r["width"] for r in merged) == [16, 32] and kept["runs"][0] in merged
-
-
-def test_a_passed_deadline_starts_nothing(tmp_path):
-    done = _sweep(tmp_path, MODELS="lstm", SEEDS="0", DEADLINE="1")
-    assert done.returncode == 1
     log = (tmp_path / "runs" / "sweep.log").read_text()
-    assert log.count("not started (deadline)") == 3 and "no process wrote a recall.json" in log
-    assert not (tmp_path / "out").exists()
+    assert "lstm_T16_p2_s0_w32: in RESUME, not run" in log and "lstm_T16_p2_s0_w16: started" in log
+    merged = json.loads((tmp_path / "out" / "recall.json").read_text())["runs"]
+    assert sorted(r["width"] for r in merged) == [16, 32] and kept["runs"][0] in merged
 
 
 def test_min_left_starts_nothing_that_the_deadline_would_cut(tmp_path):
