@@ -101,14 +101,11 @@ if [ "${MPS:-0}" = 1 ]; then
   start_mps | tee -a "$RUNS/sweep.log"
 fi
 
+left() { echo $(( DEADLINE - $(date +%s) )); }  # seconds to DEADLINE
+
 one() {  # model seq_len pairs seed width [rate]: one process of the sweep, cut at DEADLINE
   local name="$1_T$2_p$3_s$4_w$5${6:+_lr$6}" limit=""
-  if [ -n "${DEADLINE:-}" ]; then
-    limit=$(( DEADLINE - $(date +%s) ))
-    [ "$limit" -gt "$MIN_LEFT" ] && [ "$limit" -gt 0 ] || { log "$name: not started (deadline)"; return; }
-    limit="timeout $limit"
-  fi
-  log "$name: started"
+  [ -n "${DEADLINE:-}" ] && limit="timeout $(( $(left) > 1 ? $(left) : 1 ))"
   $limit $python -m newllm.cli recall --device "$DEVICE" --config "$CONFIG" --models "$1" --seq-lens "$2" \
     --pairs "$3" --seeds "$4" --widths "$5" ${6:+--lr "$6"} --out "$RUNS/$name" > "$RUNS/$name.log" 2>&1
   log "$name: ended ($?)"
@@ -121,6 +118,11 @@ for job in $ORDERED; do  # seq_len:pairs:seed
     name="${model}_T${T}_p${n}_s${seed}_w$width${rate:+_lr$rate}"
     if [[ " $DONE " == *" $name "* ]]; then log "$name: in RESUME, not run"; continue; fi
     while [ "$(jobs -rp | wc -l)" -ge "$JOBS" ]; do wait -n; done
+    # decided and logged here, not in the background, so that sweep.log lists the processes in this order
+    if [ -n "${DEADLINE:-}" ] && [ "$(left)" -le "$MIN_LEFT" -o "$(left)" -le 0 ]; then
+      log "$name: not started (deadline)"; continue
+    fi
+    log "$name: started"
     one "$model" "$T" "$n" "$seed" "$width" $rate &
   done; done; done
 done
