@@ -39,6 +39,9 @@ export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 [[ "$JOBS" =~ ^[1-9][0-9]*$ ]] || { echo "recall_sweep.sh: JOBS must be a positive integer, got $JOBS" >&2; exit 2; }
 MIN_LEFT=${MIN_LEFT:-0}
 [[ "$MIN_LEFT" =~ ^[0-9]+$ ]] || { echo "recall_sweep.sh: MIN_LEFT must be a whole number of seconds, got $MIN_LEFT" >&2; exit 2; }
+[[ "${DEADLINE:-0}" =~ ^[0-9]+$ ]] || {
+  echo "recall_sweep.sh: DEADLINE must be a Unix time in whole seconds, e.g. \$(( \$(date +%s) + 1500 )); got $DEADLINE" >&2; exit 2
+}
 if [ -n "${RATES:-}" ]; then  # as Python prints them (3e-3 -> 0.003), the spelling of the runs' "lr" in names
   RATES=$($python -c 'import sys
 try:

@@ -141,6 +141,8 @@ def test_bad_input_stops_before_anything_runs(tmp_path):
     assert done.returncode == 2 and "JOBS must be a positive integer" in done.stderr
     done = _sweep(tmp_path, MIN_LEFT="5m")
     assert done.returncode == 2 and "MIN_LEFT must be a whole number of seconds" in done.stderr
+    done = _sweep(tmp_path, DEADLINE="in 25 minutes")  # unchecked, it ran every process with no time limit
+    assert done.returncode == 2 and done.stderr.startswith("recall_sweep.sh: DEADLINE must be a Unix time")
     done = _sweep(tmp_path, PAIRS="2 x")
     assert done.returncode == 2 and done.stderr.strip() == "recall_sweep.sh: pairs: expected an integer, got 'x'"
     done = _sweep(tmp_path, CONFIG=str(tmp_path / "missing.toml"))
