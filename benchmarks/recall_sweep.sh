@@ -108,7 +108,10 @@ left() { echo $(( DEADLINE - $(date +%s) )); }  # seconds to DEADLINE
 
 one() {  # model seq_len pairs seed width [rate]: one process of the sweep, cut at DEADLINE
   local name="$1_T$2_p$3_s$4_w$5${6:+_lr$6}" limit=""
-  [ -n "${DEADLINE:-}" ] && limit="timeout $(( $(left) > 1 ? $(left) : 1 ))"
+  if [ -n "${DEADLINE:-}" ]; then
+    limit=$(left)
+    limit="timeout $(( limit > 1 ? limit : 1 ))"
+  fi
   $limit $python -m newllm.cli recall --device "$DEVICE" --config "$CONFIG" --models "$1" --seq-lens "$2" \
     --pairs "$3" --seeds "$4" --widths "$5" ${6:+--lr "$6"} --out "$RUNS/$name" > "$RUNS/$name.log" 2>&1
   log "$name: ended ($?)"
@@ -122,7 +125,7 @@ for job in $ORDERED; do  # seq_len:pairs:seed
     if [[ " $DONE " == *" $name "* ]]; then log "$name: in RESUME, not run"; continue; fi
     while [ "$(jobs -rp | wc -l)" -ge "$JOBS" ]; do wait -n; done
     # decided and logged here, not in the background, so that sweep.log lists the processes in this order
-    if [ -n "${DEADLINE:-}" ] && [ "$(left)" -le "$MIN_LEFT" -o "$(left)" -le 0 ]; then
+    if [ -n "${DEADLINE:-}" ] && [ "$(left)" -le "$MIN_LEFT" ]; then  # MIN_LEFT >= 0: a passed deadline too
       log "$name: not started (deadline)"; continue
     fi
     log "$name: started"
