@@ -1,4 +1,4 @@
-"""Greedy decoding per token on CUDA graphs, four ways side by side in one process (CUDA only):
+"""Greedy decoding per token, six ways side by side in one process (CUDA only):
 
     graph  GreedyDecoder's default: model.step captured (about 45 kernels a token)
     split  decode_kernel.py's kernels with the context update and the pick in a launch of their own (5 launches a
@@ -7,14 +7,16 @@
            the default)
     tail_bf16_head  the same with the output head's weights read in bf16 (head_dtype), half of a token's bytes at
            full size; its tokens may differ from float32's where two logits are within bf16's rounding
+    loop   decode_loop.py: every token in one persistent launch (no graph, no launch a token)
+    loop_bf16_head  the loop with the bf16 head
 
     PYTHONPATH=src python benchmarks/decode_launches.py --out decode_launches.json
 
-Each way is one step captured as a CUDA graph and replayed `--tokens` times a repeat, median of `--repeats`: ms a
-token with nothing else timed (newllm bench's decode rows also time the prompt's hand-over, so read a little
+Each stepped way is one step captured as a CUDA graph and replayed `--tokens` times a repeat, the loop one launch
+of `--tokens` tokens; median of `--repeats`: ms a token with nothing else timed (newllm bench's decode rows also time the prompt's hand-over, so read a little
 higher). The model is newllm bench's at each preset, float32, eval mode, random weights: the time of a step does
 not depend on the weights. Before timing, each kernel variant's tokens are compared with the graph's
-(`<variant>_same_tokens`).
+(`<variant>_same_tokens`; the bf16 heads' with each other's).
 """
 
 import argparse
@@ -46,8 +48,24 @@ def replay_ms(graph: torch.cuda.CUDAGraph, restart, tokens: int, repeats: int) -
     return statistics.median(times[1:])
 
 
+def launch_ms(run, restart, tokens: int, repeats: int) -> float:
+    """The median over `repeats` of ms a token of `run()`, which decodes `tokens` tokens, restarted first."""
+    times = []
+    for _ in range(repeats + 1):  # the first run warms up (and compiles)
+        restart()
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        run()
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end) / tokens)
+    return statistics.median(times[1:])
+
+
 def measure(model, batch: int, tokens: int, repeats: int) -> dict:
-    from newllm.models.new_llm.decode_kernel import DecodeKernels  # Triton: imported only where it can run
+    # Triton: imported only where it can run
+    from newllm.models.new_llm.decode_kernel import DecodeKernels
+    from newllm.models.new_llm.decode_loop import DecodeLoop
 
     device = model.device
     generator = torch.Generator(device=device).manual_seed(0)
@@ -67,6 +85,7 @@ def measure(model, batch: int, tokens: int, repeats: int) -> dict:
         graphed.graph.replay()
     expected = graphed.tokens.clone()
     variants = {"split": dict(tail=False), "tail": dict(tail=True), "tail_bf16_head": dict(head_dtype=torch.bfloat16)}
+    outs = {}
     for name, options in variants.items():
         kernels = DecodeKernels(model, batch, **options)
         token = torch.empty_like(first)
@@ -84,6 +103,23 @@ def measure(model, batch: int, tokens: int, repeats: int) -> dict:
             graph.replay()
         row[f"{name}_same_tokens"] = bool(torch.equal(out, expected))
         row[name] = replay_ms(graph, restart, tokens, repeats)
+        outs[name] = out.clone()
+    for name, options in {"loop": {}, "loop_bf16_head": dict(head_dtype=torch.bfloat16)}.items():
+        kernels = DecodeKernels(model, batch, **options)
+        loop = DecodeLoop(kernels)
+        token = torch.empty_like(first)
+        out = torch.zeros(batch, tokens, dtype=torch.long, device=device)
+
+        def restart():
+            kernels.context.copy_(context)
+            token.copy_(first)
+
+        restart()
+        loop.run(token, out, tokens)
+        same = outs["tail_bf16_head"] if "bf16" in name else expected
+        row[f"{name}_same_tokens"] = bool(torch.equal(out, same))
+        row[name] = launch_ms(lambda: loop.run(token, out, tokens), restart, tokens, repeats)
+        row[f"{name}_programs"] = loop.programs
     return row
 
 

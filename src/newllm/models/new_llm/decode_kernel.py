@@ -103,15 +103,10 @@ def _times_normed_w(acc, x_ptr, x_row, rows, row_ok, K, gamma, beta, eps, w_ptr,
 
 
 @triton.jit
-def _first_layer_kernel(token, table, context, context_weight, stride_cw, out, B, H, C, RELU: tl.constexpr,
-                        ONE_ROW: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                        PRECISION: tl.constexpr):  # fmt: skip
+def _first_tile(token, table, context, context_weight, stride_cw, out, rows, row_ok, n, n_ok, H, C, RELU: tl.constexpr,
+                ONE_ROW: tl.constexpr, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr):  # fmt: skip
     """h_1 = P[token] + c W_cᵀ on a (rows, n) tile, relu'd with RELU (the prototype's layer; the MLP cell's
     residual stream starts without one)."""
-    rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
-    row_ok = rows < B
-    n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
-    n_ok = n < H
     tile = row_ok[:, None] & n_ok[None, :]
     ids = tl.load(token + rows, mask=row_ok, other=0)
     acc = tl.load(table + ids[:, None] * H + n[None, :], mask=tile, other=0.0)
@@ -123,15 +118,22 @@ def _first_layer_kernel(token, table, context, context_weight, stride_cw, out, B
 
 
 @triton.jit
-def _linear_kernel(x, weight, bias, out, residual, gamma, beta, eps, B, N, K, ACTIVATION: tl.constexpr,
-                   RESIDUAL: tl.constexpr, NORM: tl.constexpr, ONE_ROW: tl.constexpr, BLOCK_B: tl.constexpr,
-                   BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr):  # fmt: skip
+def _first_layer_kernel(token, table, context, context_weight, stride_cw, out, B, H, C, RELU: tl.constexpr,
+                        ONE_ROW: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                        PRECISION: tl.constexpr):  # fmt: skip
+    """`_first_tile` on the (row block, column tile) of this program."""
+    rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
+    n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    _first_tile(token, table, context, context_weight, stride_cw, out, rows, rows < B, n, n < H, H, C, RELU, ONE_ROW,
+                BLOCK_K, PRECISION)  # fmt: skip
+
+
+@triton.jit
+def _linear_tile(x, weight, bias, out, residual, gamma, beta, eps, rows, row_ok, n, n_ok, N, K, ACTIVATION: tl.constexpr,
+                 RESIDUAL: tl.constexpr, NORM: tl.constexpr, ONE_ROW: tl.constexpr, BLOCK_B: tl.constexpr,
+                 BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr):  # fmt: skip
     """out = act(x Wᵀ + b) (+ residual) on a (rows, n) tile; W is (N, K), row-major. ACTIVATION: 0 none, 1 relu,
     2 GELU (exact, as F.gelu). NORM: LN(x) = γ ⊙ (x - μ)/σ + β in place of x (the MLP block's W_1)."""
-    rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
-    row_ok = rows < B
-    n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
-    n_ok = n < N
     tile = row_ok[:, None] & n_ok[None, :]
     acc = tl.zeros((BLOCK_B, BLOCK_N), tl.float32) + tl.load(bias + n, mask=n_ok, other=0.0)[None, :]
     acc = _times_normed_w(acc, x, K, rows, row_ok, K, gamma, beta, eps, weight, 1, K, n, n_ok, NORM, ONE_ROW, BLOCK_B,
@@ -144,6 +146,17 @@ def _linear_kernel(x, weight, bias, out, residual, gamma, beta, eps, B, N, K, AC
     if RESIDUAL:
         acc += tl.load(residual + offsets, mask=tile, other=0.0)
     tl.store(out + offsets, acc, mask=tile)
+
+
+@triton.jit
+def _linear_kernel(x, weight, bias, out, residual, gamma, beta, eps, B, N, K, ACTIVATION: tl.constexpr,
+                   RESIDUAL: tl.constexpr, NORM: tl.constexpr, ONE_ROW: tl.constexpr, BLOCK_B: tl.constexpr,
+                   BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr):  # fmt: skip
+    """`_linear_tile` on the (row block, column tile) of this program."""
+    rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
+    n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    _linear_tile(x, weight, bias, out, residual, gamma, beta, eps, rows, rows < B, n, n < N, N, K, ACTIVATION,
+                 RESIDUAL, NORM, ONE_ROW, BLOCK_B, BLOCK_N, BLOCK_K, PRECISION)  # fmt: skip
 
 
 @triton.jit
@@ -162,6 +175,25 @@ def _head_tile(hidden, gamma, beta, eps, weight, bias, best, best_id, logits, ro
     acc = tl.where(v_ok[None, :], acc, float("-inf"))
     tl.store(best + rows * TILES + tile_id, tl.max(acc, axis=1), mask=row_ok)
     tl.store(best_id + rows * TILES + tile_id, tile_id * BLOCK_V + tl.argmax(acc, axis=1), mask=row_ok)
+
+
+@triton.jit
+def _proj_head_tile(hidden, gamma, beta, eps, proj_weight, proj_bias, projected, weight, bias, best, best_id, logits,
+                    rows, row_ok, column, P, V, H, PROJ_TILES, TILES, NORM: tl.constexpr, WRITE_LOGITS: tl.constexpr,
+                    ONE_ROW: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr,
+                    BLOCK_K: tl.constexpr, PRECISION: tl.constexpr):  # fmt: skip
+    """Column tile `column` of the two matmuls that read h_L: below PROJ_TILES, [Δ, g_f, g_i] = h W_gᵀ + b_g (P
+    columns) into `projected`; above, a head tile (`_head_tile`)."""
+    if column < PROJ_TILES:
+        n = column * BLOCK_N + tl.arange(0, BLOCK_N)
+        n_ok = n < P
+        acc = tl.zeros((BLOCK_B, BLOCK_N), tl.float32) + tl.load(proj_bias + n, mask=n_ok, other=0.0)[None, :]
+        acc = _times_normed_w(acc, hidden, H, rows, row_ok, H, gamma, beta, eps, proj_weight, 1, H, n, n_ok, NORM,
+                              ONE_ROW, BLOCK_B, BLOCK_K, PRECISION)  # fmt: skip
+        tl.store(projected + rows[:, None] * P + n[None, :], acc, mask=row_ok[:, None] & n_ok[None, :])
+    else:
+        _head_tile(hidden, gamma, beta, eps, weight, bias, best, best_id, logits, rows, row_ok, column - PROJ_TILES, V,
+                   H, TILES, NORM, WRITE_LOGITS, ONE_ROW, BLOCK_B, BLOCK_V, BLOCK_K, PRECISION)  # fmt: skip
 
 
 @triton.jit
@@ -184,16 +216,9 @@ def _proj_head_kernel(hidden, gamma, beta, eps, proj_weight, proj_bias, projecte
     rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
     row_ok = rows < B
     column = tl.program_id(1)
-    if column < PROJ_TILES:
-        n = column * BLOCK_N + tl.arange(0, BLOCK_N)
-        n_ok = n < P
-        acc = tl.zeros((BLOCK_B, BLOCK_N), tl.float32) + tl.load(proj_bias + n, mask=n_ok, other=0.0)[None, :]
-        acc = _times_normed_w(acc, hidden, H, rows, row_ok, H, gamma, beta, eps, proj_weight, 1, H, n, n_ok, NORM,
-                              ONE_ROW, BLOCK_B, BLOCK_K, PRECISION)  # fmt: skip
-        tl.store(projected + rows[:, None] * P + n[None, :], acc, mask=row_ok[:, None] & n_ok[None, :])
-    else:
-        _head_tile(hidden, gamma, beta, eps, weight, bias, best, best_id, logits, rows, row_ok, column - PROJ_TILES, V,
-                   H, TILES, NORM, WRITE_LOGITS, ONE_ROW, BLOCK_B, BLOCK_V, BLOCK_K, PRECISION)  # fmt: skip
+    _proj_head_tile(hidden, gamma, beta, eps, proj_weight, proj_bias, projected, weight, bias, best, best_id, logits,
+                    rows, row_ok, column, P, V, H, PROJ_TILES, TILES, NORM, WRITE_LOGITS, ONE_ROW, BLOCK_B, BLOCK_N,
+                    BLOCK_V, BLOCK_K, PRECISION)  # fmt: skip
     if TAIL:
         tl.debug_barrier()  # every thread of this program has stored its outputs before the program counts itself
         done = tl.atomic_add(counter + tl.program_id(0), 1, sem="acq_rel", scope="gpu")
@@ -212,6 +237,19 @@ def _update_pick(proj, contexts, norm_weight, norm_bias, x_hat, rstd, best, best
     ⊙ Δ) + β (Δ through tanh with TANH, clamped to ±K with HAS_CLAMP: kernel.py's), then c' copied into contexts[0]
     for the next step; each row's token, the tile with the largest logit (the first on a tie), written to `token` and
     to tokens[:, position]; and with ADVANCE (one program, so nothing else reads it) position + 1."""
+    at = tl.load(position)
+    _update_pick_at(proj, contexts, norm_weight, norm_bias, x_hat, rstd, best, best_id, token, tokens, at, rows, row_ok,
+                    B, C, eps, clamp, TILES, MAX_NEW, TANH, HAS_CLAMP, BLOCK_B, BLOCK_TILES, BLOCK_N)  # fmt: skip
+    if ADVANCE:
+        tl.debug_barrier()  # every thread has read the position before one writes it
+        tl.store(position, at + 1)
+
+
+@triton.jit
+def _update_pick_at(proj, contexts, norm_weight, norm_bias, x_hat, rstd, best, best_id, token, tokens, at, rows,
+                    row_ok, B, C, eps, clamp, TILES, MAX_NEW, TANH: tl.constexpr, HAS_CLAMP: tl.constexpr,
+                    BLOCK_B: tl.constexpr, BLOCK_TILES: tl.constexpr, BLOCK_N: tl.constexpr):  # fmt: skip
+    """`_update_pick` with the position given as a value (`at`), which it neither reads nor advances."""
     _context_update(proj, contexts, 0, norm_weight, norm_bias, x_hat, rstd, rows, row_ok, B, C, eps, clamp, TANH,
                     HAS_CLAMP, BLOCK_B, BLOCK_N)  # fmt: skip
     tiles = tl.arange(0, BLOCK_TILES)
@@ -220,7 +258,6 @@ def _update_pick(proj, contexts, norm_weight, norm_bias, x_hat, rstd, best, best
     winner = tl.argmax(found, axis=1)
     picked = tl.load(best_id + rows * TILES + winner, mask=row_ok, other=0)
     tl.store(token + rows, picked, mask=row_ok)
-    at = tl.load(position)
     tl.store(tokens + rows * MAX_NEW + at, picked, mask=row_ok)
     tl.debug_barrier()  # c' of these rows is written by every thread of the program before any copies it back
     cols = tl.arange(0, BLOCK_N)
@@ -229,9 +266,6 @@ def _update_pick(proj, contexts, norm_weight, norm_bias, x_hat, rstd, best, best
         tile = row_ok[:, None] & (j < C)[None, :]
         offsets = rows[:, None] * C + j[None, :]
         tl.store(contexts + offsets, tl.load(contexts + B * C + offsets, mask=tile, other=0.0), mask=tile)
-    if ADVANCE:
-        tl.debug_barrier()  # every thread has read the position before one writes it
-        tl.store(position, at + 1)
 
 
 @triton.jit

@@ -22,7 +22,7 @@ class GreedyDecoder:
     """Greedy continuation of `batch_size` sequences by up to `max_new_tokens` tokens."""
 
     def __init__(self, model, batch_size: int, max_new_tokens: int, dtype: torch.dtype = torch.float32,
-                 kernels: bool = False, head_dtype: torch.dtype = torch.float32):  # fmt: skip
+                 kernels: bool = False, head_dtype: torch.dtype = torch.float32, persistent: bool = False):  # fmt: skip
         for name, value in (("batch_size", batch_size), ("max_new_tokens", max_new_tokens)):
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
@@ -40,7 +40,10 @@ class GreedyDecoder:
         # kernels: the step as decode_kernel.py's few Triton kernels (four for the prototype cell) instead of model.step's
         # ~45 (float32 only)
         # head_dtype: the kernels' copy of the output head (DecodeKernels: bf16 at batch 1 reads half the bytes)
-        self.kernels = None
+        # persistent: every new token of a `decode` in one launch of decode_loop.py's kernel (CUDA), no graph replay
+        self.kernels = self.loop = None
+        if persistent and not kernels:
+            raise ValueError("persistent is the decode kernels' loop: pass kernels=True too")
         if head_dtype != torch.float32 and not kernels:
             raise ValueError("head_dtype is the decode kernels' (kernels=True); the graphed step reads the model's head")
         if kernels:
@@ -53,8 +56,12 @@ class GreedyDecoder:
 
             self.kernels = DecodeKernels(model, batch_size, head_dtype=head_dtype)
             self.context = self.kernels.context  # the step reads and writes the kernels' own context buffer
+            if persistent:
+                from newllm.models.new_llm.decode_loop import DecodeLoop
+
+                self.loop = DecodeLoop(self.kernels)
         self.graph = None
-        if device.type == "cuda":
+        if device.type == "cuda" and self.loop is None:
             self.graph = capture_step(self._step, self.position.zero_, device.index)
 
     @torch.no_grad()
@@ -87,10 +94,14 @@ class GreedyDecoder:
         self.context.copy_(context)
         self.token.copy_(token)
         self.position.zero_()
-        for _ in range(new_tokens):
-            if self.graph is not None:
+        if self.loop is not None:  # every token in one launch
+            self.loop.run(self.token, self.tokens, new_tokens)
+            self.position.fill_(new_tokens)
+        elif self.graph is not None:
+            for _ in range(new_tokens):
                 self.graph.replay()
-            else:
+        else:
+            for _ in range(new_tokens):
                 self._step()
         after = RecurrentCache((self.context.clone(),), state.seen_tokens + new_tokens)
         return self.tokens[:, :new_tokens].clone(), after
