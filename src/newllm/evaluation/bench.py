@@ -18,7 +18,9 @@ Two questions, each over a grid:
   New-LLM's `GreedyDecoder`, and TinyGPT2's `StaticCacheDecoder` over a static key/value cache, so
   that both get their fastest fair setup) and "kernel" (New-LLM's graphed decoder on its few Triton
   kernels per step, decode_kernel.py; fp32, CUDA only, opt-in); "kernel_bf16_head" is "kernel" with a
-  bf16 copy of the output head, summed in fp32 (at batch 1; larger batches keep the fp32 head).
+  bf16 copy of the output head, summed in fp32 (at batch 1; larger batches keep the fp32 head);
+  "kernel_loop" and "kernel_loop_bf16_head" run every new token in one persistent launch instead
+  (decode_loop.py).
 
 Every number is a median over `repeats` after `warmup` untimed runs; CUDA is synchronised around
 each timed call. Rows that cannot run (bf16 on CPU, GPT-2 past its positions) are kept with the
@@ -44,8 +46,10 @@ from newllm.models.registry import BaselineShape, build_model, count_parameters,
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
 COMPILE_MODES = ("eager", "compiled", "graphed", "kernel")
-GEN_MODES = ("forward", "graphed", "kernel", "kernel_bf16_head")
-KERNEL_HEADS = {"kernel": torch.float32, "kernel_bf16_head": torch.bfloat16}  # decode modes on the Triton step
+GEN_MODES = ("forward", "graphed", "kernel", "kernel_bf16_head", "kernel_loop", "kernel_loop_bf16_head")
+# decode modes on the Triton kernels, and the output head's dtype each reads
+KERNEL_HEADS = {"kernel": torch.float32, "kernel_bf16_head": torch.bfloat16, "kernel_loop": torch.float32,
+                "kernel_loop_bf16_head": torch.bfloat16}  # fmt: skip
 # New-LLM's own fast path for each training mode (NewLLMForCausalLM.set_fast_path)
 NEW_LLM_FAST_PATHS = {"eager": "eager", "compiled": "compiled", "graphed": "compiled+graphed", "kernel": "kernel"}
 LEARNING_RATE = 1e-4  # irrelevant to the timing; small so that a few steps on random ids stay finite
@@ -195,12 +199,14 @@ def measure_generation(
     graphed: bool = False,
     kernels: bool = False,
     head_dtype: torch.dtype = torch.float32,
+    persistent: bool = False,
 ) -> dict:
     """ms_per_token (speed.time_decoding) of greedy decoding after a `context_len`-token prompt, and the
     cache's bytes after the prompt.
 
     graphed: through New-LLM's `GreedyDecoder` (one CUDA graph replay per token) instead of the
-    model's forward per token; kernels: that decoder on its Triton step, its head in head_dtype.
+    model's forward per token; kernels: that decoder on its Triton step, its head in head_dtype; persistent:
+    every new token in one launch of those kernels' loop.
     """
     device = torch.device(device)
     row = {"context_len": context_len, "batch_size": batch_size, "gen_tokens": gen_tokens}
@@ -215,7 +221,7 @@ def measure_generation(
     try:
         options = SamplingOptions(max_new_tokens=gen_tokens, do_sample=False)
         decoder = Decoder(model, options, dtype=dtype, graphed=graphed or kernels, kernels=kernels,
-                          head_dtype=head_dtype)  # fmt: skip
+                          head_dtype=head_dtype, persistent=persistent)  # fmt: skip
         logits = decoder.prefill(prompt, chunk=PREFILL_CHUNK)
         # The (B, P) prompt is not decoding memory: out of the peak.
         del prompt
@@ -384,7 +390,7 @@ def _generation_rows(name: str, model, config: BenchConfig, device: torch.device
                 measured = measure_generation(
                     model, context, batch, config.gen_tokens, device, PRECISIONS[precision],
                     config.warmup, config.repeats, config.seed, graphed=mode == "graphed", kernels=mode in KERNEL_HEADS,
-                    head_dtype=KERNEL_HEADS.get(mode, torch.float32),
+                    head_dtype=KERNEL_HEADS.get(mode, torch.float32), persistent=mode.startswith("kernel_loop"),
                 )  # fmt: skip
                 rows.append({**head, **measured})
             except torch.cuda.OutOfMemoryError as error:

@@ -140,7 +140,8 @@ class Decoder:
 
     dtype: autocast for every forward (float32: none). graphed: greedy runs without stop tokens go
     through New-LLM's `GreedyDecoder` or GPT-2's `StaticCacheDecoder`; kernels: New-LLM's on its few
-    Triton kernels per step (decode_kernel.py), their output head in head_dtype (bf16: at batch 1).
+    Triton kernels per step (decode_kernel.py), their output head in head_dtype (bf16: at batch 1);
+    persistent: those kernels' loop, every token of a `generate` in one launch (decode_loop.py).
     keep: for a model with learned positions, a feed that would go past them restarts the cache from
     the last `keep` tokens instead (chat's sliding window).
     """
@@ -155,6 +156,7 @@ class Decoder:
         graphed: bool = False,
         kernels: bool = False,
         head_dtype: torch.dtype = torch.float32,
+        persistent: bool = False,
         keep: int | None = None,
     ):
         if graphed and not has_graphed_backend(model):
@@ -169,8 +171,11 @@ class Decoder:
             raise ValueError("kernels: New-LLM's greedy graphed decoding on its Triton step (graphed=True, do_sample=False)")
         if head_dtype != torch.float32 and not kernels:
             raise ValueError("head_dtype is the decode kernels' head (kernels=True); the other paths read the model's")
+        if persistent and not kernels:
+            raise ValueError("persistent is the decode kernels' loop (kernels=True)")
         self.kernels = kernels
         self.head_dtype = head_dtype
+        self.persistent = persistent
         self.recurrent = carries_state(model)
         self.positions = None if self.recurrent else usable_positions(model)
         if keep is not None and (self.positions is None or not 1 <= keep < self.positions):
@@ -233,7 +238,8 @@ class Decoder:
             self.backend = StaticCacheDecoder(self.model, self.cache, self.mask, self.options.max_new_tokens, self.dtype)
         elif self.graphed and (self.backend is None or self.backend.batch_size != input_ids.shape[0]):
             self.backend = GreedyDecoder(self.model, input_ids.shape[0], self.options.max_new_tokens, self.dtype,
-                                         kernels=self.kernels, head_dtype=self.head_dtype)  # fmt: skip
+                                         kernels=self.kernels, head_dtype=self.head_dtype,
+                                         persistent=self.persistent)  # fmt: skip
         return logits
 
     @torch.no_grad()

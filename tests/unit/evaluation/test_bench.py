@@ -120,7 +120,7 @@ def test_kernel_training_rows_are_new_llms_and_say_why_they_were_skipped_on_cpu(
     }
 
 
-@pytest.mark.parametrize("mode", ["kernel", "kernel_bf16_head"])
+@pytest.mark.parametrize("mode", ["kernel", "kernel_bf16_head", "kernel_loop", "kernel_loop_bf16_head"])
 def test_kernel_decoding_rows_are_new_llms_in_fp32_and_say_why_they_were_skipped_on_cpu(mode):
     config = dataclasses.replace(quick_bench_config(), compile_modes=("eager",), gen_modes=(mode,),
                                  precisions=("fp32", "bf16"))  # fmt: skip
@@ -143,7 +143,7 @@ def test_graphed_decoding_runs_eagerly_on_cpu_and_reports_the_context_vector(tin
 
 
 def test_unknown_generation_mode_is_refused():
-    with pytest.raises(ValueError, match="gen_modes: must be 'forward', 'graphed', 'kernel' or 'kernel_bf16_head', got 'graph'"):
+    with pytest.raises(ValueError, match="gen_modes: must be 'forward', 'graphed', 'kernel', 'kernel_bf16_head', 'kernel_loop' or 'kernel_loop_bf16_head', got 'graph'"):
         BenchConfig(gen_modes=("graph",))
 
 

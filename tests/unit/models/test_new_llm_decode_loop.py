@@ -111,3 +111,16 @@ def test_what_the_loop_cannot_do_is_refused_in_one_line():
         loop.run(first.clone(), torch.zeros(batch, 3, dtype=torch.long, device=DEVICE), 4)
     with pytest.raises(ValueError, match="pass kernels=True too"):
         GreedyDecoder(model, batch, 4, persistent=True)
+
+
+def test_the_shared_decoding_path_takes_the_loop_and_gives_the_forward_paths_tokens():
+    from newllm.evaluation.decoding import Decoder, SamplingOptions
+
+    model = _model()
+    greedy = SamplingOptions(max_new_tokens=5, do_sample=False)
+    prompt = torch.randint(1, model.config.vocab_size, (2, 7), device=DEVICE)
+    plain, fast = Decoder(model, greedy), Decoder(model, greedy, graphed=True, kernels=True, persistent=True)
+    assert torch.equal(fast.generate(fast.prefill(prompt)), plain.generate(plain.prefill(prompt)))
+    assert fast.backend.loop is not None
+    with pytest.raises(ValueError, match="persistent is the decode kernels' loop"):
+        Decoder(model, greedy, graphed=True, persistent=True)

@@ -57,6 +57,20 @@ def _grid_barrier(arrived, target):
 
 
 @triton.jit
+def _linear_phase(x, weight, bias, out, residual, gamma, beta, eps, B, N, K, ACTIVATION: tl.constexpr,
+                  RESIDUAL: tl.constexpr, NORM: tl.constexpr, ONE_ROW: tl.constexpr, BLOCK_B: tl.constexpr,
+                  BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr):  # fmt: skip
+    """decode_kernel.py's `_linear_tile` on every (row block, column tile) of this program's share: every
+    num_programs-th tile, starting at its own id."""
+    col_tiles = tl.cdiv(N, BLOCK_N)
+    for tile in range(tl.program_id(0), tl.cdiv(B, BLOCK_B) * col_tiles, tl.num_programs(0)):
+        rows = (tile // col_tiles) * BLOCK_B + tl.arange(0, BLOCK_B)
+        n = (tile % col_tiles) * BLOCK_N + tl.arange(0, BLOCK_N)
+        _linear_tile(x, weight, bias, out, residual, gamma, beta, eps, rows, rows < B, n, n < N, N, K, ACTIVATION,
+                     RESIDUAL, NORM, ONE_ROW, BLOCK_B, BLOCK_N, BLOCK_K, PRECISION)  # fmt: skip
+
+
+@triton.jit
 def _decode_loop_kernel(
     token, contexts, tokens, new_tokens, MAX_NEW, arrived,  # the state, the output, the barrier's counter
     table, context_weight, stride_cw,  # layer 1: P = E W_eᵀ + b_1 (V, H) and W_c
@@ -90,31 +104,19 @@ def _decode_loop_kernel(
         passed += 1
         _grid_barrier(arrived, passed * programs)
         for layer in range(0, NUM_LAYERS):  # B, the prototype's layers
-            for tile in range(me, row_blocks * h_tiles, programs):
-                rows = (tile // h_tiles) * BLOCK_B + span
-                n = (tile % h_tiles) * BLOCK_N + tl.arange(0, BLOCK_N)
-                _linear_tile(x, layer_w + layer * H * H, layer_b + layer * H, y, x, layer_b, layer_b, 0.0, rows,
-                             rows < B, n, n < H, H, H, 1, False, False, ONE_ROW, BLOCK_B, BLOCK_N, BLOCK_K_H,
-                             PRECISION)  # fmt: skip
+            _linear_phase(x, layer_w + layer * H * H, layer_b + layer * H, y, x, layer_b, layer_b, 0.0, B, H, H, 1,
+                          False, False, ONE_ROW, BLOCK_B, BLOCK_N, BLOCK_K_H, PRECISION)  # fmt: skip
             passed += 1
             _grid_barrier(arrived, passed * programs)
             x, y = y, x
-        i_tiles = tl.cdiv(INNER, BLOCK_N)
         for block in range(0, NUM_BLOCKS):  # B, the MLP blocks: h + W_2 GELU(W_1 LN(h))
-            for tile in range(me, row_blocks * i_tiles, programs):
-                rows = (tile // i_tiles) * BLOCK_B + span
-                n = (tile % i_tiles) * BLOCK_N + tl.arange(0, BLOCK_N)
-                _linear_tile(x, up_w + block * INNER * H, up_b + block * INNER, act, x, norm_w + block * H,
-                             norm_b + block * H, block_eps, rows, rows < B, n, n < INNER, INNER, H, 2, False, True,
-                             ONE_ROW, BLOCK_B, BLOCK_N, BLOCK_K_H, PRECISION)  # fmt: skip
+            _linear_phase(x, up_w + block * INNER * H, up_b + block * INNER, act, x, norm_w + block * H,
+                          norm_b + block * H, block_eps, B, INNER, H, 2, False, True, ONE_ROW, BLOCK_B, BLOCK_N,
+                          BLOCK_K_H, PRECISION)  # fmt: skip
             passed += 1
             _grid_barrier(arrived, passed * programs)
-            for tile in range(me, row_blocks * h_tiles, programs):
-                rows = (tile // h_tiles) * BLOCK_B + span
-                n = (tile % h_tiles) * BLOCK_N + tl.arange(0, BLOCK_N)
-                _linear_tile(act, down_w + block * H * INNER, down_b + block * H, y, x, down_b, down_b, 0.0, rows,
-                             rows < B, n, n < H, H, INNER, 0, True, False, ONE_ROW, BLOCK_B, BLOCK_N, BLOCK_K_I,
-                             PRECISION)  # fmt: skip
+            _linear_phase(act, down_w + block * H * INNER, down_b + block * H, y, x, down_b, down_b, 0.0, B, H, INNER,
+                          0, True, False, ONE_ROW, BLOCK_B, BLOCK_N, BLOCK_K_I, PRECISION)  # fmt: skip
             passed += 1
             _grid_barrier(arrived, passed * programs)
             x, y = y, x
