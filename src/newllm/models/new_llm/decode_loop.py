@@ -33,16 +33,20 @@ import triton.language as tl
 
 from newllm.models.new_llm.decode_kernel import (
     ROW_K,
+    ROW_N,
     ROWS_K,
+    ROWS_N,
     DecodeKernels,
     _first_tile,
     _linear_tile,
     _proj_head_tile,
     _update_pick_at,
 )
+from newllm.models.new_llm.kernel import BLOCK_B
 
-# Column tiles at batch 1: narrower than the stepped kernels' 16 columns, so that a 512-wide layer is 128 tiles,
-# about one per SM, and each program reads 8 KB of a layer's weights instead of 32.
+# Column tiles of the layers at batch 1: narrower than the stepped kernels' 16 columns, so that a 512-wide layer is
+# 128 tiles, about one per SM, and each program reads 8 KB of a layer's weights instead of 32. The context projection
+# keeps 16 (48 tiles for C = 256, beside the head's 256 in the same phase).
 LOOP_ROW_N = 4
 
 
@@ -81,7 +85,7 @@ def _decode_loop_kernel(
     ctx_norm_w, ctx_norm_b, ctx_eps, clamp, x_hat, rstd,
     B, H, C, V, PROJ_TILES, TILES,
     RELU_FIRST: tl.constexpr, FINAL_NORM: tl.constexpr, TANH: tl.constexpr, HAS_CLAMP: tl.constexpr,
-    ONE_ROW: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr,
+    ONE_ROW: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_V: tl.constexpr,
     BLOCK_K_C: tl.constexpr, BLOCK_K_H: tl.constexpr, BLOCK_K_I: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_TILES: tl.constexpr, BLOCK_C: tl.constexpr,
 ):  # fmt: skip
@@ -125,7 +129,7 @@ def _decode_loop_kernel(
             rows = (tile // columns) * BLOCK_B + span
             _proj_head_tile(x, final_w, final_b, final_eps, proj_w, proj_b, projected, head_w, head_b, best, best_id,
                             x, rows, rows < B, tile % columns, 3 * C, V, H, PROJ_TILES, TILES, FINAL_NORM, False,
-                            ONE_ROW, BLOCK_B, BLOCK_N, BLOCK_V, BLOCK_K_H, PRECISION)  # fmt: skip
+                            ONE_ROW, BLOCK_B, BLOCK_P, BLOCK_V, BLOCK_K_H, PRECISION)  # fmt: skip
         passed += 1
         _grid_barrier(arrived, passed * programs)
         for block in range(me, row_blocks, programs):  # D
@@ -148,8 +152,8 @@ class DecodeLoop:
         device = k.table.device
         hidden, size_c = k.hidden, k.size_c
         self.one_row = k.one_row
-        self.block_b = 1 if self.one_row else 16
-        self.block_n = LOOP_ROW_N if self.one_row else 16
+        self.block_b = 1 if self.one_row else BLOCK_B
+        self.block_n = LOOP_ROW_N if self.one_row else ROWS_N
         empty = k.table.new_zeros(1)
         # the layers as one tensor each, indexed by layer in the kernel (a launch takes a fixed list of arguments)
         if k.layers:
@@ -167,7 +171,8 @@ class DecodeLoop:
         else:
             self.block_eps = 0.0
             self.blocks = [empty] * 6
-        self.proj_tiles = triton.cdiv(3 * size_c, self.block_n)
+        self.block_p = ROW_N if self.one_row else ROWS_N  # the context projection's columns a tile
+        self.proj_tiles = triton.cdiv(3 * size_c, self.block_p)
         self.tiles = k.tiles  # the head's tiles, as DecodeKernels cut them (its best/best_id buffers)
         row_blocks = triton.cdiv(k.batch_size, self.block_b)
         widest = row_blocks * max(triton.cdiv(max(hidden, self.inner), self.block_n), self.proj_tiles + self.tiles)
@@ -210,7 +215,8 @@ class DecodeLoop:
             norm_w, norm_b, norm_eps, k.clamp, k.context_hat, k.context_rstd,
             k.batch_size, k.hidden, k.size_c, k.vocab, self.proj_tiles, self.tiles,
             RELU_FIRST=not k.blocks, FINAL_NORM=final, TANH=k.tanh, HAS_CLAMP=k.clamp > 0, ONE_ROW=self.one_row,
-            BLOCK_B=self.block_b, BLOCK_N=self.block_n, BLOCK_V=k.block_v, PRECISION=k.precision,
+            BLOCK_B=self.block_b, BLOCK_N=self.block_n, BLOCK_P=self.block_p, BLOCK_V=k.block_v,
+            PRECISION=k.precision,
             BLOCK_TILES=triton.next_power_of_2(self.tiles), BLOCK_C=64, num_warps=8 if self.one_row else 4, **block_k,
             **launch,
         )  # fmt: skip
