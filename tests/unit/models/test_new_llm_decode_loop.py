@@ -55,6 +55,7 @@ def test_one_launch_decodes_as_the_stepped_kernels(name):
     assert torch.equal(tokens, expected)
     torch.testing.assert_close(after, expected_context, rtol=1e-6, atol=1e-6)
     # every program passed every barrier of every token: the phases the kernel ran are the model's
+    assert loop.barriers_per_token == _barriers_per_token(model)
     assert loop.arrived.item() == loop.programs * STEPS * _barriers_per_token(model)
     if DEVICE == "cpu":
         assert loop.programs == 1
@@ -109,6 +110,11 @@ def test_what_the_loop_cannot_do_is_refused_in_one_line():
     loop = DecodeLoop(DecodeKernels(model, batch))
     with pytest.raises(ValueError, match=r"new_tokens must be in 1\.\.3, got 4"):
         loop.run(first.clone(), torch.zeros(batch, 3, dtype=torch.long, device=DEVICE), 4)
+    # past what the int32 barrier counter can count in one launch (checked before any launch)
+    most = (2**31 - 1) // (loop.programs * loop.barriers_per_token)
+    with pytest.raises(ValueError, match=f"one launch decodes at most {most:,} tokens"):
+        too_long = torch.zeros(batch, 1, dtype=torch.long, device=DEVICE).expand(batch, most + 1)
+        loop.run(first.clone(), too_long, most + 1)
     with pytest.raises(ValueError, match="pass kernels=True too"):
         GreedyDecoder(model, batch, 4, persistent=True)
 

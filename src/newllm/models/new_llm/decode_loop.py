@@ -185,6 +185,8 @@ class DecodeLoop:
         if device.type != "cuda" and self.programs != 1:
             raise ValueError("off CUDA the decode loop runs as one program: the interpreter runs programs one after "
                              "another, so a second would wait forever at the first barrier")  # fmt: skip
+        # phases a token, each ended by a barrier: layer 1, each further layer or MLP half-block, head, update
+        self.barriers_per_token = 1 + (len(k.layers) if not k.blocks else 2 * len(k.blocks)) + 2
         self.arrived = torch.zeros(1, dtype=torch.int32, device=device)
         self.hiddens = k.table.new_empty(2, k.batch_size, hidden)  # h, ping-pong between layers
 
@@ -194,6 +196,11 @@ class DecodeLoop:
         k = self.kernels
         if not 1 <= new_tokens <= tokens.shape[1]:
             raise ValueError(f"new_tokens must be in 1..{tokens.shape[1]}, got {new_tokens}")
+        arrivals = self.programs * self.barriers_per_token * new_tokens
+        if arrivals >= 2**31:  # the int32 counter would wrap and the barriers stop meaning anything
+            most = (2**31 - 1) // (self.programs * self.barriers_per_token)
+            raise ValueError(f"one launch decodes at most {most:,} tokens with {self.programs} programs; got "
+                             f"{new_tokens:,}: decode in pieces")  # fmt: skip
         final = k.final is not None
         gamma, beta, eps = k.final if final else (*k.proj, 0.0)
         norm_w, norm_b, norm_eps = k.norm
