@@ -78,14 +78,19 @@ def test_one_kernel_step_equals_model_step(name, tail):
     assert not kernels.counter.any()  # the last program of each row block reset its count for the next step
 
 
-@pytest.mark.parametrize("name", CASES)
-def test_greedy_decoder_on_the_kernels_gives_the_reference_tokens(name):
+def _prompted(name):
+    """CASES[name]'s model and batch size, the cache after a 5-token prompt, and a first token for each row."""
     overrides, batch = CASES[name]
     model = _model(**overrides)
     prompt = torch.randint(1, model.config.vocab_size, (batch, 5), device=DEVICE)
     with torch.no_grad():
         state = model(prompt, use_cache=True).state
-    first = torch.randint(1, model.config.vocab_size, (batch,), device=DEVICE)
+    return model, batch, state, torch.randint(1, model.config.vocab_size, (batch,), device=DEVICE)
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_greedy_decoder_on_the_kernels_gives_the_reference_tokens(name):
+    model, batch, state, first = _prompted(name)
     reference, after = GreedyDecoder(model, batch, 6).decode(state, first, 6)
     fast, fast_after = GreedyDecoder(model, batch, 6, kernels=True).decode(state, first, 6)
     assert torch.equal(fast, reference)

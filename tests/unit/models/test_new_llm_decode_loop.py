@@ -13,7 +13,7 @@ if not torch.cuda.is_available() and not triton.knobs.runtime.interpret:
 from newllm.models.new_llm.decode_kernel import DecodeKernels  # noqa: E402
 from newllm.models.new_llm.decode_loop import DecodeLoop  # noqa: E402
 from newllm.models.new_llm.decoding import GreedyDecoder  # noqa: E402
-from tests.unit.models.test_new_llm_decode_kernel import CASES, DEVICE, _case, _model  # noqa: E402
+from tests.unit.models.test_new_llm_decode_kernel import CASES, DEVICE, _case, _model, _prompted  # noqa: E402
 
 STEPS = 5
 
@@ -73,12 +73,7 @@ def test_a_bf16_head_in_the_loop_picks_what_the_stepped_bf16_head_picks(name):
 
 @pytest.mark.parametrize("name", ["batch 1", "study cell", "two row blocks, ragged tiles"])
 def test_the_greedy_decoder_in_one_launch_gives_the_reference_tokens_and_cache(name):
-    overrides, batch = CASES[name]
-    model = _model(**overrides)
-    prompt = torch.randint(1, model.config.vocab_size, (batch, 5), device=DEVICE)
-    with torch.no_grad():
-        state = model(prompt, use_cache=True).state
-    first = torch.randint(1, model.config.vocab_size, (batch,), device=DEVICE)
+    model, batch, state, first = _prompted(name)
     reference, after = GreedyDecoder(model, batch, 8).decode(state, first, 6)
     decoder = GreedyDecoder(model, batch, 8, kernels=True, persistent=True)
     assert decoder.graph is None and decoder.loop is not None  # one launch: nothing to replay
