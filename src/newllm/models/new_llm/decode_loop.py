@@ -32,17 +32,12 @@ import triton
 import triton.language as tl
 
 from newllm.models.new_llm.decode_kernel import (
-    ROW_K,
-    ROW_N,
-    ROWS_K,
-    ROWS_N,
     DecodeKernels,
     _first_tile,
     _linear_tile,
     _proj_head_tile,
     _update_pick_at,
 )
-from newllm.models.new_llm.kernel import BLOCK_B
 
 # Column tiles of the layers at batch 1: narrower than the stepped kernels' 16 columns, so that a 512-wide layer is
 # 128 tiles, about one per SM, and each program reads 8 KB of a layer's weights instead of 32. The context projection
@@ -152,8 +147,13 @@ class DecodeLoop:
         device = k.table.device
         hidden, size_c = k.hidden, k.size_c
         self.one_row = k.one_row
-        self.block_b = 1 if self.one_row else BLOCK_B
-        self.block_n = LOOP_ROW_N if self.one_row else ROWS_N
+
+        def blocks(width):  # the stepped kernels' tiles for a matmul over `width` inputs (`DecodeKernels._matmul`)
+            return k._matmul(1, width)[1]
+
+        stepped = blocks(hidden)
+        self.block_b = stepped["BLOCK_B"]
+        self.block_n = LOOP_ROW_N if self.one_row else stepped["BLOCK_N"]
         empty = k.table.new_zeros(1)
         # the layers as one tensor each, indexed by layer in the kernel (a launch takes a fixed list of arguments)
         if k.layers:
@@ -171,7 +171,7 @@ class DecodeLoop:
         else:
             self.block_eps = 0.0
             self.blocks = [empty] * 6
-        self.block_p = ROW_N if self.one_row else ROWS_N  # the context projection's columns a tile
+        self.block_p = stepped["BLOCK_N"]  # the context projection's columns a tile, as the stepped kernels'
         self.proj_tiles = triton.cdiv(3 * size_c, self.block_p)
         self.tiles = k.tiles  # the head's tiles, as DecodeKernels cut them (its best/best_id buffers)
         row_blocks = triton.cdiv(k.batch_size, self.block_b)
@@ -189,6 +189,8 @@ class DecodeLoop:
         self.barriers_per_token = 1 + (len(k.layers) if not k.blocks else 2 * len(k.blocks)) + 2
         self.arrived = torch.zeros(1, dtype=torch.int32, device=device)
         self.hiddens = k.table.new_empty(2, k.batch_size, hidden)  # h, ping-pong between layers
+        self.block_k = {name: blocks(width)["BLOCK_K"] for name, width in
+                        (("BLOCK_K_C", size_c), ("BLOCK_K_H", hidden), ("BLOCK_K_I", self.inner))}  # fmt: skip
 
     def run(self, token: torch.Tensor, tokens: torch.Tensor, new_tokens: int) -> None:
         """`new_tokens` greedy steps from `token` (B,) and `self.kernels.context`: the tokens into
@@ -204,12 +206,6 @@ class DecodeLoop:
         final = k.final is not None
         gamma, beta, eps = k.final if final else (*k.proj, 0.0)
         norm_w, norm_b, norm_eps = k.norm
-        block_k = {}
-        for name, width in (("BLOCK_K_C", k.size_c), ("BLOCK_K_H", k.hidden), ("BLOCK_K_I", self.inner)):
-            if self.one_row:  # the row's whole K in one load, up to ROW_K, as DecodeKernels does
-                block_k[name] = min(triton.next_power_of_2(width), ROW_K)
-            else:
-                block_k[name] = min(max(triton.next_power_of_2(width), 32), ROWS_K)
         self.arrived.zero_()
         launch = dict(launch_cooperative_grid=True) if k.table.device.type == "cuda" else {}
         _decode_loop_kernel[(self.programs,)](
@@ -224,6 +220,6 @@ class DecodeLoop:
             RELU_FIRST=not k.blocks, FINAL_NORM=final, TANH=k.tanh, HAS_CLAMP=k.clamp > 0, ONE_ROW=self.one_row,
             BLOCK_B=self.block_b, BLOCK_N=self.block_n, BLOCK_P=self.block_p, BLOCK_V=k.block_v,
             PRECISION=k.precision,
-            BLOCK_TILES=triton.next_power_of_2(self.tiles), BLOCK_C=64, num_warps=8 if self.one_row else 4, **block_k,
-            **launch,
+            BLOCK_TILES=triton.next_power_of_2(self.tiles), BLOCK_C=64, num_warps=8 if self.one_row else 4,
+            **self.block_k, **launch,
         )  # fmt: skip

@@ -94,9 +94,8 @@ class GreedyDecoder:
         self.context.copy_(context)
         self.token.copy_(token)
         self.position.zero_()
-        if self.loop is not None:  # every token in one launch
+        if self.loop is not None:  # every token in one launch (it counts them itself, not in self.position)
             self.loop.run(self.token, self.tokens, new_tokens)
-            self.position.fill_(new_tokens)
         elif self.graph is not None:
             for _ in range(new_tokens):
                 self.graph.replay()
