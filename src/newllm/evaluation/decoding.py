@@ -140,7 +140,8 @@ class Decoder:
 
     dtype: autocast for every forward (float32: none). graphed: greedy runs without stop tokens go
     through New-LLM's `GreedyDecoder` or GPT-2's `StaticCacheDecoder`; kernels: New-LLM's on its few
-    Triton kernels per step (decode_kernel.py), their output head in head_dtype (bf16: at batch 1);
+    Triton kernels per step (decode_kernel.py; None: where they were timed faster than the graph,
+    `kernels_by_default`), their output head in head_dtype (bf16: at batch 1);
     persistent: those kernels' loop, every token of a `generate` in one launch (decode_loop.py).
     keep: for a model with learned positions, a feed that would go past them restarts the cache from
     the last `keep` tokens instead (chat's sliding window).
@@ -154,7 +155,7 @@ class Decoder:
         generator: torch.Generator | None = None,
         dtype: torch.dtype = torch.float32,
         graphed: bool = False,
-        kernels: bool = False,
+        kernels: bool | None = None,
         head_dtype: torch.dtype = torch.float32,
         persistent: bool = False,
         keep: int | None = None,

@@ -5,12 +5,13 @@ and are what the H200 run in docs/performance.md executed.
 """
 
 import gc
+import importlib.util
 
 import pytest
 import torch
 
 from newllm.models.new_llm import NewLLMForCausalLM
-from newllm.models.new_llm.decoding import GreedyDecoder
+from newllm.models.new_llm.decoding import GreedyDecoder, kernels_by_default
 from newllm.models.new_llm.modeling import FAST_PATHS
 from newllm.models.recurrent import RecurrentCache
 from tests.unit.models.conftest import random_ids, tiny_new_llm_config
@@ -128,6 +129,19 @@ def test_greedy_decoder_rejects_bad_input():
     one_row = RecurrentCache((output.state.states[0][:1],), 3)
     with pytest.raises(ValueError, match="built for batch 2"):
         decoder.decode(one_row, first[:1], 2)
+
+
+def test_greedy_decoder_takes_the_decode_kernels_by_default_only_where_they_were_timed_faster():
+    model = NewLLMForCausalLM(tiny_new_llm_config()).eval()
+    assert GreedyDecoder(model, batch_size=1, max_new_tokens=4).kernels is None  # its device is the CPU
+    assert not kernels_by_default(model, 1, torch.float32)
+    cuda = torch.device("cuda")  # asked about, not used: the rule reads the device type and the cell
+    # batch 1, float32, a cell the kernels cover: theirs wherever triton can be imported
+    assert kernels_by_default(model, 1, torch.float32, cuda) == (importlib.util.find_spec("triton") is not None)
+    for batch, dtype in ((32, torch.float32), (2, torch.float32), (1, torch.bfloat16)):
+        assert not kernels_by_default(model, batch, dtype, cuda), (batch, dtype)
+    assert not kernels_by_default(NewLLMForCausalLM(tiny_new_llm_config(residual=True)).eval(), 1, torch.float32, cuda)
+    assert not kernels_by_default(model.train(), 1, torch.float32, cuda)
 
 
 def _loss_and_grads(model, ids):
@@ -301,6 +315,18 @@ def test_cuda_graphed_decoder_equals_eager_decoder():
 
 
 @cuda
+def test_cuda_greedy_decoder_at_batch_1_takes_the_decode_kernels_by_default_and_equals_generate():
+    pytest.importorskip("triton", reason="the decode kernels need triton")
+    torch.manual_seed(0)
+    model = NewLLMForCausalLM(tiny_new_llm_config()).cuda().eval()
+    ids = random_ids(1, 9).cuda()
+    decoder = GreedyDecoder(model, batch_size=1, max_new_tokens=12)
+    assert decoder.kernels is not None and decoder.graph is not None
+    torch.testing.assert_close(_decoder_generate(decoder, model, ids, 12), _greedy_generate(model, ids, 12), rtol=0, atol=0)
+    assert GreedyDecoder(model, batch_size=2, max_new_tokens=12).kernels is None  # batch 2: the graph
+
+
+@cuda
 def test_cuda_decoders_built_one_after_another_hold_no_memory():
     # Each capture once ran on a new side stream, and PyTorch keeps a cuBLAS workspace (33 MiB on an
     # H200) per stream for good: bench's graphed rows grew by that much each.
@@ -308,7 +334,7 @@ def test_cuda_decoders_built_one_after_another_hold_no_memory():
     ids = random_ids(1, 9).cuda()
 
     def build_and_release():
-        decoder = GreedyDecoder(model, batch_size=1, max_new_tokens=4)
+        decoder = GreedyDecoder(model, batch_size=1, max_new_tokens=4, kernels=False)  # the graph's capture
         _decoder_generate(decoder, model, ids, 4)
         del decoder
         gc.collect()

@@ -17,12 +17,31 @@ from newllm.models.cuda_graphs import capture_step, replay_autocast
 from newllm.models.new_llm.modeling import triton_refusal
 from newllm.models.recurrent import RecurrentCache
 
+# Where `kernels=None` takes the decode kernels: the batch sizes at which they were timed faster than the graphed
+# step for both cells they cover (docs/performance.md, H100, float32: 2.2 and 1.5 times at batch 1; 1.1 and 1.3
+# times slower at batch 32). Other batch sizes keep the graph until a timing says otherwise.
+KERNEL_BATCH_SIZES = (1,)
+
+
+def kernels_by_default(model, batch_size: int, dtype: torch.dtype, device: torch.device | None = None) -> bool:
+    """`GreedyDecoder(kernels=None)`'s choice: the decode kernels on CUDA at a batch size where they were timed faster
+    (`KERNEL_BATCH_SIZES`), in float32, for a cell they cover, with triton installed; the graphed step otherwise.
+    `device` defaults to the model's (a test can ask about CUDA with a CPU model)."""
+    device = model.device if device is None else device
+    if device.type != "cuda" or batch_size not in KERNEL_BATCH_SIZES or dtype != torch.float32:
+        return False
+    if triton_refusal(device) is not None:
+        return False
+    from newllm.models.new_llm.decode_kernel import unsupported_reason
+
+    return unsupported_reason(model) is None
+
 
 class GreedyDecoder:
     """Greedy continuation of `batch_size` sequences by up to `max_new_tokens` tokens."""
 
     def __init__(self, model, batch_size: int, max_new_tokens: int, dtype: torch.dtype = torch.float32,
-                 kernels: bool = False, head_dtype: torch.dtype = torch.float32, persistent: bool = False):  # fmt: skip
+                 kernels: bool | None = None, head_dtype: torch.dtype = torch.float32, persistent: bool = False):  # fmt: skip
         for name, value in (("batch_size", batch_size), ("max_new_tokens", max_new_tokens)):
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
@@ -38,7 +57,7 @@ class GreedyDecoder:
         self.tokens = torch.zeros(batch_size, max_new_tokens, dtype=torch.long, device=device)
         self.position = torch.zeros(1, dtype=torch.long, device=device)  # on the device: a replay needs no sync
         # kernels: the step as decode_kernel.py's few Triton kernels (four for the prototype cell) instead of model.step's
-        # ~45 (float32 only)
+        # ~45 (float32 only); None: where they were timed faster (`kernels_by_default`: CUDA, batch 1)
         # head_dtype: the kernels' copy of the output head (DecodeKernels: bf16 at batch 1 reads half the bytes)
         # persistent: every new token of a `decode` in one launch of decode_loop.py's kernel (CUDA), no graph replay
         self.kernels = self.loop = None
@@ -46,6 +65,8 @@ class GreedyDecoder:
             raise ValueError("persistent is the decode kernels' loop: pass kernels=True too")
         if head_dtype != torch.float32 and not kernels:
             raise ValueError("head_dtype is the decode kernels' (kernels=True); the graphed step reads the model's head")
+        if kernels is None:
+            kernels = kernels_by_default(model, batch_size, dtype, device)
         if kernels:
             if dtype != torch.float32:
                 raise ValueError("the decode kernels run in float32; decode with dtype=torch.float32")
