@@ -91,7 +91,7 @@ def _prompted(name):
 @pytest.mark.parametrize("name", CASES)
 def test_greedy_decoder_on_the_kernels_gives_the_reference_tokens(name):
     model, batch, state, first = _prompted(name)
-    reference, after = GreedyDecoder(model, batch, 6).decode(state, first, 6)
+    reference, after = GreedyDecoder(model, batch, 6, kernels=False).decode(state, first, 6)  # model.step's
     fast, fast_after = GreedyDecoder(model, batch, 6, kernels=True).decode(state, first, 6)
     assert torch.equal(fast, reference)
     torch.testing.assert_close(fast_after.states[0], after.states[0], rtol=1e-5, atol=1e-5)

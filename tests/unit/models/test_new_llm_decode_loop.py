@@ -1,7 +1,7 @@
 """decode_loop.py: a whole greedy continuation in one persistent launch gives, token for token, what the stepped
 decode kernels and model.step give. In Triton's CPU interpreter the launch is one program (its barriers are met at
-once), so these check the phases' arithmetic and order; on CUDA the same tests run one program per SM, and the
-barrier between them is what they check too. Skipped without triton (CI)."""
+once), so these check the phases' arithmetic and order; on CUDA the same tests run one program per SM (and 2 and 7),
+and the barrier between them is what they check too. Skipped without triton (CI)."""
 
 import pytest
 import torch
@@ -16,6 +16,10 @@ from newllm.models.new_llm.decoding import GreedyDecoder  # noqa: E402
 from tests.unit.models.test_new_llm_decode_kernel import CASES, DEVICE, _case, _model, _prompted  # noqa: E402
 
 STEPS = 5
+# The loop's context against the stepped kernels': the same tile functions, but compiled into another kernel, where
+# Triton may lay a row's sums out over the threads differently, so on a GPU the last bits can differ (up to 4.1e-6
+# for the MLP-block case at 18 rows on an H100; the interpreter gives equality). The tokens must be equal.
+CONTEXT_TOL = dict(rtol=1e-5, atol=1e-5)
 
 
 def _stepped(model, batch, first, context, steps, head_dtype=torch.float32):
@@ -53,7 +57,7 @@ def test_one_launch_decodes_as_the_stepped_kernels(name):
     expected, expected_context = _stepped(model, batch, first, context, STEPS)
     tokens, after, loop = _looped(model, batch, first, context, STEPS, room=2)
     assert torch.equal(tokens, expected)
-    torch.testing.assert_close(after, expected_context, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(after, expected_context, **CONTEXT_TOL)
     # every program passed every barrier of every token: the phases the kernel ran are the model's
     assert loop.barriers_per_token == _barriers_per_token(model)
     assert loop.arrived.item() == loop.programs * STEPS * _barriers_per_token(model)
@@ -68,13 +72,13 @@ def test_a_bf16_head_in_the_loop_picks_what_the_stepped_bf16_head_picks(name):
     tokens, after, loop = _looped(model, batch, first, context, STEPS, head_dtype=torch.bfloat16)
     assert loop.kernels.head_dtype == torch.bfloat16
     assert torch.equal(tokens, expected)
-    torch.testing.assert_close(after, expected_context, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(after, expected_context, **CONTEXT_TOL)
 
 
 @pytest.mark.parametrize("name", ["batch 1", "study cell", "two row blocks, ragged tiles"])
 def test_the_greedy_decoder_in_one_launch_gives_the_reference_tokens_and_cache(name):
     model, batch, state, first = _prompted(name)
-    reference, after = GreedyDecoder(model, batch, 8).decode(state, first, 6)
+    reference, after = GreedyDecoder(model, batch, 8, kernels=False).decode(state, first, 6)  # model.step's
     decoder = GreedyDecoder(model, batch, 8, kernels=True, persistent=True)
     assert decoder.graph is None and decoder.loop is not None  # one launch: nothing to replay
     for _ in range(2):  # a second decode starts again from the state it is given
@@ -94,7 +98,7 @@ def test_any_number_of_programs_shares_the_tiles_between_barriers(name, programs
     tokens, after, loop = _looped(model, batch, first, context, STEPS, programs=programs)
     assert loop.programs == programs
     assert torch.equal(tokens, expected)
-    torch.testing.assert_close(after, expected_context, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(after, expected_context, **CONTEXT_TOL)
 
 
 def test_what_the_loop_cannot_do_is_refused_in_one_line():
