@@ -437,6 +437,28 @@ def test_the_gpu_sweep_at_vocabulary_256_in_recall_md_is_its_json():
     assert 14.5 < min(ms) * 2 / 60 < max(ms) * 2 / 60 < 16  # 2,000 steps: about 15 minutes
     assert (f"side by side it took {min(ms):.0f}–{max(ms):.0f} ms a step, so its 2,000 steps need about 15 minutes"
             in " ".join(lines))  # fmt: skip
+    # the fourth: the same without the MLP cell, 14 processes at once, a deadline 420 s after the sweep's start
+    sweep_fourth = (folder / "sweep_fourth.log").read_text(encoding="utf-8")
+    fourth = _sweep_log_processes(sweep_fourth, "ended (0)")
+    cut_fourth = _sweep_log_processes(sweep_fourth, "ended (124)")
+    started = _sweep_log_processes(sweep_fourth, "started")
+    assert fourth <= set(by_key) and not fourth & third and len(fourth) == 4
+    assert started == fourth | cut_fourth and len(started) == 14 and "new_llm_mlp" not in sweep_fourth
+    assert {p.name for p in (folder / "cut_fourth").iterdir()} == {
+        f"{m}_T{t}_p{t // 16}_s{s}_w{w}.log" for m, t, w, s in cut_fourth}  # fmt: skip
+    assert len(cut_fourth) == 10 and not any(_logged_runs(folder / "cut_fourth", t) for t in (128, 256))  # none finished
+    clock = {status: sorted(int(h) * 3600 + int(m) * 60 + int(s) for h, m, s in
+                            re.findall(rf"^(\d\d):(\d\d):(\d\d) \w+: {re.escape(status)}", sweep_fourth, re.MULTILINE))
+             for status in ("in RESUME", "ended (0)", "ended (124)", "not started (deadline)")}  # fmt: skip
+    deadline = clock["ended (124)"][0]  # the cuts, all within a second
+    assert clock["ended (124)"][-1] - deadline <= 1 and deadline - clock["in RESUME"][0] == 420
+    assert clock["not started (deadline)"][0] == clock["ended (0)"][0] > deadline - 240  # MIN_LEFT
+    last_step = {(m, t, w, s): int(re.findall(r"step (\d+):", (folder / "cut_fourth" / f"{m}_T{t}_p{t // 16}_s{s}_w{w}.log")
+                                             .read_text(encoding="utf-8"))[-1]) for m, t, w, s in cut_fourth}  # fmt: skip
+    furthest = max(last_step.values())
+    assert sorted(k for k, step in last_step.items() if step == furthest) == [
+        ("lstm", 256, 512, 0), ("new_llm", 128, 64, 1), ("new_llm", 128, 256, 1)]  # fmt: skip
+    assert {("new_llm", 128, w, 1) for w in (64, 256, 512)} <= cut_third & cut_fourth
 
     logged = _logged_runs(folder / "cut", 64)  # the MLP cell's in the first lease, which wrote no recall.json
     assert sorted(logged) == [("new_llm_mlp", w, s) for w in (64, 256) for s in (0, 1, 2)]
@@ -453,6 +475,22 @@ def test_the_gpu_sweep_at_vocabulary_256_in_recall_md_is_its_json():
             assert (round(by_key[model, 128, width, seed]["accuracy"], 3), by_key[model, 128, width, seed]["steps"]) == (
                 accuracy, steps)  # fmt: skip
     assert {(m, w) for m, t, w, s in third if t == 128} == {("new_llm", w) for w in (64, 256, 512)}
+    # TinyGPT2's 128-token seed 2, in the second lease's log (widths in one process) and alone in the fourth's runs:
+    # width 64 the same to three digits, width 256 not, apart from the first evaluation
+    again_128 = _logged_runs(folder / "cut_resumed", 128)
+    gpt2 = {w: by_key["tinygpt2", 128, w, 2] for w in (64, 256)}
+    assert {("tinygpt2", 128, w, 2) for w in (64, 256)} <= fourth
+    assert round(gpt2[64]["accuracy"], 3) == again_128["tinygpt2", 64, 2][0] != again_128["tinygpt2", 256, 2][0]
+    assert round(gpt2[256]["accuracy"], 3) != again_128["tinygpt2", 256, 2][0]
+    one_process = (folder / "cut_resumed" / "tinygpt2_T128_p8_s2.log").read_text(encoding="utf-8")
+    assert one_process.index("tinygpt2 width 64,") < one_process.index("tinygpt2 width 256,")  # width 64 first
+    first_loss = re.findall(r"step 250: validation accuracy [\d.]+, training loss ([\d.]+)", one_process)
+    assert gpt2[256]["history"][0][0] == 250 and f"{gpt2[256]['history'][0][2]:.3f}" != first_loss[1]
+    gpt2_text = (f"TinyGPT2's seed 2 at 128 tokens, width 64 ({gpt2[64]['accuracy']:.3f}), in the second lease's log and "
+                 f"the fourth's recall.json. Its width 256 did not: {again_128['tinygpt2', 256, 2][0]:.3f} in the second "
+                 f"lease's log, where it ran after width 64 in the same process, {gpt2[256]['accuracy']:.3f} in the "
+                 f"fourth's recall.json, the two apart from the first evaluation on (training loss {first_loss[1]} and "
+                 f"{gpt2[256]['history'][0][2]:.3f} at step 250)")  # fmt: skip
 
     start = lines.index("| model | width | state | parameters | accuracy | seeds 0, 1, 2 | steps |")
     rows = lines[start + 2: lines.index("", start)]
@@ -495,23 +533,40 @@ def test_the_gpu_sweep_at_vocabulary_256_in_recall_md_is_its_json():
         assert logs == (", ".join(str(s) for s in (0, 1, 2) if (family, width, s) in from_logs) or "–")
 
     text = " ".join(line.strip() for line in lines)
-    # the first lease's runs check the test set, the later ones a validation set; the third's named in its log
+    # the first lease's runs check the test set, the later ones a validation set; the third's and fourth's named in
+    # their logs
     first = [k for k, r in by_key.items() if "valid_accuracy" not in r]
-    second = [k for k, r in by_key.items() if "valid_accuracy" in r and k not in third]
-    assert all("valid_accuracy" in by_key[k] for k in third)
+    second = [k for k, r in by_key.items() if "valid_accuracy" in r and k not in third | fourth]
+    assert all("valid_accuracy" in by_key[k] for k in third | fourth)
 
     def count(keys, seq_len):
         return sum(t == seq_len for _, t, _, _ in keys)
 
-    assert count(first, 64) + count(third, 64) == len(runs) - len(longer) and count(second, 64) == 0
-    assert (f"({len(runs) - len(longer)} runs: {count(first, 64)} in the first lease, the MLP cell's {count(third, 64)} "
+    shortest_point = [k for k in by_key if k[1] == 64]
+    assert count(first, 64) + count(third, 64) == len(shortest_point) and count(second, 64) == count(fourth, 64) == 0
+    assert (f"({len(shortest_point)} runs: {count(first, 64)} in the first lease, the MLP cell's {count(third, 64)} "
             f"in the third)") in text  # fmt: skip
     assert {m for m, t, _, _ in third if t == 64} == {"new_llm_mlp"}
     assert (f"({len(longer)} runs: {count(first, 128)} in the first lease, {count(second, 128)} in the second, "
-            f"{count(third, 128)} in the third)") in text  # fmt: skip
+            f"{count(third, 128)} in the third, {count(fourth, 128)} in the fourth)") in text  # fmt: skip
+    # what finished at 128 tokens: three families whole but TinyGPT2's width 512 seed 2, the prototype's seeds 0 and 2
+    whole = {(m, w, s) for m in ("lstm", "mamba2", "tinygpt2") for w in (64, 256, 512) for s in (0, 1, 2)}
+    assert set(found) == whole - {("tinygpt2", 512, 2)} | {("new_llm", w, s) for w in (64, 256, 512) for s in (0, 2)}
+    longest = [k for k in by_key if k[1] == 256]
+    assert sorted(longest) == sorted(k for k in fourth if k[1] == 256) == [("lstm", 256, 256, 0), ("mamba2", 256, 256, 0)]
+    assert len(shortest_point) + len(longer) + len(longest) == len(runs)
+    assert (f"at 256 tokens width 256's seed 0 for the LSTM and Mamba-2 ({len(longest)} runs, in the fourth)"
+            in text)  # fmt: skip
     assert f"The first lease's {len(first)} runs" in text
-    assert f"the {len(second) + len(third)} of the second and third leases ({len(second)} and {len(third)}) check" in text
+    assert (f"the {len(second) + len(third) + len(fourth)} of the later leases ({len(second)}, {len(third)} and "
+            f"{len(fourth)}) check") in text  # fmt: skip
     assert f"{len(third)} processes finished and the deadline cut {len(cut_third)}" in text
+    assert f"{len(fourth)} processes finished and the deadline cut {len(cut_fourth)}, whose logs" in text
+    assert gpt2_text in text
+    # the figure: the recall.json's runs
+    assert {s for m, t, w, s in by_key if (m, t) == ("new_llm", 128)} == {0, 2}
+    assert {s for m, t, w, s in by_key if (m, t, w) == ("tinygpt2", 128, 512)} == {0, 1}
+    assert {(t, w) for m, t, w, s in by_key if m == "new_llm_mlp"} == {(64, 64), (64, 256)}
     # the MLP cell's two widths: the same test accuracy in each seed, their validation apart at 1 to 2 evaluations
     for seed in (0, 1, 2):
         narrow, wide = (by_key["new_llm_mlp", 64, w, seed] for w in (64, 256))
@@ -521,6 +576,19 @@ def test_the_gpu_sweep_at_vocabulary_256_in_recall_md_is_its_json():
     assert sorted(shortest) == [(m, 64, 0) for m in ("lstm", "mamba2", "new_llm")]
     assert (f"the prototype cell {shortest['new_llm', 64, 0][0]:.3f}, the LSTM {shortest['lstm', 64, 0][0]:.3f}, "
             f"Mamba-2 {shortest['mamba2', 64, 0][0]:.3f}") in text  # fmt: skip
+    lstm, mamba2 = (by_key[m, 256, 256, 0] for m in ("lstm", "mamba2"))
+    assert lstm["keyless"] == mamba2["keyless"] == 0.0625 and f"At 256 tokens (keyless {lstm['keyless']})" in text
+    assert (f"the LSTM {lstm['accuracy']:.3f} after {lstm['steps']:,} steps, Mamba-2 {mamba2['accuracy']:.3f} after "
+            f"{mamba2['steps']:,}. Nothing ran at 512 tokens") in text  # fmt: skip
+    assert f"tokens** ({mamba2['accuracy']:.3f}, its one finished seed)" in text
+    assert f"chance in its one finished seed ({lstm['accuracy']:.3f}, keyless {lstm['keyless']})" in text
+    recalled = [r for r in runs if r["model"] == "mamba2" and r["width"] in (256, 512)]
+    assert all(r["reached_target"] for r in recalled)
+    assert f"within {min(r['steps'] for r in recalled):,}–{max(r['steps'] for r in recalled):,} steps" in text
+    assert (f"width: {means['lstm', 128, 64]}, {means['lstm', 128, 256]} and {means['lstm', 128, 512]}. At 256 "
+            "tokens") in text  # fmt: skip
+    gpt2_128 = [r["accuracy"] for r in longer if r["model"] == "tinygpt2"]
+    assert f"keyless 0.125 ({min(gpt2_128):.3f}–{max(gpt2_128):.3f})" in text
     assert {r["model"] for r in runs} == set(FAMILIES)
     assert (f"scores {means['lstm', 64, 64]} at 64 tokens and {means['lstm', 128, 64]} at 128, against New-LLM's "
             f"{means['new_llm', 64, 256]} and {means['new_llm', 128, 256]}") in text  # 1 KiB each  # fmt: skip
@@ -547,16 +615,24 @@ def test_the_gpu_sweep_at_vocabulary_256_in_recall_md_is_its_json():
     summary = " ".join((DEFAULT_CONFIG.parents[2] / "docs" / "results.md").read_text(encoding="utf-8").split())
     assert (f"The rest, {len(left)} of the {len(every)} runs, needs about {hours(left):.1f} hours of one GPU alone "
             f"({hours(left) / 1.5:.1f} side by side)") in summary  # results.md repeats it  # fmt: skip
+    assert f"and 16 pairs at width 256 in its one seed ({by_key['mamba2', 256, 256, 0]['accuracy']:.3f})" in summary
     did = hours([(m, t) for m, t, _, _ in every]) - hours(left)
     assert f"did about {did:.1f} hours of that work" in text
     assert f"did {hours([(m, t) for m, t, _, _ in third]):.1f} hours in its 900 s" in text
-    # the leases' windows: 1,409, 1,539 and 900 s; the rate they achieved and the 25-minute leases the rest needs
+    assert f"The fourth did {hours([(m, t) for m, t, _, _ in fourth]):.2f} hours in its 420 s" in text
+    assert (f"the deadline cut {len(cut_fourth)} of the {len(started)} runs it started, past step "
+            f"{min(last_step.values()):,} to {furthest:,}, three of them past step {furthest:,} of 2,000") in text  # fmt: skip
+    # the leases' windows: 1,409, 1,539, 900 and 420 s; the rate they achieved and the 25-minute leases the rest needs
     windows = [int(w.replace(",", "")) for w in re.findall(r"deadline ([\d,]+) s after its start", text)]
-    assert windows == [1409, 1539, 900] and f"in their {sum(windows):,} s" in text
+    assert windows == [1409, 1539, 900, 420] and f"in their {sum(windows):,} s" in text
+    assert f"its window of {windows[3]} s was far shorter than those 15 minutes" in text
+    assert f"one of {windows[2] // 60} and one of {windows[3] // 60}, finished" in text
     rate = did / (sum(windows) / 3600)  # hours of work an hour
     assert rate < 1.5 / 2 and "under half of what 1.5 times would give" in text
     words = dict(enumerate("zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen "
                            "fifteen sixteen".split()))  # fmt: skip
+    assert f"in {words[len(windows)]} leases, 14 processes side by side" in text
+    assert f"The {words[len(windows)]} leases so far did" in text
     lease = 25 / 60
     assert (f"the rest needs about {words[math.ceil(hours(left) / 1.5 / lease)]} more leases of 25 minutes, and "
             f"{words[math.ceil(hours(left) / rate / lease)]} at the rate achieved so far") in text  # fmt: skip
