@@ -15,8 +15,8 @@
 Each stepped way is one step captured as a CUDA graph and replayed `--tokens` times a repeat, the loop one launch
 of `--tokens` tokens; median of `--repeats`: ms a token with nothing else timed (newllm bench's decode rows also
 time the prompt's hand-over, so read a little higher). The model is newllm bench's at each preset, float32, eval
-mode, random weights: the time of a step does not depend on the weights. Before timing, each kernel variant's tokens are compared with the graph's
-(`<variant>_same_tokens`; the bf16 heads' with each other's).
+mode, random weights: the time of a step does not depend on the weights. Before timing, each kernel variant's
+tokens are compared with the graph's (`<variant>_same_tokens`; the bf16 heads' with each other's).
 """
 
 import argparse

@@ -47,9 +47,13 @@ from newllm.models.registry import BaselineShape, build_model, count_parameters,
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
 COMPILE_MODES = ("eager", "compiled", "graphed", "kernel")
 GEN_MODES = ("forward", "graphed", "kernel", "kernel_bf16_head", "kernel_loop", "kernel_loop_bf16_head")
-# decode modes on the Triton kernels, and the output head's dtype each reads
-KERNEL_HEADS = {"kernel": torch.float32, "kernel_bf16_head": torch.bfloat16, "kernel_loop": torch.float32,
-                "kernel_loop_bf16_head": torch.bfloat16}  # fmt: skip
+# decode modes on the Triton kernels: the output head's dtype each reads, and whether every token is one launch
+KERNEL_MODES = {
+    "kernel": dict(head_dtype=torch.float32, persistent=False),
+    "kernel_bf16_head": dict(head_dtype=torch.bfloat16, persistent=False),
+    "kernel_loop": dict(head_dtype=torch.float32, persistent=True),
+    "kernel_loop_bf16_head": dict(head_dtype=torch.bfloat16, persistent=True),
+}
 # New-LLM's own fast path for each training mode (NewLLMForCausalLM.set_fast_path)
 NEW_LLM_FAST_PATHS = {"eager": "eager", "compiled": "compiled", "graphed": "compiled+graphed", "kernel": "kernel"}
 LEARNING_RATE = 1e-4  # irrelevant to the timing; small so that a few steps on random ids stay finite
@@ -376,7 +380,7 @@ def _generation_rows(name: str, model, config: BenchConfig, device: torch.device
                 skip = "graphed decoding is New-LLM's GreedyDecoder and GPT-2's StaticCacheDecoder"
             elif device.type != "cuda":
                 skip = "graphed decoding is timed on CUDA only (CUDA graphs)"
-        if skip is None and mode in KERNEL_HEADS:
+        if skip is None and mode in KERNEL_MODES:
             if name != "new_llm":
                 skip = "kernel decoding is New-LLM's (decode_kernel.py)"
             elif precision != "fp32":
@@ -389,8 +393,8 @@ def _generation_rows(name: str, model, config: BenchConfig, device: torch.device
             try:
                 measured = measure_generation(
                     model, context, batch, config.gen_tokens, device, PRECISIONS[precision],
-                    config.warmup, config.repeats, config.seed, graphed=mode == "graphed", kernels=mode in KERNEL_HEADS,
-                    head_dtype=KERNEL_HEADS.get(mode, torch.float32), persistent=mode.startswith("kernel_loop"),
+                    config.warmup, config.repeats, config.seed, graphed=mode == "graphed", kernels=mode in KERNEL_MODES,
+                    **KERNEL_MODES.get(mode, {}),
                 )  # fmt: skip
                 rows.append({**head, **measured})
             except torch.cuda.OutOfMemoryError as error:

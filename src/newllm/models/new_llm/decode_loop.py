@@ -15,9 +15,8 @@ phases are decode_kernel.py's tile functions, so a step computes what a `DecodeK
 into this kernel, Triton may spread a row's sums over the threads in another order, so on a GPU the context can
 differ in its last bits (tokens equal; tests/unit/models/test_new_llm_decode_loop.py).
 
-Timed on an H100 (performance.md): a barrier costs about what the launch it replaces did. At batch 1 the loop is
-1.05 times faster than the four stepped launches for the prototype's cell (0.0216 against 0.0227 ms a token) and
-1.06 times slower for the MLP-block cell; at batch 32 it is 1.3-1.4 times slower. So it stays opt-in.
+Opt-in: timed on an H100, a barrier costs about what the launch it replaces did, so the loop gains little over
+the stepped kernels at batch 1 and loses at larger batches (performance.md, "Every token in one launch").
 
 **The barrier** is a counter in global memory that only grows: at its k-th barrier every program adds one
 (release, at GPU scope, after all its threads stored their part) and waits until the counter reaches k × the
