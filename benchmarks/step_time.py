@@ -2,7 +2,7 @@
 
     python benchmarks/step_time.py --preset study [--preset full] [--steps 20] [--out step_time.json]
         [--new-llm-modes graphed,kernel,compiled+graphed/autograd] [--baseline-modes eager,compiled,reduce-overhead]
-        [--batch-size 256 --block-size 64] [--set model.names=new_llm,mamba2]
+        [--batch-size 256 --block-size 64] [--set model.names=new_llm,mamba2] [--profile]
 
 Each model of each preset (the baselines sized to its New-LLM, as in the experiment) runs full
 optimizer steps (forward, backward, AdamW) on random (batch_size, block_size) token windows under
@@ -13,7 +13,9 @@ through autograd instead of its hand-written backward, to compare the two), the 
 through torch.compile (`--baseline-modes`: also "reduce-overhead", torch.compile with CUDA graphs);
 `--batch-size` and `--block-size` replace the preset's window shape. It prints
 milliseconds a step (median of `--steps` after warm-up) and tokens a second, and the seconds one
-WikiText-2 epoch of 2,688,768 training tokens would take at that speed.
+WikiText-2 epoch of 2,688,768 training tokens would take at that speed. `--profile` adds where the
+GPU time of a step goes: each row gets the kernels that took the most device time over 3 profiled
+steps (torch.profiler), in microseconds a step with their launches a step.
 """
 
 from __future__ import annotations
@@ -71,6 +73,23 @@ def time_steps(model, batch: int, length: int, vocab: int, steps: int) -> list[f
     return times
 
 
+def profile_steps(model, batch: int, length: int, vocab: int, top: int = 12) -> list[dict]:
+    """The `top` kernels by device time over 3 training steps of a model `time_steps` already warmed up: name,
+    microseconds a step and launches a step, after the sum over every kernel."""
+    from torch.profiler import ProfilerActivity, profile
+
+    steps = 3
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        time_steps(model, batch, length, vocab, 0)  # its 3 untimed steps
+    events = [e for e in prof.key_averages() if e.device_time_total > 0]
+    events.sort(key=lambda e: e.device_time_total, reverse=True)
+    total = sum(e.device_time_total for e in events)
+    rows = [{"kernel": e.key[:120], "us_per_step": round(e.device_time_total / steps, 1),
+             "launches_per_step": round(e.count / steps, 1)} for e in events[:top]]  # fmt: skip
+    return [{"kernel": "(all kernels)", "us_per_step": round(total / steps, 1),
+             "launches_per_step": round(sum(e.count for e in events) / steps, 1)}, *rows]  # fmt: skip
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--preset", action="append", default=None)
@@ -85,6 +104,7 @@ def main(argv=None) -> int:
     parser.add_argument("--block-size", type=int, default=None, help="instead of the preset's data.block_size")
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                         help="a preset override, e.g. --set model.names=new_llm,mamba2 to time the peer")
+    parser.add_argument("--profile", action="store_true", help="add each row's most expensive kernels (torch.profiler)")
     args = parser.parse_args(argv)
     new_llm_modes = tuple(args.new_llm_modes.split(","))
     unknown = [mode for mode in new_llm_modes if mode.removesuffix("/autograd") not in FAST_PATHS]
@@ -120,7 +140,7 @@ def main(argv=None) -> int:
                 try:
                     with warnings.catch_warnings():
                         # a "kernel" row that silently timed the fallback would be a wrong number: make it an error row
-                        warnings.filterwarnings("error", message="fast path 'kernel' not taken")
+                        warnings.filterwarnings("error", message="fast path 'kernel(_loop)?' not taken")
                         times = time_steps(model, batch, length, vocab, args.steps)
                 except Exception as err:  # a path that fails is a row with its error, not the end of the table
                     rows.append({"preset": preset, "model": name, "mode": mode, "error": f"{type(err).__name__}: {err}"[:300]})
@@ -133,6 +153,11 @@ def main(argv=None) -> int:
                              "tokens_per_s": round(tokens), "epoch_s": round(WIKITEXT_TRAIN_TOKENS / tokens, 1)})  # fmt: skip
                 print(f"{preset:8s} {name:9s} {mode:17s} {ms:8.2f} ms/step {tokens / 1e6:6.2f} M tok/s "
                       f"{rows[-1]['epoch_s']:7.1f} s/epoch", flush=True)  # fmt: skip
+                if args.profile:
+                    rows[-1]["profile"] = profile_steps(model, batch, length, vocab)
+                    for kernel in rows[-1]["profile"][:6]:
+                        print(f"    {kernel['us_per_step']:10.1f} us/step {kernel['launches_per_step']:7.1f} launches "
+                              f"{kernel['kernel'][:70]}", flush=True)  # fmt: skip
                 del model
                 torch.cuda.empty_cache()
     if args.out:

@@ -44,7 +44,7 @@ def _run_kernel(cell, token_part, context, masks, context_masks):
     context_weight = cell.layers[0].weight[:, cell.embedding_size :]
     params = [p for layer in cell.layers[1:] for p in (layer.weight, layer.bias)]
     options = ScanOptions(cell.context_norm.eps, cell.context_clamp, False, False)
-    return kernel.NewLLMKernelScan.apply(options, token_part, context, masks, context_masks, context_weight,
+    return kernel.NewLLMKernelScan.apply(options, 0, token_part, context, masks, context_masks, context_weight,
                                          cell.context_norm.weight, cell.context_norm.bias, cell.context_proj.weight,
                                          cell.context_proj.bias, *params)  # fmt: skip
 

@@ -117,6 +117,7 @@ class BaseCell(nn.Module):
         self.compile_steps = False
         self.cuda_graphs = False
         self.kernel = False  # the Triton kernels of kernel.py, where they apply (modeling.kernel_refusal)
+        self.kernel_loop = False  # ... as their loop launch: one program per SM, a grid barrier between phases
         # False trains every cell through autograd (scan.autograd_scan), to compare that with the hand-written backward
         self.handwritten_backward = True
 

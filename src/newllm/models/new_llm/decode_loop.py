@@ -42,21 +42,12 @@ from newllm.models.new_llm.decode_kernel import (
     _proj_head_tile,
     _update_pick_at,
 )
+from newllm.models.new_llm.kernel import _grid_barrier
 
 # Column tiles of the layers at batch 1: narrower than the stepped kernels' 16 columns, so that a 512-wide layer is
 # 128 tiles, about one per SM, and each program reads 8 KB of a layer's weights instead of 32. The context projection
 # keeps 16 (48 tiles for C = 256, beside the head's 256 in the same phase).
 LOOP_ROW_N = 4
-
-
-@triton.jit
-def _grid_barrier(arrived, target):
-    """Wait until `target` arrivals on the counter, this program's included (see the module's docstring)."""
-    tl.debug_barrier()  # every thread of this program has stored its part of the phase
-    tl.atomic_add(arrived, 1, sem="release", scope="gpu")
-    while tl.atomic_add(arrived, 0, sem="acquire", scope="gpu") < target:
-        pass
-    tl.debug_barrier()  # no thread reads the next phase's inputs before the wait is over
 
 
 @triton.jit

@@ -99,41 +99,56 @@ def _first_layer_tile(token_part_t, contexts_t, context_masks_t, HAS_CONTEXT_MAS
 
 
 @triton.jit
+def _context_grad_tile(d_first_t, H, context_weight, stride_cw, context_masks_t, HAS_CONTEXT_MASKS: tl.constexpr, d_kept,
+                       d_context, rows, row_ok, j, j_ok, C, BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr,
+                       BLOCK_K: tl.constexpr, PRECISION: tl.constexpr):  # fmt: skip
+    """dL/dc = f ⊙ dx (d_kept) + (dL/d(first layer) W_c) ⊙ m_c on one (rows, j) tile, into d_context: the first layer
+    read c ⊙ m_c."""
+    tile = row_ok[:, None] & j_ok[None, :]
+    offsets = rows[:, None] * C + j[None, :]
+    acc = tl.zeros((BLOCK_B, BLOCK_N), tl.float32)
+    acc = _dot_rows(acc, d_first_t, H, d_first_t, False, rows, row_ok, H, context_weight, stride_cw, 1, j, j_ok,
+                    BLOCK_K, PRECISION)  # fmt: skip
+    if HAS_CONTEXT_MASKS:
+        acc = acc * tl.load(context_masks_t + offsets, mask=tile, other=0.0)
+    acc += tl.load(d_kept + offsets, mask=tile, other=0.0)
+    tl.store(d_context + offsets, acc, mask=tile)
+
+
+@triton.jit
 def _context_grad(d_first_t, H, context_weight, stride_cw, context_masks_t, HAS_CONTEXT_MASKS: tl.constexpr, d_kept,
                   d_context, rows, row_ok, C, BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                   PRECISION: tl.constexpr):  # fmt: skip
-    """dL/dc = f ⊙ dx (d_kept) + (dL/d(first layer) W_c) ⊙ m_c, into d_context: the first layer read c ⊙ m_c."""
+    """`_context_grad_tile` on every column tile of these rows."""
     cols = tl.arange(0, BLOCK_N)
     for j0 in range(0, C, BLOCK_N):
         j = j0 + cols
-        j_ok = j < C
-        tile = row_ok[:, None] & j_ok[None, :]
-        offsets = rows[:, None] * C + j[None, :]
-        acc = tl.zeros((BLOCK_B, BLOCK_N), tl.float32)
-        acc = _dot_rows(acc, d_first_t, H, d_first_t, False, rows, row_ok, H, context_weight, stride_cw, 1, j, j_ok,
-                        BLOCK_K, PRECISION)  # fmt: skip
-        if HAS_CONTEXT_MASKS:
-            acc = acc * tl.load(context_masks_t + offsets, mask=tile, other=0.0)
-        acc += tl.load(d_kept + offsets, mask=tile, other=0.0)
-        tl.store(d_context + offsets, acc, mask=tile)
+        _context_grad_tile(d_first_t, H, context_weight, stride_cw, context_masks_t, HAS_CONTEXT_MASKS, d_kept,
+                           d_context, rows, row_ok, j, j < C, C, BLOCK_B, BLOCK_N, BLOCK_K, PRECISION)  # fmt: skip
+
+
+@triton.jit
+def _project_tile(hidden_t, proj_weight, proj_bias, proj_t, rows, row_ok, part, j, j_ok, H, C, BLOCK_B: tl.constexpr,
+                  BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr):  # fmt: skip
+    """Part `part` (0: Δ, 1: g_f, 2: g_i) of h W_gᵀ + b_g on one (rows, j) tile of context columns: rows part·C + j of
+    W_g."""
+    bias = tl.load(proj_bias + part * C + j, mask=j_ok, other=0.0)
+    acc = tl.zeros((BLOCK_B, BLOCK_N), tl.float32) + bias[None, :]
+    acc = _dot_rows(acc, hidden_t, H, hidden_t, False, rows, row_ok, H, proj_weight + part * C * H, 1, H, j, j_ok,
+                    BLOCK_K, PRECISION)  # fmt: skip
+    tl.store(proj_t + rows[:, None] * 3 * C + part * C + j[None, :], acc, mask=row_ok[:, None] & j_ok[None, :])
 
 
 @triton.jit
 def _project(hidden_t, proj_weight, proj_bias, proj_t, rows, row_ok, H, C, BLOCK_B: tl.constexpr,
              BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr):  # fmt: skip
-    """[Δ, g_f, g_i] = h W_gᵀ + b_g for one step's (B, H) head input: rows j, C + j, 2C + j of W_g for context columns j."""
+    """[Δ, g_f, g_i] = h W_gᵀ + b_g for one step's (B, H) head input: `_project_tile` on every tile of these rows."""
     cols = tl.arange(0, BLOCK_N)
     for j0 in range(0, C, BLOCK_N):
         j = j0 + cols
-        j_ok = j < C
-        tile = row_ok[:, None] & j_ok[None, :]
-        offsets = rows[:, None] * 3 * C + j[None, :]
         for part in range(3):
-            bias = tl.load(proj_bias + part * C + j, mask=j_ok, other=0.0)
-            acc = tl.zeros((BLOCK_B, BLOCK_N), tl.float32) + bias[None, :]
-            acc = _dot_rows(acc, hidden_t, H, hidden_t, False, rows, row_ok, H, proj_weight + part * C * H, 1, H, j,
-                            j_ok, BLOCK_K, PRECISION)  # fmt: skip
-            tl.store(proj_t + offsets + part * C, acc, mask=tile)
+            _project_tile(hidden_t, proj_weight, proj_bias, proj_t, rows, row_ok, part, j, j < C, H, C, BLOCK_B,
+                          BLOCK_N, BLOCK_K, PRECISION)  # fmt: skip
 
 
 @triton.jit
@@ -262,62 +277,127 @@ def _context_update_backward(d_context, d_kept, contexts, t, proj, norm_weight, 
 
 
 @triton.jit
+def _grid_barrier(arrived, target):
+    """Wait until `target` arrivals on the counter `arrived`, this program's included.
+
+    The counter only grows: at its k-th barrier every program adds one (release, at GPU scope, after all its threads
+    stored their part of the phase) and waits until it reads k × the number of programs (acquire), then reads what
+    the others wrote. It deadlocks unless every program is resident at once, so such launches are cooperative
+    (`launch_cooperative_grid`): CUDA refuses a grid that cannot be resident instead of starting one that would hang.
+    """
+    tl.debug_barrier()  # every thread of this program has stored its part of the phase
+    tl.atomic_add(arrived, 1, sem="release", scope="gpu")
+    while tl.atomic_add(arrived, 0, sem="acquire", scope="gpu") < target:
+        pass
+    tl.debug_barrier()  # no thread reads the next phase's inputs before the wait is over
+
+
+@triton.jit
+def _phase_tiles(tiles_per_row_block, row_blocks, GRID: tl.constexpr):
+    """(first, stop, step) of this program's tiles in a phase, tiles numbered row block by row block: in a window
+    launch its own row block's, in order; in a loop launch (GRID) every num_programs-th of all of them."""
+    me = tl.program_id(0)
+    if GRID:
+        return me, row_blocks * tiles_per_row_block, tl.num_programs(0)
+    else:
+        return me * tiles_per_row_block, (me + 1) * tiles_per_row_block, 1
+
+
+@triton.jit
+def _phase_end(arrived, passed, GRID: tl.constexpr):
+    """After a phase: in a window launch a CTA barrier (a program reads back only its own rows), in a loop launch the
+    grid barrier (the next phase reads what every program wrote)."""
+    if GRID:
+        _grid_barrier(arrived, passed * tl.num_programs(0))
+    else:
+        tl.debug_barrier()
+
+
+@triton.jit
+def _activate(acc, pre_t, hid_t, masks_t, offsets, tile, HAS_MASKS: tl.constexpr):
+    """Store a_l, then h_l = relu(a_l) ⊙ m_l, on one tile."""
+    tl.store(pre_t + offsets, acc, mask=tile)
+    h = tl.maximum(acc, 0.0)
+    if HAS_MASKS:
+        h = h * tl.load(masks_t + offsets, mask=tile, other=0.0)
+    tl.store(hid_t + offsets, h, mask=tile)
+
+
+@triton.jit
+def _relu_grad(acc, pre_t, masks_t, offsets, tile, HAS_MASKS: tl.constexpr):
+    """dL/da_l = dL/dh_l ⊙ m_l ⊙ [a_l > 0] on one tile."""
+    if HAS_MASKS:
+        acc = acc * tl.load(masks_t + offsets, mask=tile, other=0.0)
+    return tl.where(tl.load(pre_t + offsets, mask=tile, other=0.0) > 0, acc, 0.0)
+
+
+@triton.jit
 def _forward_kernel(
     token_part, contexts, masks, context_masks,  # (T, B, H), (T+1, B, C) with c_0 filled in, (T, L, B, H), (T, B, C)
     context_weight, stride_cw, weights, biases,  # W_c (H, C) rows stride_cw apart; W_l, b_l of layers 2..L stacked
     proj_weight, proj_bias, norm_weight, norm_bias,  # W_g (3C, H), b_g (3C,), γ, β (C,)
     # written: a_l and h_l (L, T, B, H); [Δ, g_f, g_i] (T, B, 3C); x̂ (T, B, C); 1/σ (T, B)
     pre, hid, proj, x_hat, rstd,
+    arrived,  # the grid barrier's counter (GRID)
     B, T, H, C, L, eps, clamp,
-    HAS_MASKS: tl.constexpr, HAS_CONTEXT_MASKS: tl.constexpr,
+    HAS_MASKS: tl.constexpr, HAS_CONTEXT_MASKS: tl.constexpr, GRID: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr,
 ):  # fmt: skip
-    rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
-    row_ok = rows < B
+    row_blocks = tl.cdiv(B, BLOCK_B)
+    span = tl.arange(0, BLOCK_B)
     cols = tl.arange(0, BLOCK_N)
+    h_tiles = tl.cdiv(H, BLOCK_N)
+    c_tiles = tl.cdiv(C, BLOCK_N)
+    passed = 0  # phases ended so far: the k-th grid barrier waits for k × num_programs arrivals
     for t in range(T):
         # Layer 1: a_1 = P_t + (c ⊙ m_c) W_cᵀ
-        for n0 in range(0, H, BLOCK_N):
-            n = n0 + cols
-            n_ok = n < H
-            tile = row_ok[:, None] & n_ok[None, :]
-            offsets = rows[:, None] * H + n[None, :]
+        first, stop, step = _phase_tiles(h_tiles, row_blocks, GRID)
+        for tile in range(first, stop, step):
+            rows = (tile // h_tiles) * BLOCK_B + span
+            n = (tile % h_tiles) * BLOCK_N + cols
+            row_ok, n_ok = rows < B, n < H
             acc = _first_layer_tile(token_part + t * B * H, contexts + t * B * C, context_masks + t * B * C,
                                     HAS_CONTEXT_MASKS, context_weight, stride_cw, rows, row_ok, n, n_ok, H, C, BLOCK_K,
                                     PRECISION)  # fmt: skip
-            tl.store(pre + t * B * H + offsets, acc, mask=tile)
-            h = tl.maximum(acc, 0.0)
-            if HAS_MASKS:
-                h = h * tl.load(masks + t * L * B * H + offsets, mask=tile, other=0.0)
-            tl.store(hid + t * B * H + offsets, h, mask=tile)
-        tl.debug_barrier()
+            _activate(acc, pre + t * B * H, hid + t * B * H, masks + t * L * B * H, rows[:, None] * H + n[None, :],
+                      row_ok[:, None] & n_ok[None, :], HAS_MASKS)  # fmt: skip
+        passed += 1
+        _phase_end(arrived, passed, GRID)
         # Layers 2..L: a_l = h_{l-1} W_lᵀ + b_l
         for layer in range(1, L):
             here = (layer * T + t) * B * H
             below = ((layer - 1) * T + t) * B * H
-            for n0 in range(0, H, BLOCK_N):
-                n = n0 + cols
-                n_ok = n < H
-                tile = row_ok[:, None] & n_ok[None, :]
-                offsets = rows[:, None] * H + n[None, :]
+            first, stop, step = _phase_tiles(h_tiles, row_blocks, GRID)
+            for tile in range(first, stop, step):
+                rows = (tile // h_tiles) * BLOCK_B + span
+                n = (tile % h_tiles) * BLOCK_N + cols
+                row_ok, n_ok = rows < B, n < H
                 bias = tl.load(biases + (layer - 1) * H + n, mask=n_ok, other=0.0)
                 acc = tl.zeros((BLOCK_B, BLOCK_N), tl.float32) + bias[None, :]
                 acc = _dot_rows(acc, hid + below, H, hid, False, rows, row_ok, H, weights + (layer - 1) * H * H, 1, H,
                                 n, n_ok, BLOCK_K, PRECISION)  # fmt: skip
-                tl.store(pre + here + offsets, acc, mask=tile)
-                h = tl.maximum(acc, 0.0)
-                if HAS_MASKS:
-                    h = h * tl.load(masks + (t * L + layer) * B * H + offsets, mask=tile, other=0.0)
-                tl.store(hid + here + offsets, h, mask=tile)
-            tl.debug_barrier()
-        # [Δ, g_f, g_i] = h_L W_gᵀ + b_g
-        _project(hid + ((L - 1) * T + t) * B * H, proj_weight, proj_bias, proj + t * B * 3 * C, rows, row_ok, H, C,
-                 BLOCK_B, BLOCK_N, BLOCK_K, PRECISION)  # fmt: skip
-        tl.debug_barrier()
-        # c' = clamp(γ ⊙ (x - μ)/σ_x + β, ±K)
-        _context_update(proj + t * B * 3 * C, contexts, t, norm_weight, norm_bias, x_hat + t * B * C, rstd + t * B,
-                        rows, row_ok, B, C, eps, clamp, False, True, BLOCK_B, BLOCK_N)  # fmt: skip
-        tl.debug_barrier()
+                _activate(acc, pre + here, hid + here, masks + (t * L + layer) * B * H, rows[:, None] * H + n[None, :],
+                          row_ok[:, None] & n_ok[None, :], HAS_MASKS)  # fmt: skip
+            passed += 1
+            _phase_end(arrived, passed, GRID)
+        # [Δ, g_f, g_i] = h_L W_gᵀ + b_g: tiles of C columns of each of the three parts
+        first, stop, step = _phase_tiles(3 * c_tiles, row_blocks, GRID)
+        for tile in range(first, stop, step):
+            rows = (tile // (3 * c_tiles)) * BLOCK_B + span
+            j = (tile % c_tiles) * BLOCK_N + cols
+            _project_tile(hid + ((L - 1) * T + t) * B * H, proj_weight, proj_bias, proj + t * B * 3 * C, rows,
+                          rows < B, (tile % (3 * c_tiles)) // c_tiles, j, j < C, H, C, BLOCK_B, BLOCK_N, BLOCK_K,
+                          PRECISION)  # fmt: skip
+        passed += 1
+        _phase_end(arrived, passed, GRID)
+        # c' = clamp(γ ⊙ (x - μ)/σ_x + β, ±K): whole rows, one row block a tile
+        first, stop, step = _phase_tiles(1, row_blocks, GRID)
+        for block in range(first, stop, step):
+            rows = block * BLOCK_B + span
+            _context_update(proj + t * B * 3 * C, contexts, t, norm_weight, norm_bias, x_hat + t * B * C, rstd + t * B,
+                            rows, rows < B, B, C, eps, clamp, False, True, BLOCK_B, BLOCK_N)  # fmt: skip
+        passed += 1
+        _phase_end(arrived, passed, GRID)
 
 
 @triton.jit
@@ -328,55 +408,70 @@ def _backward_kernel(
     pre, proj, x_hat, rstd,  # what the forward stored
     # written: dL/da_l (L, T, B, H); dL/d[Δ, g_f, g_i] (T, B, 3C); dL/dc' before the clamp (T, B, C)
     d_pre, d_proj, d_out,
+    arrived,  # the grid barrier's counter (GRID)
     B, T, H, C, L, clamp,
-    HAS_MASKS: tl.constexpr, HAS_CONTEXT_MASKS: tl.constexpr,
+    HAS_MASKS: tl.constexpr, HAS_CONTEXT_MASKS: tl.constexpr, GRID: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr,
 ):  # fmt: skip
-    rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
-    row_ok = rows < B
+    row_blocks = tl.cdiv(B, BLOCK_B)
+    span = tl.arange(0, BLOCK_B)
     cols = tl.arange(0, BLOCK_N)
-    for step in range(T):
-        t = T - 1 - step
-        # Through the clamp, the LayerNorm and the gated mix
-        _context_update_backward(d_context, d_kept, contexts, t, proj, norm_weight, x_hat + t * B * C, rstd + t * B,
-                                 d_proj, d_out + t * B * C, rows, row_ok, B, C, clamp, False, True, BLOCK_B, BLOCK_N)  # fmt: skip
-        tl.debug_barrier()
+    h_tiles = tl.cdiv(H, BLOCK_N)
+    c_tiles = tl.cdiv(C, BLOCK_N)
+    passed = 0
+    for reverse in range(T):
+        t = T - 1 - reverse
+        # Through the clamp, the LayerNorm and the gated mix: whole rows, one row block a tile
+        first, stop, step = _phase_tiles(1, row_blocks, GRID)
+        for block in range(first, stop, step):
+            rows = block * BLOCK_B + span
+            _context_update_backward(d_context, d_kept, contexts, t, proj, norm_weight, x_hat + t * B * C, rstd + t * B,
+                                     d_proj, d_out + t * B * C, rows, rows < B, B, C, clamp, False, True, BLOCK_B,
+                                     BLOCK_N)  # fmt: skip
+        passed += 1
+        _phase_end(arrived, passed, GRID)
         # dL/dh_L = grad_hidden_t + d[Δ, g_f, g_i] W_g, then dL/da_L = dL/dh_L ⊙ m_L ⊙ [a_L > 0]
         top = ((L - 1) * T + t) * B * H
-        for n0 in range(0, H, BLOCK_N):
-            n = n0 + cols
-            n_ok = n < H
-            tile = row_ok[:, None] & n_ok[None, :]
-            offsets = rows[:, None] * H + n[None, :]
+        first, stop, step = _phase_tiles(h_tiles, row_blocks, GRID)
+        for tile in range(first, stop, step):
+            rows = (tile // h_tiles) * BLOCK_B + span
+            n = (tile % h_tiles) * BLOCK_N + cols
+            row_ok, n_ok = rows < B, n < H
+            offsets, in_tile = rows[:, None] * H + n[None, :], row_ok[:, None] & n_ok[None, :]
             acc = _head_input_grad(grad_hidden + t * B * H, d_proj + t * B * 3 * C, proj_weight, rows, row_ok, n, n_ok,
                                    H, C, BLOCK_K, PRECISION)  # fmt: skip
-            if HAS_MASKS:
-                acc = acc * tl.load(masks + (t * L + L - 1) * B * H + offsets, mask=tile, other=0.0)
-            acc = tl.where(tl.load(pre + top + offsets, mask=tile, other=0.0) > 0, acc, 0.0)
-            tl.store(d_pre + top + offsets, acc, mask=tile)
-        tl.debug_barrier()
+            acc = _relu_grad(acc, pre + top, masks + (t * L + L - 1) * B * H, offsets, in_tile, HAS_MASKS)
+            tl.store(d_pre + top + offsets, acc, mask=in_tile)
+        passed += 1
+        _phase_end(arrived, passed, GRID)
         # Layers L..2: dL/da_{l-1} = (dL/da_l W_l) ⊙ m_{l-1} ⊙ [a_{l-1} > 0]
         for down in range(L - 1):
             layer = L - 1 - down
             here = (layer * T + t) * B * H
             below = ((layer - 1) * T + t) * B * H
-            for n0 in range(0, H, BLOCK_N):
-                n = n0 + cols
-                n_ok = n < H
-                tile = row_ok[:, None] & n_ok[None, :]
-                offsets = rows[:, None] * H + n[None, :]
+            first, stop, step = _phase_tiles(h_tiles, row_blocks, GRID)
+            for tile in range(first, stop, step):
+                rows = (tile // h_tiles) * BLOCK_B + span
+                n = (tile % h_tiles) * BLOCK_N + cols
+                row_ok, n_ok = rows < B, n < H
+                offsets, in_tile = rows[:, None] * H + n[None, :], row_ok[:, None] & n_ok[None, :]
                 acc = tl.zeros((BLOCK_B, BLOCK_N), tl.float32)
                 acc = _dot_rows(acc, d_pre + here, H, d_pre, False, rows, row_ok, H, weights + (layer - 1) * H * H, H,
                                 1, n, n_ok, BLOCK_K, PRECISION)  # fmt: skip
-                if HAS_MASKS:
-                    acc = acc * tl.load(masks + (t * L + layer - 1) * B * H + offsets, mask=tile, other=0.0)
-                acc = tl.where(tl.load(pre + below + offsets, mask=tile, other=0.0) > 0, acc, 0.0)
-                tl.store(d_pre + below + offsets, acc, mask=tile)
-            tl.debug_barrier()
-        # dL/dc = f ⊙ dx (from pass 2) + (dL/da_1 W_c) ⊙ m_c
-        _context_grad(d_pre + t * B * H, H, context_weight, stride_cw, context_masks + t * B * C, HAS_CONTEXT_MASKS,
-                      d_kept, d_context, rows, row_ok, C, BLOCK_B, BLOCK_N, BLOCK_K, PRECISION)  # fmt: skip
-        tl.debug_barrier()
+                acc = _relu_grad(acc, pre + below, masks + (t * L + layer - 1) * B * H, offsets, in_tile, HAS_MASKS)
+                tl.store(d_pre + below + offsets, acc, mask=in_tile)
+            passed += 1
+            _phase_end(arrived, passed, GRID)
+        # dL/dc = f ⊙ dx (from the first phase) + (dL/da_1 W_c) ⊙ m_c
+        first, stop, step = _phase_tiles(c_tiles, row_blocks, GRID)
+        for tile in range(first, stop, step):
+            rows = (tile // c_tiles) * BLOCK_B + span
+            j = (tile % c_tiles) * BLOCK_N + cols
+            _context_grad_tile(d_pre + t * B * H, H, context_weight, stride_cw, context_masks + t * B * C,
+                               HAS_CONTEXT_MASKS, d_kept, d_context, rows, rows < B, j, j < C, C, BLOCK_B, BLOCK_N,
+                               BLOCK_K, PRECISION)  # fmt: skip
+        passed += 1
+        _phase_end(arrived, passed, GRID)
 
 
 def _precision() -> str:
@@ -389,9 +484,15 @@ COVERED = ("the kernels cover the prototype cell (Linear → ReLU layers without
            "its update reading the head's input")
 
 
+LOOP_COVERED = ("the loop launch ('kernel_loop') covers the prototype cell only; the MLP-block cell has the window "
+                "kernels ('kernel')")
+
+
 def unsupported_reason(cell, batch: int, steps: int) -> str | None:
     """Why these kernels (or kernel_mlp.py's, for an MLP-block cell) cannot run this cell on a (batch, steps)
     window, or None when they can."""
+    if cell.kernel_loop and cell.blocks is not None:
+        return LOOP_COVERED
     if cell.blocks is not None:
         # imported here: kernel_mlp.py builds on this module's tile helpers
         from newllm.models.new_llm.kernel_mlp import mlp_unsupported_reason
@@ -409,11 +510,53 @@ def unsupported_reason(cell, batch: int, steps: int) -> str | None:
     return None
 
 
+def loop_programs(device: torch.device, batch: int, hidden: int) -> int:
+    """How many programs a loop launch runs: as many as a hidden layer has tiles at the widest column tile (64, 32 or
+    16) that gives at least three quarters of the SMs a tile, at most one per SM. Off CUDA one: Triton's interpreter
+    runs programs one after another, so a second would wait forever at the first barrier."""
+    if device.type != "cuda":
+        return 1
+    sms = torch.cuda.get_device_properties(device).multi_processor_count
+    row_blocks = triton.cdiv(batch, BLOCK_B)
+    for n in (64, 32, 16):
+        tiles = row_blocks * triton.cdiv(hidden, n)
+        if tiles >= 0.75 * sms:
+            break
+    return min(sms, tiles)
+
+
+def _launch(device: torch.device, programs: int, batch: int, hidden: int, layers: int, steps: int):
+    """(grid, launch options) of a window launch (programs 0) or a loop launch of `programs` programs.
+
+    A loop launch takes the widest column tile (64, 32 or 16) that still gives every program a tile of a hidden
+    layer (`loop_programs` chose their number to fit one), and is cooperative on CUDA (its grid barrier needs every program resident)."""
+    if programs == 0:
+        return (triton.cdiv(batch, BLOCK_B),), dict(GRID=False, BLOCK_B=BLOCK_B, BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K)
+    if device.type != "cuda" and programs != 1:
+        raise ValueError("off CUDA the loop launch runs as one program: the interpreter runs programs one after "
+                         "another, so a second would wait forever at the first barrier")  # fmt: skip
+    arrivals = programs * (layers + 2) * steps  # barriers: layers + 2 a step, each way
+    if arrivals >= 2**31:
+        raise ValueError(f"a window of {steps:,} steps with {programs} programs overflows the barrier's int32 counter")
+    row_blocks = triton.cdiv(batch, BLOCK_B)
+    block_n = next((n for n in (64, 32) if row_blocks * triton.cdiv(hidden, n) >= programs), 16)
+    meta = dict(GRID=True, BLOCK_B=BLOCK_B, BLOCK_N=block_n, BLOCK_K=BLOCK_K)
+    if device.type == "cuda":
+        meta["launch_cooperative_grid"] = True
+    return (programs,), meta
+
+
+def _counter(like: torch.Tensor) -> torch.Tensor:
+    """A fresh grid-barrier counter (read only by loop launches)."""
+    return torch.zeros(1, dtype=torch.int32, device=like.device)
+
+
 class NewLLMKernelScan(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, options, token_part, context, masks, context_masks, context_weight, norm_weight, norm_bias,
-                proj_weight, proj_bias, *params):  # fmt: skip
-        # Arguments as scan.NewLLMScan's: token_part (T, B, H) with layer 1's bias; context (B, C); masks
+    def forward(ctx, options, programs, token_part, context, masks, context_masks, context_weight, norm_weight,
+                norm_bias, proj_weight, proj_bias, *params):  # fmt: skip
+        # programs: 0 for the window launch (a program per BLOCK_B rows), else the loop launch's programs (`_launch`).
+        # The rest as scan.NewLLMScan's: token_part (T, B, H) with layer 1's bias; context (B, C); masks
         # (T, L, B, H) or None; context_masks (T, B, C) or None; context_weight (H, C), a view of layer 1's weight;
         # params: W, b of layers 2..L.
         steps, batch, hidden = token_part.shape
@@ -430,16 +573,17 @@ class NewLLMKernelScan(torch.autograd.Function):
         masks_or_any = token_part if masks is None else masks.contiguous()
         context_masks_or_any = token_part if context_masks is None else context_masks.contiguous()
         precision = _precision()
-        _forward_kernel[(triton.cdiv(batch, BLOCK_B),)](
+        grid, meta = _launch(token_part.device, programs, batch, hidden, layers, steps)
+        _forward_kernel[grid](
             token_part.contiguous(), contexts, masks_or_any, context_masks_or_any, context_weight,
             context_weight.stride(0), weights, biases, proj_weight.contiguous(), proj_bias, norm_weight, norm_bias,
-            pre, hid, proj, x_hat, rstd, batch, steps, hidden, size_c, layers, options.eps, options.clamp,
-            HAS_MASKS=masks is not None, HAS_CONTEXT_MASKS=context_masks is not None, BLOCK_B=BLOCK_B,
-            BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K, PRECISION=precision,
+            pre, hid, proj, x_hat, rstd, _counter(token_part), batch, steps, hidden, size_c, layers, options.eps,
+            options.clamp, HAS_MASKS=masks is not None, HAS_CONTEXT_MASKS=context_masks is not None, PRECISION=precision,
+            **meta,
         )  # fmt: skip
         ctx.save_for_backward(contexts, pre, hid, proj, x_hat, rstd, masks_or_any, context_masks_or_any, weights,
                               context_weight, proj_weight, norm_weight)  # fmt: skip
-        ctx.flags = (masks is not None, context_masks is not None, precision, options.clamp)
+        ctx.flags = (masks is not None, context_masks is not None, precision, options.clamp, programs)
         return hid[-1], contexts[-1].clone()  # hidden (T, B, H), last context (B, C)
 
     @staticmethod
@@ -447,17 +591,18 @@ class NewLLMKernelScan(torch.autograd.Function):
     def backward(ctx, grad_hidden, grad_context):
         contexts, pre, hid, proj, x_hat, rstd, masks, context_masks, weights, context_weight = ctx.saved_tensors[:10]
         proj_weight, norm_weight = ctx.saved_tensors[10:]
-        has_masks, has_context_masks, precision, clamp = ctx.flags
+        has_masks, has_context_masks, precision, clamp, programs = ctx.flags
         layers, steps, batch, hidden = pre.shape
         size_c = contexts.shape[2]
         grad_hidden = torch.zeros_like(hid[-1]) if grad_hidden is None else grad_hidden.contiguous()
         d_context = torch.zeros_like(contexts[-1]) if grad_context is None else grad_context.clone().contiguous()
         d_pre, d_proj, d_out = torch.empty_like(pre), torch.empty_like(proj), torch.empty_like(x_hat)
-        _backward_kernel[(triton.cdiv(batch, BLOCK_B),)](
+        grid, meta = _launch(pre.device, programs, batch, hidden, layers, steps)
+        _backward_kernel[grid](
             grad_hidden, d_context, torch.empty_like(d_context), contexts, masks, context_masks, context_weight,
             context_weight.stride(0), weights, proj_weight, norm_weight, pre, proj, x_hat, rstd, d_pre, d_proj, d_out,
-            batch, steps, hidden, size_c, layers, clamp, HAS_MASKS=has_masks, HAS_CONTEXT_MASKS=has_context_masks,
-            BLOCK_B=BLOCK_B, BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K, PRECISION=precision,
+            _counter(pre), batch, steps, hidden, size_c, layers, clamp, HAS_MASKS=has_masks,
+            HAS_CONTEXT_MASKS=has_context_masks, PRECISION=precision, **meta,
         )  # fmt: skip
         # Weight gradients: one matmul over all T·B rows each, from the stored activations (as scan.py).
         flat = lambda x: x.reshape(-1, x.shape[-1])  # noqa: E731
@@ -465,7 +610,7 @@ class NewLLMKernelScan(torch.autograd.Function):
         d_layers = []
         for layer in range(1, layers):
             d_layers += [flat(d_pre[layer]).t() @ flat(hid[layer - 1]), d_pre[layer].sum((0, 1))]
-        return (None, d_pre[0], d_context, None, None, flat(d_pre[0]).t() @ flat(reads), (d_out * x_hat).sum((0, 1)),
+        return (None, None, d_pre[0], d_context, None, None, flat(d_pre[0]).t() @ flat(reads), (d_out * x_hat).sum((0, 1)),
                 d_out.sum((0, 1)), flat(d_proj).t() @ flat(hid[-1]), d_proj.sum((0, 1)), *d_layers)  # fmt: skip
 
 
@@ -473,14 +618,15 @@ def kernel_scan(cell, token_embeddings: torch.Tensor, context: torch.Tensor) -> 
     """`scan.fused_scan` through the kernels: (B, T, E), (B, C) → hidden (B, T, H), last context.
 
     The caller checks `unsupported_reason` first; the masks are drawn as scan.py draws them (same
-    shapes, same order), so one seed gives both paths the same masks."""
+    shapes, same order), so one seed gives both paths the same masks. With `cell.kernel_loop` the window runs as
+    the loop launch (one program per SM, a grid barrier between phases), else as the window launch."""
+    reason = unsupported_reason(cell, token_embeddings.shape[0], token_embeddings.shape[1])
+    if reason is not None:
+        raise ValueError(reason)
     if cell.blocks is not None:
         from newllm.models.new_llm.kernel_mlp import mlp_kernel_scan
 
         return mlp_kernel_scan(cell, token_embeddings, context)
-    reason = unsupported_reason(cell, token_embeddings.shape[0], token_embeddings.shape[1])
-    if reason is not None:
-        raise ValueError(reason)
     first = cell.layers[0]
     token_weight, context_weight = first.weight.split([cell.embedding_size, cell.context_size], dim=1)
     params = [p for layer in cell.layers[1:] for p in (layer.weight, layer.bias)]
@@ -493,10 +639,11 @@ def kernel_scan(cell, token_embeddings: torch.Tensor, context: torch.Tensor) -> 
         token_part = F.linear(token_embeddings.float(), token_weight, first.bias)
         token_part = token_part.transpose(0, 1).contiguous()  # (T, B, H)
         steps, batch, hidden = token_part.shape
+        programs = loop_programs(token_part.device, batch, hidden) if cell.kernel_loop else 0
         masks = dropout_masks(token_part, (steps, len(cell.layers), batch, hidden), dropout_p)
         context_masks = dropout_masks(token_part, (steps, batch, cell.context_size), context_dropout_p)
         hidden, context = NewLLMKernelScan.apply(
-            options, token_part, context.float(), masks, context_masks, context_weight, cell.context_norm.weight,
+            options, programs, token_part, context.float(), masks, context_masks, context_weight, cell.context_norm.weight,
             cell.context_norm.bias, cell.context_proj.weight, cell.context_proj.bias, *params,
         )  # fmt: skip
     return hidden.transpose(0, 1), context

@@ -23,7 +23,7 @@ from newllm.models.new_llm.scan_mlp import mlp_scan
 from newllm.models.recurrent import RecurrentGenerationMixin, needs_state_mask
 
 
-FAST_PATHS = ("eager", "compiled", "graphed", "compiled+graphed", "kernel", "auto")
+FAST_PATHS = ("eager", "compiled", "graphed", "compiled+graphed", "kernel", "kernel_loop", "auto")
 
 
 def triton_refusal(device: torch.device) -> str | None:
@@ -108,7 +108,8 @@ class NewLLMModel(NewLLMPreTrainedModel):
                     return kernel_scan(cell, embeddings, context)
                 if embeddings.is_cuda and not cell.cuda_graphs:  # "kernel" on a GPU says why; "auto" falls
                     # back to the compiled, graphed scan below without a word; on CPU every path runs eagerly
-                    warnings.warn(f"fast path 'kernel' not taken: {reason}; running the eager scan", stacklevel=2)
+                    mode = "kernel_loop" if cell.kernel_loop else "kernel"
+                    warnings.warn(f"fast path {mode!r} not taken: {reason}; running the eager scan", stacklevel=2)
             if cell.handwritten_backward and cell.has_handwritten_backward:
                 return fused_scan(cell, embeddings, context)
             if cell.handwritten_backward and cell.has_mlp_backward:
@@ -152,14 +153,17 @@ class NewLLMForCausalLM(RecurrentGenerationMixin, NewLLMPreTrainedModel, Generat
         return self.output_logits(hidden), (context,)  # (B, T, V)
 
     def set_fast_path(self, mode: str) -> NewLLMForCausalLM:
-        """How training runs the recurrence on CUDA: "eager", "compiled", "graphed", "compiled+graphed", "kernel" or "auto".
+        """How training runs the recurrence on CUDA: "eager", "compiled", "graphed", "compiled+graphed", "kernel",
+        "kernel_loop" or "auto".
 
         "compiled" fuses each step's kernels with torch.compile; "graphed" captures the whole scan,
         forward and backward, as CUDA graphs per input shape (scan.py). "kernel" runs the whole
         window in one Triton launch forward and one backward (kernel.py, kernel_mlp.py) where that applies
         (CUDA, triton installed, the prototype cell without residual or ffn_norm or the MLP-block cell with a
         LayerNorm final norm or none, one context scale, float32 parameters) and
-        otherwise, with a warning on CUDA, the eager hand-written scan. "auto" takes the kernels where they
+        otherwise, with a warning on CUDA, the eager hand-written scan. "kernel_loop" runs the same kernels as one
+        program per SM walking the window together, every phase's tiles spread over all of them and a grid-wide
+        barrier between phases (the prototype cell only; kernel.py). "auto" takes the kernels where they
         apply and "compiled+graphed" where they do not, silently. A mode ending in "/autograd"
         ("compiled+graphed/autograd") trains the cell through autograd instead of its hand-written backward
         (scan.py, scan_mlp.py), to compare the two. The function is the same in every mode; on CPU every mode
@@ -173,7 +177,8 @@ class NewLLMForCausalLM(RecurrentGenerationMixin, NewLLMPreTrainedModel, Generat
         cell.handwritten_backward = not autograd
         cell.compile_steps = "compiled" in mode or mode == "auto"
         cell.cuda_graphs = "graphed" in mode or mode == "auto"
-        cell.kernel = mode in ("kernel", "auto")
+        cell.kernel = mode in ("kernel", "kernel_loop", "auto")
+        cell.kernel_loop = mode == "kernel_loop"
         cell.__dict__.pop("_scan_graphs", None)  # captures of the previous mode hold GPU memory
         return self
 

@@ -1,0 +1,166 @@
+"""The loop launch of kernel.py's training kernels (fast path "kernel_loop"): the same function as the window launch.
+
+A loop launch runs one program per SM; each phase's tiles are spread over all of them and a grid barrier ends the
+phase. Triton's CPU interpreter runs programs one after another, so there a loop launch runs as one program (which
+meets every barrier alone): the interpreter checks the tile arithmetic of every phase, and only the CUDA tests, with
+many programs, check the barriers. Without triton (CI) the file skips, as test_new_llm_kernel.py does.
+"""
+
+import pytest
+import torch
+
+triton = pytest.importorskip("triton", reason="the kernel path needs triton (CI does not install it)")
+if not torch.cuda.is_available() and not triton.knobs.runtime.interpret:
+    pytest.skip("no GPU and TRITON_INTERPRET is not 1: the kernels cannot run", allow_module_level=True)
+
+from newllm.models.new_llm import NewLLMForCausalLM, kernel  # noqa: E402
+from newllm.models.new_llm.modeling import kernel_refusal  # noqa: E402
+from newllm.models.new_llm.scan import ScanOptions  # noqa: E402
+from tests.unit.models.conftest import assert_scans_agree, random_ids, tiny_new_llm_config  # noqa: E402
+from tests.unit.models.test_new_llm_kernel import CASES, DEVICE, _cell, _kernel_inputs, _run_reference  # noqa: E402
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+# Programs of a loop launch: one off CUDA; on a GPU a few, so that a phase's tiles wrap around, and one per SM.
+PROGRAMS = [1, 3, 7, None] if torch.cuda.is_available() else [1]
+
+
+def _loop_scan(programs):
+    def run(cell, token_part, context, masks, context_masks):
+        count = programs or kernel.loop_programs(token_part.device, token_part.shape[1], token_part.shape[2])
+        context_weight = cell.layers[0].weight[:, cell.embedding_size :]
+        params = [p for layer in cell.layers[1:] for p in (layer.weight, layer.bias)]
+        options = ScanOptions(cell.context_norm.eps, cell.context_clamp, False, False)
+        return kernel.NewLLMKernelScan.apply(options, count, token_part, context, masks, context_masks,
+                                             context_weight, cell.context_norm.weight, cell.context_norm.bias,
+                                             cell.context_proj.weight, cell.context_proj.bias, *params)  # fmt: skip
+
+    return run
+
+
+@pytest.mark.parametrize("programs", PROGRAMS, ids=lambda p: f"{p or 'sm'}_programs")
+@pytest.mark.parametrize("name", CASES)
+def test_loop_outputs_and_gradients_equal_the_reference_step(name, programs):
+    overrides, batch, steps, dropout, context_dropout = CASES[name]
+    cell = _cell(**overrides)
+    inputs = _kernel_inputs(cell, batch, steps, dropout, context_dropout)
+    assert_scans_agree(cell, inputs, _run_reference, _loop_scan(programs))
+
+
+def _model(mode, **overrides):
+    torch.manual_seed(0)
+    return NewLLMForCausalLM(tiny_new_llm_config(**overrides)).to(DEVICE).set_fast_path(mode)
+
+
+@pytest.fixture
+def loop_launches(monkeypatch):
+    """The programs of every launch of the training kernels' autograd function (0: a window launch)."""
+    launches = []
+    real = kernel.NewLLMKernelScan.apply
+    monkeypatch.setattr(kernel.NewLLMKernelScan, "apply", lambda options, programs, *args: launches.append(programs)
+                        or real(options, programs, *args))  # fmt: skip
+    return launches
+
+
+def test_model_training_step_with_dropout_equals_eager(loop_launches):
+    options = dict(dropout=0.2, context_dropout=0.1)
+    models = [_model("eager", **options).train(), _model("kernel_loop", **options).train()]
+    ids = random_ids(3, 8).to(DEVICE)
+    results = []
+    for model in models:
+        torch.manual_seed(1)  # the same dropout masks: the loop draws them as scan.py does
+        loss = model(ids, labels=ids).loss
+        results.append((loss, torch.autograd.grad(loss, list(model.parameters()))))
+    assert len(loop_launches) == 1 and loop_launches[0] >= 1  # one loop launch, not a window launch (0)
+    torch.testing.assert_close(results[1][0], results[0][0], rtol=1e-5, atol=1e-6)
+    for (name, _), reference, fast in zip(models[0].named_parameters(), results[0][1], results[1][1]):
+        torch.testing.assert_close(fast, reference, rtol=1e-4, atol=1e-6, msg=lambda m: f"{name}: {m}")
+
+
+def test_gradient_accumulation_over_two_windows_equals_one(loop_launches):
+    model = _model("kernel_loop")
+    ids = random_ids(4, 8).to(DEVICE)
+    model(ids, labels=ids).loss.backward()
+    full = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    first, second = model(ids[:2], labels=ids[:2]).loss, model(ids[2:], labels=ids[2:]).loss
+    (first / 2).backward()
+    (second / 2).backward()
+    assert len(loop_launches) == 3 and 0 not in loop_launches
+    for (name, p), expected in zip(model.named_parameters(), full):
+        torch.testing.assert_close(p.grad, expected, rtol=1e-5, atol=1e-7, msg=lambda m: f"{name}: {m}")
+
+
+def test_the_mlp_block_cell_is_refused_and_falls_back(loop_launches):
+    # The loop launch covers the prototype cell only; the MLP-block cell keeps its window kernels under "kernel".
+    overrides = dict(block="mlp", num_hidden_layers=1, hidden_size=16)
+    model = _model("kernel_loop", **overrides)
+    ids = random_ids(2, 6).to(DEVICE)
+    assert kernel_refusal(model.model.cell, model.model.embed_tokens(ids)) == kernel.LOOP_COVERED
+    torch.testing.assert_close(model(ids, labels=ids).loss, _model("eager", **overrides)(ids, labels=ids).loss)
+    assert loop_launches == []
+    window = _model("kernel", **overrides).model.cell
+    assert kernel_refusal(window, model.model.embed_tokens(ids)) is None
+
+
+def test_a_loop_launch_of_several_programs_is_refused_off_cuda():
+    with pytest.raises(ValueError, match="one program"):
+        kernel._launch(torch.device("cpu"), 2, 16, 32, 2, 4)
+
+
+def test_the_column_tile_gives_every_program_a_tile_of_a_hidden_layer():
+    # (batch, hidden, programs) -> BLOCK_N: 16 row blocks of 8 tiles at 64 columns fill 128 programs; 4 row blocks
+    # need 16 columns for 128 tiles; a window launch keeps kernel.BLOCK_N and one program per 16 rows.
+    cuda_device = torch.device("cuda")  # only read for its type: nothing runs
+    assert kernel._launch(cuda_device, 128, 256, 512, 3, 64)[1]["BLOCK_N"] == 64
+    assert kernel._launch(cuda_device, 129, 256, 512, 3, 64)[1]["BLOCK_N"] == 32
+    assert kernel._launch(cuda_device, 128, 64, 512, 3, 128)[1]["BLOCK_N"] == 16
+    grid, meta = kernel._launch(cuda_device, 0, 256, 512, 3, 64)
+    assert grid == (16,) and not meta["GRID"] and meta["BLOCK_N"] == kernel.BLOCK_N
+    assert kernel._launch(cuda_device, 128, 256, 512, 3, 64)[1]["launch_cooperative_grid"]
+    with pytest.raises(ValueError, match="int32"):
+        kernel._launch(cuda_device, 132, 256, 512, 3, 2**24)
+
+
+@cuda
+@pytest.mark.parametrize("window", [(64, 32), (256, 64)], ids=["64x32", "256x64"])
+def test_cuda_loop_at_full_width_matches_the_hand_written_scan(window):
+    # The default model's widths over one program per SM: every phase's tiles spread over the grid and a grid
+    # barrier between phases, as the GPU runs them.
+    from newllm.models.new_llm.scan import fused_scan
+
+    torch.manual_seed(0)
+    config = tiny_new_llm_config(embedding_size=256, context_size=256, hidden_size=512, num_hidden_layers=3,
+                                 dropout=0.1, context_dropout=0.1)  # fmt: skip
+    model = NewLLMForCausalLM(config).cuda().train()
+    cell = model.model.cell
+    batch, steps = window
+    embeddings = torch.randn(batch, steps, 256, device="cuda", requires_grad=True)
+    context = torch.randn(batch, 256, device="cuda")
+    grads = []
+    for scan in (fused_scan, kernel.kernel_scan):
+        cell.kernel_loop = scan is kernel.kernel_scan
+        torch.manual_seed(1)
+        hidden, last = scan(cell, embeddings, context)
+        loss = hidden.square().mean() + last.mean()
+        grads.append((hidden, last, *torch.autograd.grad(loss, [embeddings, *cell.parameters()])))
+    for reference, fast in zip(*grads):
+        torch.testing.assert_close(fast, reference, rtol=1e-4, atol=1e-5)
+
+
+@cuda
+def test_cuda_loop_training_step_matches_eager_in_bf16():
+    # bf16 autocast as training runs it: loss to 1e-3 relative, each gradient to 1e-3 in relative norm (the head
+    # runs in bf16 in both paths, so a hidden value one fp32 rounding apart can round to another bf16).
+    ids = random_ids(8, 32).cuda()
+    results = []
+    for mode in ("eager", "kernel_loop"):
+        model = _model(mode, dropout=0.2, context_dropout=0.1).train()
+        torch.manual_seed(1)
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            loss = model(ids, labels=ids).loss
+        results.append((loss, torch.autograd.grad(loss, list(model.parameters()))))
+    (loss_ref, grads_ref), (loss, grads) = results
+    torch.testing.assert_close(loss, loss_ref, rtol=1e-3, atol=0)
+    for (name, _), ref, fast in zip(model.named_parameters(), grads_ref, grads):
+        error = ((fast.float() - ref.float()).norm() / ref.float().norm().clamp_min(1e-12)).item()
+        assert error < 1e-3, name
