@@ -102,7 +102,8 @@ FRACTION = Bound(0, 1)  # [0, 1): dropout probabilities and such
 # models/new_llm/modeling.py's FAST_PATHS but "eager" (which `compile = false` means), repeated here so that a
 # TrainConfig is checked without importing the model (a test ties them); "compiled+graphed/autograd" trains the
 # cell through autograd instead of its hand-written backward (the same function, a fallback and a comparison)
-NEW_LLM_FAST_PATHS = ("compiled", "graphed", "compiled+graphed", "kernel", "auto", "compiled+graphed/autograd")
+NEW_LLM_FAST_PATHS = ("compiled", "graphed", "compiled+graphed", "kernel", "kernel_loop", "auto",
+                      "compiled+graphed/autograd")
 # transformers' SchedulerType values that need no scheduler arguments beyond warmup and the step count
 SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup", "inverse_sqrt")
 
@@ -259,8 +260,9 @@ class TrainConfig:
     # CUDA speed: New-LLM's fast path (compiled steps + CUDA-graphed scan), torch.compile for the baselines;
     # ignored on CPU
     compile: bool = False
-    # with compile: which of New-LLM's fast paths ("kernel": the Triton window kernels; "auto": those kernels where
-    # they apply, else "compiled+graphed"). It changes the speed, not the function: a resume may change it.
+    # with compile: which of New-LLM's fast paths ("kernel": the Triton window kernels; "kernel_loop": the same
+    # kernels as one program per SM with grid barriers; "auto": the window kernels where they apply, else
+    # "compiled+graphed"). It changes the speed, not the function: a resume may change it.
     fast_path: str = "compiled+graphed"
     save_steps: int = 0  # > 0 also checkpoints (and logs) every N optimizer steps; eval stays per epoch
     # Truncated BPTT (pre-training, recurrent models): batch rows are lanes of the stream read in order,

@@ -9,7 +9,8 @@ Two questions, each over a grid:
   torch.compile of the model); "graphed" (New-LLM: compiled steps and the whole scan replayed from
   CUDA graphs; the baselines: torch.compile(mode="reduce-overhead"), which adds CUDA graphs); "kernel"
   (New-LLM only, CUDA only, opt-in: the whole window in one Triton launch each way, kernel.py and
-  kernel_mlp.py; the baselines' rows say so and their best stays their graphed row).
+  kernel_mlp.py; the baselines' rows say so and their best stays their graphed row); "kernel_loop" (the same
+  kernels as one program per SM walking the window together, grid barriers between phases; prototype cell only).
 - generation: how long one greedy token costs (ms_per_token as `speed.time_decoding` defines it),
   and how big the cache is, after a prompt of `context_len` tokens. This is what the fixed-size context vector is for: New-LLM's cost and
   state stay flat while GPT-2's key/value cache grows with the context (and stops at its positions).
@@ -45,7 +46,7 @@ from newllm.models.new_llm import NewLLMConfig
 from newllm.models.registry import BaselineShape, build_model, count_parameters, matched_configs, max_positions
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
-COMPILE_MODES = ("eager", "compiled", "graphed", "kernel")
+COMPILE_MODES = ("eager", "compiled", "graphed", "kernel", "kernel_loop")
 GEN_MODES = ("forward", "graphed", "kernel", "kernel_bf16_head", "kernel_loop", "kernel_loop_bf16_head")
 # decode modes on the Triton kernels: the output head's dtype each reads, and whether every token is one launch
 KERNEL_MODES = {
@@ -55,7 +56,8 @@ KERNEL_MODES = {
     "kernel_loop_bf16_head": dict(head_dtype=torch.bfloat16, persistent=True),
 }
 # New-LLM's own fast path for each training mode (NewLLMForCausalLM.set_fast_path)
-NEW_LLM_FAST_PATHS = {"eager": "eager", "compiled": "compiled", "graphed": "compiled+graphed", "kernel": "kernel"}
+NEW_LLM_FAST_PATHS = {"eager": "eager", "compiled": "compiled", "graphed": "compiled+graphed", "kernel": "kernel",
+                      "kernel_loop": "kernel_loop"}
 LEARNING_RATE = 1e-4  # irrelevant to the timing; small so that a few steps on random ids stay finite
 
 
@@ -319,10 +321,10 @@ def _training_rows(name: str, model, config: BenchConfig, device: torch.device, 
         head = {"model": name, "batch_size": batch, "seq_len": seq, "precision": precision, "mode": mode}
         empty = {"tokens_per_s": None, "ms_per_step": None, "peak_mem_bytes": None}
         skip = None
-        if mode == "kernel" and not hasattr(model, "set_fast_path"):
-            skip = "kernel is New-LLM's Triton path (the baselines' best is graphed)"
-        elif mode == "kernel" and device.type != "cuda":
-            skip = "kernel is timed on CUDA only (Triton)"
+        if mode in ("kernel", "kernel_loop") and not hasattr(model, "set_fast_path"):
+            skip = f"{mode} is New-LLM's Triton path (the baselines' best is graphed)"
+        elif mode in ("kernel", "kernel_loop") and device.type != "cuda":
+            skip = f"{mode} is timed on CUDA only (Triton)"
         elif mode == "graphed" and device.type != "cuda":
             skip = "graphed is timed on CUDA only (CUDA graphs)"
         elif mode == "compiled" and device.type != "cuda" and not config.compile_on_cpu:

@@ -16,13 +16,23 @@ Design:
     same masks), the vocabulary head, and the weight gradients (one matmul per weight over all
     T·B rows, from the activations the forward stored).
 
-    Each program owns BLOCK_B batch rows (16: the smallest M of `tl.dot`) for the whole window and
-    walks t = 0..T-1 itself. A step is a few phases separated by `tl.debug_barrier()` (a CTA-wide
-    barrier, which also orders the program's global-memory writes before its reads):
-        layer 1, layers 2..L, the [Δ, g_f, g_i] projection: output tiles of BLOCK_N columns, each
-            a loop over BLOCK_K-wide slices of the input row and of the weight;
-        the context LayerNorm: three passes over C-tiles (mean, variance, normalise), recomputing
-            x from the stored projection, so no row needs to be whole in registers.
+    A step is a few phases, each a set of output tiles of BLOCK_B rows (16: the smallest M of `tl.dot`)
+    by BLOCK_N columns:
+        layer 1, layers 2..L, the [Δ, g_f, g_i] projection: each tile a loop over BLOCK_K-wide
+            slices of the input rows and of the weight;
+        the context LayerNorm: one tile per row block, three passes over C-tiles (mean, variance,
+            normalise), recomputing x from the stored projection, so no row needs to be whole in
+            registers.
+    Two launches run the same kernels and differ only in who takes which tile and how a phase ends:
+        window launch (fast path "kernel"): each program owns one row block for the whole window
+            and walks t = 0..T-1 itself, every tile of its rows in turn; a phase ends with
+            `tl.debug_barrier()` (a CTA-wide barrier, which also orders the program's global-memory
+            writes before its reads), since a program reads back only its own rows.
+        loop launch (fast path "kernel_loop"): one program per SM (`loop_programs`), all walking
+            the window together; each phase's tiles are dealt round-robin over them, and a phase
+            ends with a grid barrier (`_grid_barrier`), since the next phase reads what every
+            program wrote. The window launch's program reads all ≈4 MB of weights every step; here
+            each program reads its columns' share, so the weights stream through every SM at once.
     Only one tile of activations and one of weights is in registers at a time. The activations of a
     step go to the buffers the backward needs anyway (a_l, h_l, the projection, x̂, 1/σ, the
     contexts), where the next phase reads them back from L1/L2; the weights (≈1M values at
@@ -39,14 +49,13 @@ Design:
     TF32 when torch's float32 matmul precision allows it (`torch.set_float32_matmul_precision`),
     as cuBLAS does for the eager path, and IEEE fp32 otherwise.
 
-Untimed so far. What to expect to tune: a program per 16 rows is only B/16 programs (16 at batch
-256, against 132 SMs on an H200), each re-reading ≈4 MB of fp32 weights from L2 per step; the
-levers are the tile sizes and num_warps, bf16 weight copies, and splitting a step's output columns
-over several programs per row block (which needs a grid-wide barrier per phase).
+Timed: the window launch is slower than the graphed scan (docs/performance.md, "Fused kernel"), its pace set
+by one program reading every weight each step; the loop launch is what that section proposes instead.
 
 On CPU the same kernels run under Triton's interpreter (TRITON_INTERPRET=1, set before triton is
 imported): that is how the tests check them without a GPU. The interpreter runs one program at
-a time, so it cannot catch a missing barrier; the CUDA tests can.
+a time, so it cannot catch a missing barrier, and runs a loop launch as one program, for which every grid
+barrier is already met; the CUDA tests, with many programs, check the barriers.
 """
 
 from __future__ import annotations
