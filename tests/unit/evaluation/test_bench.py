@@ -109,14 +109,15 @@ def test_graphed_decoding_rows_say_why_they_were_skipped():
     }
 
 
-def test_kernel_training_rows_are_new_llms_and_say_why_they_were_skipped_on_cpu():
-    config = dataclasses.replace(quick_bench_config(), compile_modes=("kernel",), gen_modes=("forward",))
+@pytest.mark.parametrize("mode", ["kernel", "kernel_loop"])
+def test_kernel_training_rows_are_new_llms_and_say_why_they_were_skipped_on_cpu(mode):
+    config = dataclasses.replace(quick_bench_config(), compile_modes=(mode,), gen_modes=("forward",))
     results = run_bench(config, "cpu", progress=False)
     reasons = {r["model"]: r["skipped"] for r in results["training"]}
     assert reasons == {
-        "new_llm": "kernel is timed on CUDA only (Triton)",
-        "tinygpt2": "kernel is New-LLM's Triton path (the baselines' best is graphed)",
-        "lstm": "kernel is New-LLM's Triton path (the baselines' best is graphed)",
+        "new_llm": f"{mode} is timed on CUDA only (Triton)",
+        "tinygpt2": f"{mode} is New-LLM's Triton path (the baselines' best is graphed)",
+        "lstm": f"{mode} is New-LLM's Triton path (the baselines' best is graphed)",
     }
 
 
