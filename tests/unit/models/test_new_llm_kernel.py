@@ -119,10 +119,16 @@ def kernel_calls(monkeypatch):
     return calls
 
 
-def test_model_training_step_with_dropout_equals_eager(kernel_calls):
+# both launches of the kernels: a program per row block ("kernel") and a program per SM ("kernel_loop",
+# test_new_llm_kernel_loop.py)
+MODES = ["kernel", "kernel_loop"]
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_model_training_step_with_dropout_equals_eager(kernel_calls, mode):
     # The kernel path draws its masks as scan.py does: one seed, the same masks, the same loss and gradients.
     options = dict(dropout=0.2, context_dropout=0.1)
-    models = [_model("eager", **options).train(), _model("kernel", **options).train()]
+    models = [_model("eager", **options).train(), _model(mode, **options).train()]
     ids = random_ids(3, 8).to(DEVICE)
     results = []
     for model in models:
@@ -135,10 +141,11 @@ def test_model_training_step_with_dropout_equals_eager(kernel_calls):
         torch.testing.assert_close(fast, reference, rtol=1e-4, atol=1e-6, msg=lambda m: f"{name}: {m}")
 
 
-def test_gradient_accumulation_over_two_windows_equals_one(kernel_calls):
+@pytest.mark.parametrize("mode", MODES)
+def test_gradient_accumulation_over_two_windows_equals_one(kernel_calls, mode):
     # Two half batches, each loss halved and backpropagated in turn, give the full batch's gradient: nothing a
     # backward needs is shared between calls, and the kernel's gradients add up in .grad like any other.
-    model = _model("kernel")
+    model = _model(mode)
     ids = random_ids(4, 8).to(DEVICE)
     model(ids, labels=ids).loss.backward()
     full = [p.grad.clone() for p in model.parameters()]
@@ -151,13 +158,14 @@ def test_gradient_accumulation_over_two_windows_equals_one(kernel_calls):
         torch.testing.assert_close(p.grad, expected, rtol=1e-5, atol=1e-7, msg=lambda m: f"{name}: {m}")
 
 
-def test_a_context_carried_into_the_next_window_passes_its_gradient_back(kernel_calls):
+@pytest.mark.parametrize("mode", MODES)
+def test_a_context_carried_into_the_next_window_passes_its_gradient_back(kernel_calls, mode):
     # The second window starts from the first one's context without detaching it: the backward of the second
     # scan hands dL/dc_0 to the first one's (its dL/dc_T input), with both graphs alive at once.
     ids = random_ids(2, 10).to(DEVICE)
     grads = []
-    for mode in ("eager", "kernel"):
-        model = _model(mode)
+    for path in ("eager", mode):
+        model = _model(path)
         first = model(ids[:, :5], labels=ids[:, :5])
         second = model(ids[:, 5:], labels=ids[:, 5:], state=first.state)
         grads.append(torch.autograd.grad(first.loss + second.loss, list(model.parameters())))
@@ -218,13 +226,14 @@ def _relative_error(fast, reference):
 
 
 @cuda
+@pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("options", [{}, {"dropout": 0.2, "context_dropout": 0.1}], ids=["prototype", "dropouts"])
-def test_cuda_kernel_training_step_matches_eager_in_fp32_and_bf16(options, kernel_calls):
+def test_cuda_kernel_training_step_matches_eager_in_fp32_and_bf16(options, mode, kernel_calls):
     ids = random_ids(8, 32).cuda()
     for precision in ("fp32", "bf16"):
         results = []
-        for mode in ("eager", "kernel"):
-            model = _model(mode, **options).train()
+        for path in ("eager", mode):
+            model = _model(path, **options).train()
             torch.manual_seed(1)  # the same dropout masks in both paths
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=precision == "bf16"):
                 loss = model(ids, labels=ids).loss

@@ -313,6 +313,14 @@ def _phase_tiles(tiles_per_row_block, row_blocks, GRID: tl.constexpr):
 
 
 @triton.jit
+def _tile_at(tile, tiles_per_row_block, BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr):
+    """The rows and columns of tile number `tile`, tiles numbered row block by row block."""
+    rows = (tile // tiles_per_row_block) * BLOCK_B + tl.arange(0, BLOCK_B)
+    columns = (tile % tiles_per_row_block) * BLOCK_N + tl.arange(0, BLOCK_N)
+    return rows, columns
+
+
+@triton.jit
 def _phase_end(arrived, passed, GRID: tl.constexpr):
     """After a phase: in a window launch a CTA barrier (a program reads back only its own rows), in a loop launch the
     grid barrier (the next phase reads what every program wrote)."""
@@ -362,8 +370,7 @@ def _forward_kernel(
         # Layer 1: a_1 = P_t + (c ⊙ m_c) W_cᵀ
         first, stop, step = _phase_tiles(h_tiles, row_blocks, GRID)
         for tile in range(first, stop, step):
-            rows = (tile // h_tiles) * BLOCK_B + span
-            n = (tile % h_tiles) * BLOCK_N + cols
+            rows, n = _tile_at(tile, h_tiles, BLOCK_B, BLOCK_N)
             row_ok, n_ok = rows < B, n < H
             acc = _first_layer_tile(token_part + t * B * H, contexts + t * B * C, context_masks + t * B * C,
                                     HAS_CONTEXT_MASKS, context_weight, stride_cw, rows, row_ok, n, n_ok, H, C, BLOCK_K,
@@ -378,8 +385,7 @@ def _forward_kernel(
             below = ((layer - 1) * T + t) * B * H
             first, stop, step = _phase_tiles(h_tiles, row_blocks, GRID)
             for tile in range(first, stop, step):
-                rows = (tile // h_tiles) * BLOCK_B + span
-                n = (tile % h_tiles) * BLOCK_N + cols
+                rows, n = _tile_at(tile, h_tiles, BLOCK_B, BLOCK_N)
                 row_ok, n_ok = rows < B, n < H
                 bias = tl.load(biases + (layer - 1) * H + n, mask=n_ok, other=0.0)
                 acc = tl.zeros((BLOCK_B, BLOCK_N), tl.float32) + bias[None, :]
@@ -424,7 +430,6 @@ def _backward_kernel(
 ):  # fmt: skip
     row_blocks = tl.cdiv(B, BLOCK_B)
     span = tl.arange(0, BLOCK_B)
-    cols = tl.arange(0, BLOCK_N)
     h_tiles = tl.cdiv(H, BLOCK_N)
     c_tiles = tl.cdiv(C, BLOCK_N)
     passed = 0
@@ -443,8 +448,7 @@ def _backward_kernel(
         top = ((L - 1) * T + t) * B * H
         first, stop, step = _phase_tiles(h_tiles, row_blocks, GRID)
         for tile in range(first, stop, step):
-            rows = (tile // h_tiles) * BLOCK_B + span
-            n = (tile % h_tiles) * BLOCK_N + cols
+            rows, n = _tile_at(tile, h_tiles, BLOCK_B, BLOCK_N)
             row_ok, n_ok = rows < B, n < H
             offsets, in_tile = rows[:, None] * H + n[None, :], row_ok[:, None] & n_ok[None, :]
             acc = _head_input_grad(grad_hidden + t * B * H, d_proj + t * B * 3 * C, proj_weight, rows, row_ok, n, n_ok,
@@ -460,8 +464,7 @@ def _backward_kernel(
             below = ((layer - 1) * T + t) * B * H
             first, stop, step = _phase_tiles(h_tiles, row_blocks, GRID)
             for tile in range(first, stop, step):
-                rows = (tile // h_tiles) * BLOCK_B + span
-                n = (tile % h_tiles) * BLOCK_N + cols
+                rows, n = _tile_at(tile, h_tiles, BLOCK_B, BLOCK_N)
                 row_ok, n_ok = rows < B, n < H
                 offsets, in_tile = rows[:, None] * H + n[None, :], row_ok[:, None] & n_ok[None, :]
                 acc = tl.zeros((BLOCK_B, BLOCK_N), tl.float32)
@@ -474,8 +477,7 @@ def _backward_kernel(
         # dL/dc = f ⊙ dx (from the first phase) + (dL/da_1 W_c) ⊙ m_c
         first, stop, step = _phase_tiles(c_tiles, row_blocks, GRID)
         for tile in range(first, stop, step):
-            rows = (tile // c_tiles) * BLOCK_B + span
-            j = (tile % c_tiles) * BLOCK_N + cols
+            rows, j = _tile_at(tile, c_tiles, BLOCK_B, BLOCK_N)
             _context_grad_tile(d_pre + t * B * H, H, context_weight, stride_cw, context_masks + t * B * C,
                                HAS_CONTEXT_MASKS, d_kept, d_context, rows, rows < B, j, j < C, C, BLOCK_B, BLOCK_N,
                                BLOCK_K, PRECISION)  # fmt: skip
