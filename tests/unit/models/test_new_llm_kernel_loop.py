@@ -18,7 +18,14 @@ from newllm.models.new_llm import NewLLMForCausalLM, kernel  # noqa: E402
 from newllm.models.new_llm.modeling import kernel_refusal  # noqa: E402
 from newllm.models.new_llm.scan import ScanOptions  # noqa: E402
 from tests.unit.models.conftest import assert_scans_agree, random_ids, tiny_new_llm_config  # noqa: E402
-from tests.unit.models.test_new_llm_kernel import CASES, DEVICE, _cell, _kernel_inputs, _run_reference  # noqa: E402
+from tests.unit.models.test_new_llm_kernel import (  # noqa: E402
+    CASES,
+    DEVICE,
+    _cell,
+    _kernel_inputs,
+    _model,
+    _run_reference,
+)
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 # Programs of a loop launch: one off CUDA; on a GPU a few, so that a phase's tiles wrap around, and one per SM.
@@ -45,11 +52,6 @@ def test_loop_outputs_and_gradients_equal_the_reference_step(name, programs):
     cell = _cell(**overrides)
     inputs = _kernel_inputs(cell, batch, steps, dropout, context_dropout)
     assert_scans_agree(cell, inputs, _run_reference, _loop_scan(programs))
-
-
-def _model(mode, **overrides):
-    torch.manual_seed(0)
-    return NewLLMForCausalLM(tiny_new_llm_config(**overrides)).to(DEVICE).set_fast_path(mode)
 
 
 @pytest.fixture
