@@ -254,17 +254,20 @@ def test_cuda_kernel_training_step_matches_eager_in_fp32_and_bf16(options, mode,
 
 
 @cuda
-def test_cuda_kernel_at_full_width_matches_the_hand_written_scan():
+@pytest.mark.parametrize("mode, batch, steps", [("kernel", 64, 32), ("kernel_loop", 64, 32), ("kernel_loop", 256, 64)])
+def test_cuda_kernel_at_full_width_matches_the_hand_written_scan(mode, batch, steps):
     # The default model's widths (E 256, C 256, H 512, 3 layers) over many programs: the tiling and the barriers
-    # between phases as the GPU runs them, which the interpreter (one program at a time) cannot check.
+    # between phases as the GPU runs them, which the interpreter (one program at a time) cannot check. The loop
+    # launch runs one program per SM.
     from newllm.models.new_llm.scan import fused_scan
 
     torch.manual_seed(0)
     config = tiny_new_llm_config(embedding_size=256, context_size=256, hidden_size=512, num_hidden_layers=3,
-                                 dropout=0.1)  # fmt: skip
+                                 dropout=0.1, context_dropout=0.1)  # fmt: skip
     cell = NewLLMForCausalLM(config).model.cell.cuda().train()
-    embeddings = torch.randn(64, 32, 256, device="cuda", requires_grad=True)
-    context = torch.randn(64, 256, device="cuda")
+    cell.kernel_loop = mode == "kernel_loop"
+    embeddings = torch.randn(batch, steps, 256, device="cuda", requires_grad=True)
+    context = torch.randn(batch, 256, device="cuda")
     grads = []
     for scan in (fused_scan, kernel.kernel_scan):
         torch.manual_seed(1)

@@ -1,7 +1,7 @@
 """The loop launch of kernel.py's training kernels (fast path "kernel_loop"): the same function as the window launch.
 
-The model-level checks (dropout, gradient accumulation, a carried context, a CUDA training step in fp32 and bf16) are
-test_new_llm_kernel.py's, in both modes. A loop launch runs one program per SM; each phase's tiles are spread over all of them and a grid barrier ends the
+The model-level checks (dropout, gradient accumulation, a carried context, a CUDA training step in fp32 and bf16)
+and the full-width CUDA check against the hand-written scan are test_new_llm_kernel.py's, in both modes. A loop launch runs one program per SM; each phase's tiles are spread over all of them and a grid barrier ends the
 phase. Triton's CPU interpreter runs programs one after another, so there a loop launch runs as one program (which
 meets every barrier alone): the interpreter checks the tile arithmetic of every phase, and only the CUDA tests, with
 many programs, check the barriers. Without triton (CI) the file skips, as test_new_llm_kernel.py does.
@@ -14,10 +14,10 @@ triton = pytest.importorskip("triton", reason="the kernel path needs triton (CI 
 if not torch.cuda.is_available() and not triton.knobs.runtime.interpret:
     pytest.skip("no GPU and TRITON_INTERPRET is not 1: the kernels cannot run", allow_module_level=True)
 
-from newllm.models.new_llm import NewLLMForCausalLM, kernel  # noqa: E402
+from newllm.models.new_llm import kernel  # noqa: E402
 from newllm.models.new_llm.modeling import kernel_refusal  # noqa: E402
 from newllm.models.new_llm.scan import ScanOptions  # noqa: E402
-from tests.unit.models.conftest import assert_scans_agree, random_ids, tiny_new_llm_config  # noqa: E402
+from tests.unit.models.conftest import assert_scans_agree, random_ids  # noqa: E402
 from tests.unit.models.test_new_llm_kernel import (  # noqa: E402
     CASES,
     DEVICE,
@@ -27,7 +27,6 @@ from tests.unit.models.test_new_llm_kernel import (  # noqa: E402
     _run_reference,
 )
 
-cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 # Programs of a loop launch: one off CUDA; on a GPU a few, so that a phase's tiles wrap around, and one per SM.
 PROGRAMS = [1, 3, 7, None] if torch.cuda.is_available() else [1]
 
@@ -103,29 +102,3 @@ def test_the_column_tile_gives_every_program_a_tile_of_a_hidden_layer():
     assert kernel._launch(cuda_device, 128, 256, 512, 3, 64)[1]["launch_cooperative_grid"]
     with pytest.raises(ValueError, match="int32"):
         kernel._launch(cuda_device, 132, 256, 512, 3, 2**24)
-
-
-@cuda
-@pytest.mark.parametrize("window", [(64, 32), (256, 64)], ids=["64x32", "256x64"])
-def test_cuda_loop_at_full_width_matches_the_hand_written_scan(window):
-    # The default model's widths over one program per SM: every phase's tiles spread over the grid and a grid
-    # barrier between phases, as the GPU runs them.
-    from newllm.models.new_llm.scan import fused_scan
-
-    torch.manual_seed(0)
-    config = tiny_new_llm_config(embedding_size=256, context_size=256, hidden_size=512, num_hidden_layers=3,
-                                 dropout=0.1, context_dropout=0.1)  # fmt: skip
-    model = NewLLMForCausalLM(config).cuda().train()
-    cell = model.model.cell
-    batch, steps = window
-    embeddings = torch.randn(batch, steps, 256, device="cuda", requires_grad=True)
-    context = torch.randn(batch, 256, device="cuda")
-    grads = []
-    for scan in (fused_scan, kernel.kernel_scan):
-        cell.kernel_loop = scan is kernel.kernel_scan
-        torch.manual_seed(1)
-        hidden, last = scan(cell, embeddings, context)
-        loss = hidden.square().mean() + last.mean()
-        grads.append((hidden, last, *torch.autograd.grad(loss, [embeddings, *cell.parameters()])))
-    for reference, fast in zip(*grads):
-        torch.testing.assert_close(fast, reference, rtol=1e-4, atol=1e-5)
