@@ -10,7 +10,7 @@ Two questions, each over a grid:
   CUDA graphs; the baselines: torch.compile(mode="reduce-overhead"), which adds CUDA graphs); "kernel"
   (New-LLM only, CUDA only, opt-in: the whole window in one Triton launch each way, kernel.py and
   kernel_mlp.py; the baselines' rows say so and their best stays their graphed row); "kernel_loop" (the same
-  kernels as one program per SM walking the window together, grid barriers between phases; prototype cell only).
+  kernels as one program per SM walking the window together, grid barriers between phases).
 - generation: how long one greedy token costs (ms_per_token as `speed.time_decoding` defines it),
   and how big the cache is, after a prompt of `context_len` tokens. This is what the fixed-size context vector is for: New-LLM's cost and
   state stay flat while GPT-2's key/value cache grows with the context (and stops at its positions).

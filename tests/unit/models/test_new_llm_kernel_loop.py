@@ -15,7 +15,6 @@ if not torch.cuda.is_available() and not triton.knobs.runtime.interpret:
     pytest.skip("no GPU and TRITON_INTERPRET is not 1: the kernels cannot run", allow_module_level=True)
 
 from newllm.models.new_llm import kernel  # noqa: E402
-from newllm.models.new_llm.modeling import kernel_refusal  # noqa: E402
 from newllm.models.new_llm.scan import ScanOptions  # noqa: E402
 from tests.unit.models.conftest import assert_scans_agree, random_ids  # noqa: E402
 from tests.unit.models.test_new_llm_kernel import (  # noqa: E402
@@ -71,18 +70,6 @@ def test_kernel_loop_takes_the_loop_launch_and_kernel_the_window_launch(loop_lau
     ids = random_ids(3, 8).to(DEVICE)
     model(ids, labels=ids).loss.backward()
     assert len(loop_launches) == 1 and (loop_launches[0] >= 1) == loop
-
-
-def test_the_mlp_block_cell_is_refused_and_falls_back(loop_launches):
-    # The loop launch covers the prototype cell only; the MLP-block cell keeps its window kernels under "kernel".
-    overrides = dict(block="mlp", num_hidden_layers=1, hidden_size=16)
-    model = _model("kernel_loop", **overrides)
-    ids = random_ids(2, 6).to(DEVICE)
-    assert kernel_refusal(model.model.cell, model.model.embed_tokens(ids)) == kernel.LOOP_COVERED
-    torch.testing.assert_close(model(ids, labels=ids).loss, _model("eager", **overrides)(ids, labels=ids).loss)
-    assert loop_launches == []
-    window = _model("kernel", **overrides).model.cell
-    assert kernel_refusal(window, model.model.embed_tokens(ids)) is None
 
 
 def test_a_loop_launch_of_several_programs_is_refused_off_cuda():

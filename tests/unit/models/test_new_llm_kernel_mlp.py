@@ -1,7 +1,8 @@
 """kernel_mlp.py's Triton kernels compute the MLP-block cell's training scan: outputs, every gradient, dropout masks.
 
 Run as test_new_llm_kernel.py's tests are: in Triton's CPU interpreter without a GPU (tests/conftest.py
-sets TRITON_INTERPRET=1), compiled on a GPU, skipped without triton (CI).
+sets TRITON_INTERPRET=1), compiled on a GPU, skipped without triton (CI). Both launches of the kernels: a program per
+row block (`kernel`) and one program per SM with grid barriers (`kernel_loop`; in the interpreter one program).
 """
 
 import pytest
@@ -40,12 +41,22 @@ def _inputs(cell, batch, steps, dropout, context_dropout):
     return token_part, context, masks, context_masks
 
 
-def _run_kernel(cell, token_part, context, masks, context_masks):
+# programs of a launch: 0 the window launch; a loop launch's one off CUDA, on a GPU also 3 and one per SM (None)
+PROGRAMS = [0, 1, 3, None] if torch.cuda.is_available() else [0, 1]
+
+
+def _launch_name(programs):
+    return "window" if programs == 0 else f"loop_{programs or 'sm'}"
+
+
+def _run_kernel(cell, token_part, context, masks, context_masks, programs=0):
+    if programs is None:
+        programs = kernel.loop_programs(token_part.device, token_part.shape[1], token_part.shape[2])
     blocks = [p for b in cell.blocks for p in (b.norm.weight, b.norm.bias, b.up.weight, b.up.bias, b.down.weight,
                                                b.down.bias)]  # fmt: skip
     final = (cell.final_norm.weight, cell.final_norm.bias) if cell.final_norm is not None else (None, None)
     options = (cell.context_norm.eps, float(cell.context_clamp), cell.candidate == "tanh")
-    return kernel_mlp.MLPKernelScan.apply(options, token_part, context, masks, context_masks,
+    return kernel_mlp.MLPKernelScan.apply(options, programs, token_part, context, masks, context_masks,
                                           cell.layers[0].weight[:, cell.embedding_size :], cell.context_norm.weight,
                                           cell.context_norm.bias, cell.context_proj.weight, cell.context_proj.bias,
                                           *final, *blocks)  # fmt: skip
@@ -76,8 +87,9 @@ CASES = {
 }
 
 
+@pytest.mark.parametrize("programs", PROGRAMS, ids=_launch_name)
 @pytest.mark.parametrize("name", CASES)
-def test_mlp_kernel_outputs_and_gradients_equal_the_reference_step(name):
+def test_mlp_kernel_outputs_and_gradients_equal_the_reference_step(name, programs):
     overrides, batch, steps, dropout, context_dropout = CASES[name]
     cell = _cell(**overrides)
     inputs = _inputs(cell, batch, steps, dropout, context_dropout)
@@ -85,7 +97,8 @@ def test_mlp_kernel_outputs_and_gradients_equal_the_reference_step(name):
         with torch.no_grad():
             assert (_run_reference(cell, *inputs)[1].abs() == cell.context_clamp).any()
     # gradients to 5e-5 absolute: fp32 sums in another order, through three LayerNorm backwards per block
-    assert_scans_agree(cell, inputs, _run_reference, _run_kernel, grad_atol=5e-5)
+    launch = lambda *args: _run_kernel(*args, programs=programs)  # noqa: E731
+    assert_scans_agree(cell, inputs, _run_reference, launch, grad_atol=5e-5)
 
 
 def _model(mode, **overrides):
@@ -93,12 +106,14 @@ def _model(mode, **overrides):
     return NewLLMForCausalLM(tiny_new_llm_config(**overrides)).to(DEVICE).set_fast_path(mode)
 
 
-def test_mlp_kernel_scan_draws_the_masks_of_the_autograd_scan():
+@pytest.mark.parametrize("loop", [False, True], ids=["window", "loop"])
+def test_mlp_kernel_scan_draws_the_masks_of_the_autograd_scan(loop):
     # scan.autograd_scan (which draws the masks as scan_mlp.mlp_scan, the MLP cell's training scan, does) and
     # mlp_kernel_scan draw their dropout masks alike: one seed, the same hidden states, last context and gradients.
     from newllm.models.new_llm.scan import autograd_scan
 
     cell = _cell(**STUDY, dropout=0.3, context_dropout=0.2).train()
+    cell.kernel_loop = loop
     embeddings = torch.randn(3, 6, cell.embedding_size, device=DEVICE, requires_grad=True)
     context = torch.randn(3, cell.context_size, device=DEVICE)
     results = []
@@ -115,20 +130,23 @@ def test_mlp_kernel_scan_draws_the_masks_of_the_autograd_scan():
         torch.testing.assert_close(fast, reference, rtol=1e-4, atol=5e-5)
 
 
-def test_the_study_cells_training_step_takes_the_kernel_and_equals_eager(monkeypatch):
-    # Through the model: kernel_scan hands an MLP-block cell to kernel_mlp.py; the loss and every gradient (tied
-    # head and embedding included) equal the eager scan's. No dropout: eager `cell.scan` draws its masks step by step.
+@pytest.mark.parametrize("mode, loop", [("kernel", False), ("kernel_loop", True)])
+def test_the_study_cells_training_step_takes_the_kernel_and_equals_eager(monkeypatch, mode, loop):
+    # Through the model: kernel_scan hands an MLP-block cell to kernel_mlp.py, in the launch the mode names; the loss
+    # and every gradient (tied head and embedding included) equal the eager scan's. No dropout: eager `cell.scan`
+    # draws its masks step by step.
     calls = []
-    real = kernel_mlp.mlp_kernel_scan
-    monkeypatch.setattr(kernel_mlp, "mlp_kernel_scan", lambda *args: calls.append(1) or real(*args))
-    models = [_model("eager", **STUDY).train(), _model("kernel", **STUDY).train()]
+    real = kernel_mlp.MLPKernelScan.apply
+    monkeypatch.setattr(kernel_mlp.MLPKernelScan, "apply", lambda options, programs, *args: calls.append(programs)
+                        or real(options, programs, *args))  # fmt: skip
+    models = [_model("eager", **STUDY).train(), _model(mode, **STUDY).train()]
     assert kernel_refusal(models[1].model.cell, torch.zeros(2, 3, 32, device=DEVICE)) is None
     ids = random_ids(3, 8).to(DEVICE)
     results = []
     for model in models:
         loss = model(ids, labels=ids).loss
         results.append((loss, torch.autograd.grad(loss, list(model.parameters()))))
-    assert calls == [1]
+    assert len(calls) == 1 and (calls[0] >= 1) == loop  # programs: 0 for a window launch
     torch.testing.assert_close(results[1][0], results[0][0], rtol=1e-5, atol=1e-6)
     for (name, _), reference, fast in zip(models[0].named_parameters(), results[0][1], results[1][1]):
         torch.testing.assert_close(fast, reference, rtol=1e-4, atol=1e-6, msg=lambda m: f"{name}: {m}")
@@ -147,14 +165,15 @@ def test_mlp_cells_the_kernel_cannot_take_are_refused():
 
 
 @cuda
-def test_cuda_mlp_kernel_training_step_matches_eager_in_fp32_and_bf16():
+@pytest.mark.parametrize("mode", ["kernel", "kernel_loop"])
+def test_cuda_mlp_kernel_training_step_matches_eager_in_fp32_and_bf16(mode):
     # On the GPU: loss to 1e-5 and gradients to 1e-3 relative, as for the prototype cell's kernel.
     ids = random_ids(8, 32).cuda()
     options = dict(STUDY, dropout=0.2, context_dropout=0.1)
     for precision in ("fp32", "bf16"):
         results = []
-        for mode in ("compiled", "kernel"):  # "compiled": autograd_scan, which draws the masks as the kernel does
-            model = _model(mode, **options).train()
+        for path in ("compiled", mode):  # "compiled": autograd_scan, which draws the masks as the kernel does
+            model = _model(path, **options).train()
             torch.manual_seed(1)
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=precision == "bf16"):
                 loss = model(ids, labels=ids).loss

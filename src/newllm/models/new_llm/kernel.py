@@ -495,15 +495,9 @@ COVERED = ("the kernels cover the prototype cell (Linear → ReLU layers without
            "its update reading the head's input")
 
 
-LOOP_COVERED = ("the loop launch ('kernel_loop') covers the prototype cell only; the MLP-block cell has the window "
-                "kernels ('kernel')")
-
-
 def unsupported_reason(cell, batch: int, steps: int) -> str | None:
     """Why these kernels (or kernel_mlp.py's, for an MLP-block cell) cannot run this cell on a (batch, steps)
     window, or None when they can."""
-    if cell.kernel_loop and cell.blocks is not None:
-        return LOOP_COVERED
     if cell.blocks is not None:
         # imported here: kernel_mlp.py builds on this module's tile helpers
         from newllm.models.new_llm.kernel_mlp import mlp_unsupported_reason
@@ -536,7 +530,7 @@ def loop_programs(device: torch.device, batch: int, hidden: int) -> int:
     return min(sms, tiles)
 
 
-def _launch(device: torch.device, programs: int, batch: int, hidden: int, layers: int, steps: int):
+def _launch(device: torch.device, programs: int, batch: int, hidden: int, phases: int, steps: int):
     """(grid, launch options) of a window launch (programs 0) or a loop launch of `programs` programs.
 
     A loop launch takes the widest column tile (64, 32 or 16) that still gives every program a tile of a hidden
@@ -546,7 +540,7 @@ def _launch(device: torch.device, programs: int, batch: int, hidden: int, layers
     if device.type != "cuda" and programs != 1:
         raise ValueError("off CUDA the loop launch runs as one program: the interpreter runs programs one after "
                          "another, so a second would wait forever at the first barrier")  # fmt: skip
-    arrivals = programs * (layers + 2) * steps  # barriers: layers + 2 a step, each way
+    arrivals = programs * phases * steps  # `phases` barriers a step (the more of forward and backward)
     if arrivals >= 2**31:
         raise ValueError(f"a window of {steps:,} steps with {programs} programs overflows the barrier's int32 counter")
     row_blocks = triton.cdiv(batch, BLOCK_B)
@@ -584,7 +578,7 @@ class NewLLMKernelScan(torch.autograd.Function):
         masks_or_any = token_part if masks is None else masks.contiguous()
         context_masks_or_any = token_part if context_masks is None else context_masks.contiguous()
         precision = _precision()
-        grid, meta = _launch(token_part.device, programs, batch, hidden, layers, steps)
+        grid, meta = _launch(token_part.device, programs, batch, hidden, layers + 2, steps)
         _forward_kernel[grid](
             token_part.contiguous(), contexts, masks_or_any, context_masks_or_any, context_weight,
             context_weight.stride(0), weights, biases, proj_weight.contiguous(), proj_bias, norm_weight, norm_bias,
@@ -608,7 +602,7 @@ class NewLLMKernelScan(torch.autograd.Function):
         grad_hidden = torch.zeros_like(hid[-1]) if grad_hidden is None else grad_hidden.contiguous()
         d_context = torch.zeros_like(contexts[-1]) if grad_context is None else grad_context.clone().contiguous()
         d_pre, d_proj, d_out = torch.empty_like(pre), torch.empty_like(proj), torch.empty_like(x_hat)
-        grid, meta = _launch(pre.device, programs, batch, hidden, layers, steps)
+        grid, meta = _launch(pre.device, programs, batch, hidden, layers + 2, steps)
         _backward_kernel[grid](
             grad_hidden, d_context, torch.empty_like(d_context), contexts, masks, context_masks, context_weight,
             context_weight.stride(0), weights, proj_weight, norm_weight, pre, proj, x_hat, rstd, d_pre, d_proj, d_out,

@@ -1,8 +1,11 @@
 """Training fast path for the MLP-block cell as two Triton kernels: the whole window, forward and backward, one launch each.
 
-The same design as kernel.py (read its docstring first): each program owns BLOCK_B batch rows for the
-whole window, walks t itself, and works in output tiles separated by `tl.debug_barrier()`; weights
-stream from L2, activations go to the buffers the backward needs. The function is `scan.cell_step`
+The same design as kernel.py (read its docstring first), with its two launches: a phase is a set of output
+tiles of BLOCK_B rows (row-wise work, the LayerNorms and the context update, one tile a row block), taken
+by a program's own row block in the window launch (`kernel`, phases ended by `tl.debug_barrier()`) or
+dealt over one program per SM in the loop launch (`kernel_loop`, phases ended by a grid barrier: 3 a
+block and 4 more a step forward, 4 a block and 4 more backward); weights stream from L2, activations
+go to the buffers the backward needs. The function is `scan.cell_step`
 for `block = "mlp"` with one context scale; per token, with m_l and m_c the dropout masks:
 
     h_0 = P_t + (c ⊙ m_c) W_cᵀ                                  P = e W_eᵀ + b_in, outside the kernel
@@ -21,7 +24,9 @@ blocks) and batch 256 × 128 that is about 2 GB in float32. The backward walks t
 dL/dc (B, C) and dL/dh (B, d) for its rows; the weight gradients are one matmul each over all T·B
 rows, outside the kernel.
 
-Untimed, like kernel.py; tested in Triton's CPU interpreter against `cell_step` under autograd.
+Tested in Triton's CPU interpreter against `cell_step` under autograd (a loop launch as one program there). The
+window launch was timed 6.9 times slower than the hand-written backward (docs/performance.md); the loop launch has
+not yet run on a GPU.
 """
 
 from __future__ import annotations
@@ -32,19 +37,22 @@ import triton.language as tl
 from torch.nn import functional as F
 
 from newllm.models.new_llm.kernel import (
-    BLOCK_B,
-    BLOCK_K,
-    BLOCK_N,
     COVERED,
     INDEX_LIMIT,
-    _context_grad,
+    loop_programs,
+    _context_grad_tile,
     _context_update,
     _context_update_backward,
+    _counter,
     _dot_rows,
     _first_layer_tile,
     _head_input_grad,
+    _launch,
+    _phase_end,
+    _phase_tiles,
     _precision,
-    _project,
+    _project_tile,
+    _tile_at,
 )
 from newllm.models.new_llm.scan import dropout_masks
 
@@ -146,76 +154,106 @@ def _mlp_forward_kernel(
     # the final norm's x̂ (T, B, D) and 1/σ (T, B); the head input h (T, B, D); [Δ, g_f, g_i] (T, B, 3C);
     # the context norm's x̂ (T, B, C) and 1/σ (T, B)
     res, x_hat, x_in, rstd, up, act, final_hat, final_rstd, hidden, proj, context_hat, context_rstd,
+    arrived,  # the grid barrier's counter (GRID)
     B, T, D, K, C, L, eps, clamp,
     HAS_MASKS: tl.constexpr, HAS_CONTEXT_MASKS: tl.constexpr, FINAL_NORM: tl.constexpr, TANH: tl.constexpr,
-    HAS_CLAMP: tl.constexpr,
+    HAS_CLAMP: tl.constexpr, GRID: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr,
 ):  # fmt: skip
-    rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
-    row_ok = rows < B
+    # Phases as kernel.py's: tiles of BLOCK_B rows × BLOCK_N columns (row-wise work: one tile a row block), taken by
+    # a program's own row block (window launch) or dealt over all programs (loop launch, GRID)
+    row_blocks = tl.cdiv(B, BLOCK_B)
+    span = tl.arange(0, BLOCK_B)
     cols = tl.arange(0, BLOCK_N)
+    d_tiles = tl.cdiv(D, BLOCK_N)
+    k_tiles = tl.cdiv(K, BLOCK_N)
+    c_tiles = tl.cdiv(C, BLOCK_N)
+    passed = 0
     for t in range(T):
         # h_0 = P_t + (c ⊙ m_c) W_cᵀ
-        for n0 in range(0, D, BLOCK_N):
-            n = n0 + cols
-            n_ok = n < D
-            tile = row_ok[:, None] & n_ok[None, :]
-            offsets = rows[:, None] * D + n[None, :]
+        first, stop, step = _phase_tiles(d_tiles, row_blocks, GRID)
+        for tile in range(first, stop, step):
+            rows, n = _tile_at(tile, d_tiles, BLOCK_B, BLOCK_N)
+            row_ok, n_ok = rows < B, n < D
             acc = _first_layer_tile(token_part + t * B * D, contexts + t * B * C, context_masks + t * B * C,
                                     HAS_CONTEXT_MASKS, context_weight, stride_cw, rows, row_ok, n, n_ok, D, C, BLOCK_K,
                                     PRECISION)  # fmt: skip
-            tl.store(res + t * B * D + offsets, acc, mask=tile)
-        tl.debug_barrier()
+            tl.store(res + t * B * D + rows[:, None] * D + n[None, :], acc, mask=row_ok[:, None] & n_ok[None, :])
+        passed += 1
+        _phase_end(arrived, passed, GRID)
         for layer in range(L):
             here = (layer * T + t) * B  # row offset of (layer, t) in the (L, T, B, ·) buffers
             below = res + (layer * T + t) * B * D  # h_{l-1}
-            _norm_rows(below, norm_w + layer * D, norm_b + layer * D, x_hat + here * D, x_in + here * D, rstd + here,
-                       rows, row_ok, D, eps, BLOCK_B, BLOCK_N)  # fmt: skip
-            tl.debug_barrier()
+            first, stop, step = _phase_tiles(1, row_blocks, GRID)
+            for block in range(first, stop, step):
+                rows = block * BLOCK_B + span
+                _norm_rows(below, norm_w + layer * D, norm_b + layer * D, x_hat + here * D, x_in + here * D,
+                           rstd + here, rows, rows < B, D, eps, BLOCK_B, BLOCK_N)  # fmt: skip
+            passed += 1
+            _phase_end(arrived, passed, GRID)
             # u = x W_upᵀ + b_up and GELU(u): K = ratio · D columns
-            for k0 in range(0, K, BLOCK_N):
-                k = k0 + cols
-                k_ok = k < K
-                tile = row_ok[:, None] & k_ok[None, :]
+            first, stop, step = _phase_tiles(k_tiles, row_blocks, GRID)
+            for tile in range(first, stop, step):
+                rows, k = _tile_at(tile, k_tiles, BLOCK_B, BLOCK_N)
+                row_ok, k_ok = rows < B, k < K
+                in_tile = row_ok[:, None] & k_ok[None, :]
                 offsets = here * K + rows[:, None] * K + k[None, :]
                 bias = tl.load(up_b + layer * K + k, mask=k_ok, other=0.0)
                 acc = tl.zeros((BLOCK_B, BLOCK_N), tl.float32) + bias[None, :]
                 acc = _dot_rows(acc, x_in + here * D, D, x_in, False, rows, row_ok, D, up_w + layer * K * D, 1, D, k,
                                 k_ok, BLOCK_K, PRECISION)  # fmt: skip
-                tl.store(up + offsets, acc, mask=tile)
-                tl.store(act + offsets, 0.5 * acc * (1.0 + tl.math.erf(acc * SQRT_HALF)), mask=tile)
-            tl.debug_barrier()
+                tl.store(up + offsets, acc, mask=in_tile)
+                tl.store(act + offsets, 0.5 * acc * (1.0 + tl.math.erf(acc * SQRT_HALF)), mask=in_tile)
+            passed += 1
+            _phase_end(arrived, passed, GRID)
             # h_l = h_{l-1} + (GELU(u) W_downᵀ + b_down) ⊙ m_l
-            for n0 in range(0, D, BLOCK_N):
-                n = n0 + cols
-                n_ok = n < D
-                tile = row_ok[:, None] & n_ok[None, :]
+            first, stop, step = _phase_tiles(d_tiles, row_blocks, GRID)
+            for tile in range(first, stop, step):
+                rows, n = _tile_at(tile, d_tiles, BLOCK_B, BLOCK_N)
+                row_ok, n_ok = rows < B, n < D
+                in_tile = row_ok[:, None] & n_ok[None, :]
                 offsets = rows[:, None] * D + n[None, :]
                 bias = tl.load(down_b + layer * D + n, mask=n_ok, other=0.0)
                 acc = tl.zeros((BLOCK_B, BLOCK_N), tl.float32) + bias[None, :]
                 acc = _dot_rows(acc, act + here * K, K, act, False, rows, row_ok, K, down_w + layer * D * K, 1, K, n,
                                 n_ok, BLOCK_K, PRECISION)  # fmt: skip
                 if HAS_MASKS:
-                    acc = acc * tl.load(masks + (t * L + layer) * B * D + offsets, mask=tile, other=0.0)
-                acc += tl.load(below + offsets, mask=tile, other=0.0)
-                tl.store(res + ((layer + 1) * T + t) * B * D + offsets, acc, mask=tile)
-            tl.debug_barrier()
+                    acc = acc * tl.load(masks + (t * L + layer) * B * D + offsets, mask=in_tile, other=0.0)
+                acc += tl.load(below + offsets, mask=in_tile, other=0.0)
+                tl.store(res + ((layer + 1) * T + t) * B * D + offsets, acc, mask=in_tile)
+            passed += 1
+            _phase_end(arrived, passed, GRID)
         # the head input: the final norm of h_L, or h_L itself
         top = res + (L * T + t) * B * D
-        if FINAL_NORM:
-            _norm_rows(top, final_w, final_b, final_hat + t * B * D, hidden + t * B * D, final_rstd + t * B, rows,
-                       row_ok, D, eps, BLOCK_B, BLOCK_N)  # fmt: skip
-        else:
-            _copy_rows(top, hidden + t * B * D, rows, row_ok, D, BLOCK_N)
-        tl.debug_barrier()
-        # [Δ, g_f, g_i] = h W_gᵀ + b_g
-        _project(hidden + t * B * D, proj_weight, proj_bias, proj + t * B * 3 * C, rows, row_ok, D, C, BLOCK_B, BLOCK_N,
-                 BLOCK_K, PRECISION)  # fmt: skip
-        tl.debug_barrier()
+        first, stop, step = _phase_tiles(1, row_blocks, GRID)
+        for block in range(first, stop, step):
+            rows = block * BLOCK_B + span
+            if FINAL_NORM:
+                _norm_rows(top, final_w, final_b, final_hat + t * B * D, hidden + t * B * D, final_rstd + t * B, rows,
+                           rows < B, D, eps, BLOCK_B, BLOCK_N)  # fmt: skip
+            else:
+                _copy_rows(top, hidden + t * B * D, rows, rows < B, D, BLOCK_N)
+        passed += 1
+        _phase_end(arrived, passed, GRID)
+        # [Δ, g_f, g_i] = h W_gᵀ + b_g: tiles of C columns of each of the three parts
+        first, stop, step = _phase_tiles(3 * c_tiles, row_blocks, GRID)
+        for tile in range(first, stop, step):
+            rows = (tile // (3 * c_tiles)) * BLOCK_B + span
+            j = (tile % c_tiles) * BLOCK_N + cols
+            _project_tile(hidden + t * B * D, proj_weight, proj_bias, proj + t * B * 3 * C, rows, rows < B,
+                          (tile % (3 * c_tiles)) // c_tiles, j, j < C, D, C, BLOCK_B, BLOCK_N, BLOCK_K,
+                          PRECISION)  # fmt: skip
+        passed += 1
+        _phase_end(arrived, passed, GRID)
         # c' = γ ⊙ (x - μ)/σ_x + β, clamped where K > 0
-        _context_update(proj + t * B * 3 * C, contexts, t, context_norm_w, context_norm_b, context_hat + t * B * C,
-                        context_rstd + t * B, rows, row_ok, B, C, eps, clamp, TANH, HAS_CLAMP, BLOCK_B, BLOCK_N)  # fmt: skip
-        tl.debug_barrier()
+        first, stop, step = _phase_tiles(1, row_blocks, GRID)
+        for block in range(first, stop, step):
+            rows = block * BLOCK_B + span
+            _context_update(proj + t * B * 3 * C, contexts, t, context_norm_w, context_norm_b, context_hat + t * B * C,
+                            context_rstd + t * B, rows, rows < B, B, C, eps, clamp, TANH, HAS_CLAMP, BLOCK_B,
+                            BLOCK_N)  # fmt: skip
+        passed += 1
+        _phase_end(arrived, passed, GRID)
 
 
 @triton.jit
@@ -230,85 +268,118 @@ def _mlp_backward_kernel(
     # the mask (L, T, B, D), dL/du (L, T, B, K) and dL/dx_l (L, T, B, D); dL/d[Δ, g_f, g_i] (T, B, 3C); dL/dc' before
     # the clamp (T, B, C)
     d_hidden, d_first, d_down, d_up, d_x, d_proj, d_out,
+    arrived,  # the grid barrier's counter (GRID)
     B, T, D, K, C, L, clamp,
     HAS_MASKS: tl.constexpr, HAS_CONTEXT_MASKS: tl.constexpr, FINAL_NORM: tl.constexpr, TANH: tl.constexpr,
-    HAS_CLAMP: tl.constexpr,
+    HAS_CLAMP: tl.constexpr, GRID: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr,
 ):  # fmt: skip
-    rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
-    row_ok = rows < B
-    cols = tl.arange(0, BLOCK_N)
-    for step in range(T):
-        t = T - 1 - step
+    row_blocks = tl.cdiv(B, BLOCK_B)
+    span = tl.arange(0, BLOCK_B)
+    d_tiles = tl.cdiv(D, BLOCK_N)
+    k_tiles = tl.cdiv(K, BLOCK_N)
+    c_tiles = tl.cdiv(C, BLOCK_N)
+    passed = 0
+    for reverse in range(T):
+        t = T - 1 - reverse
         # Through the clamp, the context norm and the gated mix (Δ's gradient through tanh's derivative)
-        _context_update_backward(d_context, d_kept, contexts, t, proj, context_norm_w, context_hat + t * B * C,
-                                 context_rstd + t * B, d_proj, d_out + t * B * C, rows, row_ok, B, C, clamp, TANH,
-                                 HAS_CLAMP, BLOCK_B, BLOCK_N)  # fmt: skip
-        tl.debug_barrier()
+        first, stop, step = _phase_tiles(1, row_blocks, GRID)
+        for block in range(first, stop, step):
+            rows = block * BLOCK_B + span
+            _context_update_backward(d_context, d_kept, contexts, t, proj, context_norm_w, context_hat + t * B * C,
+                                     context_rstd + t * B, d_proj, d_out + t * B * C, rows, rows < B, B, C, clamp, TANH,
+                                     HAS_CLAMP, BLOCK_B, BLOCK_N)  # fmt: skip
+        passed += 1
+        _phase_end(arrived, passed, GRID)
         # dL/dh = grad_hidden_t + d[Δ, g_f, g_i] W_g
-        for n0 in range(0, D, BLOCK_N):
-            n = n0 + cols
-            n_ok = n < D
-            tile = row_ok[:, None] & n_ok[None, :]
-            offsets = rows[:, None] * D + n[None, :]
+        first, stop, step = _phase_tiles(d_tiles, row_blocks, GRID)
+        for tile in range(first, stop, step):
+            rows, n = _tile_at(tile, d_tiles, BLOCK_B, BLOCK_N)
+            row_ok, n_ok = rows < B, n < D
             acc = _head_input_grad(grad_hidden + t * B * D, d_proj + t * B * 3 * C, proj_weight, rows, row_ok, n, n_ok,
                                    D, C, BLOCK_K, PRECISION)  # fmt: skip
-            tl.store(d_hidden + t * B * D + offsets, acc, mask=tile)
-        tl.debug_barrier()
+            tl.store(d_hidden + t * B * D + rows[:, None] * D + n[None, :], acc, mask=row_ok[:, None] & n_ok[None, :])
+        passed += 1
+        _phase_end(arrived, passed, GRID)
         # dL/dh_L: through the final norm, or dL/dh itself
-        if FINAL_NORM:
-            _norm_rows_backward(d_hidden + t * B * D, final_hat + t * B * D, final_w, final_rstd + t * B, d_res, rows,
-                                row_ok, D, False, BLOCK_B, BLOCK_N)  # fmt: skip
-        else:
-            _copy_rows(d_hidden + t * B * D, d_res, rows, row_ok, D, BLOCK_N)
-        tl.debug_barrier()
+        first, stop, step = _phase_tiles(1, row_blocks, GRID)
+        for block in range(first, stop, step):
+            rows = block * BLOCK_B + span
+            if FINAL_NORM:
+                _norm_rows_backward(d_hidden + t * B * D, final_hat + t * B * D, final_w, final_rstd + t * B, d_res,
+                                    rows, rows < B, D, False, BLOCK_B, BLOCK_N)  # fmt: skip
+            else:
+                _copy_rows(d_hidden + t * B * D, d_res, rows, rows < B, D, BLOCK_N)
+        passed += 1
+        _phase_end(arrived, passed, GRID)
         for down in range(L):
             layer = L - 1 - down
             here = (layer * T + t) * B
             # the down projection's output gradient: dL/dh_l ⊙ m_l
-            for n0 in range(0, D, BLOCK_N):
-                n = n0 + cols
-                tile = row_ok[:, None] & (n < D)[None, :]
+            first, stop, step = _phase_tiles(d_tiles, row_blocks, GRID)
+            for tile in range(first, stop, step):
+                rows, n = _tile_at(tile, d_tiles, BLOCK_B, BLOCK_N)
+                in_tile = (rows < B)[:, None] & (n < D)[None, :]
                 offsets = rows[:, None] * D + n[None, :]
-                grad = tl.load(d_res + offsets, mask=tile, other=0.0)
+                grad = tl.load(d_res + offsets, mask=in_tile, other=0.0)
                 if HAS_MASKS:
-                    grad = grad * tl.load(masks + (t * L + layer) * B * D + offsets, mask=tile, other=0.0)
-                tl.store(d_down + here * D + offsets, grad, mask=tile)
-            tl.debug_barrier()
+                    grad = grad * tl.load(masks + (t * L + layer) * B * D + offsets, mask=in_tile, other=0.0)
+                tl.store(d_down + here * D + offsets, grad, mask=in_tile)
+            passed += 1
+            _phase_end(arrived, passed, GRID)
             # dL/du = (dL/d(down) W_down) ⊙ GELU'(u)
-            for k0 in range(0, K, BLOCK_N):
-                k = k0 + cols
-                k_ok = k < K
-                tile = row_ok[:, None] & k_ok[None, :]
+            first, stop, step = _phase_tiles(k_tiles, row_blocks, GRID)
+            for tile in range(first, stop, step):
+                rows, k = _tile_at(tile, k_tiles, BLOCK_B, BLOCK_N)
+                row_ok, k_ok = rows < B, k < K
+                in_tile = row_ok[:, None] & k_ok[None, :]
                 offsets = here * K + rows[:, None] * K + k[None, :]
                 acc = tl.zeros((BLOCK_B, BLOCK_N), tl.float32)
                 acc = _dot_rows(acc, d_down + here * D, D, d_down, False, rows, row_ok, D, down_w + layer * D * K, K, 1,
                                 k, k_ok, BLOCK_K, PRECISION)  # fmt: skip
-                u = tl.load(up + offsets, mask=tile, other=0.0)
+                u = tl.load(up + offsets, mask=in_tile, other=0.0)
                 slope = 0.5 * (1.0 + tl.math.erf(u * SQRT_HALF)) + u * INV_SQRT_2PI * tl.exp(-0.5 * u * u)
-                tl.store(d_up + offsets, acc * slope, mask=tile)
-            tl.debug_barrier()
+                tl.store(d_up + offsets, acc * slope, mask=in_tile)
+            passed += 1
+            _phase_end(arrived, passed, GRID)
             # dL/dx_l = dL/du W_up
-            for n0 in range(0, D, BLOCK_N):
-                n = n0 + cols
-                n_ok = n < D
-                tile = row_ok[:, None] & n_ok[None, :]
-                offsets = rows[:, None] * D + n[None, :]
+            first, stop, step = _phase_tiles(d_tiles, row_blocks, GRID)
+            for tile in range(first, stop, step):
+                rows, n = _tile_at(tile, d_tiles, BLOCK_B, BLOCK_N)
+                row_ok, n_ok = rows < B, n < D
                 acc = tl.zeros((BLOCK_B, BLOCK_N), tl.float32)
                 acc = _dot_rows(acc, d_up + here * K, K, d_up, False, rows, row_ok, K, up_w + layer * K * D, D, 1, n,
                                 n_ok, BLOCK_K, PRECISION)  # fmt: skip
-                tl.store(d_x + here * D + offsets, acc, mask=tile)
-            tl.debug_barrier()
+                tl.store(d_x + here * D + rows[:, None] * D + n[None, :], acc, mask=row_ok[:, None] & n_ok[None, :])
+            passed += 1
+            _phase_end(arrived, passed, GRID)
             # dL/dh_{l-1} = dL/dh_l + the block norm's backward of dL/dx_l
-            _norm_rows_backward(d_x + here * D, x_hat + here * D, norm_w + layer * D, rstd + here, d_res, rows, row_ok,
-                                D, True, BLOCK_B, BLOCK_N)  # fmt: skip
-            tl.debug_barrier()
+            first, stop, step = _phase_tiles(1, row_blocks, GRID)
+            for block in range(first, stop, step):
+                rows = block * BLOCK_B + span
+                _norm_rows_backward(d_x + here * D, x_hat + here * D, norm_w + layer * D, rstd + here, d_res, rows,
+                                    rows < B, D, True, BLOCK_B, BLOCK_N)  # fmt: skip
+            passed += 1
+            _phase_end(arrived, passed, GRID)
         # dL/dh_0 (the token part's gradient, kept for the weight gradients), and dL/dc = f ⊙ dx + (dL/dh_0 W_c) ⊙ m_c
-        # from the same carried rows: both only read d_res, written before the last barrier
-        _copy_rows(d_res, d_first + t * B * D, rows, row_ok, D, BLOCK_N)
-        _context_grad(d_res, D, context_weight, stride_cw, context_masks + t * B * C, HAS_CONTEXT_MASKS, d_kept,
-                      d_context, rows, row_ok, C, BLOCK_B, BLOCK_N, BLOCK_K, PRECISION)  # fmt: skip
-        tl.debug_barrier()
+        # from the same carried rows: both only read d_res, written before the last barrier, so they share a phase
+        first, stop, step = _phase_tiles(1, row_blocks, GRID)
+        for block in range(first, stop, step):
+            rows = block * BLOCK_B + span
+            _copy_rows(d_res, d_first + t * B * D, rows, rows < B, D, BLOCK_N)
+        first, stop, step = _phase_tiles(c_tiles, row_blocks, GRID)
+        for tile in range(first, stop, step):
+            rows, j = _tile_at(tile, c_tiles, BLOCK_B, BLOCK_N)
+            _context_grad_tile(d_res, D, context_weight, stride_cw, context_masks + t * B * C, HAS_CONTEXT_MASKS,
+                               d_kept, d_context, rows, rows < B, j, j < C, C, BLOCK_B, BLOCK_N, BLOCK_K,
+                               PRECISION)  # fmt: skip
+        passed += 1
+        _phase_end(arrived, passed, GRID)
+
+
+def mlp_phases(layers: int) -> int:
+    """Phases a step, each ended by a barrier: 3 per block + 4 forward, 4 per block + 4 backward."""
+    return 4 * layers + 4
 
 
 def mlp_unsupported_reason(cell, batch: int, steps: int) -> str | None:
@@ -330,9 +401,9 @@ def mlp_unsupported_reason(cell, batch: int, steps: int) -> str | None:
 
 class MLPKernelScan(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, options, token_part, context, masks, context_masks, context_weight, context_norm_w, context_norm_b,
-                proj_weight, proj_bias, final_w, final_b, *blocks):  # fmt: skip
-        # token_part (T, B, D) with the input layer's bias; context (B, C); masks (T, L, B, D) or None; context_masks
+    def forward(ctx, options, programs, token_part, context, masks, context_masks, context_weight, context_norm_w,
+                context_norm_b, proj_weight, proj_bias, final_w, final_b, *blocks):  # fmt: skip
+        # programs: 0 for the window launch, else the loop launch's programs (kernel.py's `_launch`); token_part (T, B, D) with the input layer's bias; context (B, C); masks (T, L, B, D) or None; context_masks
         # (T, B, C) or None; context_weight (D, C), a view of the input layer's weight; final_w, final_b None without
         # a final norm; blocks: norm.weight, norm.bias, up.weight, up.bias, down.weight, down.bias of each block.
         eps, clamp, tanh = options
@@ -356,19 +427,20 @@ class MLPKernelScan(torch.autograd.Function):
         final_w_or_any = final_w if final_norm else context_norm_w
         final_b_or_any = final_b if final_norm else context_norm_b
         precision = _precision()
-        _mlp_forward_kernel[(triton.cdiv(batch, BLOCK_B),)](
+        grid, meta = _launch(token_part.device, programs, batch, width, mlp_phases(layers), steps)
+        _mlp_forward_kernel[grid](
             token_part.contiguous(), contexts, masks_or_any, context_masks_or_any, context_weight,
             context_weight.stride(0), norm_w, norm_b, up_w, up_b, down_w, down_b, final_w_or_any, final_b_or_any,
             proj_weight.contiguous(), proj_bias, context_norm_w, context_norm_b, res, x_hat, x_in, rstd, up, act,
-            final_hat, final_rstd, hidden, proj, context_hat, context_rstd,
+            final_hat, final_rstd, hidden, proj, context_hat, context_rstd, _counter(token_part),
             batch, steps, width, inner, size_c, layers, eps, clamp,
             HAS_MASKS=masks is not None, HAS_CONTEXT_MASKS=context_masks is not None, FINAL_NORM=final_norm, TANH=tanh,
-            HAS_CLAMP=clamp > 0, BLOCK_B=BLOCK_B, BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K, PRECISION=precision,
+            HAS_CLAMP=clamp > 0, PRECISION=precision, **meta,
         )  # fmt: skip
         ctx.save_for_backward(contexts, masks_or_any, context_masks_or_any, context_weight, norm_w, up_w, down_w,
                               final_w_or_any, proj_weight, context_norm_w, x_hat, x_in, rstd, up, act, final_hat,
                               final_rstd, hidden, proj, context_hat, context_rstd)  # fmt: skip
-        ctx.flags = (masks is not None, context_masks is not None, final_norm, tanh, clamp, precision)
+        ctx.flags = (masks is not None, context_masks is not None, final_norm, tanh, clamp, precision, programs)
         return hidden, contexts[-1].clone()  # hidden (T, B, D), last context (B, C)
 
     @staticmethod
@@ -376,7 +448,7 @@ class MLPKernelScan(torch.autograd.Function):
     def backward(ctx, grad_hidden, grad_context):
         (contexts, masks, context_masks, context_weight, norm_w, up_w, down_w, final_w, proj_weight, context_norm_w,
          x_hat, x_in, rstd, up, act, final_hat, final_rstd, hidden, proj, context_hat, context_rstd) = ctx.saved_tensors  # fmt: skip
-        has_masks, has_context_masks, final_norm, tanh, clamp, precision = ctx.flags
+        has_masks, has_context_masks, final_norm, tanh, clamp, precision, programs = ctx.flags
         layers, steps, batch, width = x_hat.shape
         size_c, inner = contexts.shape[2], up.shape[-1]
         grad_hidden = torch.zeros_like(hidden) if grad_hidden is None else grad_hidden.contiguous()
@@ -384,14 +456,15 @@ class MLPKernelScan(torch.autograd.Function):
         d_hidden, d_first = torch.empty_like(hidden), torch.empty_like(hidden)
         d_down, d_up, d_x = torch.empty_like(x_hat), torch.empty_like(up), torch.empty_like(x_hat)
         d_proj, d_out = torch.empty_like(proj), torch.empty_like(context_hat)
-        _mlp_backward_kernel[(triton.cdiv(batch, BLOCK_B),)](
+        grid, meta = _launch(contexts.device, programs, batch, width, mlp_phases(layers), steps)
+        _mlp_backward_kernel[grid](
             grad_hidden, d_context, torch.empty_like(d_context), hidden.new_empty(batch, width), contexts, masks,
             context_masks, context_weight, context_weight.stride(0), norm_w, up_w, down_w, final_w, proj_weight,
             context_norm_w, x_hat, rstd, up, final_hat, final_rstd, proj, context_hat, context_rstd,
-            d_hidden, d_first, d_down, d_up, d_x, d_proj, d_out,
+            d_hidden, d_first, d_down, d_up, d_x, d_proj, d_out, _counter(contexts),
             batch, steps, width, inner, size_c, layers, clamp,
             HAS_MASKS=has_masks, HAS_CONTEXT_MASKS=has_context_masks, FINAL_NORM=final_norm, TANH=tanh,
-            HAS_CLAMP=clamp > 0, BLOCK_B=BLOCK_B, BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K, PRECISION=precision,
+            HAS_CLAMP=clamp > 0, PRECISION=precision, **meta,
         )  # fmt: skip
 
         # Weight gradients: one matmul (or sum) over all T·B rows each, from the stored activations.
@@ -405,7 +478,7 @@ class MLPKernelScan(torch.autograd.Function):
                        flat(d_up[layer]).t() @ flat(x_in[layer]), d_up[layer].sum((0, 1)),
                        flat(d_down[layer]).t() @ flat(act[layer]), d_down[layer].sum((0, 1))]  # fmt: skip
         final = ((d_hidden * final_hat).sum((0, 1)), d_hidden.sum((0, 1))) if final_norm else (None, None)
-        return (None, d_first, d_context, None, None, flat(d_first).t() @ flat(reads), (d_out * context_hat).sum((0, 1)),
+        return (None, None, d_first, d_context, None, None, flat(d_first).t() @ flat(reads), (d_out * context_hat).sum((0, 1)),
                 d_out.sum((0, 1)), flat(d_proj).t() @ flat(hidden), d_proj.sum((0, 1)), *final, *blocks)  # fmt: skip
 
 
@@ -429,8 +502,9 @@ def mlp_kernel_scan(cell, token_embeddings: torch.Tensor, context: torch.Tensor)
         steps, batch, width = token_part.shape
         masks = dropout_masks(token_part, (steps, len(cell.blocks), batch, width), dropout_p)
         context_masks = dropout_masks(token_part, (steps, batch, cell.context_size), context_dropout_p)
+        programs = loop_programs(token_part.device, batch, width) if cell.kernel_loop else 0
         hidden, context = MLPKernelScan.apply(
-            options, token_part, context.float(), masks, context_masks, context_weight, cell.context_norm.weight,
+            options, programs, token_part, context.float(), masks, context_masks, context_weight, cell.context_norm.weight,
             cell.context_norm.bias, cell.context_proj.weight, cell.context_proj.bias, final_w, final_b, *blocks,
         )  # fmt: skip
     return hidden.transpose(0, 1), context

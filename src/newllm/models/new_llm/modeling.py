@@ -163,7 +163,7 @@ class NewLLMForCausalLM(RecurrentGenerationMixin, NewLLMPreTrainedModel, Generat
         LayerNorm final norm or none, one context scale, float32 parameters) and
         otherwise, with a warning on CUDA, the eager hand-written scan. "kernel_loop" runs the same kernels as one
         program per SM walking the window together, every phase's tiles spread over all of them and a grid-wide
-        barrier between phases (the prototype cell only; kernel.py). "auto" takes the kernels where they
+        barrier between phases (kernel.py, kernel_mlp.py). "auto" takes the kernels where they
         apply and "compiled+graphed" where they do not, silently. A mode ending in "/autograd"
         ("compiled+graphed/autograd") trains the cell through autograd instead of its hand-written backward
         (scan.py, scan_mlp.py), to compare the two. The function is the same in every mode; on CPU every mode
