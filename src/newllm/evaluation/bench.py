@@ -47,6 +47,7 @@ from newllm.models.registry import BaselineShape, build_model, count_parameters,
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
 COMPILE_MODES = ("eager", "compiled", "graphed", "kernel", "kernel_loop")
+TRITON_TRAINING_MODES = ("kernel", "kernel_loop")  # New-LLM's training kernels: CUDA only, no baseline rows
 GEN_MODES = ("forward", "graphed", "kernel", "kernel_bf16_head", "kernel_loop", "kernel_loop_bf16_head")
 # decode modes on the Triton kernels: the output head's dtype each reads, and whether every token is one launch
 KERNEL_MODES = {
@@ -321,9 +322,9 @@ def _training_rows(name: str, model, config: BenchConfig, device: torch.device, 
         head = {"model": name, "batch_size": batch, "seq_len": seq, "precision": precision, "mode": mode}
         empty = {"tokens_per_s": None, "ms_per_step": None, "peak_mem_bytes": None}
         skip = None
-        if mode in ("kernel", "kernel_loop") and not hasattr(model, "set_fast_path"):
+        if mode in TRITON_TRAINING_MODES and not hasattr(model, "set_fast_path"):
             skip = f"{mode} is New-LLM's Triton path (the baselines' best is graphed)"
-        elif mode in ("kernel", "kernel_loop") and device.type != "cuda":
+        elif mode in TRITON_TRAINING_MODES and device.type != "cuda":
             skip = f"{mode} is timed on CUDA only (Triton)"
         elif mode == "graphed" and device.type != "cuda":
             skip = "graphed is timed on CUDA only (CUDA graphs)"

@@ -125,18 +125,6 @@ def _context_grad_tile(d_first_t, H, context_weight, stride_cw, context_masks_t,
 
 
 @triton.jit
-def _context_grad(d_first_t, H, context_weight, stride_cw, context_masks_t, HAS_CONTEXT_MASKS: tl.constexpr, d_kept,
-                  d_context, rows, row_ok, C, BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                  PRECISION: tl.constexpr):  # fmt: skip
-    """`_context_grad_tile` on every column tile of these rows."""
-    cols = tl.arange(0, BLOCK_N)
-    for j0 in range(0, C, BLOCK_N):
-        j = j0 + cols
-        _context_grad_tile(d_first_t, H, context_weight, stride_cw, context_masks_t, HAS_CONTEXT_MASKS, d_kept,
-                           d_context, rows, row_ok, j, j < C, C, BLOCK_B, BLOCK_N, BLOCK_K, PRECISION)  # fmt: skip
-
-
-@triton.jit
 def _project_tile(hidden_t, proj_weight, proj_bias, proj_t, rows, row_ok, part, j, j_ok, H, C, BLOCK_B: tl.constexpr,
                   BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr):  # fmt: skip
     """Part `part` (0: Δ, 1: g_f, 2: g_i) of h W_gᵀ + b_g on one (rows, j) tile of context columns: rows part·C + j of
@@ -146,18 +134,6 @@ def _project_tile(hidden_t, proj_weight, proj_bias, proj_t, rows, row_ok, part, 
     acc = _dot_rows(acc, hidden_t, H, hidden_t, False, rows, row_ok, H, proj_weight + part * C * H, 1, H, j, j_ok,
                     BLOCK_K, PRECISION)  # fmt: skip
     tl.store(proj_t + rows[:, None] * 3 * C + part * C + j[None, :], acc, mask=row_ok[:, None] & j_ok[None, :])
-
-
-@triton.jit
-def _project(hidden_t, proj_weight, proj_bias, proj_t, rows, row_ok, H, C, BLOCK_B: tl.constexpr,
-             BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr):  # fmt: skip
-    """[Δ, g_f, g_i] = h W_gᵀ + b_g for one step's (B, H) head input: `_project_tile` on every tile of these rows."""
-    cols = tl.arange(0, BLOCK_N)
-    for j0 in range(0, C, BLOCK_N):
-        j = j0 + cols
-        for part in range(3):
-            _project_tile(hidden_t, proj_weight, proj_bias, proj_t, rows, row_ok, part, j, j < C, H, C, BLOCK_B,
-                          BLOCK_N, BLOCK_K, PRECISION)  # fmt: skip
 
 
 @triton.jit
@@ -349,6 +325,55 @@ def _relu_grad(acc, pre_t, masks_t, offsets, tile, HAS_MASKS: tl.constexpr):
 
 
 @triton.jit
+def _project_phase(hidden_t, proj_weight, proj_bias, proj_t, B, H, C, GRID: tl.constexpr, BLOCK_B: tl.constexpr,
+                   BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr):  # fmt: skip
+    """[Δ, g_f, g_i] = h W_gᵀ + b_g for one step: this program's tiles, BLOCK_N context columns of one of the parts."""
+    c_tiles = tl.cdiv(C, BLOCK_N)
+    first, stop, step = _phase_tiles(3 * c_tiles, tl.cdiv(B, BLOCK_B), GRID)
+    for tile in range(first, stop, step):
+        rows = (tile // (3 * c_tiles)) * BLOCK_B + tl.arange(0, BLOCK_B)
+        j = (tile % c_tiles) * BLOCK_N + tl.arange(0, BLOCK_N)
+        _project_tile(hidden_t, proj_weight, proj_bias, proj_t, rows, rows < B, (tile % (3 * c_tiles)) // c_tiles, j,
+                      j < C, H, C, BLOCK_B, BLOCK_N, BLOCK_K, PRECISION)  # fmt: skip
+
+
+@triton.jit
+def _update_phase(proj_t, contexts, t, norm_weight, norm_bias, x_hat_t, rstd_t, B, C, eps, clamp, TANH: tl.constexpr,
+                  HAS_CLAMP: tl.constexpr, GRID: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr):  # fmt: skip
+    """`_context_update` on this program's row blocks (whole rows: one tile a row block)."""
+    first, stop, step = _phase_tiles(1, tl.cdiv(B, BLOCK_B), GRID)
+    for block in range(first, stop, step):
+        rows = block * BLOCK_B + tl.arange(0, BLOCK_B)
+        _context_update(proj_t, contexts, t, norm_weight, norm_bias, x_hat_t, rstd_t, rows, rows < B, B, C, eps, clamp,
+                        TANH, HAS_CLAMP, BLOCK_B, BLOCK_N)  # fmt: skip
+
+
+@triton.jit
+def _update_backward_phase(d_context, d_kept, contexts, t, proj, norm_weight, x_hat_t, rstd_t, d_proj, d_out_t, B, C,
+                           clamp, TANH: tl.constexpr, HAS_CLAMP: tl.constexpr, GRID: tl.constexpr,
+                           BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr):  # fmt: skip
+    """`_context_update_backward` on this program's row blocks (whole rows: one tile a row block)."""
+    first, stop, step = _phase_tiles(1, tl.cdiv(B, BLOCK_B), GRID)
+    for block in range(first, stop, step):
+        rows = block * BLOCK_B + tl.arange(0, BLOCK_B)
+        _context_update_backward(d_context, d_kept, contexts, t, proj, norm_weight, x_hat_t, rstd_t, d_proj, d_out_t,
+                                 rows, rows < B, B, C, clamp, TANH, HAS_CLAMP, BLOCK_B, BLOCK_N)  # fmt: skip
+
+
+@triton.jit
+def _context_grad_phase(d_first_t, H, context_weight, stride_cw, context_masks_t, HAS_CONTEXT_MASKS: tl.constexpr,
+                        d_kept, d_context, B, C, GRID: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr,
+                        BLOCK_K: tl.constexpr, PRECISION: tl.constexpr):  # fmt: skip
+    """`_context_grad_tile` on this program's tiles of C columns."""
+    c_tiles = tl.cdiv(C, BLOCK_N)
+    first, stop, step = _phase_tiles(c_tiles, tl.cdiv(B, BLOCK_B), GRID)
+    for tile in range(first, stop, step):
+        rows, j = _tile_at(tile, c_tiles, BLOCK_B, BLOCK_N)
+        _context_grad_tile(d_first_t, H, context_weight, stride_cw, context_masks_t, HAS_CONTEXT_MASKS, d_kept,
+                           d_context, rows, rows < B, j, j < C, C, BLOCK_B, BLOCK_N, BLOCK_K, PRECISION)  # fmt: skip
+
+
+@triton.jit
 def _forward_kernel(
     token_part, contexts, masks, context_masks,  # (T, B, H), (T+1, B, C) with c_0 filled in, (T, L, B, H), (T, B, C)
     context_weight, stride_cw, weights, biases,  # W_c (H, C) rows stride_cw apart; W_l, b_l of layers 2..L stacked
@@ -361,10 +386,7 @@ def _forward_kernel(
     BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr,
 ):  # fmt: skip
     row_blocks = tl.cdiv(B, BLOCK_B)
-    span = tl.arange(0, BLOCK_B)
-    cols = tl.arange(0, BLOCK_N)
     h_tiles = tl.cdiv(H, BLOCK_N)
-    c_tiles = tl.cdiv(C, BLOCK_N)
     passed = 0  # phases ended so far: the k-th grid barrier waits for k × num_programs arrivals
     for t in range(T):
         # Layer 1: a_1 = P_t + (c ⊙ m_c) W_cᵀ
@@ -395,22 +417,14 @@ def _forward_kernel(
                           row_ok[:, None] & n_ok[None, :], HAS_MASKS)  # fmt: skip
             passed += 1
             _phase_end(arrived, passed, GRID)
-        # [Δ, g_f, g_i] = h_L W_gᵀ + b_g: tiles of C columns of each of the three parts
-        first, stop, step = _phase_tiles(3 * c_tiles, row_blocks, GRID)
-        for tile in range(first, stop, step):
-            rows = (tile // (3 * c_tiles)) * BLOCK_B + span
-            j = (tile % c_tiles) * BLOCK_N + cols
-            _project_tile(hid + ((L - 1) * T + t) * B * H, proj_weight, proj_bias, proj + t * B * 3 * C, rows,
-                          rows < B, (tile % (3 * c_tiles)) // c_tiles, j, j < C, H, C, BLOCK_B, BLOCK_N, BLOCK_K,
-                          PRECISION)  # fmt: skip
+        # [Δ, g_f, g_i] = h_L W_gᵀ + b_g
+        _project_phase(hid + ((L - 1) * T + t) * B * H, proj_weight, proj_bias, proj + t * B * 3 * C, B, H, C, GRID,
+                       BLOCK_B, BLOCK_N, BLOCK_K, PRECISION)  # fmt: skip
         passed += 1
         _phase_end(arrived, passed, GRID)
-        # c' = clamp(γ ⊙ (x - μ)/σ_x + β, ±K): whole rows, one row block a tile
-        first, stop, step = _phase_tiles(1, row_blocks, GRID)
-        for block in range(first, stop, step):
-            rows = block * BLOCK_B + span
-            _context_update(proj + t * B * 3 * C, contexts, t, norm_weight, norm_bias, x_hat + t * B * C, rstd + t * B,
-                            rows, rows < B, B, C, eps, clamp, False, True, BLOCK_B, BLOCK_N)  # fmt: skip
+        # c' = clamp(γ ⊙ (x - μ)/σ_x + β, ±K)
+        _update_phase(proj + t * B * 3 * C, contexts, t, norm_weight, norm_bias, x_hat + t * B * C, rstd + t * B, B, C,
+                      eps, clamp, False, True, GRID, BLOCK_B, BLOCK_N)  # fmt: skip
         passed += 1
         _phase_end(arrived, passed, GRID)
 
@@ -429,19 +443,13 @@ def _backward_kernel(
     BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr,
 ):  # fmt: skip
     row_blocks = tl.cdiv(B, BLOCK_B)
-    span = tl.arange(0, BLOCK_B)
     h_tiles = tl.cdiv(H, BLOCK_N)
-    c_tiles = tl.cdiv(C, BLOCK_N)
     passed = 0
     for reverse in range(T):
         t = T - 1 - reverse
-        # Through the clamp, the LayerNorm and the gated mix: whole rows, one row block a tile
-        first, stop, step = _phase_tiles(1, row_blocks, GRID)
-        for block in range(first, stop, step):
-            rows = block * BLOCK_B + span
-            _context_update_backward(d_context, d_kept, contexts, t, proj, norm_weight, x_hat + t * B * C, rstd + t * B,
-                                     d_proj, d_out + t * B * C, rows, rows < B, B, C, clamp, False, True, BLOCK_B,
-                                     BLOCK_N)  # fmt: skip
+        # Through the clamp, the LayerNorm and the gated mix
+        _update_backward_phase(d_context, d_kept, contexts, t, proj, norm_weight, x_hat + t * B * C, rstd + t * B, d_proj,
+                               d_out + t * B * C, B, C, clamp, False, True, GRID, BLOCK_B, BLOCK_N)  # fmt: skip
         passed += 1
         _phase_end(arrived, passed, GRID)
         # dL/dh_L = grad_hidden_t + d[Δ, g_f, g_i] W_g, then dL/da_L = dL/dh_L ⊙ m_L ⊙ [a_L > 0]
@@ -475,12 +483,8 @@ def _backward_kernel(
             passed += 1
             _phase_end(arrived, passed, GRID)
         # dL/dc = f ⊙ dx (from the first phase) + (dL/da_1 W_c) ⊙ m_c
-        first, stop, step = _phase_tiles(c_tiles, row_blocks, GRID)
-        for tile in range(first, stop, step):
-            rows, j = _tile_at(tile, c_tiles, BLOCK_B, BLOCK_N)
-            _context_grad_tile(d_pre + t * B * H, H, context_weight, stride_cw, context_masks + t * B * C,
-                               HAS_CONTEXT_MASKS, d_kept, d_context, rows, rows < B, j, j < C, C, BLOCK_B, BLOCK_N,
-                               BLOCK_K, PRECISION)  # fmt: skip
+        _context_grad_phase(d_pre + t * B * H, H, context_weight, stride_cw, context_masks + t * B * C,
+                            HAS_CONTEXT_MASKS, d_kept, d_context, B, C, GRID, BLOCK_B, BLOCK_N, BLOCK_K, PRECISION)  # fmt: skip
         passed += 1
         _phase_end(arrived, passed, GRID)
 
@@ -523,18 +527,20 @@ def loop_programs(device: torch.device, batch: int, hidden: int) -> int:
         return 1
     sms = torch.cuda.get_device_properties(device).multi_processor_count
     row_blocks = triton.cdiv(batch, BLOCK_B)
-    for n in (64, 32, 16):
-        tiles = row_blocks * triton.cdiv(hidden, n)
-        if tiles >= 0.75 * sms:
-            break
-    return min(sms, tiles)
+    return min(sms, row_blocks * triton.cdiv(hidden, _column_tile(row_blocks, hidden, 0.75 * sms)))
+
+
+def _column_tile(row_blocks: int, hidden: int, wanted: float) -> int:
+    """The widest column tile, of 64, 32 and 16, that cuts a hidden layer into at least `wanted` tiles (else 16)."""
+    return next((n for n in (64, 32) if row_blocks * triton.cdiv(hidden, n) >= wanted), 16)
 
 
 def _launch(device: torch.device, programs: int, batch: int, hidden: int, phases: int, steps: int):
     """(grid, launch options) of a window launch (programs 0) or a loop launch of `programs` programs.
 
-    A loop launch takes the widest column tile (64, 32 or 16) that still gives every program a tile of a hidden
-    layer (`loop_programs` chose their number to fit one), and is cooperative on CUDA (its grid barrier needs every program resident)."""
+    A loop launch takes the widest column tile that still gives every program a tile of a hidden layer
+    (`_column_tile`, the rule `loop_programs` counted its programs by), and is cooperative on CUDA (its grid
+    barrier needs every program resident)."""
     if programs == 0:
         return (triton.cdiv(batch, BLOCK_B),), dict(GRID=False, BLOCK_B=BLOCK_B, BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K)
     if device.type != "cuda" and programs != 1:
@@ -543,17 +549,17 @@ def _launch(device: torch.device, programs: int, batch: int, hidden: int, phases
     arrivals = programs * phases * steps  # `phases` barriers a step (the more of forward and backward)
     if arrivals >= 2**31:
         raise ValueError(f"a window of {steps:,} steps with {programs} programs overflows the barrier's int32 counter")
-    row_blocks = triton.cdiv(batch, BLOCK_B)
-    block_n = next((n for n in (64, 32) if row_blocks * triton.cdiv(hidden, n) >= programs), 16)
+    block_n = _column_tile(triton.cdiv(batch, BLOCK_B), hidden, programs)
     meta = dict(GRID=True, BLOCK_B=BLOCK_B, BLOCK_N=block_n, BLOCK_K=BLOCK_K)
     if device.type == "cuda":
         meta["launch_cooperative_grid"] = True
     return (programs,), meta
 
 
-def _counter(like: torch.Tensor) -> torch.Tensor:
-    """A fresh grid-barrier counter (read only by loop launches)."""
-    return torch.zeros(1, dtype=torch.int32, device=like.device)
+def _counter(like: torch.Tensor, programs: int) -> torch.Tensor:
+    """A fresh grid-barrier counter for a loop launch; a window launch never reads it, so it gets `like` (no
+    allocation or fill kernel on its path)."""
+    return torch.zeros(1, dtype=torch.int32, device=like.device) if programs else like
 
 
 class NewLLMKernelScan(torch.autograd.Function):
@@ -582,7 +588,7 @@ class NewLLMKernelScan(torch.autograd.Function):
         _forward_kernel[grid](
             token_part.contiguous(), contexts, masks_or_any, context_masks_or_any, context_weight,
             context_weight.stride(0), weights, biases, proj_weight.contiguous(), proj_bias, norm_weight, norm_bias,
-            pre, hid, proj, x_hat, rstd, _counter(token_part), batch, steps, hidden, size_c, layers, options.eps,
+            pre, hid, proj, x_hat, rstd, _counter(token_part, programs), batch, steps, hidden, size_c, layers, options.eps,
             options.clamp, HAS_MASKS=masks is not None, HAS_CONTEXT_MASKS=context_masks is not None, PRECISION=precision,
             **meta,
         )  # fmt: skip
@@ -606,7 +612,7 @@ class NewLLMKernelScan(torch.autograd.Function):
         _backward_kernel[grid](
             grad_hidden, d_context, torch.empty_like(d_context), contexts, masks, context_masks, context_weight,
             context_weight.stride(0), weights, proj_weight, norm_weight, pre, proj, x_hat, rstd, d_pre, d_proj, d_out,
-            _counter(pre), batch, steps, hidden, size_c, layers, clamp, HAS_MASKS=has_masks,
+            _counter(pre, programs), batch, steps, hidden, size_c, layers, clamp, HAS_MASKS=has_masks,
             HAS_CONTEXT_MASKS=has_context_masks, PRECISION=precision, **meta,
         )  # fmt: skip
         # Weight gradients: one matmul over all T·B rows each, from the stored activations (as scan.py).

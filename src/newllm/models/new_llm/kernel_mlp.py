@@ -40,9 +40,7 @@ from newllm.models.new_llm.kernel import (
     COVERED,
     INDEX_LIMIT,
     loop_programs,
-    _context_grad_tile,
-    _context_update,
-    _context_update_backward,
+    _context_grad_phase,
     _counter,
     _dot_rows,
     _first_layer_tile,
@@ -51,8 +49,10 @@ from newllm.models.new_llm.kernel import (
     _phase_end,
     _phase_tiles,
     _precision,
-    _project_tile,
+    _project_phase,
     _tile_at,
+    _update_backward_phase,
+    _update_phase,
 )
 from newllm.models.new_llm.scan import dropout_masks
 
@@ -164,10 +164,8 @@ def _mlp_forward_kernel(
     # a program's own row block (window launch) or dealt over all programs (loop launch, GRID)
     row_blocks = tl.cdiv(B, BLOCK_B)
     span = tl.arange(0, BLOCK_B)
-    cols = tl.arange(0, BLOCK_N)
     d_tiles = tl.cdiv(D, BLOCK_N)
     k_tiles = tl.cdiv(K, BLOCK_N)
-    c_tiles = tl.cdiv(C, BLOCK_N)
     passed = 0
     for t in range(T):
         # h_0 = P_t + (c ⊙ m_c) W_cᵀ
@@ -235,23 +233,14 @@ def _mlp_forward_kernel(
                 _copy_rows(top, hidden + t * B * D, rows, rows < B, D, BLOCK_N)
         passed += 1
         _phase_end(arrived, passed, GRID)
-        # [Δ, g_f, g_i] = h W_gᵀ + b_g: tiles of C columns of each of the three parts
-        first, stop, step = _phase_tiles(3 * c_tiles, row_blocks, GRID)
-        for tile in range(first, stop, step):
-            rows = (tile // (3 * c_tiles)) * BLOCK_B + span
-            j = (tile % c_tiles) * BLOCK_N + cols
-            _project_tile(hidden + t * B * D, proj_weight, proj_bias, proj + t * B * 3 * C, rows, rows < B,
-                          (tile % (3 * c_tiles)) // c_tiles, j, j < C, D, C, BLOCK_B, BLOCK_N, BLOCK_K,
-                          PRECISION)  # fmt: skip
+        # [Δ, g_f, g_i] = h W_gᵀ + b_g
+        _project_phase(hidden + t * B * D, proj_weight, proj_bias, proj + t * B * 3 * C, B, D, C, GRID, BLOCK_B,
+                       BLOCK_N, BLOCK_K, PRECISION)  # fmt: skip
         passed += 1
         _phase_end(arrived, passed, GRID)
         # c' = γ ⊙ (x - μ)/σ_x + β, clamped where K > 0
-        first, stop, step = _phase_tiles(1, row_blocks, GRID)
-        for block in range(first, stop, step):
-            rows = block * BLOCK_B + span
-            _context_update(proj + t * B * 3 * C, contexts, t, context_norm_w, context_norm_b, context_hat + t * B * C,
-                            context_rstd + t * B, rows, rows < B, B, C, eps, clamp, TANH, HAS_CLAMP, BLOCK_B,
-                            BLOCK_N)  # fmt: skip
+        _update_phase(proj + t * B * 3 * C, contexts, t, context_norm_w, context_norm_b, context_hat + t * B * C,
+                      context_rstd + t * B, B, C, eps, clamp, TANH, HAS_CLAMP, GRID, BLOCK_B, BLOCK_N)  # fmt: skip
         passed += 1
         _phase_end(arrived, passed, GRID)
 
@@ -278,17 +267,13 @@ def _mlp_backward_kernel(
     span = tl.arange(0, BLOCK_B)
     d_tiles = tl.cdiv(D, BLOCK_N)
     k_tiles = tl.cdiv(K, BLOCK_N)
-    c_tiles = tl.cdiv(C, BLOCK_N)
     passed = 0
     for reverse in range(T):
         t = T - 1 - reverse
         # Through the clamp, the context norm and the gated mix (Δ's gradient through tanh's derivative)
-        first, stop, step = _phase_tiles(1, row_blocks, GRID)
-        for block in range(first, stop, step):
-            rows = block * BLOCK_B + span
-            _context_update_backward(d_context, d_kept, contexts, t, proj, context_norm_w, context_hat + t * B * C,
-                                     context_rstd + t * B, d_proj, d_out + t * B * C, rows, rows < B, B, C, clamp, TANH,
-                                     HAS_CLAMP, BLOCK_B, BLOCK_N)  # fmt: skip
+        _update_backward_phase(d_context, d_kept, contexts, t, proj, context_norm_w, context_hat + t * B * C,
+                               context_rstd + t * B, d_proj, d_out + t * B * C, B, C, clamp, TANH, HAS_CLAMP, GRID,
+                               BLOCK_B, BLOCK_N)  # fmt: skip
         passed += 1
         _phase_end(arrived, passed, GRID)
         # dL/dh = grad_hidden_t + d[Δ, g_f, g_i] W_g
@@ -367,12 +352,8 @@ def _mlp_backward_kernel(
         for block in range(first, stop, step):
             rows = block * BLOCK_B + span
             _copy_rows(d_res, d_first + t * B * D, rows, rows < B, D, BLOCK_N)
-        first, stop, step = _phase_tiles(c_tiles, row_blocks, GRID)
-        for tile in range(first, stop, step):
-            rows, j = _tile_at(tile, c_tiles, BLOCK_B, BLOCK_N)
-            _context_grad_tile(d_res, D, context_weight, stride_cw, context_masks + t * B * C, HAS_CONTEXT_MASKS,
-                               d_kept, d_context, rows, rows < B, j, j < C, C, BLOCK_B, BLOCK_N, BLOCK_K,
-                               PRECISION)  # fmt: skip
+        _context_grad_phase(d_res, D, context_weight, stride_cw, context_masks + t * B * C, HAS_CONTEXT_MASKS, d_kept,
+                            d_context, B, C, GRID, BLOCK_B, BLOCK_N, BLOCK_K, PRECISION)  # fmt: skip
         passed += 1
         _phase_end(arrived, passed, GRID)
 
@@ -432,7 +413,7 @@ class MLPKernelScan(torch.autograd.Function):
             token_part.contiguous(), contexts, masks_or_any, context_masks_or_any, context_weight,
             context_weight.stride(0), norm_w, norm_b, up_w, up_b, down_w, down_b, final_w_or_any, final_b_or_any,
             proj_weight.contiguous(), proj_bias, context_norm_w, context_norm_b, res, x_hat, x_in, rstd, up, act,
-            final_hat, final_rstd, hidden, proj, context_hat, context_rstd, _counter(token_part),
+            final_hat, final_rstd, hidden, proj, context_hat, context_rstd, _counter(token_part, programs),
             batch, steps, width, inner, size_c, layers, eps, clamp,
             HAS_MASKS=masks is not None, HAS_CONTEXT_MASKS=context_masks is not None, FINAL_NORM=final_norm, TANH=tanh,
             HAS_CLAMP=clamp > 0, PRECISION=precision, **meta,
@@ -461,7 +442,7 @@ class MLPKernelScan(torch.autograd.Function):
             grad_hidden, d_context, torch.empty_like(d_context), hidden.new_empty(batch, width), contexts, masks,
             context_masks, context_weight, context_weight.stride(0), norm_w, up_w, down_w, final_w, proj_weight,
             context_norm_w, x_hat, rstd, up, final_hat, final_rstd, proj, context_hat, context_rstd,
-            d_hidden, d_first, d_down, d_up, d_x, d_proj, d_out, _counter(contexts),
+            d_hidden, d_first, d_down, d_up, d_x, d_proj, d_out, _counter(contexts, programs),
             batch, steps, width, inner, size_c, layers, clamp,
             HAS_MASKS=has_masks, HAS_CONTEXT_MASKS=has_context_masks, FINAL_NORM=final_norm, TANH=tanh,
             HAS_CLAMP=clamp > 0, PRECISION=precision, **meta,
