@@ -7,7 +7,7 @@
 #
 #   [CONFIG=configs/recall/sweep.toml] [MODELS="new_llm new_llm_mlp lstm mamba2 tinygpt2"] [SEQ_LENS="64 128" PAIRS="4 16"]
 #   [SEEDS="0 1 2"] [ORDER=seeds|points] [JOBS=12] [MPS=1] [DEVICE=cuda] [DEADLINE=<epoch seconds> [MIN_LEFT=0]]
-#   [RATES="1e-3 3e-3"] [RESUME=<an earlier sweep's recall.json>] benchmarks/recall_sweep.sh RUNS OUT
+#   [RATES="1e-3 3e-3"] [RESUME=<an earlier sweep's recall.json>] [ESTIMATE=<a recall.json>] benchmarks/recall_sweep.sh RUNS OUT
 #
 # RATES gives every family the same grid of learning rates (one process per rate, the config's lr otherwise):
 # OUT/all_rates/ merges every run, and OUT keeps, per model, width and point, the rate of best mean validation
@@ -19,7 +19,9 @@
 # Why processes, not one `newllm recall`: New-LLM's scan is launch-bound, so one process leaves most of the
 # GPU idle (on an H100, 14 side by side did about 1.5 times the work of one at a time: docs/recall.md); and a
 # process killed at DEADLINE loses only its own run. MIN_LEFT (seconds) starts no process with less than that left
-# before DEADLINE: one that would be killed anyway only slows the others. Why one run a process: a family's widths run side by side,
+# before DEADLINE: one that would be killed anyway only slows the others. ESTIMATE (RESUME's file unless set; "" for
+# none) judges each run's time from the step times that file records (`estimated_seconds` in src/newllm/recall.py):
+# a run longer than the time left is not started, and the next, shorter ones fill the time instead. Why one run a process: a family's widths run side by side,
 # not one after another, so the slowest family's point ends sooner and a deadline's tail is one run long.
 # RUNS/<model>_T<len>_p<pairs>_s<seed>_w<width>[_lr<rate>]/ holds each process's recall.json and log, RUNS/sweep.log
 # what ran and how it ended; OUT gets `newllm recall-collect` of every recall.json that was written.
@@ -56,11 +58,12 @@ fi
 if [ -n "${RESUME:-}" ] && compgen -G "$RUNS/*/recall.json" > /dev/null; then
   echo "recall_sweep.sh: with RESUME, RUNS must hold no recall.json yet: $RUNS" >&2; exit 2
 fi
-# One Python start (it imports torch) for three lines: the config's (seq_len, pairs) points, or the product of
+ESTIMATE=${ESTIMATE-${RESUME:-}}
+# One Python start (it imports torch) for four lines: the config's (seq_len, pairs) points, or the product of
 # SEQ_LENS and PAIRS where either is given (the other from the config); the runs RESUME already holds, by their
-# process names; and the config's widths, widest first
-PLAN=$($python -c 'import json, sys; from newllm.recall import load_recall_config as load
-config, seq_lens, pairs, resume, rates = sys.argv[1:]
+# process names; the config's widths, widest first; and each model × length × width's estimated seconds
+PLAN=$($python -c 'import json, sys; from newllm.recall import estimated_seconds, load_recall_config as load
+config, seq_lens, pairs, resume, rates, estimate, models = sys.argv[1:]
 flags = {k: v.replace(" ", ",") for k, v in (("seq_lens", seq_lens), ("pairs", pairs)) if v.strip()}
 try:
     settings = load(config, overrides=flags)
@@ -81,12 +84,25 @@ if resume:
                 held.append(name + (f"_lr{run['"'"'lr'"'"']:g}" if rates else ""))
     except (OSError, ValueError, KeyError, TypeError) as err:
         sys.exit(f"recall_sweep.sh: RESUME={resume} is not a readable recall.json ({type(err).__name__}: {err})")
+known = []  # the runs whose step times judge how long each run takes
+if estimate:
+    try:
+        with open(estimate, encoding="utf-8") as file:
+            known = json.load(file)["runs"]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        sys.exit(f"recall_sweep.sh: ESTIMATE={estimate} is not a readable recall.json ({type(err).__name__}: {err})")
+needs = ((m, t, w, estimated_seconds(known, m, t, w, settings.steps))
+         for m in models.split() for t in {t for t, _ in settings.settings()} for w in settings.widths)
 print(" ".join(f"{t}:{n}" for t, n in settings.settings()))
 print(" ".join(sorted(held)))
-print(" ".join(str(w) for w in sorted(settings.widths, reverse=True)))' "$CONFIG" "${SEQ_LENS:-}" "${PAIRS:-}" "${RESUME:-}" "${RATES:-}") || exit 2
+print(" ".join(str(w) for w in sorted(settings.widths, reverse=True)))
+print(" ".join(f"{m}_T{t}_w{w}={s:.0f}" for m, t, w, s in needs if s is not None))' "$CONFIG" "${SEQ_LENS:-}" \
+  "${PAIRS:-}" "${RESUME:-}" "${RATES:-}" "$ESTIMATE" "$MODELS") || exit 2
 POINTS=$(sed -n 1p <<< "$PLAN")
 DONE=$(sed -n 2p <<< "$PLAN")
 WIDTHS=$(sed -n 3p <<< "$PLAN")
+declare -A NEED  # model_T<len>_w<width> -> estimated seconds of one run
+for estimate in $(sed -n 4p <<< "$PLAN"); do NEED[${estimate%=*}]=${estimate#*=}; done
 ORDER=${ORDER:-seeds}
 points() { tr ' ' '\n' <<< "$POINTS" | sort -t: -k1,1n -k2,2n; }  # seq_len:pairs, shortest first
 case "$ORDER" in
@@ -127,6 +143,10 @@ for job in $ORDERED; do  # seq_len:pairs:seed
     # decided and logged here, not in the background, so that sweep.log lists the processes in this order
     if [ -n "${DEADLINE:-}" ] && [ "$(left)" -le "$MIN_LEFT" ]; then  # MIN_LEFT >= 0: a passed deadline too
       log "$name: not started (deadline)"; continue
+    fi
+    need=${NEED[${model}_T${T}_w$width]:-}
+    if [ -n "${DEADLINE:-}" ] && [ -n "$need" ] && [ "$need" -gt "$(left)" ]; then
+      log "$name: not started (needs about $need s, $(left) s left)"; continue
     fi
     log "$name: started"
     one "$model" "$T" "$n" "$seed" "$width" $rate &

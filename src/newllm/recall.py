@@ -17,6 +17,7 @@ import dataclasses
 import itertools
 import logging
 import math
+import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -347,6 +348,30 @@ def with_keyless(results: dict) -> dict:
     hidden = bool((results.get("config") or {}).get("hide_answers", False))
     runs = [{"keyless": keyless_accuracy(run["pairs"], hidden), **run} for run in results["runs"]]
     return {**results, "runs": runs}
+
+
+# A process's start, data, checks and test beyond its training steps: 23-31 s a run in the GPU sweep's logs
+# (docs/results/recall_gpu_sweep/sweep_third.log and sweep_fourth.log against the runs' train_seconds).
+START_SECONDS = 30
+
+
+def estimated_seconds(runs: list[dict], model: str, seq_len: int, width: int, steps: int) -> float | None:
+    """How long a process of one run of `steps` steps takes, judged from earlier runs' `ms_per_step` as they ran
+    (on their device, beside what they ran beside): the median step of `model` at `width` and the nearest sequence
+    length, scaled by the length (each step of a scan walks every position), plus START_SECONDS. Without a run of
+    that width, the model's slowest width at that length stands in; None without a run of the model.
+
+    Every step is counted, though a run that reaches its target stops sooner. recall_sweep.sh starts no run whose
+    estimate is longer than the time left before its deadline (ESTIMATE)."""
+    own = [r for r in runs if r.get("model") == model and r.get("ms_per_step")]
+    if not own:
+        return None
+    pool = [r for r in own if r["width"] == width] or own
+    nearest = min({r["seq_len"] for r in pool}, key=lambda t: (abs(math.log(seq_len / t)), -t))
+    at = [r for r in pool if r["seq_len"] == nearest]
+    # each width's median step there (the run's own width only, where it has runs), the slowest of them
+    ms = max(statistics.median(r["ms_per_step"] for r in at if r["width"] == w) for w in {r["width"] for r in at})
+    return steps * ms * seq_len / nearest / 1000 + START_SECONDS
 
 
 def run_recall(config: RecallConfig, device: str = "cpu", command: str | None = None, on_run=None) -> dict:

@@ -1,5 +1,6 @@
 """benchmarks/recall_sweep.sh on CPU with a tiny config: one process per family × length × pairs × seed × width, each on
-one thread, every recall.json merged into one; a deadline already passed starts nothing and says so; bad input stops at once."""
+one thread, every recall.json merged into one; a deadline already passed starts nothing and says so, nor does it start a
+run that its ESTIMATE says would outlast the deadline; bad input stops at once."""
 
 from __future__ import annotations
 
@@ -134,6 +135,23 @@ def test_min_left_starts_nothing_that_the_deadline_would_cut(tmp_path):
     done = _sweep(tmp_path, MODELS="lstm", SEEDS="0", SEQ_LENS="16", PAIRS="2", DEADLINE=str(int(time.time()) + 600),
                   MIN_LEFT="900")  # fmt: skip
     assert done.returncode == 1 and "lstm_T16_p2_s0_w16: not started (deadline)" in done.stdout
+
+
+def test_estimate_starts_only_the_runs_that_fit_before_the_deadline(tmp_path):
+    # from the step times ESTIMATE records: the LSTM's 2 steps of 1,000 s each would outlast the deadline, New-LLM's
+    # fit; neither is cut by MIN_LEFT, and the run that does not fit leaves the next one to start
+    steps = {"lstm": 1e6, "new_llm": 1.0}
+    earlier = {"runs": [{"model": m, "seq_len": 16, "width": 16, "seed": 0, "ms_per_step": ms} for m, ms in steps.items()]}
+    (tmp_path / "earlier.json").write_text(json.dumps(earlier))
+    done = _sweep(tmp_path, MODELS="lstm new_llm", SEEDS="0", SEQ_LENS="16", PAIRS="2", ESTIMATE=str(tmp_path / "earlier.json"),
+                  DEADLINE=str(int(time.time()) + 600))  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    log = (tmp_path / "runs" / "sweep.log").read_text()
+    assert re.search(r"lstm_T16_p2_s0_w16: not started \(needs about 2030 s, \d+ s left\)", log)
+    assert "new_llm_T16_p2_s0_w16: started" in log and "new_llm_T16_p2_s0_w16: ended (0)" in log
+    assert [r["model"] for r in json.loads((tmp_path / "out" / "recall.json").read_text())["runs"]] == ["new_llm"]
+    bad = _sweep(tmp_path, ESTIMATE=str(tmp_path / "missing.json"), RUNS_DIR="runs2")
+    assert bad.returncode == 2 and "ESTIMATE=" in bad.stderr and "is not a readable recall.json" in bad.stderr
 
 
 def test_bad_input_stops_before_anything_runs(tmp_path):

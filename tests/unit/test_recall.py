@@ -19,6 +19,8 @@ import newllm.recall as recall_module
 from newllm.recall import (
     DEFAULT_CONFIG,
     FAMILIES,
+    START_SECONDS,
+    estimated_seconds,
     load_recall_config,
     model_config,
     parse_option,
@@ -256,6 +258,24 @@ def test_a_process_stopped_mid_sweep_keeps_its_finished_runs_on_disk(capsys, mon
     assert not list(tmp_path.glob("*.tmp")) and not (tmp_path / "recall.png").exists()
 
 
+def test_a_runs_time_is_judged_from_its_models_recorded_steps():
+    def run(model, seq_len, width, ms, seed=0):
+        return {"model": model, "seq_len": seq_len, "width": width, "seed": seed, "ms_per_step": ms}
+
+    runs = [run("lstm", 64, 64, 10.0), run("lstm", 64, 64, 14.0, 1), run("lstm", 64, 64, 30.0, 2),  # median 14
+            run("lstm", 128, 64, 40.0), run("lstm", 64, 256, 20.0), run("lstm", 64, 512, 50.0),
+            run("tinygpt2", 64, 64, 1.0), {"model": "mamba2", "seq_len": 64, "width": 64, "seed": 0}]  # fmt: skip
+    assert estimated_seconds(runs, "lstm", 64, 64, 1000) == 14.0 + START_SECONDS  # the seeds' median
+    assert estimated_seconds(runs, "lstm", 128, 64, 1000) == 40.0 + START_SECONDS  # its own length before a scaled one
+    assert estimated_seconds(runs, "lstm", 512, 64, 1000) == 40.0 * 4 + START_SECONDS  # nearest length, times 512 / 128
+    assert estimated_seconds(runs, "lstm", 64, 256, 500) == 10.0 + START_SECONDS  # its own width
+    # no run of width 128: the slowest width's median at the nearest length (width 512's 50 ms, not width 64's 14)
+    assert estimated_seconds(runs, "lstm", 64, 128, 1000) == 50.0 + START_SECONDS
+    assert estimated_seconds(runs, "tinygpt2", 256, 512, 1000) == 4.0 + START_SECONDS
+    assert estimated_seconds(runs, "mamba2", 64, 64, 1000) is None  # a run without a step time judges nothing
+    assert estimated_seconds(runs, "new_llm", 64, 64, 1000) is None and estimated_seconds([], "lstm", 64, 64, 1) is None
+
+
 def test_the_gpu_sweep_covers_three_or_more_state_sizes_per_model():
     config = load_recall_config(DEFAULT_CONFIG)
     assert set(config.models) == set(FAMILIES)
@@ -420,7 +440,7 @@ def test_the_gpu_sweep_at_vocabulary_256_in_recall_md_is_its_json():
     runs, config = results["runs"], load_recall_config(DEFAULT_CONFIG.parent / "sweep.toml")
     labels = {label: family for family, (_, label) in FAMILIES.items()}
     by_key = {(r["model"], r["seq_len"], r["width"], r["seed"]): r for r in runs}
-    # the third lease: one process a run; the ones that ended well are its runs in the recall.json
+    # the third part: one process a run; the ones that ended well are its runs in the recall.json
     sweep_third = (folder / "sweep_third.log").read_text(encoding="utf-8")
     third = _sweep_log_processes(sweep_third, "ended (0)")
     cut_third = _sweep_log_processes(sweep_third, "ended (124)")
@@ -460,9 +480,9 @@ def test_the_gpu_sweep_at_vocabulary_256_in_recall_md_is_its_json():
         ("lstm", 256, 512, 0), ("new_llm", 128, 64, 1), ("new_llm", 128, 256, 1)]  # fmt: skip
     assert {("new_llm", 128, w, 1) for w in (64, 256, 512)} <= cut_third & cut_fourth
 
-    logged = _logged_runs(folder / "cut", 64)  # the MLP cell's in the first lease, which wrote no recall.json
+    logged = _logged_runs(folder / "cut", 64)  # the MLP cell's in the first part, which wrote no recall.json
     assert sorted(logged) == [("new_llm_mlp", w, s) for w in (64, 256) for s in (0, 1, 2)]
-    # the second lease ran those processes again and was cut at the same width, the third ran each width alone and
+    # the second part ran those processes again and was cut at the same width, the third ran each width alone and
     # finished: the same accuracies to three digits; as do the prototype's 128-token seed 0 in the second's logs and
     # the third's recall.json
     again = _logged_runs(folder / "cut_resumed", 64)
@@ -475,7 +495,7 @@ def test_the_gpu_sweep_at_vocabulary_256_in_recall_md_is_its_json():
             assert (round(by_key[model, 128, width, seed]["accuracy"], 3), by_key[model, 128, width, seed]["steps"]) == (
                 accuracy, steps)  # fmt: skip
     assert {(m, w) for m, t, w, s in third if t == 128} == {("new_llm", w) for w in (64, 256, 512)}
-    # TinyGPT2's 128-token seed 2, in the second lease's log (widths in one process) and alone in the fourth's runs:
+    # TinyGPT2's 128-token seed 2, in the second part's log (widths in one process) and alone in the fourth's runs:
     # width 64 the same to three digits, width 256 not, apart from the first evaluation
     again_128 = _logged_runs(folder / "cut_resumed", 128)
     gpt2 = {w: by_key["tinygpt2", 128, w, 2] for w in (64, 256)}
@@ -486,11 +506,11 @@ def test_the_gpu_sweep_at_vocabulary_256_in_recall_md_is_its_json():
     assert one_process.index("tinygpt2 width 64,") < one_process.index("tinygpt2 width 256,")  # width 64 first
     first_loss = re.findall(r"step 250: validation accuracy [\d.]+, training loss ([\d.]+)", one_process)
     assert gpt2[256]["history"][0][0] == 250 and f"{gpt2[256]['history'][0][2]:.3f}" != first_loss[1]
-    gpt2_text = (f"TinyGPT2's seed 2 at 128 tokens, width 64 ({gpt2[64]['accuracy']:.3f}), in the second lease's log and "
-                 f"the fourth's recall.json. Its width 256 did not: {again_128['tinygpt2', 256, 2][0]:.3f} in the second "
-                 f"lease's log, where it ran after width 64 in the same process, {gpt2[256]['accuracy']:.3f} in the "
-                 f"fourth's recall.json, the two apart from the first evaluation on (training loss {first_loss[1]} and "
-                 f"{gpt2[256]['history'][0][2]:.3f} at step 250)")  # fmt: skip
+    gpt2_text = (f"TinyGPT2's seed 2 at 128 tokens, width 64 ({gpt2[64]['accuracy']:.3f}), gave the same test accuracy "
+                 f"to three digits in a log and in the recall.json. TinyGPT2's width 256 there did not: "
+                 f"{again_128['tinygpt2', 256, 2][0]:.3f} in the log, where it ran after width 64 in the same process, "
+                 f"{gpt2[256]['accuracy']:.3f} in the recall.json, the two apart from the first evaluation on (training "
+                 f"loss {first_loss[1]} and {gpt2[256]['history'][0][2]:.3f} at step 250)")  # fmt: skip
 
     start = lines.index("| model | width | state | parameters | accuracy | seeds 0, 1, 2 | steps |")
     rows = lines[start + 2: lines.index("", start)]
@@ -533,7 +553,7 @@ def test_the_gpu_sweep_at_vocabulary_256_in_recall_md_is_its_json():
         assert logs == (", ".join(str(s) for s in (0, 1, 2) if (family, width, s) in from_logs) or "–")
 
     text = " ".join(line.strip() for line in lines)
-    # the first lease's runs check the test set, the later ones a validation set; the third's and fourth's named in
+    # the first part's runs check the test set, the later ones a validation set; the third's and fourth's named in
     # their logs
     first = [k for k, r in by_key.items() if "valid_accuracy" not in r]
     second = [k for k, r in by_key.items() if "valid_accuracy" in r and k not in third | fourth]
@@ -544,24 +564,20 @@ def test_the_gpu_sweep_at_vocabulary_256_in_recall_md_is_its_json():
 
     shortest_point = [k for k in by_key if k[1] == 64]
     assert count(first, 64) + count(third, 64) == len(shortest_point) and count(second, 64) == count(fourth, 64) == 0
-    assert (f"({len(shortest_point)} runs: {count(first, 64)} in the first lease, the MLP cell's {count(third, 64)} "
-            f"in the third)") in text  # fmt: skip
+    assert f"but the study's MLP cell at width 512 ({len(shortest_point)} runs)" in text
     assert {m for m, t, _, _ in third if t == 64} == {"new_llm_mlp"}
-    assert (f"({len(longer)} runs: {count(first, 128)} in the first lease, {count(second, 128)} in the second, "
-            f"{count(third, 128)} in the third, {count(fourth, 128)} in the fourth)") in text  # fmt: skip
+    assert f"the prototype cell's seeds 0 and 2 ({len(longer)} runs)" in text
     # what finished at 128 tokens: three families whole but TinyGPT2's width 512 seed 2, the prototype's seeds 0 and 2
     whole = {(m, w, s) for m in ("lstm", "mamba2", "tinygpt2") for w in (64, 256, 512) for s in (0, 1, 2)}
     assert set(found) == whole - {("tinygpt2", 512, 2)} | {("new_llm", w, s) for w in (64, 256, 512) for s in (0, 2)}
     longest = [k for k in by_key if k[1] == 256]
     assert sorted(longest) == sorted(k for k in fourth if k[1] == 256) == [("lstm", 256, 256, 0), ("mamba2", 256, 256, 0)]
     assert len(shortest_point) + len(longer) + len(longest) == len(runs)
-    assert (f"at 256 tokens width 256's seed 0 for the LSTM and Mamba-2 ({len(longest)} runs, in the fourth)"
-            in text)  # fmt: skip
-    assert f"The first lease's {len(first)} runs" in text
-    assert (f"the {len(second) + len(third) + len(fourth)} of the later leases ({len(second)}, {len(third)} and "
+    assert f"width 256's seed 0 for the LSTM and Mamba-2 ({len(longest)} runs)" in text
+    assert f"The first part's {len(first)} runs" in text
+    assert (f"the later parts' {len(second) + len(third) + len(fourth)} ({len(second)}, {len(third)} and "
             f"{len(fourth)}) check") in text  # fmt: skip
-    assert f"{len(third)} processes finished and the deadline cut {len(cut_third)}" in text
-    assert f"{len(fourth)} processes finished and the deadline cut {len(cut_fourth)}, whose logs" in text
+    assert f"their deadlines cut {len(cut_third)} and {len(cut_fourth)} runs in progress" in text
     assert gpt2_text in text
     # the figure: the recall.json's runs
     assert {s for m, t, w, s in by_key if (m, t) == ("new_llm", 128)} == {0, 2}
@@ -577,9 +593,9 @@ def test_the_gpu_sweep_at_vocabulary_256_in_recall_md_is_its_json():
     assert (f"the prototype cell {shortest['new_llm', 64, 0][0]:.3f}, the LSTM {shortest['lstm', 64, 0][0]:.3f}, "
             f"Mamba-2 {shortest['mamba2', 64, 0][0]:.3f}") in text  # fmt: skip
     lstm, mamba2 = (by_key[m, 256, 256, 0] for m in ("lstm", "mamba2"))
-    assert lstm["keyless"] == mamba2["keyless"] == 0.0625 and f"At 256 tokens (keyless {lstm['keyless']})" in text
+    assert lstm["keyless"] == mamba2["keyless"] == 0.0625 and "Nothing ran at 512 tokens" in text
     assert (f"the LSTM {lstm['accuracy']:.3f} after {lstm['steps']:,} steps, Mamba-2 {mamba2['accuracy']:.3f} after "
-            f"{mamba2['steps']:,}. Nothing ran at 512 tokens") in text  # fmt: skip
+            f"{mamba2['steps']:,} (keyless {lstm['keyless']})") in text  # fmt: skip
     assert f"tokens** ({mamba2['accuracy']:.3f}, its one finished seed)" in text
     assert f"chance in its one finished seed ({lstm['accuracy']:.3f}, keyless {lstm['keyless']})" in text
     recalled = [r for r in runs if r["model"] == "mamba2" and r["width"] in (256, 512)]
@@ -611,6 +627,7 @@ def test_the_gpu_sweep_at_vocabulary_256_in_recall_md_is_its_json():
     done = {(r["model"], r["seq_len"], r["width"], r["seed"]) for r in runs}
     left = [(m, t) for m, t, w, s in every if (m, t, w, s) not in done]
     assert f"What it leaves is {len(left)} of the sweep's {len(every)} runs" in text
+    assert f"What finished: {len(runs)} of the sweep's {len(every)} runs." in text
     assert f"about {hours(left):.1f} hours of one GPU alone" in text and f"{hours(left) / 1.5:.1f} hours at 1.5 times" in text
     summary = " ".join((DEFAULT_CONFIG.parents[2] / "docs" / "results.md").read_text(encoding="utf-8").split())
     assert (f"The rest, {len(left)} of the {len(every)} runs, needs about {hours(left):.1f} hours of one GPU alone "
@@ -618,24 +635,47 @@ def test_the_gpu_sweep_at_vocabulary_256_in_recall_md_is_its_json():
     assert f"and 16 pairs at width 256 in its one seed ({by_key['mamba2', 256, 256, 0]['accuracy']:.3f})" in summary
     did = hours([(m, t) for m, t, _, _ in every]) - hours(left)
     assert f"did about {did:.1f} hours of that work" in text
-    assert f"did {hours([(m, t) for m, t, _, _ in third]):.1f} hours in its 900 s" in text
-    assert f"The fourth did {hours([(m, t) for m, t, _, _ in fourth]):.2f} hours in its 420 s" in text
-    assert (f"the deadline cut {len(cut_fourth)} of the {len(started)} runs it started, past step "
-            f"{min(last_step.values()):,} to {furthest:,}, three of them past step {furthest:,} of 2,000") in text  # fmt: skip
-    # the leases' windows: 1,409, 1,539, 900 and 420 s; the rate they achieved and the 25-minute leases the rest needs
-    windows = [int(w.replace(",", "")) for w in re.findall(r"deadline ([\d,]+) s after its start", text)]
+    # the parts' deadlines, in their commands: 1,409, 1,539, 900 and 420 s; the rate they achieved and the 25-minute
+    # windows the rest needs
+    parts = text.index("in four parts, each with a deadline")
+    commands = text[parts: text.index("**What finished:", parts)]
+    windows = [int(w) for w in re.findall(r"DEADLINE=\$\(\( \$\(date \+%s\) \+ (\d+) \)\)", commands)]
     assert windows == [1409, 1539, 900, 420] and f"in their {sum(windows):,} s" in text
-    assert f"its window of {windows[3]} s was far shorter than those 15 minutes" in text
-    assert f"one of {windows[2] // 60} and one of {windows[3] // 60}, finished" in text
-    rate = did / (sum(windows) / 3600)  # hours of work an hour
-    assert rate < 1.5 / 2 and "under half of what 1.5 times would give" in text
+    assert (f"did {hours([(m, t) for m, t, _, _ in third]):.1f} hours in {windows[2]} s and "
+            f"{hours([(m, t) for m, t, _, _ in fourth]):.2f} in {windows[3]} s") in text  # fmt: skip
+    assert f"the fourth part, with {windows[3]} s, left it out" in text
+    # the runs cut past step 1,750 of 2,000 in the last two parts: the MLP cell's four in the third, three in the fourth
+    last_third = {(m, t, w, s): int(re.findall(r"step (\d+):", (folder / "cut_third" / f"{m}_T{t}_p{t // 16}_s{s}_w{w}.log")
+                                              .read_text(encoding="utf-8"))[-1]) for m, t, w, s in cut_third}  # fmt: skip
+    late = [k for k, step in last_third.items() if step >= 1750] + [k for k, step in last_step.items() if step >= 1750]
+    assert furthest == 1750 and sorted(k for k in late if k in cut_third and k not in cut_fourth) == [
+        ("new_llm_mlp", 64, 512, s) for s in (0, 1, 2)] + [("new_llm_mlp", 128, 256, 0)]  # fmt: skip
     words = dict(enumerate("zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen "
                            "fifteen sixteen".split()))  # fmt: skip
-    assert f"in {words[len(windows)]} leases, 14 processes side by side" in text
-    assert f"The {words[len(windows)]} leases so far did" in text
-    lease = 25 / 60
-    assert (f"the rest needs about {words[math.ceil(hours(left) / 1.5 / lease)]} more leases of 25 minutes, and "
-            f"{words[math.ceil(hours(left) / rate / lease)]} at the rate achieved so far") in text  # fmt: skip
+    assert f"{words[len(late)]} of them past step {furthest:,} of 2,000" in text
+    # the runs left that ESTIMATE (the recall.json's step times) would never start in a window like the second's
+    need = {(m, t, w): estimated_seconds(runs, m, t, w, config.steps) for m, t, w, s in every if (m, t, w, s) not in done}
+    too_long = {key: seconds for key, seconds in need.items() if seconds > windows[1]}
+    assert set(too_long) == ({("new_llm", 512, w) for w in (64, 256, 512)} | {("new_llm_mlp", t, w) for t in (256, 512)
+                             for w in (64, 256, 512)} | {("mamba2", 256, 512), ("mamba2", 512, 512), ("tinygpt2", 512, 512)})  # fmt: skip
+
+    def span(keys):
+        return f"{min(too_long[k] for k in keys):,.0f}–{max(too_long[k] for k in keys):,.0f} s"
+
+    assert f"window of {windows[1]:,} s at 14 side by side" in text
+    assert f"the prototype cell's at 512 tokens ({span([k for k in too_long if k[0] == 'new_llm'])})" in text
+    assert f"the MLP cell's from 256 tokens ({span([k for k in too_long if k[0] == 'new_llm_mlp'])})" in text
+    assert (f"Mamba-2's and TinyGPT2's width 512 at 512 tokens ({too_long['mamba2', 512, 512]:,.0f} and "
+            f"{too_long['tinygpt2', 512, 512]:,.0f} s) and Mamba-2's at 256 ({too_long['mamba2', 256, 512]:,.0f} s)") in text
+    assert f"width 512 at 64 tokens is judged {need['new_llm_mlp', 64, 512]:,.0f} s" in text
+    assert min(ms) * 2 > 1.3 * need["new_llm_mlp", 64, 512]  # its cut runs' steps: about 15 minutes
+    rate = did / (sum(windows) / 3600)  # hours of work an hour
+    assert rate < 1.5 / 2 and "under half of what 1.5 times would give" in text
+    assert f"in {words[len(windows)]} parts, each with a deadline" in text
+    assert f"The {words[len(windows)]} parts did about" in text
+    window = 25 / 60
+    assert (f"the rest needs about {words[math.ceil(hours(left) / 1.5 / window)]} more windows of 25 minutes, and "
+            f"{words[math.ceil(hours(left) / rate / window)]} at the rate achieved so far") in text  # fmt: skip
 
 
 def _cells(row):
