@@ -28,7 +28,7 @@ from transformers.trainer_callback import ExportableState, PrinterCallback, Prog
 from transformers.trainer_utils import get_last_checkpoint
 
 from newllm.config import TrainConfig
-from newllm.data.batching import LengthGroupedSampler
+from newllm.data.batching import IGNORE_INDEX, LengthGroupedSampler
 from newllm.training.checkpoint import check_trainer_checkpoint, write_json_atomic
 from newllm.models.recurrent import RecurrentCache
 from newllm.models.registry import carries_state, compiles_any_length
@@ -256,9 +256,15 @@ class QuietProgressCallback(ProgressCallback):
 
 
 class FiniteEvalTrainer(Trainer):
-    """The Trainer, stopping on a validation batch whose loss is NaN or infinite.
+    """The Trainer, with the validation loss a mean over tokens, stopping on a validation batch whose loss is NaN or
+    infinite.
 
-    Otherwise a NaN validation loss counts as "no improvement" (on_nonfinite="stop"), or is dropped
+    The Trainer's own `eval_loss` is the mean over validation sequences of their batch's mean token loss: each batch
+    counts by its number of sequences, not of tokens, and DailyDialog's batches differ in length. Here each batch's
+    mean loss is weighted by the tokens it scored, so `eval_loss` (the history's val_loss, early stopping, the best
+    checkpoint) is the loss per token, as the test perplexity is (evaluation/perplexity.py).
+
+    A NaN validation loss would otherwise count as "no improvement" (on_nonfinite="stop"), or be dropped
     from the mean by logging_nan_inf_filter (on_nonfinite="skip"), and a model that fails on part of
     the validation set could still be kept as the best.
     """
@@ -279,7 +285,26 @@ class FiniteEvalTrainer(Trainer):
                 f"validation loss became {loss.float().mean().item()} at epoch {self.state.epoch:.2f} "
                 f"(step {self.state.global_step}); lower the learning rate; the best checkpoint so far is untouched"
             )
+        if loss is not None and "labels" in inputs and getattr(self, "_token_sums", None) is not None:
+            # per sequence: its tokens' share of the batch's loss sum, and its scored tokens (the models shift the
+            # labels inside: position t predicts t + 1). Gathered over the processes like the Trainer's own losses,
+            # which drops the sequences the last batch repeats to even out the processes.
+            scored = (inputs["labels"][..., 1:] != IGNORE_INDEX).sum(dim=-1).double()
+            share = torch.stack([loss.detach().double() * scored, scored], dim=-1)
+            self._token_sums += self.gather_function(share).sum(dim=0).cpu()
         return loss, logits, labels
+
+    def evaluation_loop(self, dataloader, description, prediction_loss_only=None, ignore_keys=None,
+                        metric_key_prefix="eval"):  # fmt: skip
+        self._token_sums = torch.zeros(2, dtype=torch.float64)  # loss summed over scored tokens, their number
+        try:
+            output = super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys,
+                                             metric_key_prefix)  # fmt: skip
+        finally:
+            sums, self._token_sums = self._token_sums, None
+        if f"{metric_key_prefix}_loss" in output.metrics and sums[1] > 0:
+            output.metrics[f"{metric_key_prefix}_loss"] = (sums[0] / sums[1]).item()
+        return output
 
 
 class StatefulTrainer(FiniteEvalTrainer):

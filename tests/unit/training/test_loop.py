@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from newllm.config import TrainConfig
+from newllm.evaluation.perplexity import evaluate_perplexity
 from newllm.data import DialogWindows
 from newllm.data import collate as pad_collate
 from newllm.models import build_model
@@ -355,3 +356,24 @@ def test_group_by_length_refuses_a_dataset_without_lengths(tmp_path):
     with pytest.raises(ValueError, match="group_by_length groups items by their lengths, which CountingSequences"):
         train(build_model("new_llm", tiny_new_llm_config()), CountingSequences(16), CountingSequences(8), collate,
               TrainConfig(epochs=1, batch_size=8, group_by_length=True), tmp_path / "run", progress=False)  # fmt: skip
+
+
+def test_the_validation_loss_is_a_mean_over_tokens_not_over_sequences(tmp_path):
+    # validation sequences of 2 to 40 tokens in batches of 4: each batch's mean token loss counts by its tokens, so
+    # the history's val_loss (what early stopping and the best checkpoint read) is the test perplexity's loss per token
+    torch.manual_seed(0)
+    valid = _dialogues(23, 1)  # the last batch holds 3
+
+    def padded(batch):
+        return pad_collate(batch, pad_id=0)
+
+    config = TrainConfig(epochs=1, batch_size=8, eval_batch_size=4, lr=1e-2)
+    result = train(build_model("new_llm", tiny_new_llm_config()), _dialogues(256, 0), valid, padded, config,
+                   tmp_path / "run", progress=False)  # fmt: skip
+    per_token = evaluate_perplexity(result.model, valid, pad_id=0, batch_size=5)  # other batches: the same sum
+    assert result.history[0]["val_loss"] == pytest.approx(per_token.loss, rel=1e-6)
+    # the Trainer's own mean: each batch's mean token loss once per sequence in it
+    batches = [evaluate_perplexity(result.model, [valid[i] for i in range(k, min(k + 4, len(valid)))], pad_id=0)
+               for k in range(0, len(valid), 4)]  # fmt: skip
+    per_sequence = sum(b.loss * min(4, len(valid) - 4 * i) for i, b in enumerate(batches)) / len(valid)
+    assert abs(per_sequence - per_token.loss) > 1e-3  # a thousand times the tolerance above
