@@ -643,7 +643,7 @@ def _definitions(results: Mapping[str, Any]) -> list[str]:
         "because all three share one tokenizer.",
         "- **Word PPL** = exp(total NLL / words), where words = whitespace tokens + one end-of-line "
         f"per line ({WIKITEXT2_TEST_WORDS:,} for the full WikiText-2 test set; {word_note}). "
-        "Independent of the tokenizer, so comparable with word-level results.",
+        "Independent of the tokenizer (one that keeps the text whole), so comparable with word-level results.",
         "- **Bits per byte** = total NLL / ln 2 / UTF-8 bytes of the test file "
         f"({_count(_get(wikitext, 'test_bytes'))} bytes here).",
         "- **Stateful** (WikiText-2 test) = the NLL summed over the same tokens, each predicted with "
@@ -670,6 +670,14 @@ def _definitions(results: Mapping[str, Any]) -> list[str]:
         f"{_code(dialog.get('source'))}, {_count(_get(dialog, 'test_tokens'))} test tokens.",
         "",
     ]
+    if tok.get("kind") == "prototype":
+        lines += [
+            "> **A closed word vocabulary.** The prototype's tokenizer lower-cases the text and maps every word "
+            f"outside its {_count(tok.get('vocab_size'))} entries to one `<UNK>`: each such word is one outcome, "
+            "so word PPL and bits per byte here are easier than over the text itself and "
+            "**not comparable with the literature**.",
+            "",
+        ]
     if _sliced_sets(results):
         lines += [
             f"> **Sliced data.** The {_cut_short(_sliced_sets(results))} (as the quick "

@@ -180,6 +180,13 @@ def test_definitions_and_tokenizer_are_stated():
     assert "not comparable with the literature" not in md
 
 
+def test_the_prototypes_closed_word_vocabulary_is_flagged():
+    results = make_results()
+    results["tokenizer"] |= {"kind": "prototype", "vocab_size": 1000}
+    definitions = render_report(results)[render_report(results).index("## How these numbers are defined"):]
+    assert "outside its 1,000 entries to one `<UNK>`" in definitions and "not comparable with the literature" in definitions
+
+
 def test_sliced_data_is_flagged():
     md = render_report(make_results(sliced=True))
     assert "not comparable with the literature" in md
