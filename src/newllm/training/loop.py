@@ -271,6 +271,13 @@ class FiniteEvalTrainer(Trainer):
 
     group_by_length: bool = False  # TrainConfig.group_by_length: batches of similar length
 
+    def get_decay_parameter_names(self, model) -> list[str]:
+        """Weight decay on the matrices (and embeddings, convolution kernels) only: every parameter of two or more
+        dimensions. The Trainer's own rule finds norms and biases by their names, which misses Mamba-2's final
+        `norm_f` and its per-head `A_log` and `D` (the reference Mamba code exempts those); for New-LLM, TinyGPT2
+        and the LSTM both rules pick the same parameters at every preset (tests/unit/training/test_loop.py)."""
+        return [name for name, parameter in model.named_parameters() if parameter.dim() >= 2]
+
     def _get_train_sampler(self, *args, **kwargs):
         if not self.group_by_length:
             return super()._get_train_sampler(*args, **kwargs)

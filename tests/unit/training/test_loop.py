@@ -7,13 +7,14 @@ import math
 
 import pytest
 import torch
+from transformers import Trainer, TrainingArguments
 
-from newllm.config import TrainConfig
-from newllm.evaluation.perplexity import evaluate_perplexity
+from newllm.config import TrainConfig, load_config
 from newllm.data import DialogWindows
 from newllm.data import collate as pad_collate
-from newllm.models import build_model
-from newllm.training.loop import RunExistsError, TrainingDivergedError, history_from_log, train
+from newllm.evaluation.perplexity import evaluate_perplexity
+from newllm.models import BaselineShape, NewLLMConfig, build_model, matched_configs
+from newllm.training.loop import FiniteEvalTrainer, RunExistsError, TrainingDivergedError, history_from_log, train
 
 from tests.helpers import CountingSequences, collate
 
@@ -377,3 +378,35 @@ def test_the_validation_loss_is_a_mean_over_tokens_not_over_sequences(tmp_path):
                for k in range(0, len(valid), 4)]  # fmt: skip
     per_sequence = sum(b.loss * min(4, len(valid) - 4 * i) for i, b in enumerate(batches)) / len(valid)
     assert abs(per_sequence - per_token.loss) > 1e-3  # a thousand times the tolerance above
+
+
+@pytest.mark.parametrize("preset", ["study_new_llm", "full"])
+def test_weight_decay_falls_on_the_matrices_as_the_trainers_rule_does_for_the_three_families(preset):
+    model_config = load_config(preset).model
+    new_llm = NewLLMConfig(vocab_size=8192, bos_token_id=0, eos_token_id=0, pad_token_id=1,
+                           **model_config.new_llm_arguments())  # fmt: skip
+    configs = matched_configs(new_llm, names=("new_llm", "tinygpt2", "lstm", "mamba2"),
+                              shape=BaselineShape(**model_config.baseline_shape()))  # fmt: skip
+    for name, config in configs.items():
+        with torch.device("meta"):
+            model = build_model(name, config)
+        ours = set(FiniteEvalTrainer.get_decay_parameter_names(None, model))
+        # the names the optimizer looks up: a tied matrix once, by its first name
+        theirs = set(Trainer.get_decay_parameter_names(None, model)) & set(dict(model.named_parameters()))
+        assert ours and all(p.dim() >= 2 for n, p in model.named_parameters() if n in ours)
+        if name != "mamba2":
+            assert ours == theirs, name
+        else:  # the names the Trainer's rule misses: the final norm, and A_log and D in every layer
+            missed = {n.rsplit(".", 1)[-1] if ".mixer." in n else n for n in theirs - ours}
+            assert missed == {"backbone.norm_f.weight", "A_log", "D"} and ours < theirs
+
+
+def test_the_optimizer_leaves_mamba2s_norms_and_decay_rates_undecayed(tmp_path):
+    config = matched_configs(tiny_new_llm_config(), names=("mamba2",), shape=BaselineShape(dropout=0.0))["mamba2"]
+    model = build_model("mamba2", config)
+    args = TrainingArguments(output_dir=str(tmp_path), weight_decay=0.1, use_cpu=True, report_to="none")
+    optimizer = FiniteEvalTrainer(model=model, args=args).create_optimizer()
+    decayed = {id(p) for group in optimizer.param_groups if group["weight_decay"] == 0.1 for p in group["params"]}
+    named = dict(model.named_parameters())
+    assert {n.rsplit(".", 1)[-1] for n, p in named.items() if id(p) not in decayed} >= {"A_log", "D", "weight", "dt_bias"}
+    assert all((id(p) in decayed) == (p.dim() >= 2) for p in named.values())
