@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch.utils.data import Dataset, SequentialSampler
 from transformers import EarlyStoppingCallback, PreTrainedModel, Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_callback import ExportableState, PrinterCallback, ProgressCallback
@@ -166,9 +167,11 @@ class HistoryCallback(TrainerCallback, ExportableState):
 class TimeLimitCallback(TrainerCallback):
     """Stops training after the epoch whose successor would end past `seconds` (TrainConfig.time_limit).
 
-    Decided after each epoch's evaluation (after early stopping's decision, so a run that ends anyway
-    is not marked), assuming the next epoch takes as long as the last one, evaluation included. The
-    Trainer still saves the epoch it stops after, then restores the best model.
+    Timed at each epoch's evaluation, assuming the next epoch takes as long as the last one, evaluation
+    included; decided when that epoch is saved, once every callback's on_evaluate has run. So early
+    stopping has had its say whatever the callbacks' order (a resumed Trainer puts the callbacks that
+    keep state, early stopping among them, last), and a run that ends anyway is not marked. The epoch
+    it stops after is saved; the Trainer then restores the best model.
     """
 
     def __init__(self, seconds: float, clock=time.monotonic):
@@ -176,6 +179,7 @@ class TimeLimitCallback(TrainerCallback):
         self.clock = clock
         self.stopped = False
         self._start = self._last = None
+        self._overrun = None  # set at an evaluation, decided at the save that follows it
 
     def on_train_begin(self, args, state, control, **kwargs):
         self._start = self._last = self.clock()
@@ -183,10 +187,17 @@ class TimeLimitCallback(TrainerCallback):
     def on_evaluate(self, args, state, control, **kwargs):
         now = self.clock()
         epoch_seconds, self._last = now - self._last, now
+        self._overrun = now - self._start + epoch_seconds > self.seconds
+
+    def on_save(self, args, state, control, **kwargs):
+        overrun, self._overrun = self._overrun, None
+        if overrun is None:  # a save between evaluations (train.save_steps)
+            return
+        # every rank decides (any_rank is collective on all of them; a rank left training would wait forever)
+        overrun = any_rank(overrun)
         if control.should_training_stop or state.epoch >= args.num_train_epochs:
             return  # early stopping or the schedule ends the run here anyway
-        # every rank stops or none does (each times itself; a rank left training would wait forever)
-        if any_rank(now - self._start + epoch_seconds > self.seconds):
+        if overrun:
             control.should_training_stop = True
             self.stopped = True
 
@@ -255,14 +266,27 @@ class QuietProgressCallback(ProgressCallback):
         pass
 
 
+def _sequence_nll(logits: torch.Tensor, labels: torch.Tensor, rows: int = 8) -> torch.Tensor:
+    """(B, 2) float64: each sequence's summed next-token loss and its number of scored tokens (the models shift the
+    labels inside: the logits at t predict the label at t + 1; -100 is not scored). In fp32, a few rows at a time, so
+    that evaluation holds no (B, T, V) copy of the logits."""
+    targets = labels[:, 1:]
+    nll = torch.cat([
+        F.cross_entropy(logits[i : i + rows, :-1].float().transpose(1, 2), targets[i : i + rows],
+                        ignore_index=IGNORE_INDEX, reduction="none").sum(-1, dtype=torch.float64)
+        for i in range(0, len(targets), rows)
+    ])  # fmt: skip
+    return torch.stack([nll, (targets != IGNORE_INDEX).sum(-1).double()], dim=-1)
+
+
 class FiniteEvalTrainer(Trainer):
     """The Trainer, with the validation loss a mean over tokens, stopping on a validation batch whose loss is NaN or
     infinite.
 
     The Trainer's own `eval_loss` is the mean over validation sequences of their batch's mean token loss: each batch
-    counts by its number of sequences, not of tokens, and DailyDialog's batches differ in length. Here each batch's
-    mean loss is weighted by the tokens it scored, so `eval_loss` (the history's val_loss, early stopping, the best
-    checkpoint) is the loss per token, as the test perplexity is (evaluation/perplexity.py).
+    counts by its number of sequences, not of tokens, and DailyDialog's batches differ in length. Here every
+    sequence's loss is summed with its scored tokens, over every process, so `eval_loss` (the history's val_loss,
+    early stopping, the best checkpoint) is the loss per token, as the test perplexity is (evaluation/perplexity.py).
 
     A NaN validation loss would otherwise count as "no improvement" (on_nonfinite="stop"), or be dropped
     from the mean by logging_nan_inf_filter (on_nonfinite="skip"), and a model that fails on part of
@@ -270,6 +294,7 @@ class FiniteEvalTrainer(Trainer):
     """
 
     group_by_length: bool = False  # TrainConfig.group_by_length: batches of similar length
+    _token_sums: torch.Tensor | None = None  # during evaluation_loop: loss summed over scored tokens, their number
 
     def get_decay_parameter_names(self, model) -> list[str]:
         """Weight decay on the matrices (and embeddings, convolution kernels) only: every parameter of two or more
@@ -286,19 +311,21 @@ class FiniteEvalTrainer(Trainer):
         return LengthGroupedSampler(self.train_dataset.lengths, batch, seed=self.args.seed)
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
-        loss, logits, labels = super().prediction_step(model, inputs, prediction_loss_only, ignore_keys=ignore_keys)
+        if self._token_sums is None or inputs.get("labels") is None:  # not one of evaluation_loop's batches
+            loss, logits, labels = super().prediction_step(model, inputs, prediction_loss_only, ignore_keys=ignore_keys)
+        else:
+            inputs = self._prepare_inputs(inputs)
+            with torch.no_grad(), self.compute_loss_context_manager():
+                loss, outputs = self.compute_loss(model, inputs, return_outputs=True)
+            # per sequence its summed loss and scored tokens, gathered over the processes as the Trainer gathers its
+            # losses, which drops the sequences the last batch repeats to even out the processes
+            self._token_sums += self.gather_function(_sequence_nll(outputs["logits"], inputs["labels"])).sum(0).cpu()
+            loss, logits, labels = loss.detach().mean(), None, None
         if loss is not None and not torch.isfinite(loss).all():
             raise TrainingDivergedError(
                 f"validation loss became {loss.float().mean().item()} at epoch {self.state.epoch:.2f} "
                 f"(step {self.state.global_step}); lower the learning rate; the best checkpoint so far is untouched"
             )
-        if loss is not None and "labels" in inputs and getattr(self, "_token_sums", None) is not None:
-            # per sequence: its tokens' share of the batch's loss sum, and its scored tokens (the models shift the
-            # labels inside: position t predicts t + 1). Gathered over the processes like the Trainer's own losses,
-            # which drops the sequences the last batch repeats to even out the processes.
-            scored = (inputs["labels"][..., 1:] != IGNORE_INDEX).sum(dim=-1).double()
-            share = torch.stack([loss.detach().double() * scored, scored], dim=-1)
-            self._token_sums += self.gather_function(share).sum(dim=0).cpu()
         return loss, logits, labels
 
     def evaluation_loop(self, dataloader, description, prediction_loss_only=None, ignore_keys=None,

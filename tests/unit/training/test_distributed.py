@@ -17,6 +17,7 @@ resume test kills both ranks mid-epoch and resumes from the latest `save_steps` 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import signal
@@ -29,9 +30,13 @@ import pytest
 import torch
 import torch.distributed as dist
 from safetensors.torch import load_file, save_file
+from transformers import TrainingArguments
 
 from newllm.config import TrainConfig
+from newllm.data import DialogWindows
+from newllm.data import collate as pad_collate
 from newllm.data.tokenizer import tokenizer_fingerprint, train_tokenizer
+from newllm.evaluation.perplexity import evaluate_perplexity
 from newllm.models import build_model
 from newllm.training import distributed, loop
 from newllm.training.loop import remove_incomplete_checkpoints, train
@@ -64,7 +69,7 @@ def _run(run_dir: Path, batch_size: int, *, dropout: float = 0.0, save_steps: in
 # every 3 steps; both ranks SIGKILL themselves after step 11, so checkpoint-9 (mid epoch 2, after the
 # epoch-1 evaluation) is the latest complete one and the resumed run must skip one batch per rank.
 RESUME_DROPOUT, RESUME_SAVE_STEPS, KILL_STEP, TOTAL_STEPS = 0.1, 3, 11, 16
-MODES = ("plain", "full", "killed", "resumed", "cuda")
+MODES = ("plain", "full", "killed", "resumed", "cuda", "eval")
 
 
 def _record_steps(kill_at: int | None) -> list[int]:
@@ -88,6 +93,8 @@ def _worker(run_dir: str, out_dir: str, mode: str = "plain") -> None:
     plain: the batch-4 run compared with one process; full / killed / resumed: the resume runs.
     """
     assert mode in MODES, mode
+    if mode == "eval":
+        return _evaluate_uneven(Path(out_dir))
     steps = _record_steps(KILL_STEP if mode == "killed" else None)
     if mode == "plain":
         result = _run(Path(run_dir), PER_DEVICE_BATCH)
@@ -111,6 +118,36 @@ def _worker(run_dir: str, out_dir: str, mode: str = "plain") -> None:
     (out / f"rank{rank}.json").write_text(json.dumps(report), encoding="utf-8")
     state = {k: v.detach().cpu().contiguous().clone() for k, v in result.model.state_dict().items()}
     save_file(state, str(out / f"rank{rank}.safetensors"))
+
+
+def _uneven_validation() -> DialogWindows:
+    """11 windows of 2 to 60 tokens, the first four long and scored very differently from the rest: over 2 ranks in
+    batches of 3, accelerate repeats the first ones to even out the last batch, which the loss must not count."""
+    lengths = [60] * 4 + torch.randint(2, 41, (7,), generator=torch.Generator().manual_seed(3)).tolist()
+    return DialogWindows([([7] * k if j < 4 else [(5 + i) % 300 for i in range(k)], [1] * k)
+                          for j, k in enumerate(lengths)], 64)  # fmt: skip
+
+
+def _uneven_model():
+    torch.manual_seed(0)
+    model = build_model("new_llm", tiny_new_llm_config())
+    with torch.no_grad():
+        model.lm_head.bias[7] = 8.0  # the long windows' token: nearly free to predict, the others' not
+    return model
+
+
+def _evaluate_uneven(out: Path) -> None:
+    """One rank: the training loop's evaluation of `_uneven_validation`, its eval_loss written by rank 0."""
+    args = TrainingArguments(output_dir=str(out / "trainer"), per_device_eval_batch_size=3, use_cpu=True,
+                             prediction_loss_only=True, remove_unused_columns=False, report_to="none",
+                             disable_tqdm=True)  # fmt: skip
+    trainer = loop.FiniteEvalTrainer(model=_uneven_model(), args=args, eval_dataset=_uneven_validation(),
+                                     data_collator=functools.partial(pad_collate, pad_id=0))  # fmt: skip
+    trainer.model_accepts_loss_kwargs = False
+    metrics = trainer.evaluate()
+    if distributed.rank() == 0:
+        report = {"world_size": distributed.world_size(), "eval_loss": metrics["eval_loss"]}
+        (out / "eval.json").write_text(json.dumps(report), encoding="utf-8")
 
 
 def _free_port() -> int:
@@ -295,6 +332,14 @@ def test_killed_and_resumed_two_process_run_equals_uninterrupted_one(tmp_path):
     last, full_last = (load_file(str(r / f"checkpoint-{TOTAL_STEPS}" / "model.safetensors")) for r in (run, full_run))
     assert _max_diff(last, full_last) == 0.0, "last weights differ"
     assert json.loads((run / "history.json").read_text()) == reports[0]["history"]
+
+
+def test_two_processes_score_the_validation_loss_per_token_without_the_repeated_windows(tmp_path):
+    done = _launch(_torchrun(), tmp_path / "run", tmp_path / "out", mode="eval")
+    assert done.returncode == 0, done.stderr[-4000:]
+    report = json.loads((tmp_path / "out" / "eval.json").read_text())
+    reference = evaluate_perplexity(_uneven_model(), _uneven_validation(), pad_id=0, batch_size=5)
+    assert report["world_size"] == 2 and report["eval_loss"] == pytest.approx(reference.loss, rel=1e-6)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA: NCCL data parallelism over this host's GPUs")

@@ -256,17 +256,24 @@ def test_time_limit_stops_before_an_epoch_that_would_not_end_in_time():
         now[0] += 10.0  # every epoch, evaluation included, takes 10 s
         state.epoch = epoch
         callback.on_evaluate(args, state, control)
+        callback.on_save(args, state, control)
         stops.append(control.should_training_stop)
     # after epoch 2, 20 s + another 10 s would pass 25 s
     assert stops == [False, True, True] and callback.stopped
 
-    # where early stopping (an earlier callback) or the last epoch ends the run, the time limit did not
-    for epoch, early in ((2, True), (10, False)):
+    # where early stopping or the last epoch ends the run, the time limit did not, whether early stopping's
+    # on_evaluate came before the time limit's or after it (as on a resumed Trainer); a save between
+    # evaluations decides nothing
+    for epoch, early, order in ((2, True, "before"), (2, True, "after"), (10, False, "before")):
         callback = TimeLimitCallback(1.0, clock=lambda: now[0])
-        callback.on_train_begin(args, state, control := TrainerControl(should_training_stop=early))
+        callback.on_train_begin(args, state, control := TrainerControl(should_training_stop=early and order == "before"))
         now[0] += 10.0
         state.epoch = epoch
+        callback.on_save(args, state, control)
+        assert not callback.stopped
         callback.on_evaluate(args, state, control)
+        control.should_training_stop = early  # early stopping's on_evaluate, after the time limit's
+        callback.on_save(args, state, control)
         assert not callback.stopped and control.should_training_stop == early
 
 
