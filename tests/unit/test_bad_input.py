@@ -20,10 +20,12 @@ import pytest
 import torch
 
 from newllm.cli import main
+from newllm.config import load_config
 from newllm.data.dailydialog import load_dailydialog
 from newllm.data.tokenizer import save_tokenizer, train_tokenizer
 from newllm.data.wikitext import load_wikitext
 from newllm.models import BaselineShape, build_model, matched_configs
+from newllm.pipeline.setup import model_configs
 from newllm.training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 
 from tests.conftest import TINY_DIALOGUES, TINY_TEXT
@@ -79,11 +81,18 @@ def prepared_output(root: Path, tokenizer, step1: Path | None = None) -> Path:
     return root
 
 
+def step_config():
+    """The experiment config of `step`'s argv (STEP_OPTIONS): what a step-1 checkpoint of these tests must match."""
+    sets = [STEP_OPTIONS[i + 1] for i, option in enumerate(STEP_OPTIONS) if option == "--set"]
+    return load_config(STEP_OPTIONS[STEP_OPTIONS.index("--preset") + 1], sets)
+
+
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory, tiny_tokenizer) -> dict[str, Path]:
-    """Tiny New-LLM and GPT-2 checkpoints with the tiny tokenizer; copy before damaging one."""
+    """New-LLM as the step settings build it and a tiny GPT-2, with the tiny tokenizer; copy before damaging one."""
     root = tmp_path_factory.mktemp("checkpoints")
     configs = matched_configs(tiny_new_llm_config(), shape=BaselineShape(gpt2_positions=128, dropout=0.0))
+    configs["new_llm"] = model_configs(step_config(), tiny_tokenizer)["new_llm"]
     torch.manual_seed(0)
     return {
         name: save_checkpoint(build_model(name, configs[name]).eval(), tiny_tokenizer, root / name)
@@ -138,6 +147,29 @@ def test_dailydialog_line_cut_before_its_eou_is_skipped_and_counted(tmp_path):
     assert split.skipped == 1
     assert len(split.dialogues) == len(TINY_DIALOGUES)
     assert all("th" not in dialogue[-1].split() for dialogue in split.dialogues)
+
+
+def test_finetune_refuses_a_step1_model_of_another_config(capsys, tmp_path, tiny_tokenizer, checkpoints):
+    data = write_data_dir(tmp_path / "data")
+    out = prepared_output(tmp_path / "out", tiny_tokenizer, checkpoints["new_llm"])
+    before = snapshot(out)
+    line = fails(capsys, step("finetune", data, out) + ["--set", "model.num_layers=1"])
+    assert line.endswith("is not the new_llm this config builds (num_hidden_layers = 2 there, 1 here): fine-tune "
+                         "with the preset and settings step 1 ran with, or run `newllm pretrain --overwrite` first")
+    assert_untouched(before, snapshot(out))
+
+
+def test_finetune_refuses_a_step1_model_whose_run_has_not_finished(capsys, tmp_path, tiny_tokenizer, checkpoints):
+    # a step 1 under way (or cut) in this folder: its best_ folder may still be an earlier run's
+    data = write_data_dir(tmp_path / "data")
+    out = prepared_output(tmp_path / "out", tiny_tokenizer, checkpoints["new_llm"])
+    (out / "new_llm_wikitext").mkdir()
+    before = snapshot(out)
+    line = fails(capsys, step("finetune", data, out))
+    assert "step 1 of new_llm has not finished in" in line and line.endswith("`newllm pretrain --resume` first")
+    assert_untouched(before, snapshot(out))
+    (out / "new_llm_wikitext" / "complete.json").write_text('{"stopped": "time_limit"}')  # ended, by its time limit
+    assert main(["-q", *step("finetune", data, out)]) == 0
 
 
 @pytest.mark.parametrize(
@@ -201,7 +233,7 @@ def _damage(name: str, folder: Path, source: Path) -> None:
         ("unknown-model-type", "holds a 'bert' model; newllm loads gpt2, mamba2, new_llm, newllm_lstm"),
         ("garbage-tokenizer", ": corrupt tokenizer file"),
         ("mis-shaped-weight", ": model.safetensors does not match config.json: 1 of another shape or dtype "
-         "(lm_head.weight 300x47 F32 instead of 300x48 F32)"),
+         "(lm_head.weight 300x127 F32 instead of 300x128 F32)"),
         ("dropped-weight", ": model.safetensors does not match config.json: 1 missing (lm_head.bias)"),
     ],
 )

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import logging
 import time
 
@@ -60,6 +61,7 @@ from newllm.pipeline.stage import refuse_existing_runs, run_stage
 from newllm.reporting.report import write_report
 from newllm.training.checkpoint import (
     CheckpointError,
+    check_checkpoint,
     load_checkpoint,
     write_json_atomic,
 )
@@ -136,6 +138,27 @@ def pretrain(config: ExperimentConfig, resume: bool = False, overwrite: bool = F
                   resume=resume, overwrite=overwrite, progress=progress)  # fmt: skip
 
 
+# Config fields that are no part of the architecture: how transformers saved the model, and what step 3 reads
+UNCOMPARED_FIELDS = {"use_cache", "dtype", "torch_dtype", "_name_or_path", "architectures", "transformers_version",
+                     "trained_positions"}  # fmt: skip
+
+
+def check_same_architecture(saved: dict, config, name: str, where) -> None:
+    """A CheckpointError unless the checkpoint's config (`saved`, its config.json) has the architecture this
+    experiment's config gives `name`: every field both hold, but the dropout rates (step 2 may change them) and
+    UNCOMPARED_FIELDS."""
+    wanted = json.loads(config.to_json_string(use_diff=False))  # as config.json spells it (lists, infinities)
+    compared = {k for k in wanted.keys() & saved.keys() - UNCOMPARED_FIELDS - set(DROPOUT_FIELDS[name])
+                if "dropout" not in k and "pdrop" not in k}  # fmt: skip
+    differ = sorted(k for k in compared if wanted[k] != saved[k])
+    if differ:
+        shown = ", ".join(f"{k} = {saved[k]!r} there, {wanted[k]!r} here" for k in differ[:3])
+        raise CheckpointError(
+            f"{where} is not the {name} this config builds ({shown}{', ...' if len(differ) > 3 else ''}): "
+            "fine-tune with the preset and settings step 1 ran with, or run `newllm pretrain --overwrite` first"
+        )
+
+
 @_one_writer
 def finetune(config: ExperimentConfig, resume: bool = False, overwrite: bool = False, progress: bool = True) -> None:
     """Step 2: continue each step-1 checkpoint on DailyDialog with the same tokenizer."""
@@ -144,8 +167,11 @@ def finetune(config: ExperimentConfig, resume: bool = False, overwrite: bool = F
     run = runtime(config)
     warn_if_training_full_on_cpu(config, run.device)
     tokenizer = prepare_tokenizer(config)
-    # Check every starting point before training anything: never train from scratch by accident.
-    parents = {name: RunDir(config.output_dir).checkpoint(name, "wikitext") for name in config.model.names}
+    # Check every starting point before training anything: never train from scratch by accident, nor from a model
+    # of another config or one a step 1 now under way is replacing.
+    folder = RunDir(config.output_dir)
+    parents = {name: folder.checkpoint(name, "wikitext") for name in config.model.names}
+    expected = model_configs(config, tokenizer)
     models = {}
     for name, parent in parents.items():
         if not parent.exists():
@@ -153,11 +179,18 @@ def finetune(config: ExperimentConfig, resume: bool = False, overwrite: bool = F
                 f"fine-tuning {name} starts from its step-1 checkpoint {parent}, which does not exist: "
                 "run `newllm pretrain` (or scripts/train_wikitext.py) with the same preset and output dir first"
             )
+        if folder.stage(name, "wikitext").is_dir() and not folder.complete(name, "wikitext").is_file():
+            raise CheckpointError(
+                f"step 1 of {name} has not finished in {folder.stage(name, 'wikitext')} (no complete.json), so "
+                f"{parent} may be an earlier run's: finish it with `newllm pretrain --resume` first"
+            )
         dropout = config.finetune.dropout
         changes = {} if dropout is None else {field: dropout for field in DROPOUT_FIELDS[name]}
         models[name], _ = load_checkpoint(parent, name, expected_tokenizer=tokenizer, **changes)
     sets, splits = dialog_sets(config, tokenizer)
     check_batches_fit(sets["train"], config.finetune, "finetune", splits["train"].source)
+    for name, parent in parents.items():
+        check_same_architecture(check_checkpoint(parent, name), expected[name], name, parent)
     refuse_existing_runs(config, "dialog", resume, overwrite)
     if resume:
         check_resume_settings(config, "finetune")

@@ -294,6 +294,7 @@ class FiniteEvalTrainer(Trainer):
     """
 
     group_by_length: bool = False  # TrainConfig.group_by_length: batches of similar length
+    grouped_sampler: LengthGroupedSampler | None = None  # its sampler, once the training data loader is built
     _token_sums: torch.Tensor | None = None  # during evaluation_loop: loss summed over scored tokens, their number
 
     def get_decay_parameter_names(self, model) -> list[str]:
@@ -308,7 +309,8 @@ class FiniteEvalTrainer(Trainer):
             return super()._get_train_sampler(*args, **kwargs)
         # the megabatch unit is one optimizer step's items, as transformers' own group_by_length uses
         batch = self.args.train_batch_size * self.args.gradient_accumulation_steps
-        return LengthGroupedSampler(self.train_dataset.lengths, batch, seed=self.args.seed)
+        self.grouped_sampler = LengthGroupedSampler(self.train_dataset.lengths, batch, seed=self.args.seed)
+        return self.grouped_sampler
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         if self._token_sums is None or inputs.get("labels") is None:  # not one of evaluation_loop's batches
@@ -362,6 +364,20 @@ class StatefulTrainer(FiniteEvalTrainer):
         if self.carry:  # without carry `carried` stays None: every window starts from a reset state
             self.carried = RecurrentCache(tuple(s.detach() for s in outputs.state.states))
         return (outputs.loss, outputs) if return_outputs else outputs.loss
+
+
+class SamplerEpochCallback(TrainerCallback):
+    """Tells the length-grouped sampler (group_by_length) which epoch begins, as the Trainer means to through the data
+    loader: under several processes, a run resumed in the middle of an epoch wraps the sampler one level deeper
+    (accelerate's SkipBatchSampler around its BatchSamplerShard) than that reaches, and the resumed epoch would
+    read epoch 0's batches. state.epoch is the epochs done so far, a fraction after a mid-epoch resume."""
+
+    def __init__(self, trainer: FiniteEvalTrainer):
+        self.trainer = trainer
+
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        if self.trainer.grouped_sampler is not None:
+            self.trainer.grouped_sampler.set_epoch(math.floor(state.epoch + 1e-6))
 
 
 class ResetStateCallback(TrainerCallback):
@@ -431,6 +447,11 @@ def train(
     if config.group_by_length and not hasattr(train_dataset, "lengths"):
         raise ValueError(f"group_by_length groups items by their lengths, which {type(train_dataset).__name__} does not "
                          "give: it applies to dialogues (DialogWindows), not to equal-length windows")  # fmt: skip
+    on_gpu = torch.device(device).type == "cuda"
+    if on_gpu and torch.device(device).index not in (None, 0) and world_size() == 1:
+        # the Trainer of one process trains on the first GPU it sees, whatever index was asked for
+        raise ValueError(f"device {device}: training picks its GPU by CUDA_VISIBLE_DEVICES; run with "
+                         f"CUDA_VISIBLE_DEVICES={torch.device(device).index} and --device cuda")  # fmt: skip
     if _has_checkpoints(run_dir) and not resume:
         if not overwrite:
             raise RunExistsError(
@@ -488,6 +509,12 @@ def train(
         ddp_find_unused_parameters=False,  # every parameter gets a gradient (tests/unit/models/test_contract.py)
         disable_tqdm=not progress,
     )
+    if on_gpu and world_size() == 1:
+        # One process, one GPU: on a host with several the Trainer would wrap the model in DataParallel, which
+        # multiplies the batch (and shortens the schedule) by the GPUs' number; several GPUs train as several
+        # processes (torchrun, docs/distributed.md).
+        _ = args.n_gpu  # sets up the devices, then
+        args._n_gpu = 1
     # TrainingArguments set up the process group: no rank looks for checkpoints before rank 0's cleanup above
     # is done (gloo connects all ranks when the group is created, NCCL only at the first collective)
     barrier()
@@ -511,6 +538,8 @@ def train(
     # by num_items_in_batch and multiplies the loss by the world size (and skips the grad_accum division).
     trainer.model_accepts_loss_kwargs = False
     trainer.group_by_length = config.group_by_length
+    if config.group_by_length:
+        trainer.add_callback(SamplerEpochCallback(trainer))
     if config.stateful:
         trainer.carry = config.stateful_carry
         trainer.add_callback(ResetStateCallback(trainer))

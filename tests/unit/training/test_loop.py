@@ -417,3 +417,29 @@ def test_the_optimizer_leaves_mamba2s_norms_and_decay_rates_undecayed(tmp_path):
     named = dict(model.named_parameters())
     assert {n.rsplit(".", 1)[-1] for n, p in named.items() if id(p) not in decayed} >= {"A_log", "D", "weight", "dt_bias"}
     assert all((id(p) in decayed) == (p.dim() >= 2) for p in named.values())
+
+
+def test_the_grouped_sampler_is_told_each_epoch_also_after_a_resume_in_the_middle_of_one():
+    from types import SimpleNamespace
+
+    from transformers import TrainerControl, TrainerState
+
+    from newllm.data.batching import LengthGroupedSampler
+    from newllm.training.loop import SamplerEpochCallback
+
+    sampler = LengthGroupedSampler([3, 1, 4, 1, 5, 9, 2, 6], batch_size=2, seed=0)
+    callback = SamplerEpochCallback(SimpleNamespace(grouped_sampler=sampler))
+    for done, epoch in ((0.0, 0), (1.0, 1), (2.375, 2), (3.0, 3)):  # 2.375: resumed after 3 of epoch 2's 8 steps
+        callback.on_epoch_begin(None, TrainerState(epoch=done), TrainerControl())
+        assert sampler.epoch == epoch
+    callback = SamplerEpochCallback(SimpleNamespace(grouped_sampler=None))  # shuffled batches: nothing to tell
+    callback.on_epoch_begin(None, TrainerState(epoch=1.0), TrainerControl())
+
+
+def test_a_gpu_index_is_refused_where_the_trainer_would_ignore_it(tmp_path):
+    # one process trains on the first GPU it sees: cuda:1 would train on GPU 0 (checked before any CUDA call)
+    with pytest.raises(ValueError, match=r"device cuda:1: training picks its GPU by CUDA_VISIBLE_DEVICES; run with "
+                                         r"CUDA_VISIBLE_DEVICES=1 and --device cuda"):  # fmt: skip
+        train(build_model("new_llm", tiny_new_llm_config()), CountingSequences(16), CountingSequences(8), collate,
+              TrainConfig(epochs=1, batch_size=8), tmp_path / "run", progress=False, device="cuda:1")
+    assert not (tmp_path / "run").exists()
