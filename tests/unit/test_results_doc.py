@@ -822,3 +822,40 @@ def test_the_peers_step_2_memory_is_its_json():
     grid = (DOCS.parent / "configs" / "grids" / "study_finetune_peers.toml").read_text(encoding="utf-8")
     gb_per_run = float(re.search(r"^gb_per_run = (\S+)", grid, re.M).group(1))
     assert gb_per_run >= 2 * peak["mamba2"] and f"bf16 is {peak['mamba2']:.1f} GB" in grid
+
+
+def test_the_loop_launch_timings_in_performance_md_are_their_jsons():
+    # the table of the training kernels' loop launch: each row's four step times from its JSON, the best against the
+    # best; the per-phase costs and what the step spends outside the two kernels, from the same JSONs' profiles
+    header = "| cell, batch × window | New-LLM graphed | New-LLM loop launch | TinyGPT2 compiled |"
+    lines = [line.strip() for line in table_after(DOCS / "performance.md", header)[2:]]
+    names = {"prototype (`full`), 256 × 64": "256x64", "prototype (`full`), 64 × 128": "64x128",
+             "MLP blocks (`study`), 64 × 128": "study"}  # fmt: skip
+    flat = " ".join((DOCS / "performance.md").read_text(encoding="utf-8").split())
+    assert len(lines) == 3
+    # phases a step, forward and backward: the window × (layers + 2) each way for the prototype's 3 layers; the
+    # MLP-block cell's 3 blocks, 3 a block and 4 more forward, 4 a block and 4 more backward
+    phases = {"256x64": (64 * 5, 64 * 5), "64x128": (128 * 5, 128 * 5), "study": (128 * 13, 128 * 16)}
+    cost, took = {}, {}
+    for line in lines:
+        label, graphed, loop, compiled, graphs, ratio = cells(line)
+        rows = json.loads((DOCS / "performance" / f"loop_step_time_{names[label]}_h100.json").read_text())["rows"]
+        ms = {(r["model"], r["mode"]): r["ms_per_step"] for r in rows}
+        expected = [ms["new_llm", "compiled+graphed"], ms["new_llm", "kernel_loop"], ms["tinygpt2", "compiled"],
+                    ms["tinygpt2", "reduce-overhead"]]  # fmt: skip
+        assert [graphed.strip("*"), loop, compiled, graphs] == [f"{v:.2f} ms" for v in expected]
+        best = min(ms["new_llm", m] for m in ("compiled+graphed", "kernel_loop"))
+        assert ratio.startswith(f"{min(ms['tinygpt2', m] for m in ('compiled', 'reduce-overhead')) / best:.2f}×")
+        kernels = {p["kernel"]: p["us_per_step"] for p in next(r for r in rows if r["mode"] == "kernel_loop")["profile"]}
+        forward = next(v for k, v in kernels.items() if k.endswith("forward_kernel"))
+        backward = next(v for k, v in kernels.items() if k.endswith("backward_kernel"))
+        cost[names[label]] = (forward / phases[names[label]][0], backward / phases[names[label]][1])
+        took[names[label]] = f"{forward / 1000:.2f} and {backward / 1000:.2f} ms"
+    assert (f"Its phases cost {cost['256x64'][0]:.1f} µs forward and {cost['256x64'][1]:.1f} µs backward at 256 × 64 "
+            f"(the two kernels take {took['256x64']} for 320 phases each), {cost['64x128'][0]:.1f} and "
+            f"{cost['64x128'][1]:.1f} µs at 64 × 128, and {cost['study'][0]:.1f} and {cost['study'][1]:.1f} µs for the "
+            f"MLP-block cell ({took['study']} for 1,664 and 2,048 phases)") in flat  # fmt: skip
+    rows = json.loads((DOCS / "performance" / "loop_step_time_256x64_h100.json").read_text())["rows"]
+    loop = next(r for r in rows if r["mode"] == "kernel_loop")
+    inside = sum(p["us_per_step"] for p in loop["profile"] if p["kernel"] in ("_forward_kernel", "_backward_kernel"))
+    assert f"spends {loop['ms_per_step'] - inside / 1000:.2f} ms outside its two kernels" in flat
