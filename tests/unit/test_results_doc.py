@@ -859,3 +859,22 @@ def test_the_loop_launch_timings_in_performance_md_are_their_jsons():
     loop = next(r for r in rows if r["mode"] == "kernel_loop")
     inside = sum(p["us_per_step"] for p in loop["profile"] if p["kernel"] in ("_forward_kernel", "_backward_kernel"))
     assert f"spends {loop['ms_per_step'] - inside / 1000:.2f} ms outside its two kernels" in flat
+
+
+def test_the_loss_shift_timings_in_performance_md_are_their_json():
+    runs = json.loads((DOCS / "performance" / "loss_shift_ab_h100.json").read_text())["runs"]
+    flat = " ".join((DOCS / "performance.md").read_text(encoding="utf-8").split())
+    ms = {}
+    for run in runs:
+        for row in run["rows"]:
+            ms.setdefault((run["loss"].split()[0], row["model"], row["mode"]), []).append(row["ms_per_step"])
+    new, old = ms["labels", "new_llm", "compiled+graphed"], ms["logits", "new_llm", "compiled+graphed"]
+    assert f"the graphed scan {new[0]:.2f} and {new[1]:.2f} ms a step against {old[0]:.2f} and {old[1]:.2f}" in flat
+    assert f"({100 * (1 - statistics.fmean(new) / statistics.fmean(old)):.0f} % faster)" in flat
+    loop_new, loop_old = ms["labels", "new_llm", "kernel_loop"], ms["logits", "new_llm", "kernel_loop"]
+    assert f"the loop launch {loop_new[0]:.2f} and {loop_new[1]:.2f} against {loop_old[0]:.2f} and {loop_old[1]:.2f}" in flat
+    gpt2 = ms["labels", "tinygpt2", "reduce-overhead"] + ms["logits", "tinygpt2", "reduce-overhead"]
+    assert f"TinyGPT2 with CUDA graphs {min(gpt2):.2f}–{max(gpt2):.2f} throughout" in flat
+    best = lambda version: statistics.fmean(ms[version, "tinygpt2", "reduce-overhead"]) / min(  # noqa: E731
+        statistics.fmean(ms[version, "new_llm", m]) for m in ("compiled+graphed", "kernel_loop"))
+    assert f"Best against best {best('labels'):.2f}× on that H100, up from {best('logits'):.2f}×" in flat
