@@ -61,7 +61,6 @@ from newllm.pipeline.stage import refuse_existing_runs, run_stage
 from newllm.reporting.report import write_report
 from newllm.training.checkpoint import (
     CheckpointError,
-    check_checkpoint,
     load_checkpoint,
     write_json_atomic,
 )
@@ -143,11 +142,11 @@ UNCOMPARED_FIELDS = {"use_cache", "dtype", "torch_dtype", "_name_or_path", "arch
                      "trained_positions"}  # fmt: skip
 
 
-def check_same_architecture(saved: dict, config, name: str, where) -> None:
-    """A CheckpointError unless the checkpoint's config (`saved`, its config.json) has the architecture this
+def check_same_architecture(loaded, config, name: str, where) -> None:
+    """A CheckpointError unless the config of the checkpoint `loaded` from `where` has the architecture this
     experiment's config gives `name`: every field both hold, but the dropout rates (step 2 may change them) and
-    UNCOMPARED_FIELDS."""
-    wanted = json.loads(config.to_json_string(use_diff=False))  # as config.json spells it (lists, infinities)
+    UNCOMPARED_FIELDS. Both as config.json spells them (lists, infinities)."""
+    saved, wanted = (json.loads(c.to_json_string(use_diff=False)) for c in (loaded, config))
     compared = {k for k in wanted.keys() & saved.keys() - UNCOMPARED_FIELDS - set(DROPOUT_FIELDS[name])
                 if "dropout" not in k and "pdrop" not in k}  # fmt: skip
     differ = sorted(k for k in compared if wanted[k] != saved[k])
@@ -190,7 +189,7 @@ def finetune(config: ExperimentConfig, resume: bool = False, overwrite: bool = F
     sets, splits = dialog_sets(config, tokenizer)
     check_batches_fit(sets["train"], config.finetune, "finetune", splits["train"].source)
     for name, parent in parents.items():
-        check_same_architecture(check_checkpoint(parent, name), expected[name], name, parent)
+        check_same_architecture(models[name].config, expected[name], name, parent)
     refuse_existing_runs(config, "dialog", resume, overwrite)
     if resume:
         check_resume_settings(config, "finetune")
